@@ -1,0 +1,49 @@
+# rusm — the targets are the contract: run, test, lint, guests, bench.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+EXAMPLE ?= examples/hello
+ZIGCC  := $(PY) -m ziglang cc --target=wasm32-wasi -O2 -s -Wl,-z,stack-size=1048576
+
+GUEST_SRC := $(wildcard examples/*/components/*.c)
+GUEST_WASM := $(foreach src,$(GUEST_SRC),$(dir $(patsubst %/,%,$(dir $(src))))wasm/$(notdir $(src:.c=.wasm)))
+
+.PHONY: run test test-slow lint guests bench venv clean
+
+venv: $(STAMP)
+
+# Re-install whenever the package metadata changes, so `make test` always
+# runs against the dependency ranges pyproject.toml declares.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+guests: $(STAMP) $(GUEST_WASM)
+
+# examples/<app>/components/<name>.c -> examples/<app>/wasm/<name>.wasm
+examples/%.wasm: $(STAMP)
+	@mkdir -p $(dir $@)
+	$(ZIGCC) -I sdk/c -o $@ $(subst /wasm/,/components/,$(@:.wasm=.c))
+
+run: guests
+	$(VENV)/bin/rusmd --config $(EXAMPLE)/rusm.toml
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow"
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check rusmd rusmctl tests bench
+	$(VENV)/bin/ruff format --check rusmd rusmctl tests bench
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) $(EXAMPLE)/wasm .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,124 @@
+"""The ``rusmd`` command line: ``rusmd [flags]`` runs the app, ``rusmd check`` validates it.
+
+Runs in: main.
+
+Exit codes follow sysexits: 0 ok, 2 usage, 78 (EX_CONFIG) for an invalid
+manifest, 69 (EX_UNAVAILABLE) for a part that cannot run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from rusmd import __version__
+from rusmd.config import Overrides, load_environment, load_manifest
+from rusmd.config.model import Profile
+from rusmd.config.render import render_errors_json, render_json, render_text
+from rusmd.config.sizing import usable_cores
+from rusmd.errors import ConfigError
+
+EX_OK = 0
+EX_USAGE = 2
+EX_UNAVAILABLE = 69
+EX_CONFIG = 78
+
+DEFAULT_CONFIG = "rusm.toml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; ``rusmd`` with no subcommand runs the app."""
+    parser = argparse.ArgumentParser(
+        prog="rusmd",
+        description="Run WebAssembly components as Erlang-style processes.",
+    )
+    parser.add_argument("--version", action="version", version=f"rusmd {__version__}")
+    _add_manifest_flags(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    check = commands.add_parser(
+        "check",
+        help="validate the manifest and print it resolved; exit 0 or 78",
+        description="Validate the manifest, print the resolved config; exit 0 or 78.",
+    )
+    _add_manifest_flags(check)
+    check.add_argument("--json", action="store_true", help="print one JSON document")
+    return parser
+
+
+def _add_manifest_flags(parser: argparse.ArgumentParser) -> None:
+    default = argparse.SUPPRESS if parser.prog != "rusmd" else None
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default,
+        help=f"the manifest (default ./{DEFAULT_CONFIG})",
+    )
+    parser.add_argument(
+        "--listen", metavar="ADDR", default=default, help="override [node].listen (host:port)"
+    )
+    parser.add_argument(
+        "--profile",
+        choices=[p.value for p in Profile],
+        default=default,
+        help="override [node].profile",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rusmd`` command."""
+    args = build_parser().parse_args(argv)
+    if args.command == "check":
+        return check(args)
+    return run(args)
+
+
+def check(args: argparse.Namespace) -> int:
+    """``rusmd check``: validate, print the resolved manifest, exit 0 or 78."""
+    config = args.config or DEFAULT_CONFIG
+    environment = load_environment(Path(config).absolute().parent)
+    overrides = Overrides(
+        listen=args.listen, profile=Profile(args.profile) if args.profile else None
+    )
+    try:
+        manifest = load_manifest(config, overrides, environment)
+    except ConfigError as exc:
+        if args.json:
+            sys.stdout.buffer.write(render_errors_json(exc.problems) + b"\n")
+        else:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+        return EX_CONFIG
+    cores = usable_cores()
+    if args.json:
+        sys.stdout.buffer.write(render_json(manifest, environment, cores) + b"\n")
+    else:
+        print(render_text(manifest, environment, cores, config))
+    return EX_OK
+
+
+def run(args: argparse.Namespace) -> int:
+    """``rusmd``: run the app in the foreground."""
+    config = args.config or DEFAULT_CONFIG
+    environment = load_environment(Path(config).absolute().parent)
+    overrides = Overrides(
+        listen=args.listen, profile=Profile(args.profile) if args.profile else None
+    )
+    try:
+        load_manifest(config, overrides, environment)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EX_CONFIG
+    # TODO(#3): fork the worker pool and serve; until then say so plainly.
+    print(
+        f"rusmd: {config} is valid, but this build cannot run apps yet "
+        "(the daemon lands with issue #3); use 'rusmd check'",
+        file=sys.stderr,
+    )
+    return EX_UNAVAILABLE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

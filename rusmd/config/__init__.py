@@ -1,0 +1,18 @@
+"""The manifest (``rusm.toml``): load, validate, resolve.
+
+Runs in: main (workers inherit the resolved ``Manifest`` across fork).
+
+- ``model``        the frozen, typed result with every seed default.
+- ``document``     TOML parsing that remembers every key's line.
+- ``reader``       typed access that collects every problem.
+- ``loader``       validation and resolution (defaults → file → flags).
+- ``environment``  process env, then ``.env``.
+- ``sizing``       profile → worker count.
+- ``render``       ``rusmd check`` output (human and JSON).
+"""
+
+from rusmd.config.environment import Environment, load_environment
+from rusmd.config.loader import Overrides, load_manifest
+from rusmd.config.model import Manifest, Profile
+
+__all__ = ["Environment", "Manifest", "Overrides", "Profile", "load_environment", "load_manifest"]

@@ -1,0 +1,244 @@
+"""The resolved manifest: frozen, typed objects with every default from seed 000.
+
+Runs in: any (built in the main process, inherited by workers across fork).
+
+These are the shapes the rest of rusmd reads; nothing here parses TOML
+(``rusmd.config.loader`` does). Every field lists its default.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import msgspec
+
+
+class Profile(enum.StrEnum):
+    """The throughput dial: how many workers to fork from the usable cores."""
+
+    LIGHT = "light"
+    BALANCED = "balanced"
+    MAX = "max"
+
+
+class LogLevel(enum.StrEnum):
+    """Seed 000 ``[log].level``; cumulative, ``off`` shows nothing."""
+
+    OFF = "off"
+    ERROR = "error"
+    WARN = "warn"
+    INFO = "info"
+    DEBUG = "debug"
+
+
+class Protocol(enum.StrEnum):
+    """What a ``[[serve]]`` listener speaks."""
+
+    HTTP = "http"
+    SSE = "sse"
+    WS = "ws"
+
+
+class BuiltinCapability(enum.StrEnum):
+    """The three built-in capability profiles of seed 001."""
+
+    SANDBOXED = "sandboxed"
+    NETWORK_CLIENT = "network-client"
+    TRUSTED = "trusted"
+
+
+class Node(msgspec.Struct, frozen=True, kw_only=True):
+    """``[node]``: the node's own settings.
+
+    Attributes:
+        listen: Address of the node endpoint (attach stream, dashboard).
+            Optional; defaults to ``"127.0.0.1:4000"``.
+        profile: Worker-count dial. Optional; defaults to ``balanced``.
+        ticks_per_second: Snapshot rate, 10–60. Optional; defaults to 20.
+        store: Absolute path of the LMDB store file, resolved against the
+            app dir. Optional; defaults to None (no store).
+    """
+
+    listen: str = "127.0.0.1:4000"
+    profile: Profile = Profile.BALANCED
+    ticks_per_second: int = 20
+    store: str | None = None
+
+
+class Log(msgspec.Struct, frozen=True, kw_only=True):
+    """``[log]``: one level gates lifecycle lines, guest logs and the access log.
+
+    Attributes:
+        level: Optional; defaults to ``off``.
+    """
+
+    level: LogLevel = LogLevel.OFF
+
+
+class Route(msgspec.Struct, frozen=True, kw_only=True):
+    """One ``[serve.routes]`` entry, ``"METHOD /path" = "component#action"``.
+
+    Attributes:
+        method: Uppercase HTTP method.
+        path: The route path as declared (``/users/:id``).
+        component: The handler component's name.
+        action: The exported action to invoke.
+    """
+
+    method: str
+    path: str
+    component: str
+    action: str
+
+
+class Serve(msgspec.Struct, frozen=True, kw_only=True):
+    """``[[serve]]``: one listener on its own TCP port.
+
+    Attributes:
+        protocol: ``http``, ``sse`` or ``ws``. Required.
+        listen: ``host:port`` to bind. Required.
+        routes: This listener's routes, in declaration order. Optional;
+            defaults to none (then ``name`` is required).
+        name: The single handler component of a routes-less listener.
+            Optional; defaults to None.
+        source: Where the handler's JS bundle comes from (``https://…``,
+            ``url:…`` or ``kv:<bucket>/<key>``). Optional; defaults to None.
+    """
+
+    protocol: Protocol
+    listen: str
+    routes: tuple[Route, ...] = ()
+    name: str | None = None
+    source: str | None = None
+
+
+class Preopen(msgspec.Struct, frozen=True, kw_only=True):
+    """A host directory mounted in the sandbox.
+
+    Attributes:
+        host: Absolute host path, resolved against the app dir. Required.
+        guest: Path the guest sees. Required.
+        read_only: Optional; defaults to True (default-deny).
+    """
+
+    host: str
+    guest: str
+    read_only: bool = True
+
+
+class Capability(msgspec.Struct, frozen=True, kw_only=True):
+    """A resolved capability profile: what a process may do.
+
+    Attributes:
+        name: The profile's name (built-in or ``[capabilities.<name>]``).
+        inherits: The built-in base. Optional; defaults to ``sandboxed``.
+        allow_network: Outbound network. Default from the base.
+        allow_spawn: Spawn components by name. Default from the base.
+        allow_process_control: Act on other pids. Default from the base.
+        allow_stdio: The host's raw stdio. Default from the base.
+        allow_storage: The node store (kv). Default from the base.
+        max_memory_mb: Per-process heap ceiling. Default from the base.
+        env: Env keys granted. Optional; defaults to none.
+        preopen: Host dirs mounted. Optional; defaults to none.
+    """
+
+    name: str
+    inherits: BuiltinCapability = BuiltinCapability.SANDBOXED
+    allow_network: bool = False
+    allow_spawn: bool = False
+    allow_process_control: bool = False
+    allow_stdio: bool = False
+    allow_storage: bool = False
+    max_memory_mb: int = 64
+    env: tuple[str, ...] = ()
+    preopen: tuple[Preopen, ...] = ()
+
+    def grants(self) -> str:
+        """The grant summary shown on spawn lines: ``net spawn storage env=2 mem=128M``."""
+        words = [
+            word
+            for word, granted in (
+                ("net", self.allow_network),
+                ("spawn", self.allow_spawn),
+                ("control", self.allow_process_control),
+                ("stdio", self.allow_stdio),
+                ("storage", self.allow_storage),
+            )
+            if granted
+        ]
+        if self.env:
+            words.append(f"env={len(self.env)}")
+        if self.preopen:
+            words.append(f"fs={len(self.preopen)}")
+        words.append(f"mem={self.max_memory_mb}M")
+        return " ".join(words)
+
+
+BUILTIN_CAPABILITIES: dict[BuiltinCapability, Capability] = {
+    BuiltinCapability.SANDBOXED: Capability(name="sandboxed"),
+    BuiltinCapability.NETWORK_CLIENT: Capability(
+        name="network-client",
+        inherits=BuiltinCapability.NETWORK_CLIENT,
+        allow_network=True,
+    ),
+    BuiltinCapability.TRUSTED: Capability(
+        name="trusted",
+        inherits=BuiltinCapability.TRUSTED,
+        allow_network=True,
+        allow_spawn=True,
+        allow_process_control=True,
+        allow_stdio=True,
+        allow_storage=True,
+        max_memory_mb=1024,
+    ),
+}
+"""Seed 001's built-ins: sandboxed (CPU + 64 MiB heap only), network-client
+(+ outbound network), trusted (+ stdio, spawn, process-control, storage,
+1 GiB heap)."""
+
+
+class Component(msgspec.Struct, frozen=True, kw_only=True):
+    """``[components.<name>]``: a registered component.
+
+    Attributes:
+        name: The table key; the artifact is ``wasm/<name>.{qjsbc,js,wasm}``.
+        capability: The profile name as declared. Optional; defaults to
+            ``sandboxed``.
+        profile: The profile it runs under after resolution (an unknown
+            name falls back to ``sandboxed`` with a warning).
+        resident: Boot-spawned and supervised. Optional; defaults to False.
+        source: Where its JS bundle comes from instead of ``wasm/``.
+            Optional; defaults to None.
+    """
+
+    name: str
+    capability: str = "sandboxed"
+    profile: Capability = BUILTIN_CAPABILITIES[BuiltinCapability.SANDBOXED]
+    resident: bool = False
+    source: str | None = None
+
+
+class Manifest(msgspec.Struct, frozen=True, kw_only=True):
+    """A validated, resolved ``rusm.toml`` with flags layered on top.
+
+    Attributes:
+        path: Absolute path of the manifest file ("" when built from defaults).
+        app_dir: The manifest's directory; relative paths resolve against it.
+        node: ``[node]``.
+        log: ``[log]``.
+        serve: Every ``[[serve]]`` listener, in file order.
+        capabilities: Every custom ``[capabilities.<name>]``, resolved.
+        components: Every ``[components.<name>]``, plus the implicit
+            sandboxed component a single-handler listener names without
+            declaring it.
+        warnings: Non-fatal findings (`rusmd check` prints them).
+    """
+
+    path: str
+    app_dir: str
+    node: Node = Node()
+    log: Log = Log()
+    serve: tuple[Serve, ...] = ()
+    capabilities: dict[str, Capability] = msgspec.field(default_factory=dict)
+    components: dict[str, Component] = msgspec.field(default_factory=dict)
+    warnings: tuple[str, ...] = ()

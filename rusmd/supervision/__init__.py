@@ -1,0 +1,4 @@
+"""Supervision: OTP supervisor semantics as pure decision logic.
+
+Runs in: main (the worker pool and residents) and worker (guest supervisors).
+"""
