@@ -24,9 +24,10 @@ $(STAMP): pyproject.toml
 guests: $(STAMP) $(GUEST_WASM)
 
 # examples/<app>/components/<name>.c -> examples/<app>/wasm/<name>.wasm
-examples/%.wasm: $(STAMP)
+.SECONDEXPANSION:
+examples/%.wasm: examples/$$(subst /wasm/,/components/,$$*).c $(STAMP)
 	@mkdir -p $(dir $@)
-	$(ZIGCC) -I sdk/c -o $@ $(subst /wasm/,/components/,$(@:.wasm=.c))
+	$(ZIGCC) -I sdk/c -o $@ $<
 
 run: guests
 	$(VENV)/bin/rusmd --config $(EXAMPLE)/rusm.toml

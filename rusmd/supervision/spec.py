@@ -126,6 +126,24 @@ def should_restart(restart: RestartType, reason: ExitReason) -> bool:
             return False
 
 
+_E = TypeVar("_E", bound=StrEnum)
+
+
+def _is_positive_finite(value: float) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value > 0
+
+
+def _coerce(enum: type[_E], value: object, where: str, field: str) -> _E:
+    """The member spelled ``value``, so flags built from a manifest's strings work too."""
+    members = {member.value: member for member in enum}
+    if isinstance(value, str) and value in members:
+        return members[value]
+    expected = " | ".join(members)
+    raise SupervisionSpecError(where, field, value, f"must be one of {expected}")
+
+
 class ShutdownKind(StrEnum):
     """How the process layer stops a child."""
 
@@ -246,21 +264,3 @@ class QuarantinePolicy:
             # A child crash-looping for days reaches huge levels; the cap applies long before.
             return self.max_s
         return min(backoff_s, self.max_s)
-
-
-_E = TypeVar("_E", bound=StrEnum)
-
-
-def _is_positive_finite(value: float) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    return math.isfinite(value) and value > 0
-
-
-def _coerce(enum: type[_E], value: object, where: str, field: str) -> _E:
-    """The member spelled ``value``, so flags built from a manifest's strings work too."""
-    try:
-        return enum(value)
-    except ValueError:
-        expected = " | ".join(member.value for member in enum)
-        raise SupervisionSpecError(where, field, value, f"must be one of {expected}") from None

@@ -1,0 +1,4 @@
+"""rusmctl: the control client of a running rusmd.
+
+Runs in: rusmctl (a short-lived CLI process; stdlib only).
+"""

@@ -1,0 +1,10 @@
+"""``python -m rusmctl``.
+
+Runs in: rusmctl.
+"""
+
+import sys
+
+from rusmctl.cli import main
+
+sys.exit(main())
