@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import io
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from rusmd.errors import ConfigProblem
 
 # A .env file holds a few secrets and settings; a huge one is a mistake.
 MAX_DOTENV_BYTES = 1 << 20
+
+_LEADING_KEY = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=")
 
 
 class EnvOrigin(enum.StrEnum):
@@ -86,21 +89,24 @@ def load_environment(app_dir: Path, process: Mapping[str, str] | None = None) ->
         return Environment(process=process_env)
     display = str(path)
     try:
-        raw = path.read_bytes()[: MAX_DOTENV_BYTES + 1]
+        raw = path.read_bytes()
     except OSError as exc:
         problem = ConfigProblem(display, 0, "", f"cannot read: {exc.strerror}")
         return Environment(process=process_env, dotenv_path=display, problems=(problem,))
+    if len(raw) > MAX_DOTENV_BYTES:
+        # A cut-off file could hand a guest half a value; load none of it.
+        problem = ConfigProblem(display, 0, "", f"larger than {MAX_DOTENV_BYTES} bytes; not loaded")
+        return Environment(process=process_env, dotenv_path=display, problems=(problem,))
     values: dict[str, str] = {}
     problems: list[ConfigProblem] = []
-    if len(raw) > MAX_DOTENV_BYTES:
-        problems.append(ConfigProblem(display, 0, "", f"larger than {MAX_DOTENV_BYTES} bytes"))
-        raw = raw[:MAX_DOTENV_BYTES]
     text = raw.decode("utf-8", errors="replace")
     for binding in parse_stream(io.StringIO(text)):
         if binding.error:
-            statement = binding.original.string.strip()[:40]
+            # Name the key, never the value: a bad line is usually KEY=secret.
+            key = _LEADING_KEY.match(binding.original.string)
+            named = f" (key {key.group(1)})" if key else ""
             problems.append(
-                ConfigProblem(display, binding.original.line, "", f"cannot parse {statement!r}")
+                ConfigProblem(display, binding.original.line, "", f"cannot parse line{named}")
             )
         elif binding.key is not None and binding.value is not None:
             values[binding.key] = binding.value

@@ -52,7 +52,7 @@ def cgroup_cpu_quota(cgroup_root: Path, proc_cgroup: Path) -> int | None:
     """
     try:
         line = next((ln for ln in proc_cgroup.read_text().splitlines() if ln.startswith("0::")), "")
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
     if not line:
         return None
@@ -71,7 +71,7 @@ def cgroup_cpu_quota(cgroup_root: Path, proc_cgroup: Path) -> int | None:
 def _quota_cpus(cpu_max: Path) -> int | None:
     try:
         fields = cpu_max.read_text().split()
-    except OSError:
+    except (OSError, UnicodeDecodeError):
         return None
     if len(fields) != 2 or fields[0] == "max":
         return None
