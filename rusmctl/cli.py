@@ -1,58 +1,226 @@
-"""The ``rusmctl`` command line.
+"""The ``rusmctl`` command line: one request per run over the control socket.
 
-Runs in: rusmctl.
+Runs in: rusmctl (stdlib plus the shared command table).
 
-Exit codes follow sysexits: 0 ok, 1 the daemon refused, 2 usage,
-3 no such pid/component, 69 daemon not reachable, 77 permission denied.
+Exit codes follow sysexits: 0 ok, 1 the daemon refused (the message says
+why), 2 usage, 3 no such pid/component, 69 daemon not reachable, 77
+permission denied. ``--json`` prints one JSON document on stdout.
+
+The socket: ``--socket``, else ``$RUSMD_SOCKET``, else
+``$RUNTIME_DIRECTORY/rusmd.sock``, else ``./.rusm/rusmd.sock`` (the app
+dir), else ``/run/rusmd/rusmd.sock`` (the systemd unit's).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-EX_OK = 0
-EX_UNAVAILABLE = 69
-EX_NOPERM = 77
+from rusmd.control.protocol import (
+    COMMANDS,
+    EX_NOPERM,
+    EX_OK,
+    EX_REFUSED,
+    EX_UNAVAILABLE,
+    FrameReader,
+    ProtocolError,
+    encode_frame,
+)
 
-VERBS = ("status", "list", "info", "kill", "spawn", "restart", "reload", "stop", "profile", "logs")
+SYSTEMD_SOCKET = Path("/run/rusmd/rusmd.sock")
+# How long to wait for a reply: a reload that rolls workers answers at once,
+# so a daemon silent this long is wedged.
+REPLY_TIMEOUT_S = 30.0
 
 
-def default_socket_path() -> Path:
-    """``$RUNTIME_DIRECTORY/rusmd.sock`` under systemd, else ``./.rusm/rusmd.sock``."""
+def socket_path(explicit: str | None) -> Path:
+    """Where the daemon's control socket is, by the documented search order."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("RUSMD_SOCKET"):
+        return Path(os.environ["RUSMD_SOCKET"])
     runtime = os.environ.get("RUNTIME_DIRECTORY")
     if runtime:
         return Path(runtime.split(":")[0]) / "rusmd.sock"
-    return Path.cwd() / ".rusm" / "rusmd.sock"
+    local = Path.cwd() / ".rusm" / "rusmd.sock"
+    if not local.exists() and SYSTEMD_SOCKET.exists():
+        return SYSTEMD_SOCKET
+    return local
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser."""
+    """One subcommand per entry of the shared command table."""
     parser = argparse.ArgumentParser(prog="rusmctl", description="Control a running rusmd.")
-    parser.add_argument("--socket", metavar="PATH", help="the control socket")
-    parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument("verb", choices=VERBS)
-    parser.add_argument("args", nargs="*")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", metavar="PATH", help="the control socket")
+    common.add_argument("--json", action="store_true", help="print one JSON document")
+    verbs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for info in COMMANDS.values():
+        sub = verbs.add_parser(
+            info.name, help=info.summary, description=info.summary, parents=[common]
+        )
+        for name, help_text, required in info.args:
+            sub.add_argument(name, help=help_text, nargs=None if required else "?")
+        if info.name == "logs":
+            sub.add_argument("-f", "--follow", action="store_true", help="stream new lines")
+            sub.add_argument("-n", "--lines", type=int, default=100, help="past lines (100)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rusmctl`` command."""
     args = build_parser().parse_args(argv)
-    path = Path(args.socket) if args.socket else default_socket_path()
+    request_args = {
+        name: getattr(args, name)
+        for name, _, _ in COMMANDS[args.command].args
+        if getattr(args, name) is not None
+    }
+    if args.command == "logs":
+        request_args.update(lines=args.lines, follow=args.follow)
+    path = socket_path(args.socket)
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.connect(str(path))
+        conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        conn.settimeout(REPLY_TIMEOUT_S)
+        conn.connect(str(path))
     except PermissionError:
-        print(f"rusmctl: permission denied on {path}", file=sys.stderr)
-        return EX_NOPERM
+        return _fail(f"permission denied on the control socket {path}", EX_NOPERM)
     except OSError as exc:
-        print(f"rusmctl: cannot reach rusmd at {path}: {exc.strerror}", file=sys.stderr)
-        return EX_UNAVAILABLE
-    # TODO(#3): the control protocol; a socket that answers is not yet spoken to.
-    print(f"rusmctl: {args.verb}: the control protocol lands with issue #3", file=sys.stderr)
-    return EX_UNAVAILABLE
+        return _fail(f"rusmd is not reachable at {path}: {exc.strerror or exc}", EX_UNAVAILABLE)
+    with conn:
+        try:
+            conn.sendall(encode_frame({"command": args.command, "args": request_args}))
+            frames = FrameStream(conn)
+            reply = frames.next()
+            if not reply.get("ok"):
+                return _fail(
+                    str(reply.get("error", "refused")),
+                    int(reply.get("code", EX_REFUSED)),
+                    as_json=args.json,
+                    reply=reply,
+                )
+            _print_result(args.command, reply["result"], args.json)
+            if args.command == "logs" and args.follow:
+                conn.settimeout(None)
+                while True:
+                    _print_log(frames.next()["log"], args.json)
+        except KeyboardInterrupt:
+            return EX_OK
+        except (OSError, ProtocolError, EOFError) as exc:
+            return _fail(f"lost the connection to rusmd at {path}: {exc}", EX_UNAVAILABLE)
+    return EX_OK
+
+
+class FrameStream:
+    """Frames read off one connection, in order."""
+
+    def __init__(self, conn: socket.socket) -> None:
+        self.conn = conn
+        self.reader = FrameReader()
+        self.pending: list[dict[str, Any]] = []
+
+    def next(self) -> dict[str, Any]:
+        """The next frame; EOFError when the daemon hangs up."""
+        while not self.pending:
+            data = self.conn.recv(65536)
+            if not data:
+                raise EOFError("the daemon closed the connection")
+            self.pending = self.reader.feed(data)
+        return self.pending.pop(0)
+
+
+def _fail(
+    message: str, code: int, as_json: bool = False, reply: dict[str, Any] | None = None
+) -> int:
+    if as_json:
+        print(json.dumps(reply or {"ok": False, "error": message, "code": code}))
+    print(f"rusmctl: {message}", file=sys.stderr)
+    return code
+
+
+def _print_result(command: str, result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    if command == "status":
+        _print_status(result)
+    elif command == "list":
+        _print_list(result)
+    elif command == "info":
+        for key, value in result["worker"].items():
+            print(f"{key:<16}{value}")
+    elif command == "logs":
+        for record in result["records"]:
+            _print_log(record, False)
+    elif command == "profile":
+        print(f"profile {result['profile']}: {result['workers_target']} worker(s)")
+    elif "message" in result:
+        print(result["message"])
+    else:
+        print(json.dumps(result))
+
+
+def _print_status(result: dict[str, Any]) -> None:
+    daemon = result["daemon"]
+    print(
+        f"rusmd {daemon['version']} pid {daemon['pid']} {daemon['state']}, up "
+        f"{_duration(daemon['uptime_s'])}, profile {daemon['profile']} "
+        f"({daemon['workers_target']} worker(s) of {daemon['usable_cores']} core(s))"
+    )
+    print(f"config {daemon['config']}  socket {daemon['socket']}")
+    print()
+    header = f"{'SLOT':<5}{'PID':<9}{'STATE':<13}{'UPTIME':<9}{'RESTARTS':<10}{'CPU%':<7}"
+    print(f"{header}{'RSS':<10}LAST EXIT")
+    for worker in result["workers"]:
+        if worker["state"] == "quarantined":
+            state = f"quarantined, {worker['quarantine_ends_in_s']:.1f}s left"
+            print(f"{worker['slot']:<5}{'-':<9}{state:<48}{worker['last_exit']}")
+            continue
+        print(
+            f"{worker['slot']:<5}{worker['pid']:<9}{worker['state']:<13}"
+            f"{_duration(worker['uptime_s']):<9}{worker['restarts']:<10}"
+            f"{worker['cpu_percent']:<7.1f}{_size(worker['rss_bytes']):<10}"
+            f"{worker['last_exit'] or '-'}"
+        )
+
+
+def _print_list(result: dict[str, Any]) -> None:
+    processes = result["processes"]
+    if not processes:
+        print("no wasm processes")
+        return
+    print(f"{'PROCESS':<24}{'WORKER':<8}{'STATE':<10}MEMORY")
+    for process in processes:
+        name = f"{process['component']}#{process['pid']}"
+        print(f"{name:<24}{process['worker']:<8}{process['state']:<10}{process.get('memory', '')}")
+
+
+def _print_log(record: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(record), flush=True)
+        return
+    stamp = time.strftime("%H:%M:%S", time.localtime(record["time"]))
+    millis = int(record["time"] % 1 * 1000)
+    print(
+        f"{stamp}.{millis:03d} {record['source']:<16} {record['level']:<5} {record['text']}",
+        flush=True,
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _size(count: int) -> str:
+    return f"{count / (1 << 20):.1f}M"

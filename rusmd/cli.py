@@ -9,6 +9,7 @@ manifest, 69 (EX_UNAVAILABLE) for a part that cannot run here.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import Profile
 from rusmd.config.render import render_errors_json, render_json, render_text
 from rusmd.config.sizing import usable_cores
-from rusmd.errors import ConfigError
+from rusmd.errors import ConfigError, RusmError
 
 EX_OK = 0
 EX_USAGE = 2
@@ -36,6 +37,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"rusmd {__version__}")
     _add_manifest_flags(parser)
+    parser.add_argument(
+        "--socket", metavar="PATH", help="control socket (default <app dir>/.rusm/rusmd.sock)"
+    )
+    parser.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="log line format"
+    )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     check = commands.add_parser(
         "check",
@@ -99,25 +106,37 @@ def check(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``rusmd``: run the app in the foreground."""
+    """``rusmd``: run the app in the foreground until SIGTERM (exit 0)."""
     config = args.config or DEFAULT_CONFIG
     environment = load_environment(Path(config).absolute().parent)
     overrides = Overrides(
         listen=args.listen, profile=Profile(args.profile) if args.profile else None
     )
     try:
-        load_manifest(config, overrides, environment)
+        manifest = load_manifest(config, overrides, environment)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EX_CONFIG
-    # TODO(#3): fork the worker pool and serve; until then say so plainly.
-    print(
-        f"rusmd: {config} is valid, but this build cannot run apps yet "
-        "(the daemon lands with issue #3); use 'rusmd check'",
-        file=sys.stderr,
+    from rusmd.process.main import MainProcess
+
+    socket_path = Path(args.socket) if args.socket else default_socket_path(manifest.app_dir)
+    daemon = MainProcess(
+        manifest, overrides, config, socket_path, json_logs=args.log_format == "json"
     )
-    return EX_UNAVAILABLE
+    try:
+        return daemon.run()
+    except RusmError as exc:
+        print(f"rusmd: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+
+
+def default_socket_path(app_dir: str) -> Path:
+    """``$RUNTIME_DIRECTORY/rusmd.sock`` under systemd, else ``<app dir>/.rusm/rusmd.sock``."""
+    runtime = os.environ.get("RUNTIME_DIRECTORY")
+    if runtime:
+        return Path(runtime.split(":")[0]) / "rusmd.sock"
+    return Path(app_dir) / ".rusm" / "rusmd.sock"
 
 
 if __name__ == "__main__":

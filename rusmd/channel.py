@@ -1,0 +1,217 @@
+"""Channels: length-prefixed msgspec (msgpack) frames over socketpairs.
+
+Runs in: any (main ↔ worker, and worker ↔ worker on the mesh).
+
+A frame is a 4-byte big-endian length followed by one msgpack-encoded
+message from the ``Message`` union. File descriptors (fresh mesh
+channels for a restarted worker) travel with a frame as SCM_RIGHTS
+ancillary data. The channel itself is buffer logic over a non-blocking
+socket: the owner's loop (selectors in main, uvloop in a worker) calls
+``read_ready``/``write_ready`` when the socket is ready.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import socket
+import struct
+from collections import deque
+
+import msgspec
+
+from rusmd.log import LogRecord
+
+# A frame larger than this is a corrupt stream or a runaway peer; the
+# channel closes rather than allocate for it. Large payloads go through
+# shared memory, never a frame.
+MAX_FRAME_BYTES = 16 << 20
+# Bytes read per recv call: large enough to batch many small frames.
+READ_CHUNK_BYTES = 256 << 10
+# File descriptors accepted with one recvmsg (mesh hand-offs send one).
+MAX_FDS_PER_READ = 16
+
+_LENGTH = struct.Struct(">I")
+
+
+class Ready(msgspec.Struct, tag="ready", frozen=True):
+    """Worker → main: the worker's loop runs and it can take work."""
+
+    slot: int
+    pid: int
+
+
+class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
+    """Worker → main: the loop is turning over; with the mesh peers seen so far."""
+
+    slot: int
+    peers: list[int]
+
+
+class Log(msgspec.Struct, tag="log", frozen=True):
+    """Worker → main: one log record for the single stderr writer."""
+
+    record: LogRecord
+
+
+class Stop(msgspec.Struct, tag="stop", frozen=True):
+    """Main → worker: drain and exit 0 within ``timeout_s``."""
+
+    timeout_s: float
+
+
+class MeshPeer(msgspec.Struct, tag="mesh_peer", frozen=True):
+    """Main → worker: a fresh channel to worker ``slot`` travels with this frame."""
+
+    slot: int
+
+
+class MeshHello(msgspec.Struct, tag="mesh_hello", frozen=True):
+    """Worker → worker over the mesh: proves the channel carries frames."""
+
+    slot: int
+    pid: int
+
+
+Message = Ready | Heartbeat | Log | Stop | MeshPeer | MeshHello
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+class ChannelClosed(Exception):
+    """The peer closed the channel or broke the frame protocol."""
+
+
+class Channel:
+    """One end of a framed, non-blocking socketpair.
+
+    Args:
+        sock: A connected AF_UNIX stream socket; made non-blocking here.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self.sock = sock
+        self._inbox = bytearray()
+        self._outbox: deque[tuple[bytes, list[int]]] = deque()
+        self._received_fds: deque[int] = deque()
+        self.closed = False
+
+    def fileno(self) -> int:
+        """The socket's fd, for selectors and ``loop.add_reader``."""
+        return self.sock.fileno()
+
+    @property
+    def wants_write(self) -> bool:
+        """True while queued output waits for the socket to drain."""
+        return bool(self._outbox)
+
+    def send(self, message: Message, fds: list[int] | None = None) -> None:
+        """Queue ``message`` (and ``fds``, duplicated by the kernel) and write what fits."""
+        if self.closed:
+            raise ChannelClosed("channel is closed")
+        payload = _encoder.encode(message)
+        self._outbox.append((_LENGTH.pack(len(payload)) + payload, list(fds or [])))
+        self.write_ready()
+
+    def write_ready(self) -> None:
+        """Write queued frames until the socket would block."""
+        while self._outbox:
+            data, fds = self._outbox[0]
+            try:
+                if fds:
+                    sent = self.sock.sendmsg(
+                        [data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
+                    )
+                else:
+                    sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                raise ChannelClosed(f"write failed: {exc.strerror}") from None
+            if sent == len(data):
+                self._outbox.popleft()
+            else:
+                # The fds went with the first byte; never send them twice.
+                self._outbox[0] = (data[sent:], [])
+
+    def read_ready(self) -> list[Message]:
+        """Read what the socket holds and return every complete message.
+
+        Raises:
+            ChannelClosed: The peer hung up, or sent a frame over the cap or
+                one that does not decode. The owner unregisters the socket
+                from its loop, then calls ``close``.
+        """
+        while True:
+            try:
+                data, ancillary, _flags, _addr = self.sock.recvmsg(
+                    READ_CHUNK_BYTES, socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
+                )
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                raise ChannelClosed(f"read failed: {exc.strerror}") from None
+            self._take_fds(ancillary)
+            if not data:
+                if self._inbox:
+                    raise ChannelClosed("peer closed mid-frame")
+                raise ChannelClosed("peer closed")
+            self._inbox += data
+            if len(data) < READ_CHUNK_BYTES:
+                break
+        return self._decode_frames()
+
+    def take_fd(self) -> int:
+        """The oldest file descriptor received and not yet taken."""
+        if not self._received_fds:
+            raise ChannelClosed("expected a file descriptor with the frame")
+        return self._received_fds.popleft()
+
+    def close(self) -> None:
+        """Close the socket and any descriptors received but never taken."""
+        if self.closed:
+            return
+        self.closed = True
+        while self._received_fds:
+            _close_quietly(self._received_fds.popleft())
+        self.sock.close()
+
+    def _take_fds(self, ancillary: list[tuple[int, int, bytes]]) -> None:
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(data[: len(data) - (len(data) % fds.itemsize)])
+                self._received_fds.extend(fds)
+
+    def _decode_frames(self) -> list[Message]:
+        messages: list[Message] = []
+        offset = 0
+        inbox = self._inbox
+        while len(inbox) - offset >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(inbox, offset)
+            if length > MAX_FRAME_BYTES:
+                raise ChannelClosed(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+            end = offset + _LENGTH.size + length
+            if len(inbox) < end:
+                break
+            try:
+                messages.append(_decoder.decode(inbox[offset + _LENGTH.size : end]))
+            except msgspec.DecodeError as exc:
+                raise ChannelClosed(f"undecodable frame: {exc}") from None
+            offset = end
+        del inbox[:offset]
+        return messages
+
+
+def channel_pair() -> tuple[socket.socket, socket.socket]:
+    """A fresh connected socketpair for one channel."""
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

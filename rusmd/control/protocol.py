@@ -1,0 +1,122 @@
+"""The control protocol: length-prefixed JSON frames and the fixed command table.
+
+Runs in: any (the main process serves it; ``rusmctl`` speaks it with the
+stdlib alone).
+
+A frame is a 4-byte big-endian length, then one UTF-8 JSON object.
+Requests are ``{"command": NAME, "args": {...}}``; replies are
+``{"ok": true, "result": {...}}`` or ``{"ok": false, "error": TEXT,
+"code": EXIT_CODE}``. A streaming command (``logs`` with ``follow``)
+answers with one reply, then ``{"log": {...}}`` frames until the client
+hangs up. Commands come from ``COMMANDS`` only: nothing is dispatched by
+name lookup on an object.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+# A control request is a few hundred bytes; a bigger frame is garbage or an
+# attempt to make the main process buffer memory, so it is refused.
+MAX_FRAME_BYTES = 1 << 20
+
+_LENGTH = struct.Struct(">I")
+
+# Exit codes (sysexits), shared by the daemon's replies and rusmctl.
+EX_OK = 0
+EX_REFUSED = 1
+EX_USAGE = 2
+EX_NOSUCH = 3
+EX_UNAVAILABLE = 69
+EX_NOPERM = 77
+
+
+@dataclass(frozen=True)
+class CommandInfo:
+    """One control command.
+
+    Attributes:
+        name: The verb (``rusmctl <name>``).
+        summary: One line of help.
+        args: Positional arguments as (name, help, required).
+        streams: True when the reply may be followed by a stream of frames.
+    """
+
+    name: str
+    summary: str
+    args: tuple[tuple[str, str, bool], ...] = ()
+    streams: bool = False
+
+
+COMMANDS: dict[str, CommandInfo] = {
+    info.name: info
+    for info in (
+        CommandInfo("status", "the daemon and each worker: pid, state, uptime, restarts, CPU, RSS"),
+        CommandInfo("list", "the wasm processes: component#pid, worker, state, memory"),
+        CommandInfo(
+            "info", "one worker or process in detail", (("pid", "an OS or wasm pid", True),)
+        ),
+        CommandInfo("kill", "kill a worker (it is replaced) or a process", (("pid", "pid", True),)),
+        CommandInfo(
+            "restart",
+            "replace a worker (worker.N), or every worker one by one (workers)",
+            (("what", "worker.N or workers", True),),
+        ),
+        CommandInfo("reload", "re-read the manifest; roll the workers if it is valid"),
+        CommandInfo("stop", "drain and stop the daemon"),
+        CommandInfo(
+            "profile",
+            "show the profile, or change it live (light, balanced, max)",
+            (("profile", "light, balanced or max", False),),
+        ),
+        CommandInfo("logs", "recent log lines; -f follows", streams=True),
+    )
+}
+
+
+class ProtocolError(Exception):
+    """A peer sent a frame that is too large or not a JSON object."""
+
+
+def encode_frame(document: dict[str, Any]) -> bytes:
+    """One frame: length prefix plus compact JSON."""
+    payload = json.dumps(document, separators=(",", ":")).encode()
+    if len(payload) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(payload)} bytes exceeds {MAX_FRAME_BYTES}")
+    return _LENGTH.pack(len(payload)) + payload
+
+
+class FrameReader:
+    """Splits a byte stream into JSON objects, enforcing the frame cap."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Add bytes; return every complete frame's object.
+
+        Raises:
+            ProtocolError: A frame over the cap, or one that is not a JSON object.
+        """
+        self._buffer += data
+        documents: list[dict[str, Any]] = []
+        while len(self._buffer) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(self._buffer)
+            if length > MAX_FRAME_BYTES:
+                raise ProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+            end = _LENGTH.size + length
+            if len(self._buffer) < end:
+                break
+            payload = bytes(self._buffer[_LENGTH.size : end])
+            del self._buffer[:end]
+            try:
+                document = json.loads(payload)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ProtocolError(f"frame is not JSON: {exc}") from None
+            if not isinstance(document, dict):
+                raise ProtocolError("frame is not a JSON object")
+            documents.append(document)
+        return documents

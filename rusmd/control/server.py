@@ -1,0 +1,238 @@
+"""The control socket: a unix stream socket served from the main loop.
+
+Runs in: main.
+
+The socket is created with mode 0600 (bound under a 0177 umask, so there
+is no window with wider permissions) in a directory rusmd makes 0700.
+Each peer is checked with SO_PEERCRED: only root and the daemon's own
+user may talk to it. Frames are capped (``protocol.MAX_FRAME_BYTES``); a
+bad frame gets an error reply and that connection closes, and nothing
+else is disturbed. Idle connections are dropped after
+``IDLE_TIMEOUT_S``; at most ``MAX_CLIENTS`` are open at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import selectors
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rusmd.control.protocol import (
+    EX_NOPERM,
+    EX_REFUSED,
+    FrameReader,
+    ProtocolError,
+    encode_frame,
+)
+from rusmd.errors import RusmError
+
+# Open control connections at once: rusmctl opens one per command, so more
+# than this is a runaway script or an attempt to exhaust descriptors.
+MAX_CLIENTS = 64
+# A client that says nothing for this long is gone; streaming ones are exempt.
+IDLE_TIMEOUT_S = 300.0
+# Output queued for one slow client before it is dropped (a `logs -f` that
+# never reads must not grow the main process without bound).
+MAX_PENDING_OUTPUT_BYTES = 8 << 20
+_PEERCRED = struct.Struct("3i")
+
+
+class ControlSocketError(RusmError):
+    """The control socket cannot be created (in use, bad path, permissions)."""
+
+
+@dataclass
+class Connection:
+    """One rusmctl connection."""
+
+    sock: socket.socket
+    peer_pid: int
+    reader: FrameReader = field(default_factory=FrameReader)
+    output: bytearray = field(default_factory=bytearray)
+    last_activity: float = field(default_factory=time.monotonic)
+    streaming: bool = False
+    closing: bool = False
+    on_close: list[Callable[[], None]] = field(default_factory=list)
+
+
+Dispatch = Callable[[dict[str, Any], Connection], dict[str, Any]]
+
+
+class ControlServer:
+    """Serves control frames on ``path`` through the main loop's selector."""
+
+    def __init__(self, path: Path, selector: selectors.BaseSelector, dispatch: Dispatch) -> None:
+        self.path = path
+        self.selector = selector
+        self.dispatch = dispatch
+        self.listener: socket.socket | None = None
+        self.connections: dict[int, Connection] = {}
+
+    def open(self) -> None:
+        """Create the socket; refuse if another daemon answers on it."""
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._remove_stale()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)
+        try:
+            listener.bind(str(self.path))
+        except OSError as exc:
+            listener.close()
+            raise ControlSocketError(
+                f"control socket {self.path}: cannot bind: {exc.strerror or exc}"
+            ) from None
+        finally:
+            os.umask(old_umask)
+        listener.listen(16)
+        listener.setblocking(False)
+        self.listener = listener
+        self.selector.register(listener, selectors.EVENT_READ, self._on_accept)
+
+    def close(self) -> None:
+        """Close every connection and the socket, and remove the path."""
+        for connection in list(self.connections.values()):
+            self._close(connection)
+        if self.listener is not None:
+            self.selector.unregister(self.listener)
+            self.listener.close()
+            self.listener = None
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
+
+    def send(self, connection: Connection, document: dict[str, Any]) -> None:
+        """Queue a frame for ``connection`` and write what the socket takes."""
+        if connection.closing and not connection.output:
+            return
+        connection.output += encode_frame(document)
+        if len(connection.output) > MAX_PENDING_OUTPUT_BYTES:
+            self._close(connection)
+            return
+        self._flush(connection)
+
+    def sweep(self, now: float) -> None:
+        """Drop connections idle past ``IDLE_TIMEOUT_S``."""
+        for connection in list(self.connections.values()):
+            if not connection.streaming and now - connection.last_activity > IDLE_TIMEOUT_S:
+                self._close(connection)
+
+    def _remove_stale(self) -> None:
+        if not self.path.exists() and not self.path.is_symlink():
+            return
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(self.path))
+        except OSError:
+            self.path.unlink()  # a dead daemon's socket
+            return
+        finally:
+            probe.close()
+        raise ControlSocketError(f"control socket {self.path}: another rusmd is running there")
+
+    def _on_accept(self, _events: int) -> None:
+        assert self.listener is not None
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE):
+                    return  # out of descriptors: leave it queued, try next turn
+                raise
+            self._admit(sock)
+
+    def _admit(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        pid, uid, _gid = _PEERCRED.unpack(
+            sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
+        )
+        connection = Connection(sock=sock, peer_pid=pid)
+        if uid not in (0, os.getuid()):
+            self._refuse(
+                connection, f"permission denied: uid {uid} may not control rusmd", EX_NOPERM
+            )
+            return
+        if len(self.connections) >= MAX_CLIENTS:
+            self._refuse(connection, f"too many control connections ({MAX_CLIENTS})", EX_REFUSED)
+            return
+        self.connections[sock.fileno()] = connection
+        self.selector.register(sock, selectors.EVENT_READ, lambda ev: self._on_io(connection, ev))
+
+    def _refuse(self, connection: Connection, message: str, code: int) -> None:
+        try:
+            connection.sock.send(encode_frame({"ok": False, "error": message, "code": code}))
+        except OSError:
+            pass
+        connection.sock.close()
+
+    def _on_io(self, connection: Connection, events: int) -> None:
+        if events & selectors.EVENT_WRITE:
+            self._flush(connection)
+        if events & selectors.EVENT_READ and connection.sock.fileno() >= 0:
+            self._read(connection)
+
+    def _read(self, connection: Connection) -> None:
+        try:
+            data = connection.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(connection)
+            return
+        if not data:
+            self._close(connection)
+            return
+        connection.last_activity = time.monotonic()
+        try:
+            requests = connection.reader.feed(data)
+        except ProtocolError as exc:
+            self.send(connection, {"ok": False, "error": f"bad frame: {exc}", "code": EX_REFUSED})
+            self._close_after_flush(connection)
+            return
+        for request in requests:
+            self.send(connection, self.dispatch(request, connection))
+
+    def _flush(self, connection: Connection) -> None:
+        if connection.sock.fileno() < 0:
+            return
+        while connection.output:
+            try:
+                sent = connection.sock.send(connection.output)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._close(connection)
+                return
+            del connection.output[:sent]
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if connection.output else 0)
+        if connection.closing and not connection.output:
+            self._close(connection)
+            return
+        self.selector.modify(connection.sock, events, lambda ev: self._on_io(connection, ev))
+
+    def _close_after_flush(self, connection: Connection) -> None:
+        connection.closing = True
+        if not connection.output:
+            self._close(connection)
+
+    def _close(self, connection: Connection) -> None:
+        fd = connection.sock.fileno()
+        if fd < 0:
+            return
+        self.connections.pop(fd, None)
+        try:
+            self.selector.unregister(connection.sock)
+        except (KeyError, ValueError):
+            pass
+        connection.sock.close()
+        for callback in connection.on_close:
+            callback()

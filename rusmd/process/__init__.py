@@ -1,0 +1,4 @@
+"""The process layer: fork, reap, signals, systemd.
+
+Runs in: main.
+"""

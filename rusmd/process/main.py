@@ -1,0 +1,310 @@
+"""The main process: one selectors loop that supervises everything else.
+
+Runs in: main.
+
+The main process stays fork-clean: no threads, no asyncio, no guest code,
+no LMDB environment; it never imports wasmtime, lmdb, uvloop, httptools
+or websockets. Signal handlers only enqueue (through the wakeup fd); the
+loop turns them into named steps:
+
+    wait → handle signals → reap children → pool deadlines → control
+    sweep → watchdog → (drained? exit)
+
+SIGTERM/SIGINT drain (stop accepting, let workers finish up to the
+timeout, then kill) and exit 0; a second one kills at once. SIGHUP and
+``rusmctl reload`` re-read the manifest: an invalid one is rejected with
+its errors and the running app is untouched; a valid one rolls the
+workers one at a time.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import selectors
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rusmd import __version__
+from rusmd.channel import Channel
+from rusmd.config import Overrides, load_environment, load_manifest
+from rusmd.config.model import Manifest, Profile
+from rusmd.config.sizing import usable_cores, worker_count
+from rusmd.control.server import ControlServer
+from rusmd.errors import ConfigError
+from rusmd.log import JsonFormatter, Logger, LogRecord, LogRing, TextFormatter, stream_is_tty
+from rusmd.process.listeners import Listener, close_listeners, open_listeners
+from rusmd.process.pool import WorkerPool
+from rusmd.process.systemd import Notifier
+
+# How long SIGTERM lets workers drain before they are killed; below
+# systemd's TimeoutStopSec in the shipped unit.
+DRAIN_TIMEOUT_S = 30.0
+# Upper bound on one loop wait: deadlines (heartbeats, quarantine ends,
+# drains) are checked at least this often.
+LOOP_TICK_S = 0.2
+
+
+class DaemonState(enum.StrEnum):
+    """The main process's own life."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+
+
+class MainProcess:
+    """The daemon's main process.
+
+    Args:
+        manifest: The validated manifest it starts with.
+        overrides: The command-line flags, re-applied on every reload.
+        config_path: The manifest path as given, for reloads.
+        socket_path: Where the control socket goes.
+        json_logs: ``--log-format json``.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        overrides: Overrides,
+        config_path: str,
+        socket_path: Path,
+        json_logs: bool = False,
+    ) -> None:
+        self.manifest = manifest
+        self.overrides = overrides
+        self.config_path = config_path
+        self.socket_path = socket_path
+        self.state = DaemonState.STARTING
+        self.started_at = time.monotonic()
+        self.started_wall = time.time()
+        self.signals: deque[int] = deque()
+        self.selector = selectors.DefaultSelector()
+        self.notifier = Notifier.from_environ(os.environ)
+        self.ring = LogRing()
+        self.formatter = JsonFormatter() if json_logs else TextFormatter(stream_is_tty(sys.stderr))
+        self.log = Logger(manifest.log.level, self.emit)
+        self.cores = usable_cores()
+        self.profile = manifest.node.profile
+        self.listeners: list[Listener] = []
+        self.control = ControlServer(socket_path, self.selector, self._dispatch)
+        self.pool: WorkerPool | None = None
+        self.exit_code = 0
+        self.reloads = 0
+        self._last_watchdog = 0.0
+        self._wakeup_r, self._wakeup_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+
+    # ── the loop ────────────────────────────────────────────────────────
+
+    def run(self) -> int:
+        """Start everything, loop until drained, return the exit code."""
+        self.install_signal_handlers()
+        self.listeners = open_listeners(self.manifest.serve, os.environ)
+        self.control.open()
+        self.pool = WorkerPool(
+            self.manifest,
+            worker_count(self.profile, self.cores),
+            listeners=[listener.sock for listener in self.listeners],
+            log=self.log,
+            watch=self.watch_channel,
+            on_log=self.emit,
+        )
+        self.pool.start()
+        try:
+            while True:
+                self.wait_for_events()
+                self.handle_signals()
+                self.pool.reap()
+                self.pool.tick()
+                self.announce_ready()
+                self.control.sweep(time.monotonic())
+                self.ping_watchdog()
+                if self.state is DaemonState.DRAINING and self.pool.idle:
+                    break
+        finally:
+            self.cleanup()
+        return self.exit_code
+
+    def install_signal_handlers(self) -> None:
+        """Handlers only enqueue; the wakeup fd wakes the loop."""
+        signal.set_wakeup_fd(self._wakeup_w, warn_on_full_buffer=False)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, self._enqueue_signal)
+        self.selector.register(self._wakeup_r, selectors.EVENT_READ, self._drain_wakeup)
+
+    def wait_for_events(self) -> None:
+        """Block until a socket, channel or signal needs attention, or a tick passes."""
+        for key, events in self.selector.select(LOOP_TICK_S):
+            callback: Callable[[int], None] = key.data
+            callback(events)
+
+    def handle_signals(self) -> None:
+        """Act on the queued signals, in arrival order."""
+        while self.signals:
+            signum = self.signals.popleft()
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.begin_drain(f"signal {signal.Signals(signum).name}")
+            elif signum == signal.SIGHUP:
+                self.reload()
+
+    def announce_ready(self) -> None:
+        """READY=1 once every initial worker reported ready."""
+        if self.state is not DaemonState.STARTING or self.pool is None:
+            return
+        if len(self.pool.workers) == self.pool.target and all(
+            h.state == "ready" for h in self.pool.workers.values()
+        ):
+            self.state = DaemonState.RUNNING
+            self.notifier.ready(self.status_line())
+            self.log.info(
+                f"rusmd {__version__} ready: {self.pool.target} worker(s), profile {self.profile}, "
+                f"control {self.socket_path}"
+            )
+
+    def ping_watchdog(self) -> None:
+        """WATCHDOG=1 from the loop itself: a stuck loop stops the pings."""
+        interval_s = self.notifier.watchdog_interval_s
+        now = time.monotonic()
+        if interval_s is not None and now - self._last_watchdog >= interval_s:
+            self._last_watchdog = now
+            self.notifier.watchdog()
+
+    # ── operations ──────────────────────────────────────────────────────
+
+    def begin_drain(self, why: str) -> None:
+        """Stop accepting, let workers finish, then exit 0; twice → kill now."""
+        assert self.pool is not None
+        if self.state is DaemonState.DRAINING:
+            self.log.warn(f"stop: {why} again; killing workers now")
+            self.pool.stop(0.001)
+            return
+        self.state = DaemonState.DRAINING
+        self.notifier.stopping()
+        self.log.info(f"stop: {why}; draining {len(self.pool.workers)} worker(s)")
+        close_listeners(self.listeners)
+        self.listeners = []
+        self.pool.stop(DRAIN_TIMEOUT_S)
+
+    def reload(self) -> tuple[bool, str]:
+        """Re-read the manifest; roll the workers if valid. Returns (ok, message)."""
+        assert self.pool is not None
+        if self.state is DaemonState.DRAINING:
+            return False, "the daemon is stopping"
+        self.notifier.reloading()
+        try:
+            environment = load_environment(Path(self.config_path).absolute().parent)
+            manifest = load_manifest(self.config_path, self.overrides, environment)
+        except ConfigError as exc:
+            self.log.error(f"reload rejected; the running app is unchanged:\n{exc}")
+            self.notifier.ready(self.status_line())
+            return False, f"reload rejected; the running app is unchanged:\n{exc}"
+        try:
+            listeners = self._listeners_for(manifest)
+        except Exception as exc:
+            self.log.error(f"reload rejected; the running app is unchanged: {exc}")
+            self.notifier.ready(self.status_line())
+            return False, f"reload rejected; the running app is unchanged: {exc}"
+        self.reloads += 1
+        self.manifest = manifest
+        self.log.threshold = manifest.log.level
+        self.listeners = listeners
+        self.pool.listeners = [listener.sock for listener in listeners]
+        if manifest.node.profile != self.profile and self.overrides.profile is None:
+            self.set_profile(manifest.node.profile)
+        self.pool.roll(manifest)
+        self.notifier.ready(self.status_line())
+        self.log.info(
+            f"reload: {self.config_path} accepted; rolling {len(self.pool.workers)} worker(s)"
+        )
+        return True, f"reloaded {self.config_path}; rolling the workers one at a time"
+
+    def set_profile(self, profile: Profile) -> int:
+        """Change the profile live: the pool grows or drains. Returns the new count."""
+        assert self.pool is not None
+        self.profile = profile
+        count = worker_count(profile, self.cores)
+        self.pool.resize(count)
+        self.log.info(f"profile {profile}: {count} worker(s)")
+        return count
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=."""
+        workers = len(self.pool.workers) if self.pool else 0
+        return f"{workers} worker(s), profile {self.profile}"
+
+    # ── plumbing ────────────────────────────────────────────────────────
+
+    def emit(self, record: LogRecord) -> None:
+        """The single writer of log output: stderr plus the ring for ``rusmctl logs``."""
+        self.ring.append(record)
+        try:
+            sys.stderr.write(self.formatter.format(record) + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass  # a closed stderr must not stop the daemon
+
+    def watch_channel(self, channel: Channel, watch: bool) -> None:
+        """Register (or unregister) a worker channel with the loop."""
+        if watch:
+            self.selector.register(
+                channel.sock, selectors.EVENT_READ, self._channel_callback(channel)
+            )
+        else:
+            try:
+                self.selector.unregister(channel.sock)
+            except (KeyError, ValueError):
+                pass
+
+    def _channel_callback(self, channel: Channel) -> Callable[[int], None]:
+        def on_events(events: int) -> None:
+            assert self.pool is not None
+            if events & selectors.EVENT_WRITE:
+                channel.write_ready()
+            if events & selectors.EVENT_READ:
+                self.pool.on_channel_ready(channel)
+            if not channel.closed:
+                wanted = selectors.EVENT_READ | (
+                    selectors.EVENT_WRITE if channel.wants_write else 0
+                )
+                self.selector.modify(channel.sock, wanted, on_events)
+
+        return on_events
+
+    def _listeners_for(self, manifest: Manifest) -> list[Listener]:
+        current = {listener.address: listener for listener in self.listeners}
+        wanted = [entry.listen for entry in manifest.serve]
+        fresh = open_listeners(
+            tuple(entry for entry in manifest.serve if entry.listen not in current), {}
+        )
+        by_address = {listener.address: listener for listener in fresh}
+        result = [current.get(address) or by_address[address] for address in wanted]
+        close_listeners([old for address, old in current.items() if address not in wanted])
+        return result
+
+    def _enqueue_signal(self, signum: int, _frame: object) -> None:
+        self.signals.append(signum)
+
+    def _drain_wakeup(self, _events: int) -> None:
+        try:
+            while os.read(self._wakeup_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _dispatch(self, request: dict[str, Any], connection: Any) -> dict[str, Any]:
+        from rusmd.control.commands import dispatch
+
+        return dispatch(self, request, connection)
+
+    def cleanup(self) -> None:
+        """Release what the main process holds; workers are gone by now."""
+        self.control.close()
+        close_listeners(self.listeners)
+        signal.set_wakeup_fd(-1)
+        self.log.info("stop: done")

@@ -1,0 +1,444 @@
+"""The worker pool: fork, watch, replace and resize worker OS processes.
+
+Runs in: main.
+
+The pool is the root supervisor's first user. Each worker slot is a
+permanent child ``worker.<slot>`` under one_for_one with root-mode
+quarantine: a worker that dies is forked again at once; one that crashes
+faster than ``WORKER_INTENSITY`` in ``WORKER_PERIOD_S`` waits out an
+exponential backoff (1 s, 2 s, 4 s, … up to a minute) while the daemon
+stays up. The supervisor decides; this module forks, signals and reaps.
+
+A worker is ``starting`` until its ``Ready`` arrives (within
+``READY_TIMEOUT_S``), then ``ready``; it is killed when its heartbeats
+stop for ``HEARTBEAT_TIMEOUT_S`` (a wedged loop or SIGSTOP).
+"""
+
+from __future__ import annotations
+
+import enum
+import gc
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from rusmd.channel import Channel, ChannelClosed, Heartbeat, Log, MeshPeer, Message, Ready, Stop
+from rusmd.config.model import Manifest
+from rusmd.log import Logger, LogRecord
+from rusmd.supervision import (
+    ChildSpec,
+    Escalate,
+    ExitReason,
+    QuarantinePolicy,
+    Shutdown,
+    ShutdownKind,
+    StartChild,
+    StopChild,
+    Strategy,
+    Supervisor,
+    SupervisorFlags,
+)
+from rusmd.supervision.action import Action, Quarantine
+from rusmd.worker.boot import WorkerBoot, run_worker
+
+# Crash budget of one worker slot before it is quarantined: a worker that
+# dies at fork (bad host, out of memory) must not fork-bomb the machine.
+WORKER_INTENSITY = 3
+WORKER_PERIOD_S = 5.0
+WORKER_QUARANTINE = QuarantinePolicy(base_s=1.0, factor=2.0, max_s=60.0)
+# A worker that has not said Ready by then is wedged in start-up.
+READY_TIMEOUT_S = 10.0
+# Missed heartbeats for this long mean a stuck loop (or SIGSTOP): kill it.
+HEARTBEAT_TIMEOUT_S = 5.0
+# How long a worker may drain after Stop before it is killed.
+WORKER_SHUTDOWN_S = 10.0
+
+
+class WorkerState(enum.StrEnum):
+    """Where one worker process is in its life."""
+
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+
+
+@dataclass
+class WorkerHandle:
+    """The main process's view of one live worker process."""
+
+    slot: int
+    generation: int
+    pid: int
+    channel: Channel
+    started_at: float
+    started_wall: float
+    state: WorkerState = WorkerState.STARTING
+    last_heartbeat: float = 0.0
+    peers: list[int] = field(default_factory=list)
+    stop_deadline: float | None = None
+    kill_reason: ExitReason | None = None
+    kill_detail: str = ""
+
+
+@dataclass
+class SlotHistory:
+    """What outlives one worker process in its slot."""
+
+    generations: int = 0
+    restarts: int = 0
+    last_exit: str = ""
+
+
+class WorkerPool:
+    """Forks and supervises ``count`` workers.
+
+    Args:
+        manifest: The resolved manifest workers start from.
+        count: How many worker slots to run.
+        listeners: Listen sockets every worker inherits.
+        log: The main process's logger.
+        watch: Called with (channel, True) so the loop watches a new worker
+            channel, and (channel, False) before it is closed.
+        on_log: Receives the log records workers send.
+        clock: Monotonic clock.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        count: int,
+        *,
+        listeners: list[socket.socket],
+        log: Logger,
+        watch: Callable[[Channel, bool], None],
+        on_log: Callable[[LogRecord], None],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.manifest = manifest
+        self.listeners = listeners
+        self.log = log
+        self.watch = watch
+        self.on_log = on_log
+        self.clock = clock
+        self.workers: dict[int, WorkerHandle] = {}
+        self.by_pid: dict[int, WorkerHandle] = {}
+        self.history: dict[int, SlotHistory] = {}
+        self.quarantined: dict[int, float] = {}
+        self.target = count
+        self.rolling: list[int] = []
+        self.rolling_pending: set[int] = set()
+        self.supervisor = Supervisor(
+            SupervisorFlags(
+                strategy=Strategy.ONE_FOR_ONE,
+                intensity=WORKER_INTENSITY,
+                period_s=WORKER_PERIOD_S,
+            ),
+            [self._spec(slot) for slot in range(count)],
+            quarantine=WORKER_QUARANTINE,
+        )
+
+    # ── decisions in, effects out ───────────────────────────────────────
+
+    def start(self) -> None:
+        """Fork the initial workers."""
+        self._apply(self.supervisor.start(self.clock()))
+
+    def tick(self) -> None:
+        """Time-driven steps: quarantine ends, start and stop deadlines, heartbeats."""
+        now = self.clock()
+        self._apply(self.supervisor.tick(now))
+        for handle in list(self.workers.values()):
+            self._check_deadlines(handle, now)
+
+    def stop(self, timeout_s: float) -> None:
+        """Stop every worker in reverse start order (drain, then kill)."""
+        for handle in self.workers.values():
+            handle.stop_deadline = None
+        actions = self.supervisor.stop(self.clock())
+        self._apply([_with_timeout(a, timeout_s) for a in actions])
+
+    def resize(self, count: int) -> None:
+        """Grow or drain the pool to ``count`` workers, live."""
+        now = self.clock()
+        count = max(1, count)
+        old, self.target = self.target, count
+        for slot in range(old, count):
+            self._apply(self.supervisor.add_child(self._spec(slot), now))
+        for slot in reversed(range(count, old)):
+            self._apply(self.supervisor.remove_child(_child_id(slot), now))
+
+    def roll(self, manifest: Manifest) -> None:
+        """Replace the workers one at a time with ones started from ``manifest``."""
+        self.manifest = manifest
+        self.rolling = sorted(slot for slot in self.workers if slot < self.target)
+        self._roll_next()
+
+    def restart_slot(self, slot: int) -> bool:
+        """Replace one worker now (an operator's ``restart``); False if no such slot."""
+        if slot >= self.target:
+            return False
+        if slot in self.quarantined:
+            self._apply(self.supervisor.lift_quarantine(_child_id(slot), self.clock()))
+            return True
+        handle = self.workers.get(slot)
+        if handle is None:
+            return False
+        self._kill(handle, signal.SIGTERM, ExitReason.SHUTDOWN, "restarted by operator")
+        return True
+
+    @property
+    def idle(self) -> bool:
+        """True once no worker process is left."""
+        return not self.workers
+
+    # ── events from the loop ─────────────────────────────────────────────
+
+    def on_channel_ready(self, channel: Channel) -> None:
+        """Read a worker's channel and act on its messages."""
+        handle = next((h for h in self.workers.values() if h.channel is channel), None)
+        if handle is None:
+            return
+        try:
+            messages = channel.read_ready()
+        except ChannelClosed:
+            # The process is exiting; the reaper reports why.
+            self._unwatch(handle)
+            return
+        now = self.clock()
+        for message in messages:
+            self._on_message(handle, message, now)
+
+    def reap(self) -> None:
+        """Collect every exited child and tell the supervisor why it exited."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            handle = self.by_pid.pop(pid, None)
+            if handle is not None:
+                self._on_exit(handle, status)
+
+    # ── internals ───────────────────────────────────────────────────────
+
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, StartChild):
+                self._fork(_slot_of(action.id))
+            elif isinstance(action, StopChild):
+                self._stop(_slot_of(action.id), action.shutdown)
+            elif isinstance(action, Quarantine):
+                slot = _slot_of(action.id)
+                self.quarantined[slot] = action.until
+                delay_s = max(0.0, action.until - self.clock())
+                self.log.error(
+                    f"supervisor report: worker {slot} crashed too often; "
+                    f"quarantined for {delay_s:.1f}s"
+                )
+            elif isinstance(action, Escalate):
+                self.log.error(f"supervisor report: worker pool gave up ({action.reason})")
+
+    def _fork(self, slot: int) -> None:
+        self.quarantined.pop(slot, None)
+        history = self.history.setdefault(slot, SlotHistory())
+        history.generations += 1
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        mesh = self._mesh_for(slot)
+        boot = WorkerBoot(
+            slot=slot,
+            generation=history.generations,
+            parent_pid=os.getpid(),
+            channel=child_end,
+            mesh={peer: ends[1] for peer, ends in mesh.items()},
+            listeners=self.listeners,
+            manifest=self.manifest,
+        )
+        # Objects already alive stay out of the child's cyclic GC, so no
+        # inherited wrapper is collected there and closes a reused fd.
+        gc.freeze()
+        pid = os.fork()
+        if pid == 0:
+            run_worker(boot)
+        gc.unfreeze()
+        child_end.close()
+        now = self.clock()
+        handle = WorkerHandle(
+            slot=slot,
+            generation=history.generations,
+            pid=pid,
+            channel=Channel(parent_end),
+            started_at=now,
+            started_wall=time.time(),
+            last_heartbeat=now,
+        )
+        self.workers[slot] = handle
+        self.by_pid[pid] = handle
+        self.watch(handle.channel, True)
+        self._hand_mesh(slot, mesh)
+        self.log.debug(f"worker {slot} forked pid={pid}")
+
+    def _mesh_for(self, slot: int) -> dict[int, tuple[socket.socket, socket.socket]]:
+        """Fresh socketpairs to every live sibling: (sibling's end, new worker's end)."""
+        return {
+            peer: socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            for peer, handle in self.workers.items()
+            if peer != slot and handle.state is not WorkerState.STOPPING
+        }
+
+    def _hand_mesh(self, slot: int, mesh: dict[int, tuple[socket.socket, socket.socket]]) -> None:
+        """Send each sibling its end of the new worker's channel; close ours."""
+        for peer, (peer_end, new_end) in mesh.items():
+            try:
+                self.workers[peer].channel.send(MeshPeer(slot=slot), [peer_end.fileno()])
+            except ChannelClosed:
+                pass  # that sibling is exiting; its successor gets a fresh pair
+            finally:
+                peer_end.close()
+                new_end.close()
+
+    def _on_message(self, handle: WorkerHandle, message: Message, now: float) -> None:
+        if isinstance(message, Heartbeat):
+            handle.last_heartbeat = now
+            handle.peers = message.peers
+        elif isinstance(message, Log):
+            self.on_log(message.record)
+        elif isinstance(message, Ready) and handle.state is WorkerState.STARTING:
+            handle.state = WorkerState.READY
+            handle.last_heartbeat = now
+            self.supervisor.child_started(_child_id(handle.slot), now)
+            self.log.info(f"worker {handle.slot} ready pid={handle.pid}")
+            self._roll_next()
+
+    def _check_deadlines(self, handle: WorkerHandle, now: float) -> None:
+        if handle.kill_reason is ExitReason.KILLED:
+            return
+        if handle.state is WorkerState.STARTING and now - handle.started_at > READY_TIMEOUT_S:
+            self._kill(
+                handle, signal.SIGKILL, ExitReason.KILLED, f"not ready after {READY_TIMEOUT_S:g}s"
+            )
+        elif (
+            handle.state is WorkerState.READY and now - handle.last_heartbeat > HEARTBEAT_TIMEOUT_S
+        ):
+            self._kill(
+                handle,
+                signal.SIGKILL,
+                ExitReason.KILLED,
+                f"no heartbeat for {HEARTBEAT_TIMEOUT_S:g}s",
+            )
+        elif handle.stop_deadline is not None and now > handle.stop_deadline:
+            self._kill(handle, signal.SIGKILL, ExitReason.KILLED, "did not drain in time")
+
+    def _stop(self, slot: int, shutdown: Shutdown) -> None:
+        handle = self.workers.get(slot)
+        if handle is None:
+            return
+        if shutdown.kind is ShutdownKind.BRUTAL_KILL:
+            self._kill(handle, signal.SIGKILL, ExitReason.KILLED, "brutal_kill")
+            return
+        handle.state = WorkerState.STOPPING
+        handle.stop_deadline = self.clock() + shutdown.timeout_s
+        try:
+            handle.channel.send(Stop(timeout_s=shutdown.timeout_s))
+        except ChannelClosed:
+            self._kill(handle, signal.SIGKILL, ExitReason.KILLED, "channel closed during stop")
+
+    def _kill(self, handle: WorkerHandle, signum: int, reason: ExitReason, detail: str) -> None:
+        if handle.kill_reason is None or reason is ExitReason.KILLED:
+            handle.kill_reason, handle.kill_detail = reason, detail
+        if signum == signal.SIGKILL:
+            self.log.warn(f"worker {handle.slot} pid={handle.pid} killed: {detail}")
+        try:
+            os.kill(handle.pid, signum)
+            if signum == signal.SIGKILL:
+                # A stopped process cannot die until it runs again.
+                os.kill(handle.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+    def _on_exit(self, handle: WorkerHandle, status: int) -> None:
+        now = self.clock()
+        self._unwatch(handle)
+        if self.workers.get(handle.slot) is handle:
+            del self.workers[handle.slot]
+        reason, detail = _exit_reason(handle, status)
+        history = self.history.setdefault(handle.slot, SlotHistory())
+        history.last_exit = f"{reason} ({detail})" if detail else str(reason)
+        line = f"exit worker {handle.slot} pid={handle.pid} {history.last_exit}"
+        if reason in (ExitReason.NORMAL, ExitReason.SHUTDOWN):
+            self.log.info(line)
+        else:
+            self.log.error(
+                line.replace(f" {reason}", " crashed", 1) if reason is ExitReason.CRASHED else line
+            )
+        child = _child_id(handle.slot)
+        if handle.state is WorkerState.STARTING and handle.kill_reason is not ExitReason.SHUTDOWN:
+            actions = self.supervisor.child_start_failed(child, now)
+        else:
+            actions = self.supervisor.child_exited(child, reason, now)
+        if (
+            any(isinstance(a, StartChild) for a in actions)
+            and handle.state is not WorkerState.STOPPING
+        ):
+            history.restarts += 1
+        self._apply(actions)
+        if handle.slot in self.rolling_pending and handle.slot < self.target:
+            self.rolling_pending.discard(handle.slot)
+            self._apply(self.supervisor.add_child(self._spec(handle.slot), now))
+
+    def _roll_next(self) -> None:
+        if any(h.state is not WorkerState.READY for h in self.workers.values()):
+            return
+        while self.rolling:
+            slot = self.rolling.pop(0)
+            if slot in self.workers:
+                self.rolling_pending.add(slot)
+                self._apply(self.supervisor.remove_child(_child_id(slot), self.clock()))
+                return
+
+    def _unwatch(self, handle: WorkerHandle) -> None:
+        if not handle.channel.closed:
+            self.watch(handle.channel, False)
+            handle.channel.close()
+
+    def _spec(self, slot: int) -> ChildSpec:
+        return ChildSpec(
+            id=_child_id(slot), shutdown=Shutdown.timeout(WORKER_SHUTDOWN_S), start=slot
+        )
+
+
+def _child_id(slot: int) -> str:
+    return f"worker.{slot}"
+
+
+def _slot_of(child_id: str) -> int:
+    return int(child_id.rsplit(".", 1)[1])
+
+
+def _with_timeout(action: Action, timeout_s: float) -> Action:
+    if isinstance(action, StopChild) and action.shutdown.kind is ShutdownKind.TIMEOUT:
+        return StopChild(action.id, Shutdown.timeout(timeout_s), action.reason)
+    return action
+
+
+def _exit_reason(handle: WorkerHandle, status: int) -> tuple[ExitReason, str]:
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        name = signal.Signals(signum).name if signum in set(signal.Signals) else str(signum)
+        if handle.kill_reason is not None and signum == signal.SIGKILL:
+            return handle.kill_reason, handle.kill_detail
+        if signum == signal.SIGKILL:
+            return ExitReason.KILLED, f"signal {signum} {name}"
+        if handle.kill_reason is ExitReason.SHUTDOWN and signum == signal.SIGTERM:
+            return ExitReason.SHUTDOWN, handle.kill_detail
+        return ExitReason.CRASHED, f"signal {signum} {name}"
+    code = os.WEXITSTATUS(status)
+    if code == 0:
+        if handle.state is WorkerState.STOPPING or handle.kill_reason is ExitReason.SHUTDOWN:
+            return ExitReason.SHUTDOWN, handle.kill_detail
+        return ExitReason.NORMAL, ""
+    return ExitReason.CRASHED, f"exit code {code}"

@@ -1,0 +1,7 @@
+"""The worker: one forked OS process running a uvloop loop.
+
+Runs in: worker.
+
+- ``boot``     what the main process hands a worker at fork.
+- ``runtime``  the worker's loop: channel to main, heartbeats, the mesh, drain.
+"""

@@ -1,0 +1,173 @@
+"""The worker's event loop: channel to main, heartbeats, the mesh, draining.
+
+Runs in: worker.
+
+One uvloop loop per worker. It reports ``Ready`` as soon as it runs,
+then a ``Heartbeat`` every ``HEARTBEAT_INTERVAL_S``: the main process
+kills a worker whose heartbeats stop (a wedged loop, SIGSTOP). ``Stop``
+or SIGTERM start a drain: in-flight work finishes up to the timeout,
+then the loop ends and the worker exits 0.
+
+The mesh: one channel to every sibling worker, inherited at fork or
+handed over later by the main process (``MeshPeer`` + a descriptor).
+Each side says ``MeshHello`` first; a peer counts once its hello arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+
+import uvloop
+
+from rusmd.channel import (
+    Channel,
+    ChannelClosed,
+    Heartbeat,
+    Log,
+    MeshHello,
+    MeshPeer,
+    Message,
+    Ready,
+    Stop,
+)
+from rusmd.config.model import LogLevel
+from rusmd.log import Logger, LogRecord
+from rusmd.worker.boot import WorkerBoot
+
+# How often a worker proves its loop turns over; the main process allows
+# several missed beats before it acts.
+HEARTBEAT_INTERVAL_S = 1.0
+# A drain ordered by SIGTERM alone (not by main) gets this long.
+DEFAULT_DRAIN_S = 10.0
+
+
+class WorkerRuntime:
+    """A worker's state and loop callbacks."""
+
+    def __init__(self, boot: WorkerBoot) -> None:
+        self.boot = boot
+        self.slot = boot.slot
+        self.loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.channel = Channel(boot.channel)
+        self.peers: dict[int, Channel] = {}
+        self.verified_peers: set[int] = set()
+        self.done: asyncio.Future[int] = self.loop.create_future()
+        level = boot.manifest.log.level if boot.manifest else LogLevel.OFF
+        self.log = Logger(level, self._ship_log, source="rusm")
+
+    def run(self) -> int:
+        """Run until drained; return the exit code."""
+        self.loop.add_reader(self.channel.fileno(), self._on_main)
+        self.loop.add_signal_handler(signal.SIGTERM, self.begin_stop, DEFAULT_DRAIN_S)
+        for slot, sock in self.boot.mesh.items():
+            self._add_peer(slot, sock)
+        self._send_main(Ready(slot=self.slot, pid=os.getpid()))
+        self.loop.call_soon(self._heartbeat)
+        try:
+            return self.loop.run_until_complete(self.done)
+        finally:
+            self._close()
+
+    def begin_stop(self, timeout_s: float) -> None:
+        """Drain: stop taking work, let in-flight work finish, then exit 0."""
+        if self.done.done():
+            return
+        self.log.debug(f"worker {self.slot} draining (up to {timeout_s:g}s)")
+        # Nothing runs in a worker yet that needs a grace period; serving
+        # will wait here for in-flight requests up to timeout_s.
+        self.done.set_result(0)
+
+    def _heartbeat(self) -> None:
+        if self.done.done():
+            return
+        self._send_main(Heartbeat(slot=self.slot, peers=sorted(self.verified_peers)))
+        self.loop.call_later(HEARTBEAT_INTERVAL_S, self._heartbeat)
+
+    def _on_main(self) -> None:
+        try:
+            messages = self.channel.read_ready()
+        except ChannelClosed:
+            # Main is gone or broke the protocol: nothing left to work for.
+            self._forget(self.channel)
+            if not self.done.done():
+                self.done.set_result(0)
+            return
+        for message in messages:
+            self._handle_main(message)
+
+    def _handle_main(self, message: Message) -> None:
+        if isinstance(message, Stop):
+            self.begin_stop(message.timeout_s)
+        elif isinstance(message, MeshPeer):
+            fd = self.channel.take_fd()
+            self._add_peer(message.slot, socket.socket(fileno=fd))
+
+    def _add_peer(self, slot: int, sock: socket.socket) -> None:
+        old = self.peers.pop(slot, None)
+        if old is not None:
+            self._forget(old)
+        self.verified_peers.discard(slot)
+        peer = Channel(sock)
+        self.peers[slot] = peer
+        self.loop.add_reader(peer.fileno(), self._on_peer, slot, peer)
+        self._send(peer, MeshHello(slot=self.slot, pid=os.getpid()))
+
+    def _on_peer(self, slot: int, peer: Channel) -> None:
+        try:
+            messages = peer.read_ready()
+        except ChannelClosed:
+            self._drop_peer(slot, peer)
+            return
+        for message in messages:
+            if isinstance(message, MeshHello) and message.slot == slot:
+                self.verified_peers.add(slot)
+
+    def _drop_peer(self, slot: int, peer: Channel) -> None:
+        if self.peers.get(slot) is peer:
+            del self.peers[slot]
+            self.verified_peers.discard(slot)
+        self._forget(peer)
+
+    def _forget(self, channel: Channel) -> None:
+        if not channel.closed:
+            self.loop.remove_reader(channel.fileno())
+            self.loop.remove_writer(channel.fileno())
+            channel.close()
+
+    def _send_main(self, message: Message) -> None:
+        self._send(self.channel, message)
+
+    def _send(self, channel: Channel, message: Message) -> None:
+        try:
+            channel.send(message)
+        except ChannelClosed:
+            return
+        if channel.wants_write:
+            self.loop.add_writer(channel.fileno(), self._flush, channel)
+
+    def _flush(self, channel: Channel) -> None:
+        try:
+            channel.write_ready()
+        except ChannelClosed:
+            self.loop.remove_writer(channel.fileno())
+            return
+        if not channel.wants_write:
+            self.loop.remove_writer(channel.fileno())
+
+    def _ship_log(self, record: LogRecord) -> None:
+        self._send_main(Log(record=record))
+
+    def _close(self) -> None:
+        for channel in [self.channel, *self.peers.values()]:
+            if not channel.closed:
+                try:
+                    channel.sock.setblocking(True)
+                    channel.write_ready()
+                except (ChannelClosed, OSError):
+                    pass
+                channel.close()
+        self.loop.close()
