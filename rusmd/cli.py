@@ -71,6 +71,23 @@ def _add_manifest_flags(parser: argparse.ArgumentParser) -> None:
         default=default,
         help="override [node].profile",
     )
+    parser.add_argument(
+        "--cpus",
+        type=_positive_int,
+        metavar="N",
+        default=default,
+        help="size the profile as if N cores were usable (default: detected)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of cores >= 1, not {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,7 +114,7 @@ def check(args: argparse.Namespace) -> int:
             for problem in exc.problems:
                 print(problem, file=sys.stderr)
         return EX_CONFIG
-    cores = usable_cores()
+    cores = args.cpus or usable_cores()
     if args.json:
         sys.stdout.buffer.write(render_json(manifest, environment, cores) + b"\n")
     else:
@@ -122,7 +139,12 @@ def run(args: argparse.Namespace) -> int:
 
     socket_path = Path(args.socket) if args.socket else default_socket_path(manifest.app_dir)
     daemon = MainProcess(
-        manifest, overrides, config, socket_path, json_logs=args.log_format == "json"
+        manifest,
+        overrides,
+        config,
+        socket_path,
+        json_logs=args.log_format == "json",
+        cores=args.cpus,
     )
     try:
         return daemon.run()

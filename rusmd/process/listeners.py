@@ -49,6 +49,7 @@ def open_listeners(serve: tuple[Serve, ...], environ: MutableMapping[str, str]) 
         for index, entry in enumerate(serve):
             sock = adopted.pop(entry.listen, None)
             if sock is not None:
+                sock.setblocking(False)
                 listeners.append(Listener(entry.listen, sock, adopted=True))
             else:
                 listeners.append(Listener(entry.listen, bind(entry.listen, index), adopted=False))

@@ -36,7 +36,7 @@ from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import Manifest, Profile
 from rusmd.config.sizing import usable_cores, worker_count
 from rusmd.control.server import ControlServer
-from rusmd.errors import ConfigError
+from rusmd.errors import ConfigError, RusmError
 from rusmd.log import JsonFormatter, Logger, LogRecord, LogRing, TextFormatter, stream_is_tty
 from rusmd.process.listeners import Listener, close_listeners, open_listeners
 from rusmd.process.pool import WorkerPool
@@ -67,6 +67,8 @@ class MainProcess:
         config_path: The manifest path as given, for reloads.
         socket_path: Where the control socket goes.
         json_logs: ``--log-format json``.
+        cores: ``--cpus``: usable cores to size profiles by. Optional;
+            defaults to the detected count.
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class MainProcess:
         config_path: str,
         socket_path: Path,
         json_logs: bool = False,
+        cores: int | None = None,
     ) -> None:
         self.manifest = manifest
         self.overrides = overrides
@@ -90,7 +93,7 @@ class MainProcess:
         self.ring = LogRing()
         self.formatter = JsonFormatter() if json_logs else TextFormatter(stream_is_tty(sys.stderr))
         self.log = Logger(manifest.log.level, self.emit)
-        self.cores = usable_cores()
+        self.cores = cores or usable_cores()
         self.profile = manifest.node.profile
         self.listeners: list[Listener] = []
         self.control = ControlServer(socket_path, self.selector, self._dispatch)
@@ -201,13 +204,14 @@ class MainProcess:
             environment = load_environment(Path(self.config_path).absolute().parent)
             manifest = load_manifest(self.config_path, self.overrides, environment)
         except ConfigError as exc:
-            self.log.error(f"reload rejected; the running app is unchanged:\n{exc}")
+            for problem in exc.problems:
+                self.log.error(f"reload rejected: {problem}")
             self.notifier.ready(self.status_line())
             return False, f"reload rejected; the running app is unchanged:\n{exc}"
         try:
             listeners = self._listeners_for(manifest)
-        except Exception as exc:
-            self.log.error(f"reload rejected; the running app is unchanged: {exc}")
+        except RusmError as exc:
+            self.log.error(f"reload rejected: {exc}")
             self.notifier.ready(self.status_line())
             return False, f"reload rejected; the running app is unchanged: {exc}"
         self.reloads += 1
