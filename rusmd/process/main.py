@@ -77,6 +77,7 @@ class MainProcess:
         overrides: Overrides,
         config_path: str,
         socket_path: Path,
+        *,
         json_logs: bool = False,
         cores: int | None = None,
     ) -> None:
