@@ -5,18 +5,27 @@ Runs in: a benchmark process of its own.
 
 import sys
 
-SCENARIOS: dict[str, str] = {}
-"""Benchmark name → what it compares. Empty until a measured figure exists:
-the first (HTTP throughput against a raw uvloop+httptools server) comes with
-issue #6 (serving)."""
+from bench import worker_restart
+
+SCENARIOS = {
+    "worker-restart": worker_restart.main,
+}
+"""Benchmark name → its entry point. Each prints rusm beside its baseline."""
 
 
-def main() -> int:
-    """Run the registered benchmarks; say so plainly when there are none."""
-    if not SCENARIOS:
-        print("bench: no benchmarks yet; the first one arrives with issue #6 (serving)")
-        return 0
+def main(argv: list[str]) -> int:
+    """Run the named benchmarks (default: all)."""
+    names = argv or list(SCENARIOS)
+    unknown = [name for name in names if name not in SCENARIOS]
+    if unknown:
+        print(f"bench: unknown {', '.join(unknown)} (valid: {', '.join(SCENARIOS)})")
+        return 2
+    for name in names:
+        print(f"== {name}")
+        code = SCENARIOS[name]()
+        if code:
+            return code
     return 0
 
 
-sys.exit(main())
+sys.exit(main(sys.argv[1:]))

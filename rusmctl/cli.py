@@ -174,17 +174,22 @@ def _print_status(result: dict[str, Any]) -> None:
         f"({daemon['workers_target']} worker(s) of {daemon['usable_cores']} core(s))"
     )
     print(f"config {daemon['config']}  socket {daemon['socket']}")
+    print("RESTARTS is total/within the intensity period")
     print()
-    header = f"{'SLOT':<5}{'PID':<9}{'STATE':<13}{'UPTIME':<9}{'RESTARTS':<10}{'CPU%':<7}"
+    header = f"{'SLOT':<5}{'PID':<9}{'STATE':<13}{'UPTIME':<9}{'RESTARTS':<12}{'CPU%':<7}"
     print(f"{header}{'RSS':<10}LAST EXIT")
     for worker in result["workers"]:
         if worker["state"] == "quarantined":
-            state = f"quarantined, {worker['quarantine_ends_in_s']:.1f}s left"
-            print(f"{worker['slot']:<5}{'-':<9}{state:<48}{worker['last_exit']}")
+            state = (
+                f"quarantined until {worker['quarantine_until']} "
+                f"({worker['quarantine_ends_in_s']:.1f}s)"
+            )
+            print(f"{worker['slot']:<5}{'-':<9}{state:<50}{worker['last_exit']}")
             continue
         print(
             f"{worker['slot']:<5}{worker['pid']:<9}{worker['state']:<13}"
-            f"{_duration(worker['uptime_s']):<9}{worker['restarts']:<10}"
+            f"{_duration(worker['uptime_s']):<9}"
+            f"{str(worker['restarts']) + '/' + str(worker['restarts_in_window']):<12}"
             f"{worker['cpu_percent']:<7.1f}{_size(worker['rss_bytes']):<10}"
             f"{worker['last_exit'] or '-'}"
         )

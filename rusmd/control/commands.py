@@ -75,6 +75,7 @@ def status(daemon: MainProcess, _args: dict[str, Any], _conn: Connection) -> dic
     """The daemon and each worker: pid, state, uptime, restarts, last exit, CPU, RSS."""
     pool = _pool(daemon)
     now = time.monotonic()
+    in_window = pool.restarts_in_window()
     workers = [_worker_row(pool.workers[slot], pool, now) for slot in sorted(pool.workers)]
     for slot, until in sorted(pool.quarantined.items()):
         history = pool.history.get(slot)
@@ -84,10 +85,13 @@ def status(daemon: MainProcess, _args: dict[str, Any], _conn: Connection) -> dic
                 "pid": None,
                 "state": "quarantined",
                 "quarantine_ends_in_s": round(max(0.0, until - now), 3),
+                "quarantine_until": _iso(time.time() + max(0.0, until - now)),
                 "restarts": history.restarts if history else 0,
                 "last_exit": history.last_exit if history else "",
             }
         )
+    for row in workers:
+        row["restarts_in_window"] = in_window.get(row["slot"], 0)
     workers.sort(key=lambda row: row["slot"])
     return {
         "daemon": {
@@ -255,6 +259,11 @@ def _record(record: LogRecord) -> dict[str, Any]:
         {"time": record.time, "source": record.source, "level": record.level, "text": record.text}
     )
     return document
+
+
+def _iso(epoch_s: float) -> str:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch_s))
+    return f"{stamp}.{int(epoch_s % 1 * 1000):03d}Z"
 
 
 def _version() -> str:

@@ -189,6 +189,13 @@ class WorkerPool:
         self._kill(handle, signal.SIGTERM, ExitReason.SHUTDOWN, "restarted by operator")
         return True
 
+    def restarts_in_window(self) -> dict[int, int]:
+        """Each slot's restarts within the intensity period, as the supervisor counts them."""
+        return {
+            _slot_of(info.id): info.restarts_in_window
+            for info in self.supervisor.which_children(self.clock())
+        }
+
     @property
     def idle(self) -> bool:
         """True once no worker process is left."""
