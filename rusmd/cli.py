@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rusmd import __version__
-from rusmd.config import Overrides, load_environment, load_manifest
+from rusmd.config import Environment, Manifest, Overrides, load_environment, load_manifest
 from rusmd.config.model import Profile
 from rusmd.config.render import render_errors_json, render_json, render_text
 from rusmd.config.sizing import usable_cores
@@ -98,15 +98,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(args)
 
 
-def check(args: argparse.Namespace) -> int:
-    """``rusmd check``: validate, print the resolved manifest, exit 0 or 78."""
+def load(args: argparse.Namespace) -> tuple[str, Overrides, Environment, Manifest]:
+    """The manifest the flags name, layered: defaults → file → flags.
+
+    Raises:
+        ConfigError: Every problem in the file (or the flags).
+    """
     config = args.config or DEFAULT_CONFIG
     environment = load_environment(Path(config).absolute().parent)
     overrides = Overrides(
         listen=args.listen, profile=Profile(args.profile) if args.profile else None
     )
+    return config, overrides, environment, load_manifest(config, overrides, environment)
+
+
+def check(args: argparse.Namespace) -> int:
+    """``rusmd check``: validate, print the resolved manifest, exit 0 or 78."""
     try:
-        manifest = load_manifest(config, overrides, environment)
+        config, _overrides, environment, manifest = load(args)
     except ConfigError as exc:
         if args.json:
             sys.stdout.buffer.write(render_errors_json(exc.problems) + b"\n")
@@ -124,13 +133,8 @@ def check(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """``rusmd``: run the app in the foreground until SIGTERM (exit 0)."""
-    config = args.config or DEFAULT_CONFIG
-    environment = load_environment(Path(config).absolute().parent)
-    overrides = Overrides(
-        listen=args.listen, profile=Profile(args.profile) if args.profile else None
-    )
     try:
-        manifest = load_manifest(config, overrides, environment)
+        config, overrides, _environment, manifest = load(args)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
