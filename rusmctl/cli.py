@@ -105,8 +105,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     as_json=args.json,
                     reply=reply,
                 )
-            _print_result(args.command, reply["result"], args.json)
-            if args.command == "logs" and args.follow:
+            following = args.command == "logs" and args.follow
+            if following and args.json:
+                # JSON Lines while streaming: the reply, then one record per line.
+                print(json.dumps(reply["result"]), flush=True)
+            else:
+                _print_result(args.command, reply["result"], args.json)
+            if following:
                 conn.settimeout(None)
                 while True:
                     _print_log(frames.next()["log"], args.json)
