@@ -76,6 +76,8 @@ def status(daemon: MainProcess, _args: dict[str, Any], _conn: Connection) -> dic
     pool = _pool(daemon)
     now = time.monotonic()
     in_window = pool.restarts_in_window()
+    for stale in set(_process_cache) - set(pool.by_pid):
+        del _process_cache[stale]  # a restarted worker must not leave its entry behind
     workers = [_worker_row(pool.workers[slot], pool, now) for slot in sorted(pool.workers)]
     for slot, until in sorted(pool.quarantined.items()):
         history = pool.history.get(slot)
