@@ -39,7 +39,7 @@ from rusmd.control.server import ControlServer
 from rusmd.errors import ConfigError, RusmError
 from rusmd.log import JsonFormatter, Logger, LogRecord, LogRing, TextFormatter, stream_is_tty
 from rusmd.process.listeners import Listener, close_listeners, open_listeners
-from rusmd.process.pool import WorkerPool
+from rusmd.process.pool import WorkerPool, WorkerState
 from rusmd.process.systemd import Notifier
 
 # How long SIGTERM lets workers drain before they are killed; below
@@ -162,7 +162,7 @@ class MainProcess:
         if self.state is not DaemonState.STARTING or self.pool is None:
             return
         if len(self.pool.workers) == self.pool.target and all(
-            h.state == "ready" for h in self.pool.workers.values()
+            h.state is WorkerState.READY for h in self.pool.workers.values()
         ):
             self.state = DaemonState.RUNNING
             self.notifier.ready(self.status_line())

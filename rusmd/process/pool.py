@@ -125,6 +125,7 @@ class WorkerPool:
         self.clock = clock
         self.workers: dict[int, WorkerHandle] = {}
         self.by_pid: dict[int, WorkerHandle] = {}
+        self.by_channel: dict[Channel, WorkerHandle] = {}
         self.history: dict[int, SlotHistory] = {}
         self.quarantined: dict[int, float] = {}
         self.target = count
@@ -205,7 +206,7 @@ class WorkerPool:
 
     def on_channel_ready(self, channel: Channel) -> None:
         """Read a worker's channel and act on its messages."""
-        handle = next((h for h in self.workers.values() if h.channel is channel), None)
+        handle = self.by_channel.get(channel)
         if handle is None:
             return
         try:
@@ -285,6 +286,7 @@ class WorkerPool:
         )
         self.workers[slot] = handle
         self.by_pid[pid] = handle
+        self.by_channel[handle.channel] = handle
         self.watch(handle.channel, True)
         self._hand_mesh(slot, mesh)
         self.log.debug(f"worker {slot} forked pid={pid}")
@@ -379,9 +381,7 @@ class WorkerPool:
         if reason in (ExitReason.NORMAL, ExitReason.SHUTDOWN):
             self.log.info(line)
         else:
-            self.log.error(
-                line.replace(f" {reason}", " crashed", 1) if reason is ExitReason.CRASHED else line
-            )
+            self.log.error(line)
         child = _child_id(handle.slot)
         if handle.state is WorkerState.STARTING and handle.kill_reason is not ExitReason.SHUTDOWN:
             actions = self.supervisor.child_start_failed(child, now)
@@ -408,6 +408,7 @@ class WorkerPool:
                 return
 
     def _unwatch(self, handle: WorkerHandle) -> None:
+        self.by_channel.pop(handle.channel, None)
         if not handle.channel.closed:
             self.watch(handle.channel, False)
             handle.channel.close()
