@@ -378,8 +378,11 @@ class WorkerPool:
         history = self.history.setdefault(handle.slot, SlotHistory())
         history.last_exit = f"{reason} ({detail})" if detail else str(reason)
         line = f"exit worker {handle.slot} pid={handle.pid} {history.last_exit}"
+        # Seed 000: clean exits at info, kills at warn, crashes at error.
         if reason in (ExitReason.NORMAL, ExitReason.SHUTDOWN):
             self.log.info(line)
+        elif reason is ExitReason.KILLED:
+            self.log.warn(line)
         else:
             self.log.error(line)
         child = _child_id(handle.slot)

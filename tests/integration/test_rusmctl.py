@@ -80,6 +80,32 @@ def test_kill_of_a_worker_pid_gets_it_replaced(daemon: Daemon) -> None:
     assert "killed" in replaced["last_exit"]
 
 
+def test_kill_with_a_pid_that_is_not_a_number_exits_2_and_kills_nothing(daemon: Daemon) -> None:
+    before = {slot: w["pid"] for slot, w in daemon.workers().items()}
+
+    result = daemon.ctl("kill", "abc")
+
+    assert result.returncode == EX_USAGE
+    assert "pid must be a number, not 'abc'" in result.stderr
+    assert {slot: w["pid"] for slot, w in daemon.workers().items()} == before
+
+
+def test_killed_worker_exit_is_logged_at_warn(daemon: Daemon) -> None:
+    slot, worker = next(iter(daemon.workers().items()))
+
+    assert daemon.ctl("kill", str(worker["pid"])).returncode == EX_OK
+    records = daemon.wait_for(
+        lambda: [
+            r
+            for r in daemon.log_records()
+            if r["text"].startswith(f"exit worker {slot} pid={worker['pid']} killed")
+        ],
+        15,
+        "the exit line of the killed worker",
+    )
+    assert records[0]["level"] == "warn"
+
+
 def test_restart_worker_replaces_it_and_unknown_target_exits_3(daemon: Daemon) -> None:
     before = daemon.workers()[0]["pid"]
 
