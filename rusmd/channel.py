@@ -17,6 +17,7 @@ import os
 import socket
 import struct
 from collections import deque
+from typing import Any
 
 import msgspec
 
@@ -73,7 +74,73 @@ class MeshHello(msgspec.Struct, tag="mesh_hello", frozen=True):
     pid: int
 
 
-Message = Ready | Heartbeat | Log | Stop | MeshPeer | MeshHello
+class ComponentImage(msgspec.Struct, frozen=True, kw_only=True):
+    """One component as the compile step left it.
+
+    Attributes:
+        name: The component name.
+        cwasm: Path of its compiled code in the AOT cache ("" when unavailable).
+        digest: The cache's content digest of that file; a worker checks it
+            again before deserializing.
+        error: Why the component cannot run ("" when it can).
+    """
+
+    name: str
+    cwasm: str = ""
+    digest: str = ""
+    error: str = ""
+
+
+class Components(msgspec.Struct, tag="components", frozen=True):
+    """Main → worker: the compiled components (after boot, reload, a rebuild)."""
+
+    images: list[ComponentImage]
+
+
+class PidLease(msgspec.Struct, tag="pid_lease", frozen=True):
+    """Main → worker: pid serials ``[start, end)`` are this worker's to hand out."""
+
+    start: int
+    end: int
+
+
+class LeaseRequest(msgspec.Struct, tag="lease_request", frozen=True):
+    """Worker → main: the current pid lease is running low."""
+
+    slot: int
+
+
+class Query(msgspec.Struct, tag="query", frozen=True):
+    """Main → worker: one control operation on wasm processes (spawn, list, info, kill)."""
+
+    id: int
+    op: str
+    args: dict[str, Any]
+
+
+class Answer(msgspec.Struct, tag="answer", frozen=True, kw_only=True):
+    """Worker → main: the reply to ``Query`` ``id``."""
+
+    id: int
+    ok: bool
+    result: dict[str, Any] = msgspec.field(default_factory=dict)
+    error: str = ""
+    code: int = 0
+
+
+Message = (
+    Ready
+    | Heartbeat
+    | Log
+    | Stop
+    | MeshPeer
+    | MeshHello
+    | Components
+    | PidLease
+    | LeaseRequest
+    | Query
+    | Answer
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)

@@ -41,7 +41,14 @@ from rusmd.errors import ConfigError, ConfigProblem, RouteError
 from rusmd.serving.routes import RouteTable, parse_route_key, parse_route_target
 
 TOP_LEVEL = ("node", "log", "serve", "capabilities", "components")
-NODE_KEYS = ("listen", "profile", "ticks_per_second", "store")
+NODE_KEYS = (
+    "listen",
+    "profile",
+    "ticks_per_second",
+    "store",
+    "compile-timeout-s",
+    "compile-memory-mb",
+)
 LOG_KEYS = ("level",)
 SERVE_KEYS = ("protocol", "listen", "name", "source", "routes")
 CAPABILITY_KEYS = (
@@ -52,6 +59,7 @@ CAPABILITY_KEYS = (
     "allow-stdio",
     "allow-storage",
     "max-memory-mb",
+    "max-cpu-ms",
     "env",
     "preopen",
 )
@@ -62,6 +70,11 @@ COMPONENT_KEYS = ("capability", "resident", "source")
 TICKS_RANGE = (10, 60)
 # wasm32 addresses at most 4 GiB, so a larger heap ceiling cannot be honoured.
 MAX_MEMORY_MB = 4096
+# A per-call CPU budget: at least one epoch tick, at most an hour.
+CPU_MS_RANGE = (10, 3_600_000)
+# Compile limits: long enough for a large JS engine, short enough to notice.
+COMPILE_TIMEOUT_RANGE = (1, 3600)
+COMPILE_MEMORY_RANGE = (64, 65536)
 
 _COMPONENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -180,6 +193,12 @@ class _Builder:
                     node = structs.replace(node, store=str(self._resolve(store)))
                 else:
                     table.error("store", "'store' must be a file path, not an empty string")
+            timeout = table.integer("compile-timeout-s", *COMPILE_TIMEOUT_RANGE)
+            if timeout is not None:
+                node = structs.replace(node, compile_timeout_s=timeout)
+            memory = table.integer("compile-memory-mb", *COMPILE_MEMORY_RANGE)
+            if memory is not None:
+                node = structs.replace(node, compile_memory_mb=memory)
         if overrides.listen is not None:
             flags = TableReader(Problems("--listen", self.problems.lines), (), {})
             if self._address_ok(flags, None, overrides.listen):
@@ -229,10 +248,12 @@ class _Builder:
         memory = table.integer(
             "max-memory-mb", 1, MAX_MEMORY_MB, " (wasm32 addresses at most 4 GiB)"
         )
+        cpu = table.integer("max-cpu-ms", *CPU_MS_RANGE)
         capability = Capability(
             name=name,
             inherits=inherits,
             max_memory_mb=memory if memory is not None else base.max_memory_mb,
+            max_cpu_ms=cpu if cpu is not None else base.max_cpu_ms,
             env=self._env_keys(table),
             preopen=self._preopens(table),
             **grants,

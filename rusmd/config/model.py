@@ -57,12 +57,18 @@ class Node(msgspec.Struct, frozen=True, kw_only=True):
         ticks_per_second: Snapshot rate, 10–60. Optional; defaults to 20.
         store: Absolute path of the LMDB store file, resolved against the
             app dir. Optional; defaults to None (no store).
+        compile_timeout_s: Wall-clock limit on compiling one module (the
+            compile child is killed past it). Optional; defaults to 60.
+        compile_memory_mb: Resident-memory limit of the compile child.
+            Optional; defaults to 2048.
     """
 
     listen: str = "127.0.0.1:4000"
     profile: Profile = Profile.BALANCED
     ticks_per_second: int = 20
     store: str | None = None
+    compile_timeout_s: int = 60
+    compile_memory_mb: int = 2048
 
 
 class Log(msgspec.Struct, frozen=True, kw_only=True):
@@ -138,6 +144,9 @@ class Capability(msgspec.Struct, frozen=True, kw_only=True):
         allow_stdio: The host's raw stdio. Default from the base.
         allow_storage: The node store (kv). Default from the base.
         max_memory_mb: Per-process heap ceiling. Default from the base.
+        max_cpu_ms: CPU budget of one call into the guest (its entry, a
+            request handler, one message); past it the process is killed
+            with reason crashed (cpu limit). Default from the base (1000).
         env: Env keys granted. Optional; defaults to none.
         preopen: Host dirs mounted. Optional; defaults to none.
     """
@@ -150,6 +159,7 @@ class Capability(msgspec.Struct, frozen=True, kw_only=True):
     allow_stdio: bool = False
     allow_storage: bool = False
     max_memory_mb: int = 64
+    max_cpu_ms: int = 1000
     env: tuple[str, ...] = ()
     preopen: tuple[Preopen, ...] = ()
 

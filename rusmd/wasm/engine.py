@@ -1,0 +1,127 @@
+"""Build wasmtime engines from ``settings.ENGINE_SETTINGS``.
+
+Runs in: worker, and the compile child (never the main process).
+
+Workers build a pooling-allocator engine: instance, memory and table
+slots are reserved up front, so instantiating is a slot handout rather
+than an mmap (about 2x faster; see docs/benchmarks.md). If the address
+space cannot be reserved (a tight ``ulimit -v``, an exotic kernel) the
+worker falls back to the on-demand allocator and says so in a warning.
+The compile child uses the on-demand allocator: compiled code does not
+depend on the allocator, so its ``.cwasm`` loads in either engine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+from dataclasses import dataclass
+
+import wasmtime
+from wasmtime import _ffi as ffi
+
+from rusmd.wasm.settings import ENGINE_SETTINGS
+
+# Live instances (= memories = tables, one each per process) one worker's
+# pool holds; a spawn past it fails with LIMIT.
+POOL_SLOTS = 1000
+# What wasmtime reserves per pooled memory slot on x86-64: a 4 GiB
+# reservation plus a 32 MiB guard. The probe asks for a margin on top.
+_SLOT_RESERVATION_BYTES = (4 << 30) + (32 << 20)
+_PROBE_MARGIN = 1.25
+# Linux values; the stdlib mmap module does not export these two.
+_PROT_NONE = 0
+_MAP_NORESERVE = 0x4000
+_OPT_LEVELS = {"none": "none", "speed": "speed", "speed_and_size": "speed_and_size"}
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """An engine and how it allocates.
+
+    Attributes:
+        engine: The wasmtime engine.
+        pooling: True when the pooling allocator is in use.
+        pool_slots: Instance slots reserved (0 without pooling).
+        fallback_reason: Why pooling was not used, when it was wanted.
+    """
+
+    engine: wasmtime.Engine
+    pooling: bool
+    pool_slots: int
+    fallback_reason: str = ""
+
+
+def make_config() -> wasmtime.Config:
+    """A Config with exactly ``ENGINE_SETTINGS``."""
+    config = wasmtime.Config()
+    config.epoch_interruption = bool(ENGINE_SETTINGS["epoch_interruption"])
+    config.parallel_compilation = bool(ENGINE_SETTINGS["parallel_compilation"])
+    stack = ENGINE_SETTINGS["max_wasm_stack"]
+    assert isinstance(stack, int)
+    ffi.wasmtime_config_max_wasm_stack_set(config.ptr(), stack)
+    config.wasm_multi_memory = bool(ENGINE_SETTINGS["wasm_multi_memory"])
+    config.wasm_threads = bool(ENGINE_SETTINGS["wasm_threads"])
+    config.wasm_memory64 = bool(ENGINE_SETTINGS["wasm_memory64"])
+    config.cranelift_opt_level = _OPT_LEVELS[str(ENGINE_SETTINGS["cranelift_opt_level"])]
+    return config
+
+
+def compile_engine() -> wasmtime.Engine:
+    """The compile child's engine (on-demand allocator)."""
+    return wasmtime.Engine(make_config())
+
+
+def worker_engine(max_memory_bytes: int, slots: int = POOL_SLOTS) -> EngineInfo:
+    """A pooling engine sized for ``slots`` processes of up to ``max_memory_bytes``.
+
+    Falls back to the on-demand allocator when the pool cannot be reserved:
+    wasmtime's C API aborts the process if its pool mapping fails, so the
+    address space is probed first with a PROT_NONE reservation of the
+    same size.
+    """
+    needed = int(slots * _SLOT_RESERVATION_BYTES * _PROBE_MARGIN)
+    problem = _probe_reservation(needed)
+    if problem:
+        return EngineInfo(
+            wasmtime.Engine(make_config()),
+            pooling=False,
+            pool_slots=0,
+            fallback_reason=f"cannot reserve {needed >> 30} GiB of address space ({problem})",
+        )
+    config = make_config()
+    pool = ffi.wasmtime_pooling_allocation_config_new()
+    try:
+        ffi.wasmtime_pooling_allocation_config_total_core_instances_set(pool, slots)
+        ffi.wasmtime_pooling_allocation_config_total_memories_set(pool, slots)
+        ffi.wasmtime_pooling_allocation_config_total_tables_set(pool, slots)
+        ffi.wasmtime_pooling_allocation_config_total_stacks_set(pool, 0)
+        ffi.wasmtime_pooling_allocation_config_max_memories_per_module_set(pool, 1)
+        ffi.wasmtime_pooling_allocation_config_max_tables_per_module_set(pool, 1)
+        ffi.wasmtime_pooling_allocation_config_max_memory_size_set(pool, max_memory_bytes)
+        ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
+    finally:
+        ffi.wasmtime_pooling_allocation_config_delete(pool)
+    return EngineInfo(wasmtime.Engine(config), pooling=True, pool_slots=slots)
+
+
+def _probe_reservation(size: int) -> str:
+    """Reserve and release ``size`` bytes of address space; '' or why it failed."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_size_t,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_long,
+    ]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE
+    address = libc.mmap(None, size, _PROT_NONE, flags, -1, 0)
+    if address in (None, ctypes.c_void_p(-1).value):
+        return os.strerror(ctypes.get_errno())
+    libc.munmap(address, size)
+    return ""
