@@ -23,6 +23,22 @@ ABI_VERSION = 1
 WASI_MODULE = "wasi_snapshot_preview1"
 
 
+# A pid is ``serial * PID_STRIDE + slot``: its last three decimal digits
+# name the worker that hosts it, so any worker routes by the pid alone.
+# Serials are leased to workers by the main process and never reused.
+PID_STRIDE = 1000
+
+
+def make_pid(serial: int, slot: int) -> int:
+    """The pid for ``serial`` on worker ``slot``."""
+    return serial * PID_STRIDE + slot
+
+
+def slot_of(pid: int) -> int:
+    """The worker slot that hosts ``pid``."""
+    return pid % PID_STRIDE
+
+
 class Grant(enum.StrEnum):
     """The capability key a host function needs (``always`` needs none)."""
 

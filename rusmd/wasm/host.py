@@ -1,0 +1,744 @@
+"""The wasm host of one worker: components, processes, CPU and memory limits.
+
+Runs in: worker. Control methods (``load``, ``spawn``, ``kill``,
+``list``, ``info``, ``shutdown``) are called on the worker's event-loop
+thread; each process runs on a guest thread of its own, and the ``rusm``
+host functions run on the thread of the process that calls them.
+
+A process is one wasmtime store plus one instance of its component's
+module, created from a prepared ``InstancePre``. It runs its entry
+export (``run``, else ``_start``) and exits with a reason:
+
+- ``normal``: the entry returned, or exit code 0;
+- ``crashed``: a trap, running out of memory, a bad pointer handed to a
+  host function, its CPU budget, a non-zero exit code;
+- ``killed``: ``rusmctl kill`` or another process's ``rusm.kill``;
+- ``shutdown``: the worker is stopping.
+
+Limits per process: a store limiter caps its memory at the profile's
+``max-memory-mb`` and its instances, memories and tables at one each.
+CPU: one ticker thread per worker advances the engine's epoch every
+``EPOCH_TICK_MS``; each store's epoch callback runs once per tick while
+its guest runs, counts the ticks of the current call against
+``max-cpu-ms``, refreshes the memory figure ``rusmctl list`` shows, and
+ends the process when it is killed. A guest blocked in a host call
+(``rusm.sleep``) is woken by a kill instead.
+
+The hot paths use wasmtime's C API through ``wasmtime._ffi`` directly
+(unchecked calls, raw host callbacks): that is 10-20x cheaper per call
+than wasmtime-py's wrappers (see docs/benchmarks.md). Host callbacks
+never raise: an error becomes a trap for the calling process only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import enum
+import os
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import wasmtime
+from wasmtime import _bindings
+from wasmtime import _ffi as ffi
+
+from rusmd.channel import ComponentImage
+from rusmd.config.environment import Environment
+from rusmd.config.model import Capability, Component, LogLevel, Manifest
+from rusmd.log import Logger
+from rusmd.wasm import abi
+from rusmd.wasm.abi import ErrorCode, Grant
+from rusmd.wasm.cache import verify
+from rusmd.wasm.engine import EngineInfo, worker_engine
+from rusmd.wasm.linking import LinkerSet, LinkError, ModuleShape, check_module, granted
+from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
+from rusmd.wasm.settings import EPOCH_TICK_MS
+
+# Guest threads need far more stack than wasm frames may use (512 KiB):
+# a host thread that runs out below the wasm limit aborts the process.
+GUEST_THREAD_STACK_BYTES = 16 << 20
+# Ask the main process for more pid serials when fewer than this remain.
+LEASE_LOW_WATER = 1024
+# A guest log line longer than this is cut (and says so).
+MAX_LOG_LINE_BYTES = 16 << 10
+# Per-table element cap; a module declaring more fails to instantiate.
+MAX_TABLE_ELEMENTS = 100_000
+
+_LOG_LEVELS = {
+    abi.LogLevel.ERROR: LogLevel.ERROR,
+    abi.LogLevel.WARN: LogLevel.WARN,
+    abi.LogLevel.INFO: LogLevel.INFO,
+    abi.LogLevel.DEBUG: LogLevel.DEBUG,
+}
+_NULL_FINALIZER: Any = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0)
+_EpochCallback = _bindings._wasmtime_store_epoch_deadline_callback.argtypes[1]
+
+
+class SpawnError(Exception):
+    """A spawn that cannot happen; ``code`` is the ABI error a guest sees."""
+
+    def __init__(self, message: str, code: ErrorCode) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ProcessState(enum.StrEnum):
+    """Where a process is in its life."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    SLEEPING = "sleeping"
+    EXITING = "exiting"
+
+
+class _Exit(Exception):
+    """Raised inside a host callback's bookkeeping to end the process."""
+
+
+@dataclass
+class LoadedComponent:
+    """A component as this worker can run it (or why it cannot).
+
+    Attributes:
+        name: The component name.
+        capability: Its resolved profile.
+        grants: The ABI grants the profile gives.
+        error: Why it cannot run; empty when it can.
+        module: The deserialized module.
+        pre: The prepared instantiation.
+        shape: Entry export and imports.
+        env: The (key, value) pairs its processes see.
+    """
+
+    name: str
+    capability: Capability
+    grants: frozenset[Grant]
+    error: str = ""
+    module: wasmtime.Module | None = None
+    pre: wasmtime.InstancePre | None = None
+    shape: ModuleShape | None = None
+    env: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Process:
+    """One wasm process on this worker."""
+
+    pid: int
+    component: LoadedComponent
+    parent: int | None
+    started_at: float
+    started_wall: float
+    state: ProcessState = ProcessState.STARTING
+    memory_bytes: int = 0
+    # Set from other threads; read by the epoch callback and host calls.
+    stop_reason: str = ""
+    wake: threading.Event = field(default_factory=threading.Event)
+    # Owned by the guest thread.
+    call_started_tick: int = 0
+    memory: GuestMemory | None = None
+    crash: str = ""
+    exit_code: int | None = None
+    cpu_exceeded: bool = False
+
+    @property
+    def label(self) -> str:
+        """``component#pid``, as the log and ``rusmctl list`` show it."""
+        return f"{self.component.name}#{self.pid}"
+
+
+@dataclass(frozen=True)
+class ExitReport:
+    """How a process ended."""
+
+    reason: str
+    detail: str = ""
+    backtrace: tuple[str, ...] = ()
+
+
+class WasmHost:
+    """Components and processes of one worker.
+
+    Args:
+        manifest: The resolved manifest.
+        slot: This worker's slot (the last three digits of its pids).
+        log: A logger safe to call from any thread.
+        environment: Env values for granted keys (process env, then .env).
+        request_lease: Called (from any thread) when pid serials run low.
+        max_processes: Processes alive at once on this worker.
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        slot: int,
+        log: Logger,
+        environment: Environment,
+        request_lease: Callable[[], None],
+        max_processes: int | None = None,
+    ) -> None:
+        self.manifest = manifest
+        self.slot = slot
+        self.log = log
+        self.environment = environment
+        self.request_lease = request_lease
+        largest = max(
+            [c.profile.max_memory_mb for c in manifest.components.values()] or [64]
+        )
+        self.engine_info: EngineInfo = worker_engine(largest << 20)
+        self.engine = self.engine_info.engine
+        self.max_processes = max_processes or (self.engine_info.pool_slots or 1000)
+        self.components: dict[str, LoadedComponent] = {}
+        self.processes: dict[int, Process] = {}
+        self.spawned = 0
+        self.exits: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._leases: deque[tuple[int, int]] = deque()
+        self._next_serial = 0
+        self._serial_end = 0
+        self._lease_pending = False
+        self.ticks = 0
+        self._stopping = threading.Event()
+        self._callbacks = self._make_callbacks()
+        self._epoch_callback = _EpochCallback(self._on_epoch)
+        self.linkers = LinkerSet(self.engine, self._callbacks)
+        threading.stack_size(GUEST_THREAD_STACK_BYTES)
+        self._executor = ThreadPoolExecutor(
+            max_workers=self.max_processes, thread_name_prefix="guest"
+        )
+        self._ticker = threading.Thread(target=self._tick, name="epoch", daemon=True)
+        self._ticker.start()
+        if not self.engine_info.pooling:
+            self.log.warn(
+                f"worker {slot}: pooling allocator unavailable, using on-demand allocation "
+                f"({self.engine_info.fallback_reason})"
+            )
+
+    # ── components ──────────────────────────────────────────────────────
+
+    def load(self, images: list[ComponentImage]) -> None:
+        """(Re)load components from the compile step's images."""
+        fresh: dict[str, LoadedComponent] = {}
+        for image in images:
+            component = self.manifest.components.get(image.name)
+            if component is None:
+                continue
+            fresh[image.name] = self._load_one(component, image)
+        self.components = fresh
+
+    def _load_one(self, component: Component, image: ComponentImage) -> LoadedComponent:
+        loaded = LoadedComponent(
+            name=component.name,
+            capability=component.profile,
+            grants=granted(component.profile),
+            env=self.environment.resolve(component.profile.env),
+        )
+        if image.error:
+            loaded.error = image.error
+            return loaded
+        if not verify(image.cwasm, image.digest):
+            loaded.error = (
+                f"component {component.name}: compiled code {image.cwasm} changed on disk "
+                "since it was checked; run `rusmctl reload` to rebuild it"
+            )
+            self.log.error(loaded.error)
+            return loaded
+        try:
+            module = wasmtime.Module.deserialize_file(self.engine, image.cwasm)
+            loaded.shape = check_module(component.name, module, loaded.grants)
+            linker = self.linkers.linker(loaded.grants)
+            loaded.pre = linker.instantiate_pre(module)
+            loaded.module = module
+        except LinkError as exc:
+            loaded.error = str(exc)
+        except wasmtime.WasmtimeError as exc:
+            loaded.error = f"component {component.name}: {_first_line(str(exc))}"
+        return loaded
+
+    # ── pids ────────────────────────────────────────────────────────────
+
+    def add_lease(self, start: int, end: int) -> None:
+        """Pid serials ``[start, end)`` are ours (from the main process)."""
+        with self._lock:
+            self._leases.append((start, end))
+            self._lease_pending = False
+
+    def _allocate_pid(self) -> int:
+        with self._lock:
+            if self._next_serial >= self._serial_end:
+                if not self._leases:
+                    raise SpawnError(
+                        f"worker {self.slot} has no pids left (a lease is on its way)",
+                        ErrorCode.LIMIT,
+                    )
+                self._next_serial, self._serial_end = self._leases.popleft()
+            serial = self._next_serial
+            self._next_serial += 1
+            remaining = self._serial_end - self._next_serial + sum(e - s for s, e in self._leases)
+            ask = remaining < LEASE_LOW_WATER and not self._lease_pending
+            if ask:
+                self._lease_pending = True
+        if ask:
+            self.request_lease()
+        return abi.make_pid(serial, self.slot)
+
+    # ── processes ───────────────────────────────────────────────────────
+
+    def spawn(self, name: str, parent: int | None = None) -> int:
+        """Start a process of component ``name``; return its pid.
+
+        Raises:
+            SpawnError: No such component, it cannot run, or the worker is full.
+        """
+        if self._stopping.is_set():
+            raise SpawnError(f"worker {self.slot} is stopping", ErrorCode.UNAVAILABLE)
+        component = self.components.get(name)
+        if component is None:
+            if name in self.manifest.components:
+                raise SpawnError(f"component {name} is still compiling", ErrorCode.UNAVAILABLE)
+            raise SpawnError(f"no component named {name!r}", ErrorCode.NOTFOUND)
+        if component.error:
+            raise SpawnError(component.error, ErrorCode.UNAVAILABLE)
+        if len(self.processes) >= self.max_processes:
+            raise SpawnError(
+                f"worker {self.slot} is at its process limit ({self.max_processes})",
+                ErrorCode.LIMIT,
+            )
+        pid = self._allocate_pid()
+        process = Process(
+            pid=pid,
+            component=component,
+            parent=parent,
+            started_at=time.monotonic(),
+            started_wall=time.time(),
+        )
+        self.processes[pid] = process
+        self.spawned += 1
+        self.log.debug(f"spawn {process.label} {component.capability.grants()}")
+        self._executor.submit(self._run, process)
+        return pid
+
+    def kill(self, pid: int, reason: str = "killed") -> bool:
+        """Ask process ``pid`` to end with ``reason``; False if there is none."""
+        process = self.processes.get(pid)
+        if process is None:
+            return False
+        if not process.stop_reason:
+            process.stop_reason = reason
+        process.wake.set()
+        return True
+
+    def list(self) -> list[dict[str, Any]]:
+        """One row per live process."""
+        now = time.monotonic()
+        return [self._row(p, now) for p in list(self.processes.values())]
+
+    def info(self, pid: int) -> dict[str, Any] | None:
+        """One process in detail, or None."""
+        process = self.processes.get(pid)
+        if process is None:
+            return None
+        row = self._row(process, time.monotonic())
+        profile = process.component.capability
+        shape = process.component.shape
+        row.update(
+            {
+                "capability": profile.name,
+                "grants": profile.grants(),
+                "max_memory_bytes": profile.max_memory_mb << 20,
+                "max_cpu_ms": profile.max_cpu_ms,
+                "entry": shape.entry if shape else "",
+                "parent": process.parent,
+                "started": process.started_wall,
+            }
+        )
+        return row
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for ``rusmctl status``."""
+        return {
+            "processes": len(self.processes),
+            "spawned": self.spawned,
+            "exits": dict(self.exits),
+            "pooling": self.engine_info.pooling,
+        }
+
+    def shutdown(self, timeout_s: float) -> None:
+        """End every process (reason shutdown), waiting up to ``timeout_s``."""
+        self._stopping.set()
+        for pid in list(self.processes):
+            self.kill(pid, "shutdown")
+        deadline = time.monotonic() + timeout_s
+        while self.processes and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def _row(self, process: Process, now: float) -> dict[str, Any]:
+        return {
+            "pid": process.pid,
+            "component": process.component.name,
+            "label": process.label,
+            "worker": self.slot,
+            "state": str(process.state),
+            "memory_bytes": process.memory_bytes,
+            "uptime_s": round(now - process.started_at, 3),
+        }
+
+    # ── the guest thread ────────────────────────────────────────────────
+
+    def _run(self, process: Process) -> None:
+        report = ExitReport("crashed", "host error")
+        store: Any = None
+        try:
+            report, store = self._execute(process)
+        except Exception as exc:  # a host bug must cost one process, not the worker
+            report = ExitReport("crashed", f"host error: {type(exc).__name__}: {exc}")
+        finally:
+            process.state = ProcessState.EXITING
+            if store is not None:
+                ffi.wasmtime_store_delete(store)
+            self.processes.pop(process.pid, None)
+            self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
+            self._log_exit(process, report)
+
+    def _execute(self, process: Process) -> tuple[ExitReport, Any]:
+        component = process.component
+        for preopen in component.capability.preopen:
+            if not os.path.isdir(preopen.host):
+                return ExitReport(
+                    "crashed",
+                    f"preopen {preopen.guest}: host directory {preopen.host} does not exist",
+                ), None
+        if process.stop_reason:
+            return ExitReport(process.stop_reason), None
+        assert component.pre is not None and component.shape is not None
+        store = ffi.wasmtime_store_new(
+            self.engine.ptr(), ctypes.c_void_p(process.pid), _NULL_FINALIZER
+        )
+        context = ffi.wasmtime_store_context(store)
+        ffi.wasmtime_store_limiter(
+            store, component.capability.max_memory_mb << 20, MAX_TABLE_ELEMENTS, 1, 1, 1
+        )
+        if component.shape.uses_wasi:
+            problem = self._set_wasi(context, component)
+            if problem:
+                return ExitReport("crashed", problem), store
+        ffi.wasmtime_store_epoch_deadline_callback(
+            store, self._epoch_callback, None, _NULL_FINALIZER
+        )
+        ffi.wasmtime_context_set_epoch_deadline(context, 1)
+        process.call_started_tick = self.ticks
+        process.state = ProcessState.RUNNING
+        instance = ffi.wasmtime_instance_t()
+        trap = ctypes.POINTER(ffi.wasm_trap_t)()
+        error = ffi.wasmtime_instance_pre_instantiate(
+            component.pre.ptr(), context, ctypes.byref(instance), ctypes.byref(trap)
+        )
+        if error or trap:
+            return self._failure(process, error, trap, "instantiate"), store
+        if component.shape.has_memory:
+            memory = _export(context, instance, b"memory")
+            if memory is not None:
+                process.memory = GuestMemory(context, memory.of.memory)
+                process.memory_bytes = process.memory.size()
+        entry = _export(context, instance, component.shape.entry.encode())
+        if entry is None:
+            return ExitReport("crashed", f"entry {component.shape.entry} vanished"), store
+        func = entry.of.func
+        values = (ffi.wasmtime_val_raw_t * 1)()
+        process.call_started_tick = self.ticks
+        error = ffi.wasmtime_func_call_unchecked(
+            context, ctypes.byref(func), values, 1, ctypes.byref(trap)
+        )
+        if process.memory is not None:
+            process.memory_bytes = process.memory.size()
+        if error or trap:
+            return self._failure(process, error, trap, component.shape.entry), store
+        return ExitReport("normal"), store
+
+    def _set_wasi(self, context: Any, component: LoadedComponent) -> str:
+        config = wasmtime.WasiConfig()
+        config.argv = [component.name]
+        if component.env:
+            config.env = component.env
+        if component.capability.allow_stdio:
+            config.inherit_stdout()
+            config.inherit_stderr()
+        for preopen in component.capability.preopen:
+            try:
+                config.preopen_dir(preopen.host, preopen.guest, not preopen.read_only)
+            except wasmtime.WasmtimeError as exc:
+                return f"preopen {preopen.guest}: cannot open {preopen.host} ({exc})"
+        ffi.wasmtime_context_set_wasi(context, config._consume())
+        return ""
+
+    def _failure(self, process: Process, error: Any, trap: Any, where: str) -> ExitReport:
+        """Turn a wasmtime error or trap into an exit report (and free it)."""
+        if error:
+            status = ctypes.c_int()
+            if ffi.wasmtime_error_exit_status(error, ctypes.byref(status)):
+                ffi.wasmtime_error_delete(error)
+                code = status.value
+                return ExitReport("normal") if code == 0 else ExitReport(
+                    "crashed", f"exit code {code}"
+                )
+            exc = wasmtime.WasmtimeError._from_ptr(error)
+            text = str(exc)
+            frames: tuple[str, ...] = _frames_from_text(text)
+        else:
+            trap_obj = wasmtime.Trap._from_ptr(trap)
+            text = trap_obj.message
+            frames = tuple(_frame_line(f) for f in trap_obj.frames)
+        if process.stop_reason:
+            return ExitReport(process.stop_reason)
+        if process.exit_code is not None:
+            code = process.exit_code
+            return ExitReport("normal") if code == 0 else ExitReport(
+                "crashed", f"exit code {code}"
+            )
+        if process.crash:
+            return ExitReport("crashed", process.crash, frames)
+        if process.cpu_exceeded:
+            budget = process.component.capability.max_cpu_ms
+            return ExitReport("crashed", f"cpu limit: ran over its {budget} ms budget", frames)
+        detail = _cause(text).removeprefix("wasm trap: ")
+        if trap:
+            detail = f"trap: {detail}"
+        if where == "instantiate" and not frames:
+            detail = f"cannot instantiate: {detail}"
+        cap = process.component.capability.max_memory_mb << 20
+        if process.memory_bytes and process.memory_bytes + (64 << 10) > cap:
+            detail += f"; memory at its {process.component.capability.max_memory_mb} MiB limit"
+        return ExitReport("crashed", detail, frames)
+
+    def _log_exit(self, process: Process, report: ExitReport) -> None:
+        text = f"exit {process.label} {report.reason}"
+        if report.detail:
+            text += f" ({report.detail})"
+        if report.reason == "crashed":
+            self.log.error(text)
+            for line in report.backtrace:
+                self.log.error(f"  at {line}", source=process.label)
+        elif report.reason == "killed":
+            self.log.warn(text)
+        else:
+            self.log.info(text)
+
+    # ── epoch ticks ─────────────────────────────────────────────────────
+
+    def _tick(self) -> None:
+        interval = EPOCH_TICK_MS / 1000
+        engine = self.engine.ptr()
+        while not self._stopping.wait(interval):
+            self.ticks += 1
+            ffi.wasmtime_engine_increment_epoch(engine)
+
+    def _on_epoch(self, context: Any, _data: Any, delta: Any, kind: Any) -> int:
+        """Runs on the guest thread once per tick while its wasm runs."""
+        try:
+            pid = ffi.wasmtime_context_get_data(context) or 0
+            process = self.processes.get(pid)
+            if process is not None:
+                if process.memory is not None:
+                    process.memory_bytes = process.memory.size()
+                if process.stop_reason:
+                    return _error(process.stop_reason)
+                used_ms = (self.ticks - process.call_started_tick) * EPOCH_TICK_MS
+                if used_ms > process.component.capability.max_cpu_ms:
+                    process.cpu_exceeded = True
+                    return _error("cpu limit")
+            delta[0] = 1
+            kind[0] = 0
+            return 0
+        except BaseException:
+            return _error("host error in epoch callback")
+
+    # ── host functions ──────────────────────────────────────────────────
+
+    def _make_callbacks(self) -> dict[str, Any]:
+        implementations: dict[str, Callable[[Process, Any], None]] = {
+            "self": self._h_self,
+            "log": self._h_log,
+            "exit": self._h_exit,
+            "sleep": self._h_sleep,
+            "spawn": self._h_spawn,
+            "kill": self._h_kill,
+            "is_alive": self._h_is_alive,
+        }
+        assert set(implementations) == set(abi.FUNCTIONS), "every ABI function is implemented"
+        return {name: self._wrap(name, impl) for name, impl in implementations.items()}
+
+    def _wrap(self, name: str, impl: Callable[[Process, Any], None]) -> Any:
+        processes = self.processes
+
+        def callback(_env: Any, caller: Any, values: Any, _count: int) -> int:
+            process = None
+            try:
+                context = ffi.wasmtime_caller_context(caller)
+                process = processes.get(ffi.wasmtime_context_get_data(context) or 0)
+                if process is None:
+                    return _trap(f"rusm.{name}: calling process is unknown")
+                if process.memory is None and process.component.shape is not None:
+                    memory = ffi.wasmtime_extern_t()
+                    if ffi.wasmtime_caller_export_get(caller, b"memory", 6, ctypes.byref(memory)):
+                        process.memory = GuestMemory(context, memory.of.memory)
+                impl(process, values)
+                return 0
+            except BadPointer as exc:
+                if process is not None:
+                    process.crash = str(exc)
+                return _trap(str(exc))
+            except _Exit as exc:
+                return _trap(str(exc))
+            except BaseException as exc:
+                if process is not None:
+                    process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
+                return _trap(f"host error in rusm.{name}")
+
+        return ffi.wasmtime_func_unchecked_callback_t(callback)
+
+    def _h_self(self, process: Process, values: Any) -> None:
+        values[0].i64 = process.pid
+
+    def _h_log(self, process: Process, values: Any) -> None:
+        level_value, ptr, length = values[0].i32, values[1].i32, values[2].i32
+        memory = self._memory(process, "log")
+        # The range is checked whatever the level: a bad pointer crashes the
+        # guest the same way with logging off as with it on.
+        check_range("log", ptr, length, memory.size())
+        if level_value not in _LOG_LEVELS.keys():
+            values[0].i32 = ErrorCode.INVALID
+            return
+        level = _LOG_LEVELS[abi.LogLevel(level_value)]
+        if not self.log.enabled(level):
+            values[0].i32 = ErrorCode.OK
+            return
+        data = memory.read("log", ptr, length)
+        cut = len(data) > MAX_LOG_LINE_BYTES
+        try:
+            text = data[:MAX_LOG_LINE_BYTES].decode("utf-8", errors="strict" if not cut else "ignore")
+        except UnicodeDecodeError:
+            values[0].i32 = ErrorCode.INVALID
+            return
+        if cut:
+            text += f" … ({len(data)} bytes, cut)"
+        self.log.log(level, text, source=process.label)
+        values[0].i32 = ErrorCode.OK
+
+    def _h_exit(self, process: Process, values: Any) -> None:
+        process.exit_code = values[0].i32
+        raise _Exit(f"exit({process.exit_code})")
+
+    def _h_sleep(self, process: Process, values: Any) -> None:
+        ms = values[0].i32
+        if ms < 0:
+            values[0].i32 = ErrorCode.INVALID
+            return
+        process.state = ProcessState.SLEEPING
+        process.wake.wait(ms / 1000)
+        process.state = ProcessState.RUNNING
+        if process.stop_reason:
+            raise _Exit(process.stop_reason)
+        # Time asleep is not CPU time.
+        process.call_started_tick = self.ticks
+        values[0].i32 = ErrorCode.OK
+
+    def _h_spawn(self, process: Process, values: Any) -> None:
+        memory = self._memory(process, "spawn")
+        raw = memory.read("spawn", values[0].i32, values[1].i32)
+        try:
+            name = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            values[0].i64 = ErrorCode.INVALID
+            return
+        try:
+            values[0].i64 = self.spawn(name, parent=process.pid)
+        except SpawnError as exc:
+            self.log.warn(f"spawn from {process.label} failed: {exc}")
+            values[0].i64 = exc.code
+
+    def _h_kill(self, process: Process, values: Any) -> None:
+        target = values[0].i64
+        if target == process.pid:
+            process.stop_reason = "killed"
+            raise _Exit("killed")
+        values[0].i32 = ErrorCode.OK if self.kill(target) else ErrorCode.NOPROC
+
+    def _h_is_alive(self, _process: Process, values: Any) -> None:
+        values[0].i32 = 1 if values[0].i64 in self.processes else 0
+
+    def _memory(self, process: Process, function: str) -> GuestMemory:
+        if process.memory is None:
+            raise BadPointer(f"rusm.{function}: the module exports no memory")
+        return process.memory
+
+
+def _export(context: Any, instance: Any, name: bytes) -> Any:
+    item = ffi.wasmtime_extern_t()
+    if ffi.wasmtime_instance_export_get(
+        context, ctypes.byref(instance), name, len(name), ctypes.byref(item)
+    ):
+        return item
+    return None
+
+
+def _trap(message: str) -> int:
+    encoded = message.encode()
+    trap = ffi.wasmtime_trap_new(encoded, len(encoded))
+    return int(ctypes.cast(trap, ctypes.c_void_p).value or 0)
+
+
+def _error(message: str) -> int:
+    error = ffi.wasmtime_error_new(message.encode())
+    return int(ctypes.cast(error, ctypes.c_void_p).value or 0)
+
+
+def _first_line(text: str) -> str:
+    for line in text.strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return text
+
+
+def _cause(text: str) -> str:
+    """The innermost cause of a wasmtime error text (``wasm trap: …``)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if "Caused by:" in lines:
+        after = lines[lines.index("Caused by:") + 1 :]
+        if after:
+            last = after[-1]
+            return last.split(": ", 1)[1] if last[:1].isdigit() and ": " in last else last
+    return lines[0] if lines else text
+
+
+def _frames_from_text(text: str) -> tuple[str, ...]:
+    """Backtrace lines of a wasmtime error text, as ``module!function +0xoffset``."""
+    frames: list[str] = []
+    in_trace = False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("error while executing at wasm backtrace"):
+            in_trace = True
+            continue
+        if in_trace:
+            match = _TRACE_LINE.match(stripped)
+            if match is None:
+                break
+            offset, where = match.groups()
+            frames.append(f"{where.replace('<unknown>', 'module', 1)} +{offset}")
+    return tuple(frames)
+
+
+_TRACE_LINE = re.compile(r"^\d+:\s+(0x[0-9a-f]+) - (.+)$")
+
+
+def _frame_line(frame: Any) -> str:
+    name = frame.func_name or f"<wasm function {frame.func_index}>"
+    module = frame.module_name or "module"
+    return f"{module}!{name} +{frame.module_offset:#x}"
+

@@ -1,0 +1,216 @@
+"""Check a module's imports against its profile; build the linkers that grant them.
+
+Runs in: worker.
+
+Before a component can run, every import it declares is checked: ``rusm``
+functions must exist in the ABI table with the documented signature and
+be granted by the component's capability profile; WASI preview 1 is
+provided; anything else is refused. A refusal names the component, the
+import and the grant it needs, and no guest code has run.
+
+One linker exists per set of grants, and it defines only the ``rusm``
+functions those grants allow: even if the check were bypassed, an
+ungranted import would find nothing to link against.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import wasmtime
+from wasmtime import _ffi as ffi
+
+from rusmd.config.model import Capability
+from rusmd.wasm.abi import ABI_MODULE, ABI_VERSION, FUNCTIONS, WASI_MODULE, Grant
+
+# Entry exports, in order of preference.
+ENTRY_EXPORTS = ("run", "_start")
+
+
+class LinkError(Exception):
+    """A module cannot run under its profile; the message says why."""
+
+
+@dataclass(frozen=True)
+class ModuleShape:
+    """What linking learned about a module.
+
+    Attributes:
+        entry: The export a process runs (``run`` or ``_start``).
+        entry_results: How many i32 results the entry returns (0 or 1).
+        uses_wasi: True if it imports WASI preview 1 (it then gets a WASI context).
+        rusm_imports: The ``rusm`` functions it imports.
+        has_memory: True if it exports ``memory``.
+    """
+
+    entry: str
+    entry_results: int
+    uses_wasi: bool
+    rusm_imports: tuple[str, ...]
+    has_memory: bool
+
+
+def takes_pointers(name: str) -> bool:
+    """True if ``rusm.<name>`` takes (ptr, len) arguments into guest memory."""
+    return any(param.endswith(("ptr", "len")) for param, _ in FUNCTIONS[name].params)
+
+
+def granted(capability: Capability) -> frozenset[Grant]:
+    """The grants a profile gives, as ABI grant names."""
+    grants = {Grant.ALWAYS}
+    if capability.allow_network:
+        grants.add(Grant.NETWORK)
+    if capability.allow_spawn:
+        grants.add(Grant.SPAWN)
+    if capability.allow_process_control:
+        grants.add(Grant.PROCESS_CONTROL)
+    if capability.allow_storage:
+        grants.add(Grant.STORAGE)
+    return frozenset(grants)
+
+
+def check_module(component: str, module: wasmtime.Module, grants: frozenset[Grant]) -> ModuleShape:
+    """Check imports and exports; return the module's shape.
+
+    Raises:
+        LinkError: An unknown, mistyped or ungranted import, or no entry export.
+    """
+    uses_wasi = False
+    rusm_imports: list[str] = []
+    for item in module.imports:
+        where = f"{item.module}.{item.name}"
+        if item.module == WASI_MODULE:
+            if not isinstance(item.type, wasmtime.FuncType):
+                raise LinkError(f"component {component} imports {where}, which is not a function")
+            uses_wasi = True
+            continue
+        if item.module != ABI_MODULE:
+            raise LinkError(
+                f"component {component} imports {where}, which rusm does not provide "
+                f"(imports come from '{ABI_MODULE}' and '{WASI_MODULE}')"
+            )
+        name = item.name or ""
+        function = FUNCTIONS.get(name)
+        if function is None:
+            raise LinkError(
+                f"component {component} imports unknown function {ABI_MODULE}.{name} "
+                f"(ABI version {ABI_VERSION})"
+            )
+        wanted = _signature([t for _, t in function.params], list(function.results))
+        if not isinstance(item.type, wasmtime.FuncType):
+            raise LinkError(f"component {component} imports {where} as a non-function")
+        actual = _signature(
+            [str(t) for t in item.type.params], [str(t) for t in item.type.results]
+        )
+        if actual != wanted:
+            raise LinkError(
+                f"component {component} imports {where} as {actual}; "
+                f"ABI version {ABI_VERSION} defines it as {wanted}"
+            )
+        if function.grant not in grants:
+            raise LinkError(
+                f"capability denied: {component} imports {where}, which needs {function.grant}"
+            )
+        rusm_imports.append(name)
+    entry, results, has_memory = _entry(component, module)
+    reading = [name for name in rusm_imports if takes_pointers(name)]
+    if reading and not has_memory:
+        raise LinkError(
+            f"component {component} imports {ABI_MODULE}.{reading[0]} but exports no 'memory' "
+            "for it to read"
+        )
+    return ModuleShape(entry, results, uses_wasi, tuple(rusm_imports), has_memory)
+
+
+def _entry(component: str, module: wasmtime.Module) -> tuple[str, int, bool]:
+    exports = {item.name: item.type for item in module.exports}
+    has_memory = isinstance(exports.get("memory"), wasmtime.MemoryType)
+    for name in ENTRY_EXPORTS:
+        kind = exports.get(name)
+        if isinstance(kind, wasmtime.FuncType):
+            params = [str(t) for t in kind.params]
+            results = [str(t) for t in kind.results]
+            if params or results not in ([], ["i32"]):
+                raise LinkError(
+                    f"component {component} exports {name} as {_signature(params, results)}; "
+                    "an entry takes no parameters and returns nothing or one i32"
+                )
+            return name, len(results), has_memory
+    raise LinkError(f"component {component} exports neither 'run' nor '_start'")
+
+
+def _signature(params: list[str], results: list[str]) -> str:
+    return f"({', '.join(params)}) -> ({', '.join(results)})"
+
+
+HostCallback = Any  # a ffi.wasmtime_func_unchecked_callback_t instance
+
+
+class LinkerSet:
+    """One linker per grant set, each defining WASI plus the granted ``rusm`` functions.
+
+    Args:
+        engine: The worker's engine.
+        callbacks: The raw host callback for each ``rusm`` function name.
+    """
+
+    def __init__(self, engine: wasmtime.Engine, callbacks: dict[str, HostCallback]) -> None:
+        self.engine = engine
+        self.callbacks = callbacks
+        self._linkers: dict[frozenset[Grant], wasmtime.Linker] = {}
+        self._types: dict[str, wasmtime.FuncType] = {}
+
+    def linker(self, grants: frozenset[Grant]) -> wasmtime.Linker:
+        """The linker for ``grants`` (built once)."""
+        linker = self._linkers.get(grants)
+        if linker is None:
+            linker = self._linkers[grants] = self._build(grants)
+        return linker
+
+    def _build(self, grants: frozenset[Grant]) -> wasmtime.Linker:
+        linker = wasmtime.Linker(self.engine)
+        linker.define_wasi()
+        module = ABI_MODULE.encode()
+        for name, function in FUNCTIONS.items():
+            if function.grant not in grants:
+                continue
+            func_type = self._type(name)
+            encoded = name.encode()
+            error = ffi.wasmtime_linker_define_func_unchecked(
+                linker.ptr(),
+                module,
+                len(module),
+                encoded,
+                len(encoded),
+                func_type.ptr(),
+                self.callbacks[name],
+                None,
+                _NO_FINALIZER,
+            )
+            if error:
+                raise wasmtime.WasmtimeError._from_ptr(error)
+        return linker
+
+    def _type(self, name: str) -> wasmtime.FuncType:
+        func_type = self._types.get(name)
+        if func_type is None:
+            function = FUNCTIONS[name]
+            func_type = self._types[name] = wasmtime.FuncType(
+                [_VALTYPES[t]() for _, t in function.params],
+                [_VALTYPES[t]() for t in function.results],
+            )
+        return func_type
+
+
+_VALTYPES: dict[str, Callable[[], wasmtime.ValType]] = {
+    "i32": wasmtime.ValType.i32,
+    "i64": wasmtime.ValType.i64,
+    "f32": wasmtime.ValType.f32,
+    "f64": wasmtime.ValType.f64,
+}
+
+# A NULL finalizer: the callbacks live as long as the worker's host.
+_NO_FINALIZER: Any = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0)

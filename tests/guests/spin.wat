@@ -1,0 +1,3 @@
+(module
+  (func (export "run")
+    (loop $forever (br $forever))))

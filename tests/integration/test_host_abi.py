@@ -1,0 +1,239 @@
+"""The ``rusm`` host functions against hostile arguments, on a real in-process host.
+
+Runs in: the test process, which plays a worker: a real ``WasmHost``
+(real wasmtime, the pooling engine, guest threads, the epoch ticker)
+with guests compiled through the real AOT cache. The daemon-level
+tests are in ``test_wasm_processes.py``; this file drives many small
+generated guests, which would be slow through a daemon.
+
+Property: whatever (ptr, len) a guest hands a host function, the host
+never reads outside ``[ptr, ptr + len)`` of the guest's own memory; an
+out-of-range pair crashes that guest alone (exit reason crashed, "bad
+pointer"), and processes around it keep running.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from rusmd.channel import ComponentImage
+from rusmd.config import Overrides, load_environment, load_manifest
+from rusmd.config.model import LogLevel
+from rusmd.log import Logger, LogRecord
+from rusmd.wasm.abi import FUNCTIONS
+from rusmd.wasm.cache import CompileCache
+from rusmd.wasm.engine import compile_engine
+from rusmd.wasm.host import WasmHost
+
+PAGE = 65536
+# Random cases per pointer-taking import; each is its own module.
+CASES = 60
+SETTLE_S = 20.0
+
+# Host functions taking (ptr, len) pairs: name → WAT for a call with $p/$n.
+POINTER_CALLS = {
+    "log": "(drop (call $f (i32.const 2) (i32.const {p}) (i32.const {n})))",
+    "spawn": "(drop (call $f (i32.const {p}) (i32.const {n})))",
+}
+SIGNATURES = {
+    "log": "(param i32 i32 i32) (result i32)",
+    "spawn": "(param i32 i32) (result i64)",
+}
+
+
+class Host:
+    """A WasmHost in this process plus the records it logged."""
+
+    def __init__(self, app: Path, manifest_text: str) -> None:
+        (app / "rusm.toml").write_text(manifest_text)
+        self.app = app
+        self.manifest = load_manifest(str(app / "rusm.toml"), Overrides(), load_environment(app))
+        self.records: list[LogRecord] = []
+        self.cache = CompileCache(app / ".rusm" / "cache")
+        self.engine = compile_engine()
+        self.host = WasmHost(
+            self.manifest,
+            7,
+            Logger(LogLevel.DEBUG, self.records.append),
+            load_environment(app),
+            lambda: None,
+        )
+        self.host.add_lease(1, 1_000_000)
+
+    def load(self, sources: dict[str, str]) -> None:
+        images = []
+        for name, wat in sources.items():
+            wasm = wasmtime.wat2wasm(wat)
+            entry = self.cache.store(
+                self.cache.key(wasm), wasmtime.Module(self.engine, wasm).serialize(), name
+            )
+            images.append(ComponentImage(name=name, cwasm=str(entry.path), digest=entry.digest))
+        self.host.load(images)
+
+    def exits(self) -> dict[str, str]:
+        return {
+            r.text.split()[1]: r.text
+            for r in list(self.records)
+            if r.source == "rusm" and r.text.startswith("exit ")
+        }
+
+    def wait_exit(self, pid: int, name: str) -> str:
+        label = f"{name}#{pid}"
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline:
+            line = self.exits().get(label)
+            if line is not None:
+                return line
+            time.sleep(0.01)
+        raise AssertionError(f"{label} did not exit; records: {self.records[-5:]}")
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    components = "".join(
+        f'[components.{name}]\ncapability = "all"\n' for name in ("case", "sleeper", "hello")
+    )
+    h = Host(
+        tmp_path,
+        "[capabilities.all]\nallow-spawn = true\nallow-process-control = true\n"
+        "max-memory-mb = 1\n" + components,
+    )
+    yield h
+    h.host.shutdown(5.0)
+
+
+def _case_module(function: str, ptr: int, length: int) -> str:
+    call = POINTER_CALLS[function].format(p=ptr, n=length)
+    return (
+        f'(module (import "rusm" "{function}" (func $f {SIGNATURES[function]}))'
+        f' (memory (export "memory") 1) (data (i32.const 0) "hello")'
+        f' (func (export "run") {call}))'
+    )
+
+
+def _hostile_pairs(rng: random.Random) -> Iterator[tuple[int, int]]:
+    """Pairs that must be refused: negative, just past the end, near 2**32, wrapping."""
+    edge = [
+        (-1, 1),
+        (0, -1),
+        (PAGE, 1),
+        (PAGE - 1, 2),
+        (PAGE, 0),  # len 0 exactly at the end is in range: handled below
+        (-(2**31), 2**31 - 1),
+        (2**31 - 1, 2**31 - 1),
+        (1, -1),
+    ]
+    yield from edge
+    for _ in range(CASES - len(edge)):
+        ptr = rng.randrange(-(2**31), 2**31)
+        length = rng.randrange(-(2**31), 2**31)
+        yield ptr, length
+
+
+def _in_range(ptr: int, length: int) -> bool:
+    start, count = ptr & 0xFFFFFFFF, length & 0xFFFFFFFF
+    return start + count <= PAGE
+
+
+@pytest.mark.parametrize("function", sorted(POINTER_CALLS))
+def test_out_of_range_pointers_crash_only_the_calling_guest(host: Host, function: str) -> None:
+    rng = random.Random(f"rusm-{function}")
+    sleeper = (
+        '(module (import "rusm" "sleep" (func $s (param i32) (result i32)))'
+        ' (func (export "run") (loop $l (drop (call $s (i32.const 20))) (br $l))))'
+    )
+    host.load({"sleeper": sleeper, "hello": '(module (func (export "run")))'})
+    neighbour = host.host.spawn("sleeper")
+    for ptr, length in _hostile_pairs(rng):
+        host.load({"case": _case_module(function, ptr, length), "sleeper": sleeper,
+                   "hello": '(module (func (export "run")))'})
+        pid = host.host.spawn("case")
+        line = host.wait_exit(pid, "case")
+        if _in_range(ptr, length):
+            assert "bad pointer" not in line, (ptr, length, line)
+        else:
+            start, count = ptr & 0xFFFFFFFF, length & 0xFFFFFFFF
+            assert line == (
+                f"exit case#{pid} crashed (bad pointer: rusm.{function}(ptr={start}, "
+                f"len={count}) outside memory of {PAGE} bytes)"
+            ), (ptr, length)
+        assert neighbour in host.host.processes, "the neighbour must keep running"
+    assert host.host.kill(neighbour)
+    assert host.wait_exit(neighbour, "sleeper").endswith("killed")
+
+
+def test_every_pointer_taking_function_is_covered() -> None:
+    takes_pointers = {
+        name for name, f in FUNCTIONS.items() if any(p.endswith(("ptr", "len")) for p, _ in f.params)
+    }
+    assert takes_pointers == set(POINTER_CALLS)
+
+
+def test_log_reads_exactly_the_bytes_asked_for(host: Host) -> None:
+    wat = (
+        '(module (import "rusm" "log" (func $f (param i32 i32 i32) (result i32)))'
+        ' (memory (export "memory") 1) (data (i32.const 65530) "abcdef")'
+        ' (func (export "run") (drop (call $f (i32.const 2) (i32.const 65531) (i32.const 5)))))'
+    )
+    host.load({"case": wat})
+    pid = host.host.spawn("case")
+    assert host.wait_exit(pid, "case") == f"exit case#{pid} normal"
+    said = [r.text for r in host.records if r.source == f"case#{pid}"]
+    assert said == ["bcdef"]
+
+
+def test_log_with_bad_utf8_or_level_returns_invalid_without_crashing(host: Host) -> None:
+    wat = (
+        '(module (import "rusm" "log" (func $f (param i32 i32 i32) (result i32)))'
+        ' (import "rusm" "exit" (func $exit (param i32)))'
+        ' (memory (export "memory") 1) (data (i32.const 0) "\\ff\\fe ok")'
+        ' (func (export "run")'
+        '   (if (i32.ne (call $f (i32.const 2) (i32.const 0) (i32.const 2)) (i32.const -3))'
+        '     (then (call $exit (i32.const 10))))'
+        '   (if (i32.ne (call $f (i32.const 9) (i32.const 3) (i32.const 2)) (i32.const -3))'
+        '     (then (call $exit (i32.const 11))))))'
+    )
+    host.load({"case": wat})
+    pid = host.host.spawn("case")
+    assert host.wait_exit(pid, "case") == f"exit case#{pid} normal"
+
+
+def test_spawn_of_an_unknown_name_returns_notfound_to_the_guest(host: Host) -> None:
+    wat = (
+        '(module (import "rusm" "spawn" (func $f (param i32 i32) (result i64)))'
+        ' (import "rusm" "exit" (func $exit (param i32)))'
+        ' (memory (export "memory") 1) (data (i32.const 0) "nobody")'
+        ' (func (export "run")'
+        '   (if (i64.ne (call $f (i32.const 0) (i32.const 6)) (i64.const -4))'
+        '     (then (call $exit (i32.const 10))))))'
+    )
+    host.load({"case": wat})
+    pid = host.host.spawn("case")
+    assert host.wait_exit(pid, "case") == f"exit case#{pid} normal"
+
+
+def test_a_guest_can_kill_another_and_see_it_gone(host: Host) -> None:
+    sleeper = (
+        '(module (import "rusm" "sleep" (func $s (param i32) (result i32)))'
+        ' (func (export "run") (loop $l (drop (call $s (i32.const 20))) (br $l))))'
+    )
+    host.load({"sleeper": sleeper, "hello": '(module (func (export "run")))', "case": sleeper})
+    target = host.host.spawn("sleeper")
+    killer = (
+        '(module (import "rusm" "kill" (func $k (param i64) (result i32)))'
+        ' (import "rusm" "is_alive" (func $a (param i64) (result i32)))'
+        ' (import "rusm" "exit" (func $exit (param i32)))'
+        f' (func (export "run")'
+        f'   (if (i32.ne (call $k (i64.const {target})) (i32.const 0)) (then (call $exit (i32.const 10))))'
+        f'   (if (i32.ne (call $k (i64.const 999999)) (i32.const -1)) (then (call $exit (i32.const 11))))))'
+    )
+    host.load({"sleeper": sleeper, "hello": '(module (func (export "run")))', "case": killer})
+    pid = host.host.spawn("case")
+    assert host.wait_exit(pid, "case") == f"exit case#{pid} normal"
+    assert host.wait_exit(target, "sleeper") == f"exit sleeper#{target} killed"
