@@ -25,7 +25,7 @@ guests: $(STAMP) $(GUEST_WASM)
 
 # examples/<app>/components/<name>.c -> examples/<app>/wasm/<name>.wasm
 .SECONDEXPANSION:
-examples/%.wasm: examples/$$(subst /wasm/,/components/,$$*).c $(STAMP)
+examples/%.wasm: examples/$$(subst /wasm/,/components/,$$*).c sdk/c/rusm.h $(STAMP)
 	@mkdir -p $(dir $@)
 	$(ZIGCC) -I sdk/c -o $@ $<
 

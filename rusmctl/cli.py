@@ -158,8 +158,12 @@ def _print_result(command: str, result: dict[str, Any], as_json: bool) -> None:
     elif command == "list":
         _print_list(result)
     elif command == "info":
-        for key, value in result["worker"].items():
-            print(f"{key:<16}{value}")
+        for key, value in (result.get("process") or result.get("worker") or {}).items():
+            print(f"{key:<18}{value}")
+    elif command == "spawn":
+        print(f"spawned {result['label']} on worker {result['worker']}")
+    elif command == "kill" and "label" in result:
+        print(f"killed {result['label']}")
     elif command == "logs":
         for record in result["records"]:
             _print_log(record, False)
@@ -182,7 +186,7 @@ def _print_status(result: dict[str, Any]) -> None:
     print("RESTARTS is total/within the intensity period")
     print()
     header = f"{'SLOT':<5}{'PID':<9}{'STATE':<13}{'UPTIME':<9}{'RESTARTS':<12}{'CPU%':<7}"
-    print(f"{header}{'RSS':<10}LAST EXIT")
+    print(f"{header}{'RSS':<10}{'PROCS':<7}LAST EXIT")
     for worker in result["workers"]:
         if worker["state"] == "quarantined":
             state = (
@@ -196,8 +200,14 @@ def _print_status(result: dict[str, Any]) -> None:
             f"{_duration(worker['uptime_s']):<9}"
             f"{str(worker['restarts']) + '/' + str(worker['restarts_in_window']):<12}"
             f"{worker['cpu_percent']:<7.1f}{_size(worker['rss_bytes']):<10}"
-            f"{worker['last_exit'] or '-'}"
+            f"{worker.get('processes', 0):<7}{worker['last_exit'] or '-'}"
         )
+    components = result.get("components") or []
+    if components:
+        print()
+        print(f"{'COMPONENT':<24}{'STATE':<12}DETAIL")
+        for component in components:
+            print(f"{component['name']:<24}{component['state']:<12}{component['detail']}")
 
 
 def _print_list(result: dict[str, Any]) -> None:
@@ -205,10 +215,15 @@ def _print_list(result: dict[str, Any]) -> None:
     if not processes:
         print("no wasm processes")
         return
-    print(f"{'PROCESS':<24}{'WORKER':<8}{'STATE':<10}MEMORY")
+    print(f"{'PROCESS':<28}{'WORKER':<8}{'STATE':<10}{'MEMORY':<10}UPTIME")
     for process in processes:
         name = f"{process['component']}#{process['pid']}"
-        print(f"{name:<24}{process['worker']:<8}{process['state']:<10}{process.get('memory', '')}")
+        print(
+            f"{name:<28}{process['worker']:<8}{process['state']:<10}"
+            f"{_size(process['memory_bytes']):<10}{_duration(process['uptime_s'])}"
+        )
+    for slot in result.get("unanswered", []):
+        print(f"(worker {slot} did not answer)")
 
 
 def _print_log(record: dict[str, Any], as_json: bool) -> None:

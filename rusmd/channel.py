@@ -47,6 +47,7 @@ class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
 
     slot: int
     peers: list[int]
+    processes: int = 0
 
 
 class Log(msgspec.Struct, tag="log", frozen=True):

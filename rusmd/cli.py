@@ -2,8 +2,13 @@
 
 Runs in: main.
 
+``rusmd check`` validates the manifest, then resolves every component's
+artifact and compiles it in the compile child, warming the AOT cache the
+daemon will load from; ``--config-only`` stops after the manifest.
+
 Exit codes follow sysexits: 0 ok, 2 usage, 78 (EX_CONFIG) for an invalid
-manifest, 69 (EX_UNAVAILABLE) for a part that cannot run here.
+manifest or a component that cannot run, 69 (EX_UNAVAILABLE) for a part
+that cannot run here.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ from pathlib import Path
 
 from rusmd import __version__
 from rusmd.config import Environment, Manifest, Overrides, load_environment, load_manifest
-from rusmd.config.model import Profile
-from rusmd.config.render import render_errors_json, render_json, render_text
+from rusmd.config.model import LogLevel, Profile
+from rusmd.config.render import ArtifactStatus, render_errors_json, render_json, render_text
 from rusmd.config.sizing import usable_cores
-from rusmd.errors import ConfigError, RusmError
+from rusmd.errors import ConfigError, ConfigProblem, RusmError
+from rusmd.log import Logger
+from rusmd.process.compile import compile_blocking, jobs_for
+from rusmd.wasm.cache import default_cache_dir
 
 EX_OK = 0
 EX_USAGE = 2
@@ -46,11 +54,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     check = commands.add_parser(
         "check",
-        help="validate the manifest and print it resolved; exit 0 or 78",
-        description="Validate the manifest, print the resolved config; exit 0 or 78.",
+        help="validate the manifest, compile its components; exit 0 or 78",
+        description=(
+            "Validate the manifest, compile every component into the cache "
+            "and print the resolved config; exit 0 or 78."
+        ),
     )
     _add_manifest_flags(check)
     check.add_argument("--json", action="store_true", help="print one JSON document")
+    check.add_argument(
+        "--config-only",
+        action="store_true",
+        help="validate the manifest alone; skip the components' artifacts",
+    )
     return parser
 
 
@@ -113,7 +129,7 @@ def load(args: argparse.Namespace) -> tuple[str, Overrides, Environment, Manifes
 
 
 def check(args: argparse.Namespace) -> int:
-    """``rusmd check``: validate, print the resolved manifest, exit 0 or 78."""
+    """``rusmd check``: validate, compile, print the resolved manifest; exit 0 or 78."""
     try:
         config, _overrides, environment, manifest = load(args)
     except ConfigError as exc:
@@ -124,11 +140,58 @@ def check(args: argparse.Namespace) -> int:
                 print(problem, file=sys.stderr)
         return EX_CONFIG
     cores = args.cpus or usable_cores()
+    artifacts = None if args.config_only else check_artifacts(manifest)
+    problems = [
+        ConfigProblem(config, 0, f"components.{name}", status.error)
+        for name, status in (artifacts or {}).items()
+        if not status.ok
+    ]
     if args.json:
-        sys.stdout.buffer.write(render_json(manifest, environment, cores) + b"\n")
+        document = render_json(manifest, environment, cores, artifacts, problems)
+        sys.stdout.buffer.write(document + b"\n")
+    elif problems:
+        for problem in problems:
+            print(problem, file=sys.stderr)
     else:
-        print(render_text(manifest, environment, cores, config))
-    return EX_OK
+        print(render_text(manifest, environment, cores, config, artifacts))
+    return EX_CONFIG if problems else EX_OK
+
+
+def check_artifacts(manifest: Manifest) -> dict[str, ArtifactStatus]:
+    """Resolve and compile every component (warming the cache); each one's status.
+
+    Long compiles print progress lines on stderr.
+    """
+    app_dir = Path(manifest.app_dir)
+    jobs, failures = jobs_for(manifest)
+    results = compile_blocking(
+        jobs,
+        default_cache_dir(app_dir, os.environ),
+        timeout_s=manifest.node.compile_timeout_s,
+        memory_mb=manifest.node.compile_memory_mb,
+        log=Logger(LogLevel.OFF, lambda _record: None),
+        progress=lambda line: print(line, file=sys.stderr, flush=True),
+    )
+    shown = {job.name: _shown(Path(job.path), app_dir) for job in jobs}
+    statuses: dict[str, ArtifactStatus] = {}
+    for name in manifest.components:
+        result = results.get(name) or failures[name]
+        statuses[name] = ArtifactStatus(
+            artifact=shown.get(name, ""),
+            ok=result.ok,
+            cached=result.cached,
+            seconds=result.seconds,
+            cwasm=result.cwasm,
+            error=result.reason,
+        )
+    return statuses
+
+
+def _shown(path: Path, app_dir: Path) -> str:
+    try:
+        return str(path.relative_to(app_dir))
+    except ValueError:
+        return str(path)
 
 
 def run(args: argparse.Namespace) -> int:

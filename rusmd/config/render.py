@@ -5,6 +5,8 @@ Runs in: main.
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -17,8 +19,46 @@ from rusmd.errors import ConfigProblem
 _LABEL = 14  # width of the left column
 
 
-def render_text(manifest: Manifest, environment: Environment, cores: int, shown_path: str) -> str:
-    """The human page: what will run, with every default filled in."""
+@dataclass(frozen=True)
+class ArtifactStatus:
+    """What ``rusmd check`` found for one component's artifact.
+
+    Attributes:
+        artifact: The artifact as the operator reads it (``wasm/api.wasm``);
+            "" when none could be resolved.
+        ok: True when it compiled (or was in the cache) and can run.
+        cached: True when the compile cache already held it.
+        seconds: Compile time (0 for a cache hit).
+        cwasm: The cache entry's path ("" on failure).
+        error: Why it cannot run, without the ``component <name>:`` prefix.
+    """
+
+    artifact: str
+    ok: bool
+    cached: bool = False
+    seconds: float = 0.0
+    cwasm: str = ""
+    error: str = ""
+
+    def summary(self) -> str:
+        """``wasm/api.wasm ok (cached)``, ``wasm/api.wasm compiled in 0.4 s`` or the error."""
+        if not self.ok:
+            return f"error: {self.error}"
+        outcome = "ok (cached)" if self.cached else f"compiled in {self.seconds:.1f} s"
+        return f"{self.artifact} {outcome}"
+
+
+def render_text(
+    manifest: Manifest,
+    environment: Environment,
+    cores: int,
+    shown_path: str,
+    artifacts: dict[str, ArtifactStatus] | None = None,
+) -> str:
+    """The human page: what will run, with every default filled in.
+
+    ``artifacts`` adds each component's artifact status (None: not checked).
+    """
     workers = worker_count(manifest.node.profile, cores)
     residents = sum(1 for c in manifest.components.values() if c.resident)
     lines = [
@@ -72,6 +112,8 @@ def render_text(manifest: Manifest, environment: Environment, cores: int, shown_
                 f"({component.profile.grants()})  {role}{source}",
             )
         )
+        if artifacts is not None and name in artifacts:
+            lines.append(_row("", f"  artifact {artifacts[name].summary()}"))
     if manifest.warnings or environment.problems:
         lines.append("")
         lines.extend(f"warning: {w}" for w in manifest.warnings)
@@ -79,10 +121,21 @@ def render_text(manifest: Manifest, environment: Environment, cores: int, shown_
     return "\n".join(lines)
 
 
-def render_json(manifest: Manifest, environment: Environment, cores: int) -> bytes:
-    """One JSON document: the resolved manifest plus derived facts."""
+def render_json(
+    manifest: Manifest,
+    environment: Environment,
+    cores: int,
+    artifacts: dict[str, ArtifactStatus] | None = None,
+    problems: list[ConfigProblem] | None = None,
+) -> bytes:
+    """One JSON document: the resolved manifest plus derived facts.
+
+    ``artifacts`` adds ``"artifacts"``, each component's status (absent
+    when not checked); ``problems`` (artifacts that cannot run) make
+    ``"ok"`` false and fill ``"errors"`` as ``render_errors_json`` does.
+    """
     document: dict[str, Any] = {
-        "ok": True,
+        "ok": not problems,
         "manifest": msgspec.to_builtins(manifest),
         "usable_cores": cores,
         "workers": worker_count(manifest.node.profile, cores),
@@ -93,19 +146,27 @@ def render_json(manifest: Manifest, environment: Environment, cores: int) -> byt
         },
         "warnings": [*manifest.warnings, *(str(p) for p in environment.problems)],
     }
+    if artifacts is not None:
+        document["artifacts"] = {
+            name: {**dataclasses.asdict(status), "text": status.summary()}
+            for name, status in artifacts.items()
+        }
+    if problems:
+        document["errors"] = _errors(problems)
     return msgspec.json.format(msgspec.json.encode(document), indent=2)
 
 
 def render_errors_json(problems: list[ConfigProblem]) -> bytes:
     """The failure document: every problem with its file, line and key path."""
-    document = {
-        "ok": False,
-        "errors": [
-            {"file": p.file, "line": p.line, "path": p.path, "message": p.message, "text": str(p)}
-            for p in problems
-        ],
-    }
+    document = {"ok": False, "errors": _errors(problems)}
     return msgspec.json.format(msgspec.json.encode(document), indent=2)
+
+
+def _errors(problems: list[ConfigProblem]) -> list[dict[str, Any]]:
+    return [
+        {"file": p.file, "line": p.line, "path": p.path, "message": p.message, "text": str(p)}
+        for p in problems
+    ]
 
 
 def _row(label: str, text: str) -> str:

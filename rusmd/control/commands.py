@@ -5,8 +5,13 @@ Runs in: main.
 ``dispatch`` looks the command up in ``HANDLERS``, a fixed table keyed by
 the names in ``protocol.COMMANDS``: nothing is dispatched by attribute
 name. A handler returns its result or raises ``CommandError`` with the
-exit code rusmctl should end with. One failing command never disturbs
-the daemon: anything unexpected becomes an error reply.
+exit code rusmctl should end with. Commands on wasm processes (spawn,
+list, info, kill) ask the workers and return ``DEFERRED``: their reply
+is sent when the answers arrive. One failing command never disturbs the
+daemon: anything unexpected becomes an error reply.
+
+Pids: ``component#N`` or ``#N`` is a wasm process; a bare number is a
+worker's OS pid if one has it, else a wasm pid.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import psutil
 
+from rusmd.channel import Answer
 from rusmd.config.model import Profile
 from rusmd.control.protocol import COMMANDS, EX_NOSUCH, EX_REFUSED, EX_USAGE
 from rusmd.control.server import Connection
@@ -40,15 +46,24 @@ class CommandError(Exception):
         self.code = code
 
 
-Handler = Callable[["MainProcess", dict[str, Any], Connection], dict[str, Any]]
+class _Deferred:
+    """The reply will be sent later, when workers answer."""
+
+
+DEFERRED = _Deferred()
+# The last three decimal digits of a wasm pid name its worker (abi.PID_STRIDE;
+# not imported from rusmd.wasm.abi to keep this module's imports small).
+PID_STRIDE = 1000
+
+Handler = Callable[["MainProcess", dict[str, Any], Connection], "dict[str, Any] | _Deferred"]
 
 _process_cache: dict[int, psutil.Process] = {}
 
 
 def dispatch(
     daemon: MainProcess, request: dict[str, Any], connection: Connection
-) -> dict[str, Any]:
-    """Run one request; always return a reply document."""
+) -> dict[str, Any] | None:
+    """Run one request; return the reply, or None when it is sent later."""
     name = request.get("command")
     args = request.get("args") or {}
     if not isinstance(name, str) or name not in HANDLERS or not isinstance(args, dict):
@@ -59,7 +74,10 @@ def dispatch(
             "code": EX_USAGE,
         }
     try:
-        return {"ok": True, "result": HANDLERS[name](daemon, args, connection)}
+        result = HANDLERS[name](daemon, args, connection)
+        if isinstance(result, _Deferred):
+            return None
+        return {"ok": True, "result": result}
     except CommandError as exc:
         return {"ok": False, "error": str(exc), "code": exc.code}
     except Exception as exc:
@@ -110,34 +128,69 @@ def status(daemon: MainProcess, _args: dict[str, Any], _conn: Connection) -> dic
             "listeners": [listener.address for listener in daemon.listeners],
         },
         "workers": workers,
+        "components": daemon.component_states(),
     }
 
 
-def list_processes(daemon: MainProcess, _args: dict[str, Any], _conn: Connection) -> dict[str, Any]:
+def list_processes(daemon: MainProcess, _args: dict[str, Any], conn: Connection) -> _Deferred:
     """The wasm processes: component#pid, worker, state, memory."""
-    # TODO(#4): wasm processes are hosted once the wasm host lands.
-    return {"processes": []}
-
-
-def info(daemon: MainProcess, args: dict[str, Any], _conn: Connection) -> dict[str, Any]:
-    """One worker (by OS pid) in detail."""
     pool = _pool(daemon)
-    handle = pool.by_pid.get(_pid_arg(args))
-    if handle is None:
-        raise CommandError(f"no worker or process with pid {args.get('pid')}", EX_NOSUCH)
-    return {"worker": _worker_row(handle, pool, time.monotonic())}
+    slots = sorted(slot for slot, h in pool.workers.items() if str(h.state) == "ready")
+
+    def done(answers: dict[int, Answer | None]) -> None:
+        rows: list[dict[str, Any]] = []
+        unanswered: list[int] = []
+        for slot, answer in sorted(answers.items()):
+            if answer is None or not answer.ok:
+                unanswered.append(slot)
+            else:
+                rows.extend(answer.result.get("processes", []))
+        rows.sort(key=lambda row: row["pid"])
+        _reply(daemon, conn, {"processes": rows, "unanswered": unanswered})
+
+    daemon.queries.ask(slots, "list", {}, done)
+    return DEFERRED
 
 
-def kill(daemon: MainProcess, args: dict[str, Any], _conn: Connection) -> dict[str, Any]:
-    """Kill a worker by OS pid; its supervisor replaces it."""
+def info(daemon: MainProcess, args: dict[str, Any], conn: Connection) -> dict[str, Any] | _Deferred:
+    """One wasm process (component#pid) or worker (OS pid) in detail."""
     pool = _pool(daemon)
-    pid = _pid_arg(args)
-    handle = pool.by_pid.get(pid)
-    if handle is None:
-        raise CommandError(f"no worker or process with pid {pid}", EX_NOSUCH)
-    os.kill(pid, 9)
-    daemon.log.warn(f"kill: worker {handle.slot} pid={pid} by operator")
-    return {"killed": pid, "slot": handle.slot}
+    handle, pid, component = _target(daemon, args)
+    if handle is not None:
+        return {"worker": _worker_row(handle, pool, time.monotonic())}
+    _ask_owner(daemon, conn, pid, component, "info")
+    return DEFERRED
+
+
+def kill(daemon: MainProcess, args: dict[str, Any], conn: Connection) -> dict[str, Any] | _Deferred:
+    """Kill a wasm process (exit reason killed), or a worker by OS pid (it is replaced)."""
+    handle, pid, component = _target(daemon, args)
+    if handle is not None:
+        os.kill(handle.pid, 9)
+        daemon.log.warn(f"kill: worker {handle.slot} pid={handle.pid} by operator")
+        return {"killed": handle.pid, "slot": handle.slot}
+    _ask_owner(daemon, conn, pid, component, "kill")
+    return DEFERRED
+
+
+def spawn(daemon: MainProcess, args: dict[str, Any], conn: Connection) -> _Deferred:
+    """Start a process of a registered component on a worker; reply with its pid."""
+    name = args.get("name")
+    if not isinstance(name, str) or not name:
+        raise CommandError("spawn needs a component name", EX_USAGE)
+    components = daemon.manifest.components
+    if name not in components:
+        known = ", ".join(sorted(components)) or "none"
+        raise CommandError(f"no component named {name!r} (registered: {known})", EX_NOSUCH)
+    slot = daemon.pick_worker()
+    if slot is None:
+        raise CommandError("no worker is ready to take a process")
+
+    def done(answers: dict[int, Answer | None]) -> None:
+        _reply_answer(daemon, conn, slot, answers.get(slot))
+
+    daemon.queries.ask([slot], "spawn", {"component": name}, done)
+    return DEFERRED
 
 
 def restart(daemon: MainProcess, args: dict[str, Any], _conn: Connection) -> dict[str, Any]:
@@ -154,12 +207,17 @@ def restart(daemon: MainProcess, args: dict[str, Any], _conn: Connection) -> dic
     raise CommandError(f"nothing to restart named {what!r} (worker.N or workers)", EX_NOSUCH)
 
 
-def reload(daemon: MainProcess, _args: dict[str, Any], _conn: Connection) -> dict[str, Any]:
-    """Re-read the manifest; an invalid one is rejected and nothing changes."""
-    ok, message = daemon.reload()
-    if not ok:
-        raise CommandError(message)
-    return {"message": message}
+def reload(daemon: MainProcess, _args: dict[str, Any], conn: Connection) -> _Deferred:
+    """Re-read and compile the manifest; an invalid one is rejected and nothing changes."""
+
+    def answer(ok: bool, message: str) -> None:
+        if ok:
+            _reply(daemon, conn, {"message": message})
+        else:
+            daemon.control.send(conn, {"ok": False, "error": message, "code": EX_REFUSED})
+
+    daemon.reload(answer)
+    return DEFERRED
 
 
 def stop(daemon: MainProcess, _args: dict[str, Any], _conn: Connection) -> dict[str, Any]:
@@ -202,6 +260,7 @@ HANDLERS: dict[str, Handler] = {
     "list": list_processes,
     "info": info,
     "kill": kill,
+    "spawn": spawn,
     "restart": restart,
     "reload": reload,
     "stop": stop,
@@ -217,13 +276,57 @@ def _pool(daemon: MainProcess) -> Any:
     return daemon.pool
 
 
-def _pid_arg(args: dict[str, Any]) -> int:
+def _target(daemon: MainProcess, args: dict[str, Any]) -> tuple[WorkerHandle | None, int, str]:
+    """A worker (by OS pid) or a wasm pid, from ``N``, ``#N`` or ``component#N``."""
+    pool = _pool(daemon)
     value = args.get("pid")
-    if isinstance(value, str) and value.isdigit():
-        return int(value)
     if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    raise CommandError(f"pid must be a number, not {value!r}", EX_USAGE)
+        value = str(value)
+    if not isinstance(value, str):
+        raise CommandError(f"pid must be a number or component#pid, not {value!r}", EX_USAGE)
+    component, hash_sign, digits = value.rpartition("#")
+    if not digits.isdigit():
+        raise CommandError(f"pid must be a number or component#pid, not {value!r}", EX_USAGE)
+    pid = int(digits)
+    if not hash_sign:
+        handle = pool.by_pid.get(pid)
+        if handle is not None:
+            return handle, pid, ""
+    return None, pid, component
+
+
+def _ask_owner(daemon: MainProcess, conn: Connection, pid: int, component: str, op: str) -> None:
+    pool = _pool(daemon)
+    slot = pid % PID_STRIDE
+    if slot not in pool.workers:
+        raise CommandError(f"no worker or process with pid {pid}", EX_NOSUCH)
+
+    def done(answers: dict[int, Answer | None]) -> None:
+        _reply_answer(daemon, conn, slot, answers.get(slot))
+
+    daemon.queries.ask([slot], op, {"pid": pid, "component": component}, done)
+
+
+def _reply_answer(daemon: MainProcess, conn: Connection, slot: int, answer: Answer | None) -> None:
+    if answer is None:
+        daemon.control.send(
+            conn,
+            {
+                "ok": False,
+                "error": f"worker {slot} did not answer (it may have exited)",
+                "code": EX_REFUSED,
+            },
+        )
+    elif not answer.ok:
+        daemon.control.send(
+            conn, {"ok": False, "error": answer.error, "code": answer.code or EX_REFUSED}
+        )
+    else:
+        _reply(daemon, conn, answer.result)
+
+
+def _reply(daemon: MainProcess, conn: Connection, result: dict[str, Any]) -> None:
+    daemon.control.send(conn, {"ok": True, "result": result})
 
 
 def _worker_row(handle: WorkerHandle, pool: Any, now: float) -> dict[str, Any]:
@@ -241,6 +344,7 @@ def _worker_row(handle: WorkerHandle, pool: Any, now: float) -> dict[str, Any]:
         "rss_bytes": rss_bytes,
         "heartbeat_age_s": round(now - handle.last_heartbeat, 3),
         "mesh_peers": handle.peers,
+        "processes": handle.processes,
     }
 
 

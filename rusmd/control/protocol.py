@@ -57,9 +57,20 @@ COMMANDS: dict[str, CommandInfo] = {
         CommandInfo("status", "the daemon and each worker: pid, state, uptime, restarts, CPU, RSS"),
         CommandInfo("list", "the wasm processes: component#pid, worker, state, memory"),
         CommandInfo(
-            "info", "one worker or process in detail", (("pid", "an OS or wasm pid", True),)
+            "info",
+            "one wasm process or worker in detail",
+            (("pid", "component#pid, #pid, or a worker's OS pid", True),),
         ),
-        CommandInfo("kill", "kill a worker (it is replaced) or a process", (("pid", "pid", True),)),
+        CommandInfo(
+            "kill",
+            "kill a wasm process (component#pid) or a worker by OS pid (it is replaced)",
+            (("pid", "component#pid, #pid, or a worker's OS pid", True),),
+        ),
+        CommandInfo(
+            "spawn",
+            "start a process of a registered component; prints its pid",
+            (("name", "the component name", True),),
+        ),
         CommandInfo(
             "restart",
             "replace a worker (worker.N), or every worker one by one (workers)",

@@ -62,7 +62,9 @@ class Connection:
     on_close: list[Callable[[], None]] = field(default_factory=list)
 
 
-Dispatch = Callable[[dict[str, Any], Connection], dict[str, Any]]
+# A dispatch returns the reply, or None when the reply comes later (a
+# command waiting for workers sends it with ``send`` once they answer).
+Dispatch = Callable[[dict[str, Any], Connection], dict[str, Any] | None]
 
 
 class ControlServer:
@@ -199,7 +201,9 @@ class ControlServer:
             self._close_after_flush(connection)
             return
         for request in requests:
-            self.send(connection, self.dispatch(request, connection))
+            reply = self.dispatch(request, connection)
+            if reply is not None:
+                self.send(connection, reply)
 
     def _flush(self, connection: Connection) -> None:
         if connection.sock.fileno() < 0:

@@ -13,8 +13,14 @@ loop turns them into named steps:
 SIGTERM/SIGINT drain (stop accepting, let workers finish up to the
 timeout, then kill) and exit 0; a second one kills at once. SIGHUP and
 ``rusmctl reload`` re-read the manifest: an invalid one is rejected with
-its errors and the running app is untouched; a valid one rolls the
-workers one at a time.
+its errors and the running app is untouched; a valid one is compiled,
+then rolls the workers one at a time.
+
+Components are compiled by a child process (``process.compile``) that
+the loop watches like any other descriptor, so a slow or pathological
+module never stalls the control socket. The workers get the compiled
+images when it is done; READY=1 waits for it. Resident components are
+spawned once, on a worker each, when the first images arrive.
 """
 
 from __future__ import annotations
@@ -31,16 +37,19 @@ from pathlib import Path
 from typing import Any
 
 from rusmd import __version__
-from rusmd.channel import Channel
+from rusmd.channel import Channel, ComponentImage
 from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import Manifest, Profile
 from rusmd.config.sizing import usable_cores, worker_count
 from rusmd.control.server import ControlServer
 from rusmd.errors import ConfigError, RusmError
 from rusmd.log import JsonFormatter, Logger, LogRecord, LogRing, TextFormatter, stream_is_tty
+from rusmd.process.compile import CompileResult, CompileRun, jobs_for
 from rusmd.process.listeners import Listener, close_listeners, open_listeners
 from rusmd.process.pool import WorkerPool, WorkerState
+from rusmd.process.queries import Queries
 from rusmd.process.systemd import Notifier
+from rusmd.wasm.cache import default_cache_dir
 
 # How long SIGTERM lets workers drain before they are killed; below
 # systemd's TimeoutStopSec in the shipped unit.
@@ -56,6 +65,21 @@ class DaemonState(enum.StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     DRAINING = "draining"
+
+
+CompileDone = Callable[[list[ComponentImage], dict[str, CompileResult]], None]
+ReloadReply = Callable[[bool, str], None]
+
+
+class _Compiling:
+    """A compile run in progress and what to do with its results."""
+
+    def __init__(
+        self, run: CompileRun, failed: dict[str, CompileResult], done: CompileDone
+    ) -> None:
+        self.run = run
+        self.failed = failed
+        self.done = done
 
 
 class MainProcess:
@@ -99,6 +123,11 @@ class MainProcess:
         self.listeners: list[Listener] = []
         self.control = ControlServer(socket_path, self.selector, self._dispatch)
         self.pool: WorkerPool | None = None
+        self.queries = Queries(self._send_query)
+        self.compiling: _Compiling | None = None
+        self.compile_results: dict[str, CompileResult] = {}
+        self.residents_spawned = False
+        self._next_worker = 0
         self.exit_code = 0
         self.reloads = 0
         self._last_watchdog = 0.0
@@ -119,13 +148,21 @@ class MainProcess:
             watch=self.watch_channel,
             on_log=self.emit,
         )
+        self.pool.on_answer = self.queries.on_answer
+        self.pool.on_foreign_exit = self._on_foreign_exit
+        self.pool.on_worker_gone = self.queries.worker_gone
+        self.pool.want_write = self._want_write
         self.pool.start()
+        self.start_compile(self.manifest, self._boot_components)
         try:
             while True:
                 self.wait_for_events()
                 self.handle_signals()
                 self.pool.reap()
                 self.pool.tick()
+                self.compile_step()
+                self.queries.tick()
+                self.spawn_residents()
                 self.announce_ready()
                 self.control.sweep(time.monotonic())
                 self.ping_watchdog()
@@ -161,6 +198,8 @@ class MainProcess:
         """READY=1 once every initial worker reported ready."""
         if self.state is not DaemonState.STARTING or self.pool is None:
             return
+        if self.pool.images is None:
+            return  # components still compiling
         if len(self.pool.workers) == self.pool.target and all(
             h.state is WorkerState.READY for h in self.pool.workers.values()
         ):
@@ -195,11 +234,18 @@ class MainProcess:
         self.listeners = []
         self.pool.stop(DRAIN_TIMEOUT_S)
 
-    def reload(self) -> tuple[bool, str]:
-        """Re-read the manifest; roll the workers if valid. Returns (ok, message)."""
+    def reload(self, reply: ReloadReply | None = None) -> None:
+        """Re-read the manifest; compile it; roll the workers if it holds up.
+
+        ``reply`` gets (ok, message) when the outcome is known: at once for
+        an invalid manifest, after compiling otherwise. A reload whose
+        compile would break a component that runs now is rejected.
+        """
+        answer = reply or (lambda _ok, _message: None)
         assert self.pool is not None
         if self.state is DaemonState.DRAINING:
-            return False, "the daemon is stopping"
+            answer(False, "the daemon is stopping")
+            return
         self.notifier.reloading()
         try:
             environment = load_environment(Path(self.config_path).absolute().parent)
@@ -208,26 +254,174 @@ class MainProcess:
             for problem in exc.problems:
                 self.log.error(f"reload rejected: {problem}")
             self.notifier.ready(self.status_line())
-            return False, f"reload rejected; the running app is unchanged:\n{exc}"
-        try:
-            listeners = self._listeners_for(manifest)
-        except RusmError as exc:
-            self.log.error(f"reload rejected: {exc}")
+            answer(False, f"reload rejected; the running app is unchanged:\n{exc}")
+            return
+
+        def compiled(images: list[ComponentImage], results: dict[str, CompileResult]) -> None:
+            self._finish_reload(manifest, images, results, answer)
+
+        self.start_compile(manifest, compiled)
+
+    def _finish_reload(
+        self,
+        manifest: Manifest,
+        images: list[ComponentImage],
+        results: dict[str, CompileResult],
+        answer: ReloadReply,
+    ) -> None:
+        assert self.pool is not None
+        broken = [
+            result
+            for name, result in sorted(results.items())
+            if not result.ok and name in self.compile_results and self.compile_results[name].ok
+        ]
+        problem = "; ".join(result.error for result in broken)
+        if not problem:
+            try:
+                listeners = self._listeners_for(manifest)
+            except RusmError as exc:
+                problem = str(exc)
+        if problem:
+            self.log.error(f"reload rejected: {problem}")
             self.notifier.ready(self.status_line())
-            return False, f"reload rejected; the running app is unchanged: {exc}"
+            answer(False, f"reload rejected; the running app is unchanged: {problem}")
+            return
         self.reloads += 1
         self.manifest = manifest
+        self.compile_results = results
         self.log.threshold = manifest.log.level
         self.listeners = listeners
         self.pool.listeners = [listener.sock for listener in listeners]
         if manifest.node.profile != self.profile and self.overrides.profile is None:
             self.set_profile(manifest.node.profile)
-        self.pool.roll(manifest)
+        self.pool.roll(manifest, images)
         self.notifier.ready(self.status_line())
         self.log.info(
             f"reload: {self.config_path} accepted; rolling {len(self.pool.workers)} worker(s)"
         )
-        return True, f"reloaded {self.config_path}; rolling the workers one at a time"
+        answer(True, f"reloaded {self.config_path}; rolling the workers one at a time")
+
+    # ── components ──────────────────────────────────────────────────────
+
+    def start_compile(self, manifest: Manifest, done: CompileDone) -> None:
+        """Compile ``manifest``'s components in a child; ``done`` gets the images."""
+        if self.compiling is not None:
+            self.compiling.run.cancel()
+            self.compiling = None
+        jobs, failed = jobs_for(manifest)
+        run = CompileRun(
+            jobs,
+            default_cache_dir(Path(manifest.app_dir), os.environ),
+            timeout_s=manifest.node.compile_timeout_s,
+            memory_mb=manifest.node.compile_memory_mb,
+            log=self.log,
+        )
+        self.compiling = _Compiling(run, failed, done)
+        run.on_fd_change = self._follow_compile_fd
+        if jobs:
+            run.start()
+        self.compile_step()
+
+    def compile_step(self) -> None:
+        """Enforce the compile child's limits; hand over the images when done."""
+        compiling = self.compiling
+        if compiling is None:
+            return
+        compiling.run.tick()
+        if not compiling.run.done:
+            return
+        self.compiling = None
+        results = {**compiling.failed, **compiling.run.results}
+        for result in compiling.failed.values():
+            self.log.error(result.error)
+        compiling.done([result.image() for result in results.values()], results)
+
+    def _boot_components(
+        self, images: list[ComponentImage], results: dict[str, CompileResult]
+    ) -> None:
+        assert self.pool is not None
+        self.compile_results = results
+        self.pool.set_components(images)
+
+    def spawn_residents(self) -> None:
+        """Boot-spawn each resident component once, when workers and images are ready."""
+        pool = self.pool
+        if self.residents_spawned or pool is None or pool.images is None:
+            return
+        if self.state is DaemonState.DRAINING or self.pick_worker() is None:
+            return
+        self.residents_spawned = True
+        for name, component in self.manifest.components.items():
+            result = self.compile_results.get(name)
+            if not component.resident or result is None or not result.ok:
+                continue
+            slot = self.pick_worker()
+            if slot is None:
+                break
+
+            def done(answers: dict[int, Any], name: str = name, slot: int = slot) -> None:
+                answer = answers.get(slot)
+                if answer is None or not answer.ok:
+                    why = answer.error if answer is not None else f"worker {slot} did not answer"
+                    self.log.error(f"resident {name} did not start: {why}")
+
+            self.queries.ask([slot], "spawn", {"component": name}, done)
+
+    def pick_worker(self) -> int | None:
+        """The next ready worker, round robin; None if none is ready."""
+        if self.pool is None:
+            return None
+        ready = sorted(s for s, h in self.pool.workers.items() if h.state is WorkerState.READY)
+        if not ready:
+            return None
+        self._next_worker += 1
+        return ready[self._next_worker % len(ready)]
+
+    def component_states(self) -> list[dict[str, Any]]:
+        """Each component's compile state, for ``rusmctl status``."""
+        current = self.compiling.run.current if self.compiling else None
+        rows = []
+        for name in self.manifest.components:
+            result = self.compile_results.get(name)
+            if current is not None and current[0] == name:
+                rows.append({"name": name, "state": "compiling", "detail": f"{current[1]:.1f}s"})
+            elif result is None:
+                rows.append({"name": name, "state": "pending", "detail": ""})
+            elif result.ok:
+                detail = "cached" if result.cached else f"compiled in {result.seconds:.2f}s"
+                rows.append({"name": name, "state": "ready", "detail": detail})
+            else:
+                rows.append({"name": name, "state": "failed", "detail": result.error})
+        return rows
+
+    def _follow_compile_fd(self, old: int | None, new: int | None) -> None:
+        """The compile child's stdout pipe changed (a child started, ended, was replaced)."""
+        if old is not None:
+            try:
+                self.selector.unregister(old)
+            except (KeyError, ValueError, OSError):
+                pass
+        compiling = self.compiling
+        if new is not None and compiling is not None:
+            run = compiling.run
+            self.selector.register(new, selectors.EVENT_READ, lambda _ev: run.on_readable())
+
+    def _on_foreign_exit(self, pid: int, status: int) -> None:
+        if self.compiling is not None:
+            self.compiling.run.child_exited(pid, status)
+
+    def _send_query(self, slot: int, message: Any) -> bool:
+        return self.pool is not None and self.pool.send_to(slot, message)
+
+    def _want_write(self, channel: Channel) -> None:
+        try:
+            self.selector.modify(
+                channel.sock,
+                selectors.EVENT_READ | selectors.EVENT_WRITE,
+                self._channel_callback(channel),
+            )
+        except (KeyError, ValueError):
+            pass
 
     def set_profile(self, profile: Profile) -> int:
         """Change the profile live: the pool grows or drains. Returns the new count."""
@@ -302,13 +496,16 @@ class MainProcess:
         except BlockingIOError:
             pass
 
-    def _dispatch(self, request: dict[str, Any], connection: Any) -> dict[str, Any]:
+    def _dispatch(self, request: dict[str, Any], connection: Any) -> dict[str, Any] | None:
         from rusmd.control.commands import dispatch
 
         return dispatch(self, request, connection)
 
     def cleanup(self) -> None:
         """Release what the main process holds; workers are gone by now."""
+        if self.compiling is not None:
+            self.compiling.run.cancel()
+            self.compiling = None
         self.control.close()
         close_listeners(self.listeners)
         signal.set_wakeup_fd(-1)

@@ -25,7 +25,21 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from rusmd.channel import Channel, ChannelClosed, Heartbeat, Log, MeshPeer, Message, Ready, Stop
+from rusmd.channel import (
+    Answer,
+    Channel,
+    ChannelClosed,
+    ComponentImage,
+    Components,
+    Heartbeat,
+    LeaseRequest,
+    Log,
+    MeshPeer,
+    Message,
+    PidLease,
+    Ready,
+    Stop,
+)
 from rusmd.config.model import Manifest
 from rusmd.log import Logger, LogRecord
 from rusmd.supervision import (
@@ -55,6 +69,9 @@ READY_TIMEOUT_S = 10.0
 HEARTBEAT_TIMEOUT_S = 5.0
 # How long a worker may drain after Stop before it is killed.
 WORKER_SHUTDOWN_S = 10.0
+# Pid serials handed to a worker at once; it asks for more when low. A
+# slot's serials only grow, so no pid is reused during the node's life.
+PID_LEASE_SIZE = 4096
 
 
 class WorkerState(enum.StrEnum):
@@ -81,6 +98,7 @@ class WorkerHandle:
     stop_deadline: float | None = None
     kill_reason: ExitReason | None = None
     kill_detail: str = ""
+    processes: int = 0
 
 
 @dataclass
@@ -90,6 +108,8 @@ class SlotHistory:
     generations: int = 0
     restarts: int = 0
     last_exit: str = ""
+    # The next pid serial never leased to any worker of this slot.
+    next_serial: int = 1
 
 
 class WorkerPool:
@@ -131,6 +151,15 @@ class WorkerPool:
         self.target = count
         self.rolling: list[int] = []
         self.rolling_pending: set[int] = set()
+        # The compiled components workers load (None until compiled).
+        self.images: list[ComponentImage] | None = None
+        # Replies to control queries, and exits of children that are not workers.
+        self.on_answer: Callable[[int, Answer], None] | None = None
+        self.on_foreign_exit: Callable[[int, int], None] | None = None
+        # Asks the loop to watch a channel for writability (output is queued).
+        self.want_write: Callable[[Channel], None] | None = None
+        # Told when a worker exits (its pending query answers will not come).
+        self.on_worker_gone: Callable[[int], None] | None = None
         self.supervisor = Supervisor(
             SupervisorFlags(
                 strategy=Strategy.ONE_FOR_ONE,
@@ -171,9 +200,18 @@ class WorkerPool:
         for slot in reversed(range(count, old)):
             self._apply(self.supervisor.remove_child(_child_id(slot), now))
 
-    def roll(self, manifest: Manifest) -> None:
+    def set_components(self, images: list[ComponentImage]) -> None:
+        """Hand freshly compiled components to every worker (and to later forks)."""
+        self.images = images
+        for handle in self.workers.values():
+            if handle.state is not WorkerState.STOPPING:
+                self._send(handle, Components(images=images))
+
+    def roll(self, manifest: Manifest, images: list[ComponentImage] | None = None) -> None:
         """Replace the workers one at a time with ones started from ``manifest``."""
         self.manifest = manifest
+        if images is not None:
+            self.images = images
         self.rolling = sorted(slot for slot in self.workers if slot < self.target)
         self._roll_next()
 
@@ -231,6 +269,8 @@ class WorkerPool:
             handle = self.by_pid.pop(pid, None)
             if handle is not None:
                 self._on_exit(handle, status)
+            elif self.on_foreign_exit is not None:
+                self.on_foreign_exit(pid, status)
 
     # ── internals ───────────────────────────────────────────────────────
 
@@ -257,6 +297,8 @@ class WorkerPool:
         history.generations += 1
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         mesh = self._mesh_for(slot)
+        lease = (history.next_serial, history.next_serial + PID_LEASE_SIZE)
+        history.next_serial = lease[1]
         boot = WorkerBoot(
             slot=slot,
             generation=history.generations,
@@ -265,6 +307,8 @@ class WorkerPool:
             mesh={peer: ends[1] for peer, ends in mesh.items()},
             listeners=self.listeners,
             manifest=self.manifest,
+            images=self.images,
+            lease=lease,
         )
         # Objects already alive stay out of the child's cyclic GC, so no
         # inherited wrapper is collected there and closes a reused fd.
@@ -314,8 +358,17 @@ class WorkerPool:
         if isinstance(message, Heartbeat):
             handle.last_heartbeat = now
             handle.peers = message.peers
+            handle.processes = message.processes
         elif isinstance(message, Log):
             self.on_log(message.record)
+        elif isinstance(message, Answer):
+            if self.on_answer is not None:
+                self.on_answer(handle.slot, message)
+        elif isinstance(message, LeaseRequest):
+            history = self.history.setdefault(handle.slot, SlotHistory())
+            lease = PidLease(start=history.next_serial, end=history.next_serial + PID_LEASE_SIZE)
+            history.next_serial = lease.end
+            self._send(handle, lease)
         elif isinstance(message, Ready) and handle.state is WorkerState.STARTING:
             handle.state = WorkerState.READY
             handle.last_heartbeat = now
@@ -375,6 +428,8 @@ class WorkerPool:
         if self.workers.get(handle.slot) is handle:
             del self.workers[handle.slot]
         reason, detail = _exit_reason(handle, status)
+        if self.on_worker_gone is not None:
+            self.on_worker_gone(handle.slot)
         history = self.history.setdefault(handle.slot, SlotHistory())
         history.last_exit = f"{reason} ({detail})" if detail else str(reason)
         line = f"exit worker {handle.slot} pid={handle.pid} {history.last_exit}"
@@ -409,6 +464,22 @@ class WorkerPool:
                 self.rolling_pending.add(slot)
                 self._apply(self.supervisor.remove_child(_child_id(slot), self.clock()))
                 return
+
+    def send_to(self, slot: int, message: Message) -> bool:
+        """Send ``message`` to worker ``slot``; False if it is not there to take it."""
+        handle = self.workers.get(slot)
+        if handle is None or handle.state is WorkerState.STOPPING:
+            return False
+        return self._send(handle, message)
+
+    def _send(self, handle: WorkerHandle, message: Message) -> bool:
+        try:
+            handle.channel.send(message)
+        except ChannelClosed:
+            return False
+        if handle.channel.wants_write and self.want_write is not None:
+            self.want_write(handle.channel)
+        return True
 
     def _unwatch(self, handle: WorkerHandle) -> None:
         self.by_channel.pop(handle.channel, None)

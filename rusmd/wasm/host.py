@@ -56,7 +56,7 @@ from rusmd.wasm import abi
 from rusmd.wasm.abi import ErrorCode, Grant
 from rusmd.wasm.cache import verify
 from rusmd.wasm.engine import EngineInfo, worker_engine
-from rusmd.wasm.linking import LinkerSet, LinkError, ModuleShape, check_module, granted
+from rusmd.wasm.linking import LinkError, LinkerSet, ModuleShape, check_module, granted
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 from rusmd.wasm.settings import EPOCH_TICK_MS
 
@@ -180,6 +180,7 @@ class WasmHost:
         slot: int,
         log: Logger,
         environment: Environment,
+        *,
         request_lease: Callable[[], None],
         max_processes: int | None = None,
     ) -> None:
@@ -188,9 +189,7 @@ class WasmHost:
         self.log = log
         self.environment = environment
         self.request_lease = request_lease
-        largest = max(
-            [c.profile.max_memory_mb for c in manifest.components.values()] or [64]
-        )
+        largest = max([c.profile.max_memory_mb for c in manifest.components.values()] or [64])
         self.engine_info: EngineInfo = worker_engine(largest << 20)
         self.engine = self.engine_info.engine
         self.max_processes = max_processes or (self.engine_info.pool_slots or 1000)
@@ -459,6 +458,8 @@ class WasmHost:
             process.memory_bytes = process.memory.size()
         if error or trap:
             return self._failure(process, error, trap, component.shape.entry), store
+        if component.shape.entry_results and values[0].i32 != 0:
+            return ExitReport("crashed", f"{component.shape.entry} returned {values[0].i32}"), store
         return ExitReport("normal"), store
 
     def _set_wasi(self, context: Any, component: LoadedComponent) -> str:
@@ -484,8 +485,10 @@ class WasmHost:
             if ffi.wasmtime_error_exit_status(error, ctypes.byref(status)):
                 ffi.wasmtime_error_delete(error)
                 code = status.value
-                return ExitReport("normal") if code == 0 else ExitReport(
-                    "crashed", f"exit code {code}"
+                return (
+                    ExitReport("normal")
+                    if code == 0
+                    else ExitReport("crashed", f"exit code {code}")
                 )
             exc = wasmtime.WasmtimeError._from_ptr(error)
             text = str(exc)
@@ -498,9 +501,7 @@ class WasmHost:
             return ExitReport(process.stop_reason)
         if process.exit_code is not None:
             code = process.exit_code
-            return ExitReport("normal") if code == 0 else ExitReport(
-                "crashed", f"exit code {code}"
-            )
+            return ExitReport("normal") if code == 0 else ExitReport("crashed", f"exit code {code}")
         if process.crash:
             return ExitReport("crashed", process.crash, frames)
         if process.cpu_exceeded:
@@ -541,8 +542,7 @@ class WasmHost:
     def _on_epoch(self, context: Any, _data: Any, delta: Any, kind: Any) -> int:
         """Runs on the guest thread once per tick while its wasm runs."""
         try:
-            pid = ffi.wasmtime_context_get_data(context) or 0
-            process = self.processes.get(pid)
+            process = self.processes.get(_pid_of(context))
             if process is not None:
                 if process.memory is not None:
                     process.memory_bytes = process.memory.size()
@@ -580,7 +580,7 @@ class WasmHost:
             process = None
             try:
                 context = ffi.wasmtime_caller_context(caller)
-                process = processes.get(ffi.wasmtime_context_get_data(context) or 0)
+                process = processes.get(_pid_of(context))
                 if process is None:
                     return _trap(f"rusm.{name}: calling process is unknown")
                 if process.memory is None and process.component.shape is not None:
@@ -611,7 +611,7 @@ class WasmHost:
         # The range is checked whatever the level: a bad pointer crashes the
         # guest the same way with logging off as with it on.
         check_range("log", ptr, length, memory.size())
-        if level_value not in _LOG_LEVELS.keys():
+        if level_value not in _LOG_LEVELS:
             values[0].i32 = ErrorCode.INVALID
             return
         level = _LOG_LEVELS[abi.LogLevel(level_value)]
@@ -621,7 +621,9 @@ class WasmHost:
         data = memory.read("log", ptr, length)
         cut = len(data) > MAX_LOG_LINE_BYTES
         try:
-            text = data[:MAX_LOG_LINE_BYTES].decode("utf-8", errors="strict" if not cut else "ignore")
+            text = data[:MAX_LOG_LINE_BYTES].decode(
+                "utf-8", errors="strict" if not cut else "ignore"
+            )
         except UnicodeDecodeError:
             values[0].i32 = ErrorCode.INVALID
             return
@@ -676,6 +678,12 @@ class WasmHost:
         if process.memory is None:
             raise BadPointer(f"rusm.{function}: the module exports no memory")
         return process.memory
+
+
+def _pid_of(context: Any) -> int:
+    """The pid a store was created with (its user data)."""
+    value: Any = ffi.wasmtime_context_get_data(context)
+    return int(value or 0)
 
 
 def _export(context: Any, instance: Any, name: bytes) -> Any:
@@ -741,4 +749,3 @@ def _frame_line(frame: Any) -> str:
     name = frame.func_name or f"<wasm function {frame.func_index}>"
     module = frame.module_name or "module"
     return f"{module}!{name} +{frame.module_offset:#x}"
-

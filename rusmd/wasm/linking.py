@@ -102,9 +102,7 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
         wanted = _signature([t for _, t in function.params], list(function.results))
         if not isinstance(item.type, wasmtime.FuncType):
             raise LinkError(f"component {component} imports {where} as a non-function")
-        actual = _signature(
-            [str(t) for t in item.type.params], [str(t) for t in item.type.results]
-        )
+        actual = _signature([str(t) for t in item.type.params], [str(t) for t in item.type.results])
         if actual != wanted:
             raise LinkError(
                 f"component {component} imports {where} as {actual}; "

@@ -42,8 +42,7 @@ def check_range(function: str, ptr: int, length: int, size: int) -> tuple[int, i
     count = as_u32(length)
     if start + count > size:
         raise BadPointer(
-            f"bad pointer: rusm.{function}(ptr={start}, len={count}) "
-            f"outside memory of {size} bytes"
+            f"bad pointer: rusm.{function}(ptr={start}, len={count}) outside memory of {size} bytes"
         )
     return start, count
 

@@ -21,6 +21,7 @@ import traceback
 from dataclasses import dataclass, field
 from typing import NoReturn
 
+from rusmd.channel import ComponentImage
 from rusmd.config.model import Manifest
 
 PR_SET_PDEATHSIG = 1
@@ -40,6 +41,9 @@ class WorkerBoot:
         mesh: Channels to sibling workers, by their slot.
         listeners: The listen sockets the main process bound, inherited.
         manifest: The resolved manifest.
+        images: The compiled components, when the compile step had finished
+            by the time of the fork (else they arrive as a message).
+        lease: The first pid serials ``[start, end)`` this worker hands out.
     """
 
     slot: int
@@ -49,6 +53,8 @@ class WorkerBoot:
     mesh: dict[int, socket.socket] = field(default_factory=dict)
     listeners: list[socket.socket] = field(default_factory=list)
     manifest: Manifest | None = None
+    images: list[ComponentImage] | None = None
+    lease: tuple[int, int] = (1, 1)
 
     def own_fds(self) -> set[int]:
         """Descriptors this worker keeps: stdio, its channels, its listeners."""

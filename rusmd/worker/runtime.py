@@ -11,6 +11,13 @@ then the loop ends and the worker exits 0.
 The mesh: one channel to every sibling worker, inherited at fork or
 handed over later by the main process (``MeshPeer`` + a descriptor).
 Each side says ``MeshHello`` first; a peer counts once its hello arrived.
+
+Wasm processes: the worker's ``WasmHost`` runs them on guest threads.
+The main process sends the compiled components (``Components``), pid
+serial leases (``PidLease``) and control queries (``Query``: spawn,
+list, info, kill), which the loop answers with ``Answer``. Guest
+threads log through the loop thread (``call_soon_threadsafe``), so the
+channel is only ever written by the loop.
 """
 
 from __future__ import annotations
@@ -19,22 +26,34 @@ import asyncio
 import os
 import signal
 import socket
+import threading
+from pathlib import Path
+from typing import Any
 
 import uvloop
 
 from rusmd.channel import (
+    Answer,
     Channel,
     ChannelClosed,
+    Components,
     Heartbeat,
+    LeaseRequest,
     Log,
     MeshHello,
     MeshPeer,
     Message,
+    PidLease,
+    Query,
     Ready,
     Stop,
 )
+from rusmd.config.environment import load_environment
 from rusmd.config.model import LogLevel
+from rusmd.control.protocol import EX_NOSUCH, EX_REFUSED
 from rusmd.log import Logger, LogRecord
+from rusmd.wasm.abi import ErrorCode
+from rusmd.wasm.host import SpawnError, WasmHost
 from rusmd.worker.boot import WorkerBoot
 
 # How often a worker proves its loop turns over; the main process allows
@@ -56,8 +75,23 @@ class WorkerRuntime:
         self.peers: dict[int, Channel] = {}
         self.verified_peers: set[int] = set()
         self.done: asyncio.Future[int] = self.loop.create_future()
+        self._draining = False
         level = boot.manifest.log.level if boot.manifest else LogLevel.OFF
-        self.log = Logger(level, self._ship_log, source="rusm")
+        self.loop_thread = threading.get_ident()
+        self.log = Logger(level, self._ship_log_any_thread, source="rusm")
+        self.host: WasmHost | None = None
+        if boot.manifest is not None:
+            environment = load_environment(Path(boot.manifest.app_dir))
+            self.host = WasmHost(
+                boot.manifest,
+                boot.slot,
+                self.log,
+                environment,
+                request_lease=self._request_lease,
+            )
+            self.host.add_lease(*boot.lease)
+            if boot.images is not None:
+                self.host.load(boot.images)
 
     def run(self) -> int:
         """Run until drained; return the exit code."""
@@ -74,17 +108,33 @@ class WorkerRuntime:
 
     def begin_stop(self, timeout_s: float) -> None:
         """Drain: stop taking work, let in-flight work finish, then exit 0."""
-        if self.done.done():
+        if self.done.done() or self._draining:
             return
+        self._draining = True
         self.log.debug(f"worker {self.slot} draining (up to {timeout_s:g}s)")
-        # Nothing runs in a worker yet that needs a grace period; serving
-        # will wait here for in-flight requests up to timeout_s.
-        self.done.set_result(0)
+        if self.host is None or not self.host.processes:
+            if self.host is not None:
+                self.host.shutdown(0)
+            self.done.set_result(0)
+            return
+        # Processes end with reason shutdown; the loop keeps turning (logs,
+        # heartbeats) while a thread waits for them.
+        waiting = asyncio.ensure_future(
+            self.loop.run_in_executor(None, self.host.shutdown, timeout_s), loop=self.loop
+        )
+        waiting.add_done_callback(self._drained)
+
+    def _drained(self, _waiting: object) -> None:
+        if not self.done.done():
+            self.done.set_result(0)
 
     def _heartbeat(self) -> None:
         if self.done.done():
             return
-        self._send_main(Heartbeat(slot=self.slot, peers=sorted(self.verified_peers)))
+        processes = len(self.host.processes) if self.host else 0
+        self._send_main(
+            Heartbeat(slot=self.slot, peers=sorted(self.verified_peers), processes=processes)
+        )
         self.loop.call_later(HEARTBEAT_INTERVAL_S, self._heartbeat)
 
     def _on_main(self) -> None:
@@ -105,6 +155,51 @@ class WorkerRuntime:
         elif isinstance(message, MeshPeer):
             fd = self.channel.take_fd()
             self._add_peer(message.slot, socket.socket(fileno=fd))
+        elif isinstance(message, Components) and self.host is not None:
+            self.host.load(message.images)
+        elif isinstance(message, PidLease) and self.host is not None:
+            self.host.add_lease(message.start, message.end)
+        elif isinstance(message, Query):
+            self._send_main(self._answer(message))
+
+    def _answer(self, query: Query) -> Answer:
+        """Run one control query against the wasm host."""
+        host = self.host
+        if host is None:
+            return Answer(id=query.id, ok=False, error="this worker hosts no wasm", code=EX_REFUSED)
+        args: dict[str, Any] = query.args
+        if query.op == "spawn":
+            try:
+                pid = host.spawn(str(args.get("component", "")))
+            except SpawnError as exc:
+                code = EX_NOSUCH if exc.code is ErrorCode.NOTFOUND else EX_REFUSED
+                return Answer(id=query.id, ok=False, error=str(exc), code=code)
+            name = str(args.get("component"))
+            return Answer(
+                id=query.id,
+                ok=True,
+                result={
+                    "pid": pid,
+                    "component": name,
+                    "label": f"{name}#{pid}",
+                    "worker": self.slot,
+                },
+            )
+        if query.op == "list":
+            return Answer(id=query.id, ok=True, result={"processes": host.list()})
+        if query.op in ("info", "kill"):
+            pid = int(args.get("pid", -1))
+            process = host.processes.get(pid)
+            wanted = str(args.get("component") or "")
+            if process is None or (wanted and process.component.name != wanted):
+                return Answer(id=query.id, ok=False, error=_no_process(args), code=EX_NOSUCH)
+            if query.op == "info":
+                return Answer(id=query.id, ok=True, result={"process": host.info(pid) or {}})
+            host.kill(pid)
+            return Answer(id=query.id, ok=True, result={"killed": pid, "label": process.label})
+        if query.op == "stats":
+            return Answer(id=query.id, ok=True, result=host.stats())
+        return Answer(id=query.id, ok=False, error=f"unknown query {query.op!r}", code=EX_REFUSED)
 
     def _add_peer(self, slot: int, sock: socket.socket) -> None:
         old = self.peers.pop(slot, None)
@@ -161,6 +256,19 @@ class WorkerRuntime:
     def _ship_log(self, record: LogRecord) -> None:
         self._send_main(Log(record=record))
 
+    def _ship_log_any_thread(self, record: LogRecord) -> None:
+        if threading.get_ident() == self.loop_thread:
+            self._ship_log(record)
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._ship_log, record)
+
+    def _request_lease(self) -> None:
+        message = LeaseRequest(slot=self.slot)
+        if threading.get_ident() == self.loop_thread:
+            self._send_main(message)
+        elif not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self._send_main, message)
+
     def _close(self) -> None:
         for channel in [self.channel, *self.peers.values()]:
             if not channel.closed:
@@ -171,3 +279,9 @@ class WorkerRuntime:
                     pass
                 channel.close()
         self.loop.close()
+
+
+def _no_process(args: dict[str, Any]) -> str:
+    if args.get("component"):
+        return f"no process {args['component']}#{args.get('pid')}"
+    return f"no process with pid {args.get('pid')}"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import wasmtime
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "etc" / "rusm.toml"
@@ -24,6 +25,9 @@ EX_OK = 0
 EX_USAGE = 2
 EX_UNAVAILABLE = 69
 EX_CONFIG = 78
+
+# Validate the manifest alone: these manifests name components without artifacts.
+CONFIG_ONLY = "--config-only"
 
 # Keys the tests grant; removed from the inherited environment so that only
 # what a test sets (or writes to .env) can provide them.
@@ -40,7 +44,7 @@ capability = "api-caps"
 
 
 def child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in GRANTED_KEYS}
+    env = {k: v for k, v in os.environ.items() if k not in (*GRANTED_KEYS, "CACHE_DIRECTORY")}
     env.update(extra)
     return env
 
@@ -92,7 +96,7 @@ def write_manifest(directory: Path, text: str, name: str = "rusm.toml") -> Path:
 
 @pytest.mark.parametrize("seed", SEEDS, ids=[s.stem for s in SEEDS])
 def test_check_seed_fixture_is_valid_exits_0(tmp_path: Path, seed: Path) -> None:
-    result = rusmd_check("--config", str(seed), cwd=tmp_path)
+    result = rusmd_check("--config", str(seed), CONFIG_ONLY, cwd=tmp_path)
 
     assert result.returncode == EX_OK, result.stderr
     assert f"{seed}: ok" in result.stdout
@@ -110,7 +114,7 @@ def test_check_sample_manifest_names_every_listener_and_component(tmp_path: Path
     assert len(addresses) >= 2
     assert components
 
-    result = rusmd_check("--config", str(SAMPLE), cwd=tmp_path)
+    result = rusmd_check("--config", str(SAMPLE), CONFIG_ONLY, cwd=tmp_path)
 
     assert result.returncode == EX_OK, result.stderr
     for address in addresses:
@@ -236,7 +240,7 @@ def test_check_dotenv_beside_manifest_fills_key_and_process_env_wins(tmp_path: P
     (tmp_path / ".env").write_text("CWD_ONLY_KEY=cwd-only-77d2\n")
     env = child_env(DB_URL="process-db-3b8d")
 
-    document = check_json("--config", str(path), cwd=tmp_path, env=env)
+    document = check_json("--config", str(path), CONFIG_ONLY, cwd=tmp_path, env=env)
 
     assert document["env"] == {
         "API_TOKEN": ".env",
@@ -251,7 +255,7 @@ def test_check_text_output_shows_env_origins(tmp_path: Path) -> None:
     (tmp_path / ".env").write_text("API_TOKEN=dotenv-token-4f1c\n")
 
     result = rusmd_check(
-        "--config", str(path), cwd=tmp_path, env=child_env(DB_URL="process-db-3b8d")
+        "--config", str(path), CONFIG_ONLY, cwd=tmp_path, env=child_env(DB_URL="process-db-3b8d")
     )
 
     assert result.returncode == EX_OK, result.stderr
@@ -268,7 +272,7 @@ def test_check_secret_values_never_appear_in_output(tmp_path: Path, flags: tuple
     (tmp_path / ".env").write_text("API_TOKEN=dotenv-token-4f1c\nDB_URL=dotenv-db-9a7e\n")
     env = child_env(DB_URL="process-db-3b8d")
 
-    result = rusmd_check("--config", str(path), *flags, cwd=tmp_path, env=env)
+    result = rusmd_check("--config", str(path), CONFIG_ONLY, *flags, cwd=tmp_path, env=env)
 
     assert result.returncode == EX_OK, result.stderr
     assert "API_TOKEN" in result.stdout
@@ -285,7 +289,7 @@ def test_check_unparsable_dotenv_line_is_warned_without_its_secret(
     dotenv = tmp_path / ".env"
     dotenv.write_text('API_TOKEN=ok\nDB_PASSWORD="hunter2-secret" oops\n')
 
-    result = rusmd_check("--config", str(path), *flags, cwd=tmp_path)
+    result = rusmd_check("--config", str(path), CONFIG_ONLY, *flags, cwd=tmp_path)
 
     assert result.returncode == EX_OK, result.stderr
     assert f"{dotenv}:2:" in result.stdout
@@ -354,7 +358,7 @@ def test_check_json_on_failure_prints_errors_document_on_stdout(tmp_path: Path) 
 def test_check_json_on_success_reports_workers_cores_and_warnings(tmp_path: Path) -> None:
     path = write_manifest(tmp_path, GRANTING_MANIFEST)
 
-    document = check_json("--config", str(path), cwd=tmp_path)
+    document = check_json("--config", str(path), CONFIG_ONLY, cwd=tmp_path)
 
     assert document["ok"] is True
     assert document["manifest"]["path"] == str(path)
@@ -368,7 +372,7 @@ def test_check_help_exits_0_and_describes_flags(tmp_path: Path) -> None:
     result = rusmd_check("--help", cwd=tmp_path)
 
     assert result.returncode == EX_OK
-    for flag in ("--config", "--json", "--listen", "--profile"):
+    for flag in ("--config", "--json", "--listen", "--profile", "--config-only"):
         assert flag in result.stdout
 
 
@@ -391,3 +395,157 @@ def test_rusmctl_status_without_daemon_exits_69_naming_the_socket(tmp_path: Path
     assert result.returncode == EX_UNAVAILABLE
     assert str(socket_path) in result.stderr
     assert not socket_path.exists()
+
+
+# ── artifacts: rusmd check resolves and compiles every component ────────
+
+HELLO_WAT = '(module (func (export "run") (result i32) i32.const 42))'
+COMPONENT_HEADER = b"\x00asm\x0d\x00\x01\x00"
+ONE_COMPONENT = "[components.api]\n"
+
+
+@pytest.fixture
+def app_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("app")
+    write_manifest(directory, ONE_COMPONENT)
+    (directory / "wasm").mkdir()
+    return directory
+
+
+def put_artifact(app_dir: Path, name: str, data: bytes) -> Path:
+    path = app_dir / "wasm" / name
+    path.write_bytes(data)
+    return path
+
+
+def test_check_compiles_a_component_then_finds_it_cached(app_dir: Path) -> None:
+    put_artifact(app_dir, "api.wasm", wasmtime.wat2wasm(HELLO_WAT))
+
+    first = rusmd_check(cwd=app_dir)
+    second = rusmd_check(cwd=app_dir)
+
+    assert first.returncode == EX_OK, first.stderr
+    assert "artifact wasm/api.wasm compiled in " in first.stdout
+    assert second.returncode == EX_OK, second.stderr
+    assert "artifact wasm/api.wasm ok (cached)" in second.stdout
+    assert len(list((app_dir / ".rusm" / "cache").glob("*.cwasm"))) == 1
+
+
+def test_check_json_reports_each_components_artifact(app_dir: Path) -> None:
+    put_artifact(app_dir, "api.wasm", wasmtime.wat2wasm(HELLO_WAT))
+
+    first = check_json(cwd=app_dir)
+    second = check_json(cwd=app_dir)
+
+    assert first["ok"] is True
+    status = first["artifacts"]["api"]
+    assert (status["artifact"], status["ok"], status["cached"]) == ("wasm/api.wasm", True, False)
+    assert status["text"].startswith("wasm/api.wasm compiled in ")
+    assert Path(status["cwasm"]).is_file()
+    assert second["artifacts"]["api"]["cached"] is True
+    assert second["artifacts"]["api"]["text"] == "wasm/api.wasm ok (cached)"
+
+
+def test_check_missing_artifact_exits_78_naming_the_files(app_dir: Path) -> None:
+    result = rusmd_check(cwd=app_dir)
+
+    assert result.returncode == EX_CONFIG
+    assert result.stdout == ""
+    [line] = stderr_lines(result)
+    assert line == (
+        "rusm.toml: components.api: no artifact "
+        "(looked for wasm/api.qjsbc, wasm/api.js, wasm/api.wasm)"
+    )
+
+
+def test_check_config_only_skips_artifacts(app_dir: Path) -> None:
+    result = rusmd_check(CONFIG_ONLY, cwd=app_dir)
+    document = check_json(CONFIG_ONLY, cwd=app_dir)
+
+    assert result.returncode == EX_OK, result.stderr
+    assert "artifact" not in result.stdout
+    assert document["ok"] is True
+    assert "artifacts" not in document
+    assert not (app_dir / ".rusm").exists()
+
+
+def test_check_javascript_artifact_exits_78_with_the_js_runtime_message(app_dir: Path) -> None:
+    put_artifact(app_dir, "api.js", b"export default {}")
+    put_artifact(app_dir, "api.wasm", wasmtime.wat2wasm(HELLO_WAT))
+
+    result = rusmd_check(cwd=app_dir)
+
+    assert result.returncode == EX_CONFIG
+    [line] = stderr_lines(result)
+    assert line == (
+        "rusm.toml: components.api: wasm/api.js is a JavaScript component; "
+        "JavaScript components arrive with the JS runtime"
+    )
+
+
+def test_check_component_model_binary_exits_78_with_the_wasip2_message(app_dir: Path) -> None:
+    put_artifact(app_dir, "api.wasm", COMPONENT_HEADER + b"\x00" * 32)
+
+    result = rusmd_check(cwd=app_dir)
+
+    assert result.returncode == EX_CONFIG
+    [line] = stderr_lines(result)
+    assert line == (
+        "rusm.toml: components.api: wasm/api.wasm is a wasip2 component; rusm runs core "
+        "wasm modules (wasip1) for now — build for wasm32-wasi (preview 1)"
+    )
+
+
+def test_check_invalid_module_exits_78_naming_the_file_and_wasmtimes_reason(
+    app_dir: Path,
+) -> None:
+    path = put_artifact(app_dir, "api.wasm", b"\x00asm\x01\x00\x00\x00\x01\x05\x01\x60")
+
+    result = rusmd_check(cwd=app_dir)
+
+    assert result.returncode == EX_CONFIG
+    [line] = stderr_lines(result)
+    assert line.startswith(f"rusm.toml: components.api: {path}: ")
+    assert "failed to parse WebAssembly module" in line
+
+
+def test_check_json_failure_lists_the_component_and_keeps_the_good_ones(app_dir: Path) -> None:
+    write_manifest(app_dir, "[components.api]\n[components.gone]\n")
+    put_artifact(app_dir, "api.wasm", wasmtime.wat2wasm(HELLO_WAT))
+
+    result = rusmd_check("--json", cwd=app_dir)
+
+    assert result.returncode == EX_CONFIG
+    document = json.loads(result.stdout)
+    assert document["ok"] is False
+    [error] = document["errors"]
+    assert (error["path"], error["line"]) == ("components.gone", 0)
+    assert error["message"].startswith("no artifact (looked for wasm/gone.qjsbc")
+    assert document["artifacts"]["api"]["ok"] is True
+    assert document["artifacts"]["gone"]["ok"] is False
+
+
+def test_check_uses_systemds_cache_directory(app_dir: Path, tmp_path: Path) -> None:
+    put_artifact(app_dir, "api.wasm", wasmtime.wat2wasm(HELLO_WAT))
+    cache = tmp_path / "var-cache-rusmd"
+
+    result = rusmd_check(cwd=app_dir, env=child_env(CACHE_DIRECTORY=str(cache)))
+
+    assert result.returncode == EX_OK, result.stderr
+    assert len(list(cache.glob("*.cwasm"))) == 1
+    assert not (app_dir / ".rusm").exists()
+
+
+def test_check_refuses_a_cache_directory_others_can_write(app_dir: Path, tmp_path: Path) -> None:
+    put_artifact(app_dir, "api.wasm", wasmtime.wat2wasm(HELLO_WAT))
+    cache = tmp_path / "shared-cache"
+    cache.mkdir()
+    cache.chmod(0o777)
+
+    result = rusmd_check(cwd=app_dir, env=child_env(CACHE_DIRECTORY=str(cache)))
+
+    assert result.returncode == EX_CONFIG
+    [line] = stderr_lines(result)
+    assert line.startswith(f"rusm.toml: components.api: compile cache {cache} ")
+    assert "writable by group or others" in line
+    assert list(cache.iterdir()) == []

@@ -62,7 +62,7 @@ class Host:
             7,
             Logger(LogLevel.DEBUG, self.records.append),
             load_environment(app),
-            lambda: None,
+            request_lease=lambda: None,
         )
         self.host.add_lease(1, 1_000_000)
 
@@ -151,8 +151,13 @@ def test_out_of_range_pointers_crash_only_the_calling_guest(host: Host, function
     host.load({"sleeper": sleeper, "hello": '(module (func (export "run")))'})
     neighbour = host.host.spawn("sleeper")
     for ptr, length in _hostile_pairs(rng):
-        host.load({"case": _case_module(function, ptr, length), "sleeper": sleeper,
-                   "hello": '(module (func (export "run")))'})
+        host.load(
+            {
+                "case": _case_module(function, ptr, length),
+                "sleeper": sleeper,
+                "hello": '(module (func (export "run")))',
+            }
+        )
         pid = host.host.spawn("case")
         line = host.wait_exit(pid, "case")
         if _in_range(ptr, length):
@@ -170,7 +175,9 @@ def test_out_of_range_pointers_crash_only_the_calling_guest(host: Host, function
 
 def test_every_pointer_taking_function_is_covered() -> None:
     takes_pointers = {
-        name for name, f in FUNCTIONS.items() if any(p.endswith(("ptr", "len")) for p, _ in f.params)
+        name
+        for name, f in FUNCTIONS.items()
+        if any(p.endswith(("ptr", "len")) for p, _ in f.params)
     }
     assert takes_pointers == set(POINTER_CALLS)
 
@@ -194,10 +201,10 @@ def test_log_with_bad_utf8_or_level_returns_invalid_without_crashing(host: Host)
         ' (import "rusm" "exit" (func $exit (param i32)))'
         ' (memory (export "memory") 1) (data (i32.const 0) "\\ff\\fe ok")'
         ' (func (export "run")'
-        '   (if (i32.ne (call $f (i32.const 2) (i32.const 0) (i32.const 2)) (i32.const -3))'
-        '     (then (call $exit (i32.const 10))))'
-        '   (if (i32.ne (call $f (i32.const 9) (i32.const 3) (i32.const 2)) (i32.const -3))'
-        '     (then (call $exit (i32.const 11))))))'
+        "   (if (i32.ne (call $f (i32.const 2) (i32.const 0) (i32.const 2)) (i32.const -3))"
+        "     (then (call $exit (i32.const 10))))"
+        "   (if (i32.ne (call $f (i32.const 9) (i32.const 3) (i32.const 2)) (i32.const -3))"
+        "     (then (call $exit (i32.const 11))))))"
     )
     host.load({"case": wat})
     pid = host.host.spawn("case")
@@ -210,8 +217,8 @@ def test_spawn_of_an_unknown_name_returns_notfound_to_the_guest(host: Host) -> N
         ' (import "rusm" "exit" (func $exit (param i32)))'
         ' (memory (export "memory") 1) (data (i32.const 0) "nobody")'
         ' (func (export "run")'
-        '   (if (i64.ne (call $f (i32.const 0) (i32.const 6)) (i64.const -4))'
-        '     (then (call $exit (i32.const 10))))))'
+        "   (if (i64.ne (call $f (i32.const 0) (i32.const 6)) (i64.const -4))"
+        "     (then (call $exit (i32.const 10))))))"
     )
     host.load({"case": wat})
     pid = host.host.spawn("case")
@@ -230,8 +237,10 @@ def test_a_guest_can_kill_another_and_see_it_gone(host: Host) -> None:
         ' (import "rusm" "is_alive" (func $a (param i64) (result i32)))'
         ' (import "rusm" "exit" (func $exit (param i32)))'
         f' (func (export "run")'
-        f'   (if (i32.ne (call $k (i64.const {target})) (i32.const 0)) (then (call $exit (i32.const 10))))'
-        f'   (if (i32.ne (call $k (i64.const 999999)) (i32.const -1)) (then (call $exit (i32.const 11))))))'
+        f"   (if (i32.ne (call $k (i64.const {target})) (i32.const 0))"
+        "      (then (call $exit (i32.const 10))))"
+        "   (if (i32.ne (call $k (i64.const 999999)) (i32.const -1))"
+        "      (then (call $exit (i32.const 11))))))"
     )
     host.load({"sleeper": sleeper, "hello": '(module (func (export "run")))', "case": killer})
     pid = host.host.spawn("case")

@@ -86,7 +86,7 @@ def test_kill_with_a_pid_that_is_not_a_number_exits_2_and_kills_nothing(daemon: 
     result = daemon.ctl("kill", "abc")
 
     assert result.returncode == EX_USAGE
-    assert "pid must be a number, not 'abc'" in result.stderr
+    assert "pid must be a number or component#pid, not 'abc'" in result.stderr
     assert {slot: w["pid"] for slot, w in daemon.workers().items()} == before
 
 

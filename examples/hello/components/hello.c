@@ -1,10 +1,14 @@
-/* The example guest: a wasip1 program built with `make guests`.
+/* The example guest: a wasip1 module built with `make guests` against the
+ * C SDK (sdk/c/rusm.h; the reference is docs/abi.md).
  *
- * It runs as a plain WASI command today; the serving actions (home, greet)
- * arrive with the guest ABI (docs/abi.md) and the HTTP listeners. */
-#include <stdio.h>
+ * rusm.toml makes it resident, so rusmd spawns it at boot: `run` logs two
+ * lines through the platform logger and returns, and the process exits
+ * normal. Logging needs no grant, so the default-deny `sandboxed` profile
+ * is enough. The serving actions (home, greet) arrive with the HTTP
+ * listeners. */
+#include "rusm.h"
 
-int main(void) {
-    puts("hello from a rusm guest");
-    return 0;
+RUSM_EXPORT(run) void run(void) {
+    rusm_info("hello from a rusm guest");
+    rusm_logf(RUSM_LOG_INFO, "I am pid %lld", (long long)rusm_self());
 }

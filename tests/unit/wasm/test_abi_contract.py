@@ -1,0 +1,343 @@
+"""The guest ABI contract: docs/abi.md, sdk/c/rusm.h and the example agree with abi.py.
+
+Runs in: any (the C guests are compiled with the pinned ``ziglang`` dev
+dependency into tmp_path; wasmtime only reads the resulting modules).
+
+``rusmd/wasm/abi.py`` is the oracle. The docs are checked by their
+structure: one ``### `rusm.<name>` `` section per function carrying its
+WAT import and grant, and the error-code, log-level and capability
+tables. The header is checked by compiling it and reading the imports
+of the module wasmtime sees, so a wrong C prototype fails even when its
+text looks right.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from rusmd.config import load_manifest
+from rusmd.config.loader import CAPABILITY_KEYS
+from rusmd.config.model import BUILTIN_CAPABILITIES, BuiltinCapability, Capability
+from rusmd.config.model import LogLevel as ConfigLogLevel
+from rusmd.wasm.abi import ABI_MODULE, ABI_VERSION, FUNCTIONS, ErrorCode, Grant, LogLevel
+
+ROOT = Path(__file__).resolve().parents[3]
+DOC = ROOT / "docs" / "abi.md"
+SDK = ROOT / "sdk" / "c"
+HEADER = SDK / "rusm.h"
+HELLO_APP = ROOT / "examples" / "hello"
+HELLO = HELLO_APP / "components" / "hello.c"
+
+needs_zig = pytest.mark.skipif(
+    importlib.util.find_spec("ziglang") is None, reason="the ziglang dev dependency is missing"
+)
+# A cold zig cache builds wasi-libc first (tens of seconds on 2 cores).
+COMPILE_TIMEOUT_S = 300
+
+Signature = tuple[tuple[str, ...], tuple[str, ...]]
+
+
+def abi_signatures() -> dict[str, Signature]:
+    return {name: (tuple(kind for _, kind in f.params), f.results) for name, f in FUNCTIONS.items()}
+
+
+def wat_import(name: str) -> str:
+    """The WAT import line the docs show for ``name``."""
+    params, results = abi_signatures()[name]
+    clauses = ""
+    if params:
+        clauses += f" (param {' '.join(params)})"
+    if results:
+        clauses += f" (result {' '.join(results)})"
+    return f'(import "{ABI_MODULE}" "{name}" (func{clauses}))'
+
+
+def doc_text() -> str:
+    return DOC.read_text(encoding="utf-8")
+
+
+def doc_sections() -> dict[str, str]:
+    """Heading text → the body up to the next heading of any level."""
+    parts = re.split(r"^#{1,6} (.+)$", doc_text(), flags=re.MULTILINE)
+    return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts), 2)}
+
+
+def doc_blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)^```$", doc_text(), flags=re.MULTILINE | re.DOTALL)
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of every markdown table row in ``text``, backticks stripped."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            rows.append([cell.strip().strip("`") for cell in line.strip("|").split("|")])
+    return rows
+
+
+def header_text() -> str:
+    return HEADER.read_text(encoding="utf-8")
+
+
+def makefile_flags() -> list[str]:
+    """The flags ``make guests`` passes after ``python -m ziglang cc``."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    found = re.search(r"^ZIGCC\s*:=\s*\$\(PY\) -m ziglang cc (.+)$", makefile, re.MULTILINE)
+    assert found, "Makefile: no ZIGCC := $(PY) -m ziglang cc ... line"
+    return found.group(1).split()
+
+
+def compile_guest(source: Path, out: Path) -> wasmtime.Module:
+    """Build ``source`` like ``make guests`` does, warnings as errors."""
+    command = [sys.executable, "-m", "ziglang", "cc", *makefile_flags()]
+    command += ["-Wall", "-Wextra", "-Werror", "-I", str(SDK), "-o", str(out), str(source)]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False
+    )
+    assert done.returncode == 0, f"{source.name} does not build:\n{done.stderr}"
+    return wasmtime.Module(wasmtime.Engine(), out.read_bytes())
+
+
+def grants_of(profile: Capability) -> set[Grant]:
+    """The grants a resolved profile gives: each ``allow-*`` grant it sets, and ``always``."""
+    return {Grant.ALWAYS} | {
+        grant
+        for grant in Grant
+        if grant is not Grant.ALWAYS and getattr(profile, grant.value.replace("-", "_"))
+    }
+
+
+def assert_importable(module: wasmtime.Module, profile: Capability) -> None:
+    """Every ``rusm`` import has the ABI signature and a grant ``profile`` gives."""
+    imports = rusm_imports(module)
+    assert imports, "the guest should call the rusm API"
+    for name, signature in imports.items():
+        assert signature == abi_signatures()[name], name
+        assert FUNCTIONS[name].grant in grants_of(profile), f"rusm.{name} is not granted"
+
+
+def rusm_imports(module: wasmtime.Module) -> dict[str, Signature]:
+    imports = {}
+    for item in module.imports:
+        if item.module == ABI_MODULE:
+            assert isinstance(item.type, wasmtime.FuncType), item.name
+            params = tuple(str(kind) for kind in item.type.params)
+            results = tuple(str(kind) for kind in item.type.results)
+            imports[str(item.name)] = (params, results)
+    return imports
+
+
+def call_every_function() -> str:
+    """A guest that includes rusm.h, calls every import and every helper.
+
+    The static asserts make the compiler compare each macro with abi.py.
+    """
+    asserts = [f'_Static_assert(RUSM_ABI_VERSION == {ABI_VERSION}, "abi version");']
+    asserts += [
+        f"_Static_assert(RUSM_{'OK' if code is ErrorCode.OK else 'ERR_' + code.name} "
+        f'== {code.value}, "{code.name}");'
+        for code in ErrorCode
+    ]
+    asserts += [
+        f'_Static_assert(RUSM_LOG_{level.name} == {level.value}, "{level.name}");'
+        for level in LogLevel
+    ]
+    calls = [
+        f"(void)rusm_{name}({', '.join('0' for _ in f.params)});"
+        for name, f in FUNCTIONS.items()
+        if f.results
+    ]
+    # A function with no result (exit) does not return: call it last.
+    calls += [f"rusm_{name}(0);" for name, f in FUNCTIONS.items() if not f.results]
+    helpers = [
+        'rusm_log_str(RUSM_LOG_INFO, "text");',
+        'rusm_error("e"); rusm_warn("w"); rusm_info("i"); rusm_debug("d");',
+        'rusm_logf(RUSM_LOG_INFO, "%s %lld", rusm_strerror(RUSM_ERR_NOPROC), 1LL);',
+        'rusm_spawn_str("name");',
+    ]
+    body = "\n    ".join(helpers + calls)
+    return (
+        '#include "rusm.h"\n'
+        + "\n".join(asserts)
+        + f"\nRUSM_EXPORT(run) void run(void) {{\n    {body}\n}}\n"
+    )
+
+
+@pytest.fixture(scope="module")
+def sdk_module(tmp_path_factory: pytest.TempPathFactory) -> wasmtime.Module:
+    work = tmp_path_factory.mktemp("sdk")
+    source = work / "every.c"
+    source.write_text(call_every_function(), encoding="utf-8")
+    return compile_guest(source, work / "every.wasm")
+
+
+# ── docs/abi.md ─────────────────────────────────────────────────────────────
+
+
+def test_docs_every_function_has_a_section_with_its_import_and_grant() -> None:
+    sections = doc_sections()
+    for name, function in FUNCTIONS.items():
+        body = sections.get(f"`{ABI_MODULE}.{name}`")
+        assert body is not None, f"docs/abi.md: no ### `rusm.{name}` section"
+        assert wat_import(name) in body, f"rusm.{name}: expected {wat_import(name)}"
+        assert ["grant", function.grant.value] in table_rows(body), f"rusm.{name}: grant"
+
+
+def test_docs_function_sections_name_only_abi_functions() -> None:
+    documented = {
+        heading.strip("`").removeprefix(f"{ABI_MODULE}.")
+        for heading in doc_sections()
+        if heading.startswith(f"`{ABI_MODULE}.")
+    }
+    assert documented == set(FUNCTIONS)
+
+
+def test_docs_state_the_abi_version() -> None:
+    assert f"**ABI version {ABI_VERSION}**" in doc_text()
+
+
+def test_docs_error_code_table_matches_abi() -> None:
+    rows = table_rows(doc_sections()["Error codes"])[1:]
+    documented = {(int(value), name, macro) for value, name, macro, _ in rows}
+    expected = {
+        (code.value, code.name, "RUSM_OK" if code is ErrorCode.OK else f"RUSM_ERR_{code.name}")
+        for code in ErrorCode
+    }
+    assert documented == expected
+
+
+def test_docs_log_level_table_matches_abi() -> None:
+    body = doc_sections()[f"`{ABI_MODULE}.log`"]
+    rows = [row for row in table_rows(body) if row[0].isdigit()]
+    documented = {(int(value), macro, level) for value, macro, level in rows}
+    expected = {(lv.value, f"RUSM_LOG_{lv.name}", lv.name.lower()) for lv in LogLevel}
+    assert documented == expected
+
+
+def test_docs_grant_table_lists_each_grants_functions() -> None:
+    rows = table_rows(doc_sections()["Capabilities"])
+    by_grant = {row[0]: row[1] for row in rows if len(row) == 2 and row[0] in set(Grant)}
+    assert set(by_grant) == set(Grant)
+    for grant in Grant:
+        listed = set(re.findall(r"[a-z_]+", by_grant[grant].split("(")[0])) - {"none", "yet"}
+        assert listed == {name for name, f in FUNCTIONS.items() if f.grant is grant}, grant
+
+
+def test_docs_capability_table_covers_every_profile_key_with_builtin_values() -> None:
+    rows = table_rows(doc_sections()["Capabilities"])
+    header, *body = [row for row in rows if len(row) == 5]
+    assert {row[0] for row in body} == set(CAPABILITY_KEYS) - {"inherits"}
+    builtins = [BUILTIN_CAPABILITIES[BuiltinCapability(name)] for name in header[2:]]
+    for key, _, *shown in body:
+        values = [getattr(profile, key.replace("-", "_")) for profile in builtins]
+        assert shown == [cell_value(value) for value in values], key
+
+
+def cell_value(value: object) -> str:
+    """How the capability table writes a profile value."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return "none" if not value else str(len(value))
+    return str(value)
+
+
+# ── sdk/c/rusm.h ────────────────────────────────────────────────────────────
+
+
+def test_header_declares_each_abi_import_exactly_once() -> None:
+    text = header_text()
+    names = collections.Counter(re.findall(r'import_name\("([^"]+)"\)', text))
+    assert names == collections.Counter(set(FUNCTIONS))
+    assert len(re.findall(r'import_module\("([^"]+)"\)', text)) == len(FUNCTIONS)
+    assert set(re.findall(r'import_module\("([^"]+)"\)', text)) == {ABI_MODULE}
+
+
+def test_header_error_and_level_macros_match_abi() -> None:
+    text = header_text()
+    errors = {
+        name: int(value)
+        for name, value in re.findall(r"^#define RUSM_(OK|ERR_\w+)\s+\(?(-?\d+)\)?", text, re.M)
+    }
+    assert errors == {
+        ("OK" if code is ErrorCode.OK else f"ERR_{code.name}"): code.value for code in ErrorCode
+    }
+    levels = dict(re.findall(r"^#define RUSM_LOG_(\w+)\s+(\d+)", text, re.M))
+    assert {name: int(value) for name, value in levels.items()} == {
+        level.name: level.value for level in LogLevel
+    }
+    assert f"#define RUSM_ABI_VERSION {ABI_VERSION}\n" in text
+
+
+@needs_zig
+@pytest.mark.timeout(COMPILE_TIMEOUT_S * 2)
+def test_header_compiled_imports_have_the_abi_signatures(sdk_module: wasmtime.Module) -> None:
+    assert rusm_imports(sdk_module) == abi_signatures()
+
+
+@needs_zig
+@pytest.mark.timeout(COMPILE_TIMEOUT_S * 2)
+def test_header_log_helpers_import_only_log(tmp_path: Path) -> None:
+    # A sandboxed guest may use every logging helper: they must not drag
+    # in an import its profile would refuse.
+    source = tmp_path / "logs.c"
+    source.write_text(
+        '#include "rusm.h"\n'
+        "RUSM_EXPORT(run) void run(void) {\n"
+        '    rusm_info("hi");\n'
+        '    rusm_logf(RUSM_LOG_WARN, "%s", rusm_strerror(RUSM_ERR_LIMIT));\n'
+        "}\n",
+        encoding="utf-8",
+    )
+    module = compile_guest(source, tmp_path / "logs.wasm")
+    assert set(rusm_imports(module)) == {"log"}
+
+
+# ── examples ────────────────────────────────────────────────────────────────
+
+
+@needs_zig
+@pytest.mark.timeout(COMPILE_TIMEOUT_S * 2)
+def test_example_hello_builds_and_exports_run_and_memory(tmp_path: Path) -> None:
+    module = compile_guest(HELLO, tmp_path / "hello.wasm")
+    exports = {item.name: item.type for item in module.exports}
+    run = exports.get("run")
+    assert isinstance(run, wasmtime.FuncType)
+    assert (list(run.params), list(run.results)) == ([], [])
+    assert isinstance(exports.get("memory"), wasmtime.MemoryType)
+    hello = load_manifest(HELLO_APP / "rusm.toml").components["hello"]
+    assert_importable(module, hello.profile)
+
+
+def test_example_hello_is_resident_and_its_log_lines_show() -> None:
+    manifest = load_manifest(HELLO_APP / "rusm.toml")
+    assert manifest.components["hello"].resident
+    assert manifest.log.level in {ConfigLogLevel.INFO, ConfigLogLevel.DEBUG}
+
+
+def test_docs_wat_example_imports_match_abi() -> None:
+    (source,) = doc_blocks("wat")
+    module = wasmtime.Module(wasmtime.Engine(), bytes(wasmtime.wat2wasm(source)))
+    assert {item.name for item in module.exports} >= {"run", "memory"}
+    for name, signature in rusm_imports(module).items():
+        assert signature == abi_signatures()[name]
+
+
+@needs_zig
+@pytest.mark.timeout(COMPILE_TIMEOUT_S * 2)
+def test_docs_c_example_builds_under_its_documented_profile(tmp_path: Path) -> None:
+    (source,) = doc_blocks("c")
+    (manifest,) = doc_blocks("toml")
+    (tmp_path / "rusm.toml").write_text(manifest, encoding="utf-8")
+    boss = load_manifest(tmp_path / "rusm.toml").components["boss"]
+    path = tmp_path / "boss.c"
+    path.write_text(source, encoding="utf-8")
+    assert_importable(compile_guest(path, tmp_path / "boss.wasm"), boss.profile)
