@@ -8,9 +8,9 @@ real AOT cache.
 Side by side in one run, each rusm figure beside wasmtime-py's plain API:
 
 1. instantiate from an ``InstancePre`` (store + limits + deadline +
-   instantiate + drop): rusm's raw C-API path with the pooling allocator
-   and without it, against ``Store()`` + ``set_limits`` +
-   ``pre.instantiate`` with the default allocator;
+   instantiate + drop), with the pooling allocator and without it:
+   rusm's raw C-API path against ``Store()`` + ``set_limits`` +
+   ``pre.instantiate`` on the same engine;
 2. one guest→host call: a guest loop calling ``rusm.self`` through
    rusm's raw callback (a real process on the host), against the same
    loop calling a ``Linker.define_func`` Python function;
@@ -69,7 +69,7 @@ def _median(trial: Callable[[], float]) -> float:
     return statistics.median(trial() for _ in range(TRIALS))
 
 
-def _row(what: str, rusm: float, plain: float, unit: str, higher_is_better: bool) -> None:
+def _row(what: str, rusm: float, plain: float, unit: str, *, higher_is_better: bool) -> None:
     faster = rusm / plain if higher_is_better else plain / rusm
     figures = f"rusm {rusm:>10.2f} {unit:<6} plain {plain:>10.2f} {unit:<6}"
     print(f"{what:<44} {figures} {faster:5.1f}× faster")
@@ -137,28 +137,14 @@ def instantiate() -> None:
     for label, engine in (("pooling", pooled), ("default", default)):
         linker = wasmtime.Linker(engine)
         pres[label] = (engine, linker.instantiate_pre(wasmtime.Module(engine, wasm)))
-    plain = _median(lambda: _plain_instantiate(*pres["default"]))
-    _row(
-        "instantiate (µs), pooling",
-        _median(lambda: _raw_instantiate(*pres["pooling"])),
-        plain,
-        "µs",
-        False,
-    )
-    _row(
-        "instantiate (µs), default allocator",
-        _median(lambda: _raw_instantiate(*pres["default"])),
-        plain,
-        "µs",
-        False,
-    )
-    _row(
-        "instantiate (µs), plain API with pooling",
-        _median(lambda: _plain_instantiate(*pres["pooling"])),
-        plain,
-        "µs",
-        False,
-    )
+    for label in ("pooling", "default"):
+        _row(
+            f"instantiate, {label} allocator (µs)",
+            _median(lambda label=label: _raw_instantiate(*pres[label])),  # type: ignore[misc]
+            _median(lambda label=label: _plain_instantiate(*pres[label])),  # type: ignore[misc]
+            "µs",
+            higher_is_better=False,
+        )
 
 
 def _wait_empty(host: WasmHost) -> None:
@@ -187,7 +173,13 @@ def host_call(host: WasmHost) -> None:
         run(store)
         return (time.perf_counter() - start) / HOST_CALLS * 1e6
 
-    _row("guest→host call (µs)", _median(rusm_trial), _median(plain_trial), "µs", False)
+    _row(
+        "guest→host call (µs)",
+        _median(rusm_trial),
+        _median(plain_trial),
+        "µs",
+        higher_is_better=False,
+    )
 
 
 def export_call() -> None:
@@ -216,7 +208,13 @@ def export_call() -> None:
             ident(store, i)
         return (time.perf_counter() - start) / (EXPORT_CALLS // 10) * 1e6
 
-    _row("host→guest export call (µs)", _median(raw_trial), _median(plain_trial), "µs", False)
+    _row(
+        "host→guest export call (µs)",
+        _median(raw_trial),
+        _median(plain_trial),
+        "µs",
+        higher_is_better=False,
+    )
 
 
 def spawn_rate(host: WasmHost) -> None:
@@ -249,7 +247,7 @@ def spawn_rate(host: WasmHost) -> None:
         _median(rusm_trial),
         _median(plain_trial),
         "/s",
-        True,
+        higher_is_better=True,
     )
 
 

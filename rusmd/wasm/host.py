@@ -40,7 +40,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,12 +51,13 @@ from rusmd.channel import ComponentImage
 from rusmd.config.environment import Environment
 from rusmd.config.model import Capability, Component, LogLevel, Manifest
 from rusmd.log import Logger
-from rusmd.wasm import abi
+from rusmd.wasm import abi, capi
 from rusmd.wasm.abi import ErrorCode, Grant
 from rusmd.wasm.cache import verify
 from rusmd.wasm.engine import EngineInfo, worker_engine
 from rusmd.wasm.linking import LinkError, LinkerSet, ModuleShape, check_module, granted
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
+from rusmd.wasm.runners import RunnerPool
 from rusmd.wasm.settings import EPOCH_TICK_MS
 
 # Guest threads need far more stack than wasm frames may use (512 KiB):
@@ -208,9 +208,7 @@ class WasmHost:
         self._epoch_callback = _EpochCallback(self._on_epoch)
         self.linkers = LinkerSet(self.engine, self._callbacks)
         threading.stack_size(GUEST_THREAD_STACK_BYTES)
-        self._executor = ThreadPoolExecutor(
-            max_workers=self.max_processes, thread_name_prefix="guest"
-        )
+        self.runners = RunnerPool(self.max_processes)
         self._ticker = threading.Thread(target=self._tick, name="epoch", daemon=True)
         self._ticker.start()
         if not self.engine_info.pooling:
@@ -320,7 +318,7 @@ class WasmHost:
         self.processes[pid] = process
         self.spawned += 1
         self.log.debug(f"spawn {process.label} {component.capability.grants()}")
-        self._executor.submit(self._run, process)
+        self.runners.submit(lambda: self._run(process))
         return pid
 
     def kill(self, pid: int, reason: str = "killed") -> bool:
@@ -376,6 +374,7 @@ class WasmHost:
         deadline = time.monotonic() + timeout_s
         while self.processes and time.monotonic() < deadline:
             time.sleep(0.01)
+        self.runners.close()
 
     def _row(self, process: Process, now: float) -> dict[str, Any]:
         return {
@@ -400,7 +399,7 @@ class WasmHost:
         finally:
             process.state = ProcessState.EXITING
             if store is not None:
-                ffi.wasmtime_store_delete(store)
+                capi.store_delete(store)
             self.processes.pop(process.pid, None)
             self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
             self._log_exit(process, report)
@@ -416,21 +415,17 @@ class WasmHost:
         if process.stop_reason:
             return ExitReport(process.stop_reason), None
         assert component.pre is not None and component.shape is not None
-        store = ffi.wasmtime_store_new(
-            self.engine.ptr(), ctypes.c_void_p(process.pid), _NULL_FINALIZER
-        )
-        context = ffi.wasmtime_store_context(store)
-        ffi.wasmtime_store_limiter(
+        store = capi.store_new(self.engine.ptr(), ctypes.c_void_p(process.pid), _NULL_FINALIZER)
+        context = capi.store_context(store)
+        capi.store_limiter(
             store, component.capability.max_memory_mb << 20, MAX_TABLE_ELEMENTS, 1, 1, 1
         )
         if component.shape.uses_wasi:
             problem = self._set_wasi(context, component)
             if problem:
                 return ExitReport("crashed", problem), store
-        ffi.wasmtime_store_epoch_deadline_callback(
-            store, self._epoch_callback, None, _NULL_FINALIZER
-        )
-        ffi.wasmtime_context_set_epoch_deadline(context, 1)
+        capi.store_epoch_deadline_callback(store, self._epoch_callback, None, _NULL_FINALIZER)
+        capi.context_set_epoch_deadline(context, 1)
         process.call_started_tick = self.ticks
         process.state = ProcessState.RUNNING
         instance = ffi.wasmtime_instance_t()
@@ -537,7 +532,8 @@ class WasmHost:
         engine = self.engine.ptr()
         while not self._stopping.wait(interval):
             self.ticks += 1
-            ffi.wasmtime_engine_increment_epoch(engine)
+            capi.engine_increment_epoch(engine)
+            self.runners.nudge()
 
     def _on_epoch(self, context: Any, _data: Any, delta: Any, kind: Any) -> int:
         """Runs on the guest thread once per tick while its wasm runs."""
@@ -579,13 +575,13 @@ class WasmHost:
         def callback(_env: Any, caller: Any, values: Any, _count: int) -> int:
             process = None
             try:
-                context = ffi.wasmtime_caller_context(caller)
+                context = capi.caller_context(caller)
                 process = processes.get(_pid_of(context))
                 if process is None:
                     return _trap(f"rusm.{name}: calling process is unknown")
                 if process.memory is None and process.component.shape is not None:
                     memory = ffi.wasmtime_extern_t()
-                    if ffi.wasmtime_caller_export_get(caller, b"memory", 6, ctypes.byref(memory)):
+                    if capi.caller_export_get(caller, b"memory", 6, ctypes.byref(memory)):
                         process.memory = GuestMemory(context, memory.of.memory)
                 impl(process, values)
                 return 0
@@ -642,7 +638,11 @@ class WasmHost:
             values[0].i32 = ErrorCode.INVALID
             return
         process.state = ProcessState.SLEEPING
-        process.wake.wait(ms / 1000)
+        self.runners.blocking()
+        try:
+            process.wake.wait(ms / 1000)
+        finally:
+            self.runners.unblocked()
         process.state = ProcessState.RUNNING
         if process.stop_reason:
             raise _Exit(process.stop_reason)
@@ -682,13 +682,13 @@ class WasmHost:
 
 def _pid_of(context: Any) -> int:
     """The pid a store was created with (its user data)."""
-    value: Any = ffi.wasmtime_context_get_data(context)
+    value: Any = capi.context_get_data(context)
     return int(value or 0)
 
 
 def _export(context: Any, instance: Any, name: bytes) -> Any:
     item = ffi.wasmtime_extern_t()
-    if ffi.wasmtime_instance_export_get(
+    if capi.instance_export_get(
         context, ctypes.byref(instance), name, len(name), ctypes.byref(item)
     ):
         return item
@@ -697,12 +697,12 @@ def _export(context: Any, instance: Any, name: bytes) -> Any:
 
 def _trap(message: str) -> int:
     encoded = message.encode()
-    trap = ffi.wasmtime_trap_new(encoded, len(encoded))
+    trap = capi.trap_new(encoded, len(encoded))
     return int(ctypes.cast(trap, ctypes.c_void_p).value or 0)
 
 
 def _error(message: str) -> int:
-    error = ffi.wasmtime_error_new(message.encode())
+    error = capi.error_new(message.encode())
     return int(ctypes.cast(error, ctypes.c_void_p).value or 0)
 
 

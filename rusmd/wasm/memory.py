@@ -18,7 +18,7 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
-from wasmtime import _ffi as ffi
+from rusmd.wasm import capi
 
 _U32 = 0xFFFFFFFF
 
@@ -58,7 +58,7 @@ class GuestMemory:
 
     def size(self) -> int:
         """Current size in bytes."""
-        return int(ffi.wasmtime_memory_data_size(self.context, ctypes.byref(self.memory)))
+        return int(capi.memory_data_size(self.context, ctypes.byref(self.memory)))
 
     def read(self, function: str, ptr: int, length: int) -> bytes:
         """Copy ``length`` bytes at ``ptr`` out of guest memory."""
@@ -66,7 +66,7 @@ class GuestMemory:
         start, count = check_range(function, ptr, length, size)
         if count == 0:
             return b""
-        base = ffi.wasmtime_memory_data(self.context, ctypes.byref(self.memory))
+        base = capi.memory_data(self.context, ctypes.byref(self.memory))
         return ctypes.string_at(ctypes.addressof(base.contents) + start, count)
 
     def write(self, function: str, ptr: int, data: bytes) -> None:
@@ -75,5 +75,5 @@ class GuestMemory:
         start, count = check_range(function, ptr, len(data), size)
         if count == 0:
             return
-        base = ffi.wasmtime_memory_data(self.context, ctypes.byref(self.memory))
+        base = capi.memory_data(self.context, ctypes.byref(self.memory))
         ctypes.memmove(ctypes.addressof(base.contents) + start, data, count)

@@ -15,6 +15,8 @@ pointer"), and processes around it keep running.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -246,3 +248,37 @@ def test_a_guest_can_kill_another_and_see_it_gone(host: Host) -> None:
     pid = host.host.spawn("case")
     assert host.wait_exit(pid, "case") == f"exit case#{pid} normal"
     assert host.wait_exit(target, "sleeper") == f"exit sleeper#{target} killed"
+
+
+FALLBACK_SCRIPT = """
+import resource, sys, time
+from pathlib import Path
+resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
+sys.path.insert(0, {root!r})
+from tests.integration.test_host_abi import Host
+h = Host(Path({app!r}), '[components.case]\\n')
+h.load({{"case": '(module (memory (export "memory") 1) (func (export "run")))'}})
+pid = h.host.spawn("case")
+print(h.wait_exit(pid, "case"))
+for record in h.records:
+    if "pooling" in record.text:
+        print(record.level, record.text)
+h.host.shutdown(1.0)
+"""
+
+
+def test_without_address_space_for_the_pool_the_host_warns_and_still_runs(
+    tmp_path: Path,
+) -> None:
+    """A tight ``ulimit -v`` leaves no room for the pool: on-demand allocation, a warning."""
+    root = Path(__file__).resolve().parents[2]
+    script = FALLBACK_SCRIPT.format(root=str(root), app=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].endswith(" normal")
+    assert lines[1].startswith("warn worker 7: pooling allocator unavailable")
+    assert "cannot reserve" in lines[1]

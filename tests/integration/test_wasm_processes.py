@@ -181,7 +181,13 @@ def test_memory_limit_breach_crashes_only_that_process_while_a_neighbour_runs(
     crash = daemon.wait_for(
         lines_with(daemon, f"exit {grower['label']} crashed"), SETTLE_S, "the crash"
     )
+    assert "trap: wasm `unreachable` instruction executed" in crash[0]
     assert "memory at its 2 MiB limit" in crash[0]
+    # The guest backtrace follows, attributed to the process.
+    backtrace = [
+        line for line in texts(daemon) if line.startswith(f"{grower['label']} error   at ")
+    ]
+    assert backtrace and "module!" in backtrace[0]
     assert grower["worker"] == neighbour["worker"] == 0
     alive = processes(daemon)
     assert neighbour["pid"] in alive
@@ -289,6 +295,30 @@ def test_guest_sees_granted_env_keys_from_env_and_dotenv_and_nothing_else(
 
 
 # ── capabilities ────────────────────────────────────────────────────────
+
+
+def test_raw_stdout_reaches_the_daemons_stdout_only_with_allow_stdio(
+    app: App, one_worker: Callable[..., Daemon]
+) -> None:
+    write_app(
+        app,
+        "[capabilities.loud]\nallow-stdio = true\n"
+        '[components.quiet]\n[components.loud]\ncapability = "loud"\n',
+        guests=["stdout:quiet", "stdout:loud"],
+    )
+    daemon = one_worker()
+
+    quiet = spawn(daemon, "quiet")["label"]
+    daemon.wait_for(lines_with(daemon, f"exit {quiet} normal"), SETTLE_S, "the quiet exit")
+    assert "raw stdout from a guest" not in daemon.read_log()
+    loud = spawn(daemon, "loud")["label"]
+    daemon.wait_for(lines_with(daemon, f"exit {loud} normal"), SETTLE_S, "the loud exit")
+
+    daemon.wait_for(
+        lambda: "raw stdout from a guest" in daemon.read_log(), SETTLE_S, "the raw line"
+    )
+    assert daemon.read_log().count("raw stdout from a guest") == 1
+    assert f"rusm debug spawn {loud} stdio mem=64M" in texts(daemon)
 
 
 def test_an_ungranted_import_is_denied_at_spawn_with_the_message(

@@ -1,0 +1,51 @@
+"""wasmtime's C API, bound so that short calls keep the GIL.
+
+Runs in: worker.
+
+wasmtime-py loads the library with ``ctypes.cdll``: every call releases
+the GIL and takes it back. That is right for calls that run guest code
+(instantiation runs a start function; an export call runs the guest),
+and costly for the many short bookkeeping calls around them (create a
+store, set its limits, look up an export, read a memory's size): on a
+busy worker each release invites a thread switch. The functions here are
+the same symbols of the same library loaded with ``ctypes.PyDLL``, so
+they run without dropping the GIL. Their argument and result types are
+copied from wasmtime-py's own bindings.
+
+Only functions that never run guest code and never block may be listed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from typing import Any
+
+from wasmtime import _bindings
+from wasmtime import _ffi as ffi
+
+_LIBRARY = ctypes.PyDLL(ffi.dll._name)
+
+
+def _bind(name: str) -> Any:
+    source = getattr(_bindings, f"_{name}")
+    function = getattr(_LIBRARY, name)
+    function.argtypes = source.argtypes
+    function.restype = source.restype
+    return function
+
+
+store_new = _bind("wasmtime_store_new")
+store_context = _bind("wasmtime_store_context")
+store_limiter = _bind("wasmtime_store_limiter")
+store_delete = _bind("wasmtime_store_delete")
+store_epoch_deadline_callback = _bind("wasmtime_store_epoch_deadline_callback")
+context_set_epoch_deadline = _bind("wasmtime_context_set_epoch_deadline")
+context_get_data = _bind("wasmtime_context_get_data")
+instance_export_get = _bind("wasmtime_instance_export_get")
+memory_data = _bind("wasmtime_memory_data")
+memory_data_size = _bind("wasmtime_memory_data_size")
+caller_context = _bind("wasmtime_caller_context")
+caller_export_get = _bind("wasmtime_caller_export_get")
+trap_new = _bind("wasmtime_trap_new")
+error_new = _bind("wasmtime_error_new")
+engine_increment_epoch = _bind("wasmtime_engine_increment_epoch")
