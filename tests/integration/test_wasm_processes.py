@@ -22,6 +22,7 @@ import wasmtime
 
 from rusmd.control.protocol import EX_NOSUCH, EX_OK, EX_REFUSED
 from tests.integration.conftest import App, Daemon
+from tests.integration.test_compile import pathological_module
 
 GUESTS = Path(__file__).resolve().parent.parent / "guests"
 # Long enough for a loaded two-core machine to spawn, run and log.
@@ -478,43 +479,13 @@ def test_second_start_hits_the_cache_and_a_truncated_entry_is_rebuilt(
     third.wait_for(lines_with(third, f"exit {label} normal"), SETTLE_S, "hello to run")
 
 
-def _huge_module(total_bytes: int) -> bytes:
-    """A valid module whose code section is ``total_bytes`` of ``i32.const 0; drop``.
-
-    wasmtime caps one function body at about 7.6 MB, so the bulk is split
-    over functions of 6 MB each; the first is exported as ``run``.
-    """
-
-    def leb(value: int) -> bytes:
-        out = bytearray()
-        while True:
-            byte = value & 0x7F
-            value >>= 7
-            out.append(byte | (0x80 if value else 0))
-            if not value:
-                return bytes(out)
-
-    def section(kind: int, payload: bytes) -> bytes:
-        return bytes([kind]) + leb(len(payload)) + payload
-
-    per_function = 6 << 20
-    functions = max(1, total_bytes // per_function)
-    body = b"\x00" + b"\x41\x00\x1a" * (per_function // 3) + b"\x0b"  # no locals; code; end
-    entry = leb(len(body)) + body
-    return (
-        b"\x00asm\x01\x00\x00\x00"
-        + section(1, b"\x01\x60\x00\x00")
-        + section(3, leb(functions) + b"\x00" * functions)
-        + section(7, b"\x01\x03run\x00\x00")
-        + section(10, leb(functions) + entry * functions)
-    )
-
-
 def test_a_100_mb_function_section_does_not_stall_rusmctl_status(
     app: App, start_daemon: Callable[..., Daemon]
 ) -> None:
     write_app(app, "[components.hello]\n[components.huge]\n", guests=["hello"])
-    (app.directory / "wasm" / "huge.wasm").write_bytes(_huge_module(100 << 20))
+    huge = pathological_module(functions=15)  # about 7 MB each: wasmtime caps one function
+    assert len(huge) > 100_000_000
+    (app.directory / "wasm" / "huge.wasm").write_bytes(huge)
     text = app.manifest.read_text().replace(
         f'listen = "127.0.0.1:{app.node_port}"\n',
         f'listen = "127.0.0.1:{app.node_port}"\ncompile-timeout-s = 600\n',
