@@ -316,7 +316,8 @@ class WasmHost:
             started_wall=time.time(),
         )
         self.processes[pid] = process
-        self.spawned += 1
+        with self._lock:  # spawns come from the loop thread and guest threads
+            self.spawned += 1
         self.log.debug(f"spawn {process.label} {component.capability.grants()}")
         self.runners.submit(lambda: self._run(process))
         return pid
@@ -401,7 +402,8 @@ class WasmHost:
             if store is not None:
                 capi.store_delete(store)
             self.processes.pop(process.pid, None)
-            self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
+            with self._lock:
+                self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
             self._log_exit(process, report)
 
     def _execute(self, process: Process) -> tuple[ExitReport, Any]:
