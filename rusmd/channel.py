@@ -129,6 +129,82 @@ class Answer(msgspec.Struct, tag="answer", frozen=True, kw_only=True):
     code: int = 0
 
 
+class Sig(msgspec.Struct, array_like=True, frozen=True):
+    """One signal between two processes (see ``rusmd.actors.signals``).
+
+    Attributes:
+        op: ``rusmd.actors.signals.Op``.
+        to: The receiving pid.
+        sender: The sending pid (0: the operator, through rusmctl).
+        ref: The monitor, call or timer ref, when the op has one.
+        reason: The ABI exit reason, for exits and downs.
+        payload: The message bytes (empty when ``shm`` carries them).
+        shm: Payload size when it travels in a shared-memory file passed
+            with the frame (one descriptor per such signal, in order).
+    """
+
+    op: int
+    to: int
+    sender: int
+    ref: int = 0
+    reason: int = 0
+    payload: bytes = b""
+    shm: int = 0
+
+
+class Signals(msgspec.Struct, tag="signals", frozen=True):
+    """Signals from processes of one worker to processes of another (mesh)."""
+
+    batch: list[Sig]
+
+
+class NameClaim(msgspec.Struct, tag="name_claim", frozen=True):
+    """Worker → main: ``pid`` asks for the node-wide ``name``."""
+
+    req: int
+    name: str
+    pid: int
+
+
+class NameReply(msgspec.Struct, tag="name_reply", frozen=True):
+    """Main → worker: the answer to claim ``req``; ``holder`` owns the name now."""
+
+    req: int
+    ok: bool
+    holder: int
+
+
+class NameDrop(msgspec.Struct, tag="name_drop", frozen=True):
+    """Worker → main: ``pid`` gave up ``names`` (unregistered, or it exited)."""
+
+    pid: int
+    names: list[str]
+
+
+class Names(msgspec.Struct, tag="names", frozen=True):
+    """Main → workers: registry changes (or, with ``full``, the whole registry)."""
+
+    set: dict[str, int]
+    removed: list[str]
+    full: bool = False
+
+
+class ProcessExit(msgspec.Struct, tag="process_exit", frozen=True):
+    """Worker → main: a process main supervises (a resident) exited."""
+
+    pid: int
+    component: str
+    reason: str
+    detail: str = ""
+
+
+class WorkerDown(msgspec.Struct, tag="worker_down", frozen=True):
+    """Main → workers: every process of worker ``slot`` has gone, with ``reason``."""
+
+    slot: int
+    reason: str
+
+
 Message = (
     Ready
     | Heartbeat
@@ -141,6 +217,13 @@ Message = (
     | LeaseRequest
     | Query
     | Answer
+    | Signals
+    | NameClaim
+    | NameReply
+    | NameDrop
+    | Names
+    | ProcessExit
+    | WorkerDown
 )
 
 _encoder = msgspec.msgpack.Encoder()
@@ -162,7 +245,7 @@ class Channel:
         sock.setblocking(False)
         self.sock = sock
         self._inbox = bytearray()
-        self._outbox: deque[tuple[bytes, list[int]]] = deque()
+        self._outbox: deque[tuple[bytes, list[int], bool]] = deque()
         self._received_fds: deque[int] = deque()
         self.closed = False
 
@@ -175,18 +258,27 @@ class Channel:
         """True while queued output waits for the socket to drain."""
         return bool(self._outbox)
 
-    def send(self, message: Message, fds: list[int] | None = None) -> None:
-        """Queue ``message`` (and ``fds``, duplicated by the kernel) and write what fits."""
+    def send(
+        self, message: Message, fds: list[int] | None = None, *, close_fds: bool = False
+    ) -> None:
+        """Queue ``message`` (and ``fds``, duplicated by the kernel) and write what fits.
+
+        With ``close_fds`` the channel closes ``fds`` once they are sent
+        (or when it closes first): the caller hands them over.
+        """
         if self.closed:
+            if close_fds:
+                for fd in fds or []:
+                    _close_quietly(fd)
             raise ChannelClosed("channel is closed")
         payload = _encoder.encode(message)
-        self._outbox.append((_LENGTH.pack(len(payload)) + payload, list(fds or [])))
+        self._outbox.append((_LENGTH.pack(len(payload)) + payload, list(fds or []), close_fds))
         self.write_ready()
 
     def write_ready(self) -> None:
         """Write queued frames until the socket would block."""
         while self._outbox:
-            data, fds = self._outbox[0]
+            data, fds, close_fds = self._outbox[0]
             try:
                 if fds:
                     sent = self.sock.sendmsg(
@@ -198,11 +290,14 @@ class Channel:
                 return
             except OSError as exc:
                 raise ChannelClosed(f"write failed: {exc.strerror}") from None
+            if fds and close_fds:
+                for fd in fds:
+                    _close_quietly(fd)
             if sent == len(data):
                 self._outbox.popleft()
             else:
                 # The fds went with the first byte; never send them twice.
-                self._outbox[0] = (data[sent:], [])
+                self._outbox[0] = (data[sent:], [], False)
 
     def read_ready(self) -> list[Message]:
         """Read what the socket holds and return every complete message.
@@ -244,6 +339,11 @@ class Channel:
         self.closed = True
         while self._received_fds:
             _close_quietly(self._received_fds.popleft())
+        for _data, fds, close_fds in self._outbox:
+            if close_fds:
+                for fd in fds:
+                    _close_quietly(fd)
+        self._outbox.clear()
         self.sock.close()
 
     def _take_fds(self, ancillary: list[tuple[int, int, bytes]]) -> None:

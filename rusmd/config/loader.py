@@ -39,6 +39,7 @@ from rusmd.config.model import (
 from rusmd.config.reader import Problems, TableReader, did_you_mean, format_path
 from rusmd.errors import ConfigError, ConfigProblem, RouteError
 from rusmd.serving.routes import RouteTable, parse_route_key, parse_route_target
+from rusmd.supervision.spec import RestartType
 
 TOP_LEVEL = ("node", "log", "serve", "capabilities", "components")
 NODE_KEYS = (
@@ -64,7 +65,7 @@ CAPABILITY_KEYS = (
     "preopen",
 )
 PREOPEN_KEYS = ("host", "guest", "read-only")
-COMPONENT_KEYS = ("capability", "resident", "source")
+COMPONENT_KEYS = ("capability", "resident", "source", "restart", "intensity", "period-s")
 
 # The snapshot rate the node endpoint can sustain; seed 000 fixes 10–60 Hz.
 TICKS_RANGE = (10, 60)
@@ -72,6 +73,11 @@ TICKS_RANGE = (10, 60)
 MAX_MEMORY_MB = 4096
 # A per-call CPU budget: at least one epoch tick, at most an hour.
 CPU_MS_RANGE = (10, 3_600_000)
+# A resident's restart budget: restarts within a period, and the period.
+INTENSITY_RANGE = (0, 1000)
+DEFAULT_INTENSITY = 3
+DEFAULT_PERIOD_S = 5
+PERIOD_S_RANGE = (1, 3600)
 # Compile limits: long enough for a large JS engine, short enough to notice.
 COMPILE_TIMEOUT_RANGE = (1, 3600)
 COMPILE_MEMORY_RANGE = (64, 65536)
@@ -328,12 +334,23 @@ class _Builder:
             declared = entry.string("capability") or "sandboxed"
             profile = self._profile_for(entry, declared, capabilities)
             source = self._source(entry, node)
+            restart = entry.choice("restart", RestartType) or RestartType.PERMANENT
+            intensity = entry.integer("intensity", *INTENSITY_RANGE)
+            period_s = entry.integer("period-s", *PERIOD_S_RANGE)
+            resident = bool(entry.boolean("resident"))
+            if not resident:
+                for key in ("restart", "intensity", "period-s"):
+                    if key in entry.values:
+                        entry.warn(key, f"'{key}' only applies to resident components")
             components[name] = Component(
                 name=name,
                 capability=declared,
                 profile=profile,
-                resident=bool(entry.boolean("resident")),
+                resident=resident,
                 source=source,
+                restart=str(restart),
+                intensity=DEFAULT_INTENSITY if intensity is None else intensity,
+                period_s=DEFAULT_PERIOD_S if period_s is None else period_s,
             )
         return components
 

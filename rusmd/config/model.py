@@ -219,6 +219,12 @@ class Component(msgspec.Struct, frozen=True, kw_only=True):
         resident: Boot-spawned and supervised. Optional; defaults to False.
         source: Where its JS bundle comes from instead of ``wasm/``.
             Optional; defaults to None.
+        restart: A resident's restart type (permanent, transient,
+            temporary). Optional; defaults to permanent.
+        intensity: A resident's restarts allowed within ``period_s`` before
+            it is quarantined. Optional; defaults to 3.
+        period_s: The window for ``intensity``, in seconds. Optional;
+            defaults to 5.
     """
 
     name: str
@@ -226,6 +232,9 @@ class Component(msgspec.Struct, frozen=True, kw_only=True):
     profile: Capability = BUILTIN_CAPABILITIES[BuiltinCapability.SANDBOXED]
     resident: bool = False
     source: str | None = None
+    restart: str = "permanent"
+    intensity: int = 3
+    period_s: int = 5
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):

@@ -37,13 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from rusmd import __version__
-from rusmd.channel import Channel, ComponentImage
+from rusmd.channel import Channel, ComponentImage, NameClaim, NameDrop, ProcessExit, WorkerDown
 from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import Manifest, Profile
 from rusmd.config.sizing import usable_cores, worker_count
 from rusmd.control.server import ControlServer
 from rusmd.errors import ConfigError, RusmError
 from rusmd.log import JsonFormatter, Logger, LogRecord, LogRing, TextFormatter, stream_is_tty
+from rusmd.process.actors import Registry, Residents
 from rusmd.process.compile import CompileResult, CompileRun, jobs_for
 from rusmd.process.listeners import Listener, close_listeners, open_listeners
 from rusmd.process.pool import WorkerPool, WorkerState
@@ -124,6 +125,14 @@ class MainProcess:
         self.control = ControlServer(socket_path, self.selector, self._dispatch)
         self.pool: WorkerPool | None = None
         self.queries = Queries(self._send_query)
+        self.registry = Registry(broadcast=self._broadcast, reply=self._send_to_slot)
+        self.residents = Residents(
+            manifest,
+            self.log,
+            ask=self.queries.ask,
+            pick_worker=self.pick_worker,
+            registry=self.registry,
+        )
         self.compiling: _Compiling | None = None
         self.compile_results: dict[str, CompileResult] = {}
         self.residents_spawned = False
@@ -150,7 +159,9 @@ class MainProcess:
         )
         self.pool.on_answer = self.queries.on_answer
         self.pool.on_foreign_exit = self._on_foreign_exit
-        self.pool.on_worker_gone = self.queries.worker_gone
+        self.pool.on_worker_gone = self._worker_gone
+        self.pool.on_actor_message = self._on_actor_message
+        self.pool.on_worker_ready = self._worker_ready
         self.pool.want_write = self._want_write
         self.pool.start()
         self.start_compile(self.manifest, self._boot_components)
@@ -163,6 +174,7 @@ class MainProcess:
                 self.compile_step()
                 self.queries.tick()
                 self.spawn_residents()
+                self.residents.tick()
                 self.announce_ready()
                 self.control.sweep(time.monotonic())
                 self.ping_watchdog()
@@ -228,6 +240,7 @@ class MainProcess:
             self.pool.stop(0.001)
             return
         self.state = DaemonState.DRAINING
+        self.residents.stop()
         self.notifier.stopping()
         self.log.info(f"stop: {why}; draining {len(self.pool.workers)} worker(s)")
         close_listeners(self.listeners)
@@ -351,21 +364,8 @@ class MainProcess:
         if self.state is DaemonState.DRAINING or self.pick_worker() is None:
             return
         self.residents_spawned = True
-        for name, component in self.manifest.components.items():
-            result = self.compile_results.get(name)
-            if not component.resident or result is None or not result.ok:
-                continue
-            slot = self.pick_worker()
-            if slot is None:
-                break
-
-            def done(answers: dict[int, Any], name: str = name, slot: int = slot) -> None:
-                answer = answers.get(slot)
-                if answer is None or not answer.ok:
-                    why = answer.error if answer is not None else f"worker {slot} did not answer"
-                    self.log.error(f"resident {name} did not start: {why}")
-
-            self.queries.ask([slot], "spawn", {"component": name}, done)
+        runnable = {name for name, result in self.compile_results.items() if result.ok}
+        self.residents.start(runnable)
 
     def pick_worker(self) -> int | None:
         """The next ready worker, round robin; None if none is ready."""
@@ -409,6 +409,34 @@ class MainProcess:
     def _on_foreign_exit(self, pid: int, status: int) -> None:
         if self.compiling is not None:
             self.compiling.run.child_exited(pid, status)
+
+    def _worker_gone(self, slot: int, reason: str) -> None:
+        """A worker exited: answers, names and residents it held, and its peers' links."""
+        self.queries.worker_gone(slot)
+        self.registry.worker_gone(slot)
+        self.residents.worker_gone(slot, reason)
+        self._broadcast(WorkerDown(slot=slot, reason=reason))
+
+    def _worker_ready(self, slot: int) -> None:
+        self._send_to_slot(slot, self.registry.snapshot())
+
+    def _on_actor_message(self, slot: int, message: Any) -> None:
+        if isinstance(message, NameClaim):
+            self.registry.claim(slot, message)
+        elif isinstance(message, NameDrop):
+            self.registry.drop(message)
+        elif isinstance(message, ProcessExit):
+            self.residents.on_exit(message)
+
+    def _broadcast(self, message: Any) -> None:
+        if self.pool is None:
+            return
+        for slot in list(self.pool.workers):
+            self.pool.send_to(slot, message)
+
+    def _send_to_slot(self, slot: int, message: Any) -> None:
+        if self.pool is not None:
+            self.pool.send_to(slot, message)
 
     def _send_query(self, slot: int, message: Any) -> bool:
         return self.pool is not None and self.pool.send_to(slot, message)

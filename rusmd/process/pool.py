@@ -36,7 +36,10 @@ from rusmd.channel import (
     Log,
     MeshPeer,
     Message,
+    NameClaim,
+    NameDrop,
     PidLease,
+    ProcessExit,
     Ready,
     Stop,
 )
@@ -159,7 +162,11 @@ class WorkerPool:
         # Asks the loop to watch a channel for writability (output is queued).
         self.want_write: Callable[[Channel], None] | None = None
         # Told when a worker exits (its pending query answers will not come).
-        self.on_worker_gone: Callable[[int], None] | None = None
+        self.on_worker_gone: Callable[[int, str], None] | None = None
+        # Actor-runtime messages from workers (names, resident exits), and
+        # a worker that has just become ready (it needs the name table).
+        self.on_actor_message: Callable[[int, Message], None] | None = None
+        self.on_worker_ready: Callable[[int], None] | None = None
         self.supervisor = Supervisor(
             SupervisorFlags(
                 strategy=Strategy.ONE_FOR_ONE,
@@ -374,7 +381,14 @@ class WorkerPool:
             handle.last_heartbeat = now
             self.supervisor.child_started(_child_id(handle.slot), now)
             self.log.info(f"worker {handle.slot} ready pid={handle.pid}")
+            if self.on_worker_ready is not None:
+                self.on_worker_ready(handle.slot)
             self._roll_next()
+        elif (
+            isinstance(message, NameClaim | NameDrop | ProcessExit)
+            and self.on_actor_message is not None
+        ):
+            self.on_actor_message(handle.slot, message)
 
     def _check_deadlines(self, handle: WorkerHandle, now: float) -> None:
         if handle.kill_reason is ExitReason.KILLED:
@@ -429,7 +443,7 @@ class WorkerPool:
             del self.workers[handle.slot]
         reason, detail = _exit_reason(handle, status)
         if self.on_worker_gone is not None:
-            self.on_worker_gone(handle.slot)
+            self.on_worker_gone(handle.slot, str(reason))
         history = self.history.setdefault(handle.slot, SlotHistory())
         history.last_exit = f"{reason} ({detail})" if detail else str(reason)
         line = f"exit worker {handle.slot} pid={handle.pid} {history.last_exit}"

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 # The wasm import module every host function lives in.
 ABI_MODULE = "rusm"
 # Bumped on any incompatible change; part of the AOT cache key.
-ABI_VERSION = 1
+ABI_VERSION = 2
 # The WASI preview 1 module a C or Rust guest imports for libc.
 WASI_MODULE = "wasi_snapshot_preview1"
 
@@ -60,7 +60,40 @@ class ErrorCode(enum.IntEnum):
     LIMIT = -5  # a limit was reached (processes per worker, sizes)
     TIMEOUT = -6  # a blocking call ran out of time
     UNAVAILABLE = -7  # the thing exists but cannot be used now (failed to load)
-    TOOBIG = -8  # the caller's buffer is too small
+    TOOBIG = -8  # a size over a limit, or the caller's buffer is too small
+    EXISTS = -9  # the name is taken, or the caller already has one
+
+
+class Kind(enum.IntEnum):
+    """What a received message is (the ``kind`` field of its header)."""
+
+    MESSAGE = 0  # rusm.send; the payload is the sender's bytes
+    EXIT = 1  # a linked process exited and the receiver traps exits
+    DOWN = 2  # a monitored process exited (ref: the monitor)
+    CALL = 3  # rusm.call; answer with rusm.reply(from, ref, ...)
+    TIMER = 4  # rusm.send_after fired (ref: the timer)
+
+
+class Reason(enum.IntEnum):
+    """Exit reasons as guests see them (EXIT/DOWN headers, exit_signal)."""
+
+    NORMAL = 0
+    SHUTDOWN = 1
+    KILLED = 2
+    CRASHED = 3
+    NOPROC = 4
+
+
+# The header rusm.recv writes: kind i32, reason i32, from i64, ref i64,
+# size i32, reserved i32 (little-endian, 32 bytes, 8-aligned).
+HEADER_BYTES = 32
+# The largest payload of one message, call or reply.
+MAX_MESSAGE_BYTES = 8 << 20
+# User messages a mailbox holds; past this they are dropped (and counted).
+# Exit, down and reply signals always get through.
+MAILBOX_LIMIT = 10_000
+# Names: UTF-8, 1..255 bytes.
+MAX_NAME_BYTES = 255
 
 
 class LogLevel(enum.IntEnum):
@@ -94,55 +127,229 @@ class HostFunction:
     blocking: bool = False
 
 
+def _fn(
+    name: str,
+    params: str,
+    results: str,
+    grant: Grant,
+    summary: str,
+    *,
+    blocking: bool = False,
+) -> HostFunction:
+    """A ``HostFunction`` from compact "name:type name:type" spellings."""
+    pairs = tuple(tuple(p.split(":")) for p in params.split()) if params else ()
+    return HostFunction(
+        name,
+        pairs,  # type: ignore[arg-type]
+        tuple(results.split()),
+        grant,
+        summary,
+        blocking,
+    )
+
+
+A, SP = Grant.ALWAYS, Grant.SPAWN
+
 FUNCTIONS: dict[str, HostFunction] = {
     f.name: f
     for f in (
-        HostFunction("self", (), ("i64",), Grant.ALWAYS, "The caller's own pid."),
-        HostFunction(
+        _fn("self", "", "i64", A, "The caller's own pid."),
+        _fn(
             "log",
-            (("level", "i32"), ("ptr", "i32"), ("len", "i32")),
-            ("i32",),
-            Grant.ALWAYS,
+            "level:i32 ptr:i32 len:i32",
+            "i32",
+            A,
             "Write one UTF-8 line to the platform log at a level (0 error … 3 debug); "
             "0, or INVALID for an unknown level or bad UTF-8.",
         ),
-        HostFunction(
+        _fn(
             "exit",
-            (("code", "i32"),),
-            (),
-            Grant.ALWAYS,
+            "code:i32",
+            "",
+            A,
             "End the caller now: code 0 exits normal, any other code exits crashed.",
         ),
-        HostFunction(
+        _fn(
             "sleep",
-            (("ms", "i32"),),
-            ("i32",),
-            Grant.ALWAYS,
+            "ms:i32",
+            "i32",
+            A,
             "Block the caller for ms milliseconds (not counted against its CPU budget); "
             "0, or INVALID for a negative time.",
             blocking=True,
         ),
-        HostFunction(
+        _fn(
+            "send",
+            "pid:i64 ptr:i32 len:i32",
+            "i32",
+            A,
+            "Send len bytes to pid's mailbox (FIFO per sender and receiver); 0, NOPROC when "
+            "the pid is known dead, LIMIT when its mailbox is full (dropped), TOOBIG.",
+        ),
+        _fn(
+            "recv",
+            "header_ptr:i32 buf_ptr:i32 buf_cap:i32 timeout_ms:i32",
+            "i32",
+            A,
+            "Take the oldest message (timeout_ms -1 waits forever, 0 polls): writes the "
+            "32-byte header, the payload into buf, returns its size; TIMEOUT, or TOOBIG "
+            "(header written, the message stays) when buf is too small.",
+            blocking=True,
+        ),
+        _fn(
+            "call",
+            "pid:i64 req_ptr:i32 req_len:i32 buf_ptr:i32 buf_cap:i32 timeout_ms:i32",
+            "i32",
+            A,
+            "Send a request and wait for its reply: the reply's size (only buf_cap bytes "
+            "are written), or NOPROC (the callee is or goes down), TIMEOUT, LIMIT.",
+            blocking=True,
+        ),
+        _fn(
+            "reply",
+            "pid:i64 ref:i64 ptr:i32 len:i32",
+            "i32",
+            A,
+            "Answer a call message (its sender and ref); 0, NOPROC, TOOBIG.",
+        ),
+        _fn(
+            "register",
+            "name_ptr:i32 name_len:i32",
+            "i32",
+            A,
+            "Give the caller a node-wide name; 0, EXISTS (taken, or the caller has one), "
+            "INVALID, UNAVAILABLE.",
+            blocking=True,
+        ),
+        _fn(
+            "unregister",
+            "name_ptr:i32 name_len:i32",
+            "i32",
+            A,
+            "Drop one of the caller's own names; 0, NOTFOUND, DENIED (another's name).",
+        ),
+        _fn(
+            "whereis",
+            "name_ptr:i32 name_len:i32",
+            "i64",
+            A,
+            "The pid registered under a name, or NOTFOUND.",
+        ),
+        _fn(
+            "link",
+            "pid:i64",
+            "i32",
+            A,
+            "Link the caller and pid (both ways); 0, or NOPROC when pid is known dead.",
+        ),
+        _fn("unlink", "pid:i64", "i32", A, "Remove a link; 0."),
+        _fn(
+            "monitor",
+            "pid:i64",
+            "i64",
+            A,
+            "Watch pid: a down message arrives when it exits (at once, reason noproc, "
+            "if it is not alive); the monitor ref (> 0).",
+        ),
+        _fn(
+            "demonitor",
+            "ref:i64",
+            "i32",
+            A,
+            "Drop a monitor and any down message it already queued; 0, or NOTFOUND.",
+        ),
+        _fn(
+            "trap_exit",
+            "on:i32",
+            "i32",
+            A,
+            "Turn exit signals from links into exit messages (1) or not (0); the old value.",
+        ),
+        _fn(
+            "exit_signal",
+            "pid:i64 reason:i32",
+            "i32",
+            A,
+            "Send an exit signal with a reason (ends the caller when pid is itself); "
+            "another pid needs allow-process-control, else DENIED; 0, NOPROC, INVALID.",
+        ),
+        _fn(
+            "kill",
+            "pid:i64",
+            "i32",
+            A,
+            "Kill a process, untrappably (reason killed); another pid needs "
+            "allow-process-control, else DENIED; 0, or NOPROC.",
+        ),
+        _fn(
+            "is_alive",
+            "pid:i64",
+            "i32",
+            A,
+            "1 if the process is alive, 0 if not; another pid needs allow-process-control, "
+            "else DENIED.",
+        ),
+        _fn(
+            "list",
+            "buf_ptr:i32 max:i32",
+            "i32",
+            A,
+            "Write up to max pids (i64) of this node's processes, return how many there are; "
+            "without allow-process-control only the caller's own pid.",
+        ),
+        _fn(
+            "info",
+            "pid:i64 buf_ptr:i32 buf_cap:i32",
+            "i32",
+            A,
+            "One process as JSON: its size (only buf_cap bytes are written), NOPROC; another "
+            "pid needs allow-process-control, else DENIED.",
+            blocking=True,
+        ),
+        _fn(
+            "send_after",
+            "pid:i64 ms:i32 ptr:i32 len:i32",
+            "i64",
+            A,
+            "Send a timer message to pid after ms milliseconds; the timer ref (> 0), INVALID, "
+            "TOOBIG, LIMIT.",
+        ),
+        _fn(
+            "cancel_timer",
+            "ref:i64",
+            "i32",
+            A,
+            "Cancel a timer so it never fires; 0, or NOTFOUND (fired, cancelled or unknown).",
+        ),
+        _fn(
+            "set_label",
+            "ptr:i32 len:i32",
+            "i32",
+            A,
+            "A free-form label for the caller (rusmctl list shows it); 0, INVALID, TOOBIG.",
+        ),
+        _fn(
             "spawn",
-            (("name_ptr", "i32"), ("name_len", "i32")),
-            ("i64",),
-            Grant.SPAWN,
+            "name_ptr:i32 name_len:i32",
+            "i64",
+            SP,
             "Start a registered component by name under its own profile; its pid, "
             "or NOTFOUND, UNAVAILABLE, LIMIT, INVALID.",
         ),
-        HostFunction(
-            "kill",
-            (("pid", "i64"),),
-            ("i32",),
-            Grant.PROCESS_CONTROL,
-            "Kill another process (exit reason killed); 0, or NOPROC.",
+        _fn(
+            "spawn_link",
+            "name_ptr:i32 name_len:i32",
+            "i64",
+            SP,
+            "spawn, linked to the caller before the child runs; its pid or an error.",
         ),
-        HostFunction(
-            "is_alive",
-            (("pid", "i64"),),
-            ("i32",),
-            Grant.PROCESS_CONTROL,
-            "1 if the process is alive, 0 if not.",
+        _fn(
+            "supervise",
+            "spec_ptr:i32 spec_len:i32",
+            "i64",
+            SP,
+            "Start a supervisor (JSON spec: strategy, intensity, period_s, children) linked "
+            "to the caller; its pid, or INVALID (the spec is logged), NOTFOUND, UNAVAILABLE.",
         ),
     )
 }

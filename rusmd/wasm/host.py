@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import json
 import os
 import re
 import threading
@@ -41,19 +42,28 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import wasmtime
 from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 
-from rusmd.channel import ComponentImage
+from rusmd.actors.table import Actor, ActorTable
+from rusmd.channel import ComponentImage, ProcessExit
 from rusmd.config.environment import Environment
-from rusmd.config.model import Capability, Component, LogLevel, Manifest
+from rusmd.config.model import (
+    BUILTIN_CAPABILITIES,
+    BuiltinCapability,
+    Capability,
+    Component,
+    LogLevel,
+    Manifest,
+)
 from rusmd.log import Logger
 from rusmd.wasm import abi, capi
 from rusmd.wasm.abi import ErrorCode, Grant
 from rusmd.wasm.cache import verify
+from rusmd.wasm.calls import ActorCalls
 from rusmd.wasm.engine import EngineInfo, worker_engine
 from rusmd.wasm.linking import LinkError, LinkerSet, ModuleShape, check_module, granted
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
@@ -80,6 +90,19 @@ _NULL_FINALIZER: Any = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0)
 _EpochCallback = _bindings._wasmtime_store_epoch_deadline_callback.argtypes[1]
 
 
+class _Native(Protocol):
+    """A host-native process (a supervisor)."""
+
+    def on_signal(self, envelope: Any) -> None: ...
+
+    def stopped(self, reason: str, detail: str) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+_N = TypeVar("_N", bound=_Native)
+
+
 class SpawnError(Exception):
     """A spawn that cannot happen; ``code`` is the ABI error a guest sees."""
 
@@ -94,6 +117,7 @@ class ProcessState(enum.StrEnum):
     STARTING = "starting"
     RUNNING = "running"
     SLEEPING = "sleeping"
+    WAITING = "waiting"
     EXITING = "exiting"
 
 
@@ -139,7 +163,14 @@ class Process:
     memory_bytes: int = 0
     # Set from other threads; read by the epoch callback and host calls.
     stop_reason: str = ""
+    stop_detail: str = ""
     wake: threading.Event = field(default_factory=threading.Event)
+    # Its actor side (mailbox, links, monitors, names).
+    actor: Actor | None = None
+    # The main process supervises it (a resident): tell main when it exits.
+    watched: bool = False
+    # A host-native process (a supervisor) instead of a wasm instance.
+    native: Any = None
     # Owned by the guest thread.
     call_started_tick: int = 0
     memory: GuestMemory | None = None
@@ -172,6 +203,9 @@ class WasmHost:
         environment: Env values for granted keys (process env, then .env).
         request_lease: Called (from any thread) when pid serials run low.
         max_processes: Processes alive at once on this worker.
+        actors: The worker's actor table; a local-only one when omitted
+            (in-process use: no mesh, no main process).
+        on_watched_exit: Told (any thread) when a watched process exits.
     """
 
     def __init__(
@@ -183,6 +217,8 @@ class WasmHost:
         *,
         request_lease: Callable[[], None],
         max_processes: int | None = None,
+        actors: ActorTable | None = None,
+        on_watched_exit: Callable[[ProcessExit], None] | None = None,
     ) -> None:
         self.manifest = manifest
         self.slot = slot
@@ -204,6 +240,9 @@ class WasmHost:
         self._lease_pending = False
         self.ticks = 0
         self._stopping = threading.Event()
+        self.actors = actors or _local_table(slot)
+        self.actors.info_of = self.local_info
+        self.on_watched_exit = on_watched_exit
         self._callbacks = self._make_callbacks()
         self._epoch_callback = _EpochCallback(self._on_epoch)
         self.linkers = LinkerSet(self.engine, self._callbacks)
@@ -287,8 +326,21 @@ class WasmHost:
 
     # ── processes ───────────────────────────────────────────────────────
 
-    def spawn(self, name: str, parent: int | None = None) -> int:
+    def spawn(
+        self,
+        name: str,
+        parent: int | None = None,
+        *,
+        link: bool = False,
+        watched: bool = False,
+    ) -> int:
         """Start a process of component ``name``; return its pid.
+
+        Args:
+            name: The component.
+            parent: The spawning process, if any.
+            link: Link it to ``parent`` (a local process) before it runs.
+            watched: Tell ``on_watched_exit`` when it exits (residents).
 
         Raises:
             SpawnError: No such component, it cannot run, or the worker is full.
@@ -314,23 +366,101 @@ class WasmHost:
             parent=parent,
             started_at=time.monotonic(),
             started_wall=time.time(),
+            watched=watched,
         )
-        self.processes[pid] = process
-        with self._lock:  # spawns come from the loop thread and guest threads
-            self.spawned += 1
+        self._enter(process, link_to=parent if link else None)
         self.log.debug(f"spawn {process.label} {component.capability.grants()}")
         self.runners.submit(lambda: self._run(process))
         return pid
 
-    def kill(self, pid: int, reason: str = "killed") -> bool:
-        """Ask process ``pid`` to end with ``reason``; False if there is none."""
-        process = self.processes.get(pid)
+    def _enter(
+        self,
+        process: Process,
+        link_to: int | None,
+        native: Callable[[Any], None] | None = None,
+    ) -> None:
+        """Make ``process`` known: in the process table and as an actor."""
+
+        def stop(reason: str, detail: str) -> None:
+            if not process.stop_reason:
+                process.stop_reason = reason
+                process.stop_detail = detail
+            process.wake.set()
+            if process.native is not None:
+                process.native.stopped(reason, detail)
+
+        process.actor = self.actors.add(process.pid, process.label, stop, native)
+        self.processes[process.pid] = process
+        with self._lock:  # spawns come from the loop thread and guest threads
+            self.spawned += 1
+        if link_to is not None:
+            with self.actors.lock:
+                parent = self.actors.get(link_to)
+                if parent is None:
+                    self.actors.kill(process.pid, "noproc", "its parent exited before it started")
+                else:
+                    parent.links.add(process.pid)
+                    process.actor.links.add(link_to)
+
+    def start_native(self, kind: str, parent: int, make: Callable[[int], _N]) -> tuple[int, _N]:
+        """Start a host-native process (``make(pid)`` builds it) linked to ``parent``."""
+        if self._stopping.is_set():
+            raise SpawnError(f"worker {self.slot} is stopping", ErrorCode.UNAVAILABLE)
+        pid = self._allocate_pid()
+        native = make(pid)
+        process = Process(
+            pid=pid,
+            component=LoadedComponent(
+                name=kind,
+                capability=BUILTIN_CAPABILITIES[BuiltinCapability.SANDBOXED],
+                grants=frozenset(),
+            ),
+            parent=parent,
+            started_at=time.monotonic(),
+            started_wall=time.time(),
+            state=ProcessState.RUNNING,
+            native=native,
+        )
+        self._enter(process, link_to=parent, native=native.on_signal)
+        assert process.actor is not None
+        process.actor.trap_exit = True
+        self.log.debug(f"spawn {process.label} native")
+        return pid, native
+
+    def is_alive(self, pid: int) -> bool:
+        """Is ``pid`` alive? Local pids at once; others by asking their worker."""
+        if abi.slot_of(pid) == self.slot:
+            return pid in self.processes
+        return self.actors.probe(pid, want_info=False)[0]
+
+    def exit_native(self, pid: int, reason: str, detail: str = "") -> None:
+        """A host-native process (a supervisor) ends with ``reason``."""
+        process = self.processes.pop(pid, None)
         if process is None:
+            return
+        process.state = ProcessState.EXITING
+        self.actors.remove(pid, reason, detail)
+        with self._lock:
+            self.exits[reason] = self.exits.get(reason, 0) + 1
+        self._log_exit(process, ExitReport(reason, detail))
+        self._tell_main(process, reason, detail)
+
+    def _tell_main(self, process: Process, reason: str, detail: str) -> None:
+        if process.watched and self.on_watched_exit is not None:
+            self.on_watched_exit(
+                ProcessExit(
+                    pid=process.pid,
+                    component=process.component.name,
+                    reason=reason,
+                    detail=detail,
+                )
+            )
+
+    def kill(self, pid: int, reason: str = "killed", detail: str = "") -> bool:
+        """Ask process ``pid`` to end with ``reason``; False if there is none."""
+        if pid not in self.processes:
             return False
-        if not process.stop_reason:
-            process.stop_reason = reason
-        process.wake.set()
-        return True
+        return self.actors.kill(pid, reason, detail)
 
     def list(self) -> list[dict[str, Any]]:
         """One row per live process."""
@@ -338,7 +468,20 @@ class WasmHost:
         return [self._row(p, now) for p in list(self.processes.values())]
 
     def info(self, pid: int) -> dict[str, Any] | None:
-        """One process in detail, or None."""
+        """One process in detail, or None (other workers' pids by asking them)."""
+        if abi.slot_of(pid) != self.slot:
+            alive, payload = self.actors.probe(pid, want_info=True)
+            if not alive:
+                return None
+            try:
+                row: dict[str, Any] = json.loads(payload)
+            except ValueError:
+                return None
+            return row
+        return self.local_info(pid)
+
+    def local_info(self, pid: int) -> dict[str, Any] | None:
+        """One process of this worker in detail, or None."""
         process = self.processes.get(pid)
         if process is None:
             return None
@@ -356,6 +499,8 @@ class WasmHost:
                 "started": process.started_wall,
             }
         )
+        if process.native is not None:
+            row.update(process.native.describe())
         return row
 
     def stats(self) -> dict[str, Any]:
@@ -378,7 +523,7 @@ class WasmHost:
         self.runners.close()
 
     def _row(self, process: Process, now: float) -> dict[str, Any]:
-        return {
+        row = {
             "pid": process.pid,
             "component": process.component.name,
             "label": process.label,
@@ -387,6 +532,8 @@ class WasmHost:
             "memory_bytes": process.memory_bytes,
             "uptime_s": round(now - process.started_at, 3),
         }
+        row.update(self.actors.describe(process.pid))
+        return row
 
     # ── the guest thread ────────────────────────────────────────────────
 
@@ -402,9 +549,11 @@ class WasmHost:
             if store is not None:
                 capi.store_delete(store)
             self.processes.pop(process.pid, None)
+            self.actors.remove(process.pid, report.reason, report.detail)
             with self._lock:
                 self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
             self._log_exit(process, report)
+            self._tell_main(process, report.reason, report.detail)
 
     def _execute(self, process: Process) -> tuple[ExitReport, Any]:
         component = process.component
@@ -415,7 +564,7 @@ class WasmHost:
                     f"preopen {preopen.guest}: host directory {preopen.host} does not exist",
                 ), None
         if process.stop_reason:
-            return ExitReport(process.stop_reason), None
+            return ExitReport(process.stop_reason, process.stop_detail), None
         assert component.pre is not None and component.shape is not None
         store = capi.store_new(self.engine.ptr(), ctypes.c_void_p(process.pid), _NULL_FINALIZER)
         context = capi.store_context(store)
@@ -495,7 +644,7 @@ class WasmHost:
             text = trap_obj.message
             frames = tuple(_frame_line(f) for f in trap_obj.frames)
         if process.stop_reason:
-            return ExitReport(process.stop_reason)
+            return ExitReport(process.stop_reason, process.stop_detail)
         if process.exit_code is not None:
             code = process.exit_code
             return ExitReport("normal") if code == 0 else ExitReport("crashed", f"exit code {code}")
@@ -565,8 +714,7 @@ class WasmHost:
             "exit": self._h_exit,
             "sleep": self._h_sleep,
             "spawn": self._h_spawn,
-            "kill": self._h_kill,
-            "is_alive": self._h_is_alive,
+            **ActorCalls(self, _Exit).implementations(),
         }
         assert set(implementations) == set(abi.FUNCTIONS), "every ABI function is implemented"
         return {name: self._wrap(name, impl) for name, impl in implementations.items()}
@@ -666,20 +814,27 @@ class WasmHost:
             self.log.warn(f"spawn from {process.label} failed: {exc}")
             values[0].i64 = exc.code
 
-    def _h_kill(self, process: Process, values: Any) -> None:
-        target = values[0].i64
-        if target == process.pid:
-            process.stop_reason = "killed"
-            raise _Exit("killed")
-        values[0].i32 = ErrorCode.OK if self.kill(target) else ErrorCode.NOPROC
-
-    def _h_is_alive(self, _process: Process, values: Any) -> None:
-        values[0].i32 = 1 if values[0].i64 in self.processes else 0
-
     def _memory(self, process: Process, function: str) -> GuestMemory:
         if process.memory is None:
             raise BadPointer(f"rusm.{function}: the module exports no memory")
         return process.memory
+
+
+def _local_table(slot: int) -> ActorTable:
+    """An actor table for a host without a worker around it (in-process use)."""
+
+    def call_later(delay_s: float, job: Callable[[], None]) -> None:
+        timer = threading.Timer(delay_s, job)
+        timer.daemon = True
+        timer.start()
+
+    return ActorTable(
+        slot,
+        remote=lambda _slot, _sig: False,
+        to_main=lambda _message: None,
+        call_soon=lambda job, *args: threading.Thread(target=job, args=args, daemon=True).start(),
+        call_later=call_later,
+    )
 
 
 def _pid_of(context: Any) -> int:

@@ -32,6 +32,7 @@ from typing import Any
 
 import uvloop
 
+from rusmd.actors.table import ActorTable
 from rusmd.channel import (
     Answer,
     Channel,
@@ -43,16 +44,21 @@ from rusmd.channel import (
     MeshHello,
     MeshPeer,
     Message,
+    NameReply,
+    Names,
     PidLease,
     Query,
     Ready,
+    Sig,
+    Signals,
     Stop,
+    WorkerDown,
 )
 from rusmd.config.environment import load_environment
 from rusmd.config.model import LogLevel
 from rusmd.control.protocol import EX_NOSUCH, EX_REFUSED
 from rusmd.log import Logger, LogRecord
-from rusmd.wasm.abi import ErrorCode
+from rusmd.wasm.abi import ErrorCode, slot_of
 from rusmd.wasm.host import SpawnError, WasmHost
 from rusmd.worker.boot import WorkerBoot
 
@@ -61,6 +67,11 @@ from rusmd.worker.boot import WorkerBoot
 HEARTBEAT_INTERVAL_S = 1.0
 # A drain ordered by SIGTERM alone (not by main) gets this long.
 DEFAULT_DRAIN_S = 10.0
+# Payloads larger than this cross to another worker in a shared-memory
+# file (memfd) passed with the frame instead of inside it.
+SHM_THRESHOLD_BYTES = 64 << 10
+# Payload bytes in one mesh frame at most (frames stay far below the cap).
+MAX_BATCH_BYTES = 4 << 20
 
 
 class WorkerRuntime:
@@ -80,6 +91,16 @@ class WorkerRuntime:
         self.loop_thread = threading.get_ident()
         self.log = Logger(level, self._ship_log_any_thread, source="rusm")
         self.host: WasmHost | None = None
+        self._outbox: dict[int, list[Sig]] = {}
+        self._outbox_lock = threading.Lock()
+        self._flush_scheduled = False
+        self.actors = ActorTable(
+            self.slot,
+            remote=self._remote,
+            to_main=self._send_main_any_thread,
+            call_soon=self._call_soon,
+            call_later=self._call_later,
+        )
         if boot.manifest is not None:
             environment = load_environment(Path(boot.manifest.app_dir))
             self.host = WasmHost(
@@ -88,6 +109,8 @@ class WorkerRuntime:
                 self.log,
                 environment,
                 request_lease=self._request_lease,
+                actors=self.actors,
+                on_watched_exit=self._send_main_any_thread,
             )
             self.host.add_lease(*boot.lease)
             if boot.images is not None:
@@ -161,6 +184,12 @@ class WorkerRuntime:
             self.host.add_lease(message.start, message.end)
         elif isinstance(message, Query):
             self._send_main(self._answer(message))
+        elif isinstance(message, NameReply):
+            self.actors.name_reply(message)
+        elif isinstance(message, Names):
+            self.actors.names_update(message)
+        elif isinstance(message, WorkerDown):
+            self.actors.worker_down(message.slot, message.reason)
 
     def _answer(self, query: Query) -> Answer:
         """Run one control query against the wasm host."""
@@ -170,7 +199,7 @@ class WorkerRuntime:
         args: dict[str, Any] = query.args
         if query.op == "spawn":
             try:
-                pid = host.spawn(str(args.get("component", "")))
+                pid = host.spawn(str(args.get("component", "")), watched=bool(args.get("resident")))
             except SpawnError as exc:
                 code = EX_NOSUCH if exc.code is ErrorCode.NOTFOUND else EX_REFUSED
                 return Answer(id=query.id, ok=False, error=str(exc), code=code)
@@ -187,7 +216,7 @@ class WorkerRuntime:
             )
         if query.op == "list":
             return Answer(id=query.id, ok=True, result={"processes": host.list()})
-        if query.op in ("info", "kill"):
+        if query.op in ("info", "kill", "send"):
             pid = int(args.get("pid", -1))
             process = host.processes.get(pid)
             wanted = str(args.get("component") or "")
@@ -195,7 +224,18 @@ class WorkerRuntime:
                 return Answer(id=query.id, ok=False, error=_no_process(args), code=EX_NOSUCH)
             if query.op == "info":
                 return Answer(id=query.id, ok=True, result={"process": host.info(pid) or {}})
-            host.kill(pid)
+            if query.op == "send":
+                data = str(args.get("text", "")).encode()
+                code = self.actors.send(0, pid, data)
+                if code == ErrorCode.LIMIT:
+                    return Answer(
+                        id=query.id,
+                        ok=False,
+                        error=f"{process.label}: mailbox full, message dropped",
+                        code=EX_REFUSED,
+                    )
+                return Answer(id=query.id, ok=True, result={"sent": pid, "label": process.label})
+            host.kill(pid, "killed", "killed by the operator")
             return Answer(id=query.id, ok=True, result={"killed": pid, "label": process.label})
         if query.op == "stats":
             return Answer(id=query.id, ok=True, result=host.stats())
@@ -218,8 +258,95 @@ class WorkerRuntime:
             self._drop_peer(slot, peer)
             return
         for message in messages:
-            if isinstance(message, MeshHello) and message.slot == slot:
+            if isinstance(message, Signals):
+                self._deliver(peer, message.batch)
+            elif isinstance(message, MeshHello) and message.slot == slot:
                 self.verified_peers.add(slot)
+
+    # ── signals between workers ─────────────────────────────────────────
+
+    def _remote(self, slot: int, sig: Sig) -> bool:
+        """Queue a signal for worker ``slot`` (any thread); False if it has no worker."""
+        if slot not in self.peers:
+            return False
+        with self._outbox_lock:
+            self._outbox.setdefault(slot, []).append(sig)
+            if self._flush_scheduled:
+                return True
+            self._flush_scheduled = True
+        self._call_soon(self._flush_outbox)
+        return True
+
+    def _flush_outbox(self) -> None:
+        with self._outbox_lock:
+            boxes, self._outbox = self._outbox, {}
+            self._flush_scheduled = False
+        for slot, sigs in boxes.items():
+            peer = self.peers.get(slot)
+            if peer is None or peer.closed:
+                for sig in sigs:
+                    self.actors.undeliverable(sig)
+                continue
+            batch: list[Sig] = []
+            fds: list[int] = []
+            size = 0
+            for queued in sigs:
+                sig = queued
+                if len(sig.payload) > SHM_THRESHOLD_BYTES:
+                    fds.append(_to_memfd(sig.payload))
+                    sig = Sig(
+                        sig.op, sig.to, sig.sender, sig.ref, sig.reason, b"", len(sig.payload)
+                    )
+                batch.append(sig)
+                size += len(sig.payload)
+                if size >= MAX_BATCH_BYTES:
+                    self._send(peer, Signals(batch=batch), fds)
+                    batch, fds, size = [], [], 0
+            if batch:
+                self._send(peer, Signals(batch=batch), fds)
+
+    def _deliver(self, peer: Channel, batch: list[Sig]) -> None:
+        """Signals from another worker, for processes of this one."""
+        with self.actors.lock:
+            for received in batch:
+                sig = received
+                if sig.shm:
+                    try:
+                        sig = Sig(
+                            sig.op,
+                            sig.to,
+                            sig.sender,
+                            sig.ref,
+                            sig.reason,
+                            _from_memfd(peer.take_fd(), sig.shm),
+                        )
+                    except (ChannelClosed, OSError) as exc:
+                        self.log.error(f"worker {self.slot}: lost a large message: {exc}")
+                        continue
+                if slot_of(sig.to) == self.slot:
+                    self.actors.signal(sig)
+
+    def _call_soon(self, job: Any, *args: Any) -> None:
+        """Run ``job`` on the loop thread, later (any thread)."""
+        if self.loop.is_closed():
+            return
+        if threading.get_ident() == self.loop_thread:
+            self.loop.call_soon(job, *args)
+        else:
+            self.loop.call_soon_threadsafe(job, *args)
+
+    def _call_later(self, delay_s: float, job: Any) -> None:
+        """Run ``job`` on the loop thread after ``delay_s`` (any thread)."""
+        if threading.get_ident() == self.loop_thread:
+            self.loop.call_later(delay_s, job)
+        else:
+            self._call_soon(self.loop.call_later, delay_s, job)
+
+    def _send_main_any_thread(self, message: Message) -> None:
+        if threading.get_ident() == self.loop_thread:
+            self._send_main(message)
+        else:
+            self._call_soon(self._send_main, message)
 
     def _drop_peer(self, slot: int, peer: Channel) -> None:
         if self.peers.get(slot) is peer:
@@ -236,9 +363,9 @@ class WorkerRuntime:
     def _send_main(self, message: Message) -> None:
         self._send(self.channel, message)
 
-    def _send(self, channel: Channel, message: Message) -> None:
+    def _send(self, channel: Channel, message: Message, fds: list[int] | None = None) -> None:
         try:
-            channel.send(message)
+            channel.send(message, fds, close_fds=bool(fds))
         except ChannelClosed:
             return
         if channel.wants_write:
@@ -279,6 +406,32 @@ class WorkerRuntime:
                     pass
                 channel.close()
         self.loop.close()
+
+
+def _to_memfd(payload: bytes) -> int:
+    """A shared-memory file holding ``payload`` (the receiver reads it once)."""
+    fd = os.memfd_create("rusm-message", os.MFD_CLOEXEC)
+    view = memoryview(payload)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    return fd
+
+
+def _from_memfd(fd: int, size: int) -> bytes:
+    """Read and close a payload file sent by another worker."""
+    try:
+        chunks: list[bytes] = []
+        offset = 0
+        while offset < size:
+            chunk = os.pread(fd, size - offset, offset)
+            if not chunk:
+                raise OSError(f"payload file ended at {offset} of {size} bytes")
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _no_process(args: dict[str, Any]) -> str:

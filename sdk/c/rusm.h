@@ -1,4 +1,4 @@
-/* rusm.h — the C SDK for rusm guests: the `rusm` import module, ABI version 1.
+/* rusm.h — the C SDK for rusm guests: the `rusm` import module, ABI version 2.
  *
  * A single header: include it and build a wasip1 module, for example
  *
@@ -10,15 +10,22 @@
  *
  * Conventions:
  * - Pointers and lengths address the guest's own linear memory (i32);
- *   pids are rusm_pid_t (i64). Strings are UTF-8, passed as (ptr, len) and
- *   never NUL-terminated on the wire; the *_str helpers call strlen for you.
+ *   pids and refs are 64-bit (rusm_pid_t, rusm_ref_t). Strings are UTF-8,
+ *   passed as (ptr, len) and never NUL-terminated on the wire; the *_str
+ *   helpers call strlen for you.
  * - A result >= 0 is success; a negative result is one of RUSM_ERR_*.
  * - A (ptr, len) outside the memory does not return an error: the host
  *   ends the calling process with exit reason crashed ("bad pointer").
  * - Each import needs a grant ("Needs:" below). A module that imports a
  *   function its component's profile does not grant is refused at spawn,
  *   before any guest code runs, so import only what the profile allows:
- *   an unused static inline helper below imports nothing.
+ *   an unused static inline helper below imports nothing. Some functions
+ *   that need no grant still check one when they run: acting on another
+ *   process with kill, is_alive, exit_signal or info returns
+ *   RUSM_ERR_DENIED without allow-process-control.
+ * - Blocking calls (sleep, recv, call, register, info) cost no CPU budget
+ *   while they wait, and a kill wakes them: the process ends and the call
+ *   does not return.
  */
 #ifndef RUSM_H
 #define RUSM_H
@@ -31,27 +38,59 @@
 
 #ifdef __cplusplus
 extern "C" {
+#define RUSM_STATIC_ASSERT static_assert
+#else
+#define RUSM_STATIC_ASSERT _Static_assert
 #endif
 
 /* Bumped on any incompatible change to the `rusm` import module. */
-#define RUSM_ABI_VERSION 1
+#define RUSM_ABI_VERSION 2
 
 /* Results: 0 and positive values mean success. */
 #define RUSM_OK 0
 #define RUSM_ERR_NOPROC (-1)      /* no such process (or it has exited) */
 #define RUSM_ERR_DENIED (-2)      /* the caller's profile does not allow this */
 #define RUSM_ERR_INVALID (-3)     /* a malformed argument (bad UTF-8, negative size, unknown level) */
-#define RUSM_ERR_NOTFOUND (-4)    /* no such component */
-#define RUSM_ERR_LIMIT (-5)       /* a limit was reached (processes per worker, sizes) */
+#define RUSM_ERR_NOTFOUND (-4)    /* no such component, name, monitor or timer */
+#define RUSM_ERR_LIMIT (-5)       /* a limit was reached (processes per worker, a full mailbox) */
 #define RUSM_ERR_TIMEOUT (-6)     /* a blocking call ran out of time */
 #define RUSM_ERR_UNAVAILABLE (-7) /* the thing exists but cannot be used now (failed to load) */
-#define RUSM_ERR_TOOBIG (-8)      /* the caller's buffer is too small */
+#define RUSM_ERR_TOOBIG (-8)      /* a size over a limit, or the caller's buffer is too small */
+#define RUSM_ERR_EXISTS (-9)      /* the name is taken, or the caller already has one */
 
 /* rusm_log levels; a line shows when the manifest's [log].level admits it. */
 #define RUSM_LOG_ERROR 0
 #define RUSM_LOG_WARN 1
 #define RUSM_LOG_INFO 2
 #define RUSM_LOG_DEBUG 3
+
+/* What a received message is: rusm_header.kind. */
+#define RUSM_KIND_MESSAGE 0 /* rusm_send; the payload is the sender's bytes */
+#define RUSM_KIND_EXIT 1    /* a linked process exited and the receiver traps exits */
+#define RUSM_KIND_DOWN 2    /* a monitored process exited (ref: the monitor) */
+#define RUSM_KIND_CALL 3    /* rusm_call; answer with rusm_reply(from, ref, ...) */
+#define RUSM_KIND_TIMER 4   /* rusm_send_after fired (ref: the timer) */
+
+/* Exit reasons: rusm_header.reason of exit and down messages, and the
+ * reason rusm_exit_signal sends. */
+#define RUSM_REASON_NORMAL 0
+#define RUSM_REASON_SHUTDOWN 1
+#define RUSM_REASON_KILLED 2
+#define RUSM_REASON_CRASHED 3
+#define RUSM_REASON_NOPROC 4
+
+/* timeout_ms for rusm_recv and rusm_call: wait as long as it takes. */
+#define RUSM_FOREVER (-1)
+
+/* The bytes rusm_recv writes at header_ptr. */
+#define RUSM_HEADER_BYTES 32
+/* The largest payload of one message, call or reply (8 MiB). */
+#define RUSM_MAX_MESSAGE_BYTES 8388608
+/* User messages (message, call, timer) a mailbox holds; past this they
+ * are dropped and counted. Exit and down messages always get through. */
+#define RUSM_MAILBOX_LIMIT 10000
+/* A registered name is 1 to this many bytes of UTF-8. */
+#define RUSM_MAX_NAME_BYTES 255
 
 /* The stack buffer rusm_logf formats into; longer text is cut to fit. */
 #ifndef RUSM_LOGF_MAX
@@ -64,10 +103,34 @@ extern "C" {
 #define RUSM_EXPORT(name) __attribute__((export_name(#name)))
 
 /* A process id: unique for the node's life, never reused. Its last three
- * decimal digits name the worker that hosts it. */
+ * decimal digits name the worker that hosts it. Pid 0 as a sender is the
+ * operator (`rusmctl send`). */
 typedef int64_t rusm_pid_t;
 
+/* A monitor, timer or call reference (> 0). */
+typedef int64_t rusm_ref_t;
+
+/* What rusm_recv writes about a message (little-endian, as wasm is). */
+typedef struct rusm_header {
+    int32_t kind;     /* RUSM_KIND_* */
+    int32_t reason;   /* RUSM_REASON_* for exit and down; 0 otherwise */
+    rusm_pid_t from;  /* the sender; the exited process for exit and down */
+    rusm_ref_t ref;   /* the monitor (down), the call (call), the timer (timer); else 0 */
+    int32_t size;     /* the payload's size in bytes */
+    int32_t reserved; /* 0 */
+} rusm_header;
+
+RUSM_STATIC_ASSERT(sizeof(rusm_header) == RUSM_HEADER_BYTES, "rusm_header is 32 bytes");
+RUSM_STATIC_ASSERT(offsetof(rusm_header, kind) == 0, "rusm_header.kind at 0");
+RUSM_STATIC_ASSERT(offsetof(rusm_header, reason) == 4, "rusm_header.reason at 4");
+RUSM_STATIC_ASSERT(offsetof(rusm_header, from) == 8, "rusm_header.from at 8");
+RUSM_STATIC_ASSERT(offsetof(rusm_header, ref) == 16, "rusm_header.ref at 16");
+RUSM_STATIC_ASSERT(offsetof(rusm_header, size) == 24, "rusm_header.size at 24");
+RUSM_STATIC_ASSERT(offsetof(rusm_header, reserved) == 28, "rusm_header.reserved at 28");
+
 /* ── Raw imports ──────────────────────────────────────────────────────── */
+
+/* ── The caller ── */
 
 /* The caller's own pid.
  * Wasm: rusm.self () -> (i64). Needs: always. */
@@ -95,6 +158,174 @@ void rusm_exit(int32_t code);
 __attribute__((import_module("rusm"), import_name("sleep")))
 int32_t rusm_sleep(int32_t ms);
 
+/* A free-form label for the caller (up to 255 bytes of UTF-8), shown by
+ * `rusmctl list`. Returns RUSM_OK, RUSM_ERR_INVALID (bad UTF-8) or
+ * RUSM_ERR_TOOBIG.
+ * Wasm: rusm.set_label (i32 ptr, i32 len) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("set_label")))
+int32_t rusm_set_label(const char *text, size_t len);
+
+/* ── Messages ── */
+
+/* Put len bytes at data in pid's mailbox as a RUSM_KIND_MESSAGE. Messages
+ * from one sender to one receiver arrive in the order sent. Returns
+ * RUSM_OK (a receiver on another worker: delivered asynchronously, and
+ * dropped if it has exited), RUSM_ERR_NOPROC (the pid is known dead; the
+ * message is dropped), RUSM_ERR_LIMIT (the receiver is on the caller's
+ * worker and its mailbox is full; dropped), RUSM_ERR_TOOBIG (len over
+ * RUSM_MAX_MESSAGE_BYTES).
+ * Wasm: rusm.send (i64 pid, i32 ptr, i32 len) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("send")))
+int32_t rusm_send(rusm_pid_t pid, const void *data, size_t len);
+
+/* Take the oldest message from the caller's mailbox, waiting up to
+ * timeout_ms (RUSM_FOREVER: no limit; 0: only look). Writes its header
+ * at header and its payload into buf, and returns the payload's size.
+ * Returns RUSM_ERR_TIMEOUT when nothing came (no message is lost), or
+ * RUSM_ERR_TOOBIG when buf_cap < the payload's size: the header is
+ * written (header->size says what is needed) and the message stays in
+ * the mailbox for a retry with a bigger buffer.
+ * Wasm: rusm.recv (i32 header_ptr, i32 buf_ptr, i32 buf_cap, i32 timeout_ms) -> (i32).
+ * Needs: always. */
+__attribute__((import_module("rusm"), import_name("recv")))
+int32_t rusm_recv(rusm_header *header, void *buf, size_t buf_cap, int32_t timeout_ms);
+
+/* Send a request (req_len bytes at req) to pid, which receives it as a
+ * RUSM_KIND_CALL, and wait up to timeout_ms for its rusm_reply. Returns
+ * the reply's size; only buf_cap bytes of it are written into buf (like
+ * snprintf). Returns RUSM_ERR_NOPROC when the callee is dead or dies
+ * before replying, RUSM_ERR_TIMEOUT (a later reply is discarded),
+ * RUSM_ERR_LIMIT (the callee's mailbox is full) or RUSM_ERR_TOOBIG.
+ * Wasm: rusm.call (i64 pid, i32 req_ptr, i32 req_len, i32 buf_ptr, i32 buf_cap,
+ * i32 timeout_ms) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("call")))
+int32_t rusm_call(rusm_pid_t pid, const void *req, size_t req_len, void *buf, size_t buf_cap,
+                  int32_t timeout_ms);
+
+/* Answer a RUSM_KIND_CALL message: pid and ref are its header's from and
+ * ref. Returns RUSM_OK (also when the caller has stopped waiting: the
+ * reply is discarded), RUSM_ERR_NOPROC or RUSM_ERR_TOOBIG.
+ * Wasm: rusm.reply (i64 pid, i64 ref, i32 ptr, i32 len) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("reply")))
+int32_t rusm_reply(rusm_pid_t pid, rusm_ref_t ref, const void *data, size_t len);
+
+/* ── Names ── */
+
+/* Give the caller a node-wide name (1 to RUSM_MAX_NAME_BYTES of UTF-8),
+ * released when it exits. Returns RUSM_OK, RUSM_ERR_EXISTS (the name is
+ * taken, or the caller already has one), RUSM_ERR_INVALID or
+ * RUSM_ERR_UNAVAILABLE.
+ * Wasm: rusm.register (i32 name_ptr, i32 name_len) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("register")))
+int32_t rusm_register(const char *name, size_t name_len);
+
+/* Drop the caller's own name. Returns RUSM_OK, RUSM_ERR_NOTFOUND (nobody
+ * has it) or RUSM_ERR_DENIED (another process has it).
+ * Wasm: rusm.unregister (i32 name_ptr, i32 name_len) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("unregister")))
+int32_t rusm_unregister(const char *name, size_t name_len);
+
+/* The pid registered under a name, or RUSM_ERR_NOTFOUND.
+ * Wasm: rusm.whereis (i32 name_ptr, i32 name_len) -> (i64). Needs: always. */
+__attribute__((import_module("rusm"), import_name("whereis")))
+rusm_pid_t rusm_whereis(const char *name, size_t name_len);
+
+/* ── Links and monitors ── */
+
+/* Link the caller and pid, both ways: when one exits with a reason other
+ * than normal, the other exits with the same reason, or, if it traps
+ * exits, gets a RUSM_KIND_EXIT message. Returns RUSM_OK, or
+ * RUSM_ERR_NOPROC when pid is known dead.
+ * Wasm: rusm.link (i64 pid) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("link")))
+int32_t rusm_link(rusm_pid_t pid);
+
+/* Remove the link between the caller and pid, if any. Returns RUSM_OK.
+ * Wasm: rusm.unlink (i64 pid) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("unlink")))
+int32_t rusm_unlink(rusm_pid_t pid);
+
+/* Watch pid: when it exits, the caller gets one RUSM_KIND_DOWN message
+ * with this ref and the exit reason (at once, RUSM_REASON_NOPROC, if pid
+ * is not alive). One-way; monitors stack. Returns the monitor ref (> 0).
+ * Wasm: rusm.monitor (i64 pid) -> (i64). Needs: always. */
+__attribute__((import_module("rusm"), import_name("monitor")))
+rusm_ref_t rusm_monitor(rusm_pid_t pid);
+
+/* Drop a monitor, and the down message it already queued if any. Returns
+ * RUSM_OK, or RUSM_ERR_NOTFOUND.
+ * Wasm: rusm.demonitor (i64 ref) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("demonitor")))
+int32_t rusm_demonitor(rusm_ref_t ref);
+
+/* on = 1: exit signals from links arrive as RUSM_KIND_EXIT messages
+ * instead of ending the caller; on = 0: they end it (the default). A kill
+ * is never trapped. Returns the old value (0 or 1).
+ * Wasm: rusm.trap_exit (i32 on) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("trap_exit")))
+int32_t rusm_trap_exit(int32_t on);
+
+/* Send an exit signal with a reason (RUSM_REASON_*). To the caller itself,
+ * it ends the caller with that reason (no return). Another pid traps it
+ * (an exit message) or exits with the reason, except that it ignores
+ * RUSM_REASON_NORMAL; RUSM_REASON_KILLED is a kill. Returns RUSM_OK,
+ * RUSM_ERR_NOPROC, RUSM_ERR_INVALID (unknown reason), or RUSM_ERR_DENIED
+ * for another pid without allow-process-control.
+ * Wasm: rusm.exit_signal (i64 pid, i32 reason) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("exit_signal")))
+int32_t rusm_exit_signal(rusm_pid_t pid, int32_t reason);
+
+/* ── Processes ── */
+
+/* Kill a process, untrappably: it exits with reason killed. The caller's
+ * own pid ends the caller. Returns RUSM_OK, RUSM_ERR_NOPROC if no such
+ * process is alive, or RUSM_ERR_DENIED for another pid without
+ * allow-process-control.
+ * Wasm: rusm.kill (i64 pid) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("kill")))
+int32_t rusm_kill(rusm_pid_t pid);
+
+/* 1 if the process is alive, 0 if not, or RUSM_ERR_DENIED for another pid
+ * without allow-process-control.
+ * Wasm: rusm.is_alive (i64 pid) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("is_alive")))
+int32_t rusm_is_alive(rusm_pid_t pid);
+
+/* Write up to max pids of this node's processes into pids and return how
+ * many there are (which may be more than max). Without
+ * allow-process-control the list holds only the caller's own pid.
+ * Wasm: rusm.list (i32 buf_ptr, i32 max) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("list")))
+int32_t rusm_list(rusm_pid_t *pids, size_t max);
+
+/* Describe a process as a JSON object: pid, component, label, worker,
+ * state, memory_bytes, uptime_s, links, monitors, names, mailbox, ...
+ * Returns the JSON's size; only buf_cap bytes of it are written, with no
+ * NUL (like snprintf, but never terminated). Returns RUSM_ERR_NOPROC, or
+ * RUSM_ERR_DENIED for another pid without allow-process-control.
+ * The C name is not rusm_info, which is the log helper below.
+ * Wasm: rusm.info (i64 pid, i32 buf_ptr, i32 buf_cap) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("info")))
+int32_t rusm_process_info(rusm_pid_t pid, char *buf, size_t buf_cap);
+
+/* ── Timers ── */
+
+/* After ms milliseconds, put a RUSM_KIND_TIMER message with len bytes of
+ * data in pid's mailbox (from: the caller, ref: this timer). The timer is
+ * cancelled if the caller exits first. Returns the timer ref (> 0),
+ * RUSM_ERR_INVALID (negative ms), RUSM_ERR_TOOBIG or RUSM_ERR_LIMIT.
+ * Wasm: rusm.send_after (i64 pid, i32 ms, i32 ptr, i32 len) -> (i64). Needs: always. */
+__attribute__((import_module("rusm"), import_name("send_after")))
+rusm_ref_t rusm_send_after(rusm_pid_t pid, int32_t ms, const void *data, size_t len);
+
+/* Cancel a timer: RUSM_OK if it had not fired (it never will), or
+ * RUSM_ERR_NOTFOUND (it fired, was cancelled, or is unknown).
+ * Wasm: rusm.cancel_timer (i64 ref) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("cancel_timer")))
+int32_t rusm_cancel_timer(rusm_ref_t ref);
+
+/* ── Spawning (allow-spawn) ── */
+
 /* Start the registered component [components.<name>] (name_len bytes of
  * UTF-8 at name) under its own profile. Returns its pid (>= 0), or
  * RUSM_ERR_NOTFOUND (no such component), RUSM_ERR_UNAVAILABLE (it failed
@@ -104,16 +335,18 @@ int32_t rusm_sleep(int32_t ms);
 __attribute__((import_module("rusm"), import_name("spawn")))
 rusm_pid_t rusm_spawn(const char *name, size_t name_len);
 
-/* Kill another process; it exits with reason killed. Returns RUSM_OK, or
- * RUSM_ERR_NOPROC if no such process is alive.
- * Wasm: rusm.kill (i64 pid) -> (i32). Needs: allow-process-control. */
-__attribute__((import_module("rusm"), import_name("kill")))
-int32_t rusm_kill(rusm_pid_t pid);
+/* rusm_spawn, with the child linked to the caller before it runs.
+ * Wasm: rusm.spawn_link (i32 name_ptr, i32 name_len) -> (i64). Needs: allow-spawn. */
+__attribute__((import_module("rusm"), import_name("spawn_link")))
+rusm_pid_t rusm_spawn_link(const char *name, size_t name_len);
 
-/* 1 if the process is alive, 0 if not.
- * Wasm: rusm.is_alive (i64 pid) -> (i32). Needs: allow-process-control. */
-__attribute__((import_module("rusm"), import_name("is_alive")))
-int32_t rusm_is_alive(rusm_pid_t pid);
+/* Start a supervisor from a JSON spec (spec_len bytes at spec; see
+ * docs/abi.md) on the caller's worker, linked to the caller. Returns its
+ * pid, or RUSM_ERR_INVALID (a bad spec; the reason is logged),
+ * RUSM_ERR_NOTFOUND (a child's component) or RUSM_ERR_UNAVAILABLE.
+ * Wasm: rusm.supervise (i32 spec_ptr, i32 spec_len) -> (i64). Needs: allow-spawn. */
+__attribute__((import_module("rusm"), import_name("supervise")))
+rusm_pid_t rusm_supervise(const char *spec, size_t spec_len);
 
 /* ── Conveniences (static inline; each imports only what it calls) ───── */
 
@@ -164,13 +397,77 @@ static inline int32_t rusm_logf(int32_t level, const char *fmt, ...) {
     return rusm_log(level, line, len);
 }
 
-/* rusm_spawn with a NUL-terminated component name. Needs: allow-spawn. */
+/* rusm_set_label with a NUL-terminated string. Needs: always. */
+static inline int32_t rusm_set_label_str(const char *text) {
+    return rusm_set_label(text, strlen(text));
+}
+
+/* rusm_send with a NUL-terminated string (the NUL is not sent). Needs: always. */
+static inline int32_t rusm_send_str(rusm_pid_t pid, const char *text) {
+    return rusm_send(pid, text, strlen(text));
+}
+
+/* rusm_reply with a NUL-terminated string (the NUL is not sent). Needs: always. */
+static inline int32_t rusm_reply_str(rusm_pid_t pid, rusm_ref_t ref, const char *text) {
+    return rusm_reply(pid, ref, text, strlen(text));
+}
+
+/* rusm_register, rusm_unregister, rusm_whereis with a NUL-terminated
+ * name. Needs: always. */
+static inline int32_t rusm_register_str(const char *name) {
+    return rusm_register(name, strlen(name));
+}
+static inline int32_t rusm_unregister_str(const char *name) {
+    return rusm_unregister(name, strlen(name));
+}
+static inline rusm_pid_t rusm_whereis_str(const char *name) {
+    return rusm_whereis(name, strlen(name));
+}
+
+/* rusm_send to the process registered under a NUL-terminated name:
+ * the send's result, or RUSM_ERR_NOTFOUND when nobody has the name.
+ * Needs: always. */
+static inline int32_t rusm_send_name(const char *name, const void *data, size_t len) {
+    rusm_pid_t pid = rusm_whereis_str(name);
+    return pid < 0 ? (int32_t)pid : rusm_send(pid, data, len);
+}
+
+/* rusm_spawn, rusm_spawn_link with a NUL-terminated component name.
+ * Needs: allow-spawn. */
 static inline rusm_pid_t rusm_spawn_str(const char *name) {
     return rusm_spawn(name, strlen(name));
 }
+static inline rusm_pid_t rusm_spawn_link_str(const char *name) {
+    return rusm_spawn_link(name, strlen(name));
+}
+
+/* rusm_supervise with a NUL-terminated JSON spec. Needs: allow-spawn. */
+static inline rusm_pid_t rusm_supervise_str(const char *spec) {
+    return rusm_supervise(spec, strlen(spec));
+}
+
+/* The name of an exit reason ("normal", "shutdown", "killed", "crashed",
+ * "noproc"), or "unknown". */
+static inline const char *rusm_reason_name(int32_t reason) {
+    switch (reason) {
+    case RUSM_REASON_NORMAL:
+        return "normal";
+    case RUSM_REASON_SHUTDOWN:
+        return "shutdown";
+    case RUSM_REASON_KILLED:
+        return "killed";
+    case RUSM_REASON_CRASHED:
+        return "crashed";
+    case RUSM_REASON_NOPROC:
+        return "noproc";
+    default:
+        return "unknown";
+    }
+}
 
 /* A short description of a result code; "ok" for any success value.
- * Pass a pid-returning result through it as (int)result when it is < 0. */
+ * Pass a pid- or ref-returning result through it as (int)result when it
+ * is < 0. */
 static inline const char *rusm_strerror(int code) {
     switch (code) {
     case RUSM_ERR_NOPROC:
@@ -180,7 +477,7 @@ static inline const char *rusm_strerror(int code) {
     case RUSM_ERR_INVALID:
         return "invalid argument";
     case RUSM_ERR_NOTFOUND:
-        return "no such component";
+        return "not found";
     case RUSM_ERR_LIMIT:
         return "limit reached";
     case RUSM_ERR_TIMEOUT:
@@ -188,7 +485,9 @@ static inline const char *rusm_strerror(int code) {
     case RUSM_ERR_UNAVAILABLE:
         return "unavailable";
     case RUSM_ERR_TOOBIG:
-        return "buffer too small";
+        return "too big";
+    case RUSM_ERR_EXISTS:
+        return "already exists";
     default:
         return code >= 0 ? "ok" : "unknown error";
     }

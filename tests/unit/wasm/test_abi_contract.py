@@ -16,8 +16,6 @@ from __future__ import annotations
 import collections
 import importlib.util
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,11 +25,24 @@ from rusmd.config import load_manifest
 from rusmd.config.loader import CAPABILITY_KEYS
 from rusmd.config.model import BUILTIN_CAPABILITIES, BuiltinCapability, Capability
 from rusmd.config.model import LogLevel as ConfigLogLevel
-from rusmd.wasm.abi import ABI_MODULE, ABI_VERSION, FUNCTIONS, ErrorCode, Grant, LogLevel
+from rusmd.wasm.abi import (
+    ABI_MODULE,
+    ABI_VERSION,
+    FUNCTIONS,
+    HEADER_BYTES,
+    MAILBOX_LIMIT,
+    MAX_MESSAGE_BYTES,
+    MAX_NAME_BYTES,
+    ErrorCode,
+    Grant,
+    Kind,
+    LogLevel,
+    Reason,
+)
+from tests.guests.build import COMPILE_TIMEOUT_S, SDK, build_c_guest
 
 ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "abi.md"
-SDK = ROOT / "sdk" / "c"
 HEADER = SDK / "rusm.h"
 HELLO_APP = ROOT / "examples" / "hello"
 HELLO = HELLO_APP / "components" / "hello.c"
@@ -39,10 +50,23 @@ HELLO = HELLO_APP / "components" / "hello.c"
 needs_zig = pytest.mark.skipif(
     importlib.util.find_spec("ziglang") is None, reason="the ziglang dev dependency is missing"
 )
-# A cold zig cache builds wasi-libc first (tens of seconds on 2 cores).
-COMPILE_TIMEOUT_S = 300
 
 Signature = tuple[tuple[str, ...], tuple[str, ...]]
+
+# The C name of each import where it is not rusm_<name>: `register` is a C
+# keyword, and rusm_info is the log-at-info helper.
+C_NAMES = {"info": "rusm_process_info"}
+
+# The header rusm.recv writes, in order: (field, wasm type). abi.py states
+# the layout in a comment; the docs' table and rusm_header follow this.
+HEADER_FIELDS = (
+    ("kind", "i32"),
+    ("reason", "i32"),
+    ("from", "i64"),
+    ("ref", "i64"),
+    ("size", "i32"),
+    ("reserved", "i32"),
+)
 
 
 def abi_signatures() -> dict[str, Signature]:
@@ -87,22 +111,23 @@ def header_text() -> str:
     return HEADER.read_text(encoding="utf-8")
 
 
-def makefile_flags() -> list[str]:
-    """The flags ``make guests`` passes after ``python -m ziglang cc``."""
-    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
-    found = re.search(r"^ZIGCC\s*:=\s*\$\(PY\) -m ziglang cc (.+)$", makefile, re.MULTILINE)
-    assert found, "Makefile: no ZIGCC := $(PY) -m ziglang cc ... line"
-    return found.group(1).split()
+def c_name(name: str) -> str:
+    """The C function ``rusm.h`` declares for the import ``rusm.<name>``."""
+    return C_NAMES.get(name, f"rusm_{name}")
+
+
+def header_offsets() -> dict[str, int]:
+    """Each header field's byte offset (little-endian, no padding: it is 8-aligned)."""
+    offsets, at = {}, 0
+    for field, kind in HEADER_FIELDS:
+        offsets[field] = at
+        at += {"i32": 4, "i64": 8}[kind]
+    return offsets
 
 
 def compile_guest(source: Path, out: Path) -> wasmtime.Module:
     """Build ``source`` like ``make guests`` does, warnings as errors."""
-    command = [sys.executable, "-m", "ziglang", "cc", *makefile_flags()]
-    command += ["-Wall", "-Wextra", "-Werror", "-I", str(SDK), "-o", str(out), str(source)]
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=COMPILE_TIMEOUT_S, check=False
-    )
-    assert done.returncode == 0, f"{source.name} does not build:\n{done.stderr}"
+    build_c_guest(source, out)
     return wasmtime.Module(wasmtime.Engine(), out.read_bytes())
 
 
@@ -150,18 +175,38 @@ def call_every_function() -> str:
         f'_Static_assert(RUSM_LOG_{level.name} == {level.value}, "{level.name}");'
         for level in LogLevel
     ]
+    asserts += [f'_Static_assert(RUSM_KIND_{k.name} == {k.value}, "{k.name}");' for k in Kind]
+    asserts += [f'_Static_assert(RUSM_REASON_{r.name} == {r.value}, "{r.name}");' for r in Reason]
+    asserts += [
+        f'_Static_assert(RUSM_{name} == {value}, "{name}");'
+        for name, value in limit_macros().items()
+    ]
+    asserts += [f'_Static_assert(sizeof(rusm_header) == {HEADER_BYTES}, "header size");']
+    asserts += [
+        f'_Static_assert(offsetof(rusm_header, {field}) == {offset}, "{field}");'
+        for field, offset in header_offsets().items()
+    ]
+    asserts += [
+        f'_Static_assert(sizeof(((rusm_header *)0)->{field}) == {kind[1:]} / 8, "{field}");'
+        for field, kind in HEADER_FIELDS
+    ]
     calls = [
-        f"(void)rusm_{name}({', '.join('0' for _ in f.params)});"
+        f"(void){c_name(name)}({', '.join('0' for _ in f.params)});"
         for name, f in FUNCTIONS.items()
         if f.results
     ]
     # A function with no result (exit) does not return: call it last.
-    calls += [f"rusm_{name}(0);" for name, f in FUNCTIONS.items() if not f.results]
+    calls += [f"{c_name(name)}(0);" for name, f in FUNCTIONS.items() if not f.results]
     helpers = [
         'rusm_log_str(RUSM_LOG_INFO, "text");',
         'rusm_error("e"); rusm_warn("w"); rusm_info("i"); rusm_debug("d");',
         'rusm_logf(RUSM_LOG_INFO, "%s %lld", rusm_strerror(RUSM_ERR_NOPROC), 1LL);',
-        'rusm_spawn_str("name");',
+        'rusm_spawn_str("name"); rusm_spawn_link_str("name"); rusm_supervise_str("{}");',
+        'rusm_send_str(1, "t"); rusm_reply_str(1, 2, "t"); rusm_send_name("n", "t", 1);',
+        'rusm_register_str("n"); rusm_unregister_str("n"); (void)rusm_whereis_str("n");',
+        'rusm_set_label_str("l"); rusm_info(rusm_reason_name(RUSM_REASON_KILLED));',
+        "rusm_header header; char buf[8];",
+        "(void)rusm_recv(&header, buf, sizeof buf, RUSM_FOREVER);",
     ]
     body = "\n    ".join(helpers + calls)
     return (
@@ -169,6 +214,16 @@ def call_every_function() -> str:
         + "\n".join(asserts)
         + f"\nRUSM_EXPORT(run) void run(void) {{\n    {body}\n}}\n"
     )
+
+
+def limit_macros() -> dict[str, int]:
+    """The size and limit macros of ``rusm.h`` with abi.py's values."""
+    return {
+        "HEADER_BYTES": HEADER_BYTES,
+        "MAX_MESSAGE_BYTES": MAX_MESSAGE_BYTES,
+        "MAILBOX_LIMIT": MAILBOX_LIMIT,
+        "MAX_NAME_BYTES": MAX_NAME_BYTES,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -212,6 +267,32 @@ def test_docs_error_code_table_matches_abi() -> None:
         for code in ErrorCode
     }
     assert documented == expected
+
+
+def test_docs_header_table_matches_abi() -> None:
+    rows = table_rows(doc_sections()["The message header"])
+    documented = [(int(row[0]), row[1], row[2]) for row in rows if row[0].isdigit()]
+    offsets = header_offsets()
+    assert documented == [(offsets[name], name, kind) for name, kind in HEADER_FIELDS]
+    assert f"{HEADER_BYTES} bytes" in doc_sections()["The message header"]
+
+
+def test_docs_kind_table_matches_abi() -> None:
+    rows = table_rows(doc_sections()["Message kinds"])
+    documented = {(int(row[0]), row[1], row[2]) for row in rows if row[0].isdigit()}
+    assert documented == {(k.value, k.name, f"RUSM_KIND_{k.name}") for k in Kind}
+
+
+def test_docs_reason_table_matches_abi() -> None:
+    rows = table_rows(doc_sections()["Exit reason codes"])
+    documented = {(int(row[0]), row[1], row[2]) for row in rows if row[0].isdigit()}
+    assert documented == {(r.value, r.name.lower(), f"RUSM_REASON_{r.name}") for r in Reason}
+
+
+def test_docs_planned_list_names_no_implemented_function() -> None:
+    planned = doc_sections()["Planned"]
+    for name in FUNCTIONS:
+        assert f"`rusm.{name}`" not in planned, name
 
 
 def test_docs_log_level_table_matches_abi() -> None:
@@ -275,6 +356,28 @@ def test_header_error_and_level_macros_match_abi() -> None:
         level.name: level.value for level in LogLevel
     }
     assert f"#define RUSM_ABI_VERSION {ABI_VERSION}\n" in text
+
+
+def test_header_kind_reason_and_limit_macros_match_abi() -> None:
+    text = header_text()
+    kinds = dict(re.findall(r"^#define RUSM_KIND_(\w+)\s+(\d+)", text, re.M))
+    assert {name: int(value) for name, value in kinds.items()} == {k.name: k.value for k in Kind}
+    reasons = dict(re.findall(r"^#define RUSM_REASON_(\w+)\s+(\d+)", text, re.M))
+    assert {name: int(value) for name, value in reasons.items()} == {
+        r.name: r.value for r in Reason
+    }
+    for name, value in limit_macros().items():
+        assert re.search(rf"^#define RUSM_{name} {value}\b", text, re.M), name
+
+
+def test_header_struct_lists_the_header_fields_in_order() -> None:
+    body = re.search(r"typedef struct rusm_header \{(.*?)\} rusm_header;", header_text(), re.S)
+    assert body, "rusm.h: no typedef struct rusm_header"
+    fields = re.findall(r"^\s*(\w+) (\w+);", body.group(1), re.M)
+    c_types = {"i32": {"int32_t"}, "i64": {"int64_t", "rusm_pid_t", "rusm_ref_t"}}
+    assert [name for _, name in fields] == [name for name, _ in HEADER_FIELDS]
+    for (c_type, name), (_, kind) in zip(fields, HEADER_FIELDS, strict=True):
+        assert c_type in c_types[kind], name
 
 
 @needs_zig

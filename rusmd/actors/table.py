@@ -1,0 +1,638 @@
+"""The actor table of one worker: mailboxes, links, monitors, names, timers.
+
+Runs in: worker. Every method is safe from any thread: guest threads
+call it from host functions, the loop thread with signals from other
+workers and from the main process.
+
+One lock guards the whole table (every actor's links, monitors, mailbox
+and the name replica): signals are short, and one lock makes an exit and
+the signals it sends one atomic step. A process parked in ``receive`` or
+``call`` waits on a condition of that lock: no CPU, no polling; a
+message, a reply, a down or a kill wakes it.
+
+Routing is by pid alone: ``slot_of(pid)`` names the worker. A signal to a
+local pid is handled at once; one to another worker goes to ``remote``
+(the loop batches it onto the mesh channel to that worker). A signal that
+cannot leave (no live worker in that slot) is answered as if the target
+were dead: a link gets an exit with reason noproc, a monitor a down with
+noproc.
+
+Exit semantics (OTP's): a process that ends sends ``EXIT`` with its
+reason to every linked process and ``DOWN`` to every monitor. A linked
+process that traps exits gets an exit message; one that does not dies
+with the same reason unless the reason is normal. ``kill`` cannot be
+trapped (the target's links then see ``killed``, which can). Names are
+released on exit. When a whole worker dies, ``worker_down`` fires the
+links and monitors that point at its pids with the worker's reason.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from rusmd.actors.signals import Op, reason_code, reason_name
+from rusmd.channel import Message, NameClaim, NameDrop, NameReply, Names, Sig
+from rusmd.wasm.abi import MAILBOX_LIMIT, ErrorCode, Kind, Reason, slot_of
+
+# How long rusm.register waits for the main process to settle a claim.
+NAME_CLAIM_TIMEOUT_S = 5.0
+# How long a question to another worker (is_alive, info) may take.
+PROBE_TIMEOUT_S = 2.0
+# Probe answers go to PROBE_PID_BASE + ref: a multiple of 1000 keeps the slot.
+PROBE_PID_BASE = (1 << 50) * 1000
+# Timers one process may have pending at once.
+MAX_TIMERS_PER_PROCESS = 10_000
+
+_USER_OPS = {Op.SEND: Kind.MESSAGE, Op.CALL: Kind.CALL, Op.TIMER: Kind.TIMER}
+_USER_KINDS = frozenset({Kind.MESSAGE, Kind.CALL, Kind.TIMER})
+
+
+class Stopped(Exception):
+    """The waiting process was told to stop (its reason is ``Actor.stop``)."""
+
+
+@dataclass(slots=True)
+class Envelope:
+    """One message in a mailbox, as ``rusm.recv`` hands it over."""
+
+    kind: int
+    sender: int
+    ref: int = 0
+    reason: int = 0
+    payload: bytes = b""
+
+
+@dataclass(eq=False)
+class Actor:
+    """The actor side of one process (wasm or host-native).
+
+    Attributes:
+        pid: Its pid.
+        label: ``component#pid``.
+        kill: Ends the process with (reason, detail); called under the lock.
+        cond: Where it waits for its mailbox, replies and claims.
+        native: Host-native actors (supervisors) get their signals here
+            instead of a mailbox, called on the loop thread.
+    """
+
+    pid: int
+    label: str
+    kill: Callable[[str, str], None]
+    cond: threading.Condition
+    native: Callable[[Envelope], None] | None = None
+    links: set[int] = field(default_factory=set)
+    monitors: dict[int, int] = field(default_factory=dict)  # ref -> watched pid
+    watchers: dict[int, int] = field(default_factory=dict)  # ref -> watching pid
+    names: set[str] = field(default_factory=set)
+    timers: set[int] = field(default_factory=set)
+    mailbox: deque[Envelope] = field(default_factory=deque)
+    trap_exit: bool = False
+    user_label: str = ""
+    user_messages: int = 0
+    received: int = 0
+    dropped: int = 0
+    # The call this process waits for, and how it ended.
+    awaiting: int = 0
+    reply: Envelope | None = None
+    callee_down: bool = False
+    # Set once it has been told to stop; a parked wait returns at once.
+    stop: str = ""
+    alive: bool = True
+
+
+@dataclass
+class _Claim:
+    actor: Actor
+    name: str
+    answer: NameReply | None = None
+    abandoned: bool = False
+
+
+@dataclass
+class _Timer:
+    owner: int
+    to: int
+    payload: bytes
+
+
+class ActorTable:
+    """Processes of one worker as actors.
+
+    Args:
+        slot: This worker's slot.
+        remote: Queue a signal for another worker (any thread); False when
+            no live worker holds that slot.
+        to_main: Send a message to the main process (any thread).
+        call_soon: Run a callable on the loop thread (any thread).
+        call_later: Run a callable on the loop thread after a delay (any thread).
+        mailbox_limit: User messages a mailbox holds.
+    """
+
+    def __init__(
+        self,
+        slot: int,
+        *,
+        remote: Callable[[int, Sig], bool],
+        to_main: Callable[[Message], None],
+        call_soon: Callable[..., None],
+        call_later: Callable[[float, Callable[[], None]], None],
+        mailbox_limit: int = MAILBOX_LIMIT,
+    ) -> None:
+        self.slot = slot
+        self.remote = remote
+        self.to_main = to_main
+        self.call_soon = call_soon
+        self.call_later = call_later
+        self.mailbox_limit = mailbox_limit
+        self.lock = threading.RLock()
+        self.actors: dict[int, Actor] = {}
+        self.names: dict[str, int] = {}
+        self.timers: dict[int, _Timer] = {}
+        self._claims: dict[int, _Claim] = {}
+        self._refs = itertools.count(1)
+        self._claim_ids = itertools.count(1)
+        self.delivered = 0
+        self.dropped = 0
+        # The host's view of one local process, for PROBE with info.
+        self.info_of: Callable[[int], dict[str, Any] | None] = lambda _pid: None
+
+    # ── membership ──────────────────────────────────────────────────────
+
+    def add(
+        self,
+        pid: int,
+        label: str,
+        kill: Callable[[str, str], None],
+        native: Callable[[Envelope], None] | None = None,
+    ) -> Actor:
+        """Enter a new process; it can be linked to and sent to from now on."""
+        actor = Actor(pid, label, kill, threading.Condition(self.lock), native)
+        with self.lock:
+            self.actors[pid] = actor
+        return actor
+
+    def get(self, pid: int) -> Actor | None:
+        """The local actor ``pid``, or None."""
+        return self.actors.get(pid)
+
+    def new_ref(self) -> int:
+        """A node-unique ref (monitors, calls, timers): serial·1000 + slot."""
+        return next(self._refs) * 1000 + self.slot
+
+    def remove(self, pid: int, reason: str, detail: str = "") -> None:
+        """Process ``pid`` ended: fire its links and monitors, release its names."""
+        with self.lock:
+            actor = self.actors.pop(pid, None)
+            if actor is None:
+                return
+            actor.alive = False
+            for ref in actor.timers:
+                self.timers.pop(ref, None)
+            names = sorted(actor.names)
+            for name in names:
+                if self.names.get(name) == pid:
+                    del self.names[name]
+            actor.cond.notify_all()
+            code = reason_code(reason)
+            for linked in sorted(actor.links):
+                self.signal(Sig(Op.EXIT, linked, pid, reason=code))
+            for ref, watcher in actor.watchers.items():
+                self.signal(Sig(Op.DOWN, watcher, pid, ref, code))
+            for ref, watched in actor.monitors.items():
+                self.signal(Sig(Op.DEMONITOR, watched, pid, ref))
+        if names:
+            self.to_main(NameDrop(pid=pid, names=names))
+
+    def worker_down(self, slot: int, reason: str) -> None:
+        """Every process of worker ``slot`` is gone: fire what points at them."""
+        if slot == self.slot:
+            return
+        code = reason_code(reason)
+        with self.lock:
+            for actor in list(self.actors.values()):
+                for linked in [p for p in actor.links if slot_of(p) == slot]:
+                    self._handle(Sig(Op.EXIT, actor.pid, linked, reason=code))
+                for ref, watched in list(actor.monitors.items()):
+                    if slot_of(watched) == slot:
+                        self._handle(Sig(Op.DOWN, actor.pid, watched, ref, code))
+                for ref in [r for r, w in actor.watchers.items() if slot_of(w) == slot]:
+                    del actor.watchers[ref]
+            for name in [n for n, p in self.names.items() if slot_of(p) == slot]:
+                del self.names[name]
+
+    def kill(self, pid: int, reason: str, detail: str = "") -> bool:
+        """End local process ``pid`` with ``reason``; False if there is none."""
+        with self.lock:
+            actor = self.actors.get(pid)
+            if actor is None:
+                return False
+            self._stop(actor, reason, detail)
+            return True
+
+    # ── signals ─────────────────────────────────────────────────────────
+
+    def signal(self, sig: Sig) -> int:
+        """Route one signal by its target pid; an ``ErrorCode`` for local targets."""
+        if slot_of(sig.to) == self.slot:
+            with self.lock:
+                return self._handle(sig)
+        if self.remote(slot_of(sig.to), sig):
+            return ErrorCode.OK
+        self.undeliverable(sig)
+        return ErrorCode.NOPROC
+
+    def undeliverable(self, sig: Sig) -> None:
+        """A signal whose target's worker is gone: answer for the dead target."""
+        if sig.op == Op.LINK:
+            self.signal(Sig(Op.EXIT, sig.sender, sig.to, reason=Reason.NOPROC))
+        elif sig.op in (Op.MONITOR, Op.CALL):
+            self.signal(Sig(Op.DOWN, sig.sender, sig.to, sig.ref, Reason.NOPROC))
+
+    def _handle(self, sig: Sig) -> int:
+        """Apply one signal to a local process (the lock is held)."""
+        target = self.actors.get(sig.to)
+        op = sig.op
+        if op == Op.PROBE:
+            info = b""
+            if target is not None and sig.reason == 1:
+                info = json.dumps(self.info_of(sig.to), default=str).encode()
+            alive = int(target is not None)
+            self.signal(Sig(Op.ALIVE, sig.sender, sig.to, sig.ref, alive, info))
+            return ErrorCode.OK
+        if target is None:
+            if op in (Op.LINK, Op.MONITOR):
+                self.undeliverable(sig)
+            elif op in _USER_OPS:
+                self.dropped += 1
+            return ErrorCode.NOPROC
+        if op in _USER_OPS:
+            if target.user_messages >= self.mailbox_limit:
+                target.dropped += 1
+                self.dropped += 1
+                return ErrorCode.LIMIT
+            target.user_messages += 1
+            self._enqueue(target, Envelope(_USER_OPS[Op(op)], sig.sender, sig.ref, 0, sig.payload))
+        elif op in (Op.REPLY, Op.ALIVE):
+            if target.awaiting == sig.ref:
+                target.reply = Envelope(Kind.MESSAGE, sig.sender, sig.ref, sig.reason, sig.payload)
+                target.cond.notify_all()
+        elif op == Op.EXIT:
+            if sig.sender in target.links:
+                target.links.discard(sig.sender)
+                self._exit(target, sig.sender, sig.reason, from_link=True)
+        elif op == Op.EXIT_SIGNAL:
+            self._exit(target, sig.sender, sig.reason, from_link=False)
+        elif op == Op.DOWN:
+            if target.monitors.pop(sig.ref, None) is not None:
+                if target.awaiting == sig.ref:
+                    target.callee_down = True
+                    target.cond.notify_all()
+                else:
+                    self._enqueue(target, Envelope(Kind.DOWN, sig.sender, sig.ref, sig.reason))
+        elif op == Op.LINK:
+            target.links.add(sig.sender)
+        elif op == Op.UNLINK:
+            target.links.discard(sig.sender)
+        elif op == Op.MONITOR:
+            target.watchers[sig.ref] = sig.sender
+        elif op == Op.DEMONITOR:
+            target.watchers.pop(sig.ref, None)
+        return ErrorCode.OK
+
+    def _exit(self, target: Actor, sender: int, reason: int, *, from_link: bool) -> None:
+        if reason == Reason.KILLED and not from_link:
+            self._stop(target, "killed", f"killed by {self._label(sender)}")
+        elif target.trap_exit:
+            self._enqueue(target, Envelope(Kind.EXIT, sender, 0, reason))
+        elif reason != Reason.NORMAL:
+            why = "linked to" if from_link else "exit signal from"
+            self._stop(target, reason_name(reason), f"{why} {self._label(sender)}")
+
+    def _enqueue(self, target: Actor, envelope: Envelope) -> None:
+        self.delivered += 1
+        if target.native is not None:
+            self.call_soon(target.native, envelope)
+            return
+        target.mailbox.append(envelope)
+        target.cond.notify()
+
+    def _stop(self, actor: Actor, reason: str, detail: str) -> None:
+        if actor.stop:
+            return
+        actor.stop = reason
+        actor.kill(reason, detail)
+        actor.cond.notify_all()
+
+    def _label(self, pid: int) -> str:
+        if pid == 0:
+            return "the operator"
+        actor = self.actors.get(pid)
+        return actor.label if actor is not None else f"#{pid}"
+
+    # ── what processes do ───────────────────────────────────────────────
+
+    def send(self, sender: int, to: int, payload: bytes) -> int:
+        """``rusm.send``: OK, NOPROC (known dead), LIMIT (full local mailbox)."""
+        return self.signal(Sig(Op.SEND, to, sender, payload=payload))
+
+    def receive(
+        self, actor: Actor, timeout_s: float | None, cap: int
+    ) -> tuple[int, Envelope | None]:
+        """``rusm.recv``: (OK, envelope) taken, (TOOBIG, envelope) left, (TIMEOUT, None).
+
+        Raises:
+            Stopped: The process was told to stop while it waited.
+        """
+        with self.lock:
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            while not actor.mailbox:
+                if actor.stop:
+                    raise Stopped(actor.stop)
+                if deadline is None:
+                    actor.cond.wait()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return ErrorCode.TIMEOUT, None
+                actor.cond.wait(remaining)
+            if actor.stop:
+                raise Stopped(actor.stop)
+            envelope = actor.mailbox[0]
+            if len(envelope.payload) > cap:
+                return ErrorCode.TOOBIG, envelope
+            actor.mailbox.popleft()
+            if envelope.kind in _USER_KINDS:
+                actor.user_messages -= 1
+            actor.received += 1
+            return ErrorCode.OK, envelope
+
+    def call(
+        self, actor: Actor, to: int, payload: bytes, timeout_s: float | None
+    ) -> tuple[int, bytes]:
+        """``rusm.call``: (OK, reply) or (NOPROC | TIMEOUT | LIMIT, b"").
+
+        The caller monitors the callee for the call's length and uses the
+        monitor ref as the call ref, so a dead or dying callee ends the
+        wait with NOPROC; a reply that comes after the wait is dropped.
+
+        Raises:
+            Stopped: The caller was told to stop while it waited.
+        """
+        with self.lock:
+            ref = self.new_ref()
+            actor.awaiting = ref
+            actor.reply = None
+            actor.callee_down = False
+            actor.monitors[ref] = to
+            self.signal(Sig(Op.MONITOR, to, actor.pid, ref))
+            code = ErrorCode.OK
+            if not actor.callee_down:
+                code = ErrorCode(self.signal(Sig(Op.CALL, to, actor.pid, ref, payload=payload)))
+            try:
+                if code == ErrorCode.LIMIT:
+                    return ErrorCode.LIMIT, b""
+                deadline = None if timeout_s is None else time.monotonic() + timeout_s
+                while True:
+                    if actor.reply is not None:
+                        return ErrorCode.OK, actor.reply.payload
+                    if actor.callee_down:
+                        return ErrorCode.NOPROC, b""
+                    if actor.stop:
+                        raise Stopped(actor.stop)
+                    if deadline is None:
+                        actor.cond.wait()
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return ErrorCode.TIMEOUT, b""
+                    actor.cond.wait(remaining)
+            finally:
+                actor.awaiting = 0
+                actor.reply = None
+                if actor.monitors.pop(ref, None) is not None:
+                    self.signal(Sig(Op.DEMONITOR, to, actor.pid, ref))
+
+    def probe(self, pid: int, *, want_info: bool) -> tuple[bool, bytes]:
+        """Ask another worker whether ``pid`` is alive (and for its info).
+
+        Runs on the asking guest's thread with a private waiter, so it
+        needs no process of its own; an unreachable worker means dead.
+        """
+        waiter = Actor(0, "probe", lambda _r, _d: None, threading.Condition(self.lock))
+        ref = self.new_ref()
+        waiter.awaiting = ref
+        # A private pid the answer is routed to: same slot, far above real pids.
+        key = PROBE_PID_BASE + ref
+        waiter.pid = key
+        with self.lock:
+            self.actors[key] = waiter
+            try:
+                sent = self.remote(slot_of(pid), Sig(Op.PROBE, pid, key, ref, int(want_info)))
+                deadline = time.monotonic() + PROBE_TIMEOUT_S
+                while sent and waiter.reply is None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    waiter.cond.wait(remaining)
+            finally:
+                del self.actors[key]
+        reply = waiter.reply
+        if reply is None or reply.reason != 1:
+            return False, b""
+        return True, reply.payload
+
+    def reply(self, actor: Actor, to: int, ref: int, payload: bytes) -> int:
+        """``rusm.reply``: answer call ``ref`` of ``to``."""
+        return self.signal(Sig(Op.REPLY, to, actor.pid, ref, payload=payload))
+
+    def link(self, actor: Actor, pid: int) -> int:
+        """``rusm.link``: OK, or NOPROC when ``pid`` is a dead local process."""
+        if pid == actor.pid:
+            return ErrorCode.OK
+        with self.lock:
+            if slot_of(pid) == self.slot and pid not in self.actors:
+                return ErrorCode.NOPROC
+            actor.links.add(pid)
+            self.signal(Sig(Op.LINK, pid, actor.pid))
+        return ErrorCode.OK
+
+    def unlink(self, actor: Actor, pid: int) -> int:
+        """``rusm.unlink``: always OK."""
+        with self.lock:
+            if pid in actor.links:
+                actor.links.discard(pid)
+                self.signal(Sig(Op.UNLINK, pid, actor.pid))
+            # An exit from that link already queued is no longer wanted.
+            self._drop_queued(actor, lambda e: e.kind == Kind.EXIT and e.sender == pid)
+        return ErrorCode.OK
+
+    def monitor(self, actor: Actor, pid: int) -> int:
+        """``rusm.monitor``: the ref (a dead target sends its down at once)."""
+        with self.lock:
+            ref = self.new_ref()
+            actor.monitors[ref] = pid
+            self.signal(Sig(Op.MONITOR, pid, actor.pid, ref))
+            return ref
+
+    def demonitor(self, actor: Actor, ref: int) -> int:
+        """``rusm.demonitor``: OK, or NOTFOUND; a queued down for it is dropped too."""
+        with self.lock:
+            watched = actor.monitors.pop(ref, None)
+            queued = self._drop_queued(actor, lambda e: e.kind == Kind.DOWN and e.ref == ref)
+            if watched is None:
+                return ErrorCode.OK if queued else ErrorCode.NOTFOUND
+            self.signal(Sig(Op.DEMONITOR, watched, actor.pid, ref))
+            return ErrorCode.OK
+
+    def exit_signal(self, actor: Actor, pid: int, reason: int) -> int:
+        """``rusm.exit_signal`` to another process."""
+        return self.signal(Sig(Op.EXIT_SIGNAL, pid, actor.pid, reason=reason))
+
+    def _drop_queued(self, actor: Actor, match: Callable[[Envelope], bool]) -> bool:
+        kept = [e for e in actor.mailbox if not match(e)]
+        if len(kept) == len(actor.mailbox):
+            return False
+        actor.mailbox = deque(kept)
+        return True
+
+    # ── timers ──────────────────────────────────────────────────────────
+
+    def send_after(self, actor: Actor, to: int, delay_s: float, payload: bytes) -> int:
+        """``rusm.send_after``: the timer ref, or LIMIT."""
+        with self.lock:
+            if len(actor.timers) >= MAX_TIMERS_PER_PROCESS:
+                return ErrorCode.LIMIT
+            ref = self.new_ref()
+            self.timers[ref] = _Timer(actor.pid, to, payload)
+            actor.timers.add(ref)
+        self.call_later(delay_s, lambda: self._fire(ref))
+        return ref
+
+    def cancel_timer(self, actor: Actor, ref: int) -> int:
+        """``rusm.cancel_timer``: OK when it will never fire, else NOTFOUND."""
+        with self.lock:
+            timer = self.timers.get(ref)
+            if timer is None or timer.owner != actor.pid:
+                return ErrorCode.NOTFOUND
+            del self.timers[ref]
+            actor.timers.discard(ref)
+            return ErrorCode.OK
+
+    def _fire(self, ref: int) -> None:
+        with self.lock:
+            timer = self.timers.pop(ref, None)
+            if timer is None:
+                return
+            owner = self.actors.get(timer.owner)
+            if owner is not None:
+                owner.timers.discard(ref)
+            self.signal(Sig(Op.TIMER, timer.to, timer.owner, ref, payload=timer.payload))
+
+    # ── names ───────────────────────────────────────────────────────────
+
+    def whereis(self, name: str) -> int | None:
+        """The pid registered under ``name`` (this worker's replica), or None."""
+        return self.names.get(name)
+
+    def register(self, actor: Actor, name: str) -> int:
+        """``rusm.register``: ask the main process, which keeps the registry.
+
+        Raises:
+            Stopped: The caller was told to stop while it waited.
+        """
+        with self.lock:
+            if actor.names or name in self.names:
+                return ErrorCode.EXISTS
+            req = next(self._claim_ids)
+            claim = _Claim(actor, name)
+            self._claims[req] = claim
+        self.to_main(NameClaim(req=req, name=name, pid=actor.pid))
+        with self.lock:
+            deadline = time.monotonic() + NAME_CLAIM_TIMEOUT_S
+            try:
+                while claim.answer is None:
+                    if actor.stop:
+                        raise Stopped(actor.stop)
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return ErrorCode.UNAVAILABLE
+                    actor.cond.wait(remaining)
+            finally:
+                if claim.answer is None:
+                    claim.abandoned = True
+                else:
+                    del self._claims[req]
+            if not claim.answer.ok:
+                return ErrorCode.EXISTS
+            if actor.alive and not actor.names:
+                actor.names.add(name)
+                self.names[name] = actor.pid
+                return ErrorCode.OK
+        self.to_main(NameDrop(pid=actor.pid, names=[name]))
+        return ErrorCode.EXISTS
+
+    def unregister(self, actor: Actor, name: str) -> int:
+        """``rusm.unregister``: only the caller's own name."""
+        with self.lock:
+            holder = self.names.get(name)
+            if name not in actor.names:
+                return ErrorCode.NOTFOUND if holder is None else ErrorCode.DENIED
+            actor.names.discard(name)
+            if holder == actor.pid:
+                del self.names[name]
+        self.to_main(NameDrop(pid=actor.pid, names=[name]))
+        return ErrorCode.OK
+
+    def name_reply(self, answer: NameReply) -> None:
+        """The main process settled a claim."""
+        with self.lock:
+            claim = self._claims.get(answer.req)
+            if claim is None:
+                return
+            if claim.abandoned:
+                del self._claims[answer.req]
+                if answer.ok:
+                    self.to_main(NameDrop(pid=claim.actor.pid, names=[claim.name]))
+                return
+            claim.answer = answer
+            if answer.ok:
+                self.names[claim.name] = answer.holder
+            claim.actor.cond.notify_all()
+
+    def names_update(self, update: Names) -> None:
+        """Registry changes from the main process."""
+        with self.lock:
+            if update.full:
+                self.names = dict(update.set)
+            else:
+                self.names.update(update.set)
+                for name in update.removed:
+                    self.names.pop(name, None)
+
+    # ── what operators see ──────────────────────────────────────────────
+
+    def describe(self, pid: int) -> dict[str, Any]:
+        """Links, monitors, names and mailbox of one process, for list/info."""
+        with self.lock:
+            actor = self.actors.get(pid)
+            if actor is None:
+                return {}
+            return {
+                "links": sorted(actor.links),
+                "monitors": sorted(actor.monitors.values()),
+                "monitored_by": sorted(actor.watchers.values()),
+                "names": sorted(actor.names),
+                "mailbox": len(actor.mailbox),
+                "received": actor.received,
+                "dropped": actor.dropped,
+                "trap_exit": actor.trap_exit,
+                "timers": len(actor.timers),
+                "label_text": actor.user_label,
+            }
