@@ -164,6 +164,8 @@ def _print_result(command: str, result: dict[str, Any], as_json: bool) -> None:
         print(f"spawned {result['label']} on worker {result['worker']}")
     elif command == "kill" and "label" in result:
         print(f"killed {result['label']}")
+    elif command == "send":
+        print(f"sent to {result['label']}")
     elif command == "logs":
         for record in result["records"]:
             _print_log(record, False)
@@ -208,6 +210,19 @@ def _print_status(result: dict[str, Any]) -> None:
         print(f"{'COMPONENT':<24}{'STATE':<12}DETAIL")
         for component in components:
             print(f"{component['name']:<24}{component['state']:<12}{component['detail']}")
+    residents = result.get("residents") or []
+    if residents:
+        print()
+        print(f"{'RESIDENT':<20}{'PROCESS':<24}{'WORKER':<8}{'STATE':<14}{'RESTARTS':<10}LAST EXIT")
+        for resident in residents:
+            state = resident["state"]
+            if "quarantine_ends_in_s" in resident:
+                state = f"quarantined ({resident['quarantine_ends_in_s']:.1f}s left)"
+            worker = "-" if resident["worker"] is None else resident["worker"]
+            print(
+                f"{resident['name']:<20}{resident['label'] or '-':<24}{worker:<8}"
+                f"{state:<14}{resident['restarts']:<10}{resident['last_exit'] or '-'}"
+            )
 
 
 def _print_list(result: dict[str, Any]) -> None:
@@ -215,15 +230,27 @@ def _print_list(result: dict[str, Any]) -> None:
     if not processes:
         print("no wasm processes")
         return
-    print(f"{'PROCESS':<28}{'WORKER':<8}{'STATE':<10}{'MEMORY':<10}UPTIME")
+    print(
+        f"{'PROCESS':<28}{'WORKER':<8}{'STATE':<10}{'MEMORY':<10}{'UPTIME':<8}"
+        f"{'MBOX':<6}{'NAME':<16}{'LINKS':<20}MONITORS"
+    )
     for process in processes:
         name = f"{process['component']}#{process['pid']}"
         print(
             f"{name:<28}{process['worker']:<8}{process['state']:<10}"
-            f"{_size(process['memory_bytes']):<10}{_duration(process['uptime_s'])}"
+            f"{_size(process['memory_bytes']):<10}{_duration(process['uptime_s']):<8}"
+            f"{process.get('mailbox', 0):<6}{','.join(process.get('names', [])) or '-':<16}"
+            f"{_pids(process.get('links', [])):<20}{_pids(process.get('monitors', []))}"
         )
     for slot in result.get("unanswered", []):
         print(f"(worker {slot} did not answer)")
+
+
+def _pids(pids: list[int]) -> str:
+    if not pids:
+        return "-"
+    shown = ",".join(f"#{pid}" for pid in pids[:3])
+    return shown if len(pids) <= 3 else f"{shown},+{len(pids) - 3}"
 
 
 def _print_log(record: dict[str, Any], as_json: bool) -> None:

@@ -47,6 +47,8 @@ NAME_CLAIM_TIMEOUT_S = 5.0
 PROBE_TIMEOUT_S = 2.0
 # Probe answers go to PROBE_PID_BASE + ref: a multiple of 1000 keeps the slot.
 PROBE_PID_BASE = (1 << 50) * 1000
+# Labels of exited processes remembered for log lines.
+GONE_LABELS_KEPT = 1024
 # Timers one process may have pending at once.
 MAX_TIMERS_PER_PROCESS = 10_000
 
@@ -156,6 +158,8 @@ class ActorTable:
         self.names: dict[str, int] = {}
         self.timers: dict[int, _Timer] = {}
         self._claims: dict[int, _Claim] = {}
+        # Labels of processes that just exited, for the exit lines of their links.
+        self._gone_labels: dict[int, str] = {}
         self._refs = itertools.count(1)
         self._claim_ids = itertools.count(1)
         self.delivered = 0
@@ -193,6 +197,9 @@ class ActorTable:
             if actor is None:
                 return
             actor.alive = False
+            self._gone_labels[pid] = actor.label
+            if len(self._gone_labels) > GONE_LABELS_KEPT:
+                del self._gone_labels[next(iter(self._gone_labels))]
             for ref in actor.timers:
                 self.timers.pop(ref, None)
             names = sorted(actor.names)
@@ -334,7 +341,9 @@ class ActorTable:
         if pid == 0:
             return "the operator"
         actor = self.actors.get(pid)
-        return actor.label if actor is not None else f"#{pid}"
+        if actor is not None:
+            return actor.label
+        return self._gone_labels.get(pid, f"#{pid}")
 
     # ── what processes do ───────────────────────────────────────────────
 
@@ -615,6 +624,11 @@ class ActorTable:
                 self.names.update(update.set)
                 for name in update.removed:
                     self.names.pop(name, None)
+            # A name main gave a local process (a resident's) is that process's own.
+            for name, pid in update.set.items():
+                actor = self.actors.get(pid)
+                if actor is not None:
+                    actor.names.add(name)
 
     # ── what operators see ──────────────────────────────────────────────
 

@@ -129,6 +129,7 @@ def status(daemon: MainProcess, _args: dict[str, Any], _conn: Connection) -> dic
         },
         "workers": workers,
         "components": daemon.component_states(),
+        "residents": daemon.residents.rows(),
     }
 
 
@@ -190,6 +191,22 @@ def spawn(daemon: MainProcess, args: dict[str, Any], conn: Connection) -> _Defer
         _reply_answer(daemon, conn, slot, answers.get(slot))
 
     daemon.queries.ask([slot], "spawn", {"component": name}, done)
+    return DEFERRED
+
+
+def send(daemon: MainProcess, args: dict[str, Any], conn: Connection) -> _Deferred:
+    """Put a text message in a process's mailbox (sender pid 0: the operator)."""
+    text = args.get("text")
+    if not isinstance(text, str):
+        raise CommandError("send needs the message text", EX_USAGE)
+    target = args.get("pid")
+    if isinstance(target, str) and target in daemon.registry.names:
+        pid, component = daemon.registry.names[target], ""
+    else:
+        handle, pid, component = _target(daemon, args)
+        if handle is not None:
+            raise CommandError(f"{pid} is a worker's OS pid, not a process", EX_USAGE)
+    _ask_owner(daemon, conn, pid, component, "send", extra={"text": text})
     return DEFERRED
 
 
@@ -261,6 +278,7 @@ HANDLERS: dict[str, Handler] = {
     "info": info,
     "kill": kill,
     "spawn": spawn,
+    "send": send,
     "restart": restart,
     "reload": reload,
     "stop": stop,
@@ -295,7 +313,15 @@ def _target(daemon: MainProcess, args: dict[str, Any]) -> tuple[WorkerHandle | N
     return None, pid, component
 
 
-def _ask_owner(daemon: MainProcess, conn: Connection, pid: int, component: str, op: str) -> None:
+def _ask_owner(
+    daemon: MainProcess,
+    conn: Connection,
+    pid: int,
+    component: str,
+    op: str,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> None:
     pool = _pool(daemon)
     slot = pid % PID_STRIDE
     if slot not in pool.workers:
@@ -304,7 +330,7 @@ def _ask_owner(daemon: MainProcess, conn: Connection, pid: int, component: str, 
     def done(answers: dict[int, Answer | None]) -> None:
         _reply_answer(daemon, conn, slot, answers.get(slot))
 
-    daemon.queries.ask([slot], op, {"pid": pid, "component": component}, done)
+    daemon.queries.ask([slot], op, {"pid": pid, "component": component, **(extra or {})}, done)
 
 
 def _reply_answer(daemon: MainProcess, conn: Connection, slot: int, answer: Answer | None) -> None:

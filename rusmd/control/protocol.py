@@ -55,7 +55,10 @@ COMMANDS: dict[str, CommandInfo] = {
     info.name: info
     for info in (
         CommandInfo("status", "the daemon and each worker: pid, state, uptime, restarts, CPU, RSS"),
-        CommandInfo("list", "the wasm processes: component#pid, worker, state, memory"),
+        CommandInfo(
+            "list",
+            "the processes: component#pid, worker, state, memory, names, links, monitors, mailbox",
+        ),
         CommandInfo(
             "info",
             "one wasm process or worker in detail",
@@ -70,6 +73,14 @@ COMMANDS: dict[str, CommandInfo] = {
             "spawn",
             "start a process of a registered component; prints its pid",
             (("name", "the component name", True),),
+        ),
+        CommandInfo(
+            "send",
+            "send a text message to a process's mailbox (from pid 0, the operator)",
+            (
+                ("pid", "component#pid, #pid, or a registered name", True),
+                ("text", "the message", True),
+            ),
         ),
         CommandInfo(
             "restart",

@@ -228,6 +228,8 @@ class Residents:
     # ── internals ───────────────────────────────────────────────────────
 
     def _exited(self, resident: Resident, reason: str, text: str) -> None:
+        if resident.pid is not None:
+            self.registry.drop(NameDrop(pid=resident.pid, names=[resident.name]))
         resident.pid = None
         resident.slot = None
         resident.last_exit = text

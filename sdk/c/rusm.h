@@ -195,7 +195,8 @@ int32_t rusm_recv(rusm_header *header, void *buf, size_t buf_cap, int32_t timeou
  * the reply's size; only buf_cap bytes of it are written into buf (like
  * snprintf). Returns RUSM_ERR_NOPROC when the callee is dead or dies
  * before replying, RUSM_ERR_TIMEOUT (a later reply is discarded),
- * RUSM_ERR_LIMIT (the callee's mailbox is full) or RUSM_ERR_TOOBIG.
+ * RUSM_ERR_LIMIT (the callee's mailbox is full), RUSM_ERR_TOOBIG, or
+ * RUSM_ERR_INVALID (pid is the caller's own, or timeout_ms < -1).
  * Wasm: rusm.call (i64 pid, i32 req_ptr, i32 req_len, i32 buf_ptr, i32 buf_cap,
  * i32 timeout_ms) -> (i32). Needs: always. */
 __attribute__((import_module("rusm"), import_name("call")))
@@ -214,18 +215,20 @@ int32_t rusm_reply(rusm_pid_t pid, rusm_ref_t ref, const void *data, size_t len)
 /* Give the caller a node-wide name (1 to RUSM_MAX_NAME_BYTES of UTF-8),
  * released when it exits. Returns RUSM_OK, RUSM_ERR_EXISTS (the name is
  * taken, or the caller already has one), RUSM_ERR_INVALID or
- * RUSM_ERR_UNAVAILABLE.
+ * RUSM_ERR_UNAVAILABLE (the registry did not answer). It waits for the
+ * main process, which keeps the registry.
  * Wasm: rusm.register (i32 name_ptr, i32 name_len) -> (i32). Needs: always. */
 __attribute__((import_module("rusm"), import_name("register")))
 int32_t rusm_register(const char *name, size_t name_len);
 
 /* Drop the caller's own name. Returns RUSM_OK, RUSM_ERR_NOTFOUND (nobody
- * has it) or RUSM_ERR_DENIED (another process has it).
+ * has it), RUSM_ERR_DENIED (another process has it) or RUSM_ERR_INVALID.
  * Wasm: rusm.unregister (i32 name_ptr, i32 name_len) -> (i32). Needs: always. */
 __attribute__((import_module("rusm"), import_name("unregister")))
 int32_t rusm_unregister(const char *name, size_t name_len);
 
-/* The pid registered under a name, or RUSM_ERR_NOTFOUND.
+/* The pid registered under a name, RUSM_ERR_NOTFOUND or RUSM_ERR_INVALID.
+ * A name registered on another worker shows here a moment later.
  * Wasm: rusm.whereis (i32 name_ptr, i32 name_len) -> (i64). Needs: always. */
 __attribute__((import_module("rusm"), import_name("whereis")))
 rusm_pid_t rusm_whereis(const char *name, size_t name_len);
@@ -258,7 +261,7 @@ rusm_ref_t rusm_monitor(rusm_pid_t pid);
 __attribute__((import_module("rusm"), import_name("demonitor")))
 int32_t rusm_demonitor(rusm_ref_t ref);
 
-/* on = 1: exit signals from links arrive as RUSM_KIND_EXIT messages
+/* on != 0: exit signals from links arrive as RUSM_KIND_EXIT messages
  * instead of ending the caller; on = 0: they end it (the default). A kill
  * is never trapped. Returns the old value (0 or 1).
  * Wasm: rusm.trap_exit (i32 on) -> (i32). Needs: always. */
@@ -269,8 +272,8 @@ int32_t rusm_trap_exit(int32_t on);
  * it ends the caller with that reason (no return). Another pid traps it
  * (an exit message) or exits with the reason, except that it ignores
  * RUSM_REASON_NORMAL; RUSM_REASON_KILLED is a kill. Returns RUSM_OK,
- * RUSM_ERR_NOPROC, RUSM_ERR_INVALID (unknown reason), or RUSM_ERR_DENIED
- * for another pid without allow-process-control.
+ * RUSM_ERR_NOPROC, RUSM_ERR_INVALID (an unknown reason, or noproc), or
+ * RUSM_ERR_DENIED for another pid without allow-process-control.
  * Wasm: rusm.exit_signal (i64 pid, i32 reason) -> (i32). Needs: always. */
 __attribute__((import_module("rusm"), import_name("exit_signal")))
 int32_t rusm_exit_signal(rusm_pid_t pid, int32_t reason);
@@ -292,14 +295,16 @@ __attribute__((import_module("rusm"), import_name("is_alive")))
 int32_t rusm_is_alive(rusm_pid_t pid);
 
 /* Write up to max pids of this node's processes into pids and return how
- * many there are (which may be more than max). Without
- * allow-process-control the list holds only the caller's own pid.
+ * many there are (which may be more than max), or RUSM_ERR_INVALID for a
+ * negative max. Without allow-process-control the list holds only the
+ * caller's own pid.
  * Wasm: rusm.list (i32 buf_ptr, i32 max) -> (i32). Needs: always. */
 __attribute__((import_module("rusm"), import_name("list")))
 int32_t rusm_list(rusm_pid_t *pids, size_t max);
 
-/* Describe a process as a JSON object: pid, component, label, worker,
- * state, memory_bytes, uptime_s, links, monitors, names, mailbox, ...
+/* Describe a process as a JSON object: pid, component, label
+ * (component#pid), worker, state, memory_bytes, uptime_s, links, monitors,
+ * names, mailbox, label_text (from rusm_set_label), ...
  * Returns the JSON's size; only buf_cap bytes of it are written, with no
  * NUL (like snprintf, but never terminated). Returns RUSM_ERR_NOPROC, or
  * RUSM_ERR_DENIED for another pid without allow-process-control.
@@ -313,7 +318,8 @@ int32_t rusm_process_info(rusm_pid_t pid, char *buf, size_t buf_cap);
 /* After ms milliseconds, put a RUSM_KIND_TIMER message with len bytes of
  * data in pid's mailbox (from: the caller, ref: this timer). The timer is
  * cancelled if the caller exits first. Returns the timer ref (> 0),
- * RUSM_ERR_INVALID (negative ms), RUSM_ERR_TOOBIG or RUSM_ERR_LIMIT.
+ * RUSM_ERR_INVALID (negative ms), RUSM_ERR_TOOBIG or RUSM_ERR_LIMIT (10,000
+ * timers pending).
  * Wasm: rusm.send_after (i64 pid, i32 ms, i32 ptr, i32 len) -> (i64). Needs: always. */
 __attribute__((import_module("rusm"), import_name("send_after")))
 rusm_ref_t rusm_send_after(rusm_pid_t pid, int32_t ms, const void *data, size_t len);

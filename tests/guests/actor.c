@@ -133,7 +133,8 @@ static void pingpong(rusm_pid_t pid, int64_t rounds) {
             int32_t size;
             char *data = receive(&header, &size);
             describe(&header, data, size);
-            int pong = header.kind == RUSM_KIND_MESSAGE && size == 4 && memcmp(data, "pong", 4) == 0;
+            int pong = header.kind == RUSM_KIND_MESSAGE && size == 4 &&
+                       memcmp(data, "pong", 4) == 0;
             if (data != buf) {
                 free(data);
             }

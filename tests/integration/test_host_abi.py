@@ -38,15 +38,43 @@ PAGE = 65536
 CASES = 60
 SETTLE_S = 20.0
 
-# Host functions taking (ptr, len) pairs: name → WAT for a call with $p/$n.
+# Host functions taking (ptr, len) pairs: name → WAT for a call with the
+# hostile pair as {p}/{n} (every other argument is harmless: pid 1 lives on
+# no worker, timeouts are 0, other buffers are empty).
 POINTER_CALLS = {
     "log": "(drop (call $f (i32.const 2) (i32.const {p}) (i32.const {n})))",
     "spawn": "(drop (call $f (i32.const {p}) (i32.const {n})))",
+    "spawn_link": "(drop (call $f (i32.const {p}) (i32.const {n})))",
+    "supervise": "(drop (call $f (i32.const {p}) (i32.const {n})))",
+    "send": "(drop (call $f (i64.const 1) (i32.const {p}) (i32.const {n})))",
+    "recv": "(drop (call $f (i32.const 0) (i32.const {p}) (i32.const {n}) (i32.const 0)))",
+    "call": (
+        "(drop (call $f (i64.const 1) (i32.const {p}) (i32.const {n})"
+        " (i32.const 0) (i32.const 0) (i32.const 0)))"
+    ),
+    "reply": "(drop (call $f (i64.const 1) (i64.const 0) (i32.const {p}) (i32.const {n})))",
+    "register": "(drop (call $f (i32.const {p}) (i32.const {n})))",
+    "unregister": "(drop (call $f (i32.const {p}) (i32.const {n})))",
+    "whereis": "(drop (call $f (i32.const {p}) (i32.const {n})))",
+    "info": "(drop (call $f (i64.const 1) (i32.const {p}) (i32.const {n})))",
+    "send_after": (
+        "(drop (call $f (i64.const 1) (i32.const 1000) (i32.const {p}) (i32.const {n})))"
+    ),
+    "set_label": "(drop (call $f (i32.const {p}) (i32.const {n})))",
 }
-SIGNATURES = {
-    "log": "(param i32 i32 i32) (result i32)",
-    "spawn": "(param i32 i32) (result i64)",
-}
+# list(buf, max) checks max * 8 bytes; it has its own test below.
+OWN_TESTS = {"list"}
+
+
+def _signature(name: str) -> str:
+    function = FUNCTIONS[name]
+    params = " ".join(kind for _, kind in function.params)
+    results = " ".join(function.results)
+    text = f"(param {params})" if params else ""
+    return text + (f" (result {results})" if results else "")
+
+
+SIGNATURES = {name: _signature(name) for name in POINTER_CALLS}
 
 
 class Host:
@@ -181,7 +209,27 @@ def test_every_pointer_taking_function_is_covered() -> None:
         for name, f in FUNCTIONS.items()
         if any(p.endswith(("ptr", "len")) for p, _ in f.params)
     }
-    assert takes_pointers == set(POINTER_CALLS)
+    assert takes_pointers == set(POINTER_CALLS) | OWN_TESTS
+
+
+def test_list_checks_its_whole_buffer_and_refuses_a_negative_count(host: Host) -> None:
+    wat = (
+        '(module (import "rusm" "list" (func $f (param i32 i32) (result i32)))'
+        ' (import "rusm" "exit" (func $exit (param i32)))'
+        ' (memory (export "memory") 1)'
+        ' (func (export "run")'
+        "   (if (i32.ne (call $f (i32.const 0) (i32.const -1)) (i32.const -3))"
+        "     (then (call $exit (i32.const 10))))"
+        "   (if (i32.ne (call $f (i32.const 65528) (i32.const 1)) (i32.const 1))"
+        "     (then (call $exit (i32.const 11))))"
+        "   (drop (call $f (i32.const 65528) (i32.const 2)))))"
+    )
+    host.load({"case": wat})
+    pid = host.host.spawn("case")
+    assert host.wait_exit(pid, "case") == (
+        f"exit case#{pid} crashed (bad pointer: rusm.list(ptr=65528, len=16) "
+        f"outside memory of {PAGE} bytes)"
+    )
 
 
 def test_log_reads_exactly_the_bytes_asked_for(host: Host) -> None:
@@ -247,7 +295,9 @@ def test_a_guest_can_kill_another_and_see_it_gone(host: Host) -> None:
     host.load({"sleeper": sleeper, "hello": '(module (func (export "run")))', "case": killer})
     pid = host.host.spawn("case")
     assert host.wait_exit(pid, "case") == f"exit case#{pid} normal"
-    assert host.wait_exit(target, "sleeper") == f"exit sleeper#{target} killed"
+    assert (
+        host.wait_exit(target, "sleeper") == f"exit sleeper#{target} killed (killed by case#{pid})"
+    )
 
 
 FALLBACK_SCRIPT = """

@@ -53,8 +53,8 @@ needs_zig = pytest.mark.skipif(
 
 Signature = tuple[tuple[str, ...], tuple[str, ...]]
 
-# The C name of each import where it is not rusm_<name>: `register` is a C
-# keyword, and rusm_info is the log-at-info helper.
+# The C name of each import where it is not rusm_<name> (rusm_info is the
+# helper that logs at info). The prefix keeps `register`, a C keyword, usable.
 C_NAMES = {"info": "rusm_process_info"}
 
 # The header rusm.recv writes, in order: (field, wasm type). abi.py states
