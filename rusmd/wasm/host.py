@@ -64,7 +64,7 @@ from rusmd.wasm import abi, capi
 from rusmd.wasm.abi import ErrorCode, Grant
 from rusmd.wasm.cache import verify
 from rusmd.wasm.calls import ActorCalls
-from rusmd.wasm.engine import EngineInfo, worker_engine
+from rusmd.wasm.engine import POOL_SLOTS, EngineInfo, worker_engine
 from rusmd.wasm.linking import LinkError, LinkerSet, ModuleShape, check_module, granted
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 from rusmd.wasm.runners import RunnerPool
@@ -206,6 +206,8 @@ class WasmHost:
         actors: The worker's actor table; a local-only one when omitted
             (in-process use: no mesh, no main process).
         on_watched_exit: Told (any thread) when a watched process exits.
+        pool_slots: Instance slots of the pooling allocator (the process
+            limit when ``max_processes`` is not given).
     """
 
     def __init__(
@@ -219,6 +221,7 @@ class WasmHost:
         max_processes: int | None = None,
         actors: ActorTable | None = None,
         on_watched_exit: Callable[[ProcessExit], None] | None = None,
+        pool_slots: int = POOL_SLOTS,
     ) -> None:
         self.manifest = manifest
         self.slot = slot
@@ -226,7 +229,7 @@ class WasmHost:
         self.environment = environment
         self.request_lease = request_lease
         largest = max([c.profile.max_memory_mb for c in manifest.components.values()] or [64])
-        self.engine_info: EngineInfo = worker_engine(largest << 20)
+        self.engine_info: EngineInfo = worker_engine(largest << 20, pool_slots)
         self.engine = self.engine_info.engine
         self.max_processes = max_processes or (self.engine_info.pool_slots or 1000)
         self.components: dict[str, LoadedComponent] = {}
