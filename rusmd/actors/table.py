@@ -39,7 +39,14 @@ from typing import Any
 
 from rusmd.actors.signals import Op, reason_code, reason_name
 from rusmd.channel import Message, NameClaim, NameDrop, NameReply, Names, Sig
-from rusmd.wasm.abi import MAILBOX_LIMIT, ErrorCode, Kind, Reason, slot_of
+from rusmd.wasm.abi import (
+    MAILBOX_LIMIT,
+    MAX_TIMERS_PER_PROCESS,
+    ErrorCode,
+    Kind,
+    Reason,
+    slot_of,
+)
 
 # How long rusm.register waits for the main process to settle a claim.
 NAME_CLAIM_TIMEOUT_S = 5.0
@@ -49,8 +56,6 @@ PROBE_TIMEOUT_S = 2.0
 PROBE_PID_BASE = (1 << 50) * 1000
 # Labels of exited processes remembered for log lines.
 GONE_LABELS_KEPT = 1024
-# Timers one process may have pending at once.
-MAX_TIMERS_PER_PROCESS = 10_000
 
 _USER_OPS = {Op.SEND: Kind.MESSAGE, Op.CALL: Kind.CALL, Op.TIMER: Kind.TIMER}
 _USER_KINDS = frozenset({Kind.MESSAGE, Kind.CALL, Kind.TIMER})

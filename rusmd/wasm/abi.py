@@ -54,10 +54,10 @@ class ErrorCode(enum.IntEnum):
 
     OK = 0
     NOPROC = -1  # no such process (or it has exited)
-    DENIED = -2  # the caller's profile does not allow this
+    DENIED = -2  # the caller's profile does not allow this (another's pid or name)
     INVALID = -3  # a malformed argument (bad UTF-8, negative size, unknown level)
-    NOTFOUND = -4  # no such component
-    LIMIT = -5  # a limit was reached (processes per worker, sizes)
+    NOTFOUND = -4  # no such component, name, monitor or timer
+    LIMIT = -5  # a limit was reached (processes per worker, a full mailbox, timers)
     TIMEOUT = -6  # a blocking call ran out of time
     UNAVAILABLE = -7  # the thing exists but cannot be used now (failed to load)
     TOOBIG = -8  # a size over a limit, or the caller's buffer is too small
@@ -68,7 +68,7 @@ class Kind(enum.IntEnum):
     """What a received message is (the ``kind`` field of its header)."""
 
     MESSAGE = 0  # rusm.send; the payload is the sender's bytes
-    EXIT = 1  # a linked process exited and the receiver traps exits
+    EXIT = 1  # an exit signal (a linked process exited) and the receiver traps exits
     DOWN = 2  # a monitored process exited (ref: the monitor)
     CALL = 3  # rusm.call; answer with rusm.reply(from, ref, ...)
     TIMER = 4  # rusm.send_after fired (ref: the timer)
@@ -86,14 +86,19 @@ class Reason(enum.IntEnum):
 
 # The header rusm.recv writes: kind i32, reason i32, from i64, ref i64,
 # size i32, reserved i32 (little-endian, 32 bytes, 8-aligned).
+HEADER_FORMAT = "<iiqqii"
 HEADER_BYTES = 32
 # The largest payload of one message, call or reply.
 MAX_MESSAGE_BYTES = 8 << 20
-# User messages a mailbox holds; past this they are dropped (and counted).
-# Exit, down and reply signals always get through.
+# User messages (message, call, timer) a mailbox holds; past this they are
+# dropped (and counted). Exit and down messages always get through.
 MAILBOX_LIMIT = 10_000
 # Names: UTF-8, 1..255 bytes.
 MAX_NAME_BYTES = 255
+# rusm.set_label text: UTF-8, up to 255 bytes.
+MAX_LABEL_BYTES = 255
+# Timers one process may have pending at once.
+MAX_TIMERS_PER_PROCESS = 10_000
 
 
 class LogLevel(enum.IntEnum):
@@ -202,7 +207,8 @@ FUNCTIONS: dict[str, HostFunction] = {
             "i32",
             A,
             "Send a request and wait for its reply: the reply's size (only buf_cap bytes "
-            "are written), or NOPROC (the callee is or goes down), TIMEOUT, LIMIT.",
+            "are written), or NOPROC (the callee is or goes down), TIMEOUT, LIMIT, "
+            "TOOBIG, INVALID (calling itself).",
             blocking=True,
         ),
         _fn(
@@ -226,14 +232,14 @@ FUNCTIONS: dict[str, HostFunction] = {
             "name_ptr:i32 name_len:i32",
             "i32",
             A,
-            "Drop one of the caller's own names; 0, NOTFOUND, DENIED (another's name).",
+            "Drop one of the caller's own names; 0, NOTFOUND, DENIED (another's name), INVALID.",
         ),
         _fn(
             "whereis",
             "name_ptr:i32 name_len:i32",
             "i64",
             A,
-            "The pid registered under a name, or NOTFOUND.",
+            "The pid registered under a name, or NOTFOUND, INVALID.",
         ),
         _fn(
             "link",
@@ -271,7 +277,8 @@ FUNCTIONS: dict[str, HostFunction] = {
             "i32",
             A,
             "Send an exit signal with a reason (ends the caller when pid is itself); "
-            "another pid needs allow-process-control, else DENIED; 0, NOPROC, INVALID.",
+            "another pid needs allow-process-control, else DENIED; 0, NOPROC, INVALID "
+            "(an unknown reason, or noproc).",
         ),
         _fn(
             "kill",
@@ -286,16 +293,18 @@ FUNCTIONS: dict[str, HostFunction] = {
             "pid:i64",
             "i32",
             A,
-            "1 if the process is alive, 0 if not; another pid needs allow-process-control, "
-            "else DENIED.",
+            "1 if the process is alive, 0 if not (a pid on another worker is asked there); "
+            "another pid needs allow-process-control, else DENIED.",
+            blocking=True,
         ),
         _fn(
             "list",
             "buf_ptr:i32 max:i32",
             "i32",
             A,
-            "Write up to max pids (i64) of this node's processes, return how many there are; "
-            "without allow-process-control only the caller's own pid.",
+            "Write up to max pids (i64) of the caller's worker's processes, return how many "
+            "there are; without allow-process-control only the caller's own pid; INVALID "
+            "for a negative max.",
         ),
         _fn(
             "info",
@@ -349,7 +358,8 @@ FUNCTIONS: dict[str, HostFunction] = {
             "i64",
             SP,
             "Start a supervisor (JSON spec: strategy, intensity, period_s, children) linked "
-            "to the caller; its pid, or INVALID (the spec is logged), NOTFOUND, UNAVAILABLE.",
+            "to the caller; its pid, or INVALID (the spec is logged), NOTFOUND, UNAVAILABLE, "
+            "TOOBIG.",
         ),
     )
 }

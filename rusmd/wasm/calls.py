@@ -22,19 +22,21 @@ from rusmd.actors.supervisor import GuestSupervisor, SpecError, parse_spec
 from rusmd.actors.table import Stopped
 from rusmd.wasm.abi import (
     HEADER_BYTES,
+    HEADER_FORMAT,
+    MAX_LABEL_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_NAME_BYTES,
     ErrorCode,
     Reason,
+    slot_of,
 )
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 
 if TYPE_CHECKING:
     from rusmd.wasm.host import Process, WasmHost
 
-_HEADER = struct.Struct("<iiqqii")
+_HEADER = struct.Struct(HEADER_FORMAT)
 _PID = struct.Struct("<q")
-MAX_LABEL_BYTES = 255
 
 
 class Exit(Exception):
@@ -337,7 +339,12 @@ class ActorCalls:
         if not self._allowed(process, target, "is_alive"):
             values[0].i32 = ErrorCode.DENIED
             return
-        values[0].i32 = 1 if self.host.is_alive(target) else 0
+        blocked = self._block(process, int(slot_of(target) != self.host.slot))
+        try:
+            alive = self.host.is_alive(target)
+        finally:
+            self._unblock(process, blocked)
+        values[0].i32 = 1 if alive else 0
 
     def list(self, process: Process, values: Any) -> None:
         buf, most = values[0].i32, values[1].i32
@@ -361,7 +368,11 @@ class ActorCalls:
         if not self._allowed(process, target, "info"):
             values[0].i32 = ErrorCode.DENIED
             return
-        row = self.host.info(target)
+        blocked = self._block(process, int(slot_of(target) != self.host.slot))
+        try:
+            row = self.host.info(target)
+        finally:
+            self._unblock(process, blocked)
         if row is None:
             values[0].i32 = ErrorCode.NOPROC
             return
