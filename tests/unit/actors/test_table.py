@@ -1,0 +1,270 @@
+"""The actor table's rules, on a table whose transport is a fake.
+
+Runs in: any (the test process; no wasm, no daemon: the table is pure
+bookkeeping under a lock, and its outside world is four callables that
+these tests replace with lists).
+
+Daemon-level behaviour (real guests, real workers, the mesh) is in
+``tests/integration/test_actors.py``; this file pins the rules that are
+awkward to reach from a guest: the mailbox bound, what always gets
+through, what a timeout or a too-small buffer keeps, and what a dead
+worker fires.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from rusmd.actors.signals import Op
+from rusmd.actors.table import Actor, ActorTable, Envelope, Stopped
+from rusmd.channel import Message, NameDrop, Names, Sig
+from rusmd.wasm.abi import ErrorCode, Kind, Reason
+
+SLOT = 3
+
+
+class Fake:
+    """The table's outside world, recorded."""
+
+    def __init__(self) -> None:
+        self.remote: list[Sig] = []
+        self.main: list[Message] = []
+        self.later: list[tuple[float, Callable[[], None]]] = []
+        self.live_slots = {4}
+
+    def table(self, limit: int = 5) -> ActorTable:
+        def remote(slot: int, sig: Sig) -> bool:
+            if slot not in self.live_slots:
+                return False
+            self.remote.append(sig)
+            return True
+
+        return ActorTable(
+            SLOT,
+            remote=remote,
+            to_main=self.main.append,
+            call_soon=lambda job, *args: job(*args),
+            call_later=lambda delay, job: self.later.append((delay, job)),
+            mailbox_limit=limit,
+        )
+
+
+@pytest.fixture
+def fake() -> Fake:
+    return Fake()
+
+
+def pid(serial: int, slot: int = SLOT) -> int:
+    return serial * 1000 + slot
+
+
+def add(table: ActorTable, serial: int, stops: list[tuple[int, str, str]] | None = None) -> Actor:
+    p = pid(serial)
+    record = stops if stops is not None else []
+    return table.add(p, f"t#{p}", lambda reason, detail: record.append((p, reason, detail)))
+
+
+def take(table: ActorTable, actor: Actor) -> Envelope:
+    code, envelope = table.receive(actor, 0, 1 << 20)
+    assert code == ErrorCode.OK and envelope is not None
+    return envelope
+
+
+def test_a_full_mailbox_drops_and_counts_user_messages(fake: Fake) -> None:
+    table = fake.table(limit=3)
+    a, b = add(table, 1), add(table, 2)
+    codes = [table.send(a.pid, b.pid, f"m{i}".encode()) for i in range(5)]
+    assert codes == [ErrorCode.OK] * 3 + [ErrorCode.LIMIT] * 2
+    assert b.dropped == 2
+    assert [take(table, b).payload for _ in range(3)] == [b"m0", b"m1", b"m2"]
+    # Room again once messages are taken.
+    assert table.send(a.pid, b.pid, b"m5") == ErrorCode.OK
+
+
+def test_exit_and_down_get_through_a_full_mailbox(fake: Fake) -> None:
+    table = fake.table(limit=1)
+    a, b, c = add(table, 1), add(table, 2), add(table, 3)
+    b.trap_exit = True
+    assert table.send(a.pid, b.pid, b"fill") == ErrorCode.OK
+    table.link(b, a.pid)
+    ref = table.monitor(b, c.pid)
+    table.remove(a.pid, "crashed")
+    table.remove(c.pid, "killed")
+    kinds = [take(table, b) for _ in range(3)]
+    assert [(e.kind, e.sender, e.reason) for e in kinds] == [
+        (Kind.MESSAGE, a.pid, 0),
+        (Kind.EXIT, a.pid, Reason.CRASHED),
+        (Kind.DOWN, c.pid, Reason.KILLED),
+    ]
+    assert kinds[2].ref == ref
+
+
+def test_a_timeout_loses_no_message_and_a_small_buffer_keeps_it(fake: Fake) -> None:
+    table = fake.table()
+    a, b = add(table, 1), add(table, 2)
+    assert table.receive(b, 0.01, 100) == (ErrorCode.TIMEOUT, None)
+    table.send(a.pid, b.pid, b"0123456789")
+    code, envelope = table.receive(b, 0, 4)
+    assert code == ErrorCode.TOOBIG and envelope is not None and len(envelope.payload) == 10
+    assert take(table, b).payload == b"0123456789"
+
+
+def test_a_parked_receive_wakes_for_a_message_from_another_thread(fake: Fake) -> None:
+    table = fake.table()
+    a, b = add(table, 1), add(table, 2)
+    got: list[Any] = []
+    waiter = threading.Thread(target=lambda: got.append(table.receive(b, None, 100)))
+    waiter.start()
+    time.sleep(0.05)
+    assert not got, "receive must park while the mailbox is empty"
+    table.send(a.pid, b.pid, b"wake")
+    waiter.join(5)
+    assert got and got[0][0] == ErrorCode.OK and got[0][1].payload == b"wake"
+
+
+def test_a_kill_wakes_a_parked_receive(fake: Fake) -> None:
+    table = fake.table()
+    stops: list[tuple[int, str, str]] = []
+    b = add(table, 2, stops)
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            table.receive(b, None, 100)
+        except Stopped as exc:
+            errors.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.05)
+    assert table.kill(b.pid, "killed", "by a test")
+    waiter.join(5)
+    assert [str(e) for e in errors] == ["killed"]
+    assert stops == [(b.pid, "killed", "by a test")]
+
+
+def test_links_cascade_unless_normal_and_kill_cannot_be_trapped(fake: Fake) -> None:
+    table = fake.table()
+    stops: list[tuple[int, str, str]] = []
+    a, b, c = add(table, 1, stops), add(table, 2, stops), add(table, 3, stops)
+    table.link(a, b.pid)
+    table.link(a, c.pid)
+    table.remove(b.pid, "normal")
+    assert stops == []
+    table.remove(c.pid, "shutdown")
+    assert stops == [(a.pid, "shutdown", f"linked to t#{c.pid}")]
+    d = add(table, 4, stops)
+    d.trap_exit = True
+    assert table.exit_signal(a, d.pid, Reason.KILLED) == ErrorCode.OK
+    assert stops[-1] == (d.pid, "killed", f"killed by t#{a.pid}")
+
+
+def test_demonitor_and_unlink_drop_what_they_already_queued(fake: Fake) -> None:
+    table = fake.table()
+    a, b, c = add(table, 1), add(table, 2), add(table, 3)
+    a.trap_exit = True
+    ref = table.monitor(a, b.pid)
+    table.link(a, c.pid)
+    table.remove(b.pid, "crashed")
+    table.remove(c.pid, "crashed")
+    assert len(a.mailbox) == 2
+    assert table.demonitor(a, ref) == ErrorCode.OK
+    assert table.unlink(a, c.pid) == ErrorCode.OK
+    assert table.receive(a, 0, 100) == (ErrorCode.TIMEOUT, None)
+
+
+def test_monitor_and_link_of_a_dead_pid(fake: Fake) -> None:
+    table = fake.table()
+    a = add(table, 1)
+    a.trap_exit = True
+    ref = table.monitor(a, pid(99))
+    down = take(table, a)
+    assert (down.kind, down.ref, down.sender, down.reason) == (
+        Kind.DOWN,
+        ref,
+        pid(99),
+        Reason.NOPROC,
+    )
+    assert table.link(a, pid(99)) == ErrorCode.NOPROC
+    # A pid on a worker slot nobody runs: the link is answered with noproc.
+    assert table.link(a, pid(5, slot=9)) == ErrorCode.OK
+    exit_ = take(table, a)
+    assert (exit_.kind, exit_.sender, exit_.reason) == (Kind.EXIT, pid(5, 9), Reason.NOPROC)
+
+
+def test_a_dead_worker_fires_links_and_monitors_with_its_reason(fake: Fake) -> None:
+    table = fake.table()
+    stops: list[tuple[int, str, str]] = []
+    a, b = add(table, 1, stops), add(table, 2, stops)
+    remote = pid(7, slot=4)
+    table.link(a, remote)
+    ref = table.monitor(b, remote)
+    table.names_update(Names(set={"far": remote}, removed=[]))
+    table.worker_down(4, "killed")
+    assert stops == [(a.pid, "killed", f"linked to #{remote}")]
+    down = take(table, b)
+    assert (down.kind, down.ref, down.reason) == (Kind.DOWN, ref, Reason.KILLED)
+    assert table.whereis("far") is None
+
+
+def test_call_to_a_dead_local_pid_is_noproc_and_a_late_reply_is_dropped(fake: Fake) -> None:
+    table = fake.table()
+    a, b = add(table, 1), add(table, 2)
+    assert table.call(a, pid(99), b"hi", 1.0) == (ErrorCode.NOPROC, b"")
+    assert table.call(a, b.pid, b"hi", 0.01) == (ErrorCode.TIMEOUT, b"")
+    request = take(table, b)
+    assert request.kind == Kind.CALL
+    table.reply(b, a.pid, request.ref, b"late")
+    assert table.receive(a, 0, 100) == (ErrorCode.TIMEOUT, None)
+    assert a.monitors == {} and b.watchers == {}
+
+
+def test_call_ends_with_noproc_when_the_callee_dies(fake: Fake) -> None:
+    table = fake.table()
+    a, b = add(table, 1), add(table, 2)
+    results: list[tuple[int, bytes]] = []
+    caller = threading.Thread(target=lambda: results.append(table.call(a, b.pid, b"x", None)))
+    caller.start()
+    time.sleep(0.05)
+    table.remove(b.pid, "crashed")
+    caller.join(5)
+    assert results == [(ErrorCode.NOPROC, b"")]
+
+
+def test_a_cancelled_timer_never_fires(fake: Fake) -> None:
+    table = fake.table()
+    a = add(table, 1)
+    kept = table.send_after(a, a.pid, 0.5, b"kept")
+    gone = table.send_after(a, a.pid, 0.1, b"gone")
+    assert table.cancel_timer(a, gone) == ErrorCode.OK
+    assert table.cancel_timer(a, gone) == ErrorCode.NOTFOUND
+    for _delay, job in fake.later:
+        job()
+    fired = take(table, a)
+    assert (fired.kind, fired.ref, fired.payload) == (Kind.TIMER, kept, b"kept")
+    assert table.receive(a, 0, 100) == (ErrorCode.TIMEOUT, None)
+
+
+def test_names_are_released_on_exit_and_only_owners_unregister(fake: Fake) -> None:
+    table = fake.table()
+    a, b = add(table, 1), add(table, 2)
+    table.names_update(Names(set={"svc": a.pid}, removed=[]))
+    assert a.names == {"svc"}
+    assert table.unregister(b, "svc") == ErrorCode.DENIED
+    table.remove(a.pid, "normal")
+    assert table.whereis("svc") is None
+    assert NameDrop(pid=a.pid, names=["svc"]) in fake.main
+
+
+def test_signals_to_another_worker_go_out_in_order(fake: Fake) -> None:
+    table = fake.table()
+    a = add(table, 1)
+    far = pid(8, slot=4)
+    for i in range(5):
+        assert table.send(a.pid, far, bytes([i])) == ErrorCode.OK
+    assert [s.payload for s in fake.remote if s.op == Op.SEND] == [bytes([i]) for i in range(5)]
