@@ -21,7 +21,7 @@
 
 #include <stdlib.h>
 
-#define BUF_BYTES 65536
+#define BUF_BYTES (256 * 1024)
 
 static char buf[BUF_BYTES];       /* the payload of the message in hand */
 static char request[BUF_BYTES];   /* the payload as a NUL-terminated string */
