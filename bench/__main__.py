@@ -5,11 +5,12 @@ Runs in: a benchmark process of its own.
 
 import sys
 
-from bench import wasm_host, worker_restart
+from bench import actors, wasm_host, worker_restart
 
 SCENARIOS = {
     "worker-restart": worker_restart.main,
     "wasm-host": wasm_host.main,
+    "actors": actors.main,
 }
 """Benchmark name → its entry point. Each prints rusm beside its baseline."""
 

@@ -15,9 +15,10 @@ Side by side in one run, each rusm figure beside a plain-Python baseline:
 2. round trips (``rusm.send`` out, ``rusm.recv`` back), ``rusm.call`` round
    trips, and one-way message throughput, between two processes of the
    guest ``bench/guests/actors.c``, timed by the guest on the WASI
-   monotonic clock: on one worker against two threads over
-   ``queue.SimpleQueue``; across two workers (the daemon, pids on worker 0
-   and worker 1) against two OS processes over a ``multiprocessing`` pipe;
+   monotonic clock: on one worker (in this process, and again in the
+   daemon) against two threads over ``queue.SimpleQueue``; across two
+   workers (the daemon, pids on worker 0 and worker 1) against two OS
+   processes over a ``multiprocessing`` pipe;
 3. restarts per second of a child that exits crashed at once, under a
    guest's ``rusm.supervise`` supervisor (one_for_one, permanent, an
    intensity it never reaches), against the same chain without a
@@ -26,7 +27,8 @@ Side by side in one run, each rusm figure beside a plain-Python baseline:
    host with ``IDLE`` pool slots, against as many Python threads parked
    on a ``threading.Event`` with the same 16 MiB stack size.
 
-Timed figures are the median of ``TRIALS`` trials. Ratios are
+Timed figures are the median of ``TRIALS`` trials, rusm's and the
+baseline's taken in turn (the machine's load drifts). Ratios are
 rusm/baseline: above 1 means rusm's figure is the larger one (better for
 a rate, worse for a time or a size).
 """
@@ -45,7 +47,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
@@ -60,7 +63,7 @@ from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel
 from rusmd.log import Logger, LogRecord
 from rusmd.wasm.cache import CompileCache
-from rusmd.wasm.engine import compile_engine, make_config
+from rusmd.wasm.engine import POOL_SLOTS, compile_engine, make_config
 from rusmd.wasm.host import ProcessState, WasmHost
 from tests.guests.build import build_c_guest
 
@@ -69,12 +72,14 @@ SPAWNS = 3000
 ROUND_TRIPS = 2000
 CALLS = 2000
 FLOOD = 20_000
-RESTART_WINDOW_S = 3.0
+RESTART_WINDOW_S = 2.0
 IDLE = 10_000
 # Bounds, so the run always ends by itself.
 LINE_TIMEOUT_S = 60.0
 CHILD_TIMEOUT_S = 150.0
 SHUTDOWN_TIMEOUT_S = 60.0
+# Two workers (a quarter of 8 cores), whatever the machine has.
+DAEMON_PROFILE = ("--cpus", "8", "--profile", "light")
 GIB = 1 << 30
 MACHINE_BYTES = 24 * GIB
 
@@ -126,11 +131,13 @@ capability = "boss"
 
 def _row(what: str, rusm: float, base: float, unit: str, base_what: str) -> None:
     figures = f"rusm {rusm:>11,.1f} {unit:<6} base {base:>11,.1f} {unit:<6}"
-    print(f"{what:<40} {figures} rusm/base {rusm / base:6.2f}   ({base_what})")
+    print(f"{what:<42} {figures} rusm/base {rusm / base:<7.3g} ({base_what})")
 
 
-def _median(trial: Callable[[], float]) -> float:
-    return statistics.median(trial() for _ in range(TRIALS))
+def _paired(rusm: Callable[[], float], base: Callable[[], float]) -> tuple[float, float]:
+    """Medians of ``TRIALS`` trials of each, taken in turn so load drift hits both."""
+    pairs = [(rusm(), base()) for _ in range(TRIALS)]
+    return statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
 
 
 # ── an in-process worker ────────────────────────────────────────────────
@@ -209,9 +216,8 @@ class Worker:
         engine = compile_engine()
         images = []
         for name, module in wasm.items():
-            entry = cache.store(
-                cache.key(module), wasmtime.Module(engine, module).serialize(), name
-            )
+            compiled = bytes(wasmtime.Module(engine, module).serialize())
+            entry = cache.store(cache.key(module), compiled, name)
             images.append(ComponentImage(name=name, cwasm=str(entry.path), digest=entry.digest))
         self.host.load(images)
 
@@ -264,14 +270,18 @@ def _ns_per(line: str) -> float:
     return int(fields["ns"]) / int(fields["n"])
 
 
+def _wat(text: str) -> bytes:
+    return bytes(wasmtime.wat2wasm(text))
+
+
 def _modules(build: Path) -> dict[str, bytes]:
     guest = build_c_guest(GUEST_SOURCE, build / "actors.wasm")
     return {
         "bench": guest.read_bytes(),
-        "empty": wasmtime.wat2wasm(EMPTY),
-        "crasher": wasmtime.wat2wasm(CRASHER),
-        "idle": wasmtime.wat2wasm(IDLE_GUEST),
-        "sup": wasmtime.wat2wasm(SUPERVISING),
+        "empty": _wat(EMPTY),
+        "crasher": _wat(CRASHER),
+        "idle": _wat(IDLE_GUEST),
+        "sup": _wat(SUPERVISING),
     }
 
 
@@ -291,7 +301,7 @@ def spawn_rate(worker: Worker) -> None:
         return SPAWNS / (time.perf_counter() - start)
 
     engine = wasmtime.Engine(make_config())
-    pre = wasmtime.Linker(engine).instantiate_pre(wasmtime.Module(engine, wasmtime.wat2wasm(EMPTY)))
+    pre = wasmtime.Linker(engine).instantiate_pre(wasmtime.Module(engine, _wat(EMPTY)))
 
     def plain_trial() -> float:
         start = time.perf_counter()
@@ -305,13 +315,8 @@ def spawn_rate(worker: Worker) -> None:
             del store
         return SPAWNS / (time.perf_counter() - start)
 
-    _row(
-        "spawn+run+exit, one worker",
-        _median(rusm_trial),
-        _median(plain_trial),
-        "/s",
-        "wasmtime-py instantiate+run loop",
-    )
+    rusm, plain = _paired(rusm_trial, plain_trial)
+    _row("spawn+run+exit, one worker", rusm, plain, "/s", "wasmtime-py instantiate+run loop")
 
 
 # ── 2. messages: baselines ──────────────────────────────────────────────
@@ -396,39 +401,43 @@ def _pipe_peer(conn: Connection) -> None:
             return
 
 
-def pipe_baselines() -> dict[str, float]:
-    """ns per round trip and per one-way message between two OS processes over a pipe.
+class PipePeer:
+    """Another OS process at the end of a ``multiprocessing`` pipe (the baseline across processes).
 
-    Forked before this process starts any thread (fork-safe by construction).
+    Forked before this process starts any thread (fork-safe by construction),
+    and kept until ``close`` so its trials can take turns with rusm's.
     """
-    context = multiprocessing.get_context("fork")
-    here, there = context.Pipe()
-    peer = context.Process(target=_pipe_peer, args=(there,), daemon=True)
-    peer.start()
-    there.close()
-    try:
 
-        def round_trip() -> float:
-            start = time.perf_counter_ns()
-            for _ in range(ROUND_TRIPS):
-                here.send_bytes(b"p")
-                here.recv_bytes()
-            return (time.perf_counter_ns() - start) / ROUND_TRIPS
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("fork")
+        self.conn, there = context.Pipe()
+        self.peer = context.Process(target=_pipe_peer, args=(there,), daemon=True)
+        self.peer.start()
+        there.close()
 
-        def flood() -> float:
-            start = time.perf_counter_ns()
-            here.send_bytes(f"n{FLOOD}".encode())
-            for _ in range(FLOOD):
-                here.send_bytes(b"f")
-            here.recv_bytes()
-            return (time.perf_counter_ns() - start) / FLOOD
+    def round_trip(self, count: int) -> float:
+        """ns per round trip."""
+        start = time.perf_counter_ns()
+        for _ in range(count):
+            self.conn.send_bytes(b"p")
+            self.conn.recv_bytes()
+        return (time.perf_counter_ns() - start) / count
 
-        return {"round_trip": _median(round_trip), "flood": _median(flood)}
-    finally:
-        here.send_bytes(b"q")
-        peer.join(10)
-        if peer.is_alive():
-            peer.kill()
+    def flood(self, count: int) -> float:
+        """ns per one-way message, until the peer has taken them all."""
+        start = time.perf_counter_ns()
+        self.conn.send_bytes(f"n{count}".encode())
+        for _ in range(count):
+            self.conn.send_bytes(b"f")
+        self.conn.recv_bytes()
+        return (time.perf_counter_ns() - start) / count
+
+    def close(self) -> None:
+        self.conn.send_bytes(b"q")
+        self.peer.join(10)
+        if self.peer.is_alive():
+            self.peer.kill()
+            self.peer.join(10)
 
 
 # ── 2. messages: rusm on one worker ─────────────────────────────────────
@@ -438,19 +447,23 @@ def one_worker(worker: Worker) -> None:
     driver = worker.spawn_ready("bench")
     peer = worker.spawn_ready("bench")
     try:
-        rtt = _median(lambda: worker.measure(driver, "pingpong", peer, ROUND_TRIPS))
-        call = _median(lambda: worker.measure(driver, "calls", peer, CALLS))
-        flood = _median(lambda: worker.measure(driver, "flood", peer, FLOOD))
+        rtt = _paired(
+            partial(worker.measure, driver, "pingpong", peer, ROUND_TRIPS),
+            partial(thread_round_trip, ROUND_TRIPS),
+        )
+        call = _paired(
+            partial(worker.measure, driver, "calls", peer, CALLS), partial(thread_call, CALLS)
+        )
+        flood = _paired(
+            partial(worker.measure, driver, "flood", peer, FLOOD), partial(thread_flood, FLOOD)
+        )
     finally:
         worker.host.kill(driver)
         worker.host.kill(peer)
-    base_rtt = _median(lambda: thread_round_trip(ROUND_TRIPS))
-    base_call = _median(lambda: thread_call(CALLS))
-    base_flood = _median(lambda: thread_flood(FLOOD))
     what = "2 threads, queue.SimpleQueue"
-    _row("send/recv round trip, one worker", rtt / 1000, base_rtt / 1000, "µs", what)
-    _row("call/reply round trip, one worker", call / 1000, base_call / 1000, "µs", what)
-    _row("messages one way, one worker", 1e9 / flood, 1e9 / base_flood, "msg/s", what)
+    _row("send/recv round trip, one worker", rtt[0] / 1000, rtt[1] / 1000, "µs", what)
+    _row("call/reply round trip, one worker", call[0] / 1000, call[1] / 1000, "µs", what)
+    _row("messages one way, one worker", 1e9 / flood[0], 1e9 / flood[1], "msg/s", what)
 
 
 # ── 2. messages: rusm across two workers (the daemon) ───────────────────
@@ -464,13 +477,12 @@ class Daemon:
         (app / "wasm" / "bench.wasm").write_bytes(guest)
         (app / "rusm.toml").write_text(
             f'[node]\nlisten = "127.0.0.1:{_free_port()}"\n[log]\nlevel = "info"\n'
-            '[capabilities.bench]\nmax-memory-mb = 16\nmax-cpu-ms = 60000\n'
+            "[capabilities.bench]\nmax-memory-mb = 16\nmax-cpu-ms = 60000\n"
             '[components.bench]\ncapability = "bench"\n'
         )
         self.socket = app / ".rusm" / "rusmd.sock"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rusmd", "--config", "rusm.toml", "--cpus", "8"]
-            + ["--profile", "light"],
+            [sys.executable, "-m", "rusmd", "--config", "rusm.toml", *DAEMON_PROFILE],
             cwd=app,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -488,32 +500,46 @@ class Daemon:
         records: list[dict[str, Any]] = self.ask("logs", lines=1000)["records"]
         return records
 
-    def line(self, source: str, prefix: str, seen: int) -> str:
-        """Wait for the first record of ``source`` starting with ``prefix`` after ``seen`` such."""
+    def _hits(self, source: str, prefix: str) -> list[str]:
+        return [
+            str(r["text"])
+            for r in self.records()
+            if r["source"] == source and r["text"].startswith((prefix, "failed"))
+        ]
+
+    def line(self, source: str, prefix: str, seen: int = 0) -> str:
+        """Wait for a record of ``source`` starting with ``prefix``, after ``seen`` such."""
         deadline = time.monotonic() + LINE_TIMEOUT_S
         while time.monotonic() < deadline:
-            hits = [
-                r["text"]
-                for r in self.records()
-                if r["source"] == source and r["text"].startswith((prefix, "failed"))
-            ]
+            hits = self._hits(source, prefix)
             if len(hits) > seen:
                 if hits[seen].startswith("failed"):
                     raise RuntimeError(f"{source}: {hits[seen]}")
-                return str(hits[seen])
+                return hits[seen]
             time.sleep(0.05)
         raise TimeoutError(f"{source} did not log {prefix!r}")
 
     def spawn_on(self, slot: int) -> int:
+        deadline = time.monotonic() + LINE_TIMEOUT_S
         for _ in range(8):
-            pid = int(self.ask("spawn", name="bench")["pid"])
+            reply = request(self.socket, "spawn", name="bench")
+            while not reply.get("ok") and "compiling" in str(reply.get("error")):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)  # the daemon compiles the guest after it starts
+                reply = request(self.socket, "spawn", name="bench")
+            if not reply.get("ok"):
+                raise RuntimeError(f"spawn: {reply}")
+            pid = int(reply["result"]["pid"])
             if pid % 1000 == slot:
-                self.line(f"bench#{pid}", f"ready {pid}", 0)
+                self.line(f"bench#{pid}", f"ready {pid}")
                 return pid
             self.ask("kill", pid=f"#{pid}")
         raise RuntimeError(f"no spawn landed on worker {slot}")
 
-    def measure(self, driver: int, op: str, peer: int, count: int, seen: int) -> float:
+    def measure(self, driver: int, op: str, peer: int, count: int) -> float:
+        """ns per operation: ``op`` run ``count`` times by ``driver`` against ``peer``."""
+        seen = len(self._hits(f"bench#{driver}", f"{op} n="))
         self.ask("send", pid=f"#{driver}", text=f"{op} {peer} {count}")
         return _ns_per(self.line(f"bench#{driver}", f"{op} n=", seen))
 
@@ -527,7 +553,7 @@ class Daemon:
             self.proc.wait(timeout=10)
 
 
-def across_workers(guest: bytes, pipe: dict[str, float]) -> None:
+def across_workers(guest: bytes, pipe: PipePeer) -> None:
     with tempfile.TemporaryDirectory(prefix="rusm-bench-") as directory:
         daemon = Daemon(Path(directory), guest)
         try:
@@ -535,40 +561,51 @@ def across_workers(guest: bytes, pipe: dict[str, float]) -> None:
             if sorted(workers) != [0, 1]:
                 raise RuntimeError(f"expected workers 0 and 1, got {sorted(workers)}")
             driver, near, far = daemon.spawn_on(0), daemon.spawn_on(0), daemon.spawn_on(1)
-            figures: dict[tuple[str, int], float] = {}
+            figures: dict[tuple[str, int], tuple[float, float]] = {}
+            # Two threads of one process beside the same worker; two processes beside two.
+            baselines: dict[tuple[str, int], Callable[[], float]] = {
+                ("pingpong", near): partial(thread_round_trip, ROUND_TRIPS),
+                ("calls", near): partial(thread_call, CALLS),
+                ("flood", near): partial(thread_flood, FLOOD),
+                ("pingpong", far): partial(pipe.round_trip, ROUND_TRIPS),
+                ("calls", far): partial(pipe.round_trip, CALLS),
+                ("flood", far): partial(pipe.flood, FLOOD),
+            }
             for op, count in (("pingpong", ROUND_TRIPS), ("calls", CALLS), ("flood", FLOOD)):
                 for peer in (near, far):
-                    samples = [
-                        daemon.measure(driver, op, peer, count, seen) for seen in range(TRIALS)
-                    ]
-                    figures[op, peer] = statistics.median(samples)
+                    figures[op, peer] = _paired(
+                        partial(daemon.measure, driver, op, peer, count), baselines[op, peer]
+                    )
+            # CPU the two workers burn per round trip, against the time one takes.
+            busy = {}
+            for peer in (near, far):
+                before = _cpu_s(workers.values())
+                elapsed = daemon.measure(driver, "pingpong", peer, ROUND_TRIPS)
+                busy[peer] = ((_cpu_s(workers.values()) - before) / ROUND_TRIPS * 1e6, elapsed)
         finally:
             daemon.stop()
-    what = "2 processes, multiprocessing Pipe"
-    same = "same worker, daemon"
-    for peer, where in ((near, same), (far, "across workers")):
-        base_what = what if peer == far else f"{what}; rusm peer on worker 0"
-        _row(
-            f"send/recv round trip, {where}",
-            figures["pingpong", peer] / 1000,
-            pipe["round_trip"] / 1000,
-            "µs",
-            base_what,
+    for peer, where, what in (
+        (near, "same worker, daemon", "2 threads, queue.SimpleQueue"),
+        (far, "across workers", "2 processes, multiprocessing Pipe"),
+    ):
+        rtt, call, flood = figures["pingpong", peer], figures["calls", peer], figures["flood", peer]
+        _row(f"send/recv round trip, {where}", rtt[0] / 1000, rtt[1] / 1000, "µs", what)
+        _row(f"call/reply round trip, {where}", call[0] / 1000, call[1] / 1000, "µs", what)
+        _row(f"messages one way, {where}", 1e9 / flood[0], 1e9 / flood[1], "msg/s", what)
+        cpu_us, elapsed_ns = busy[peer]
+        print(
+            f"{'':<42} (one more {ROUND_TRIPS:,} round trips, {where}: {elapsed_ns / 1000:.1f} µs "
+            f"each, of which both workers together used {cpu_us:.1f} µs of CPU)"
         )
-        _row(
-            f"call/reply round trip, {where}",
-            figures["calls", peer] / 1000,
-            pipe["round_trip"] / 1000,
-            "µs",
-            base_what,
-        )
-        _row(
-            f"messages one way, {where}",
-            1e9 / figures["flood", peer],
-            1e9 / pipe["flood"],
-            "msg/s",
-            base_what,
-        )
+
+
+def _cpu_s(pids: Iterable[int]) -> float:
+    """CPU seconds (user + system, all threads) used so far by processes ``pids``."""
+    total = 0.0
+    for pid in pids:
+        times = psutil.Process(pid).cpu_times()
+        total += times.user + times.system
+    return total
 
 
 # ── 3. restarts under a supervisor ──────────────────────────────────────
@@ -576,18 +613,22 @@ def across_workers(guest: bytes, pipe: dict[str, float]) -> None:
 
 def restarts(worker: Worker) -> None:
     host = worker.host
-    before = host.exits.get("crashed", 0)
-    parent = host.spawn("sup")
-    start = time.perf_counter()
-    time.sleep(RESTART_WINDOW_S)
-    rate = (host.exits.get("crashed", 0) - before) / (time.perf_counter() - start)
-    supervisors = [p for p in host.processes.values() if p.component.name == "supervisor"]
-    if len(supervisors) != 1:
-        raise RuntimeError(f"expected one supervisor, found {len(supervisors)}")
-    info = host.local_info(supervisors[0].pid) or {}
-    in_window = info.get("children", [{}])[0].get("restarts_in_window", 0)
-    host.kill(parent)
-    worker.wait_empty()
+    in_window: list[int] = []
+
+    def supervised() -> float:
+        before = host.exits.get("crashed", 0)
+        parent = host.spawn("sup")
+        start = time.perf_counter()
+        time.sleep(RESTART_WINDOW_S)
+        rate = (host.exits.get("crashed", 0) - before) / (time.perf_counter() - start)
+        supervisors = [p for p in host.processes.values() if p.component.name == "supervisor"]
+        if len(supervisors) != 1:
+            raise RuntimeError(f"expected one supervisor, found {len(supervisors)}")
+        info = host.local_info(supervisors[0].pid) or {}
+        in_window.append(info.get("children", [{}])[0].get("restarts_in_window", 0))
+        host.kill(parent)
+        worker.wait_empty()
+        return rate
 
     def bare() -> float:
         count = 0
@@ -598,18 +639,14 @@ def restarts(worker: Worker) -> None:
             if not worker.exited.wait(LINE_TIMEOUT_S):
                 raise TimeoutError("crasher did not exit")
             count += 1
-        return count / (time.perf_counter() - start)
+        rate = count / (time.perf_counter() - start)
+        worker.wait_empty()
+        return rate
 
-    base = bare()
-    worker.wait_empty()
-    _row(
-        "restarts under a supervisor",
-        rate,
-        base,
-        "/s",
-        "spawn, wait for the exit, spawn again",
-    )
-    print(f"{'':<40} (supervisor's own count of restarts in its last 1 s: {in_window:,})")
+    rate, base = _paired(supervised, bare)
+    _row("restarts under a supervisor", rate, base, "/s", "spawn, wait for the exit, spawn again")
+    counts = ", ".join(f"{n:,}" for n in in_window)
+    print(f"{'':<42} (the supervisor's own restarts in its last 1 s, each trial: {counts})")
 
 
 # ── 4. idle processes ───────────────────────────────────────────────────
@@ -626,7 +663,7 @@ def idle_rss(count: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="rusm-bench-") as directory:
         worker = Worker(
             Path(directory),
-            {"idle": wasmtime.wat2wasm(IDLE_GUEST)},
+            {"idle": _wat(IDLE_GUEST)},
             pool_slots=count,
             max_processes=count,
             level=LogLevel.WARN,
@@ -639,6 +676,7 @@ def idle_rss(count: int) -> dict[str, Any]:
         host.spawn("idle")
         _wait_parked(host, 1)
         rss_before, threads_before = _rss(), threading.active_count()
+        result["maps_before"] = _count_lines("/proc/self/maps")
         started = time.perf_counter()
         error = ""
         try:
@@ -699,6 +737,7 @@ def thread_rss(count: int) -> dict[str, Any]:
     first.start()
     started.acquire()
     rss_before, threads_before = _rss(), threading.active_count()
+    maps_before = _count_lines("/proc/self/maps")
     threads = [threading.Thread(target=park, daemon=True) for _ in range(count - 1)]
     error = ""
     began = time.perf_counter()
@@ -717,6 +756,7 @@ def thread_rss(count: int) -> dict[str, Any]:
         "rss_after": _rss(),
         "threads_before": threads_before,
         "threads_after": threading.active_count(),
+        "maps_before": maps_before,
         "maps": _count_lines("/proc/self/maps"),
     }
     gate.set()
@@ -749,8 +789,9 @@ def _child(mode: str, count: int) -> dict[str, Any]:
 def idle_processes() -> None:
     rusm = _child("idle-rss", IDLE)
     base = _child("thread-rss", IDLE)
-    per = (rusm["rss_after"] - rusm["rss_before"]) / max(1, rusm["parked"] - 1)
-    base_per = (base["rss_after"] - base["rss_before"]) / max(1, base["parked"] - 1)
+    added, base_added = max(1, rusm["parked"] - 1), max(1, base["parked"] - 1)
+    per = (rusm["rss_after"] - rusm["rss_before"]) / added
+    base_per = (base["rss_after"] - base["rss_before"]) / base_added
     _row(
         f"RSS per idle process ({rusm['parked']:,} parked)",
         per / 1024,
@@ -758,42 +799,46 @@ def idle_processes() -> None:
         "KiB",
         f"{base['parked']:,} threads on an Event",
     )
+    pad = " " * 42
     pool = f"{rusm['pool_slots']:,} pool slots" if rusm["pooling"] else "on-demand allocation"
     print(
-        f"{'':<40} rusm: {rusm['threads_after']:,} Python threads "
-        f"({rusm['os_threads_after']:,} OS threads), {rusm['maps']:,} memory maps, {pool}; "
-        f"spawned in {rusm['spawn_s']:.1f} s, shut down in {rusm['shutdown_s']:.1f} s "
-        f"({rusm['left']} left, {rusm['threads_left']} threads left)"
+        f"{pad} rusm: {rusm['threads_after']:,} threads ({rusm['os_threads_after']:,} in the "
+        f"kernel's count), {pool}; spawned in {rusm['spawn_s']:.1f} s, shut down in "
+        f"{rusm['shutdown_s']:.1f} s ({rusm['left']} processes and "
+        f"{rusm['threads_left'] - 1} threads besides the main one left)"
     )
-    if rusm["error"] or rusm["crashed"]:
-        print(f"{'':<40} rusm stopped at: {rusm['error']} crashed={rusm['crashed']}")
+    if rusm["error"] or rusm["crashed"] or rusm["parked"] < rusm["wanted"]:
+        print(f"{pad} rusm stopped short: {rusm['error']} crashed={rusm['crashed']}")
         for text in rusm["records"]:
-            print(f"{'':<40}   {text}")
+            print(f"{pad}   {text}")
     if base["error"]:
-        print(f"{'':<40} threads stopped at: {base['error']}")
-    print(
-        f"{'':<40} 24 GiB / per-process RSS: {MACHINE_BYTES / per:,.0f} processes "
-        f"(threads: {MACHINE_BYTES / base_per:,.0f})"
-    )
-    print(f"{'':<40} other limits: {_limits()}")
-
-
-def _limits() -> str:
-    def read(path: str) -> str:
-        try:
-            return Path(path).read_text().strip()
-        except OSError:
-            return "?"
-
+        print(f"{pad} threads stopped short: {base['error']}")
+    maps = (rusm["maps"] - rusm["maps_before"]) / added
+    base_maps = (base["maps"] - base["maps_before"]) / base_added
+    max_maps = int(_read("/proc/sys/vm/max_map_count") or 0)
+    pid_max = int(_read("/proc/sys/kernel/pid_max") or 0)
     nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
-    words = [
-        f"kernel.threads-max {read('/proc/sys/kernel/threads-max')}",
-        f"kernel.pid_max {read('/proc/sys/kernel/pid_max')}",
-        f"vm.max_map_count {read('/proc/sys/vm/max_map_count')}",
-        f"ulimit -u {'unlimited' if nproc == resource.RLIM_INFINITY else nproc}",
-        "pool slots per worker (default) 1,000",
-    ]
-    return ", ".join(words)
+    print(f"{pad} how far the count goes:")
+    print(f"{pad}   memory, 24 GiB / RSS each: {MACHINE_BYTES / per:,.0f} processes")
+    if max_maps:
+        print(
+            f"{pad}   vm.max_map_count {max_maps:,} per OS process, {maps:.1f} maps each "
+            f"(threads: {base_maps:.1f}): {(max_maps - rusm['maps_before']) / maps:,.0f} "
+            "processes per worker"
+        )
+    print(
+        f"{pad}   one thread each: kernel.pid_max {pid_max:,} and kernel.threads-max "
+        f"{int(_read('/proc/sys/kernel/threads-max') or 0):,} (all OS processes together), "
+        f"ulimit -u {'unlimited' if nproc == resource.RLIM_INFINITY else f'{nproc:,}'}"
+    )
+    print(f"{pad}   pool slots: {POOL_SLOTS:,} per worker in the daemon (here: {IDLE:,})")
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
 
 
 # ── entry ───────────────────────────────────────────────────────────────
@@ -801,25 +846,31 @@ def _limits() -> str:
 
 def main() -> int:
     # Forked first, while this process has no thread but its own.
-    pipe = pipe_baselines()
-    with tempfile.TemporaryDirectory(prefix="rusm-bench-") as directory:
-        build = Path(directory)
-        modules = _modules(build)
-        (build / "app").mkdir()
-        worker = Worker(build / "app", modules)
-        try:
-            spawn_rate(worker)
-            one_worker(worker)
-            restarts(worker)
-        finally:
-            worker.close()
-        across_workers(modules["bench"], pipe)
+    pipe = PipePeer()
+    try:
+        with tempfile.TemporaryDirectory(prefix="rusm-bench-") as directory:
+            build = Path(directory)
+            modules = _modules(build)
+            (build / "app").mkdir()
+            worker = Worker(build / "app", modules)
+            try:
+                spawn_rate(worker)
+                one_worker(worker)
+                restarts(worker)
+            finally:
+                worker.close()
+            across_workers(modules["bench"], pipe)
+    finally:
+        pipe.close()
     idle_processes()
     return 0
 
 
+CENSUS = {"idle-rss": idle_rss, "thread-rss": thread_rss}
+"""The child modes ``idle_processes`` runs: ``python -m bench.actors MODE COUNT``."""
+
 if __name__ == "__main__":
-    mode, count = sys.argv[1], int(sys.argv[2])
-    census = idle_rss if mode == "idle-rss" else thread_rss
-    print(json.dumps(census(count)))
-    sys.exit(0)
+    if len(sys.argv) != 3 or sys.argv[1] not in CENSUS or not sys.argv[2].isdigit():
+        print(f"usage: python -m bench.actors {{{'|'.join(CENSUS)}}} COUNT", file=sys.stderr)
+        sys.exit(2)
+    print(json.dumps(CENSUS[sys.argv[1]](int(sys.argv[2]))))
