@@ -183,8 +183,9 @@ class ActorTable:
     ) -> Actor:
         """Enter a new process; it can be linked to and sent to from now on."""
         actor = Actor(pid, label, kill, threading.Condition(self.lock), native)
-        with self.lock:
-            self.actors[pid] = actor
+        # One dict store is atomic; nothing can point at a new pid yet, so
+        # the spawning thread need not wait for the lock (spawn rate).
+        self.actors[pid] = actor
         return actor
 
     def get(self, pid: int) -> Actor | None:
@@ -202,6 +203,10 @@ class ActorTable:
             if actor is None:
                 return
             actor.alive = False
+            if not (actor.links or actor.watchers or actor.monitors or actor.names):
+                for ref in actor.timers:
+                    self.timers.pop(ref, None)
+                return  # the common case: nothing points at it
             self._gone_labels[pid] = actor.label
             if len(self._gone_labels) > GONE_LABELS_KEPT:
                 del self._gone_labels[next(iter(self._gone_labels))]
@@ -211,7 +216,6 @@ class ActorTable:
             for name in names:
                 if self.names.get(name) == pid:
                     del self.names[name]
-            actor.cond.notify_all()
             code = reason_code(reason)
             for linked in sorted(actor.links):
                 self.signal(Sig(Op.EXIT, linked, pid, reason=code))

@@ -54,6 +54,8 @@ class RunnerPool:
         self._blocked = 0
         self._closed = False
         self._last_take = time.monotonic()
+        # Threads the system refused to start (see ``_start_thread``).
+        self.refused = 0
 
     @property
     def threads(self) -> int:
@@ -102,12 +104,24 @@ class RunnerPool:
     def _all_blocked(self) -> bool:
         return self._threads - self._idle <= self._blocked and self._threads < self.limit
 
-    def _start_thread(self) -> None:
+    def _start_thread(self) -> bool:
+        """Start one more runner; False when the system refuses a thread.
+
+        A refused thread (the kernel's thread or memory-map limits) is not
+        an error of whoever asked: queued work waits for a runner to free
+        up, and the count stays true.
+        """
         self._threads += 1
         thread = threading.Thread(
             target=self._loop, name=f"{self.name}-{self._threads}", daemon=True
         )
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError:
+            self._threads -= 1
+            self.refused += 1
+            return False
+        return True
 
     def _loop(self) -> None:
         while True:

@@ -183,7 +183,14 @@ class WorkerRuntime:
         elif isinstance(message, PidLease) and self.host is not None:
             self.host.add_lease(message.start, message.end)
         elif isinstance(message, Query):
-            self._send_main(self._answer(message))
+            try:
+                answer = self._answer(message)
+            except Exception as exc:  # a host bug must not cost main its answer
+                self.log.error(f"worker {self.slot}: query {message.op} failed: {exc!r}")
+                answer = Answer(
+                    id=message.id, ok=False, error=f"worker error: {exc}", code=EX_REFUSED
+                )
+            self._send_main(answer)
         elif isinstance(message, NameReply):
             self.actors.name_reply(message)
         elif isinstance(message, Names):

@@ -88,3 +88,36 @@ def test_the_thread_limit_holds() -> None:
     assert pool.threads == 3
     release.set()
     pool.close()
+
+
+def test_a_refused_thread_leaves_the_count_true_and_the_work_queued(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    pool = RunnerPool(limit=10, base=1)
+    release = threading.Event()
+    entered = threading.Event()
+
+    def blocked() -> None:
+        entered.set()
+        pool.blocking()  # asks for company, which the system refuses below
+        release.wait(10)
+        pool.unblocked()
+
+    real_start = threading.Thread.start
+    refusals = [0]
+
+    def refuse_once(self: threading.Thread) -> None:
+        if self.name.startswith("guest") and refusals[0] == 0 and pool.threads == 2:
+            refusals[0] += 1
+            raise RuntimeError("can't start new thread")
+        real_start(self)
+
+    pool.submit(blocked)
+    assert entered.wait(10)
+    ran = threading.Event()
+    monkeypatch.setattr(threading.Thread, "start", refuse_once)
+    pool.submit(ran.set)  # every runner is blocked: wants a thread, is refused
+    assert refusals[0] == 1 and pool.refused == 1
+    assert pool.threads == 1, "a refused thread must not be counted"
+    monkeypatch.setattr(threading.Thread, "start", real_start)
+    release.set()
+    assert ran.wait(10), "queued work runs once a runner frees up"
+    pool.close()
