@@ -84,7 +84,9 @@ class Actor:
         pid: Its pid.
         label: ``component#pid``.
         kill: Ends the process with (reason, detail); called under the lock.
-        cond: Where it waits for its mailbox, replies and claims.
+        lock: The table's lock; ``cond`` (where it waits for its mailbox,
+            replies and claims) is made on it at the first wait, so a
+            process that never waits never pays for one.
         native: Host-native actors (supervisors) get their signals here
             instead of a mailbox, called on the loop thread.
     """
@@ -92,7 +94,7 @@ class Actor:
     pid: int
     label: str
     kill: Callable[[str, str], None]
-    cond: threading.Condition
+    lock: threading.RLock
     native: Callable[[Envelope], None] | None = None
     links: set[int] = field(default_factory=set)
     monitors: dict[int, int] = field(default_factory=dict)  # ref -> watched pid
@@ -112,6 +114,19 @@ class Actor:
     # Set once it has been told to stop; a parked wait returns at once.
     stop: str = ""
     alive: bool = True
+    _cond: threading.Condition | None = None
+
+    @property
+    def cond(self) -> threading.Condition:
+        """Its condition (made on first use; use it with the lock held)."""
+        if self._cond is None:
+            self._cond = threading.Condition(self.lock)
+        return self._cond
+
+    def wake(self) -> None:
+        """Wake its waits, if it has ever waited (the lock is held)."""
+        if self._cond is not None:
+            self._cond.notify_all()
 
 
 @dataclass
@@ -182,7 +197,7 @@ class ActorTable:
         native: Callable[[Envelope], None] | None = None,
     ) -> Actor:
         """Enter a new process; it can be linked to and sent to from now on."""
-        actor = Actor(pid, label, kill, threading.Condition(self.lock), native)
+        actor = Actor(pid, label, kill, self.lock, native)
         # One dict store is atomic; nothing can point at a new pid yet, so
         # the spawning thread need not wait for the lock (spawn rate).
         self.actors[pid] = actor
@@ -298,7 +313,7 @@ class ActorTable:
         elif op in (Op.REPLY, Op.ALIVE):
             if target.awaiting == sig.ref:
                 target.reply = Envelope(Kind.MESSAGE, sig.sender, sig.ref, sig.reason, sig.payload)
-                target.cond.notify_all()
+                target.wake()
         elif op == Op.EXIT:
             if sig.sender in target.links:
                 target.links.discard(sig.sender)
@@ -309,7 +324,7 @@ class ActorTable:
             if target.monitors.pop(sig.ref, None) is not None:
                 if target.awaiting == sig.ref:
                     target.callee_down = True
-                    target.cond.notify_all()
+                    target.wake()
                 else:
                     self._enqueue(target, Envelope(Kind.DOWN, sig.sender, sig.ref, sig.reason))
         elif op == Op.LINK:
@@ -337,14 +352,14 @@ class ActorTable:
             self.call_soon(target.native, envelope)
             return
         target.mailbox.append(envelope)
-        target.cond.notify()
+        target.wake()
 
     def _stop(self, actor: Actor, reason: str, detail: str) -> None:
         if actor.stop:
             return
         actor.stop = reason
         actor.kill(reason, detail)
-        actor.cond.notify_all()
+        actor.wake()
 
     def _label(self, pid: int) -> str:
         if pid == 0:
@@ -355,6 +370,21 @@ class ActorTable:
         return self._gone_labels.get(pid, f"#{pid}")
 
     # ── what processes do ───────────────────────────────────────────────
+
+    def sleep(self, actor: Actor, seconds: float) -> None:
+        """``rusm.sleep``: park for ``seconds`` unless told to stop.
+
+        Raises:
+            Stopped: The process was told to stop while it slept.
+        """
+        with self.lock:
+            deadline = time.monotonic() + seconds
+            while not actor.stop:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                actor.cond.wait(remaining)
+            raise Stopped(actor.stop)
 
     def send(self, sender: int, to: int, payload: bytes) -> int:
         """``rusm.send``: OK, NOPROC (known dead), LIMIT (full local mailbox)."""
@@ -443,7 +473,7 @@ class ActorTable:
         Runs on the asking guest's thread with a private waiter, so it
         needs no process of its own; an unreachable worker means dead.
         """
-        waiter = Actor(0, "probe", lambda _r, _d: None, threading.Condition(self.lock))
+        waiter = Actor(0, "probe", lambda _r, _d: None, self.lock)
         ref = self.new_ref()
         waiter.awaiting = ref
         # A private pid the answer is routed to: same slot, far above real pids.
@@ -622,7 +652,7 @@ class ActorTable:
             claim.answer = answer
             if answer.ok:
                 self.names[claim.name] = answer.holder
-            claim.actor.cond.notify_all()
+            claim.actor.wake()
 
     def names_update(self, update: Names) -> None:
         """Registry changes from the main process."""

@@ -48,7 +48,7 @@ import wasmtime
 from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 
-from rusmd.actors.table import Actor, ActorTable
+from rusmd.actors.table import Actor, ActorTable, Stopped
 from rusmd.channel import ComponentImage, ProcessExit
 from rusmd.config.environment import Environment
 from rusmd.config.model import (
@@ -164,7 +164,6 @@ class Process:
     # Set from other threads; read by the epoch callback and host calls.
     stop_reason: str = ""
     stop_detail: str = ""
-    wake: threading.Event = field(default_factory=threading.Event)
     # Its actor side (mailbox, links, monitors, names).
     actor: Actor | None = None
     # The main process supervises it (a resident): tell main when it exits.
@@ -388,7 +387,6 @@ class WasmHost:
             if not process.stop_reason:
                 process.stop_reason = reason
                 process.stop_detail = detail
-            process.wake.set()
             if process.native is not None:
                 process.native.stopped(reason, detail)
 
@@ -791,14 +789,15 @@ class WasmHost:
             values[0].i32 = ErrorCode.INVALID
             return
         process.state = ProcessState.SLEEPING
+        assert process.actor is not None
         self.runners.blocking()
         try:
-            process.wake.wait(ms / 1000)
+            self.actors.sleep(process.actor, ms / 1000)
+        except Stopped as exc:
+            raise _Exit(str(exc)) from None
         finally:
             self.runners.unblocked()
-        process.state = ProcessState.RUNNING
-        if process.stop_reason:
-            raise _Exit(process.stop_reason)
+            process.state = ProcessState.RUNNING
         # Time asleep is not CPU time.
         process.call_started_tick = self.ticks
         values[0].i32 = ErrorCode.OK
