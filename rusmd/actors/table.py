@@ -619,7 +619,8 @@ class ActorTable:
                     del self._claims[req]
             if not claim.answer.ok:
                 return ErrorCode.EXISTS
-            if actor.alive and not actor.names:
+            # The registry's broadcast may have named it already (names_update).
+            if actor.alive and actor.names <= {name}:
                 actor.names.add(name)
                 self.names[name] = actor.pid
                 return ErrorCode.OK

@@ -22,7 +22,7 @@ import pytest
 
 from rusmd.actors.signals import Op
 from rusmd.actors.table import Actor, ActorTable, Envelope, Stopped
-from rusmd.channel import Message, NameDrop, Names, Sig
+from rusmd.channel import Message, NameClaim, NameDrop, NameReply, Names, Sig
 from rusmd.wasm.abi import ErrorCode, Kind, Reason
 
 SLOT = 3
@@ -268,3 +268,24 @@ def test_signals_to_another_worker_go_out_in_order(fake: Fake) -> None:
     for i in range(5):
         assert table.send(a.pid, far, bytes([i])) == ErrorCode.OK
     assert [s.payload for s in fake.remote if s.op == Op.SEND] == [bytes([i]) for i in range(5)]
+
+
+def test_register_holds_when_the_broadcast_arrives_before_the_reply(fake: Fake) -> None:
+    table = fake.table()
+    a = add(table, 1)
+    results: list[int] = []
+    caller = threading.Thread(target=lambda: results.append(table.register(a, "svc")))
+    caller.start()
+    claim = None
+    deadline = time.monotonic() + 5
+    while claim is None and time.monotonic() < deadline:
+        claim = next((m for m in fake.main if isinstance(m, NameClaim)), None)
+        time.sleep(0.001)
+    assert claim is not None
+    # Main broadcasts the change to every worker, then answers the claim.
+    table.names_update(Names(set={"svc": a.pid}, removed=[]))
+    table.name_reply(NameReply(req=claim.req, ok=True, holder=a.pid))
+    caller.join(5)
+    assert results == [ErrorCode.OK]
+    assert table.whereis("svc") == a.pid and a.names == {"svc"}
+    assert not [m for m in fake.main if isinstance(m, NameDrop)]
