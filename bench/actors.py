@@ -56,6 +56,7 @@ from typing import Any
 import psutil
 import wasmtime
 
+from bench.wasm_host import plain_spawn_trial
 from bench.worker_restart import _free_port, request, wait_all_ready
 from rusmd.actors.table import ActorTable
 from rusmd.channel import ComponentImage
@@ -63,7 +64,7 @@ from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel
 from rusmd.log import Logger, LogRecord
 from rusmd.wasm.cache import CompileCache
-from rusmd.wasm.engine import POOL_SLOTS, compile_engine, make_config
+from rusmd.wasm.engine import POOL_SLOTS, compile_engine
 from rusmd.wasm.host import ProcessState, WasmHost
 from tests.guests.build import build_c_guest
 
@@ -300,20 +301,7 @@ def spawn_rate(worker: Worker) -> None:
         worker.wait_empty()
         return SPAWNS / (time.perf_counter() - start)
 
-    engine = wasmtime.Engine(make_config())
-    pre = wasmtime.Linker(engine).instantiate_pre(wasmtime.Module(engine, _wat(EMPTY)))
-
-    def plain_trial() -> float:
-        start = time.perf_counter()
-        for _ in range(SPAWNS):
-            store = wasmtime.Store(engine)
-            store.set_limits(memory_size=16 << 20, instances=1, tables=1, memories=1)
-            store.set_epoch_deadline(100)
-            run = pre.instantiate(store).exports(store)["run"]
-            assert isinstance(run, wasmtime.Func)
-            run(store)
-            del store
-        return SPAWNS / (time.perf_counter() - start)
+    plain_trial = plain_spawn_trial(SPAWNS)
 
     rusm, plain = _paired(rusm_trial, plain_trial)
     _row("spawn+run+exit, one worker", rusm, plain, "/s", "wasmtime-py instantiate+run loop")

@@ -217,6 +217,28 @@ def export_call() -> None:
     )
 
 
+def plain_spawn_trial(spawns: int) -> Callable[[], float]:
+    """The baseline of a spawn rate: wasmtime-py's instantiate-and-run loop, per second."""
+    engine = wasmtime.Engine(make_config())
+    pre = wasmtime.Linker(engine).instantiate_pre(
+        wasmtime.Module(engine, bytes(wasmtime.wat2wasm(EMPTY)))
+    )
+
+    def trial() -> float:
+        start = time.perf_counter()
+        for _ in range(spawns):
+            store = wasmtime.Store(engine)
+            store.set_limits(memory_size=16 << 20, instances=1, tables=1, memories=1)
+            store.set_epoch_deadline(100)
+            run = pre.instantiate(store).exports(store)["run"]
+            assert isinstance(run, wasmtime.Func)
+            run(store)
+            del store
+        return spawns / (time.perf_counter() - start)
+
+    return trial
+
+
 def spawn_rate(host: WasmHost) -> None:
     def rusm_trial() -> float:
         start = time.perf_counter()
@@ -227,20 +249,7 @@ def spawn_rate(host: WasmHost) -> None:
         _wait_empty(host)
         return SPAWNS / (time.perf_counter() - start)
 
-    engine = wasmtime.Engine(make_config())
-    pre = wasmtime.Linker(engine).instantiate_pre(wasmtime.Module(engine, wasmtime.wat2wasm(EMPTY)))
-
-    def plain_trial() -> float:
-        start = time.perf_counter()
-        for _ in range(SPAWNS):
-            store = wasmtime.Store(engine)
-            store.set_limits(memory_size=16 << 20, instances=1, tables=1, memories=1)
-            store.set_epoch_deadline(100)
-            run = pre.instantiate(store).exports(store)["run"]
-            assert isinstance(run, wasmtime.Func)
-            run(store)
-            del store
-        return SPAWNS / (time.perf_counter() - start)
+    plain_trial = plain_spawn_trial(SPAWNS)
 
     _row(
         "spawn+run+exit per second, one worker",
