@@ -378,13 +378,7 @@ class ActorTable:
             Stopped: The process was told to stop while it slept.
         """
         with self.lock:
-            deadline = time.monotonic() + seconds
-            while not actor.stop:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return
-                actor.cond.wait(remaining)
-            raise Stopped(actor.stop)
+            _wait_for(actor, lambda: False, seconds)
 
     def send(self, sender: int, to: int, payload: bytes) -> int:
         """``rusm.send``: OK, NOPROC (known dead), LIMIT (full local mailbox)."""
@@ -399,17 +393,8 @@ class ActorTable:
             Stopped: The process was told to stop while it waited.
         """
         with self.lock:
-            deadline = None if timeout_s is None else time.monotonic() + timeout_s
-            while not actor.mailbox:
-                if actor.stop:
-                    raise Stopped(actor.stop)
-                if deadline is None:
-                    actor.cond.wait()
-                    continue
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return ErrorCode.TIMEOUT, None
-                actor.cond.wait(remaining)
+            if not _wait_for(actor, lambda: bool(actor.mailbox), timeout_s):
+                return ErrorCode.TIMEOUT, None
             if actor.stop:
                 raise Stopped(actor.stop)
             envelope = actor.mailbox[0]
@@ -446,21 +431,14 @@ class ActorTable:
             try:
                 if code == ErrorCode.LIMIT:
                     return ErrorCode.LIMIT, b""
-                deadline = None if timeout_s is None else time.monotonic() + timeout_s
-                while True:
-                    if actor.reply is not None:
-                        return ErrorCode.OK, actor.reply.payload
-                    if actor.callee_down:
-                        return ErrorCode.NOPROC, b""
-                    if actor.stop:
-                        raise Stopped(actor.stop)
-                    if deadline is None:
-                        actor.cond.wait()
-                        continue
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return ErrorCode.TIMEOUT, b""
-                    actor.cond.wait(remaining)
+                answered = _wait_for(
+                    actor, lambda: actor.reply is not None or actor.callee_down, timeout_s
+                )
+                if not answered:
+                    return ErrorCode.TIMEOUT, b""
+                if actor.reply is not None:
+                    return ErrorCode.OK, actor.reply.payload
+                return ErrorCode.NOPROC, b""
             finally:
                 actor.awaiting = 0
                 actor.reply = None
@@ -483,12 +461,9 @@ class ActorTable:
             self.actors[key] = waiter
             try:
                 sent = self.remote(slot_of(pid), Sig(Op.PROBE, pid, key, ref, int(want_info)))
-                deadline = time.monotonic() + PROBE_TIMEOUT_S
-                while sent and waiter.reply is None:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    waiter.cond.wait(remaining)
+                if sent:
+                    ready = lambda: waiter.reply is not None  # noqa: E731
+                    _wait_for(waiter, ready, PROBE_TIMEOUT_S, stoppable=False)
             finally:
                 del self.actors[key]
         reply = waiter.reply
@@ -603,21 +578,16 @@ class ActorTable:
             self._claims[req] = claim
         self.to_main(NameClaim(req=req, name=name, pid=actor.pid))
         with self.lock:
-            deadline = time.monotonic() + NAME_CLAIM_TIMEOUT_S
             try:
-                while claim.answer is None:
-                    if actor.stop:
-                        raise Stopped(actor.stop)
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return ErrorCode.UNAVAILABLE
-                    actor.cond.wait(remaining)
+                if not _wait_for(actor, lambda: claim.answer is not None, NAME_CLAIM_TIMEOUT_S):
+                    return ErrorCode.UNAVAILABLE
             finally:
                 if claim.answer is None:
                     claim.abandoned = True
                 else:
                     del self._claims[req]
-            if not claim.answer.ok:
+            answer = claim.answer
+            if answer is None or not answer.ok:
                 return ErrorCode.EXISTS
             # The registry's broadcast may have named it already (names_update).
             if actor.alive and actor.names <= {name}:
@@ -690,3 +660,28 @@ class ActorTable:
                 "timers": len(actor.timers),
                 "label_text": actor.user_label,
             }
+
+
+def _wait_for(
+    actor: Actor, ready: Callable[[], bool], timeout_s: float | None, *, stoppable: bool = True
+) -> bool:
+    """Park on ``actor``'s condition (the table lock held) until ``ready()``.
+
+    Returns:
+        True once ready, False when ``timeout_s`` (None: no limit) ran out.
+
+    Raises:
+        Stopped: ``stoppable`` and the process was told to stop first.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while not ready():
+        if stoppable and actor.stop:
+            raise Stopped(actor.stop)
+        if deadline is None:
+            actor.cond.wait()
+            continue
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        actor.cond.wait(remaining)
+    return True
