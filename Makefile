@@ -23,11 +23,17 @@ $(STAMP): pyproject.toml
 
 guests: $(STAMP) $(GUEST_WASM)
 
+# A guest that defines neither main nor run (at the start of a line) has
+# only actions: build it as a WASI reactor, so libc starts once, in the
+# _initialize rusmd calls before an action, and not around every export.
+ENTRY_RE   := ^[A-Za-z_].*\b(main|run) *[(]
+exec_model = $(if $(shell grep -lE '$(ENTRY_RE)' $(1)),,-mexec-model=reactor)
+
 # examples/<app>/components/<name>.c -> examples/<app>/wasm/<name>.wasm
 .SECONDEXPANSION:
 examples/%.wasm: examples/$$(subst /wasm/,/components/,$$*).c sdk/c/rusm.h $(STAMP)
 	@mkdir -p $(dir $@)
-	$(ZIGCC) -I sdk/c -o $@ $<
+	$(ZIGCC) $(call exec_model,$<) -I sdk/c -o $@ $<
 
 run: guests
 	$(VENV)/bin/rusmd --config $(EXAMPLE)/rusm.toml

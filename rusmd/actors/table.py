@@ -58,7 +58,7 @@ PROBE_PID_BASE = (1 << 50) * 1000
 GONE_LABELS_KEPT = 1024
 
 _USER_OPS = {Op.SEND: Kind.MESSAGE, Op.CALL: Kind.CALL, Op.TIMER: Kind.TIMER}
-_USER_KINDS = frozenset({Kind.MESSAGE, Kind.CALL, Kind.TIMER})
+_USER_KINDS = frozenset({Kind.MESSAGE, Kind.CALL, Kind.TIMER, Kind.FRAME})
 
 
 class Stopped(Exception):
@@ -379,6 +379,25 @@ class ActorTable:
         """
         with self.lock:
             _wait_for(actor, lambda: False, seconds)
+
+    def deliver(self, pid: int, envelope: Envelope) -> int:
+        """Put a host-made message (a WebSocket frame) in local ``pid``'s mailbox.
+
+        Frames count against the mailbox bound like user messages; a close
+        notice (``Kind.CLOSED``) always gets through.
+        """
+        with self.lock:
+            target = self.actors.get(pid)
+            if target is None:
+                return ErrorCode.NOPROC
+            if envelope.kind in _USER_KINDS:
+                if target.user_messages >= self.mailbox_limit:
+                    target.dropped += 1
+                    self.dropped += 1
+                    return ErrorCode.LIMIT
+                target.user_messages += 1
+            self._enqueue(target, envelope)
+            return ErrorCode.OK
 
     def send(self, sender: int, to: int, payload: bytes) -> int:
         """``rusm.send``: OK, NOPROC (known dead), LIMIT (full local mailbox)."""

@@ -36,7 +36,7 @@ from rusmd.config.model import (
     Route,
     Serve,
 )
-from rusmd.config.reader import Problems, TableReader, did_you_mean, format_path
+from rusmd.config.reader import Problems, TableReader, describe, did_you_mean, format_path
 from rusmd.errors import ConfigError, ConfigProblem, RouteError
 from rusmd.serving.routes import RouteTable, parse_route_key, parse_route_target
 from rusmd.supervision.spec import RestartType
@@ -51,7 +51,25 @@ NODE_KEYS = (
     "compile-memory-mb",
 )
 LOG_KEYS = ("level",)
-SERVE_KEYS = ("protocol", "listen", "name", "source", "routes")
+SERVE_KEYS = (
+    "protocol",
+    "listen",
+    "name",
+    "source",
+    "routes",
+    "max-connections",
+    "max-url-bytes",
+    "max-header-bytes",
+    "max-headers",
+    "max-body-bytes",
+    "header-timeout-s",
+    "body-timeout-s",
+    "idle-timeout-s",
+    "timeout-s",
+    "heartbeat-s",
+    "max-message-bytes",
+    "retry-after-s",
+)
 CAPABILITY_KEYS = (
     "inherits",
     "allow-network",
@@ -81,6 +99,43 @@ PERIOD_S_RANGE = (1, 3600)
 # Compile limits: long enough for a large JS engine, short enough to notice.
 COMPILE_TIMEOUT_RANGE = (1, 3600)
 COMPILE_MEMORY_RANGE = (64, 65536)
+# Listener limits: each bounds what one client can make a worker hold or wait
+# for; the floors keep a listener usable, the ceilings keep a typo from
+# switching a limit off.
+# Open connections per worker: file descriptors and per-connection buffers.
+MAX_CONNECTIONS_RANGE = (1, 100_000)
+# The request target is buffered whole before routing.
+MAX_URL_BYTES_RANGE = (256, 1 << 20)
+# The request head is buffered whole; the count bounds per-header parse work.
+MAX_HEADER_BYTES_RANGE = (1024, 1 << 20)
+MAX_HEADERS_RANGE = (1, 1000)
+# The body is held in memory before the handler sees it.
+MAX_BODY_BYTES_RANGE = (0, 1 << 30)
+# Head, body, idle and handler timeouts: a client trickling bytes (slowloris),
+# idle keep-alive sockets held open, a handler that never answers.
+LISTENER_TIMEOUT_S_RANGE = (0.1, 3600.0)
+# A heartbeat under a second would flood every open stream with keep-alives.
+HEARTBEAT_S_RANGE = (1.0, 3600.0)
+# One incoming WS message is buffered whole before delivery.
+MAX_MESSAGE_BYTES_RANGE = (1, 1 << 26)
+# How long a client refused with 503 is told to wait.
+RETRY_AFTER_S_RANGE = (0, 3600)
+_SERVE_INTEGER_LIMITS = (
+    ("max-connections", MAX_CONNECTIONS_RANGE),
+    ("max-url-bytes", MAX_URL_BYTES_RANGE),
+    ("max-header-bytes", MAX_HEADER_BYTES_RANGE),
+    ("max-headers", MAX_HEADERS_RANGE),
+    ("max-body-bytes", MAX_BODY_BYTES_RANGE),
+    ("max-message-bytes", MAX_MESSAGE_BYTES_RANGE),
+    ("retry-after-s", RETRY_AFTER_S_RANGE),
+)
+_SERVE_SECONDS_LIMITS = (
+    ("header-timeout-s", LISTENER_TIMEOUT_S_RANGE),
+    ("body-timeout-s", LISTENER_TIMEOUT_S_RANGE),
+    ("idle-timeout-s", LISTENER_TIMEOUT_S_RANGE),
+    ("timeout-s", LISTENER_TIMEOUT_S_RANGE),
+    ("heartbeat-s", HEARTBEAT_S_RANGE),
+)
 
 _COMPONENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -430,9 +485,12 @@ class _Builder:
             entry.error(None, "a listener needs [serve.routes] or 'name' (its one handler)")
         elif has_routes and "name" in entry.values:
             entry.error("name", "set either [serve.routes] or 'name', not both")
+        limits = _serve_limits(entry)
         if protocol is None or listen is None:
             return None
-        return Serve(protocol=protocol, listen=listen, routes=routes, name=name, source=source)
+        return Serve(
+            protocol=protocol, listen=listen, routes=routes, name=name, source=source, **limits
+        )
 
     def _routes(self, entry: TableReader, components: dict[str, Component]) -> tuple[Route, ...]:
         table = entry.table("routes")
@@ -520,6 +578,39 @@ def address_problem(address: str) -> str:
     if not _HOSTNAME.match(host):
         return f"has host {host!r}, which is not an IP address or host name"
     return ""
+
+
+def _serve_limits(entry: TableReader) -> dict[str, Any]:
+    """The listener limits ``entry`` sets, as ``Serve`` keywords; the rest keep their defaults.
+
+    A limit that does not apply to the listener's protocol (``heartbeat-s`` on
+    http) is still accepted, so one block of limits can be copied between
+    listeners.
+    """
+    limits: dict[str, Any] = {}
+    for key, (low, high) in _SERVE_INTEGER_LIMITS:
+        value = entry.integer(key, low, high)
+        if value is not None:
+            limits[key.replace("-", "_")] = value
+    for key, (low_s, high_s) in _SERVE_SECONDS_LIMITS:
+        seconds = _seconds(entry, key, low_s, high_s)
+        if seconds is not None:
+            limits[key.replace("-", "_")] = seconds
+    return limits
+
+
+def _seconds(table: TableReader, key: str, low: float, high: float) -> float | None:
+    """A duration in ``low..high`` seconds (inclusive; an integer or a float), or None."""
+    if key not in table.values:
+        return None
+    value = table.values[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        table.error(
+            key,
+            f"'{key}' must be a number of seconds from {low:g} to {high:g}, not {describe(value)}",
+        )
+        return None
+    return float(value)
 
 
 def _normal(address: str) -> str:

@@ -109,6 +109,38 @@ class Serve(msgspec.Struct, frozen=True, kw_only=True):
             Optional; defaults to None.
         source: Where the handler's JS bundle comes from (``https://…``,
             ``url:…`` or ``kv:<bucket>/<key>``). Optional; defaults to None.
+        max_connections: Open connections per worker on this listener; past
+            it a new connection gets 503 with Retry-After and is closed.
+            Optional; defaults to 1000.
+        max_url_bytes: Length of the request target; past it 414.
+            Optional; defaults to 8192.
+        max_header_bytes: Total bytes of the request's header names and
+            values; past it 431. Optional; defaults to 16384.
+        max_headers: Number of request headers; past it 431. Optional;
+            defaults to 100.
+        max_body_bytes: Request body after de-chunking; past it 413 (http
+            and sse). Optional; defaults to 1048576 (1 MiB).
+        header_timeout_s: Time to receive the whole request head once its
+            first byte arrived; past it 408 and the connection is closed.
+            Optional; defaults to 10.0.
+        body_timeout_s: Time to receive the whole request body; past it 408
+            and the connection is closed. Optional; defaults to 30.0.
+        idle_timeout_s: An idle keep-alive connection is closed after this.
+            Optional; defaults to 5.0.
+        timeout_s: Wall-clock budget of one HTTP handler; past it 504 (the
+            CPU budget is the profile's ``max_cpu_ms``). Optional; defaults
+            to 30.0.
+        heartbeat_s: A stream idle this long gets a keep-alive: an SSE
+            comment line, a WS ping. Optional; defaults to 15.0.
+        max_message_bytes: Largest incoming WS message; past it the socket
+            closes with 1009. Optional; defaults to 1048576 (1 MiB).
+        retry_after_s: The ``Retry-After`` value sent with a 503. Optional;
+            defaults to 1.
+
+    The limit keys are accepted on every listener, whatever its protocol;
+    one that does not apply to it (``heartbeat_s`` on http,
+    ``max_message_bytes`` on http or sse, ``max_body_bytes`` on ws) is
+    ignored without a warning.
     """
 
     protocol: Protocol
@@ -116,6 +148,18 @@ class Serve(msgspec.Struct, frozen=True, kw_only=True):
     routes: tuple[Route, ...] = ()
     name: str | None = None
     source: str | None = None
+    max_connections: int = 1000
+    max_url_bytes: int = 8192
+    max_header_bytes: int = 16384
+    max_headers: int = 100
+    max_body_bytes: int = 1048576
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
+    idle_timeout_s: float = 5.0
+    timeout_s: float = 30.0
+    heartbeat_s: float = 15.0
+    max_message_bytes: int = 1048576
+    retry_after_s: int = 1
 
 
 class Preopen(msgspec.Struct, frozen=True, kw_only=True):

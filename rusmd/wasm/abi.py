@@ -62,6 +62,7 @@ class ErrorCode(enum.IntEnum):
     UNAVAILABLE = -7  # the thing exists but cannot be used now (failed to load)
     TOOBIG = -8  # a size over a limit, or the caller's buffer is too small
     EXISTS = -9  # the name is taken, or the caller already has one
+    CLOSED = -10  # the client went away (or the socket is closed): stop serving it
 
 
 class Kind(enum.IntEnum):
@@ -72,6 +73,8 @@ class Kind(enum.IntEnum):
     DOWN = 2  # a monitored process exited (ref: the monitor)
     CALL = 3  # rusm.call; answer with rusm.reply(from, ref, ...)
     TIMER = 4  # rusm.send_after fired (ref: the timer)
+    FRAME = 5  # a WebSocket frame from the client (reason: 1 text, 2 binary)
+    CLOSED = 6  # the WebSocket client closed (ref: its close code, 1005 for none)
 
 
 class Reason(enum.IntEnum):
@@ -99,6 +102,41 @@ MAX_NAME_BYTES = 255
 MAX_LABEL_BYTES = 255
 # Timers one process may have pending at once.
 MAX_TIMERS_PER_PROCESS = 10_000
+
+
+class RequestField(enum.IntEnum):
+    """What ``rusm.request`` reads (its ``field`` argument)."""
+
+    METHOD = 0  # GET, POST, ...
+    PATH = 1  # the path as sent, without the query (still percent-encoded)
+    QUERY = 2  # the raw query string after '?', without the '?'
+    PARAM = 3  # a route parameter by name (key), decoded; '*' is the wildcard's rest
+    HEADER = 4  # a header by name (key, any case); repeats joined with ", "
+    HEADERS = 5  # every header as "name: value\n" lines, names lower-case
+    BODY = 6  # the request body (de-chunked)
+    QUERY_PARAM = 7  # the first query parameter by name (key), decoded
+
+
+class WsKind(enum.IntEnum):
+    """A WebSocket frame's type (``rusm.ws_send`` kind, FRAME message reason)."""
+
+    TEXT = 1
+    BINARY = 2
+
+
+# A response: status 200-599; headers as "Name: value" lines separated by
+# "\n" (a "\r\n" is accepted too), each name a token, no CR/LF/NUL in values.
+MIN_STATUS = 200
+MAX_STATUS = 599
+# Response header bytes one handler may set (the whole block).
+MAX_RESPONSE_HEADER_BYTES = 64 << 10
+# Body bytes the host holds before it starts sending: a response finished
+# within this and never flushed goes out with Content-Length, any other
+# chunked; rusm.flush sends what is held at once. Bounds a handler's
+# buffered output per request.
+RESPONSE_HOLD_BYTES = 16 << 10
+# One SSE event's data, or one WebSocket frame the guest sends.
+MAX_EVENT_BYTES = 1 << 20
 
 
 class LogLevel(enum.IntEnum):
@@ -154,6 +192,16 @@ def _fn(
 
 
 A, SP = Grant.ALWAYS, Grant.SPAWN
+
+# Functions an HTTP handler may import and still run on the worker's I/O
+# thread (nothing in them waits); a handler importing anything else runs
+# on a guest thread of its own (see docs/abi.md, "Serving").
+INLINE_FUNCTIONS = frozenset(
+    {"self", "log", "exit", "set_label", "request", "respond", "write", "flush"}
+)
+# WASI imports that may wait (sleep, stdin): a handler importing one runs
+# on a guest thread.
+WASI_BLOCKING = frozenset({"poll_oneoff", "fd_read", "sched_yield"})
 
 FUNCTIONS: dict[str, HostFunction] = {
     f.name: f
@@ -360,6 +408,66 @@ FUNCTIONS: dict[str, HostFunction] = {
             "Start a supervisor (JSON spec: strategy, intensity, period_s, children) linked "
             "to the caller; its pid, or INVALID (the spec is logged), NOTFOUND, UNAVAILABLE, "
             "TOOBIG.",
+        ),
+        _fn(
+            "request",
+            "field:i32 key_ptr:i32 key_len:i32 buf_ptr:i32 buf_cap:i32",
+            "i32",
+            A,
+            "Read part of the request being served (field: 0 method, 1 path, 2 query, "
+            "3 route param, 4 header, 5 all headers, 6 body, 7 query param; key names the "
+            "param or header): its size (only buf_cap bytes are written), NOTFOUND, "
+            "INVALID (unknown field), UNAVAILABLE (the caller serves no request).",
+        ),
+        _fn(
+            "respond",
+            "status:i32 headers_ptr:i32 headers_len:i32 body_ptr:i32 body_len:i32",
+            "i32",
+            A,
+            "Answer the request: status 200-599, headers as 'Name: value' lines, the "
+            "first body bytes (more with rusm.write); 0, INVALID (status or a header, "
+            "logged), EXISTS (already answered), CLOSED, UNAVAILABLE.",
+        ),
+        _fn(
+            "write",
+            "ptr:i32 len:i32",
+            "i32",
+            A,
+            "Append to the response body (answers 200 first if rusm.respond was not "
+            "called); 0, CLOSED, UNAVAILABLE.",
+        ),
+        _fn(
+            "flush",
+            "",
+            "i32",
+            A,
+            "Send the response so far now (a flushed response is chunked); "
+            "0, CLOSED, UNAVAILABLE.",
+        ),
+        _fn(
+            "sse_event",
+            "name_ptr:i32 name_len:i32 data_ptr:i32 data_len:i32",
+            "i32",
+            A,
+            "Send one server-sent event (name may be empty; data lines split on \\n); "
+            "0, CLOSED (the client left: return), INVALID (CR/LF in the name), TOOBIG, "
+            "UNAVAILABLE.",
+        ),
+        _fn(
+            "ws_send",
+            "kind:i32 ptr:i32 len:i32",
+            "i32",
+            A,
+            "Send a WebSocket frame (kind 1 text, must be UTF-8; 2 binary); 0, CLOSED, "
+            "INVALID, TOOBIG, UNAVAILABLE.",
+        ),
+        _fn(
+            "ws_close",
+            "code:i32 reason_ptr:i32 reason_len:i32",
+            "i32",
+            A,
+            "Close the WebSocket with a code (1000, or 3000-4999) and a reason of up to "
+            "123 bytes; 0, CLOSED (already closed), INVALID, UNAVAILABLE.",
         ),
     )
 }

@@ -68,6 +68,7 @@ from rusmd.wasm.engine import POOL_SLOTS, EngineInfo, worker_engine
 from rusmd.wasm.linking import LinkError, LinkerSet, ModuleShape, check_module, granted
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 from rusmd.wasm.runners import RunnerPool
+from rusmd.wasm.serve_calls import ServeCalls
 from rusmd.wasm.settings import EPOCH_TICK_MS
 
 # Guest threads need far more stack than wasm frames may use (512 KiB):
@@ -148,6 +149,34 @@ class LoadedComponent:
     pre: wasmtime.InstancePre | None = None
     shape: ModuleShape | None = None
     env: list[tuple[str, str]] = field(default_factory=list)
+    # Serves HTTP on the I/O thread (it imports nothing that may wait).
+    inline: bool = False
+    # Action export → how many i32 results it returns; "" when it is
+    # missing or takes parameters (an error message then).
+    actions: dict[str, int | str] = field(default_factory=dict)
+
+    def action(self, name: str) -> int | str:
+        """Results of export ``name`` (0 or 1), or why it cannot be an action."""
+        known = self.actions.get(name)
+        if known is not None:
+            return known
+        kind = None
+        if self.module is not None:
+            kind = next((e.type for e in self.module.exports if e.name == name), None)
+        answer: int | str
+        if not isinstance(kind, wasmtime.FuncType):
+            answer = f"component {self.name} exports no function '{name}'"
+        else:
+            results = [str(t) for t in kind.results]
+            if list(kind.params) or results not in ([], ["i32"]):
+                answer = (
+                    f"component {self.name}: action '{name}' must take no parameters and "
+                    "return nothing or one i32"
+                )
+            else:
+                answer = len(results)
+        self.actions[name] = answer
+        return answer
 
 
 @dataclass
@@ -176,6 +205,13 @@ class Process:
     crash: str = ""
     exit_code: int | None = None
     cpu_exceeded: bool = False
+    # Serving: the export to run instead of the entry, the request or
+    # connection it serves, who hears how it ended, and whether its
+    # spawn and normal exit stay out of the log (one per request).
+    entry: str = ""
+    exchange: Any = None
+    on_exit: Callable[[ExitReport], None] | None = None
+    quiet: bool = False
 
     @property
     def label(self) -> str:
@@ -293,6 +329,7 @@ class WasmHost:
             linker = self.linkers.linker(loaded.grants)
             loaded.pre = linker.instantiate_pre(module)
             loaded.module = module
+            loaded.inline = loaded.shape.inline
         except LinkError as exc:
             loaded.error = str(exc)
         except wasmtime.WasmtimeError as exc:
@@ -335,6 +372,10 @@ class WasmHost:
         *,
         link: bool = False,
         watched: bool = False,
+        entry: str = "",
+        exchange: Any = None,
+        on_exit: Callable[[ExitReport], None] | None = None,
+        quiet: bool = False,
     ) -> int:
         """Start a process of component ``name``; return its pid.
 
@@ -343,6 +384,10 @@ class WasmHost:
             parent: The spawning process, if any.
             link: Link it to ``parent`` (a local process) before it runs.
             watched: Tell ``on_watched_exit`` when it exits (residents).
+            entry: Run this export instead of the entry (a route's action).
+            exchange: The request or connection the process serves.
+            on_exit: Called (guest thread) with its exit report.
+            quiet: Keep its spawn and normal exit out of the log.
 
         Raises:
             SpawnError: No such component, it cannot run, or the worker is full.
@@ -356,6 +401,12 @@ class WasmHost:
             raise SpawnError(f"no component named {name!r}", ErrorCode.NOTFOUND)
         if component.error:
             raise SpawnError(component.error, ErrorCode.UNAVAILABLE)
+        if not entry and component.shape is not None and not component.shape.entry:
+            raise SpawnError(
+                f"component {name} exports neither 'run' nor '_start': it can serve "
+                "routes but not run as a process",
+                ErrorCode.UNAVAILABLE,
+            )
         if len(self.processes) >= self.max_processes:
             raise SpawnError(
                 f"worker {self.slot} is at its process limit ({self.max_processes})",
@@ -369,9 +420,14 @@ class WasmHost:
             started_at=time.monotonic(),
             started_wall=time.time(),
             watched=watched,
+            entry=entry,
+            exchange=exchange,
+            on_exit=on_exit,
+            quiet=quiet,
         )
         self._enter(process, link_to=parent if link else None)
-        self.log.debug(f"spawn {process.label} {component.capability.grants()}")
+        if not quiet:
+            self.log.debug(f"spawn {process.label} {component.capability.grants()}")
         self.runners.submit(lambda: self._run(process))
         return pid
 
@@ -555,6 +611,42 @@ class WasmHost:
                 self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
             self._log_exit(process, report)
             self._tell_main(process, report.reason, report.detail)
+            if process.on_exit is not None:
+                process.on_exit(report)
+
+    def serve_inline(self, component: LoadedComponent, action: str, exchange: Any) -> ExitReport:
+        """Run ``action`` of a fresh instance on this (the I/O) thread for one request.
+
+        The process has a pid (its log lines and ``rusm.self`` use it) but no
+        actor side: an inline handler imports nothing that needs one.
+        """
+        pid = self._allocate_pid()
+        exchange.pid = pid
+        process = Process(
+            pid=pid,
+            component=component,
+            parent=None,
+            started_at=time.monotonic(),
+            started_wall=0.0,
+            entry=action,
+            exchange=exchange,
+            quiet=True,
+        )
+        self.processes[pid] = process
+        store: Any = None
+        try:
+            report, store = self._execute(process)
+        except Exception as exc:  # a host bug must cost one request, not the worker
+            report = ExitReport("crashed", f"host error: {type(exc).__name__}: {exc}")
+        finally:
+            if store is not None:
+                capi.store_delete(store)
+            self.processes.pop(pid, None)
+        self.spawned += 1
+        self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
+        if report.reason != "normal":
+            self._log_exit(process, report)
+        return report
 
     def _execute(self, process: Process) -> tuple[ExitReport, Any]:
         component = process.component
@@ -592,21 +684,35 @@ class WasmHost:
             if memory is not None:
                 process.memory = GuestMemory(context, memory.of.memory)
                 process.memory_bytes = process.memory.size()
-        entry = _export(context, instance, component.shape.entry.encode())
-        if entry is None:
-            return ExitReport("crashed", f"entry {component.shape.entry} vanished"), store
-        func = entry.of.func
+        name = process.entry or component.shape.entry
+        if process.entry:
+            results = component.action(name)
+            if isinstance(results, str):
+                return ExitReport("crashed", results), store
+        else:
+            results = component.shape.entry_results
         values = (ffi.wasmtime_val_raw_t * 1)()
+        if component.shape.has_initialize and name != "_start":
+            initialize = _export(context, instance, b"_initialize")
+            if initialize is not None:
+                error = ffi.wasmtime_func_call_unchecked(
+                    context, ctypes.byref(initialize.of.func), values, 1, ctypes.byref(trap)
+                )
+                if error or trap:
+                    return self._failure(process, error, trap, "_initialize"), store
+        entry = _export(context, instance, name.encode())
+        if entry is None:
+            return ExitReport("crashed", f"entry {name} vanished"), store
         process.call_started_tick = self.ticks
         error = ffi.wasmtime_func_call_unchecked(
-            context, ctypes.byref(func), values, 1, ctypes.byref(trap)
+            context, ctypes.byref(entry.of.func), values, 1, ctypes.byref(trap)
         )
         if process.memory is not None:
             process.memory_bytes = process.memory.size()
         if error or trap:
-            return self._failure(process, error, trap, component.shape.entry), store
-        if component.shape.entry_results and values[0].i32 != 0:
-            return ExitReport("crashed", f"{component.shape.entry} returned {values[0].i32}"), store
+            return self._failure(process, error, trap, name), store
+        if results and values[0].i32 != 0:
+            return ExitReport("crashed", f"{name} returned {values[0].i32}"), store
         return ExitReport("normal"), store
 
     def _set_wasi(self, context: Any, component: LoadedComponent) -> str:
@@ -665,6 +771,8 @@ class WasmHost:
         return ExitReport("crashed", detail, frames)
 
     def _log_exit(self, process: Process, report: ExitReport) -> None:
+        if process.quiet and report.reason in ("normal", "shutdown"):
+            return
         text = f"exit {process.label} {report.reason}"
         if report.detail:
             text += f" ({report.detail})"
@@ -716,6 +824,7 @@ class WasmHost:
             "sleep": self._h_sleep,
             "spawn": self._h_spawn,
             **ActorCalls(self, _Exit).implementations(),
+            **ServeCalls(self).implementations(),
         }
         assert set(implementations) == set(abi.FUNCTIONS), "every ABI function is implemented"
         return {name: self._wrap(name, impl) for name, impl in implementations.items()}

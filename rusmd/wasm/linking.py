@@ -24,7 +24,15 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from rusmd.config.model import Capability
-from rusmd.wasm.abi import ABI_MODULE, ABI_VERSION, FUNCTIONS, WASI_MODULE, Grant
+from rusmd.wasm.abi import (
+    ABI_MODULE,
+    ABI_VERSION,
+    FUNCTIONS,
+    INLINE_FUNCTIONS,
+    WASI_BLOCKING,
+    WASI_MODULE,
+    Grant,
+)
 
 # Entry exports, in order of preference.
 ENTRY_EXPORTS = ("run", "_start")
@@ -44,6 +52,10 @@ class ModuleShape:
         uses_wasi: True if it imports WASI preview 1 (it then gets a WASI context).
         rusm_imports: The ``rusm`` functions it imports.
         has_memory: True if it exports ``memory``.
+        inline: True if it imports nothing that may wait, so a request
+            handler of it may run on the worker's I/O thread.
+        has_initialize: True if it exports ``_initialize`` (a WASI reactor),
+            called on each fresh instance before an action or ``run``.
     """
 
     entry: str
@@ -51,6 +63,8 @@ class ModuleShape:
     uses_wasi: bool
     rusm_imports: tuple[str, ...]
     has_memory: bool
+    inline: bool = False
+    has_initialize: bool = False
 
 
 def takes_pointers(name: str) -> bool:
@@ -79,6 +93,7 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
         LinkError: An unknown, mistyped or ungranted import, or no entry export.
     """
     uses_wasi = False
+    waits = False
     rusm_imports: list[str] = []
     for item in module.imports:
         where = f"{item.module}.{item.name}"
@@ -86,6 +101,7 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
             if not isinstance(item.type, wasmtime.FuncType):
                 raise LinkError(f"component {component} imports {where}, which is not a function")
             uses_wasi = True
+            waits = waits or item.name in WASI_BLOCKING
             continue
         if item.module != ABI_MODULE:
             raise LinkError(
@@ -113,19 +129,33 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
                 f"capability denied: {component} imports {where}, which needs {function.grant}"
             )
         rusm_imports.append(name)
-    entry, results, has_memory = _entry(component, module)
+    entry, results, has_memory, has_initialize = _entry(component, module)
+    waits = waits or any(name not in INLINE_FUNCTIONS for name in rusm_imports)
     reading = [name for name in rusm_imports if takes_pointers(name)]
     if reading and not has_memory:
         raise LinkError(
             f"component {component} imports {ABI_MODULE}.{reading[0]} but exports no 'memory' "
             "for it to read"
         )
-    return ModuleShape(entry, results, uses_wasi, tuple(rusm_imports), has_memory)
+    return ModuleShape(
+        entry,
+        results,
+        uses_wasi,
+        tuple(rusm_imports),
+        has_memory,
+        inline=not waits,
+        has_initialize=has_initialize,
+    )
 
 
-def _entry(component: str, module: wasmtime.Module) -> tuple[str, int, bool]:
+def _entry(component: str, module: wasmtime.Module) -> tuple[str, int, bool, bool]:
+    """The entry export ("" for none: a handler-only module) and its shape."""
     exports = {item.name: item.type for item in module.exports}
     has_memory = isinstance(exports.get("memory"), wasmtime.MemoryType)
+    initialize = exports.get("_initialize")
+    has_initialize = isinstance(initialize, wasmtime.FuncType)
+    if has_initialize and (list(initialize.params) or list(initialize.results)):
+        raise LinkError(f"component {component} exports _initialize with parameters or results")
     for name in ENTRY_EXPORTS:
         kind = exports.get(name)
         if isinstance(kind, wasmtime.FuncType):
@@ -136,8 +166,8 @@ def _entry(component: str, module: wasmtime.Module) -> tuple[str, int, bool]:
                     f"component {component} exports {name} as {_signature(params, results)}; "
                     "an entry takes no parameters and returns nothing or one i32"
                 )
-            return name, len(results), has_memory
-    raise LinkError(f"component {component} exports neither 'run' nor '_start'")
+            return name, len(results), has_memory, has_initialize
+    return "", 0, has_memory, has_initialize
 
 
 def _signature(params: list[str], results: list[str]) -> str:

@@ -59,6 +59,7 @@ from rusmd.config.model import LogLevel
 from rusmd.control.protocol import EX_NOSUCH, EX_REFUSED
 from rusmd.log import Logger, LogRecord
 from rusmd.wasm.abi import ErrorCode, slot_of
+from rusmd.serving.server import Server
 from rusmd.wasm.host import SpawnError, WasmHost
 from rusmd.worker.boot import WorkerBoot
 
@@ -115,6 +116,11 @@ class WorkerRuntime:
             self.host.add_lease(*boot.lease)
             if boot.images is not None:
                 self.host.load(boot.images)
+        self.server: Server | None = None
+        if self.host is not None and boot.manifest is not None and boot.manifest.serve:
+            self.server = Server(
+                boot.manifest.serve, boot.listeners, self.host, self.log, self.loop
+            )
 
     def run(self) -> int:
         """Run until drained; return the exit code."""
@@ -122,6 +128,8 @@ class WorkerRuntime:
         self.loop.add_signal_handler(signal.SIGTERM, self.begin_stop, DEFAULT_DRAIN_S)
         for slot, sock in self.boot.mesh.items():
             self._add_peer(slot, sock)
+        if self.server is not None:
+            self.loop.run_until_complete(self.server.start())
         self._send_main(Ready(slot=self.slot, pid=os.getpid()))
         self.loop.call_soon(self._heartbeat)
         try:
@@ -135,17 +143,23 @@ class WorkerRuntime:
             return
         self._draining = True
         self.log.debug(f"worker {self.slot} draining (up to {timeout_s:g}s)")
-        if self.host is None or not self.host.processes:
-            if self.host is not None:
-                self.host.shutdown(0)
-            self.done.set_result(0)
+        waiting = asyncio.ensure_future(self._drain(timeout_s), loop=self.loop)
+        waiting.add_done_callback(self._drained)
+
+    async def _drain(self, timeout_s: float) -> None:
+        """Listeners first (in-flight requests finish), then the processes."""
+        deadline = self.loop.time() + timeout_s
+        if self.server is not None:
+            await self.server.drain(timeout_s)
+        if self.host is None:
+            return
+        if not self.host.processes:
+            self.host.shutdown(0)
             return
         # Processes end with reason shutdown; the loop keeps turning (logs,
         # heartbeats) while a thread waits for them.
-        waiting = asyncio.ensure_future(
-            self.loop.run_in_executor(None, self.host.shutdown, timeout_s), loop=self.loop
-        )
-        waiting.add_done_callback(self._drained)
+        left = max(0.0, deadline - self.loop.time())
+        await self.loop.run_in_executor(None, self.host.shutdown, left)
 
     def _drained(self, _waiting: object) -> None:
         if not self.done.done():

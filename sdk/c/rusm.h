@@ -26,6 +26,12 @@
  * - Blocking calls (sleep, recv, call, register, info) cost no CPU budget
  *   while they wait, and a kill wakes them: the process ends and the call
  *   does not return.
+ * - The serving functions (request, respond, write, flush, sse_event,
+ *   ws_send, ws_close) act on the request the caller serves, and return
+ *   RUSM_ERR_UNAVAILABLE in a process that serves none. An HTTP action
+ *   that imports only self, log, exit, set_label, request, respond, write
+ *   and flush runs on the worker's I/O thread, the fastest path; see
+ *   "Serving" in docs/abi.md.
  */
 #ifndef RUSM_H
 #define RUSM_H
@@ -57,6 +63,7 @@ extern "C" {
 #define RUSM_ERR_UNAVAILABLE (-7) /* the thing exists but cannot be used now (failed to load) */
 #define RUSM_ERR_TOOBIG (-8)      /* a size over a limit, or the caller's buffer is too small */
 #define RUSM_ERR_EXISTS (-9)      /* the name is taken, or the caller already has one */
+#define RUSM_ERR_CLOSED (-10)     /* the client went away (or the socket is closed): stop serving it */
 
 /* rusm_log levels; a line shows when the manifest's [log].level admits it. */
 #define RUSM_LOG_ERROR 0
@@ -70,6 +77,8 @@ extern "C" {
 #define RUSM_KIND_DOWN 2    /* a monitored process exited (ref: the monitor) */
 #define RUSM_KIND_CALL 3    /* rusm_call; answer with rusm_reply(from, ref, ...) */
 #define RUSM_KIND_TIMER 4   /* rusm_send_after fired (ref: the timer) */
+#define RUSM_KIND_FRAME 5   /* a WebSocket message from the client (reason: RUSM_WS_*) */
+#define RUSM_KIND_CLOSED 6  /* the WebSocket client closed (ref: its close code, 1005 for none) */
 
 /* Exit reasons: rusm_header.reason of exit and down messages, and the
  * reason rusm_exit_signal sends. */
@@ -92,13 +101,41 @@ extern "C" {
 /* A registered name is 1 to this many bytes of UTF-8. */
 #define RUSM_MAX_NAME_BYTES 255
 
+/* What rusm_request reads: its field argument. */
+#define RUSM_REQ_METHOD 0      /* GET, POST, ... */
+#define RUSM_REQ_PATH 1        /* the path as sent, without the query (still percent-encoded) */
+#define RUSM_REQ_QUERY 2       /* the raw query string after '?', without the '?' */
+#define RUSM_REQ_PARAM 3       /* a route parameter by name (key), decoded; "*": the wildcard's rest */
+#define RUSM_REQ_HEADER 4      /* a header by name (key, any case); repeats joined with ", " */
+#define RUSM_REQ_HEADERS 5     /* every header as "name: value\n" lines, names lower-case */
+#define RUSM_REQ_BODY 6        /* the request body (de-chunked, read whole before the action runs) */
+#define RUSM_REQ_QUERY_PARAM 7 /* the first query parameter by name (key), decoded */
+
+/* A WebSocket message's type: rusm_ws_send's kind, a RUSM_KIND_FRAME's reason. */
+#define RUSM_WS_TEXT 1   /* UTF-8 text */
+#define RUSM_WS_BINARY 2 /* bytes */
+
+/* rusm_respond's status range. */
+#define RUSM_MIN_STATUS 200
+#define RUSM_MAX_STATUS 599
+/* The response header block one action may set. */
+#define RUSM_MAX_RESPONSE_HEADER_BYTES 65536
+/* Body bytes the host holds before it starts sending (chunked). */
+#define RUSM_RESPONSE_HOLD_BYTES 16384
+/* One SSE event's data, or one WebSocket message the guest sends (1 MiB). */
+#define RUSM_MAX_EVENT_BYTES 1048576
+
 /* The stack buffer rusm_logf formats into; longer text is cut to fit. */
 #ifndef RUSM_LOGF_MAX
 #define RUSM_LOGF_MAX 1024
 #endif
 
-/* Marks a function as a wasm export, e.g. the entry:
+/* Marks a function as a wasm export, e.g. the entry, or a route's action
+ * ("GET /" = "web#home" in rusm.toml):
  *     RUSM_EXPORT(run) void run(void) { ... }
+ *     RUSM_EXPORT(home) int home(void) { ... }  (non-zero: crashed, 502)
+ * A module of actions only (no main, no run) is built as a WASI reactor
+ * (-mexec-model=reactor); the host calls its _initialize first.
  */
 #define RUSM_EXPORT(name) __attribute__((export_name(#name)))
 
@@ -113,9 +150,10 @@ typedef int64_t rusm_ref_t;
 /* What rusm_recv writes about a message (little-endian, as wasm is). */
 typedef struct rusm_header {
     int32_t kind;     /* RUSM_KIND_* */
-    int32_t reason;   /* RUSM_REASON_* for exit and down; 0 otherwise */
-    rusm_pid_t from;  /* the sender; the exited process for exit and down */
-    rusm_ref_t ref;   /* the monitor (down), the call (call), the timer (timer); else 0 */
+    int32_t reason;   /* RUSM_REASON_* for exit and down; RUSM_WS_* for frame; else 0 */
+    rusm_pid_t from;  /* the sender; the exited process for exit and down; 0 for frame */
+    rusm_ref_t ref;   /* the monitor (down), the call (call), the timer (timer), the close
+                       * code (closed); else 0 */
     int32_t size;     /* the payload's size in bytes */
     int32_t reserved; /* 0 */
 } rusm_header;
@@ -354,6 +392,72 @@ rusm_pid_t rusm_spawn_link(const char *name, size_t name_len);
 __attribute__((import_module("rusm"), import_name("supervise")))
 rusm_pid_t rusm_supervise(const char *spec, size_t spec_len);
 
+/* ── Serving ── */
+
+/* Read one field (RUSM_REQ_*) of the request the caller serves; key (key_len
+ * bytes) names the route param, header or query param, and is ignored for
+ * the other fields. Returns the field's full size; only buf_cap bytes of it
+ * are written, with no NUL (like snprintf, but never terminated), so a call
+ * with buf_cap 0 asks for the size. Returns RUSM_ERR_NOTFOUND (no such
+ * param, header or query param), RUSM_ERR_INVALID (an unknown field) or
+ * RUSM_ERR_UNAVAILABLE (the caller serves no request).
+ * Wasm: rusm.request (i32 field, i32 key_ptr, i32 key_len, i32 buf_ptr, i32 buf_cap) -> (i32).
+ * Needs: always. */
+__attribute__((import_module("rusm"), import_name("request")))
+int32_t rusm_request(int32_t field, const char *key, size_t key_len, void *buf, size_t buf_cap);
+
+/* Answer the request: a status (RUSM_MIN_STATUS..RUSM_MAX_STATUS), headers
+ * as "Name: value" lines separated by "\n" (headers_len 0 for none), and
+ * the first body bytes (more with rusm_write). Content-Length,
+ * Transfer-Encoding, Connection and Upgrade are the host's: setting one is
+ * RUSM_ERR_INVALID. Without a Content-Type the host sends
+ * "text/plain; charset=utf-8". Returns RUSM_OK, RUSM_ERR_INVALID (a bad
+ * status or header line; the platform log names it), RUSM_ERR_EXISTS
+ * (already answered), RUSM_ERR_CLOSED or RUSM_ERR_UNAVAILABLE.
+ * Wasm: rusm.respond (i32 status, i32 headers_ptr, i32 headers_len, i32 body_ptr,
+ * i32 body_len) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("respond")))
+int32_t rusm_respond(int32_t status, const char *headers, size_t headers_len, const void *body,
+                     size_t body_len);
+
+/* Append len bytes to the response body; answers 200 first if rusm_respond
+ * was not called. Returns RUSM_OK, RUSM_ERR_CLOSED or RUSM_ERR_UNAVAILABLE.
+ * Wasm: rusm.write (i32 ptr, i32 len) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("write")))
+int32_t rusm_write(const void *data, size_t len);
+
+/* Send what the host holds of the response now. A response that is never
+ * flushed and fits in RUSM_RESPONSE_HOLD_BYTES goes out with
+ * Content-Length when the action returns; a flushed one is chunked.
+ * Returns RUSM_OK, RUSM_ERR_CLOSED or RUSM_ERR_UNAVAILABLE.
+ * Wasm: rusm.flush () -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("flush")))
+int32_t rusm_flush(void);
+
+/* Send one server-sent event: an "event:" line when name_len > 0, then
+ * data split on "\n" into "data:" lines. The first event (or flush) sends
+ * the stream's headers. Returns RUSM_OK, RUSM_ERR_CLOSED (the client left:
+ * return), RUSM_ERR_INVALID (CR or LF in the name), RUSM_ERR_TOOBIG (data
+ * over RUSM_MAX_EVENT_BYTES) or RUSM_ERR_UNAVAILABLE.
+ * Wasm: rusm.sse_event (i32 name_ptr, i32 name_len, i32 data_ptr, i32 data_len) -> (i32).
+ * Needs: always. */
+__attribute__((import_module("rusm"), import_name("sse_event")))
+int32_t rusm_sse_event(const char *name, size_t name_len, const void *data, size_t data_len);
+
+/* Send one WebSocket message: kind RUSM_WS_TEXT (must be UTF-8) or
+ * RUSM_WS_BINARY. Returns RUSM_OK, RUSM_ERR_CLOSED, RUSM_ERR_INVALID,
+ * RUSM_ERR_TOOBIG (over RUSM_MAX_EVENT_BYTES) or RUSM_ERR_UNAVAILABLE.
+ * Wasm: rusm.ws_send (i32 kind, i32 ptr, i32 len) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("ws_send")))
+int32_t rusm_ws_send(int32_t kind, const void *data, size_t len);
+
+/* Close the WebSocket with a code (1000, or 3000-4999) and a reason of up
+ * to 123 bytes of UTF-8. Returns RUSM_OK, RUSM_ERR_CLOSED (already closed),
+ * RUSM_ERR_INVALID or RUSM_ERR_UNAVAILABLE.
+ * Wasm: rusm.ws_close (i32 code, i32 reason_ptr, i32 reason_len) -> (i32). Needs: always. */
+__attribute__((import_module("rusm"), import_name("ws_close")))
+int32_t rusm_ws_close(int32_t code, const char *reason, size_t reason_len);
+
 /* ── Conveniences (static inline; each imports only what it calls) ───── */
 
 /* rusm_log with a NUL-terminated string. Needs: always. */
@@ -452,6 +556,74 @@ static inline rusm_pid_t rusm_supervise_str(const char *spec) {
     return rusm_supervise(spec, strlen(spec));
 }
 
+/* Read a request field into buf as a NUL-terminated string; key (a
+ * NUL-terminated name, or NULL) as for rusm_request. Returns its length,
+ * RUSM_ERR_TOOBIG when it does not fit with its NUL (buf is then "", and
+ * rusm_request(field, key, len, NULL, 0) says the size), or
+ * rusm_request's error. Needs: always. */
+static inline int32_t rusm_request_str(int32_t field, const char *key, char *buf, size_t buf_cap) {
+    if (buf_cap == 0) {
+        return RUSM_ERR_TOOBIG;
+    }
+    buf[0] = '\0';
+    int32_t n = rusm_request(field, key, key == NULL ? 0 : strlen(key), buf, buf_cap);
+    if (n < 0) {
+        return n;
+    }
+    if ((size_t)n >= buf_cap) {
+        buf[0] = '\0';
+        return RUSM_ERR_TOOBIG;
+    }
+    buf[n] = '\0';
+    return n;
+}
+
+/* A route parameter (":name", or "*" for the wildcard's rest), a header
+ * (any case) or a query parameter, decoded, into buf as a NUL-terminated
+ * string: as rusm_request_str (RUSM_ERR_NOTFOUND when absent).
+ * Needs: always. */
+static inline int32_t rusm_param(const char *name, char *buf, size_t buf_cap) {
+    return rusm_request_str(RUSM_REQ_PARAM, name, buf, buf_cap);
+}
+static inline int32_t rusm_request_header(const char *name, char *buf, size_t buf_cap) {
+    return rusm_request_str(RUSM_REQ_HEADER, name, buf, buf_cap);
+}
+static inline int32_t rusm_query_param(const char *name, char *buf, size_t buf_cap) {
+    return rusm_request_str(RUSM_REQ_QUERY_PARAM, name, buf, buf_cap);
+}
+
+/* rusm_respond with NUL-terminated headers (NULL for none) and body.
+ * Needs: always. */
+static inline int32_t rusm_respond_str(int32_t status, const char *headers, const char *body) {
+    return rusm_respond(status, headers, headers == NULL ? 0 : strlen(headers), body,
+                        strlen(body));
+}
+
+/* Answer with a NUL-terminated body as "text/plain; charset=utf-8".
+ * Needs: always. */
+static inline int32_t rusm_respond_text(int32_t status, const char *body) {
+    return rusm_respond_str(status, "Content-Type: text/plain; charset=utf-8", body);
+}
+
+/* rusm_write with a NUL-terminated string. Needs: always. */
+static inline int32_t rusm_write_str(const char *text) { return rusm_write(text, strlen(text)); }
+
+/* rusm_sse_event with a NUL-terminated name ("" or NULL for none) and data.
+ * Needs: always. */
+static inline int32_t rusm_sse_event_str(const char *name, const char *data) {
+    return rusm_sse_event(name, name == NULL ? 0 : strlen(name), data, strlen(data));
+}
+
+/* Send a NUL-terminated string as a WebSocket text message. Needs: always. */
+static inline int32_t rusm_ws_send_text(const char *text) {
+    return rusm_ws_send(RUSM_WS_TEXT, text, strlen(text));
+}
+
+/* rusm_ws_close with a NUL-terminated reason (NULL for none). Needs: always. */
+static inline int32_t rusm_ws_close_str(int32_t code, const char *reason) {
+    return rusm_ws_close(code, reason, reason == NULL ? 0 : strlen(reason));
+}
+
 /* The name of an exit reason ("normal", "shutdown", "killed", "crashed",
  * "noproc"), or "unknown". */
 static inline const char *rusm_reason_name(int32_t reason) {
@@ -494,6 +666,8 @@ static inline const char *rusm_strerror(int code) {
         return "too big";
     case RUSM_ERR_EXISTS:
         return "already exists";
+    case RUSM_ERR_CLOSED:
+        return "closed";
     default:
         return code >= 0 ? "ok" : "unknown error";
     }

@@ -36,18 +36,26 @@ def makefile_flags() -> list[str]:
     return found.group(1).split()
 
 
-def build_c_guest(source: Path, out: Path, *, defines: Sequence[str] = ()) -> Path:
+def build_c_guest(
+    source: Path, out: Path, *, defines: Sequence[str] = (), reactor: bool = False
+) -> Path:
     """Compile ``source`` into the wasm module ``out`` and return ``out``.
 
     Args:
         source: A C file that includes ``rusm.h``.
         out: Where the module goes (its directory must exist).
         defines: Preprocessor macros, each ``NAME`` or ``NAME=VALUE`` (passed as ``-D``).
+        reactor: Build a WASI reactor (``-mexec-model=reactor``): a module of
+            handler actions with no ``main`` and no ``run``, whose
+            ``_initialize`` the host calls before an action. ``make guests``
+            does this for a source that defines neither. Optional; defaults
+            to False (a command module with ``_start``).
 
     Raises:
         GuestBuildError: The source does not compile cleanly (with -Wall -Wextra -Werror).
     """
     command = [sys.executable, "-m", "ziglang", "cc", *makefile_flags()]
+    command += ["-mexec-model=reactor"] if reactor else []
     command += ["-Wall", "-Wextra", "-Werror", "-I", str(SDK)]
     command += [f"-D{define}" for define in defines]
     command += ["-o", str(out), str(source)]

@@ -422,6 +422,179 @@ def test_listener_on_node_address_is_an_error(tmp_path: Path) -> None:
     )
 
 
+# ── [[serve]] listener limits ─────────────────────────────────────────────
+
+LISTENER = '[[serve]]\nprotocol = "http"\nlisten = "127.0.0.1:8080"\nname = "api"\n'
+
+
+def test_listener_limits_take_their_defaults_when_omitted(tmp_path: Path) -> None:
+    (listener,) = load(tmp_path, LISTENER).serve
+    assert (
+        listener.max_connections,
+        listener.max_url_bytes,
+        listener.max_header_bytes,
+        listener.max_headers,
+        listener.max_body_bytes,
+        listener.max_message_bytes,
+        listener.retry_after_s,
+    ) == (1000, 8192, 16384, 100, 1048576, 1048576, 1)
+    assert (
+        listener.header_timeout_s,
+        listener.body_timeout_s,
+        listener.idle_timeout_s,
+        listener.timeout_s,
+        listener.heartbeat_s,
+    ) == (10.0, 30.0, 5.0, 30.0, 15.0)
+
+
+@pytest.mark.parametrize(
+    ("key", "rendered", "expected"),
+    [
+        ("max-connections", "5", 5),
+        ("max-url-bytes", "256", 256),
+        ("max-header-bytes", "1048576", 1048576),
+        ("max-headers", "1", 1),
+        ("max-body-bytes", "0", 0),
+        ("header-timeout-s", "0.1", 0.1),
+        ("body-timeout-s", "3600", 3600.0),
+        ("idle-timeout-s", "2.5", 2.5),
+        ("timeout-s", "7", 7.0),
+        ("heartbeat-s", "1.0", 1.0),
+        ("max-message-bytes", "67108864", 67108864),
+        ("retry-after-s", "0", 0),
+    ],
+)
+def test_listener_limit_key_is_read(
+    tmp_path: Path, key: str, rendered: str, expected: float
+) -> None:
+    manifest = load(tmp_path, f"{LISTENER}{key} = {rendered}\n")
+    assert getattr(manifest.serve[0], key.replace("-", "_")) == expected
+    assert manifest.warnings == ()
+
+
+def test_listener_limit_sets_only_its_own_field(tmp_path: Path) -> None:
+    (listener,) = load(tmp_path, f"{LISTENER}max-headers = 20\n").serve
+    assert (listener.max_headers, listener.max_header_bytes, listener.timeout_s) == (
+        20,
+        16384,
+        30.0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "rendered", "expected"),
+    [
+        ("timeout-s", "2", 2.0),
+        ("timeout-s", "2.5", 2.5),
+        ("heartbeat-s", "20", 20.0),
+        ("heartbeat-s", "1.5", 1.5),
+    ],
+)
+def test_seconds_limit_accepts_an_integer_or_a_float(
+    tmp_path: Path, key: str, rendered: str, expected: float
+) -> None:
+    value = getattr(
+        load(tmp_path, f"{LISTENER}{key} = {rendered}\n").serve[0], key.replace("-", "_")
+    )
+    assert value == expected
+    assert isinstance(value, float)
+
+
+@pytest.mark.parametrize(
+    ("key", "rendered", "shown", "bounds"),
+    [
+        ("max-connections", "0", "integer 0", "1 to 100000"),
+        ("max-connections", "100001", "integer 100001", "1 to 100000"),
+        ("max-url-bytes", "255", "integer 255", "256 to 1048576"),
+        ("max-header-bytes", "1023", "integer 1023", "1024 to 1048576"),
+        ("max-headers", "0", "integer 0", "1 to 1000"),
+        ("max-headers", "1001", "integer 1001", "1 to 1000"),
+        ("max-body-bytes", "-1", "integer -1", "0 to 1073741824"),
+        ("max-body-bytes", "1073741825", "integer 1073741825", "0 to 1073741824"),
+        ("max-message-bytes", "0", "integer 0", "1 to 67108864"),
+        ("max-message-bytes", "67108865", "integer 67108865", "1 to 67108864"),
+        ("retry-after-s", "3601", "integer 3601", "0 to 3600"),
+    ],
+)
+def test_integer_listener_limit_outside_range_names_key_and_value(
+    tmp_path: Path, key: str, rendered: str, shown: str, bounds: str
+) -> None:
+    line = only_problem(tmp_path, f"{LISTENER}{key} = {rendered}\n")
+    assert line == (
+        f"{tmp_path / 'rusm.toml'}:5: serve[0]: "
+        f"'{key}' must be an integer from {bounds}, not {shown}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "rendered", "shown", "bounds"),
+    [
+        ("header-timeout-s", "0.05", "float 0.05", "0.1 to 3600"),
+        ("body-timeout-s", "0", "integer 0", "0.1 to 3600"),
+        ("idle-timeout-s", "-1.0", "float -1.0", "0.1 to 3600"),
+        ("timeout-s", "3600.5", "float 3600.5", "0.1 to 3600"),
+        ("timeout-s", "inf", "float inf", "0.1 to 3600"),
+        ("timeout-s", "nan", "float nan", "0.1 to 3600"),
+        ("heartbeat-s", "0.5", "float 0.5", "1 to 3600"),
+    ],
+)
+def test_seconds_listener_limit_outside_range_names_key_and_value(
+    tmp_path: Path, key: str, rendered: str, shown: str, bounds: str
+) -> None:
+    line = only_problem(tmp_path, f"{LISTENER}{key} = {rendered}\n")
+    assert line == (
+        f"{tmp_path / 'rusm.toml'}:5: serve[0]: "
+        f"'{key}' must be a number of seconds from {bounds}, not {shown}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("key", "rendered", "shown"),
+    [
+        ("max-headers", '"100"', "string '100'"),
+        ("max-body-bytes", "1024.0", "float 1024.0"),
+        ("max-connections", "true", "boolean true"),
+        ("retry-after-s", "1.5", "float 1.5"),
+        ("timeout-s", '"30s"', "string '30s'"),
+        ("idle-timeout-s", "true", "boolean true"),
+        ("heartbeat-s", "[15]", "array"),
+    ],
+)
+def test_listener_limit_of_the_wrong_type_names_key_and_value(
+    tmp_path: Path, key: str, rendered: str, shown: str
+) -> None:
+    line = only_problem(tmp_path, f"{LISTENER}{key} = {rendered}\n")
+    assert line.startswith(f"{tmp_path / 'rusm.toml'}:5: serve[0]: '{key}' must be ")
+    assert line.endswith(f", not {shown}")
+
+
+def test_bad_listener_limits_are_each_reported_on_their_line(tmp_path: Path) -> None:
+    found = problems(tmp_path, f"{LISTENER}max-headers = 0\ntimeout-s = 0\n")
+    assert len(found) == 2
+    assert ":5: serve[0]: 'max-headers'" in found[0]
+    assert ":6: serve[0]: 'timeout-s'" in found[1]
+
+
+@pytest.mark.parametrize(
+    ("protocol", "key"),
+    [
+        ("http", "heartbeat-s = 5"),
+        ("http", "max-message-bytes = 4096"),
+        ("sse", "max-message-bytes = 4096"),
+        ("ws", "max-body-bytes = 4096"),
+    ],
+)
+def test_limit_for_another_protocol_is_accepted_without_a_warning(
+    tmp_path: Path, protocol: str, key: str
+) -> None:
+    manifest = load(
+        tmp_path,
+        f'[[serve]]\nprotocol = "{protocol}"\nlisten = "127.0.0.1:8080"\nname = "api"\n{key}\n',
+    )
+    assert len(manifest.serve) == 1
+    assert manifest.warnings == ()
+
+
 # ── sources ───────────────────────────────────────────────────────────────
 
 

@@ -23,21 +23,31 @@ import wasmtime
 
 from rusmd.config import load_manifest
 from rusmd.config.loader import CAPABILITY_KEYS
-from rusmd.config.model import BUILTIN_CAPABILITIES, BuiltinCapability, Capability
+from rusmd.config.model import BUILTIN_CAPABILITIES, BuiltinCapability, Capability, Protocol
 from rusmd.config.model import LogLevel as ConfigLogLevel
 from rusmd.wasm.abi import (
     ABI_MODULE,
     ABI_VERSION,
     FUNCTIONS,
     HEADER_BYTES,
+    INLINE_FUNCTIONS,
     MAILBOX_LIMIT,
+    MAX_EVENT_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_NAME_BYTES,
+    MAX_RESPONSE_HEADER_BYTES,
+    MAX_STATUS,
+    MIN_STATUS,
+    RESPONSE_HOLD_BYTES,
+    WASI_BLOCKING,
+    WASI_MODULE,
     ErrorCode,
     Grant,
     Kind,
     LogLevel,
     Reason,
+    RequestField,
+    WsKind,
 )
 from tests.guests.build import COMPILE_TIMEOUT_S, SDK, build_c_guest
 
@@ -46,6 +56,8 @@ DOC = ROOT / "docs" / "abi.md"
 HEADER = SDK / "rusm.h"
 HELLO_APP = ROOT / "examples" / "hello"
 HELLO = HELLO_APP / "components" / "hello.c"
+WEB = HELLO_APP / "components" / "web.c"
+ECHO = HELLO_APP / "components" / "echo.c"
 
 needs_zig = pytest.mark.skipif(
     importlib.util.find_spec("ziglang") is None, reason="the ziglang dev dependency is missing"
@@ -94,8 +106,10 @@ def doc_sections() -> dict[str, str]:
     return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts), 2)}
 
 
-def doc_blocks(language: str) -> list[str]:
-    return re.findall(rf"^```{language}\n(.*?)^```$", doc_text(), flags=re.MULTILINE | re.DOTALL)
+def doc_blocks(language: str, text: str | None = None) -> list[str]:
+    """The fenced ``language`` blocks of ``text`` (a section's body; the whole page by default)."""
+    text = doc_text() if text is None else text
+    return re.findall(rf"^```{language}\n(.*?)^```$", text, flags=re.MULTILINE | re.DOTALL)
 
 
 def table_rows(text: str) -> list[list[str]]:
@@ -125,10 +139,26 @@ def header_offsets() -> dict[str, int]:
     return offsets
 
 
-def compile_guest(source: Path, out: Path) -> wasmtime.Module:
+def compile_guest(source: Path, out: Path, *, reactor: bool = False) -> wasmtime.Module:
     """Build ``source`` like ``make guests`` does, warnings as errors."""
-    build_c_guest(source, out)
+    build_c_guest(source, out, reactor=reactor)
     return wasmtime.Module(wasmtime.Engine(), out.read_bytes())
+
+
+def func_exports(module: wasmtime.Module) -> dict[str, Signature]:
+    """Each exported function's (params, results)."""
+    return {
+        str(item.name): (
+            tuple(str(kind) for kind in item.type.params),
+            tuple(str(kind) for kind in item.type.results),
+        )
+        for item in module.exports
+        if isinstance(item.type, wasmtime.FuncType)
+    }
+
+
+def wasi_imports(module: wasmtime.Module) -> set[str]:
+    return {str(item.name) for item in module.imports if item.module == WASI_MODULE}
 
 
 def grants_of(profile: Capability) -> set[Grant]:
@@ -178,6 +208,10 @@ def call_every_function() -> str:
     asserts += [f'_Static_assert(RUSM_KIND_{k.name} == {k.value}, "{k.name}");' for k in Kind]
     asserts += [f'_Static_assert(RUSM_REASON_{r.name} == {r.value}, "{r.name}");' for r in Reason]
     asserts += [
+        f'_Static_assert(RUSM_REQ_{f.name} == {f.value}, "{f.name}");' for f in RequestField
+    ]
+    asserts += [f'_Static_assert(RUSM_WS_{k.name} == {k.value}, "{k.name}");' for k in WsKind]
+    asserts += [
         f'_Static_assert(RUSM_{name} == {value}, "{name}");'
         for name, value in limit_macros().items()
     ]
@@ -207,6 +241,11 @@ def call_every_function() -> str:
         'rusm_set_label_str("l"); rusm_info(rusm_reason_name(RUSM_REASON_KILLED));',
         "rusm_header header; char buf[8];",
         "(void)rusm_recv(&header, buf, sizeof buf, RUSM_FOREVER);",
+        'rusm_request_str(RUSM_REQ_PATH, NULL, buf, sizeof buf); rusm_param("id", buf, 8);',
+        'rusm_request_header("accept", buf, 8); rusm_query_param("q", buf, 8);',
+        'rusm_respond_text(200, "ok"); rusm_respond_str(404, NULL, "no"); rusm_write_str("t");',
+        'rusm_sse_event_str("tick", "1"); rusm_sse_event_str(NULL, "d");',
+        'rusm_ws_send_text("t"); rusm_ws_close_str(1000, NULL); rusm_ws_close_str(4000, "bye");',
     ]
     body = "\n    ".join(helpers + calls)
     return (
@@ -223,6 +262,11 @@ def limit_macros() -> dict[str, int]:
         "MAX_MESSAGE_BYTES": MAX_MESSAGE_BYTES,
         "MAILBOX_LIMIT": MAILBOX_LIMIT,
         "MAX_NAME_BYTES": MAX_NAME_BYTES,
+        "MIN_STATUS": MIN_STATUS,
+        "MAX_STATUS": MAX_STATUS,
+        "MAX_RESPONSE_HEADER_BYTES": MAX_RESPONSE_HEADER_BYTES,
+        "RESPONSE_HOLD_BYTES": RESPONSE_HOLD_BYTES,
+        "MAX_EVENT_BYTES": MAX_EVENT_BYTES,
     }
 
 
@@ -293,6 +337,13 @@ def test_docs_planned_list_names_no_implemented_function() -> None:
     planned = doc_sections()["Planned"]
     for name in FUNCTIONS:
         assert f"`rusm.{name}`" not in planned, name
+
+
+def test_docs_request_field_table_matches_abi() -> None:
+    body = doc_sections()[f"`{ABI_MODULE}.request`"]
+    rows = [row for row in table_rows(body) if row[0].isdigit()]
+    documented = {(int(row[0]), row[1]) for row in rows}
+    assert documented == {(f.value, f"RUSM_REQ_{f.name}") for f in RequestField}
 
 
 def test_docs_log_level_table_matches_abi() -> None:
@@ -370,6 +421,16 @@ def test_header_kind_reason_and_limit_macros_match_abi() -> None:
         assert re.search(rf"^#define RUSM_{name} {value}\b", text, re.M), name
 
 
+def test_header_request_field_and_ws_kind_macros_match_abi() -> None:
+    text = header_text()
+    fields = dict(re.findall(r"^#define RUSM_REQ_(\w+)\s+(\d+)", text, re.M))
+    assert {name: int(value) for name, value in fields.items()} == {
+        f.name: f.value for f in RequestField
+    }
+    kinds = dict(re.findall(r"^#define RUSM_WS_(\w+)\s+(\d+)", text, re.M))
+    assert {name: int(value) for name, value in kinds.items()} == {k.name: k.value for k in WsKind}
+
+
 def test_header_struct_lists_the_header_fields_in_order() -> None:
     body = re.search(r"typedef struct rusm_header \{(.*?)\} rusm_header;", header_text(), re.S)
     assert body, "rusm.h: no typedef struct rusm_header"
@@ -437,10 +498,84 @@ def test_docs_wat_example_imports_match_abi() -> None:
 @needs_zig
 @pytest.mark.timeout(COMPILE_TIMEOUT_S * 2)
 def test_docs_c_example_builds_under_its_documented_profile(tmp_path: Path) -> None:
-    (source,) = doc_blocks("c")
-    (manifest,) = doc_blocks("toml")
+    (source,) = doc_blocks("c", doc_sections()["C"])
+    (manifest,) = doc_blocks("toml", doc_sections()["C"])
     (tmp_path / "rusm.toml").write_text(manifest, encoding="utf-8")
     boss = load_manifest(tmp_path / "rusm.toml").components["boss"]
     path = tmp_path / "boss.c"
     path.write_text(source, encoding="utf-8")
     assert_importable(compile_guest(path, tmp_path / "boss.wasm"), boss.profile)
+
+
+@needs_zig
+@pytest.mark.timeout(COMPILE_TIMEOUT_S * 2)
+def test_docs_routed_handler_example_builds_and_imports_only_inline_functions(
+    tmp_path: Path,
+) -> None:
+    # The docs say this handler runs on the I/O thread: it must not import
+    # anything that could block there.
+    sections = doc_sections()
+    (manifest,) = doc_blocks("toml", sections["Serving examples"])
+    (source,) = doc_blocks("c", sections["A routed handler"])
+    (tmp_path / "rusm.toml").write_text(manifest, encoding="utf-8")
+    api = load_manifest(tmp_path / "rusm.toml").components["api"]
+    path = tmp_path / "api.c"
+    path.write_text(source, encoding="utf-8")
+    module = compile_guest(path, tmp_path / "api.wasm", reactor=True)
+    assert_importable(module, api.profile)
+    assert func_exports(module)["show"] == ((), ("i32",))
+    assert set(rusm_imports(module)) <= INLINE_FUNCTIONS
+    assert not wasi_imports(module) & WASI_BLOCKING
+
+
+@needs_zig
+@pytest.mark.timeout(COMPILE_TIMEOUT_S * 2)
+def test_docs_websocket_example_builds_under_its_documented_profile(tmp_path: Path) -> None:
+    sections = doc_sections()
+    (manifest,) = doc_blocks("toml", sections["Serving examples"])
+    (source,) = doc_blocks("c", sections["A WebSocket echo"])
+    (tmp_path / "rusm.toml").write_text(manifest, encoding="utf-8")
+    echo = load_manifest(tmp_path / "rusm.toml").components["echo"]
+    path = tmp_path / "echo.c"
+    path.write_text(source, encoding="utf-8")
+    module = compile_guest(path, tmp_path / "echo.wasm")
+    assert_importable(module, echo.profile)
+    assert func_exports(module)["run"] == ((), ())
+
+
+def test_makefile_builds_only_example_guests_without_an_entry_as_reactors() -> None:
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    found = re.search(r"^ENTRY_RE\s*:=\s*(.+)$", makefile, re.MULTILINE)
+    assert found, "Makefile: no ENTRY_RE := ... line"
+    entry = re.compile(found.group(1), re.MULTILINE)
+    has_entry = {
+        source.stem: bool(entry.search(source.read_text())) for source in (HELLO, WEB, ECHO)
+    }
+    assert has_entry == {"hello": True, "web": False, "echo": True}
+
+
+@needs_zig
+@pytest.mark.timeout(COMPILE_TIMEOUT_S * 2)
+def test_example_routes_name_actions_the_web_reactor_exports(tmp_path: Path) -> None:
+    manifest = load_manifest(HELLO_APP / "rusm.toml")
+    routes = [route for serve in manifest.serve for route in serve.routes]
+    assert {route.component for route in routes} == {"web"}
+    module = compile_guest(WEB, tmp_path / "web.wasm", reactor=True)
+    exports = func_exports(module)
+    assert exports["_initialize"] == ((), ())
+    assert "_start" not in exports
+    for route in routes:
+        assert exports.get(route.action) in {((), ()), ((), ("i32",))}, route.action
+    assert_importable(module, manifest.components["web"].profile)
+
+
+@needs_zig
+@pytest.mark.timeout(COMPILE_TIMEOUT_S * 2)
+def test_example_websocket_listener_runs_the_echo_loop(tmp_path: Path) -> None:
+    manifest = load_manifest(HELLO_APP / "rusm.toml")
+    (ws,) = [serve for serve in manifest.serve if serve.protocol is Protocol.WS]
+    assert ws.name == "echo"
+    module = compile_guest(ECHO, tmp_path / "echo.wasm")
+    assert func_exports(module)["run"] == ((), ())
+    assert {"recv", "ws_send"} <= set(rusm_imports(module))
+    assert_importable(module, manifest.components["echo"].profile)

@@ -1,0 +1,364 @@
+"""One request a guest serves: what it reads, what it answers, how it goes out.
+
+Runs in: worker. The serving host functions (``rusm.request``,
+``rusm.respond``, ``rusm.write``, ``rusm.flush``, ``rusm.sse_event``)
+call into an ``Exchange`` from the thread the handler runs on: the
+worker's I/O thread for an inline handler, a guest thread otherwise.
+Bytes reach the socket only on the I/O thread: an inline exchange
+writes at once, a threaded one hands each write to the loop in order
+(``call_soon_threadsafe`` keeps it FIFO) and waits while the socket's
+send buffer is over its high-water mark.
+
+Framing is the host's: the response goes out with ``Content-Length``
+when the handler finished before anything was flushed, chunked
+otherwise. Guests cannot set the framing headers (``Content-Length``,
+``Transfer-Encoding``, ``Connection``, ``Upgrade``) or smuggle a CR, LF
+or NUL into a header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Protocol
+from urllib.parse import parse_qsl, unquote
+
+from rusmd.wasm.abi import (
+    MAX_EVENT_BYTES,
+    MAX_RESPONSE_HEADER_BYTES,
+    MAX_STATUS,
+    MIN_STATUS,
+    RESPONSE_HOLD_BYTES,
+    ErrorCode,
+    RequestField,
+)
+
+# Headers whose framing the host owns; a guest setting one gets INVALID.
+HOST_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"upgrade"})
+DEFAULT_CONTENT_TYPE = b"content-type: text/plain; charset=utf-8\r\n"
+SSE_HEAD = (
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+    b"x-accel-buffering: no\r\ntransfer-encoding: chunked\r\n"
+)
+_TOKEN_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00\r\n]*?)[ \t]*")
+_STATUS_LINES = {
+    s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode("latin-1") for s in HTTPStatus
+}
+# A writer on a guest thread re-checks whether its client left this often
+# while the socket is too full to take more.
+_WRITABLE_POLL_S = 0.1
+
+
+class Mode(enum.Enum):
+    """What the exchange serves."""
+
+    HTTP = "http"
+    SSE = "sse"
+    WS = "ws"
+
+
+def status_line(status: int) -> bytes:
+    """``HTTP/1.1 <status> <reason>\\r\\n`` (a bare code for unnamed statuses)."""
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = f"HTTP/1.1 {status} Status {status}\r\n".encode()
+    return line
+
+
+class _DateHeader:
+    """The ``date`` header, formatted once a second."""
+
+    def __init__(self) -> None:
+        self._second = 0
+        self._line = b""
+
+    def line(self) -> bytes:
+        now = int(time.time())
+        if now != self._second:
+            self._second = now
+            self._line = f"date: {formatdate(now, usegmt=True)}\r\n".encode()
+        return self._line
+
+
+DATE = _DateHeader()
+
+
+@dataclass(slots=True)
+class Request:
+    """A parsed request, as the handler reads it.
+
+    Attributes:
+        method: ``GET``, ``POST``, ...
+        path: The path as sent (percent-encoded), without the query.
+        query: The raw query string, without the ``?``.
+        headers: (lower-case name, value) pairs in arrival order.
+        body: The de-chunked body.
+        params: Route parameters, decoded.
+        keep_alive: The client wants the connection kept open.
+    """
+
+    method: str
+    path: str
+    query: str
+    headers: list[tuple[bytes, bytes]]
+    body: bytes = b""
+    params: dict[str, str] = field(default_factory=dict)
+    keep_alive: bool = True
+
+    def header(self, name: bytes) -> bytes | None:
+        """A header's value (repeats joined with ``, ``), or None."""
+        lower = name.lower()
+        values = [v for n, v in self.headers if n == lower]
+        if not values:
+            return None
+        return b", ".join(values)
+
+    def field(self, which: int, key: bytes) -> bytes | ErrorCode:
+        """``rusm.request``: the bytes of one request field, or an error code."""
+        if which == RequestField.METHOD:
+            return self.method.encode()
+        if which == RequestField.PATH:
+            return self.path.encode()
+        if which == RequestField.QUERY:
+            return self.query.encode()
+        if which == RequestField.BODY:
+            return self.body
+        if which == RequestField.HEADERS:
+            return b"".join(n + b": " + v + b"\n" for n, v in self.headers)
+        if which == RequestField.HEADER:
+            value = self.header(key)
+            return ErrorCode.NOTFOUND if value is None else value
+        if which == RequestField.PARAM:
+            param = self.params.get(key.decode("utf-8", "replace"))
+            return ErrorCode.NOTFOUND if param is None else param.encode()
+        if which == RequestField.QUERY_PARAM:
+            wanted = unquote(key.decode("utf-8", "replace"))
+            for name, value in parse_qsl(self.query, keep_blank_values=True):
+                if name == wanted:
+                    return value.encode()
+            return ErrorCode.NOTFOUND
+        return ErrorCode.INVALID
+
+
+class Sink(Protocol):
+    """The connection an exchange writes to; every method runs on the I/O thread."""
+
+    def send(self, data: bytes) -> None: ...
+
+    def finished(self, exchange: Exchange) -> None: ...
+
+
+class HeaderError(ValueError):
+    """A guest's response header block is malformed; the message says where."""
+
+
+def parse_header_block(block: bytes) -> tuple[bytes, bool]:
+    """Guest header lines → wire lines; and whether a content-type was set.
+
+    Raises:
+        HeaderError: A line that is not ``Name: value``, a CR/NUL in a value,
+            or a header the host owns.
+    """
+    out = []
+    has_type = False
+    for number, raw in enumerate(block.split(b"\n"), 1):
+        line = raw[:-1] if raw.endswith(b"\r") else raw
+        if not line:
+            continue
+        found = _TOKEN_LINE.fullmatch(line)
+        if found is None:
+            shown = line[:80].decode("utf-8", "replace")
+            raise HeaderError(f"header line {number} {shown!r} is not 'Name: value'")
+        name = found.group(1).lower()
+        if name in HOST_HEADERS:
+            raise HeaderError(f"header line {number}: {name.decode()} is set by the host")
+        if name == b"content-type":
+            has_type = True
+        out.append(found.group(1) + b": " + found.group(2) + b"\r\n")
+    return b"".join(out), has_type
+
+
+class Exchange:
+    """One request (HTTP or SSE) being served by a guest.
+
+    Args:
+        request: The parsed request.
+        sink: The connection, written on the I/O thread.
+        mode: HTTP or SSE.
+        inline: The handler runs on the I/O thread itself.
+        call_soon: ``loop.call_soon_threadsafe`` (used when not inline).
+        head_only: A HEAD request: the body is counted, never sent.
+    """
+
+    def __init__(
+        self,
+        request: Request,
+        sink: Sink,
+        mode: Mode,
+        *,
+        inline: bool,
+        call_soon: Callable[..., object],
+        head_only: bool = False,
+    ) -> None:
+        self.request = request
+        self.sink = sink
+        self.mode = mode
+        self.inline = inline
+        self.call_soon = call_soon
+        self.head_only = head_only
+        self.status = 0
+        self.head = b""  # validated guest header lines
+        self.has_type = False
+        self.held: list[bytes] = []
+        self.held_bytes = 0
+        self.started = False  # the head went out: chunked from here on
+        self.closing = False  # the connection closes after this response
+        self.closed = False  # the client left (set on the I/O thread)
+        self.timed_out = False  # the wall budget ran out
+        self.done = False
+        self.last_write = time.monotonic()
+        self.writable = threading.Event()
+        self.writable.set()
+        self.pid = 0
+        self.component = ""
+        self.timer: asyncio.TimerHandle | None = None
+        self.problem = ""  # why the guest's response was refused (for the log)
+
+    def read(self, which: int, key: bytes) -> bytes | ErrorCode:
+        """``rusm.request``: the bytes of one request field, or an error code."""
+        return self.request.field(which, key)
+
+    # ── the response ────────────────────────────────────────────────────
+
+    def respond(self, status: int, headers: bytes, body: bytes) -> ErrorCode:
+        """``rusm.respond``: set the status and headers, hold the first body bytes."""
+        if self.closed:
+            return ErrorCode.CLOSED
+        if self.status:
+            return ErrorCode.EXISTS
+        if not MIN_STATUS <= status <= MAX_STATUS:
+            self.problem = f"status {status} is not 200-599"
+            return ErrorCode.INVALID
+        if len(headers) > MAX_RESPONSE_HEADER_BYTES:
+            self.problem = f"{len(headers)} header bytes (at most {MAX_RESPONSE_HEADER_BYTES})"
+            return ErrorCode.TOOBIG
+        try:
+            self.head, self.has_type = parse_header_block(headers)
+        except HeaderError as exc:
+            self.problem = str(exc)
+            return ErrorCode.INVALID
+        self.status = status
+        return self.write(body) if body else ErrorCode.OK
+
+    def write(self, data: bytes) -> ErrorCode:
+        """``rusm.write``: append to the body (an implicit 200 first)."""
+        if self.closed:
+            return ErrorCode.CLOSED
+        if not self.status:
+            self.status = 200
+        if not data:
+            return ErrorCode.OK
+        self.held.append(data)
+        self.held_bytes += len(data)
+        if self.held_bytes > RESPONSE_HOLD_BYTES:
+            return self.flush()
+        return ErrorCode.OK
+
+    def flush(self) -> ErrorCode:
+        """``rusm.flush``: send the head (once) and what is held, chunked."""
+        if self.closed:
+            return ErrorCode.CLOSED
+        if not self.status:
+            self.status = 200
+        out = b""
+        if not self.started:
+            self.started = True
+            out = self._head(chunked=True)
+        if self.held and not self.head_only:
+            body = b"".join(self.held)
+            out += b"%x\r\n%b\r\n" % (len(body), body)
+        self.held.clear()
+        self.held_bytes = 0
+        if out:
+            self._send(out)
+        return ErrorCode.OK
+
+    def sse_event(self, name: bytes, data: bytes) -> ErrorCode:
+        """``rusm.sse_event``: one event on the stream (the head goes first)."""
+        if self.closed:
+            return ErrorCode.CLOSED
+        if b"\r" in name or b"\n" in name:
+            return ErrorCode.INVALID
+        if len(data) > MAX_EVENT_BYTES:
+            return ErrorCode.TOOBIG
+        event = b"event: " + name + b"\n" if name else b""
+        for line in data.replace(b"\r\n", b"\n").split(b"\n"):
+            event += b"data: " + line + b"\n"
+        event += b"\n"
+        out = b""
+        if not self.started:
+            self.started = True
+            self.status = 200
+            out = SSE_HEAD + DATE.line() + b"\r\n"
+        self._send(out + b"%x\r\n%b\r\n" % (len(event), event))
+        return ErrorCode.OK
+
+    def heartbeat(self) -> None:
+        """An idle SSE stream's keep-alive comment (I/O thread)."""
+        if self.started and not self.done and not self.closed:
+            comment = b": heartbeat\n\n"
+            self.last_write = time.monotonic()
+            self.sink.send(b"%x\r\n%b\r\n" % (len(comment), comment))
+
+    def _head(self, *, chunked: bool, length: int = 0) -> bytes:
+        head = status_line(self.status) + self.head
+        if not self.has_type:
+            head += DEFAULT_CONTENT_TYPE
+        head += DATE.line()
+        if chunked:
+            head += b"transfer-encoding: chunked\r\n"
+        else:
+            head += b"content-length: %d\r\n" % length
+        if self.closing:
+            head += b"connection: close\r\n"
+        return head + b"\r\n"
+
+    def _send(self, data: bytes) -> None:
+        self.last_write = time.monotonic()
+        if self.inline:
+            self.sink.send(data)
+            return
+        while not self.writable.wait(_WRITABLE_POLL_S):
+            if self.closed:
+                return
+        self.call_soon(self.sink.send, data)
+
+    # ── the end (I/O thread) ────────────────────────────────────────────
+
+    def complete(self) -> bool:
+        """The handler returned: send the rest; False if it never answered."""
+        if self.done:
+            return True
+        self.done = True
+        if self.closed:
+            return True
+        if not self.status:
+            return False
+        if self.started:
+            tail = b""
+            if self.held and not self.head_only:
+                body = b"".join(self.held)
+                tail = b"%x\r\n%b\r\n" % (len(body), body)
+            self.sink.send(tail + b"0\r\n\r\n")
+            return True
+        body = b"".join(self.held) if self.held else b""
+        head = self._head(chunked=False, length=len(body))
+        self.sink.send(head if self.head_only else head + body)
+        return True

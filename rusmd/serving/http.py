@@ -1,0 +1,284 @@
+"""HTTP/1.1 connections of an http or sse listener, parsed with httptools.
+
+Runs in: worker, on its I/O thread (uvloop).
+
+httptools parses and enforces nothing, so every limit is counted here
+against the listener's keys (``docs/operations.md``, "Listener limits"):
+
+- request target longer than ``max-url-bytes`` → 414;
+- more than ``max-headers`` headers, or more than ``max-header-bytes``
+  of them (counted as they arrive, so a header that never ends is cut
+  off too) → 431;
+- a body (declared or de-chunked) over ``max-body-bytes`` → 413, before
+  it is read when ``Content-Length`` says so;
+- anything httptools refuses (a bad ``Content-Length`` such as ``+5`` or
+  ``0x5``, both ``Content-Length`` and chunked, a bad chunk size) → 400;
+- the head not complete ``header-timeout-s`` after its first byte, or the
+  body not ``body-timeout-s`` after the head → 408.
+
+Each of those answers once and closes the connection. Requests are
+answered in arrival order (pipelining): parsed requests queue behind the
+one being served, and reading pauses while the queue is long. A
+keep-alive connection idle for ``idle-timeout-s`` is closed; during a
+drain the response in flight says ``Connection: close`` and idle
+connections close at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import httptools
+
+from rusmd.serving.exchange import DATE, Exchange, Mode, Request, status_line
+
+if TYPE_CHECKING:
+    from rusmd.serving.server import ListenerRuntime
+
+# Parsed requests that may wait behind the one being served before the
+# connection stops reading: bounds what one pipelining client can queue.
+MAX_PIPELINED = 16
+# Bytes of request line and headers together may exceed the two limits by
+# this much (the request line's method and version, separators, CRLFs).
+HEAD_SLACK_BYTES = 8192
+
+
+class Reject(Exception):
+    """The request is refused with ``status`` and the connection closed."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+        self.why = why
+
+
+def simple_response(status: int, text: str, *, close: bool, extra: bytes = b"") -> bytes:
+    """A small text response the host makes itself (404, 405, 503, ...)."""
+    body = (text + "\n").encode()
+    head = status_line(status) + b"content-type: text/plain; charset=utf-8\r\n" + extra
+    head += DATE.line() + b"content-length: %d\r\n" % len(body)
+    if close:
+        head += b"connection: close\r\n"
+    return head + b"\r\n" + body
+
+
+class Phase:
+    """Where a connection is in reading its next request (a deadline each)."""
+
+    IDLE = 0  # between requests (keep-alive): idle-timeout-s
+    HEAD = 1  # request line and headers arriving: header-timeout-s
+    BODY = 2  # body arriving: body-timeout-s
+    QUEUED = 3  # a whole request read; nothing to wait for from the client
+
+
+class HttpConnection(asyncio.Protocol):
+    """One client connection on an http or sse listener."""
+
+    def __init__(self, listener: ListenerRuntime) -> None:
+        self.listener = listener
+        self.limits = listener.config
+        self.transport: Any = None
+        self.parser = httptools.HttpRequestParser(self)
+        self.peer = ""
+        self.pending: deque[Request | Reject] = deque()
+        self.current: Exchange | None = None
+        self.busy = False
+        self.dead = False  # refused or closing: ignore further input
+        self.closing = False  # close after the response in flight
+        self.phase = Phase.IDLE
+        self.deadline = 0.0
+        self.head_seen = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.url = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.header_bytes = 0
+        self.body: list[bytes] = []
+        self.body_bytes = 0
+
+    # ── asyncio.Protocol ────────────────────────────────────────────────
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        self.transport = transport
+        listener = self.listener
+        if listener.draining or len(listener.connections) >= self.limits.max_connections:
+            listener.overloaded(transport)
+            self.dead = True
+            return
+        listener.connections.add(self)
+        self.phase = Phase.IDLE
+        self.deadline = time.monotonic() + self.limits.header_timeout_s
+
+    def data_received(self, data: bytes) -> None:
+        if self.dead:
+            return
+        if self.phase <= Phase.HEAD:
+            self.head_seen += len(data)
+        try:
+            self.parser.feed_data(data)
+            if self.phase == Phase.HEAD and self.head_seen > self._head_limit():
+                raise Reject(431, "request head over its limit")
+        except Reject as exc:
+            self._refuse(exc)
+        except httptools.HttpParserUpgrade:
+            self._refuse(Reject(400, "protocol upgrade is not served on this listener"))
+        except httptools.HttpParserError as exc:
+            self._refuse(Reject(400, f"malformed request ({exc})"))
+        self._drive()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.dead = True
+        self.listener.connections.discard(self)
+        current = self.current
+        if current is not None:
+            current.closed = True
+            current.writable.set()
+            self.listener.client_left(current)
+
+    def pause_writing(self) -> None:
+        if self.current is not None:
+            self.current.writable.clear()
+
+    def resume_writing(self) -> None:
+        if self.current is not None:
+            self.current.writable.set()
+
+    # ── httptools callbacks ─────────────────────────────────────────────
+
+    def on_message_begin(self) -> None:
+        self._reset()
+        if self.phase != Phase.HEAD:
+            self.phase = Phase.HEAD
+            self.deadline = time.monotonic() + self.limits.header_timeout_s
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > self.limits.max_url_bytes:
+            raise Reject(414, f"request target over {self.limits.max_url_bytes} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_bytes += len(name) + len(value)
+        if len(self.headers) >= self.limits.max_headers:
+            raise Reject(431, f"more than {self.limits.max_headers} headers")
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise Reject(431, f"headers over {self.limits.max_header_bytes} bytes")
+        lower = name.lower()
+        if lower == b"content-length" and int(value) > self.limits.max_body_bytes:
+            raise Reject(413, f"body over {self.limits.max_body_bytes} bytes")
+        self.headers.append((lower, value))
+
+    def on_headers_complete(self) -> None:
+        self.phase = Phase.BODY
+        self.deadline = time.monotonic() + self.limits.body_timeout_s
+
+    def on_body(self, body: bytes) -> None:
+        self.body_bytes += len(body)
+        if self.body_bytes > self.limits.max_body_bytes:
+            raise Reject(413, f"body over {self.limits.max_body_bytes} bytes")
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        target = self.url.decode("latin-1")
+        path, _, query = target.partition("?")
+        self.pending.append(
+            Request(
+                method=self.parser.get_method().decode("latin-1"),
+                path=path,
+                query=query.partition("#")[0],
+                headers=self.headers,
+                body=b"".join(self.body) if self.body else b"",
+                keep_alive=self.parser.should_keep_alive(),
+            )
+        )
+        self.phase = Phase.QUEUED
+        self.deadline = 0.0
+        self.head_seen = 0
+        if len(self.pending) >= MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()
+
+    # ── serving, in order ───────────────────────────────────────────────
+
+    def _head_limit(self) -> int:
+        return self.limits.max_url_bytes + self.limits.max_header_bytes + HEAD_SLACK_BYTES
+
+    def _refuse(self, reject: Reject) -> None:
+        self.dead = True
+        self.pending.append(reject)
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def _drive(self) -> None:
+        """Serve queued requests one at a time until one is in flight."""
+        while self.pending and not self.busy and self.transport is not None:
+            item = self.pending.popleft()
+            if isinstance(item, Reject):
+                self.listener.refused(self, item)
+                self.send(simple_response(item.status, item.why, close=True))
+                self._close()
+                return
+            if self.listener.draining or not item.keep_alive:
+                self.closing = True
+            self.busy = True
+            self.listener.dispatch(self, item)
+        if not self.busy and not self.pending and self.phase == Phase.QUEUED and not self.dead:
+            self.phase = Phase.IDLE
+            self.deadline = time.monotonic() + self.limits.idle_timeout_s
+            self.transport.resume_reading()
+
+    def send(self, data: bytes) -> None:
+        """Write to the socket (I/O thread)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def answered(self) -> None:
+        """The response in flight is complete: close, or serve the next."""
+        self.busy = False
+        self.current = None
+        if self.closing or self.dead and not self.pending:
+            self._close()
+            return
+        self._drive()
+
+    def finished(self, exchange: Exchange) -> None:
+        """Sink protocol: the exchange wrote its last bytes."""
+        self.answered()
+
+    def _close(self) -> None:
+        self.dead = True
+        self.deadline = 0.0
+        if self.transport is not None:
+            self.transport.close()
+
+    # ── time and drain (from the listener's sweep) ─────────────────────
+
+    def expire(self, now: float) -> None:
+        """Act on a passed deadline."""
+        if self.dead or not self.deadline or now < self.deadline:
+            return
+        if self.phase == Phase.IDLE and not self.head_seen:
+            self._close()
+        elif self.phase in (Phase.IDLE, Phase.HEAD):
+            self._refuse(Reject(408, "request head not received in time"))
+            self._drive()
+        elif self.phase == Phase.BODY:
+            self._refuse(Reject(408, "request body not received in time"))
+            self._drive()
+
+    def drain(self) -> None:
+        """Stop after the response in flight; close at once when idle.
+
+        An SSE stream has no end of its own: its process is stopped
+        (reason shutdown) and the stream ends cleanly.
+        """
+        self.closing = True
+        current = self.current
+        if current is not None:
+            current.closing = True
+            if current.mode is Mode.SSE and current.pid:
+                self.listener.host.kill(current.pid, "shutdown", "the worker is stopping")
+        if not self.busy and not self.pending:
+            self._close()

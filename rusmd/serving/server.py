@@ -1,0 +1,315 @@
+"""A worker's listeners: accept, route, run the handler, answer, log, drain.
+
+Runs in: worker, on its I/O thread (uvloop).
+
+Every worker accepts on the listen sockets the main process bound (the
+kernel hands each connection to one of them). Per request on an http
+listener the route table picks ``component#action`` and the wasm host
+runs the action in a fresh instance: inline on this thread when the
+module imports nothing that may wait, else as a process on a guest
+thread whose exit comes back here. An sse route always runs as a
+process for the stream's life; a ws listener runs its component's entry
+as one process per connection.
+
+What the client sees when things go wrong (SPEC-NOTES, "Serving"):
+
+=============================================  =========================
+handler traps, runs out of memory, bad pointer  502
+returns without a response                      502
+CPU budget (max-cpu-ms) or timeout-s passed      504
+max-connections reached, process limit reached  503 with Retry-After
+no route / path matches but the method doesn't  404 / 405 with Allow
+=============================================  =========================
+
+Each answered request is one access log line at info:
+``rusm http GET /users/7 → 200`` (``sse``/``ws`` for those listeners).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from rusmd.config.model import LogLevel, Protocol, Serve
+from rusmd.log import Logger
+from rusmd.serving.exchange import Exchange, Mode, Request
+from rusmd.serving.http import HttpConnection, Reject, simple_response
+from rusmd.serving.routes import Match, MethodNotAllowed, NotFound, Route, RouteTable
+from rusmd.wasm.abi import ErrorCode
+
+if TYPE_CHECKING:
+    from rusmd.wasm.host import ExitReport, LoadedComponent, WasmHost
+
+# How often deadlines (header/body/idle timeouts) and SSE heartbeats are
+# checked: a timeout fires up to this much late.
+SWEEP_INTERVAL_S = 0.25
+# Pending connections each worker's accept queue may hold (the kernel's
+# backlog is the main process's; this is what uvloop passes to listen()).
+ACCEPT_BACKLOG = 1024
+# The action a routes-less http listener's ``name`` component serves.
+SINGLE_ACTION = "fetch"
+
+
+def _action_status(report: ExitReport, exchange: Exchange) -> tuple[int, str]:
+    """The status for a handler that ended without a complete response."""
+    if exchange.timed_out:
+        return 504, "ran past the listener's timeout-s"
+    if report.detail.startswith("cpu limit"):
+        return 504, report.detail
+    if report.reason == "shutdown":
+        return 503, "the worker is stopping"
+    if report.reason == "normal":
+        if exchange.problem:
+            return 502, f"returned without a valid response ({exchange.problem})"
+        return 502, "returned without a response"
+    return 502, f"{report.reason}: {report.detail}" if report.detail else report.reason
+
+
+class ListenerRuntime:
+    """One ``[[serve]]`` listener in this worker."""
+
+    def __init__(
+        self,
+        config: Serve,
+        index: int,
+        host: WasmHost,
+        log: Logger,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.config = config
+        self.index = index
+        self.host = host
+        self.log = log
+        self.loop = loop
+        self.protocol = config.protocol
+        self.mode = Mode.SSE if config.protocol is Protocol.SSE else Mode.HTTP
+        self.routes = RouteTable(
+            Route(r.method, r.path, r.component, r.action) for r in config.routes
+        )
+        self.connections: set[Any] = set()
+        self.draining = False
+        self.server: asyncio.AbstractServer | None = None
+        self.retry = f"retry-after: {config.retry_after_s}\r\n".encode()
+        self._unavailable: set[str] = set()
+
+    async def start(self, sock: Any) -> None:
+        """Accept on the inherited listen socket."""
+        factory: Callable[[], asyncio.Protocol]
+        if self.protocol is Protocol.WS:
+            from rusmd.serving.ws import WsConnection
+
+            factory = lambda: WsConnection(self)  # noqa: E731
+        else:
+            factory = lambda: HttpConnection(self)  # noqa: E731
+        self.server = await self.loop.create_server(factory, sock=sock, backlog=ACCEPT_BACKLOG)
+
+    # ── requests ────────────────────────────────────────────────────────
+
+    def dispatch(self, conn: HttpConnection, request: Request) -> None:
+        """Serve one request of ``conn`` (it calls back ``conn.answered``)."""
+        if self.config.name is not None:
+            name, action = self.config.name, SINGLE_ACTION
+        else:
+            found = self.routes.resolve(request.method, request.path)
+            if isinstance(found, NotFound):
+                self._plain(conn, request, 404, "not found")
+                return
+            if isinstance(found, MethodNotAllowed):
+                allow = b"allow: " + ", ".join(found.allowed).encode() + b"\r\n"
+                self._plain(conn, request, 405, "method not allowed", allow)
+                return
+            assert isinstance(found, Match)
+            name, action = found.route.component, found.route.action
+            request.params = found.params
+        component = self.host.components.get(name)
+        if component is None or component.error:
+            self._not_loaded(conn, request, name, component)
+            return
+        inline = self.mode is Mode.HTTP and component.inline
+        exchange = Exchange(
+            request,
+            conn,
+            self.mode,
+            inline=inline,
+            call_soon=self.loop.call_soon_threadsafe,
+            head_only=request.method == "HEAD",
+        )
+        exchange.closing = conn.closing
+        exchange.component = name
+        conn.current = exchange
+        if inline:
+            self.complete(conn, exchange, self.host.serve_inline(component, action, exchange))
+            return
+        self._spawn(conn, exchange, name, action)
+
+    def _spawn(self, conn: HttpConnection, exchange: Exchange, name: str, action: str) -> None:
+        from rusmd.wasm.host import SpawnError
+
+        def exited(report: ExitReport) -> None:
+            self.loop.call_soon_threadsafe(self.complete, conn, exchange, report)
+
+        try:
+            exchange.pid = self.host.spawn(
+                name, entry=action, exchange=exchange, on_exit=exited, quiet=True
+            )
+        except SpawnError as exc:
+            conn.current = None
+            status = 503
+            self.log.warn(f"{self.protocol} {exchange.request.method} {exchange.request.path}: {exc}")
+            extra = self.retry if exc.code in (ErrorCode.LIMIT, ErrorCode.UNAVAILABLE) else b""
+            self._plain(conn, exchange.request, status, "service unavailable", extra)
+            return
+        if self.mode is Mode.HTTP:
+            exchange.timer = self.loop.call_later(
+                self.config.timeout_s, self._out_of_time, exchange
+            )
+
+    def _out_of_time(self, exchange: Exchange) -> None:
+        if not exchange.done:
+            exchange.timed_out = True
+            self.host.kill(exchange.pid, "killed", "ran past the listener's timeout-s")
+
+    def complete(self, conn: HttpConnection, exchange: Exchange, report: ExitReport) -> None:
+        """The handler ended: finish the response, log it, serve the next."""
+        if exchange.timer is not None:
+            exchange.timer.cancel()
+        request = exchange.request
+        ended_cleanly = report.reason == "normal" or (
+            report.reason == "shutdown" and self.mode is Mode.SSE and exchange.started
+        )
+        if ended_cleanly and exchange.complete():
+            status = exchange.status
+        elif exchange.started or exchange.closed:
+            exchange.done = True
+            status = exchange.status
+            if not exchange.closed:
+                conn.closing = True  # the head went out: all we can do is cut it short
+                self.log.error(
+                    f"{self._who(exchange)}: {request.method} {request.path} cut short "
+                    f"({report.reason}{': ' + report.detail if report.detail else ''})"
+                )
+        else:
+            exchange.done = True
+            status, why = _action_status(report, exchange)
+            if report.reason == "normal" or exchange.timed_out:  # else its exit line said why
+                self.log.error(
+                    f"{self._who(exchange)}: {request.method} {request.path} → {status}: {why}"
+                )
+            extra = self.retry if status == 503 else b""
+            conn.send(simple_response(status, _PHRASES[status], close=conn.closing, extra=extra))
+        self.access(request.method, request.path, status)
+        conn.answered()
+
+    def _who(self, exchange: Exchange) -> str:
+        return f"{exchange.component}#{exchange.pid}"
+
+    def _plain(
+        self, conn: HttpConnection, request: Request, status: int, text: str, extra: bytes = b""
+    ) -> None:
+        conn.send(simple_response(status, text, close=conn.closing, extra=extra))
+        self.access(request.method, request.path, status)
+        conn.answered()
+
+    def _not_loaded(
+        self, conn: HttpConnection, request: Request, name: str, component: LoadedComponent | None
+    ) -> None:
+        why = component.error if component is not None else f"component {name} is still loading"
+        if name not in self._unavailable:
+            self._unavailable.add(name)
+            self.log.error(f"{self.protocol} {request.method} {request.path}: {why}")
+        self._plain(conn, request, 503, "service unavailable", self.retry)
+
+    def access(self, method: str, path: str, status: int) -> None:
+        """The access log line (info)."""
+        if self.log.enabled(LogLevel.INFO):
+            self.log.info(f"{self.protocol} {method} {path} → {status}")
+
+    def refused(self, conn: HttpConnection, reject: Reject) -> None:
+        """A malformed, oversized or slow request was refused (logged at info)."""
+        if self.log.enabled(LogLevel.INFO):
+            self.log.info(f"{self.protocol} refused → {reject.status} ({reject.why})")
+
+    def overloaded(self, transport: Any) -> None:
+        """A connection past max-connections (or during a drain): 503 and close."""
+        transport.write(
+            simple_response(503, "service unavailable", close=True, extra=self.retry)
+        )
+        transport.close()
+        if self.log.enabled(LogLevel.INFO):
+            self.log.info(f"{self.protocol} connection → 503 (max-connections)")
+
+    def client_left(self, exchange: Any) -> None:
+        """The client of a running handler went away: stop the handler."""
+        if exchange.pid and not exchange.done:
+            self.host.kill(exchange.pid, "shutdown", "client disconnected")
+
+    # ── time and drain ──────────────────────────────────────────────────
+
+    def sweep(self, now: float) -> None:
+        """Deadlines and heartbeats."""
+        heartbeat = self.config.heartbeat_s
+        for conn in list(self.connections):
+            conn.expire(now)
+            current = conn.current
+            if current is not None and self.mode is Mode.SSE and now - current.last_write > heartbeat:
+                current.heartbeat()
+
+    def drain(self) -> None:
+        """Stop accepting; in-flight requests finish, idle connections close."""
+        self.draining = True
+        if self.server is not None:
+            self.server.close()
+        for conn in list(self.connections):
+            conn.drain()
+
+
+_PHRASES = {
+    502: "bad gateway: the handler failed",
+    503: "service unavailable",
+    504: "gateway timeout: the handler ran out of time",
+}
+
+
+class Server:
+    """Every listener of one worker."""
+
+    def __init__(
+        self,
+        serve: tuple[Serve, ...],
+        sockets: list[Any],
+        host: WasmHost,
+        log: Logger,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.loop = loop
+        self.sockets = sockets
+        self.listeners = [
+            ListenerRuntime(config, index, host, log, loop) for index, config in enumerate(serve)
+        ]
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def start(self) -> None:
+        """Start accepting on every listener."""
+        for listener, sock in zip(self.listeners, self.sockets, strict=False):
+            await listener.start(sock)
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for listener in self.listeners:
+            listener.sweep(now)
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def connections(self) -> int:
+        """Open connections on every listener."""
+        return sum(len(listener.connections) for listener in self.listeners)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Drain every listener; return when all connections closed or at the timeout."""
+        for listener in self.listeners:
+            listener.drain()
+        deadline = time.monotonic() + timeout_s
+        while self.connections() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)

@@ -1,0 +1,314 @@
+"""WebSocket connections of a ws listener: one wasm process per connection.
+
+Runs in: worker, on its I/O thread (uvloop); ``WsExchange``'s guest-side
+methods run on the connection process's guest thread.
+
+The websockets library's sans-I/O ``ServerProtocol`` parses the
+handshake and the frames; this module moves bytes and messages. After a
+good handshake the listener's ``name`` component is spawned (its entry
+runs for the connection's life) and only then is ``101`` sent, so a
+worker at its process limit answers ``503`` instead. Each complete
+message (fragments joined, at most ``max-message-bytes``, past which the
+library closes with 1009) reaches the process's mailbox as a ``FRAME``
+message; the client's close as a ``CLOSED`` message, after which the
+process has ``CLOSE_GRACE_S`` to exit. When the process exits the socket
+closes with 1000 (normal) or 1011 (crashed or killed). Pings are
+answered by the library; the host pings every ``heartbeat-s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request as WsRequest
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from rusmd.actors.table import Envelope
+from rusmd.serving.exchange import Mode, Request
+from rusmd.serving.http import simple_response
+from rusmd.wasm.abi import MAX_EVENT_BYTES, ErrorCode, Kind, WsKind
+
+if TYPE_CHECKING:
+    from rusmd.serving.server import ListenerRuntime
+    from rusmd.wasm.host import ExitReport
+
+# After the client's close (or disconnect) the process gets this long to
+# exit on its own before it is stopped with reason shutdown.
+CLOSE_GRACE_S = 5.0
+# A close reason is at most 123 bytes (RFC 6455: 125-byte control payload).
+MAX_CLOSE_REASON_BYTES = 123
+# Status codes a guest may close with.
+_GUEST_CLOSE_CODES = frozenset({1000}) | frozenset(range(3000, 5000))
+_WRITABLE_POLL_S = 0.1
+
+
+class WsExchange:
+    """The connection as its process sees it (``rusm.request``, ``ws_send``, ``ws_close``)."""
+
+    mode = Mode.WS
+
+    def __init__(self, request: Request, conn: WsConnection, call_soon: Any) -> None:
+        self.request = request
+        self.conn = conn
+        self.call_soon = call_soon
+        self.closed = False
+        self.pid = 0
+        self.writable = conn.writable
+        self.problem = ""
+
+    def read(self, which: int, key: bytes) -> bytes | ErrorCode:
+        """``rusm.request`` on the upgrade request."""
+        return self.request.field(which, key)
+
+    def ws_send(self, kind: int, data: bytes) -> ErrorCode:
+        """``rusm.ws_send`` (guest thread)."""
+        if self.closed:
+            return ErrorCode.CLOSED
+        if kind not in (WsKind.TEXT, WsKind.BINARY):
+            return ErrorCode.INVALID
+        if len(data) > MAX_EVENT_BYTES:
+            return ErrorCode.TOOBIG
+        if kind == WsKind.TEXT:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                return ErrorCode.INVALID
+        while not self.writable.wait(_WRITABLE_POLL_S):
+            if self.closed:
+                return ErrorCode.CLOSED
+        self.call_soon(self.conn.send_message, kind, data)
+        return ErrorCode.OK
+
+    def ws_close(self, code: int, reason: bytes) -> ErrorCode:
+        """``rusm.ws_close`` (guest thread)."""
+        if self.closed:
+            return ErrorCode.CLOSED
+        if code not in _GUEST_CLOSE_CODES or len(reason) > MAX_CLOSE_REASON_BYTES:
+            return ErrorCode.INVALID
+        try:
+            text = reason.decode("utf-8")
+        except UnicodeDecodeError:
+            return ErrorCode.INVALID
+        self.closed = True
+        self.call_soon(self.conn.close_with, code, text)
+        return ErrorCode.OK
+
+
+class WsConnection(asyncio.Protocol):
+    """One client connection on a ws listener."""
+
+    def __init__(self, listener: ListenerRuntime) -> None:
+        self.listener = listener
+        self.limits = listener.config
+        self.protocol = ServerProtocol(max_size=listener.config.max_message_bytes)
+        self.transport: Any = None
+        self.exchange: WsExchange | None = None
+        self.current = None  # no HTTP exchange: the sweep's heartbeat skips it
+        self.path = ""
+        self.parts: list[bytes] = []
+        self.parts_kind = 0
+        self.deadline = 0.0
+        self.last_seen = time.monotonic()
+        self.exited = False
+        self.writable = threading.Event()
+        self.writable.set()
+
+    # ── asyncio.Protocol ────────────────────────────────────────────────
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        self.transport = transport
+        listener = self.listener
+        if listener.draining or len(listener.connections) >= self.limits.max_connections:
+            listener.overloaded(transport)
+            return
+        listener.connections.add(self)
+        self.deadline = time.monotonic() + self.limits.header_timeout_s
+
+    def data_received(self, data: bytes) -> None:
+        self.last_seen = time.monotonic()
+        self.protocol.receive_data(data)
+        for event in self.protocol.events_received():
+            if isinstance(event, WsRequest):
+                self._handshake(event)
+            elif isinstance(event, Frame):
+                self._frame(event)
+        self._flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.listener.connections.discard(self)
+        self.writable.set()
+        exchange = self.exchange
+        if exchange is not None and not exchange.closed:
+            exchange.closed = True
+            self._tell_closed(1006)
+
+    def pause_writing(self) -> None:
+        self.writable.clear()
+
+    def resume_writing(self) -> None:
+        self.writable.set()
+
+    # ── handshake and frames ────────────────────────────────────────────
+
+    def _handshake(self, ws_request: WsRequest) -> None:
+        self.deadline = 0.0
+        response = self.protocol.accept(ws_request)
+        path, _, query = ws_request.path.partition("?")
+        self.path = path
+        if response.status_code != 101:
+            self.protocol.send_response(response)
+            self.listener.access("GET", path, response.status_code)
+            return
+        request = Request(
+            method="GET",
+            path=path,
+            query=query,
+            headers=[
+                (name.lower().encode("latin-1"), value.encode("latin-1"))
+                for name, value in ws_request.headers.raw_items()
+            ],
+        )
+        exchange = WsExchange(request, self, self.listener.loop.call_soon_threadsafe)
+        name = self.limits.name or ""
+        if self._spawn(exchange, name):
+            self.protocol.send_response(response)
+            self.listener.access("GET", path, 101)
+
+    def _spawn(self, exchange: WsExchange, name: str) -> bool:
+        from rusmd.wasm.host import SpawnError
+
+        def exited(report: ExitReport) -> None:
+            self.listener.loop.call_soon_threadsafe(self._process_exited, report)
+
+        try:
+            exchange.pid = self.listener.host.spawn(
+                name, exchange=exchange, on_exit=exited, quiet=True
+            )
+        except SpawnError as exc:
+            self.listener.log.warn(f"ws GET {self.path}: {exc}")
+            self.transport.write(
+                simple_response(503, "service unavailable", close=True, extra=self.listener.retry)
+            )
+            self.transport.close()
+            self.listener.access("GET", self.path, 503)
+            return False
+        self.exchange = exchange
+        return True
+
+    def _frame(self, frame: Frame) -> None:
+        if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
+            self.parts_kind = WsKind.TEXT if frame.opcode is Opcode.TEXT else WsKind.BINARY
+            self.parts = [frame.data]
+        elif frame.opcode is Opcode.CONT:
+            self.parts.append(frame.data)
+        elif frame.opcode is Opcode.CLOSE:
+            exchange = self.exchange
+            if exchange is not None and not exchange.closed:
+                exchange.closed = True
+                code = self.protocol.close_rcvd.code if self.protocol.close_rcvd else 1005
+                self._tell_closed(code)
+            return
+        else:
+            return
+        if not frame.fin:
+            if sum(len(p) for p in self.parts) > self.limits.max_message_bytes:
+                self.protocol.fail(1009, "message too big")
+            return
+        payload = b"".join(self.parts)
+        self.parts = []
+        exchange = self.exchange
+        if exchange is None:
+            return
+        code = self.listener.host.actors.deliver(
+            exchange.pid, Envelope(Kind.FRAME, 0, 0, self.parts_kind, payload)
+        )
+        if code == ErrorCode.LIMIT:
+            self.protocol.fail(1013, "mailbox full")
+
+    def _tell_closed(self, code: int) -> None:
+        exchange = self.exchange
+        if exchange is None or self.exited:
+            return
+        self.listener.host.actors.deliver(exchange.pid, Envelope(Kind.CLOSED, 0, code, 0, b""))
+        self.listener.loop.call_later(CLOSE_GRACE_S, self._stop_process)
+
+    def _stop_process(self) -> None:
+        if self.exchange is not None and not self.exited:
+            self.listener.host.kill(self.exchange.pid, "shutdown", "websocket closed")
+
+    def _process_exited(self, report: ExitReport) -> None:
+        self.exited = True
+        if self.exchange is not None:
+            self.exchange.closed = True
+        if report.reason != "normal":
+            self.listener.log.error(
+                f"{self.limits.name}#{self.exchange.pid if self.exchange else 0}: "
+                f"ws {self.path} closed 1011 ({report.reason}"
+                f"{': ' + report.detail if report.detail else ''})"
+            )
+        if self.protocol.state is State.OPEN:
+            if report.reason == "normal":
+                self.protocol.send_close(1000, "")
+            else:
+                self.protocol.send_close(1011, "handler failed")
+            self._flush()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    # ── I/O thread sends ────────────────────────────────────────────────
+
+    def send_message(self, kind: int, data: bytes) -> None:
+        if self.protocol.state is not State.OPEN:
+            return
+        if kind == WsKind.TEXT:
+            self.protocol.send_text(data)
+        else:
+            self.protocol.send_binary(data)
+        self._flush()
+
+    def close_with(self, code: int, reason: str) -> None:
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(code, reason)
+            self._flush()
+
+    def _flush(self) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        for data in self.protocol.data_to_send():
+            if data:
+                transport.write(data)
+            else:
+                transport.close()
+                return
+
+    # ── time and drain ──────────────────────────────────────────────────
+
+    def expire(self, now: float) -> None:
+        """Handshake timeout, heartbeat pings."""
+        if self.deadline and now > self.deadline and self.exchange is None:
+            self.transport.close()
+            return
+        if (
+            self.protocol.state is State.OPEN
+            and now - self.last_seen > self.limits.heartbeat_s
+        ):
+            self.last_seen = now
+            self.protocol.send_ping(b"")
+            self._flush()
+
+    def drain(self) -> None:
+        """Close with 1001 (going away); the process is stopped."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(1001, "server shutting down")
+            self._flush()
+        if self.exchange is not None and not self.exited:
+            self.exchange.closed = True
+            self.listener.host.kill(self.exchange.pid, "shutdown", "server shutting down")
+        elif self.exchange is None and self.transport is not None:
+            self.transport.close()

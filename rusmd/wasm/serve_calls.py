@@ -1,0 +1,144 @@
+"""The serving half of the ``rusm`` host functions: request, respond, SSE, WebSocket.
+
+Runs in: worker, on the thread of the calling handler (the I/O thread for
+an inline HTTP handler, else the process's guest thread).
+
+Each function checks its pointers against the caller's memory (a bad one
+crashes the caller alone) and acts on the caller's exchange: the request
+or connection it serves. A process that serves none gets UNAVAILABLE, as
+does a function of the wrong kind (``ws_send`` in an HTTP handler).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from rusmd.serving.exchange import Mode
+from rusmd.wasm.abi import MAX_EVENT_BYTES, ErrorCode
+from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
+
+if TYPE_CHECKING:
+    from rusmd.wasm.host import Process, WasmHost
+
+Impl = Callable[["Process", Any], None]
+
+
+class ServeCalls:
+    """Host functions over the exchange a process serves.
+
+    Args:
+        host: The worker's wasm host (for its logger).
+    """
+
+    def __init__(self, host: WasmHost) -> None:
+        self.host = host
+
+    def implementations(self) -> dict[str, Impl]:
+        """Host function name → implementation."""
+        return {
+            "request": self.request,
+            "respond": self.respond,
+            "write": self.write,
+            "flush": self.flush,
+            "sse_event": self.sse_event,
+            "ws_send": self.ws_send,
+            "ws_close": self.ws_close,
+        }
+
+    def _memory(self, process: Process, function: str) -> GuestMemory:
+        if process.memory is None:
+            raise BadPointer(f"rusm.{function}: the module exports no memory")
+        return process.memory
+
+    def _read(self, process: Process, function: str, ptr: int, length: int) -> bytes:
+        memory = self._memory(process, function)
+        check_range(function, ptr, length, memory.size())
+        return memory.read(function, ptr, length) if length else b""
+
+    def _exchange(self, process: Process, *modes: Mode) -> Any:
+        exchange = process.exchange
+        if exchange is None or exchange.mode not in modes:
+            return None
+        return exchange
+
+    def _refused(self, process: Process, function: str, code: ErrorCode) -> None:
+        exchange = process.exchange
+        if code in (ErrorCode.INVALID, ErrorCode.TOOBIG) and exchange is not None:
+            self.host.log.warn(f"{process.label}: rusm.{function}: {exchange.problem or code.name}")
+
+    def request(self, process: Process, values: Any) -> None:
+        which, key_ptr, key_len = values[0].i32, values[1].i32, values[2].i32
+        buf_ptr, buf_cap = values[3].i32, values[4].i32
+        memory = self._memory(process, "request")
+        size = memory.size()
+        check_range("request", key_ptr, key_len, size)
+        check_range("request", buf_ptr, buf_cap, size)
+        exchange = self._exchange(process, Mode.HTTP, Mode.SSE, Mode.WS)
+        if exchange is None:
+            values[0].i32 = ErrorCode.UNAVAILABLE
+            return
+        key = memory.read("request", key_ptr, key_len) if key_len else b""
+        found = exchange.read(which, key)
+        if isinstance(found, ErrorCode):
+            values[0].i32 = found
+            return
+        if buf_cap and found:
+            memory.write("request", buf_ptr, found[:buf_cap])
+        values[0].i32 = len(found)
+
+    def respond(self, process: Process, values: Any) -> None:
+        status, head_ptr, head_len = values[0].i32, values[1].i32, values[2].i32
+        body_ptr, body_len = values[3].i32, values[4].i32
+        head = self._read(process, "respond", head_ptr, head_len)
+        body = self._read(process, "respond", body_ptr, body_len)
+        exchange = self._exchange(process, Mode.HTTP, Mode.SSE)
+        if exchange is None:
+            values[0].i32 = ErrorCode.UNAVAILABLE
+            return
+        code = exchange.respond(status, head, body)
+        self._refused(process, "respond", code)
+        values[0].i32 = code
+
+    def write(self, process: Process, values: Any) -> None:
+        data = self._read(process, "write", values[0].i32, values[1].i32)
+        exchange = self._exchange(process, Mode.HTTP)
+        values[0].i32 = ErrorCode.UNAVAILABLE if exchange is None else exchange.write(data)
+
+    def flush(self, process: Process, values: Any) -> None:
+        exchange = self._exchange(process, Mode.HTTP, Mode.SSE)
+        values[0].i32 = ErrorCode.UNAVAILABLE if exchange is None else exchange.flush()
+
+    def sse_event(self, process: Process, values: Any) -> None:
+        name = self._read(process, "sse_event", values[0].i32, values[1].i32)
+        memory = self._memory(process, "sse_event")
+        data_ptr, data_len = values[2].i32, values[3].i32
+        check_range("sse_event", data_ptr, data_len, memory.size())
+        exchange = self._exchange(process, Mode.SSE)
+        if exchange is None:
+            values[0].i32 = ErrorCode.UNAVAILABLE
+            return
+        if data_len > MAX_EVENT_BYTES:
+            values[0].i32 = ErrorCode.TOOBIG
+            return
+        data = memory.read("sse_event", data_ptr, data_len) if data_len else b""
+        values[0].i32 = exchange.sse_event(name, data)
+
+    def ws_send(self, process: Process, values: Any) -> None:
+        kind, ptr, length = values[0].i32, values[1].i32, values[2].i32
+        memory = self._memory(process, "ws_send")
+        check_range("ws_send", ptr, length, memory.size())
+        exchange = self._exchange(process, Mode.WS)
+        if exchange is None:
+            values[0].i32 = ErrorCode.UNAVAILABLE
+            return
+        if length > MAX_EVENT_BYTES:
+            values[0].i32 = ErrorCode.TOOBIG
+            return
+        values[0].i32 = exchange.ws_send(kind, memory.read("ws_send", ptr, length))
+
+    def ws_close(self, process: Process, values: Any) -> None:
+        code = values[0].i32
+        reason = self._read(process, "ws_close", values[1].i32, values[2].i32)
+        exchange = self._exchange(process, Mode.WS)
+        values[0].i32 = ErrorCode.UNAVAILABLE if exchange is None else exchange.ws_close(code, reason)
