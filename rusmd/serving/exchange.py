@@ -280,7 +280,7 @@ class Exchange:
         out = b""
         if not self.started:
             self.started = True
-            out = self._head(chunked=True)
+            out = SSE_HEAD + DATE.line() + b"\r\n" if self.mode is Mode.SSE else self._head(chunked=True)
         if self.held and not self.head_only:
             body = b"".join(self.held)
             out += b"%x\r\n%b\r\n" % (len(body), body)

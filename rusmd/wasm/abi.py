@@ -426,7 +426,8 @@ FUNCTIONS: dict[str, HostFunction] = {
             A,
             "Answer the request: status 200-599, headers as 'Name: value' lines, the "
             "first body bytes (more with rusm.write); 0, INVALID (status or a header, "
-            "logged), EXISTS (already answered), CLOSED, UNAVAILABLE.",
+            "logged), TOOBIG (headers over 64 KiB), EXISTS (already answered), CLOSED, "
+            "UNAVAILABLE.",
         ),
         _fn(
             "write",
@@ -441,8 +442,7 @@ FUNCTIONS: dict[str, HostFunction] = {
             "",
             "i32",
             A,
-            "Send the response so far now (a flushed response is chunked); "
-            "0, CLOSED, UNAVAILABLE.",
+            "Send the response so far now (a flushed response is chunked); 0, CLOSED, UNAVAILABLE.",
         ),
         _fn(
             "sse_event",

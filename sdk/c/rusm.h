@@ -412,8 +412,9 @@ int32_t rusm_request(int32_t field, const char *key, size_t key_len, void *buf, 
  * Transfer-Encoding, Connection and Upgrade are the host's: setting one is
  * RUSM_ERR_INVALID. Without a Content-Type the host sends
  * "text/plain; charset=utf-8". Returns RUSM_OK, RUSM_ERR_INVALID (a bad
- * status or header line; the platform log names it), RUSM_ERR_EXISTS
- * (already answered), RUSM_ERR_CLOSED or RUSM_ERR_UNAVAILABLE.
+ * status or header line; the platform log names it), RUSM_ERR_TOOBIG
+ * (headers over RUSM_MAX_RESPONSE_HEADER_BYTES), RUSM_ERR_EXISTS (already
+ * answered), RUSM_ERR_CLOSED or RUSM_ERR_UNAVAILABLE.
  * Wasm: rusm.respond (i32 status, i32 headers_ptr, i32 headers_len, i32 body_ptr,
  * i32 body_len) -> (i32). Needs: always. */
 __attribute__((import_module("rusm"), import_name("respond")))
