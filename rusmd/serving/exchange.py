@@ -56,6 +56,17 @@ _STATUS_LINES = {
 _WRITABLE_POLL_S = 0.1
 
 
+def _writable() -> threading.Event:
+    event = threading.Event()
+    event.set()
+    return event
+
+
+# Inline exchanges never wait for the socket (they run on the I/O thread):
+# one shared, always-set event spares each request making its own.
+_ALWAYS_WRITABLE = _writable()
+
+
 class Mode(enum.Enum):
     """What the exchange serves."""
 
@@ -133,16 +144,16 @@ class Request:
         if which == RequestField.HEADERS:
             return b"".join(n + b": " + v + b"\n" for n, v in self.headers)
         if which == RequestField.HEADER:
-            value = self.header(key)
-            return ErrorCode.NOTFOUND if value is None else value
+            header = self.header(key)
+            return ErrorCode.NOTFOUND if header is None else header
         if which == RequestField.PARAM:
             param = self.params.get(key.decode("utf-8", "replace"))
             return ErrorCode.NOTFOUND if param is None else param.encode()
         if which == RequestField.QUERY_PARAM:
             wanted = unquote(key.decode("utf-8", "replace"))
-            for name, value in parse_qsl(self.query, keep_blank_values=True):
+            for name, text in parse_qsl(self.query, keep_blank_values=True):
                 if name == wanted:
-                    return value.encode()
+                    return text.encode()
             return ErrorCode.NOTFOUND
         return ErrorCode.INVALID
 
@@ -224,8 +235,8 @@ class Exchange:
         self.timed_out = False  # the wall budget ran out
         self.done = False
         self.last_write = time.monotonic()
-        self.writable = threading.Event()
-        self.writable.set()
+        self.writable = _ALWAYS_WRITABLE if inline else _writable()
+        self.budget_ms = 0  # the wall budget (inline handlers: the CPU deadline too)
         self.pid = 0
         self.component = ""
         self.timer: asyncio.TimerHandle | None = None
@@ -249,11 +260,12 @@ class Exchange:
         if len(headers) > MAX_RESPONSE_HEADER_BYTES:
             self.problem = f"{len(headers)} header bytes (at most {MAX_RESPONSE_HEADER_BYTES})"
             return ErrorCode.TOOBIG
-        try:
-            self.head, self.has_type = parse_header_block(headers)
-        except HeaderError as exc:
-            self.problem = str(exc)
-            return ErrorCode.INVALID
+        if headers:
+            try:
+                self.head, self.has_type = parse_header_block(headers)
+            except HeaderError as exc:
+                self.problem = str(exc)
+                return ErrorCode.INVALID
         self.status = status
         return self.write(body) if body else ErrorCode.OK
 
@@ -280,7 +292,11 @@ class Exchange:
         out = b""
         if not self.started:
             self.started = True
-            out = SSE_HEAD + DATE.line() + b"\r\n" if self.mode is Mode.SSE else self._head(chunked=True)
+            out = (
+                SSE_HEAD + DATE.line() + b"\r\n"
+                if self.mode is Mode.SSE
+                else self._head(chunked=True)
+            )
         if self.held and not self.head_only:
             body = b"".join(self.held)
             out += b"%x\r\n%b\r\n" % (len(body), body)

@@ -102,7 +102,7 @@ class HttpConnection(asyncio.Protocol):
 
     # ── asyncio.Protocol ────────────────────────────────────────────────
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
         listener = self.listener
         if listener.draining or len(listener.connections) >= self.limits.max_connections:
@@ -127,7 +127,13 @@ class HttpConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._refuse(Reject(400, "protocol upgrade is not served on this listener"))
         except httptools.HttpParserError as exc:
-            self._refuse(Reject(400, f"malformed request ({exc})"))
+            # httptools turns an exception raised in a callback (on_url,
+            # on_header, on_body) into HttpParserCallbackError and keeps the
+            # original only as __context__: that is where a limit's Reject is.
+            cause = exc.__context__
+            self._refuse(
+                cause if isinstance(cause, Reject) else Reject(400, f"malformed request ({exc})")
+            )
         self._drive()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -238,7 +244,7 @@ class HttpConnection(asyncio.Protocol):
         """The response in flight is complete: close, or serve the next."""
         self.busy = False
         self.current = None
-        if self.closing or self.dead and not self.pending:
+        if self.closing or (self.dead and not self.pending):
             self._close()
             return
         self._drive()

@@ -48,6 +48,10 @@ SWEEP_INTERVAL_S = 0.25
 # Pending connections each worker's accept queue may hold (the kernel's
 # backlog is the main process's; this is what uvloop passes to listen()).
 ACCEPT_BACKLOG = 1024
+# Resolved (method, path) pairs each listener remembers: the route walk
+# (split, percent-decode, trie) is skipped for repeated paths; the bound
+# keeps a client sending endless distinct paths from growing it.
+RESOLVED_CACHE_SIZE = 4096
 # The action a routes-less http listener's ``name`` component serves.
 SINGLE_ACTION = "fetch"
 
@@ -91,8 +95,10 @@ class ListenerRuntime:
         self.connections: set[Any] = set()
         self.draining = False
         self.server: asyncio.AbstractServer | None = None
+        self.budget_ms = int(config.timeout_s * 1000)
         self.retry = f"retry-after: {config.retry_after_s}\r\n".encode()
         self._unavailable: set[str] = set()
+        self._resolved: dict[tuple[str, str], Match | MethodNotAllowed | NotFound] = {}
 
     async def start(self, sock: Any) -> None:
         """Accept on the inherited listen socket."""
@@ -112,7 +118,13 @@ class ListenerRuntime:
         if self.config.name is not None:
             name, action = self.config.name, SINGLE_ACTION
         else:
-            found = self.routes.resolve(request.method, request.path)
+            key = (request.method, request.path)
+            found = self._resolved.get(key)
+            if found is None:
+                found = self.routes.resolve(request.method, request.path)
+                if len(self._resolved) >= RESOLVED_CACHE_SIZE:
+                    self._resolved.clear()
+                self._resolved[key] = found
             if isinstance(found, NotFound):
                 self._plain(conn, request, 404, "not found")
                 return
@@ -138,6 +150,7 @@ class ListenerRuntime:
         )
         exchange.closing = conn.closing
         exchange.component = name
+        exchange.budget_ms = self.budget_ms
         conn.current = exchange
         if inline:
             self.complete(conn, exchange, self.host.serve_inline(component, action, exchange))
@@ -157,7 +170,9 @@ class ListenerRuntime:
         except SpawnError as exc:
             conn.current = None
             status = 503
-            self.log.warn(f"{self.protocol} {exchange.request.method} {exchange.request.path}: {exc}")
+            self.log.warn(
+                f"{self.protocol} {exchange.request.method} {exchange.request.path}: {exc}"
+            )
             extra = self.retry if exc.code in (ErrorCode.LIMIT, ErrorCode.UNAVAILABLE) else b""
             self._plain(conn, exchange.request, status, "service unavailable", extra)
             return
@@ -233,9 +248,7 @@ class ListenerRuntime:
 
     def overloaded(self, transport: Any) -> None:
         """A connection past max-connections (or during a drain): 503 and close."""
-        transport.write(
-            simple_response(503, "service unavailable", close=True, extra=self.retry)
-        )
+        transport.write(simple_response(503, "service unavailable", close=True, extra=self.retry))
         transport.close()
         if self.log.enabled(LogLevel.INFO):
             self.log.info(f"{self.protocol} connection → 503 (max-connections)")
@@ -253,7 +266,11 @@ class ListenerRuntime:
         for conn in list(self.connections):
             conn.expire(now)
             current = conn.current
-            if current is not None and self.mode is Mode.SSE and now - current.last_write > heartbeat:
+            if (
+                current is not None
+                and self.mode is Mode.SSE
+                and now - current.last_write > heartbeat
+            ):
                 current.heartbeat()
 
     def drain(self) -> None:

@@ -120,7 +120,7 @@ class WsConnection(asyncio.Protocol):
 
     # ── asyncio.Protocol ────────────────────────────────────────────────
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         self.transport = transport
         listener = self.listener
         if listener.draining or len(listener.connections) >= self.limits.max_connections:
@@ -203,9 +203,9 @@ class WsConnection(asyncio.Protocol):
     def _frame(self, frame: Frame) -> None:
         if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
             self.parts_kind = WsKind.TEXT if frame.opcode is Opcode.TEXT else WsKind.BINARY
-            self.parts = [frame.data]
+            self.parts = [bytes(frame.data)]
         elif frame.opcode is Opcode.CONT:
-            self.parts.append(frame.data)
+            self.parts.append(bytes(frame.data))
         elif frame.opcode is Opcode.CLOSE:
             exchange = self.exchange
             if exchange is not None and not exchange.closed:

@@ -193,6 +193,10 @@ def _fn(
 
 A, SP = Grant.ALWAYS, Grant.SPAWN
 
+# The functions that act on the request or connection a process serves.
+SERVING_FUNCTIONS = frozenset(
+    {"request", "respond", "write", "flush", "sse_event", "ws_send", "ws_close"}
+)
 # Functions an HTTP handler may import and still run on the worker's I/O
 # thread (nothing in them waits); a handler importing anything else runs
 # on a guest thread of its own (see docs/abi.md, "Serving").

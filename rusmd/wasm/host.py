@@ -91,6 +91,21 @@ _NULL_FINALIZER: Any = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0)
 _EpochCallback = _bindings._wasmtime_store_epoch_deadline_callback.argtypes[1]
 
 
+def _cdll(name: str) -> Any:
+    """A C API function called directly (GIL released), without wasmtime-py's wrapper."""
+    source = getattr(_bindings, f"_{name}")
+    function = getattr(ffi.dll, name)
+    function.argtypes = source.argtypes
+    function.restype = source.restype
+    return function
+
+
+# Both may run guest code for long: they must drop the GIL (the epoch
+# ticker needs it to interrupt them).
+_instantiate = _cdll("wasmtime_instance_pre_instantiate")
+_call = _cdll("wasmtime_func_call_unchecked")
+
+
 class _Native(Protocol):
     """A host-native process (a supervisor)."""
 
@@ -228,6 +243,9 @@ class ExitReport:
     backtrace: tuple[str, ...] = ()
 
 
+_NORMAL = ExitReport("normal")
+
+
 class WasmHost:
     """Components and processes of one worker.
 
@@ -266,6 +284,7 @@ class WasmHost:
         largest = max([c.profile.max_memory_mb for c in manifest.components.values()] or [64])
         self.engine_info: EngineInfo = worker_engine(largest << 20, pool_slots)
         self.engine = self.engine_info.engine
+        self._engine_ptr = self.engine.ptr()
         self.max_processes = max_processes or (self.engine_info.pool_slots or 1000)
         self.components: dict[str, LoadedComponent] = {}
         self.processes: dict[int, Process] = {}
@@ -617,35 +636,99 @@ class WasmHost:
     def serve_inline(self, component: LoadedComponent, action: str, exchange: Any) -> ExitReport:
         """Run ``action`` of a fresh instance on this (the I/O) thread for one request.
 
-        The process has a pid (its log lines and ``rusm.self`` use it) but no
-        actor side: an inline handler imports nothing that needs one.
+        The hot path of serving, kept lean: no actor side (an inline handler
+        imports nothing that needs one), no epoch callback (the deadline is
+        the budget itself: past it wasm traps with an interrupt), and the
+        instantiate and call go straight to the C API with the GIL released
+        so the epoch ticker keeps running. The process still has a pid: its
+        log lines and ``rusm.self`` use it.
         """
+        shape = component.shape
+        results = component.action(action)
+        if isinstance(results, str) or shape is None or component.pre is None:
+            return ExitReport("crashed", str(results))
         pid = self._allocate_pid()
         exchange.pid = pid
+        profile = component.capability
         process = Process(
             pid=pid,
             component=component,
             parent=None,
-            started_at=time.monotonic(),
+            started_at=0.0,
             started_wall=0.0,
             entry=action,
             exchange=exchange,
             quiet=True,
         )
-        self.processes[pid] = process
-        store: Any = None
+        processes = self.processes
+        processes[pid] = process
+        store = capi.store_new(self._engine_ptr, ctypes.c_void_p(pid), _NULL_FINALIZER)
         try:
-            report, store = self._execute(process)
-        except Exception as exc:  # a host bug must cost one request, not the worker
-            report = ExitReport("crashed", f"host error: {type(exc).__name__}: {exc}")
+            context = capi.store_context(store)
+            capi.store_limiter(store, profile.max_memory_mb << 20, MAX_TABLE_ELEMENTS, 1, 1, 1)
+            if shape.uses_wasi:
+                problem = self._set_wasi(context, component)
+                if problem:
+                    return self._ended(process, ExitReport("crashed", problem))
+            budget_ms = min(profile.max_cpu_ms, exchange.budget_ms)
+            capi.context_set_epoch_deadline(context, budget_ms // EPOCH_TICK_MS + 1)
+            instance = ffi.wasmtime_instance_t()
+            trap = ctypes.POINTER(ffi.wasm_trap_t)()
+            error = _instantiate(
+                component.pre.ptr(), context, ctypes.byref(instance), ctypes.byref(trap)
+            )
+            if error or trap:
+                return self._ended(process, self._failure(process, error, trap, "instantiate"))
+            values = (ffi.wasmtime_val_raw_t * 1)()
+            item = ffi.wasmtime_extern_t()
+            if shape.has_initialize and capi.instance_export_get(
+                context, ctypes.byref(instance), b"_initialize", 11, ctypes.byref(item)
+            ):
+                error = _call(context, ctypes.byref(item.of.func), values, 1, ctypes.byref(trap))
+                if error or trap:
+                    return self._ended(
+                        process, self._inline_failure(process, error, trap, budget_ms)
+                    )
+            name = action.encode()
+            if not capi.instance_export_get(
+                context, ctypes.byref(instance), name, len(name), ctypes.byref(item)
+            ):
+                return self._ended(process, ExitReport("crashed", f"entry {action} vanished"))
+            error = _call(context, ctypes.byref(item.of.func), values, 1, ctypes.byref(trap))
+            if error or trap:
+                return self._ended(process, self._inline_failure(process, error, trap, budget_ms))
+            if results and values[0].i32 != 0:
+                return self._ended(
+                    process, ExitReport("crashed", f"{action} returned {values[0].i32}")
+                )
+            self.spawned += 1
+            return _NORMAL
         finally:
-            if store is not None:
-                capi.store_delete(store)
-            self.processes.pop(pid, None)
+            capi.store_delete(store)
+            processes.pop(pid, None)
+
+    def _inline_failure(
+        self, process: Process, error: Any, trap: Any, budget_ms: int
+    ) -> ExitReport:
+        """A trap of an inline handler; an interrupt means its budget ran out."""
+        if trap:
+            code = ctypes.c_uint8()
+            if ffi.wasmtime_trap_code(trap, ctypes.byref(code)) and (
+                code.value == wasmtime.TrapCode.INTERRUPT.value
+            ):
+                process.cpu_exceeded = True
+        report = self._failure(process, error, trap, process.entry)
+        if process.cpu_exceeded:
+            return ExitReport(
+                "crashed", f"cpu limit: ran over its {budget_ms} ms budget", report.backtrace
+            )
+        return report
+
+    def _ended(self, process: Process, report: ExitReport) -> ExitReport:
+        """Count and log an inline handler's abnormal end."""
         self.spawned += 1
         self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
-        if report.reason != "normal":
-            self._log_exit(process, report)
+        self._log_exit(process, report)
         return report
 
     def _execute(self, process: Process) -> tuple[ExitReport, Any]:

@@ -154,7 +154,9 @@ def _entry(component: str, module: wasmtime.Module) -> tuple[str, int, bool, boo
     has_memory = isinstance(exports.get("memory"), wasmtime.MemoryType)
     initialize = exports.get("_initialize")
     has_initialize = isinstance(initialize, wasmtime.FuncType)
-    if has_initialize and (list(initialize.params) or list(initialize.results)):
+    if isinstance(initialize, wasmtime.FuncType) and (
+        list(initialize.params) or list(initialize.results)
+    ):
         raise LinkError(f"component {component} exports _initialize with parameters or results")
     for name in ENTRY_EXPORTS:
         kind = exports.get(name)

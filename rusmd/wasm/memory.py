@@ -77,3 +77,23 @@ class GuestMemory:
             return
         base = capi.memory_data(self.context, ctypes.byref(self.memory))
         ctypes.memmove(ctypes.addressof(base.contents) + start, data, count)
+
+    def read_many(self, function: str, *ranges: tuple[int, int]) -> list[bytes]:
+        """Several ``(ptr, length)`` ranges, each checked, with one size lookup.
+
+        Every range is checked before any is read, so a bad pointer in the
+        last one still reads nothing.
+        """
+        size = self.size()
+        checked = [check_range(function, ptr, length, size) for ptr, length in ranges]
+        base = 0
+        out = []
+        for start, count in checked:
+            if not count:
+                out.append(b"")
+                continue
+            if not base:
+                data = capi.memory_data(self.context, ctypes.byref(self.memory))
+                base = ctypes.addressof(data.contents)
+            out.append(ctypes.string_at(base + start, count))
+        return out

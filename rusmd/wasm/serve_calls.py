@@ -52,9 +52,7 @@ class ServeCalls:
         return process.memory
 
     def _read(self, process: Process, function: str, ptr: int, length: int) -> bytes:
-        memory = self._memory(process, function)
-        check_range(function, ptr, length, memory.size())
-        return memory.read(function, ptr, length) if length else b""
+        return self._memory(process, function).read_many(function, (ptr, length))[0]
 
     def _exchange(self, process: Process, *modes: Mode) -> Any:
         exchange = process.exchange
@@ -90,8 +88,9 @@ class ServeCalls:
     def respond(self, process: Process, values: Any) -> None:
         status, head_ptr, head_len = values[0].i32, values[1].i32, values[2].i32
         body_ptr, body_len = values[3].i32, values[4].i32
-        head = self._read(process, "respond", head_ptr, head_len)
-        body = self._read(process, "respond", body_ptr, body_len)
+        head, body = self._memory(process, "respond").read_many(
+            "respond", (head_ptr, head_len), (body_ptr, body_len)
+        )
         exchange = self._exchange(process, Mode.HTTP, Mode.SSE)
         if exchange is None:
             values[0].i32 = ErrorCode.UNAVAILABLE
@@ -141,4 +140,6 @@ class ServeCalls:
         code = values[0].i32
         reason = self._read(process, "ws_close", values[1].i32, values[2].i32)
         exchange = self._exchange(process, Mode.WS)
-        values[0].i32 = ErrorCode.UNAVAILABLE if exchange is None else exchange.ws_close(code, reason)
+        values[0].i32 = (
+            ErrorCode.UNAVAILABLE if exchange is None else exchange.ws_close(code, reason)
+        )

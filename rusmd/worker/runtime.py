@@ -58,8 +58,8 @@ from rusmd.config.environment import load_environment
 from rusmd.config.model import LogLevel
 from rusmd.control.protocol import EX_NOSUCH, EX_REFUSED
 from rusmd.log import Logger, LogRecord
-from rusmd.wasm.abi import ErrorCode, slot_of
 from rusmd.serving.server import Server
+from rusmd.wasm.abi import ErrorCode, slot_of
 from rusmd.wasm.host import SpawnError, WasmHost
 from rusmd.worker.boot import WorkerBoot
 
