@@ -9,7 +9,7 @@ ZIGCC  := $(PY) -m ziglang cc --target=wasm32-wasi -O2 -s -Wl,-z,stack-size=1048
 GUEST_SRC := $(wildcard examples/*/components/*.c)
 GUEST_WASM := $(foreach src,$(GUEST_SRC),$(dir $(patsubst %/,%,$(dir $(src))))wasm/$(notdir $(src:.c=.wasm)))
 
-.PHONY: run test test-slow lint guests bench venv clean
+.PHONY: run test test-slow lint guests bench bench-deps venv clean
 
 venv: $(STAMP)
 
@@ -51,6 +51,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench
+
+# wrk drives the HTTP benchmark (bench/http.py); Debian's package, installed only when missing.
+bench-deps:
+	@command -v wrk >/dev/null || apt-get install -y wrk
 
 clean:
 	rm -rf $(VENV) $(EXAMPLE)/wasm .pytest_cache .mypy_cache .ruff_cache

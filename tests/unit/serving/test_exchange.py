@@ -128,7 +128,7 @@ def test_response_over_the_hold_size_streams_chunked_and_ends_with_a_zero_chunk(
         assert ex.write(piece) == 0
     assert sink.sent, "passing the hold size sends at once"
     assert ex.complete()
-    status, headers, body = split(sink.wire)
+    _status, headers, body = split(sink.wire)
     assert headers["transfer-encoding"] == "chunked"
     assert "content-length" not in headers
     assert body.endswith(b"0\r\n\r\n")
