@@ -1,30 +1,43 @@
 """``python -m bench`` (``make bench``): run every benchmark and print the ratios.
 
 Runs in: a benchmark process of its own.
+
+``python -m bench [NAME ...]`` runs the named benchmarks (default: all);
+``python -m bench NAME --flag ...`` passes options to one benchmark that
+takes them (``python -m bench http --help``).
 """
 
 import sys
+from collections.abc import Callable
 
-from bench import actors, wasm_host, worker_restart
+from bench import actors, http, wasm_host, worker_restart
 
-SCENARIOS = {
+SCENARIOS: dict[str, Callable[[], int]] = {
     "worker-restart": worker_restart.main,
     "wasm-host": wasm_host.main,
     "actors": actors.main,
+    "http": http.main,
 }
 """Benchmark name → its entry point. Each prints rusm beside its baseline."""
 
+WITH_OPTIONS: dict[str, Callable[[list[str]], int]] = {"http": http.main}
+"""The benchmarks that take options, and their entry points."""
+
 
 def main(argv: list[str]) -> int:
-    """Run the named benchmarks (default: all)."""
-    names = argv or list(SCENARIOS)
+    """Run the named benchmarks (default: all), or one with its options."""
+    flag = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
+    names, options = argv[:flag] or list(SCENARIOS), argv[flag:]
     unknown = [name for name in names if name not in SCENARIOS]
     if unknown:
         print(f"bench: unknown {', '.join(unknown)} (valid: {', '.join(SCENARIOS)})")
         return 2
+    if options and (len(names) != 1 or names[0] not in WITH_OPTIONS):
+        print(f"bench: options go to one benchmark that takes them: {', '.join(WITH_OPTIONS)}")
+        return 2
     for name in names:
         print(f"== {name}")
-        code = SCENARIOS[name]()
+        code = WITH_OPTIONS[name](options) if options else SCENARIOS[name]()
         if code:
             return code
     return 0

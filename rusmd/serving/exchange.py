@@ -236,6 +236,9 @@ class Exchange:
         self.done = False
         self.last_write = time.monotonic()
         self.writable = _ALWAYS_WRITABLE if inline else _writable()
+        self._outbox: list[bytes] = []
+        self._outbox_lock = threading.Lock()
+        self._flush_scheduled = False
         self.budget_ms = 0  # the wall budget (inline handlers: the CPU deadline too)
         self.pid = 0
         self.component = ""
@@ -354,7 +357,22 @@ class Exchange:
         while not self.writable.wait(_WRITABLE_POLL_S):
             if self.closed:
                 return
-        self.call_soon(self.sink.send, data)
+        # Writes from the guest thread coalesce: one hand-off to the I/O
+        # thread carries everything written until it runs.
+        with self._outbox_lock:
+            self._outbox.append(data)
+            if self._flush_scheduled:
+                return
+            self._flush_scheduled = True
+        self.call_soon(self._drain_outbox)
+
+    def _drain_outbox(self) -> None:
+        """Send what the guest thread wrote (I/O thread)."""
+        with self._outbox_lock:
+            data = b"".join(self._outbox)
+            self._outbox.clear()
+            self._flush_scheduled = False
+        self.sink.send(data)
 
     # ── the end (I/O thread) ────────────────────────────────────────────
 

@@ -59,6 +59,9 @@ class WsExchange:
         self.closed = False
         self.pid = 0
         self.writable = conn.writable
+        self._outbox: list[tuple[int, bytes]] = []
+        self._outbox_lock = threading.Lock()
+        self._flush_scheduled = False
         self.problem = ""
 
     def read(self, which: int, key: bytes) -> bytes | ErrorCode:
@@ -81,8 +84,22 @@ class WsExchange:
         while not self.writable.wait(_WRITABLE_POLL_S):
             if self.closed:
                 return ErrorCode.CLOSED
-        self.call_soon(self.conn.send_message, kind, data)
+        # Frames sent back to back coalesce into one hand-off to the I/O thread.
+        with self._outbox_lock:
+            self._outbox.append((kind, data))
+            if self._flush_scheduled:
+                return ErrorCode.OK
+            self._flush_scheduled = True
+        self.call_soon(self._drain_outbox)
         return ErrorCode.OK
+
+    def _drain_outbox(self) -> None:
+        """Send the frames the guest thread queued (I/O thread)."""
+        with self._outbox_lock:
+            frames = self._outbox
+            self._outbox = []
+            self._flush_scheduled = False
+        self.conn.send_messages(frames)
 
     def ws_close(self, code: int, reason: bytes) -> ErrorCode:
         """``rusm.ws_close`` (guest thread)."""
@@ -262,13 +279,15 @@ class WsConnection(asyncio.Protocol):
 
     # ── I/O thread sends ────────────────────────────────────────────────
 
-    def send_message(self, kind: int, data: bytes) -> None:
+    def send_messages(self, frames: list[tuple[int, bytes]]) -> None:
+        """Send frames a process queued, then write them in one go."""
         if self.protocol.state is not State.OPEN:
             return
-        if kind == WsKind.TEXT:
-            self.protocol.send_text(data)
-        else:
-            self.protocol.send_binary(data)
+        for kind, data in frames:
+            if kind == WsKind.TEXT:
+                self.protocol.send_text(data)
+            else:
+                self.protocol.send_binary(data)
         self._flush()
 
     def close_with(self, code: int, reason: str) -> None:
