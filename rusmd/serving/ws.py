@@ -11,7 +11,8 @@ worker at its process limit answers ``503`` instead. Each complete
 message (fragments joined, at most ``max-message-bytes``, past which the
 library closes with 1009) reaches the process's mailbox as a ``FRAME``
 message; the client's close as a ``CLOSED`` message, after which the
-process has ``CLOSE_GRACE_S`` to exit. When the process exits the socket
+process has ``CLOSE_GRACE_S`` to exit (as it has once the connection is
+gone after the guest's own ``ws_close``). When the process exits the socket
 closes with 1000 (normal) or 1011 (crashed or killed). Pings are
 answered by the library; the host pings every ``heartbeat-s``.
 """
@@ -132,6 +133,7 @@ class WsConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.last_seen = time.monotonic()
         self.exited = False
+        self.stop_scheduled = False
         self.writable = threading.Event()
         self.writable.set()
 
@@ -163,6 +165,11 @@ class WsConnection(asyncio.Protocol):
         if exchange is not None and not exchange.closed:
             exchange.closed = True
             self._tell_closed(1006)
+        elif exchange is not None:
+            # Closed by the guest's ws_close (no CLOSED message comes then): a
+            # process that keeps running after its socket is gone would hold
+            # its slot for ever.
+            self._stop_later()
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -252,7 +259,12 @@ class WsConnection(asyncio.Protocol):
         if exchange is None or self.exited:
             return
         self.listener.host.actors.deliver(exchange.pid, Envelope(Kind.CLOSED, 0, code, 0, b""))
-        self.listener.loop.call_later(CLOSE_GRACE_S, self._stop_process)
+        self._stop_later()
+
+    def _stop_later(self) -> None:
+        if not self.exited and not self.stop_scheduled:
+            self.stop_scheduled = True
+            self.listener.loop.call_later(CLOSE_GRACE_S, self._stop_process)
 
     def _stop_process(self) -> None:
         if self.exchange is not None and not self.exited:
@@ -313,10 +325,7 @@ class WsConnection(asyncio.Protocol):
         if self.deadline and now > self.deadline and self.exchange is None:
             self.transport.close()
             return
-        if (
-            self.protocol.state is State.OPEN
-            and now - self.last_seen > self.limits.heartbeat_s
-        ):
+        if self.protocol.state is State.OPEN and now - self.last_seen > self.limits.heartbeat_s:
             self.last_seen = now
             self.protocol.send_ping(b"")
             self._flush()
