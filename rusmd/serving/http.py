@@ -44,6 +44,12 @@ MAX_PIPELINED = 16
 # Bytes of request line and headers together may exceed the two limits by
 # this much (the request line's method and version, separators, CRLFs).
 HEAD_SLACK_BYTES = 8192
+# How long a connection closed between requests (idle timeout, drain)
+# keeps reading and dropping what the client still sends: closing a socket
+# with unread bytes makes the kernel send a reset instead of a FIN, and a
+# client whose next request crossed our close would see "reset" rather
+# than the clean close HTTP/1.1 lets it retry after.
+LINGER_S = 2.0
 
 
 class Reject(Exception):
@@ -91,6 +97,7 @@ class HttpConnection(asyncio.Protocol):
         self.phase = Phase.IDLE
         self.deadline = 0.0
         self.head_seen = 0
+        self.lingering = False  # half-closed between requests: drop input, then close
         self._reset()
 
     def _reset(self) -> None:
@@ -259,14 +266,32 @@ class HttpConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def _close_idle(self) -> None:
+        """Close between requests: FIN now, the socket once the client is done.
+
+        The client may have sent its next request already; it sees the FIN
+        (a clean close, no response bytes) and retries elsewhere, and what it
+        sent is read and dropped (``dead``) rather than answered with a reset.
+        """
+        if self.transport is None or not self.transport.can_write_eof():
+            self._close()
+            return
+        self.dead = True
+        self.lingering = True
+        self.deadline = time.monotonic() + LINGER_S
+        self.transport.write_eof()
+
     # ── time and drain (from the listener's sweep) ─────────────────────
 
     def expire(self, now: float) -> None:
         """Act on a passed deadline."""
+        if self.lingering and now >= self.deadline:
+            self._close()
+            return
         if self.dead or not self.deadline or now < self.deadline:
             return
         if self.phase == Phase.IDLE and not self.head_seen:
-            self._close()
+            self._close_idle()
         elif self.phase in (Phase.IDLE, Phase.HEAD):
             self._refuse(Reject(408, "request head not received in time"))
             self._drive()
@@ -286,5 +311,5 @@ class HttpConnection(asyncio.Protocol):
             current.closing = True
             if current.mode is Mode.SSE and current.pid:
                 self.listener.host.kill(current.pid, "shutdown", "the worker is stopping")
-        if not self.busy and not self.pending:
-            self._close()
+        if not self.busy and not self.pending and not self.dead:
+            self._close_idle()

@@ -164,7 +164,10 @@ class WsConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is not None and not exchange.closed:
             exchange.closed = True
-            self._tell_closed(1006)
+            # The code the closing handshake carried (1009 when the host
+            # refused a message), else 1006: gone without one.
+            frame = self.protocol.close_sent or self.protocol.close_rcvd
+            self._tell_closed(frame.code if frame is not None else 1006)
         elif exchange is not None:
             # Closed by the guest's ws_close (no CLOSED message comes then): a
             # process that keeps running after its socket is gone would hold

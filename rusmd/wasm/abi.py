@@ -200,9 +200,7 @@ SERVING_FUNCTIONS = frozenset(
 # Functions an HTTP handler may import and still run on the worker's I/O
 # thread (nothing in them waits); a handler importing anything else runs
 # on a guest thread of its own (see docs/abi.md, "Serving").
-INLINE_FUNCTIONS = frozenset(
-    {"self", "log", "exit", "set_label", "request", "respond", "write", "flush"}
-)
+INLINE_FUNCTIONS = frozenset({"self", "log", "exit", "request", "respond", "write", "flush"})
 # WASI imports that may wait (sleep, stdin): a handler importing one runs
 # on a guest thread.
 WASI_BLOCKING = frozenset({"poll_oneoff", "fd_read", "sched_yield"})
