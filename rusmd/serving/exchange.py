@@ -386,8 +386,10 @@ class Exchange:
         if not self.status:
             return False
         if self.started:
+            if self.head_only:  # a HEAD response has no body, not even the last chunk
+                return True
             tail = b""
-            if self.held and not self.head_only:
+            if self.held:
                 body = b"".join(self.held)
                 tail = b"%x\r\n%b\r\n" % (len(body), body)
             self.sink.send(tail + b"0\r\n\r\n")

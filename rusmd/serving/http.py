@@ -61,14 +61,19 @@ class Reject(Exception):
         self.why = why
 
 
-def simple_response(status: int, text: str, *, close: bool, extra: bytes = b"") -> bytes:
-    """A small text response the host makes itself (404, 405, 503, ...)."""
+def simple_response(
+    status: int, text: str, *, close: bool, extra: bytes = b"", head_only: bool = False
+) -> bytes:
+    """A small text response the host makes itself (404, 405, 503, ...).
+
+    For a HEAD request (``head_only``) the length is announced, the body not sent.
+    """
     body = (text + "\n").encode()
     head = status_line(status) + b"content-type: text/plain; charset=utf-8\r\n" + extra
     head += DATE.line() + b"content-length: %d\r\n" % len(body)
     if close:
         head += b"connection: close\r\n"
-    return head + b"\r\n" + body
+    return head + b"\r\n" if head_only else head + b"\r\n" + body
 
 
 class Phase:
@@ -132,7 +137,12 @@ class HttpConnection(asyncio.Protocol):
         except Reject as exc:
             self._refuse(exc)
         except httptools.HttpParserUpgrade:
-            self._refuse(Reject(400, "protocol upgrade is not served on this listener"))
+            # An Upgrade (h2c, websocket) on an http listener is ignored, as
+            # RFC 9110 lets a server do: the request is answered normally and
+            # the connection closes, since what follows is not HTTP/1.1.
+            self.dead = True
+            if self.transport is not None:
+                self.transport.pause_reading()
         except httptools.HttpParserError as exc:
             # httptools turns an exception raised in a callback (on_url,
             # on_header, on_body) into HttpParserCallbackError and keeps the
@@ -195,6 +205,7 @@ class HttpConnection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
+        upgrade = self.parser.should_upgrade()
         target = self.url.decode("latin-1")
         path, _, query = target.partition("?")
         self.pending.append(
@@ -204,7 +215,7 @@ class HttpConnection(asyncio.Protocol):
                 query=query.partition("#")[0],
                 headers=self.headers,
                 body=b"".join(self.body) if self.body else b"",
-                keep_alive=self.parser.should_keep_alive(),
+                keep_alive=self.parser.should_keep_alive() and not upgrade,
             )
         )
         self.phase = Phase.QUEUED

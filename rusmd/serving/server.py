@@ -213,7 +213,15 @@ class ListenerRuntime:
                     f"{self._who(exchange)}: {request.method} {request.path} → {status}: {why}"
                 )
             extra = self.retry if status == 503 else b""
-            conn.send(simple_response(status, _PHRASES[status], close=conn.closing, extra=extra))
+            conn.send(
+                simple_response(
+                    status,
+                    _PHRASES[status],
+                    close=conn.closing,
+                    extra=extra,
+                    head_only=exchange.head_only,
+                )
+            )
         self.access(request.method, request.path, status)
         conn.answered()
 
@@ -223,7 +231,15 @@ class ListenerRuntime:
     def _plain(
         self, conn: HttpConnection, request: Request, status: int, text: str, extra: bytes = b""
     ) -> None:
-        conn.send(simple_response(status, text, close=conn.closing, extra=extra))
+        conn.send(
+            simple_response(
+                status,
+                text,
+                close=conn.closing,
+                extra=extra,
+                head_only=request.method == "HEAD",
+            )
+        )
         self.access(request.method, request.path, status)
         conn.answered()
 
