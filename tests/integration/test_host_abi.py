@@ -61,6 +61,20 @@ POINTER_CALLS = {
         "(drop (call $f (i64.const 1) (i32.const 1000) (i32.const {p}) (i32.const {n})))"
     ),
     "set_label": "(drop (call $f (i32.const {p}) (i32.const {n})))",
+    # Serving functions check their ranges before anything else: outside a
+    # request they still crash on a bad pointer (and return UNAVAILABLE on a
+    # good one).
+    "request": (
+        "(drop (call $f (i32.const 3) (i32.const {p}) (i32.const {n}) (i32.const 0) (i32.const 0)))"
+    ),
+    "respond": (
+        "(drop (call $f (i32.const 200) (i32.const {p}) (i32.const {n})"
+        " (i32.const 0) (i32.const 0)))"
+    ),
+    "write": "(drop (call $f (i32.const {p}) (i32.const {n})))",
+    "sse_event": "(drop (call $f (i32.const 0) (i32.const 0) (i32.const {p}) (i32.const {n})))",
+    "ws_send": "(drop (call $f (i32.const 1) (i32.const {p}) (i32.const {n})))",
+    "ws_close": "(drop (call $f (i32.const 1000) (i32.const {p}) (i32.const {n})))",
 }
 # list(buf, max) checks max * 8 bytes; it has its own test below.
 OWN_TESTS = {"list"}
