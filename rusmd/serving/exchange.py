@@ -163,8 +163,6 @@ class Sink(Protocol):
 
     def send(self, data: bytes) -> None: ...
 
-    def finished(self, exchange: Exchange) -> None: ...
-
 
 class HeaderError(ValueError):
     """A guest's response header block is malformed; the message says where."""

@@ -267,10 +267,6 @@ class HttpConnection(asyncio.Protocol):
             return
         self._drive()
 
-    def finished(self, exchange: Exchange) -> None:
-        """Sink protocol: the exchange wrote its last bytes."""
-        self.answered()
-
     def _close(self) -> None:
         self.dead = True
         self.deadline = 0.0

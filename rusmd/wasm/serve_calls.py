@@ -108,33 +108,34 @@ class ServeCalls:
         exchange = self._exchange(process, Mode.HTTP, Mode.SSE)
         values[0].i32 = ErrorCode.UNAVAILABLE if exchange is None else exchange.flush()
 
+    def _payload(self, process: Process, function: str, ptr: int, length: int) -> bytes | None:
+        """An event or frame's bytes (range checked first); None past MAX_EVENT_BYTES."""
+        memory = self._memory(process, function)
+        check_range(function, ptr, length, memory.size())
+        if length > MAX_EVENT_BYTES:
+            return None
+        return memory.read(function, ptr, length) if length else b""
+
     def sse_event(self, process: Process, values: Any) -> None:
         name = self._read(process, "sse_event", values[0].i32, values[1].i32)
-        memory = self._memory(process, "sse_event")
-        data_ptr, data_len = values[2].i32, values[3].i32
-        check_range("sse_event", data_ptr, data_len, memory.size())
+        data = self._payload(process, "sse_event", values[2].i32, values[3].i32)
         exchange = self._exchange(process, Mode.SSE)
         if exchange is None:
             values[0].i32 = ErrorCode.UNAVAILABLE
-            return
-        if data_len > MAX_EVENT_BYTES:
+        elif data is None:
             values[0].i32 = ErrorCode.TOOBIG
-            return
-        data = memory.read("sse_event", data_ptr, data_len) if data_len else b""
-        values[0].i32 = exchange.sse_event(name, data)
+        else:
+            values[0].i32 = exchange.sse_event(name, data)
 
     def ws_send(self, process: Process, values: Any) -> None:
-        kind, ptr, length = values[0].i32, values[1].i32, values[2].i32
-        memory = self._memory(process, "ws_send")
-        check_range("ws_send", ptr, length, memory.size())
+        data = self._payload(process, "ws_send", values[1].i32, values[2].i32)
         exchange = self._exchange(process, Mode.WS)
         if exchange is None:
             values[0].i32 = ErrorCode.UNAVAILABLE
-            return
-        if length > MAX_EVENT_BYTES:
+        elif data is None:
             values[0].i32 = ErrorCode.TOOBIG
-            return
-        values[0].i32 = exchange.ws_send(kind, memory.read("ws_send", ptr, length))
+        else:
+            values[0].i32 = exchange.ws_send(values[0].i32, data)
 
     def ws_close(self, process: Process, values: Any) -> None:
         code = values[0].i32

@@ -28,9 +28,6 @@ class ListSink:
     def send(self, data: bytes) -> None:
         self.sent.append(data)
 
-    def finished(self, exchange: Exchange) -> None:
-        pass
-
     @property
     def wire(self) -> bytes:
         return b"".join(self.sent)
