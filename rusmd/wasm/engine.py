@@ -29,6 +29,13 @@ POOL_SLOTS = 1000
 # What wasmtime reserves per pooled memory slot on x86-64: a 4 GiB
 # reservation plus a 32 MiB guard. The probe asks for a margin on top.
 _SLOT_RESERVATION_BYTES = (4 << 30) + (32 << 20)
+# Bytes of each freed memory (and table) slot wasmtime zeroes in place
+# rather than handing back to the kernel. A released page costs a page
+# fault on the next instance's first touch, a kept one a memset: for the
+# small handlers that serve most requests (a page or two of stack and
+# data) keeping them resident cut a fresh instance's cost by a quarter
+# (docs/benchmarks.md, "Serving").
+KEEP_RESIDENT_BYTES = 128 << 10
 _PROBE_MARGIN = 1.25
 # Linux values; the stdlib mmap module does not export these two.
 _PROT_NONE = 0
@@ -100,6 +107,10 @@ def worker_engine(max_memory_bytes: int, slots: int = POOL_SLOTS) -> EngineInfo:
         ffi.wasmtime_pooling_allocation_config_max_memories_per_module_set(pool, 1)
         ffi.wasmtime_pooling_allocation_config_max_tables_per_module_set(pool, 1)
         ffi.wasmtime_pooling_allocation_config_max_memory_size_set(pool, max_memory_bytes)
+        ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(
+            pool, KEEP_RESIDENT_BYTES
+        )
+        ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, KEEP_RESIDENT_BYTES)
         ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
     finally:
         ffi.wasmtime_pooling_allocation_config_delete(pool)

@@ -80,6 +80,12 @@ LEASE_LOW_WATER = 1024
 MAX_LOG_LINE_BYTES = 16 << 10
 # Per-table element cap; a module declaring more fails to instantiate.
 MAX_TABLE_ELEMENTS = 100_000
+# Inline handlers' fresh instances one store holds before it is dropped
+# (each holds a pool slot until then: the pool has this many spare).
+INLINE_STORE_INSTANCES = 16
+# A store is dropped after an instance whose memory grew past this, so
+# finished instances never pin much memory.
+INLINE_REUSE_MEMORY_BYTES = 1 << 20
 
 _LOG_LEVELS = {
     abi.LogLevel.ERROR: LogLevel.ERROR,
@@ -104,6 +110,55 @@ def _cdll(name: str) -> Any:
 # ticker needs it to interrupt them).
 _instantiate = _cdll("wasmtime_instance_pre_instantiate")
 _call = _cdll("wasmtime_func_call_unchecked")
+
+
+class _InlineStore:
+    """The store inline handlers' instances share, and the C values they reuse.
+
+    Owned by the I/O thread (inline handlers run there, one at a time).
+    """
+
+    def __init__(self) -> None:
+        self.store: Any = None
+        self.context: Any = None
+        self.limit = 0
+        self.uses = 0
+        self.instance = ffi.wasmtime_instance_t()
+        self.instance_ref = ctypes.byref(self.instance)
+        self.trap = ctypes.POINTER(ffi.wasm_trap_t)()
+        self.trap_ref = ctypes.byref(self.trap)
+        self.item = ffi.wasmtime_extern_t()
+        self.item_ref = ctypes.byref(self.item)
+        self.func_ref = ctypes.byref(self.item.of.func)
+        self.values = (ffi.wasmtime_val_raw_t * 1)()
+
+    def open(self, engine: Any, limit: int) -> None:
+        """A new store whose memories may grow to ``limit`` bytes."""
+        self.store = capi.store_new(engine, None, _NULL_FINALIZER)
+        self.context = capi.store_context(self.store)
+        capi.store_limiter(
+            self.store,
+            limit,
+            MAX_TABLE_ELEMENTS,
+            INLINE_STORE_INSTANCES,
+            INLINE_STORE_INSTANCES,
+            INLINE_STORE_INSTANCES,
+        )
+        self.limit = limit
+        self.uses = 0
+
+    def take_trap(self) -> Any:
+        """The trap the last call left (the caller owns it); the slot is cleared."""
+        taken = ctypes.cast(self.trap, ctypes.POINTER(ffi.wasm_trap_t))
+        ctypes.memset(ctypes.addressof(self.trap), 0, ctypes.sizeof(self.trap))
+        return taken
+
+    def reset(self) -> None:
+        """Drop the store and every instance in it."""
+        if self.store is not None:
+            capi.store_delete(self.store)
+        self.store = None
+        self.context = None
 
 
 class _Native(Protocol):
@@ -282,10 +337,12 @@ class WasmHost:
         self.environment = environment
         self.request_lease = request_lease
         largest = max([c.profile.max_memory_mb for c in manifest.components.values()] or [64])
-        self.engine_info: EngineInfo = worker_engine(largest << 20, pool_slots)
+        self.engine_info: EngineInfo = worker_engine(
+            largest << 20, pool_slots + INLINE_STORE_INSTANCES
+        )
         self.engine = self.engine_info.engine
         self._engine_ptr = self.engine.ptr()
-        self.max_processes = max_processes or (self.engine_info.pool_slots or 1000)
+        self.max_processes = max_processes or (pool_slots if self.engine_info.pooling else 1000)
         self.components: dict[str, LoadedComponent] = {}
         self.processes: dict[int, Process] = {}
         self.spawned = 0
@@ -302,6 +359,7 @@ class WasmHost:
         self.on_watched_exit = on_watched_exit
         self._callbacks = self._make_callbacks()
         self._epoch_callback = _EpochCallback(self._on_epoch)
+        self._inline = _InlineStore()
         self.linkers = LinkerSet(self.engine, self._callbacks)
         threading.stack_size(GUEST_THREAD_STACK_BYTES)
         self.runners = RunnerPool(self.max_processes)
@@ -374,7 +432,9 @@ class WasmHost:
                 self._next_serial, self._serial_end = self._leases.popleft()
             serial = self._next_serial
             self._next_serial += 1
-            remaining = self._serial_end - self._next_serial + sum(e - s for s, e in self._leases)
+            remaining = self._serial_end - self._next_serial
+            if remaining < LEASE_LOW_WATER:
+                remaining += sum(e - s for s, e in self._leases)
             ask = remaining < LEASE_LOW_WATER and not self._lease_pending
             if ask:
                 self._lease_pending = True
@@ -642,6 +702,12 @@ class WasmHost:
         instantiate and call go straight to the C API with the GIL released
         so the epoch ticker keeps running. The process still has a pid: its
         log lines and ``rusm.self`` use it.
+
+        Every request gets a new instance (its own memory, globals, table),
+        but up to ``INLINE_STORE_INSTANCES`` of them share one store: making
+        a store costs twice an instantiation. A store is dropped after any
+        failure, when full, and when an instance's memory grew past
+        ``INLINE_REUSE_MEMORY_BYTES`` (so finished instances pin little).
         """
         shape = component.shape
         results = component.action(action)
@@ -662,49 +728,64 @@ class WasmHost:
         )
         processes = self.processes
         processes[pid] = process
-        store = capi.store_new(self._engine_ptr, ctypes.c_void_p(pid), _NULL_FINALIZER)
+        inline = self._inline
+        limit = profile.max_memory_mb << 20
+        if inline.store is None or inline.limit != limit:
+            inline.reset()
+            inline.open(self._engine_ptr, limit)
+        context = inline.context
+        capi.context_set_data(context, pid)
+        inline.uses += 1
+        keep = False
         try:
-            context = capi.store_context(store)
-            capi.store_limiter(store, profile.max_memory_mb << 20, MAX_TABLE_ELEMENTS, 1, 1, 1)
             if shape.uses_wasi:
                 problem = self._set_wasi(context, component)
                 if problem:
                     return self._ended(process, ExitReport("crashed", problem))
             budget_ms = min(profile.max_cpu_ms, exchange.budget_ms)
             capi.context_set_epoch_deadline(context, budget_ms // EPOCH_TICK_MS + 1)
-            instance = ffi.wasmtime_instance_t()
-            trap = ctypes.POINTER(ffi.wasm_trap_t)()
-            error = _instantiate(
-                component.pre.ptr(), context, ctypes.byref(instance), ctypes.byref(trap)
-            )
+            trap = inline.trap
+            trap_ref = inline.trap_ref
+            error = _instantiate(component.pre.ptr(), context, inline.instance_ref, trap_ref)
             if error or trap:
-                return self._ended(process, self._failure(process, error, trap, "instantiate"))
-            values = (ffi.wasmtime_val_raw_t * 1)()
-            item = ffi.wasmtime_extern_t()
+                return self._ended(
+                    process, self._failure(process, error, inline.take_trap(), "instantiate")
+                )
+            values = inline.values
+            item_ref = inline.item_ref
             if shape.has_initialize and capi.instance_export_get(
-                context, ctypes.byref(instance), b"_initialize", 11, ctypes.byref(item)
+                context, inline.instance_ref, b"_initialize", 11, item_ref
             ):
-                error = _call(context, ctypes.byref(item.of.func), values, 1, ctypes.byref(trap))
+                error = _call(context, inline.func_ref, values, 1, trap_ref)
                 if error or trap:
                     return self._ended(
-                        process, self._inline_failure(process, error, trap, budget_ms)
+                        process, self._inline_failure(process, error, inline.take_trap(), budget_ms)
                     )
             name = action.encode()
             if not capi.instance_export_get(
-                context, ctypes.byref(instance), name, len(name), ctypes.byref(item)
+                context, inline.instance_ref, name, len(name), item_ref
             ):
                 return self._ended(process, ExitReport("crashed", f"entry {action} vanished"))
-            error = _call(context, ctypes.byref(item.of.func), values, 1, ctypes.byref(trap))
+            error = _call(context, inline.func_ref, values, 1, trap_ref)
             if error or trap:
-                return self._ended(process, self._inline_failure(process, error, trap, budget_ms))
+                return self._ended(
+                    process, self._inline_failure(process, error, inline.take_trap(), budget_ms)
+                )
             if results and values[0].i32 != 0:
                 return self._ended(
                     process, ExitReport("crashed", f"{action} returned {values[0].i32}")
                 )
             self.spawned += 1
+            memory = process.memory
+            keep = (
+                inline.uses < INLINE_STORE_INSTANCES
+                and memory is not None
+                and memory.size() <= INLINE_REUSE_MEMORY_BYTES
+            )
             return _NORMAL
         finally:
-            capi.store_delete(store)
+            if not keep:
+                inline.reset()
             processes.pop(pid, None)
 
     def _inline_failure(

@@ -1,0 +1,161 @@
+"""Inline HTTP handlers on a real in-process host: fresh instances in a shared store.
+
+Runs in: the test process, which plays a worker's I/O thread: a real
+``WasmHost`` (real wasmtime, the pooling engine) serves requests with
+``serve_inline`` into an exchange whose connection is a list.
+
+Inline handlers' instances share a store for up to
+``INLINE_STORE_INSTANCES`` requests (a store costs more than an
+instance). What a user must never notice: state carried from one request
+to the next, a failure poisoning the requests after it, memory pinned by
+finished requests, or processes refused because the pool filled up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import wasmtime
+
+from rusmd.channel import ComponentImage
+from rusmd.config import Overrides, load_environment, load_manifest
+from rusmd.config.model import LogLevel
+from rusmd.log import Logger, LogRecord
+from rusmd.serving.exchange import Exchange, Mode, Request
+from rusmd.wasm.cache import CompileCache
+from rusmd.wasm.engine import compile_engine
+from rusmd.wasm.host import INLINE_STORE_INSTANCES, WasmHost
+
+REQUESTS = INLINE_STORE_INSTANCES * 5 + 3
+SETTLE_S = 20.0
+RESPOND = '(import "rusm" "respond" (func $respond (param i32 i32 i32 i32 i32) (result i32)))'
+
+# Counts in a global and in memory; answers "<global><memory byte>" as two
+# digits. A fresh instance answers "11" every time.
+COUNTER = f"""(module {RESPOND}
+  (memory (export "memory") 1)
+  (global $n (mut i32) (i32.const 0))
+  (func (export "count")
+    (global.set $n (i32.add (global.get $n) (i32.const 1)))
+    (i32.store8 (i32.const 100) (i32.add (i32.load8_u (i32.const 100)) (i32.const 1)))
+    (i32.store8 (i32.const 0) (i32.add (global.get $n) (i32.const 48)))
+    (i32.store8 (i32.const 1) (i32.add (i32.load8_u (i32.const 100)) (i32.const 48)))
+    (drop (call $respond (i32.const 200) (i32.const 0) (i32.const 0)
+                         (i32.const 0) (i32.const 2))))
+  (func (export "boom") unreachable)
+  (func (export "spin") (loop $l (br $l)))
+  (func (export "grow")
+    ;; 40 pages (2.5 MiB) more, then the memory size in pages as the body.
+    (drop (memory.grow (i32.const 40)))
+    (i32.store8 (i32.const 0) (i32.add (i32.const 48) (i32.div_u (memory.size) (i32.const 10))))
+    (drop (call $respond (i32.const 200) (i32.const 0) (i32.const 0)
+                         (i32.const 0) (i32.const 1)))))"""
+WAITER = """(module
+  (import "rusm" "sleep" (func $sleep (param i32) (result i32)))
+  (func (export "run") (drop (call $sleep (i32.const 60000)))))"""
+
+
+class Wire:
+    """The connection an exchange writes to."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.closing = False
+
+    def send(self, data: bytes) -> None:
+        self.sent.append(data)
+
+
+class Inline:
+    """A host plus a way to serve one request inline."""
+
+    def __init__(self, app: Path) -> None:
+        (app / "rusm.toml").write_text(
+            "[capabilities.web]\nmax-memory-mb = 4\nmax-cpu-ms = 200\n"
+            '[components.api]\ncapability = "web"\n'
+            '[capabilities.bg]\nmax-memory-mb = 1\n[components.waiter]\ncapability = "bg"\n'
+        )
+        manifest = load_manifest(str(app / "rusm.toml"), Overrides(), load_environment(app))
+        self.records: list[LogRecord] = []
+        self.host = WasmHost(
+            manifest,
+            3,
+            Logger(LogLevel.DEBUG, self.records.append),
+            load_environment(app),
+            request_lease=lambda: None,
+            pool_slots=40,
+        )
+        self.host.add_lease(1, 1_000_000)
+        cache = CompileCache(app / "cache")
+        engine = compile_engine()
+        images = []
+        for name, wat in (("api", COUNTER), ("waiter", WAITER)):
+            wasm = wasmtime.wat2wasm(wat)
+            entry = cache.store(cache.key(wasm), wasmtime.Module(engine, wasm).serialize(), name)
+            images.append(ComponentImage(name=name, cwasm=str(entry.path), digest=entry.digest))
+        self.host.load(images)
+
+    def serve(self, action: str) -> tuple[str, bytes]:
+        """(exit reason, response body) of one request to ``api#action``."""
+        wire = Wire()
+        exchange = Exchange(
+            Request("GET", "/", "", []), wire, Mode.HTTP, inline=True, call_soon=lambda *a: None
+        )
+        exchange.budget_ms = 30_000
+        report = self.host.serve_inline(self.host.components["api"], action, exchange)
+        if report.reason == "normal":
+            assert exchange.complete()
+        return report.reason, b"".join(wire.sent).partition(b"\r\n\r\n")[2]
+
+
+@pytest.fixture
+def inline(tmp_path: Path) -> Iterator[Inline]:
+    h = Inline(tmp_path)
+    assert h.host.components["api"].inline
+    yield h
+    h.host.shutdown(5.0)
+
+
+def test_every_request_sees_a_fresh_instance_across_shared_stores(inline: Inline) -> None:
+    answers = [inline.serve("count") for _ in range(REQUESTS)]
+    assert answers == [("normal", b"11")] * REQUESTS
+    assert inline.host.processes == {}
+
+
+def test_a_trap_or_a_timeout_does_not_touch_the_requests_after_it(inline: Inline) -> None:
+    sequence = ["count", "boom", "count", "count", "spin", "count"] * 4
+    answers = [inline.serve(action) for action in sequence]
+    for action, (reason, body) in zip(sequence, answers, strict=True):
+        if action == "count":
+            assert (reason, body) == ("normal", b"11")
+        else:
+            assert reason == "crashed"
+    spun = [r.text for r in inline.records if "cpu limit" in r.text]
+    assert len(spun) == 4, spun
+
+
+def test_a_request_that_grew_its_memory_leaves_the_next_one_a_fresh_one(inline: Inline) -> None:
+    # 1 page + 40 = 41 → "4" (tens of pages); a reused memory would say 8.
+    for _ in range(INLINE_STORE_INSTANCES + 2):
+        assert inline.serve("grow") == ("normal", b"4")
+        assert inline.serve("count") == ("normal", b"11")
+
+
+def test_shared_stores_never_cost_a_process_slot(inline: Inline) -> None:
+    # Fill a store partly, then spawn up to the process limit: every spawn
+    # must get an instance from the pool.
+    for _ in range(INLINE_STORE_INSTANCES - 1):
+        assert inline.serve("count") == ("normal", b"11")
+    pids = [inline.host.spawn("waiter") for _ in range(inline.host.max_processes)]
+    deadline = time.monotonic() + SETTLE_S
+    while time.monotonic() < deadline:
+        crashed = [r.text for r in inline.records if r.text.startswith("exit ")]
+        assert not crashed, crashed
+        if {row["state"] for row in inline.host.list()} == {"sleeping"}:
+            break
+        time.sleep(0.02)
+    assert len(inline.host.list()) == len(pids) == 40
+    assert inline.serve("count") == ("normal", b"11")
