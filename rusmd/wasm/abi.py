@@ -63,6 +63,7 @@ class ErrorCode(enum.IntEnum):
     TOOBIG = -8  # a size over a limit, or the caller's buffer is too small
     EXISTS = -9  # the name is taken, or the caller already has one
     CLOSED = -10  # the client went away (or the socket is closed): stop serving it
+    NOSTORE = -11  # no store configured ([node] store is not set)
 
 
 class Kind(enum.IntEnum):
@@ -124,6 +125,13 @@ class WsKind(enum.IntEnum):
     BINARY = 2
 
 
+# kv_batch: the operations, each a 7-byte header (op u8: 1 set, 2 delete;
+# key length u16; value length u32; little-endian) then key then value.
+KV_BATCH_OP_HEADER = "<BHI"
+KV_BATCH_OP_HEADER_BYTES = 7
+# The largest kv_batch (all its operations' bytes).
+MAX_KV_BATCH_BYTES = 8 << 20
+
 # A response: status 200-599; headers as "Name: value" lines separated by
 # "\n" (a "\r\n" is accepted too), each name a token, no CR/LF/NUL in values.
 MIN_STATUS = 200
@@ -160,6 +168,9 @@ class HostFunction:
         summary: One line for the docs.
         blocking: True when the call may wait (it has its own timeout and
             is woken by a kill).
+        checked_per_call: Linked for every profile; a caller whose profile
+            lacks ``grant`` gets DENIED from the call instead of being refused
+            at spawn (the kv functions).
     """
 
     name: str
@@ -168,6 +179,7 @@ class HostFunction:
     grant: Grant
     summary: str
     blocking: bool = False
+    checked_per_call: bool = False
 
 
 def _fn(
@@ -178,6 +190,7 @@ def _fn(
     summary: str,
     *,
     blocking: bool = False,
+    checked_per_call: bool = False,
 ) -> HostFunction:
     """A ``HostFunction`` from compact "name:type name:type" spellings."""
     pairs = tuple(tuple(p.split(":")) for p in params.split()) if params else ()
@@ -188,10 +201,12 @@ def _fn(
         grant,
         summary,
         blocking,
+        checked_per_call,
     )
 
 
-A, SP = Grant.ALWAYS, Grant.SPAWN
+A, SP, ST = Grant.ALWAYS, Grant.SPAWN, Grant.STORAGE
+_KV_ERRORS = "DENIED (no allow-storage), NOSTORE, INVALID (bucket or key), UNAVAILABLE"
 
 # The functions that act on the request or connection a process serves.
 SERVING_FUNCTIONS = frozenset(
@@ -410,6 +425,65 @@ FUNCTIONS: dict[str, HostFunction] = {
             "Start a supervisor (JSON spec: strategy, intensity, period_s, children) linked "
             "to the caller; its pid, or INVALID (the spec is logged), NOTFOUND, UNAVAILABLE, "
             "TOOBIG.",
+        ),
+        _fn(
+            "kv_get",
+            "bucket_ptr:i32 bucket_len:i32 key_ptr:i32 key_len:i32 buf_ptr:i32 buf_cap:i32",
+            "i32",
+            ST,
+            "Read a key of a bucket: the value's size (only buf_cap bytes are written), "
+            f"or NOTFOUND, {_KV_ERRORS}.",
+            checked_per_call=True,
+        ),
+        _fn(
+            "kv_exists",
+            "bucket_ptr:i32 bucket_len:i32 key_ptr:i32 key_len:i32",
+            "i32",
+            ST,
+            f"1 if the bucket holds the key, 0 if not, or {_KV_ERRORS}.",
+            checked_per_call=True,
+        ),
+        _fn(
+            "kv_set",
+            "bucket_ptr:i32 bucket_len:i32 key_ptr:i32 key_len:i32 val_ptr:i32 val_len:i32",
+            "i32",
+            ST,
+            "Store a value under a key; returns once the commit is on disk: 0, or TOOBIG "
+            f"(value over 1 MiB), LIMIT (a new bucket past 1,000), {_KV_ERRORS}.",
+            blocking=True,
+            checked_per_call=True,
+        ),
+        _fn(
+            "kv_delete",
+            "bucket_ptr:i32 bucket_len:i32 key_ptr:i32 key_len:i32",
+            "i32",
+            ST,
+            f"Remove a key, durably: 0, NOTFOUND (it was not there), {_KV_ERRORS}.",
+            blocking=True,
+            checked_per_call=True,
+        ),
+        _fn(
+            "kv_batch",
+            "bucket_ptr:i32 bucket_len:i32 ops_ptr:i32 ops_len:i32",
+            "i32",
+            ST,
+            "Apply several sets and deletes to one bucket all together or not at all "
+            "(ops: see docs/abi.md), durably: 0, or INVALID (a malformed op), TOOBIG, "
+            f"LIMIT, {_KV_ERRORS}.",
+            blocking=True,
+            checked_per_call=True,
+        ),
+        _fn(
+            "kv_list",
+            "bucket_ptr:i32 bucket_len:i32 prefix_ptr:i32 prefix_len:i32 "
+            "after_ptr:i32 after_len:i32 limit:i32 buf_ptr:i32 buf_cap:i32",
+            "i32",
+            ST,
+            "Keys of a bucket starting with prefix, in order, strictly after the key "
+            "'after' (empty: from the start): writes up to limit keys that fit in buf, "
+            "each as a u16 length then its bytes, and returns how many (0: no more); "
+            f"TOOBIG (the first key does not fit), {_KV_ERRORS}.",
+            checked_per_call=True,
         ),
         _fn(
             "request",

@@ -42,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import wasmtime
 from wasmtime import _bindings
@@ -65,11 +65,16 @@ from rusmd.wasm.abi import ErrorCode, Grant
 from rusmd.wasm.cache import verify
 from rusmd.wasm.calls import ActorCalls
 from rusmd.wasm.engine import POOL_SLOTS, EngineInfo, worker_engine
+from rusmd.wasm.kv_calls import KvCalls
 from rusmd.wasm.linking import LinkError, LinkerSet, ModuleShape, check_module, granted
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 from rusmd.wasm.runners import RunnerPool
 from rusmd.wasm.serve_calls import ServeCalls
 from rusmd.wasm.settings import EPOCH_TICK_MS
+
+if TYPE_CHECKING:
+    from rusmd.store.committer import GroupCommitter
+    from rusmd.store.kv import KvStore
 
 # Guest threads need far more stack than wasm frames may use (512 KiB):
 # a host thread that runs out below the wasm limit aborts the process.
@@ -354,12 +359,20 @@ class WasmHost:
         self._lease_pending = False
         self.ticks = 0
         self._stopping = threading.Event()
+        # Set once shutdown is over: the ticker runs until then, since the
+        # processes being stopped need its ticks to notice (a guest between
+        # host calls is only interrupted at an epoch).
+        self._halted = threading.Event()
         self.actors = actors or _local_table(slot)
         self.actors.info_of = self.local_info
         self.on_watched_exit = on_watched_exit
         self._callbacks = self._make_callbacks()
         self._epoch_callback = _EpochCallback(self._on_epoch)
         self._inline = _InlineStore()
+        # The node store (set by the worker after it opened it), or why not.
+        self.store: KvStore | None = None
+        self.committer: GroupCommitter | None = None
+        self.store_error = ""
         self.linkers = LinkerSet(self.engine, self._callbacks)
         threading.stack_size(GUEST_THREAD_STACK_BYTES)
         self.runners = RunnerPool(self.max_processes)
@@ -657,6 +670,8 @@ class WasmHost:
         while self.processes and time.monotonic() < deadline:
             time.sleep(0.01)
         self.runners.close()
+        if not self.processes:
+            self._halted.set()
 
     def _row(self, process: Process, now: float) -> dict[str, Any]:
         row = {
@@ -954,7 +969,7 @@ class WasmHost:
     def _tick(self) -> None:
         interval = EPOCH_TICK_MS / 1000
         engine = self.engine.ptr()
-        while not self._stopping.wait(interval):
+        while not self._halted.wait(interval):
             self.ticks += 1
             capi.engine_increment_epoch(engine)
             self.runners.nudge()
@@ -989,6 +1004,7 @@ class WasmHost:
             "spawn": self._h_spawn,
             **ActorCalls(self, _Exit).implementations(),
             **ServeCalls(self).implementations(),
+            **KvCalls(self).implementations(),
         }
         assert set(implementations) == set(abi.FUNCTIONS), "every ABI function is implemented"
         return {name: self._wrap(name, impl) for name, impl in implementations.items()}

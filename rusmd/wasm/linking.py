@@ -10,7 +10,10 @@ import and the grant it needs, and no guest code has run.
 
 One linker exists per set of grants, and it defines only the ``rusm``
 functions those grants allow: even if the check were bypassed, an
-ungranted import would find nothing to link against.
+ungranted import would find nothing to link against. The exception is
+the functions checked per call (the kv functions): every linker has
+them, and a caller without the grant gets DENIED from the call, as a
+guest of a node without a store gets NOSTORE.
 """
 
 from __future__ import annotations
@@ -124,7 +127,7 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
                 f"component {component} imports {where} as {actual}; "
                 f"ABI version {ABI_VERSION} defines it as {wanted}"
             )
-        if function.grant not in grants:
+        if function.grant not in grants and not function.checked_per_call:
             raise LinkError(
                 f"capability denied: {component} imports {where}, which needs {function.grant}"
             )
@@ -205,7 +208,7 @@ class LinkerSet:
         linker.define_wasi()
         module = ABI_MODULE.encode()
         for name, function in FUNCTIONS.items():
-            if function.grant not in grants:
+            if function.grant not in grants and not function.checked_per_call:
                 continue
             func_type = self._type(name)
             encoded = name.encode()

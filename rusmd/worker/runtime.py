@@ -18,6 +18,10 @@ serial leases (``PidLease``) and control queries (``Query``: spawn,
 list, info, kill), which the loop answers with ``Answer``. Guest
 threads log through the loop thread (``call_soon_threadsafe``), so the
 channel is only ever written by the loop.
+
+The node store (``[node] store``) is opened here, after the fork, with
+its group committer; if it cannot be opened the worker runs anyway, says
+why at error, and kv calls get UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import uvloop
 
 from rusmd.actors.table import ActorTable
@@ -56,12 +61,15 @@ from rusmd.channel import (
 )
 from rusmd.config.environment import load_environment
 from rusmd.config.model import LogLevel
-from rusmd.control.protocol import EX_NOSUCH, EX_REFUSED
+from rusmd.control.protocol import EX_NOSUCH, EX_REFUSED, EX_UNAVAILABLE
 from rusmd.log import Logger, LogRecord
 from rusmd.serving.server import Server
+from rusmd.store.committer import GroupCommitter
+from rusmd.store.kv import KvStore
 from rusmd.wasm.abi import ErrorCode, slot_of
 from rusmd.wasm.host import SpawnError, WasmHost
 from rusmd.worker.boot import WorkerBoot
+from rusmd.worker.kv_queries import QueryError, run_kv
 
 # How often a worker proves its loop turns over; the main process allows
 # several missed beats before it acts.
@@ -114,12 +122,27 @@ class WorkerRuntime:
                 on_watched_exit=self._send_main_any_thread,
             )
             self.host.add_lease(*boot.lease)
+            if boot.manifest.node.store is not None:
+                self._open_store(self.host, boot.manifest.node.store)
             if boot.images is not None:
                 self.host.load(boot.images)
         self.server: Server | None = None
         if self.host is not None and boot.manifest is not None and boot.manifest.serve:
             self.server = Server(
                 boot.manifest.serve, boot.listeners, self.host, self.log, self.loop
+            )
+
+    def _open_store(self, host: WasmHost, path: str) -> None:
+        try:
+            host.store = KvStore(path)
+        except (lmdb.Error, OSError) as exc:
+            host.store_error = f"cannot open {path}: {exc}"
+            self.log.error(f"worker {self.slot}: store {host.store_error}")
+            return
+        host.committer = GroupCommitter(host.store, self.log)
+        if host.store.stale_readers_cleared:
+            self.log.info(
+                f"store {path}: cleared {host.store.stale_readers_cleared} stale reader slot(s)"
             )
 
     def run(self) -> int:
@@ -204,7 +227,8 @@ class WorkerRuntime:
                 answer = Answer(
                     id=message.id, ok=False, error=f"worker error: {exc}", code=EX_REFUSED
                 )
-            self._send_main(answer)
+            if answer is not None:  # None: answered later, from a thread
+                self._send_main(answer)
         elif isinstance(message, NameReply):
             self.actors.name_reply(message)
         elif isinstance(message, Names):
@@ -212,7 +236,7 @@ class WorkerRuntime:
         elif isinstance(message, WorkerDown):
             self.actors.worker_down(message.slot, message.reason)
 
-    def _answer(self, query: Query) -> Answer:
+    def _answer(self, query: Query) -> Answer | None:
         """Run one control query against the wasm host."""
         host = self.host
         if host is None:
@@ -259,8 +283,32 @@ class WorkerRuntime:
             host.kill(pid, "killed", "killed by the operator")
             return Answer(id=query.id, ok=True, result={"killed": pid, "label": process.label})
         if query.op == "stats":
-            return Answer(id=query.id, ok=True, result=host.stats())
+            stats = host.stats()
+            if host.store is not None:
+                stats["store"] = host.store.stats()
+            elif host.store_error:
+                stats["store"] = {"error": host.store_error}
+            return Answer(id=query.id, ok=True, result=stats)
+        if query.op == "kv":
+            if host.store is None or host.committer is None:
+                why = host.store_error or "no store configured ([node] store)"
+                return Answer(id=query.id, ok=False, error=why, code=EX_UNAVAILABLE)
+            store, committer = host.store, host.committer
+            threading.Thread(
+                target=self._kv_query, args=(query, store, committer), name="kv-query"
+            ).start()
+            return None
         return Answer(id=query.id, ok=False, error=f"unknown query {query.op!r}", code=EX_REFUSED)
+
+    def _kv_query(self, query: Query, store: KvStore, committer: GroupCommitter) -> None:
+        try:
+            answer = Answer(id=query.id, ok=True, result=run_kv(store, committer, query.args))
+        except QueryError as exc:
+            answer = Answer(id=query.id, ok=False, error=str(exc), code=exc.code)
+        except Exception as exc:  # a bug must not cost main its answer
+            self.log.error(f"worker {self.slot}: kv query failed: {exc!r}")
+            answer = Answer(id=query.id, ok=False, error=f"worker error: {exc}", code=EX_REFUSED)
+        self._send_main_any_thread(answer)
 
     def _add_peer(self, slot: int, sock: socket.socket) -> None:
         old = self.peers.pop(slot, None)
@@ -418,6 +466,10 @@ class WorkerRuntime:
             self.loop.call_soon_threadsafe(self._send_main, message)
 
     def _close(self) -> None:
+        if self.host is not None and self.host.committer is not None:
+            # Writes already queued are committed; the environment itself is
+            # left to the exit (a guest thread may still be inside a read).
+            self.host.committer.close()
         for channel in [self.channel, *self.peers.values()]:
             if not channel.closed:
                 try:

@@ -13,6 +13,7 @@ that process, before it runs.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -521,3 +522,22 @@ def test_a_pid_nobody_has_is_no_such_process(app: App, one_worker: Callable[...,
 
     assert result.returncode == EX_NOSUCH
     assert "process with pid 5000" in result.stderr
+
+
+def test_sigterm_stops_a_guest_busy_in_wasm_within_the_drain(
+    app: App, start_daemon: Callable[..., Daemon]
+) -> None:
+    # A guest that never calls the host can only be stopped at an epoch
+    # tick: the ticker must keep running while the worker drains.
+    write_app(
+        app,
+        "[capabilities.long]\nmax-cpu-ms = 3600000\n"
+        '[components.spin]\ncapability = "long"\nresident = true\n',
+        guests=["spin"],
+    )
+    daemon = start_daemon()
+    daemon.wait_for(lambda: processes(daemon), SETTLE_S, "the spinner to run")
+    assert daemon.stop() == 0
+    log = daemon.read_log()
+    assert "did not drain in time" not in log
+    assert re.search(r"exit spin#\d+ shutdown", log), log[-2000:]
