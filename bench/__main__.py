@@ -10,17 +10,18 @@ takes them (``python -m bench http --help``).
 import sys
 from collections.abc import Callable
 
-from bench import actors, http, wasm_host, worker_restart
+from bench import actors, http, kv, wasm_host, worker_restart
 
 SCENARIOS: dict[str, Callable[[], int]] = {
     "worker-restart": worker_restart.main,
     "wasm-host": wasm_host.main,
     "actors": actors.main,
     "http": http.main,
+    "kv": kv.main,
 }
 """Benchmark name → its entry point. Each prints rusm beside its baseline."""
 
-WITH_OPTIONS: dict[str, Callable[[list[str]], int]] = {"http": http.main}
+WITH_OPTIONS: dict[str, Callable[[list[str]], int]] = {"http": http.main, "kv": kv.main}
 """The benchmarks that take options, and their entry points."""
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import struct
 from typing import TYPE_CHECKING, Any
 
+import lmdb
+
 from rusmd.store.kv import (
     MAX_KEY_BYTES,
     MAX_LIST_KEYS,
@@ -109,6 +111,11 @@ class KvCalls:
             self.host.log.warn(f"{process.label}: rusm.{function}: {exc}")
         return exc.code
 
+    def _failed(self, process: Process, function: str, store: KvStore, exc: Exception) -> ErrorCode:
+        """A read LMDB refused (reader table full, I/O error): UNAVAILABLE, logged."""
+        self.host.log.error(f"{process.label}: rusm.{function}: store {store.path}: {exc}")
+        return ErrorCode.UNAVAILABLE
+
     def _write(self, process: Process, committer: GroupCommitter, write: Write) -> ErrorCode:
         """Wait (as a blocked process) for ``write``'s commit."""
         from rusmd.wasm.host import ProcessState
@@ -145,7 +152,11 @@ class KvCalls:
         except KvError as exc:
             values[0].i32 = self._refused(process, "kv_get", exc)
             return
-        found = store.get(bucket, key)
+        try:
+            found = store.get(bucket, key)
+        except lmdb.Error as exc:
+            values[0].i32 = self._failed(process, "kv_get", store, exc)
+            return
         if found is None:
             values[0].i32 = ErrorCode.NOTFOUND
             return
@@ -165,7 +176,10 @@ class KvCalls:
         except KvError as exc:
             values[0].i32 = self._refused(process, "kv_exists", exc)
             return
-        values[0].i32 = 1 if store.exists(bucket, key) else 0
+        try:
+            values[0].i32 = 1 if store.exists(bucket, key) else 0
+        except lmdb.Error as exc:
+            values[0].i32 = self._failed(process, "kv_exists", store, exc)
 
     def kv_list(self, process: Process, values: Any) -> None:
         memory = self._memory(process, "kv_list")
@@ -184,9 +198,15 @@ class KvCalls:
             values[0].i32 = self._refused(process, "kv_list", exc)
             return
         if limit < 0:
-            values[0].i32 = ErrorCode.INVALID
+            values[0].i32 = self._refused(
+                process, "kv_list", KvError(ErrorCode.INVALID, f"negative limit {limit}")
+            )
             return
-        keys = store.keys(bucket, prefix, after, min(limit, MAX_LIST_KEYS))
+        try:
+            keys = store.keys(bucket, prefix, after, min(limit, MAX_LIST_KEYS))
+        except lmdb.Error as exc:
+            values[0].i32 = self._failed(process, "kv_list", store, exc)
+            return
         out = bytearray()
         count = 0
         for key in keys:

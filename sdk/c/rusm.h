@@ -23,15 +23,21 @@
  *   that need no grant still check one when they run: acting on another
  *   process with kill, is_alive, exit_signal or info returns
  *   RUSM_ERR_DENIED without allow-process-control.
+ * - The kv functions (kv_get, kv_exists, kv_set, kv_delete, kv_batch,
+ *   kv_list) are the exception: any module may import them, and each call
+ *   checks allow-storage, returning RUSM_ERR_DENIED without it (and
+ *   RUSM_ERR_NOSTORE on a node whose manifest sets no [node] store).
  * - Blocking calls (sleep, recv, call, register, info) cost no CPU budget
  *   while they wait, and a kill wakes them: the process ends and the call
- *   does not return.
+ *   does not return. The kv writes (kv_set, kv_delete, kv_batch) wait for
+ *   the disk the same way, without a timeout; a kill meanwhile ends the
+ *   process once the commit is done.
  * - The serving functions (request, respond, write, flush, sse_event,
  *   ws_send, ws_close) act on the request the caller serves, and return
  *   RUSM_ERR_UNAVAILABLE in a process that serves none. An HTTP action
- *   that imports only self, log, exit, set_label, request, respond, write
- *   and flush runs on the worker's I/O thread, the fastest path; see
- *   "Serving" in docs/abi.md.
+ *   that imports only self, log, exit, request, respond, write and flush
+ *   runs on the worker's I/O thread, the fastest path; see "Serving" in
+ *   docs/abi.md.
  */
 #ifndef RUSM_H
 #define RUSM_H
@@ -64,6 +70,7 @@ extern "C" {
 #define RUSM_ERR_TOOBIG (-8)      /* a size over a limit, or the caller's buffer is too small */
 #define RUSM_ERR_EXISTS (-9)      /* the name is taken, or the caller already has one */
 #define RUSM_ERR_CLOSED (-10)     /* the client went away (or the socket is closed): stop serving it */
+#define RUSM_ERR_NOSTORE (-11)    /* no store configured ([node] store is not set) */
 
 /* rusm_log levels; a line shows when the manifest's [log].level admits it. */
 #define RUSM_LOG_ERROR 0
@@ -124,6 +131,24 @@ extern "C" {
 #define RUSM_RESPONSE_HOLD_BYTES 16384
 /* One SSE event's data, or one WebSocket message the guest sends (1 MiB). */
 #define RUSM_MAX_EVENT_BYTES 1048576
+
+/* The node store (rusm_kv_*). A bucket name is 1 to RUSM_KV_MAX_BUCKET_BYTES
+ * of A-Z a-z 0-9 _ . -, and a store holds up to RUSM_KV_MAX_BUCKETS. */
+#define RUSM_KV_MAX_BUCKET_BYTES 64
+#define RUSM_KV_MAX_BUCKETS 1000
+/* A key is 1 to this many bytes (any bytes; keys sort in byte order). */
+#define RUSM_KV_MAX_KEY_BYTES 511
+/* The largest value of one key (1 MiB). */
+#define RUSM_KV_MAX_VALUE_BYTES 1048576
+/* The largest rusm_kv_batch: all its records' bytes (8 MiB). */
+#define RUSM_KV_MAX_BATCH_BYTES 8388608
+/* Keys one rusm_kv_list returns at most, whatever its limit. */
+#define RUSM_KV_MAX_LIST_KEYS 1000
+/* A rusm_kv_batch record: a header of op (u8), key length (u16) and value
+ * length (u32), little-endian and unpadded, then the key, then the value. */
+#define RUSM_KV_OP_HEADER_BYTES 7
+#define RUSM_KV_SET 1    /* store the value under the key */
+#define RUSM_KV_DELETE 2 /* remove the key (value length 0) */
 
 /* The stack buffer rusm_logf formats into; longer text is cut to fit. */
 #ifndef RUSM_LOGF_MAX
@@ -392,6 +417,79 @@ rusm_pid_t rusm_spawn_link(const char *name, size_t name_len);
 __attribute__((import_module("rusm"), import_name("supervise")))
 rusm_pid_t rusm_supervise(const char *spec, size_t spec_len);
 
+/* ── Storage (allow-storage, checked per call) ── */
+
+/* The kv functions read and write the node store ([node] store in the
+ * manifest). Every module may import them; each call returns
+ * RUSM_ERR_DENIED when the profile lacks allow-storage, RUSM_ERR_NOSTORE
+ * when the node has no store, RUSM_ERR_UNAVAILABLE when the store failed to
+ * open (or a commit failed), and RUSM_ERR_INVALID for a bad bucket name
+ * or key. None of these ends the caller; a bad pointer does. */
+
+/* Read the value of key in bucket. Returns the value's size; only buf_cap
+ * bytes of it are written (like snprintf, but never terminated), so a call
+ * with buf_cap 0 asks for the size. Returns RUSM_ERR_NOTFOUND (no such key)
+ * or a store error.
+ * Wasm: rusm.kv_get (i32 bucket_ptr, i32 bucket_len, i32 key_ptr, i32 key_len, i32 buf_ptr,
+ * i32 buf_cap) -> (i32). Needs: allow-storage. */
+__attribute__((import_module("rusm"), import_name("kv_get")))
+int32_t rusm_kv_get(const char *bucket, size_t bucket_len, const void *key, size_t key_len,
+                    void *buf, size_t buf_cap);
+
+/* 1 if bucket holds key, 0 if not, or a store error.
+ * Wasm: rusm.kv_exists (i32 bucket_ptr, i32 bucket_len, i32 key_ptr, i32 key_len) -> (i32).
+ * Needs: allow-storage. */
+__attribute__((import_module("rusm"), import_name("kv_exists")))
+int32_t rusm_kv_exists(const char *bucket, size_t bucket_len, const void *key, size_t key_len);
+
+/* Store value_len bytes at value under key in bucket (created by its first
+ * write). Returns RUSM_OK once the commit holding the write is on disk,
+ * or RUSM_ERR_TOOBIG (value over RUSM_KV_MAX_VALUE_BYTES), RUSM_ERR_LIMIT
+ * (a new bucket past RUSM_KV_MAX_BUCKETS) or a store error. It waits for
+ * the disk, without a timeout and without using CPU budget.
+ * Wasm: rusm.kv_set (i32 bucket_ptr, i32 bucket_len, i32 key_ptr, i32 key_len, i32 val_ptr,
+ * i32 val_len) -> (i32). Needs: allow-storage. */
+__attribute__((import_module("rusm"), import_name("kv_set")))
+int32_t rusm_kv_set(const char *bucket, size_t bucket_len, const void *key, size_t key_len,
+                    const void *value, size_t value_len);
+
+/* Remove key from bucket, durably as rusm_kv_set. Returns RUSM_OK,
+ * RUSM_ERR_NOTFOUND (it was not there) or a store error.
+ * Wasm: rusm.kv_delete (i32 bucket_ptr, i32 bucket_len, i32 key_ptr, i32 key_len) -> (i32).
+ * Needs: allow-storage. */
+__attribute__((import_module("rusm"), import_name("kv_delete")))
+int32_t rusm_kv_delete(const char *bucket, size_t bucket_len, const void *key, size_t key_len);
+
+/* Apply the records at ops (ops_len bytes; see RUSM_KV_OP_HEADER_BYTES and
+ * rusm_kv_batch_add) to bucket in order, all together or not at all, in
+ * one durable commit. A delete of a missing key is not an error here; an
+ * empty batch returns RUSM_OK. Returns RUSM_OK, RUSM_ERR_INVALID (a
+ * malformed, truncated or unknown record, a bad key, a delete with a
+ * value), RUSM_ERR_TOOBIG (a value over RUSM_KV_MAX_VALUE_BYTES, or
+ * ops_len over RUSM_KV_MAX_BATCH_BYTES), RUSM_ERR_LIMIT or a store error.
+ * Wasm: rusm.kv_batch (i32 bucket_ptr, i32 bucket_len, i32 ops_ptr, i32 ops_len) -> (i32).
+ * Needs: allow-storage. */
+__attribute__((import_module("rusm"), import_name("kv_batch")))
+int32_t rusm_kv_batch(const char *bucket, size_t bucket_len, const void *ops, size_t ops_len);
+
+/* List the keys of bucket that start with prefix, in byte order, strictly
+ * after the key after (after_len 0: from the first). Writes up to limit
+ * keys (and at most RUSM_KV_MAX_LIST_KEYS) that fit whole in buf, each as
+ * a u16 little-endian length then its bytes (read them with
+ * rusm_kv_list_next), and returns how many; 0 means there are no more.
+ * To page, call again with after = the last key returned. Returns
+ * RUSM_ERR_TOOBIG when even the first key does not fit (2 +
+ * RUSM_KV_MAX_KEY_BYTES bytes always hold one), RUSM_ERR_INVALID (a
+ * negative limit, a prefix or after over RUSM_KV_MAX_KEY_BYTES) or a store
+ * error.
+ * Wasm: rusm.kv_list (i32 bucket_ptr, i32 bucket_len, i32 prefix_ptr, i32 prefix_len,
+ * i32 after_ptr, i32 after_len, i32 limit, i32 buf_ptr, i32 buf_cap) -> (i32).
+ * Needs: allow-storage. */
+__attribute__((import_module("rusm"), import_name("kv_list")))
+int32_t rusm_kv_list(const char *bucket, size_t bucket_len, const void *prefix, size_t prefix_len,
+                     const void *after, size_t after_len, int32_t limit, void *buf,
+                     size_t buf_cap);
+
 /* ── Serving ── */
 
 /* Read one field (RUSM_REQ_*) of the request the caller serves; key (key_len
@@ -625,6 +723,100 @@ static inline int32_t rusm_ws_close_str(int32_t code, const char *reason) {
     return rusm_ws_close(code, reason, reason == NULL ? 0 : strlen(reason));
 }
 
+/* rusm_kv_get with a NUL-terminated bucket and key, reading the value into
+ * buf as a NUL-terminated string. Returns its length, RUSM_ERR_TOOBIG when
+ * it does not fit with its NUL (buf is then ""), or rusm_kv_get's error.
+ * Needs: allow-storage. */
+static inline int32_t rusm_kv_get_str(const char *bucket, const char *key, char *buf,
+                                      size_t buf_cap) {
+    if (buf_cap == 0) {
+        return RUSM_ERR_TOOBIG;
+    }
+    buf[0] = '\0';
+    int32_t n = rusm_kv_get(bucket, strlen(bucket), key, strlen(key), buf, buf_cap);
+    if (n < 0) {
+        return n;
+    }
+    if ((size_t)n >= buf_cap) {
+        buf[0] = '\0';
+        return RUSM_ERR_TOOBIG;
+    }
+    buf[n] = '\0';
+    return n;
+}
+
+/* rusm_kv_exists, rusm_kv_delete with a NUL-terminated bucket and key.
+ * Needs: allow-storage. */
+static inline int32_t rusm_kv_exists_str(const char *bucket, const char *key) {
+    return rusm_kv_exists(bucket, strlen(bucket), key, strlen(key));
+}
+static inline int32_t rusm_kv_delete_str(const char *bucket, const char *key) {
+    return rusm_kv_delete(bucket, strlen(bucket), key, strlen(key));
+}
+
+/* rusm_kv_set with a NUL-terminated bucket, key and value (the value's NUL
+ * is not stored). Needs: allow-storage. */
+static inline int32_t rusm_kv_set_str(const char *bucket, const char *key, const char *value) {
+    return rusm_kv_set(bucket, strlen(bucket), key, strlen(key), value, strlen(value));
+}
+
+/* Append one rusm_kv_batch record (op RUSM_KV_SET or RUSM_KV_DELETE, the
+ * key, the value) to the used bytes of buf (buf_cap bytes). Returns the
+ * batch's new length, or, writing nothing: RUSM_ERR_INVALID (an unknown
+ * op, a key of 0 or over RUSM_KV_MAX_KEY_BYTES bytes, a delete with a
+ * value), RUSM_ERR_TOOBIG (a value over RUSM_KV_MAX_VALUE_BYTES, or the
+ * record does not fit in buf_cap or in RUSM_KV_MAX_BATCH_BYTES). The host
+ * would refuse the same records with the same codes. Imports nothing. */
+static inline int32_t rusm_kv_batch_add(void *buf, size_t buf_cap, size_t used, int32_t op,
+                                        const void *key, size_t key_len, const void *value,
+                                        size_t value_len) {
+    if ((op != RUSM_KV_SET && op != RUSM_KV_DELETE) || key_len == 0 ||
+        key_len > RUSM_KV_MAX_KEY_BYTES || (op == RUSM_KV_DELETE && value_len != 0)) {
+        return RUSM_ERR_INVALID;
+    }
+    if (value_len > RUSM_KV_MAX_VALUE_BYTES) {
+        return RUSM_ERR_TOOBIG;
+    }
+    size_t record = RUSM_KV_OP_HEADER_BYTES + key_len + value_len;
+    size_t room = buf_cap < RUSM_KV_MAX_BATCH_BYTES ? buf_cap : RUSM_KV_MAX_BATCH_BYTES;
+    if (used > room || record > room - used) {
+        return RUSM_ERR_TOOBIG;
+    }
+    unsigned char *at = (unsigned char *)buf + used;
+    at[0] = (unsigned char)op;
+    at[1] = (unsigned char)(key_len & 0xFF);
+    at[2] = (unsigned char)(key_len >> 8);
+    at[3] = (unsigned char)(value_len & 0xFF);
+    at[4] = (unsigned char)((value_len >> 8) & 0xFF);
+    at[5] = (unsigned char)((value_len >> 16) & 0xFF);
+    at[6] = (unsigned char)((value_len >> 24) & 0xFF);
+    memcpy(at + RUSM_KV_OP_HEADER_BYTES, key, key_len);
+    if (value_len != 0) {
+        memcpy(at + RUSM_KV_OP_HEADER_BYTES + key_len, value, value_len);
+    }
+    return (int32_t)(used + record);
+}
+
+/* Step through the keys rusm_kv_list wrote into buf. *count starts as its
+ * result and *offset as 0. Returns 1 and points *key (not NUL-terminated;
+ * *key_len bytes) at the next key inside buf, or returns 0, changing
+ * nothing, when *count is 0 or an error: after the loop *key is the last
+ * key, the after of the next page (copy it out before buf is reused).
+ * Imports nothing. */
+static inline int rusm_kv_list_next(const void *buf, int32_t *count, size_t *offset,
+                                    const char **key, size_t *key_len) {
+    if (*count <= 0) {
+        return 0;
+    }
+    const unsigned char *at = (const unsigned char *)buf + *offset;
+    size_t len = (size_t)at[0] | (size_t)at[1] << 8;
+    *key = (const char *)(at + 2);
+    *key_len = len;
+    *offset += 2 + len;
+    *count -= 1;
+    return 1;
+}
+
 /* The name of an exit reason ("normal", "shutdown", "killed", "crashed",
  * "noproc"), or "unknown". */
 static inline const char *rusm_reason_name(int32_t reason) {
@@ -669,6 +861,8 @@ static inline const char *rusm_strerror(int code) {
         return "already exists";
     case RUSM_ERR_CLOSED:
         return "closed";
+    case RUSM_ERR_NOSTORE:
+        return "no store configured";
     default:
         return code >= 0 ? "ok" : "unknown error";
     }

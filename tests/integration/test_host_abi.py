@@ -9,7 +9,8 @@ generated guests, which would be slow through a daemon.
 Property: whatever (ptr, len) a guest hands a host function, the host
 never reads outside ``[ptr, ptr + len)`` of the guest's own memory; an
 out-of-range pair crashes that guest alone (exit reason crashed, "bad
-pointer"), and processes around it keep running.
+pointer"), and processes around it keep running. The kv functions check
+every pair before anything else, their per-call grant check included.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from rusmd.channel import ComponentImage
 from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel
 from rusmd.log import Logger, LogRecord
-from rusmd.wasm.abi import FUNCTIONS
+from rusmd.wasm.abi import FUNCTIONS, ErrorCode, Grant
 from rusmd.wasm.cache import CompileCache
 from rusmd.wasm.engine import compile_engine
 from rusmd.wasm.host import WasmHost
@@ -78,6 +79,41 @@ POINTER_CALLS = {
 }
 # list(buf, max) checks max * 8 bytes; it has its own test below.
 OWN_TESTS = {"list"}
+# The kv functions are linked for every profile and check allow-storage per
+# call; this fixture's profile lacks it, so an in-range call returns DENIED.
+# They take up to four (ptr, len) pairs, and each is checked before the
+# grant: every pair in turn is the hostile one ("kv_list/2": the third).
+KV_FUNCTIONS = sorted(name for name, f in FUNCTIONS.items() if f.grant is Grant.STORAGE)
+
+
+def _pairs(name: str) -> list[int]:
+    """Indexes of ``name``'s params that start a (ptr, len) or (ptr, cap) pair."""
+    params = [param for param, _ in FUNCTIONS[name].params]
+    return [i for i, param in enumerate(params) if param.endswith("ptr")]
+
+
+def _kv_call(name: str, hostile: int) -> str:
+    """WAT calling ``name`` with its ``hostile``-th pair as {p}/{n}, other pairs
+    (0, 0) and any other argument (kv_list's limit) 0."""
+    starts = _pairs(name)
+    args = ["(i32.const 0)"] * len(FUNCTIONS[name].params)
+    args[starts[hostile]] = "(i32.const {p})"
+    args[starts[hostile] + 1] = "(i32.const {n})"
+    return f"(drop (call $f {' '.join(args)}))"
+
+
+POINTER_CALLS.update(
+    {
+        f"{name}/{hostile}": _kv_call(name, hostile)
+        for name in KV_FUNCTIONS
+        for hostile in range(len(_pairs(name)))
+    }
+)
+
+
+def _import_name(case: str) -> str:
+    """The function a POINTER_CALLS case calls ("kv_list/2" calls kv_list)."""
+    return case.partition("/")[0]
 
 
 def _signature(name: str) -> str:
@@ -88,7 +124,7 @@ def _signature(name: str) -> str:
     return text + (f" (result {results})" if results else "")
 
 
-SIGNATURES = {name: _signature(name) for name in POINTER_CALLS}
+SIGNATURES = {name: _signature(name) for name in map(_import_name, POINTER_CALLS)}
 
 
 class Host:
@@ -152,8 +188,9 @@ def host(tmp_path: Path) -> Iterator[Host]:
     h.host.shutdown(5.0)
 
 
-def _case_module(function: str, ptr: int, length: int) -> str:
-    call = POINTER_CALLS[function].format(p=ptr, n=length)
+def _case_module(case: str, ptr: int, length: int) -> str:
+    call = POINTER_CALLS[case].format(p=ptr, n=length)
+    function = _import_name(case)
     return (
         f'(module (import "rusm" "{function}" (func $f {SIGNATURES[function]}))'
         f' (memory (export "memory") 1) (data (i32.const 0) "hello")'
@@ -185,9 +222,10 @@ def _in_range(ptr: int, length: int) -> bool:
     return start + count <= PAGE
 
 
-@pytest.mark.parametrize("function", sorted(POINTER_CALLS))
-def test_out_of_range_pointers_crash_only_the_calling_guest(host: Host, function: str) -> None:
-    rng = random.Random(f"rusm-{function}")
+@pytest.mark.parametrize("case", sorted(POINTER_CALLS))
+def test_out_of_range_pointers_crash_only_the_calling_guest(host: Host, case: str) -> None:
+    function = _import_name(case)
+    rng = random.Random(f"rusm-{case}")
     sleeper = (
         '(module (import "rusm" "sleep" (func $s (param i32) (result i32)))'
         ' (func (export "run") (loop $l (drop (call $s (i32.const 20))) (br $l))))'
@@ -197,7 +235,7 @@ def test_out_of_range_pointers_crash_only_the_calling_guest(host: Host, function
     for ptr, length in _hostile_pairs(rng):
         host.load(
             {
-                "case": _case_module(function, ptr, length),
+                "case": _case_module(case, ptr, length),
                 "sleeper": sleeper,
                 "hello": '(module (func (export "run")))',
             }
@@ -223,7 +261,67 @@ def test_every_pointer_taking_function_is_covered() -> None:
         for name, f in FUNCTIONS.items()
         if any(p.endswith(("ptr", "len")) for p, _ in f.params)
     }
-    assert takes_pointers == set(POINTER_CALLS) | OWN_TESTS
+    assert takes_pointers == set(map(_import_name, POINTER_CALLS)) | OWN_TESTS
+    for name in KV_FUNCTIONS:
+        # Every pointer param is in a pair that some case makes hostile.
+        params = [param for param, _ in FUNCTIONS[name].params]
+        paired = {i + k for i in _pairs(name) for k in (0, 1)}
+        assert all(params[i + 1].endswith(("len", "cap")) for i in _pairs(name)), name
+        assert {p for i, p in enumerate(params) if i not in paired} <= {"limit"}, name
+        assert {f"{name}/{hostile}" for hostile in range(len(_pairs(name)))} <= set(POINTER_CALLS)
+
+
+# Each kv function called with in-range arguments: bucket "b", key "k",
+# value "v" (all at 0..2), an empty batch, list limit 10 into 64..127.
+KV_GOOD_ARGS = {
+    "kv_get": (0, 1, 1, 1, 64, 64),
+    "kv_exists": (0, 1, 1, 1),
+    "kv_set": (0, 1, 1, 1, 2, 1),
+    "kv_delete": (0, 1, 1, 1),
+    "kv_batch": (0, 1, 0, 0),
+    "kv_list": (0, 1, 0, 0, 0, 0, 10, 64, 64),
+}
+
+
+def _kv_guest(expected: ErrorCode) -> str:
+    """A guest calling every kv function once: exit code 10 + i when the i-th
+    (in KV_FUNCTIONS order) does not return ``expected``, else normal."""
+    imports = "".join(
+        f' (import "rusm" "{name}" (func ${name} {_signature(name)}))' for name in KV_FUNCTIONS
+    )
+    args = {name: " ".join(f"(i32.const {a})" for a in KV_GOOD_ARGS[name]) for name in KV_FUNCTIONS}
+    checks = "".join(
+        f"(if (i32.ne (call ${name} {args[name]}) (i32.const {int(expected)}))"
+        f" (then (call $exit (i32.const {10 + i}))))"
+        for i, name in enumerate(KV_FUNCTIONS)
+    )
+    return (
+        f'(module{imports} (import "rusm" "exit" (func $exit (param i32)))'
+        ' (memory (export "memory") 1) (data (i32.const 0) "bkv")'
+        f' (func (export "run") {checks}))'
+    )
+
+
+def test_kv_calls_without_allow_storage_link_and_return_denied(host: Host) -> None:
+    # Linked for every profile: the module spawns, and each call says DENIED.
+    host.load({"case": _kv_guest(ErrorCode.DENIED)})
+    pid = host.host.spawn("case")
+    assert host.wait_exit(pid, "case") == f"exit case#{pid} normal"
+    denied = [r.text for r in host.records if "denied (needs allow-storage)" in r.text]
+    assert denied == [f"case#{pid}: rusm.{KV_FUNCTIONS[0]}: denied (needs allow-storage)"]
+
+
+def test_kv_calls_on_a_node_without_a_store_return_nostore(tmp_path: Path) -> None:
+    h = Host(
+        tmp_path,
+        '[capabilities.kv]\nallow-storage = true\n[components.case]\ncapability = "kv"\n',
+    )
+    try:
+        h.load({"case": _kv_guest(ErrorCode.NOSTORE)})
+        pid = h.host.spawn("case")
+        assert h.wait_exit(pid, "case") == f"exit case#{pid} normal"
+    finally:
+        h.host.shutdown(5.0)
 
 
 def test_list_checks_its_whole_buffer_and_refuses_a_negative_count(host: Host) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import collections
 import importlib.util
 import re
+import struct
 from pathlib import Path
 
 import pytest
@@ -25,14 +26,25 @@ from rusmd.config import load_manifest
 from rusmd.config.loader import CAPABILITY_KEYS
 from rusmd.config.model import BUILTIN_CAPABILITIES, BuiltinCapability, Capability, Protocol
 from rusmd.config.model import LogLevel as ConfigLogLevel
+from rusmd.store.kv import (
+    MAX_BUCKET_BYTES,
+    MAX_BUCKETS,
+    MAX_KEY_BYTES,
+    MAX_LIST_KEYS,
+    MAX_VALUE_BYTES,
+    Op,
+)
 from rusmd.wasm.abi import (
     ABI_MODULE,
     ABI_VERSION,
     FUNCTIONS,
     HEADER_BYTES,
     INLINE_FUNCTIONS,
+    KV_BATCH_OP_HEADER,
+    KV_BATCH_OP_HEADER_BYTES,
     MAILBOX_LIMIT,
     MAX_EVENT_BYTES,
+    MAX_KV_BATCH_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_NAME_BYTES,
     MAX_RESPONSE_HEADER_BYTES,
@@ -49,6 +61,7 @@ from rusmd.wasm.abi import (
     RequestField,
     WsKind,
 )
+from rusmd.wasm.kv_calls import parse_batch
 from tests.guests.build import COMPILE_TIMEOUT_S, SDK, build_c_guest
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -246,6 +259,11 @@ def call_every_function() -> str:
         'rusm_respond_text(200, "ok"); rusm_respond_str(404, NULL, "no"); rusm_write_str("t");',
         'rusm_sse_event_str("tick", "1"); rusm_sse_event_str(NULL, "d");',
         'rusm_ws_send_text("t"); rusm_ws_close_str(1000, NULL); rusm_ws_close_str(4000, "bye");',
+        'rusm_kv_get_str("b", "k", buf, sizeof buf); rusm_kv_set_str("b", "k", "v");',
+        'rusm_kv_exists_str("b", "k"); rusm_kv_delete_str("b", "k");',
+        'int32_t used = rusm_kv_batch_add(buf, sizeof buf, 0, RUSM_KV_DELETE, "k", 1, NULL, 0);',
+        "size_t offset = 0; const char *key = NULL; size_t key_len = 0;",
+        "while (rusm_kv_list_next(buf, &used, &offset, &key, &key_len)) {}",
     ]
     body = "\n    ".join(helpers + calls)
     return (
@@ -267,6 +285,15 @@ def limit_macros() -> dict[str, int]:
         "MAX_RESPONSE_HEADER_BYTES": MAX_RESPONSE_HEADER_BYTES,
         "RESPONSE_HOLD_BYTES": RESPONSE_HOLD_BYTES,
         "MAX_EVENT_BYTES": MAX_EVENT_BYTES,
+        "KV_MAX_BUCKET_BYTES": MAX_BUCKET_BYTES,
+        "KV_MAX_BUCKETS": MAX_BUCKETS,
+        "KV_MAX_KEY_BYTES": MAX_KEY_BYTES,
+        "KV_MAX_VALUE_BYTES": MAX_VALUE_BYTES,
+        "KV_MAX_BATCH_BYTES": MAX_KV_BATCH_BYTES,
+        "KV_MAX_LIST_KEYS": MAX_LIST_KEYS,
+        "KV_OP_HEADER_BYTES": KV_BATCH_OP_HEADER_BYTES,
+        "KV_SET": Op.SET,
+        "KV_DELETE": Op.DELETE,
     }
 
 
@@ -288,6 +315,10 @@ def test_docs_every_function_has_a_section_with_its_import_and_grant() -> None:
         assert body is not None, f"docs/abi.md: no ### `rusm.{name}` section"
         assert wat_import(name) in body, f"rusm.{name}: expected {wat_import(name)}"
         assert ["grant", function.grant.value] in table_rows(body), f"rusm.{name}: grant"
+        if function.checked_per_call:
+            # Importable anywhere: the section must say what a caller without it gets.
+            prose = " ".join(body.split())
+            assert f"`DENIED` without `{function.grant.value}`" in prose, f"rusm.{name}"
 
 
 def test_docs_function_sections_name_only_abi_functions() -> None:
@@ -361,6 +392,22 @@ def test_docs_grant_table_lists_each_grants_functions() -> None:
     for grant in Grant:
         listed = set(re.findall(r"[a-z_]+", by_grant[grant].split("(")[0])) - {"none", "yet"}
         assert listed == {name for name, f in FUNCTIONS.items() if f.grant is grant}, grant
+        # The table is "what a module may import under the grant": functions
+        # any module may import must say the grant is checked per call.
+        per_call = any(f.checked_per_call for f in FUNCTIONS.values() if f.grant is grant)
+        assert per_call == ("checked per call" in by_grant[grant]), grant
+
+
+def test_docs_kv_batch_record_table_matches_abi() -> None:
+    rows = table_rows(doc_sections()["Batches"])[1:]
+    header = struct.Struct(KV_BATCH_OP_HEADER)
+    sizes = [int(row[0]) for row in rows if row[0].isdigit()]
+    assert sizes == [struct.calcsize(f"<{code}") for code in KV_BATCH_OP_HEADER[1:]]
+    assert sum(sizes) == header.size == KV_BATCH_OP_HEADER_BYTES
+    (op,) = [row[2] for row in rows if row[1] == "op"]
+    assert f"{Op.SET} set (`RUSM_KV_SET`)" in op
+    assert f"{Op.DELETE} delete (`RUSM_KV_DELETE`)" in op
+    assert f'`"{KV_BATCH_OP_HEADER}"`' in doc_sections()["Batches"]
 
 
 def test_docs_capability_table_covers_every_profile_key_with_builtin_values() -> None:
@@ -465,6 +512,175 @@ def test_header_log_helpers_import_only_log(tmp_path: Path) -> None:
     assert set(rusm_imports(module)) == {"log"}
 
 
+@needs_zig
+@pytest.mark.timeout(COMPILE_TIMEOUT_S * 2)
+def test_header_kv_helpers_import_only_the_kv_functions_they_call(tmp_path: Path) -> None:
+    # The batch builder and the list reader import nothing; the *_str
+    # helpers import only their own function.
+    source = tmp_path / "kv.c"
+    source.write_text(
+        '#include "rusm.h"\n'
+        "static char buf[1024];\n"
+        "RUSM_EXPORT(run) void run(void) {\n"
+        '    int32_t used = rusm_kv_batch_add(buf, sizeof buf, 0, RUSM_KV_SET, "k", 1, "v", 1);\n'
+        '    (void)rusm_kv_batch("b", 1, buf, (size_t)used);\n'
+        '    (void)rusm_kv_set_str("b", "k", "v");\n'
+        "    char value[16];\n"
+        '    (void)rusm_kv_get_str("b", "k", value, sizeof value);\n'
+        '    int32_t count = rusm_kv_list("b", 1, "", 0, "", 0, 10, buf, sizeof buf);\n'
+        "    size_t offset = 0; const char *key = NULL; size_t key_len = 0;\n"
+        "    while (rusm_kv_list_next(buf, &count, &offset, &key, &key_len)) {}\n"
+        "}\n",
+        encoding="utf-8",
+    )
+    module = compile_guest(source, tmp_path / "kv.wasm")
+    assert set(rusm_imports(module)) == {"kv_batch", "kv_set", "kv_get", "kv_list"}
+    assert_importable(module, BUILTIN_CAPABILITIES[BuiltinCapability.TRUSTED])
+
+
+# A reactor exercising the kv helpers that import nothing: the test writes a
+# kv_list result into `listing`, reads back what the C side made of it.
+KV_HELPERS_GUEST = """\
+#include "rusm.h"
+
+static unsigned char batch[256];
+static unsigned char spare[64];
+static unsigned char listing[1024];
+static char seen[1024];
+
+RUSM_EXPORT(batch_at) void *batch_at(void) { return batch; }
+RUSM_EXPORT(spare_at) void *spare_at(void) { return spare; }
+RUSM_EXPORT(listing_at) void *listing_at(void) { return listing; }
+RUSM_EXPORT(seen_at) void *seen_at(void) { return seen; }
+
+RUSM_EXPORT(build) int32_t build(void) {
+    static char big[300];
+    memset(big, 'x', sizeof big);
+    int32_t n = rusm_kv_batch_add(batch, sizeof batch, 0, RUSM_KV_SET, "k1", 2, "v1", 2);
+    n = rusm_kv_batch_add(batch, sizeof batch, (size_t)n, RUSM_KV_DELETE, "gone", 4, NULL, 0);
+    n = rusm_kv_batch_add(batch, sizeof batch, (size_t)n, RUSM_KV_SET, "\\x00\\xff", 2, "", 0);
+    n = rusm_kv_batch_add(batch, sizeof batch, (size_t)n, RUSM_KV_SET, big, 200, "v", 1);
+    return n;
+}
+
+RUSM_EXPORT(refuse) int32_t refuse(int32_t which) {
+    switch (which) {
+    case 0: return rusm_kv_batch_add(spare, sizeof spare, 0, 3, "k", 1, "", 0);
+    case 1: return rusm_kv_batch_add(spare, sizeof spare, 0, RUSM_KV_SET, "", 0, "v", 1);
+    case 2: return rusm_kv_batch_add(spare, sizeof spare, 0, RUSM_KV_SET, spare,
+                                     RUSM_KV_MAX_KEY_BYTES + 1, "", 0);
+    case 3: return rusm_kv_batch_add(spare, sizeof spare, 0, RUSM_KV_DELETE, "k", 1, "v", 1);
+    case 4: return rusm_kv_batch_add(spare, sizeof spare, 0, RUSM_KV_SET, "k", 1, spare,
+                                     RUSM_KV_MAX_VALUE_BYTES + 1);
+    case 5: return rusm_kv_batch_add(spare, sizeof spare, 0, RUSM_KV_SET, "k", 1, listing, 57);
+    case 6: return rusm_kv_batch_add(spare, sizeof spare, 65, RUSM_KV_SET, "k", 1, "", 0);
+    case 7: return rusm_kv_batch_add(spare, SIZE_MAX, RUSM_KV_MAX_BATCH_BYTES - 8,
+                                     RUSM_KV_SET, "k", 1, "v", 1);
+    default: return rusm_kv_batch_add(spare, sizeof spare, 0, RUSM_KV_SET, "k", 1, listing, 56);
+    }
+}
+
+RUSM_EXPORT(read_list) int32_t read_list(int32_t count) {
+    size_t offset = 0, at = 0, key_len = 0;
+    const char *key = NULL;
+    while (rusm_kv_list_next(listing, &count, &offset, &key, &key_len)) {
+        memcpy(seen + at, key, key_len);
+        at += key_len;
+        seen[at++] = ',';
+    }
+    if (key != NULL) { /* the last key stays: the next page's after */
+        seen[at++] = '|';
+        memcpy(seen + at, key, key_len);
+        at += key_len;
+    }
+    return (int32_t)at;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def kv_helpers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[wasmtime.Store, wasmtime.Instance]:
+    work = tmp_path_factory.mktemp("kv-helpers")
+    source = work / "helpers.c"
+    source.write_text(KV_HELPERS_GUEST, encoding="utf-8")
+    build_c_guest(source, work / "helpers.wasm", reactor=True)
+    engine = wasmtime.Engine()
+    module = wasmtime.Module(engine, (work / "helpers.wasm").read_bytes())
+    assert rusm_imports(module) == {}, "the batch and list helpers must import nothing"
+    store = wasmtime.Store(engine)
+    store.set_wasi(wasmtime.WasiConfig())
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    instance = linker.instantiate(store, module)
+    instance.exports(store)["_initialize"](store)
+    return store, instance
+
+
+def _guest_bytes(kv_helpers: tuple[wasmtime.Store, wasmtime.Instance], at: str, size: int) -> bytes:
+    store, instance = kv_helpers
+    exports = instance.exports(store)
+    start = exports[at](store)
+    return bytes(exports["memory"].read(store, start, start + size))
+
+
+@needs_zig
+@pytest.mark.timeout(COMPILE_TIMEOUT_S * 2)
+def test_header_kv_batch_add_writes_records_the_host_parses(
+    kv_helpers: tuple[wasmtime.Store, wasmtime.Instance],
+) -> None:
+    store, instance = kv_helpers
+    used = instance.exports(store)["build"](store)
+    ops = parse_batch(_guest_bytes(kv_helpers, "batch_at", used))
+    assert ops == (
+        (Op.SET, b"k1", b"v1"),
+        (Op.DELETE, b"gone", b""),
+        (Op.SET, b"\x00\xff", b""),
+        (Op.SET, b"x" * 200, b"v"),
+    )
+
+
+@needs_zig
+@pytest.mark.timeout(COMPILE_TIMEOUT_S * 2)
+def test_header_kv_batch_add_refuses_what_the_host_would_and_writes_nothing(
+    kv_helpers: tuple[wasmtime.Store, wasmtime.Instance],
+) -> None:
+    store, instance = kv_helpers
+    refuse = instance.exports(store)["refuse"]
+    results = [refuse(store, which) for which in range(8)]
+    assert results == [
+        ErrorCode.INVALID,  # an unknown op
+        ErrorCode.INVALID,  # an empty key
+        ErrorCode.INVALID,  # a key over 511 bytes
+        ErrorCode.INVALID,  # a delete with a value
+        ErrorCode.TOOBIG,  # a value over 1 MiB
+        ErrorCode.TOOBIG,  # one byte more than the buffer holds
+        ErrorCode.TOOBIG,  # used past the buffer
+        ErrorCode.TOOBIG,  # past the 8 MiB batch, whatever the buffer
+    ]
+    assert _guest_bytes(kv_helpers, "spare_at", 64) == bytes(64), "a refusal writes nothing"
+    assert refuse(store, 8) == 64, "a record that just fits"
+
+
+@needs_zig
+@pytest.mark.timeout(COMPILE_TIMEOUT_S * 2)
+def test_header_kv_list_next_reads_the_records_kv_list_writes(
+    kv_helpers: tuple[wasmtime.Store, wasmtime.Instance],
+) -> None:
+    store, instance = kv_helpers
+    exports = instance.exports(store)
+    keys = [b"a", b"b\x00c", b"k" * MAX_KEY_BYTES]
+    # The layout rusm.kv_list writes: a u16 little-endian length, then the key.
+    records = b"".join(struct.pack("<H", len(key)) + key for key in keys)
+    exports["memory"].write(store, records, exports["listing_at"](store))
+    size = exports["read_list"](store, len(keys))
+    seen = _guest_bytes(kv_helpers, "seen_at", size)
+    assert seen == b",".join(keys) + b",|" + keys[-1]
+    assert exports["read_list"](store, 0) == 0
+    assert exports["read_list"](store, ErrorCode.NOSTORE) == 0, "an error lists nothing"
+
+
 # ── examples ────────────────────────────────────────────────────────────────
 
 
@@ -526,6 +742,32 @@ def test_docs_routed_handler_example_builds_and_imports_only_inline_functions(
     assert func_exports(module)["show"] == ((), ("i32",))
     assert set(rusm_imports(module)) <= INLINE_FUNCTIONS
     assert not wasi_imports(module) & WASI_BLOCKING
+
+
+@needs_zig
+@pytest.mark.timeout(COMPILE_TIMEOUT_S * 2)
+def test_docs_storage_example_builds_and_runs_its_actions_on_guest_threads(
+    tmp_path: Path,
+) -> None:
+    # The docs say these actions run as processes: kv is never inline.
+    section = doc_sections()["Storage example"]
+    (manifest,) = doc_blocks("toml", section)
+    (source,) = doc_blocks("c", section)
+    (tmp_path / "rusm.toml").write_text(manifest, encoding="utf-8")
+    loaded = load_manifest(tmp_path / "rusm.toml")
+    assert loaded.node.store is not None
+    notes = loaded.components["notes"]
+    path = tmp_path / "notes.c"
+    path.write_text(source, encoding="utf-8")
+    module = compile_guest(path, tmp_path / "notes.wasm", reactor=True)
+    assert_importable(module, notes.profile)
+    assert {"kv_get", "kv_set", "kv_list"} <= set(rusm_imports(module))
+    assert not set(rusm_imports(module)) <= INLINE_FUNCTIONS
+    routes = [route for serve in loaded.serve for route in serve.routes]
+    exports = func_exports(module)
+    for route in routes:
+        assert route.component == "notes"
+        assert exports.get(route.action) == ((), ("i32",)), route.action
 
 
 @needs_zig
