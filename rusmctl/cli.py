@@ -1,10 +1,14 @@
-"""The ``rusmctl`` command line: one request per run over the control socket.
+"""The ``rusmctl`` command line: one connection per run to the control socket.
 
 Runs in: rusmctl (stdlib plus the shared command table).
 
+Each run sends one request, except ``kv list``, which sends one per page
+of keys on the same connection (``kv.py``).
+
 Exit codes follow sysexits: 0 ok, 1 the daemon refused (the message says
-why), 2 usage, 3 no such pid/component, 69 daemon not reachable, 77
-permission denied. ``--json`` prints one JSON document on stdout.
+why), 2 usage, 3 no such pid/component/key, 69 daemon not reachable (or,
+for ``kv``, its store cannot be opened), 77 permission denied. ``--json``
+prints one JSON document on stdout.
 
 The socket: ``--socket``, else ``$RUSMD_SOCKET``, else
 ``$RUNTIME_DIRECTORY/rusmd.sock``, else ``./.rusm/rusmd.sock`` (the app
@@ -23,6 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from rusmctl import kv
 from rusmd.control.protocol import (
     COMMANDS,
     EX_NOPERM,
@@ -58,9 +63,7 @@ def socket_path(explicit: str | None) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     """One subcommand per entry of the shared command table."""
     parser = argparse.ArgumentParser(prog="rusmctl", description="Control a running rusmd.")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--socket", metavar="PATH", help="the control socket")
-    common.add_argument("--json", action="store_true", help="print one JSON document")
+    common = _common_flags(argparse.ArgumentParser(add_help=False), None, False)
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in COMMANDS.values():
         sub = verbs.add_parser(
@@ -71,19 +74,33 @@ def build_parser() -> argparse.ArgumentParser:
         if info.name == "logs":
             sub.add_argument("-f", "--follow", action="store_true", help="stream new lines")
             sub.add_argument("-n", "--lines", type=int, default=100, help="past lines (100)")
+        if info.name == "kv":
+            # The flags work before or after the action; given after it, they
+            # must not reset what was given before it.
+            leaf = argparse.ArgumentParser(add_help=False)
+            kv.add_kv_parsers(sub, [_common_flags(leaf, argparse.SUPPRESS, argparse.SUPPRESS)])
+    return parser
+
+
+def _common_flags(
+    parser: argparse.ArgumentParser, socket_default: Any, json_default: Any
+) -> argparse.ArgumentParser:
+    parser.add_argument(
+        "--socket", metavar="PATH", default=socket_default, help="the control socket"
+    )
+    parser.add_argument(
+        "--json", action="store_true", default=json_default, help="print one JSON document"
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``rusmctl`` command."""
     args = build_parser().parse_args(argv)
-    request_args = {
-        name: getattr(args, name)
-        for name, _, _ in COMMANDS[args.command].args
-        if getattr(args, name) is not None
-    }
-    if args.command == "logs":
-        request_args.update(lines=args.lines, follow=args.follow)
+    try:
+        request_args = _request_args(args)
+    except kv.KvRefused as exc:
+        return _fail(str(exc), exc.code, as_json=args.json)
     path = socket_path(args.socket)
     try:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -95,8 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"rusmd is not reachable at {path}: {exc.strerror or exc}", EX_UNAVAILABLE)
     with conn:
         try:
-            conn.sendall(encode_frame({"command": args.command, "args": request_args}))
             frames = FrameStream(conn)
+            if args.command == "kv":
+                return _kv(frames, args, request_args)
+            conn.sendall(encode_frame({"command": args.command, "args": request_args}))
             reply = frames.next()
             if not reply.get("ok"):
                 return _fail(
@@ -119,6 +138,43 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EX_OK
         except (OSError, ProtocolError, EOFError) as exc:
             return _fail(f"lost the connection to rusmd at {path}: {exc}", EX_UNAVAILABLE)
+    return EX_OK
+
+
+def _request_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The request's ``args`` from the command line.
+
+    Raises:
+        kv.KvRefused: ``kv set`` names a value file that cannot be read.
+    """
+    if args.command == "kv":
+        return kv.request(args, sys.stdin.buffer)
+    request_args = {
+        name: getattr(args, name)
+        for name, _, _ in COMMANDS[args.command].args
+        if getattr(args, name) is not None
+    }
+    if args.command == "logs":
+        request_args.update(lines=args.lines, follow=args.follow)
+    return request_args
+
+
+def _kv(frames: FrameStream, args: argparse.Namespace, first: dict[str, Any]) -> int:
+    """``kv``: one request, or for list one per page, on the same connection."""
+
+    def ask(request_args: dict[str, Any]) -> dict[str, Any]:
+        frames.conn.sendall(encode_frame({"command": "kv", "args": request_args}))
+        reply = frames.next()
+        if not reply.get("ok"):
+            error, code = str(reply.get("error", "refused")), int(reply.get("code", EX_REFUSED))
+            raise kv.KvRefused(error, code)
+        result: dict[str, Any] = reply["result"]
+        return result
+
+    try:
+        kv.run(ask, args, first, sys.stdout.buffer)
+    except kv.KvRefused as exc:
+        return _fail(str(exc), exc.code, as_json=args.json)
     return EX_OK
 
 
@@ -185,6 +241,8 @@ def _print_status(result: dict[str, Any]) -> None:
         f"({daemon['workers_target']} worker(s) of {daemon['usable_cores']} core(s))"
     )
     print(f"config {daemon['config']}  socket {daemon['socket']}")
+    if result.get("store") is not None:
+        print(_store_line(result["store"]))
     print("RESTARTS is total/within the intensity period")
     print()
     header = f"{'SLOT':<5}{'PID':<9}{'STATE':<13}{'UPTIME':<9}{'RESTARTS':<12}{'CPU%':<7}"
@@ -223,6 +281,17 @@ def _print_status(result: dict[str, Any]) -> None:
                 f"{resident['name']:<20}{resident['label'] or '-':<24}{worker:<8}"
                 f"{state:<14}{resident['restarts']:<10}{resident['last_exit'] or '-'}"
             )
+
+
+def _store_line(store: dict[str, Any]) -> str:
+    if "error" in store:
+        return f"store {store['path']}: {store['error']}"
+    return (
+        f"store {store['path']}  file {_human(store['file_bytes'])}  "
+        f"map {_human(store['map_bytes'])} ({_human(store['used_bytes'])} used)  "
+        f"entries {store['entries']}  buckets {store['buckets']}  "
+        f"readers {store['readers']}/{store['max_readers']}"
+    )
 
 
 def _print_list(result: dict[str, Any]) -> None:
@@ -276,3 +345,15 @@ def _duration(seconds: float) -> str:
 
 def _size(count: int) -> str:
     return f"{count / (1 << 20):.1f}M"
+
+
+def _human(count: int) -> str:
+    """Bytes with a binary unit: 512B, 32.0K, 1.5M, 2.0G."""
+    if count < 1024:
+        return f"{count}B"
+    size = count / 1024
+    for unit in ("K", "M"):
+        if size < 1024:
+            return f"{size:.1f}{unit}"
+        size /= 1024
+    return f"{size:.1f}G"

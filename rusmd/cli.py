@@ -1,24 +1,34 @@
 """The ``rusmd`` command line: ``rusmd [flags]`` runs the app, ``rusmd check`` validates it.
 
-Runs in: main.
+Runs in: main; ``rusmd kv`` runs in its own short-lived process and
+opens the store there (``rusmd.store`` is imported inside ``kv`` only:
+the daemon's main process must never load lmdb).
 
 ``rusmd check`` validates the manifest, then resolves every component's
 artifact and compiles it in the compile child, warming the AOT cache the
 daemon will load from; ``--config-only`` stops after the manifest.
 
-Exit codes follow sysexits: 0 ok, 2 usage, 78 (EX_CONFIG) for an invalid
-manifest or a component that cannot run, 69 (EX_UNAVAILABLE) for a part
-that cannot run here.
+``rusmd kv get|set|list|rm`` reads and writes the manifest's ``[node]
+store`` directly, for a node that is not running (``rusmctl kv`` asks a
+running one); its arguments and output are ``rusmctl kv``'s.
+
+Exit codes follow sysexits: 0 ok, 2 usage, 3 (kv) no such key, 78
+(EX_CONFIG) for an invalid manifest, a component that cannot run, or (kv)
+a manifest that sets no store, 69 (EX_UNAVAILABLE) for a part that cannot
+run here (kv: the store cannot be opened).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from rusmctl import kv as kv_cli
 from rusmd import __version__
 from rusmd.config import Environment, Manifest, Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel, Profile
@@ -35,6 +45,7 @@ EX_UNAVAILABLE = 69
 EX_CONFIG = 78
 
 DEFAULT_CONFIG = "rusm.toml"
+_CONFIG = f"the manifest (default ./{DEFAULT_CONFIG})"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,17 +78,28 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="validate the manifest alone; skip the components' artifacts",
     )
+    _add_kv_parser(commands)
     return parser
+
+
+def _add_kv_parser(commands: Any) -> None:
+    summary = "get, set, list or rm a key in the store of a stopped node ([node] store)"
+    kv_parser = commands.add_parser("kv", help=summary, description=summary)
+    kv_parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=_CONFIG)
+    kv_parser.add_argument("--json", action="store_true", help="print one JSON document")
+    # The flags work before or after the action; given after it, they must
+    # not reset what was given before it.
+    leaf = argparse.ArgumentParser(add_help=False)
+    leaf.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=_CONFIG)
+    leaf.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS, help="print one JSON document"
+    )
+    kv_cli.add_kv_parsers(kv_parser, [leaf])
 
 
 def _add_manifest_flags(parser: argparse.ArgumentParser) -> None:
     default = argparse.SUPPRESS if parser.prog != "rusmd" else None
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        default=default,
-        help=f"the manifest (default ./{DEFAULT_CONFIG})",
-    )
+    parser.add_argument("--config", metavar="FILE", default=default, help=_CONFIG)
     parser.add_argument(
         "--listen", metavar="ADDR", default=default, help="override [node].listen (host:port)"
     )
@@ -89,21 +111,11 @@ def _add_manifest_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--cpus",
-        type=_positive_int,
+        type=kv_cli.positive_int,
         metavar="N",
         default=default,
         help="size the profile as if N cores were usable (default: detected)",
     )
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of cores >= 1, not {text!r}")
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "check":
         return check(args)
+    if args.command == "kv":
+        return kv(args)
     return run(args)
 
 
@@ -192,6 +206,35 @@ def _shown(path: Path, app_dir: Path) -> str:
         return str(path.relative_to(app_dir))
     except ValueError:
         return str(path)
+
+
+def kv(args: argparse.Namespace) -> int:
+    """``rusmd kv``: one kv action on the manifest's store, opened in this process."""
+    from rusmd.store.offline import OfflineStore
+
+    try:
+        config, _overrides, _environment, manifest = load(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EX_CONFIG
+    if manifest.node.store is None:
+        message = f'{config}: [node] sets no store (e.g. store = "data/app.mdb")'
+        return _kv_fail(message, EX_CONFIG, args.json)
+    try:
+        first = kv_cli.request(args, sys.stdin.buffer)
+        with OfflineStore(manifest.node.store) as store:
+            kv_cli.run(store.ask, args, first, sys.stdout.buffer)
+    except kv_cli.KvRefused as exc:
+        return _kv_fail(str(exc), exc.code, args.json)
+    return EX_OK
+
+
+def _kv_fail(message: str, code: int, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps({"ok": False, "error": message, "code": code}))
+    print(f"rusmd: {message}", file=sys.stderr)
+    return code
 
 
 def run(args: argparse.Namespace) -> int:

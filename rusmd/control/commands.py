@@ -10,6 +10,11 @@ list, info, kill) ask the workers and return ``DEFERRED``: their reply
 is sent when the answers arrive. One failing command never disturbs the
 daemon: anything unexpected becomes an error reply.
 
+The store (``[node] store``) is open in every worker and never in this
+process (it forks; an LMDB environment must not cross a fork), so ``kv``
+is forwarded to one ready worker, and ``status`` takes the store's
+numbers from one worker's ``stats`` answer.
+
 Pids: ``component#N`` or ``#N`` is a wasm process; a bare number is a
 worker's OS pid if one has it, else a wasm pid.
 """
@@ -36,6 +41,13 @@ if TYPE_CHECKING:
 
 # `logs` returns at most this many past lines per request.
 MAX_LOG_LINES = 1000
+# How long `status` waits for a worker's store numbers: status must stay
+# quick even when a worker's loop is busy; the store line then says so.
+STORE_STATS_TIMEOUT_S = 1.0
+# How long `kv` waits for its worker: a write answers after its fsync, which
+# a busy disk can stretch to seconds (the guest-side wait has no timeout at
+# all); kept below rusmctl's 30 s reply timeout so the client hears why.
+KV_QUERY_TIMEOUT_S = 20.0
 
 
 class CommandError(Exception):
@@ -89,8 +101,34 @@ def dispatch(
         }
 
 
-def status(daemon: MainProcess, _args: dict[str, Any], _conn: Connection) -> dict[str, Any]:
-    """The daemon and each worker: pid, state, uptime, restarts, last exit, CPU, RSS."""
+def status(
+    daemon: MainProcess, _args: dict[str, Any], conn: Connection
+) -> dict[str, Any] | _Deferred:
+    """The daemon, each worker (pid, state, uptime, restarts, last exit, CPU, RSS), the store."""
+    result = _status(daemon)
+    store_path = daemon.manifest.node.store
+    if store_path is None:
+        return {**result, "store": None}
+    slot = _first_ready(daemon)
+    if slot is None:
+        return {**result, "store": {"path": store_path, "error": "no worker is ready to read it"}}
+
+    def done(answers: dict[int, Answer | None]) -> None:
+        answer = answers.get(slot)
+        store: dict[str, Any] = {
+            "path": store_path,
+            "error": f"worker {slot} did not answer within {STORE_STATS_TIMEOUT_S:g} s",
+        }
+        if answer is not None and answer.ok:
+            store = answer.result.get("store") or {"error": f"worker {slot} has no store open"}
+            store = {"path": store_path, **store, "worker": slot}
+        _reply(daemon, conn, {**result, "store": store})
+
+    daemon.queries.ask([slot], "stats", {}, done, timeout_s=STORE_STATS_TIMEOUT_S)
+    return DEFERRED
+
+
+def _status(daemon: MainProcess) -> dict[str, Any]:
     pool = _pool(daemon)
     now = time.monotonic()
     in_window = pool.restarts_in_window()
@@ -272,6 +310,34 @@ def logs(daemon: MainProcess, args: dict[str, Any], conn: Connection) -> dict[st
     return {"records": records, "follow": bool(args.get("follow"))}
 
 
+def kv(daemon: MainProcess, args: dict[str, Any], conn: Connection) -> _Deferred:
+    """Get, set, list or remove a key in the node store, through one ready worker."""
+    if daemon.manifest.node.store is None:
+        raise CommandError(
+            f"no store configured: {daemon.manifest.path} sets no [node] store "
+            '(e.g. store = "data/app.mdb")',
+            EX_REFUSED,
+        )
+    slot = _first_ready(daemon)
+    if slot is None:
+        raise CommandError("no worker is ready to reach the store")
+
+    def done(answers: dict[int, Answer | None]) -> None:
+        answer = answers.get(slot)
+        if answer is None and args.get("action") in ("set", "rm"):
+            # The commit may be on disk already: say so rather than "failed".
+            error = (
+                f"worker {slot} did not answer the kv {args['action']} (it exited or timed "
+                "out); the write may or may not have been applied"
+            )
+            daemon.control.send(conn, {"ok": False, "error": error, "code": EX_REFUSED})
+            return
+        _reply_answer(daemon, conn, slot, answer)
+
+    daemon.queries.ask([slot], "kv", args, done, timeout_s=KV_QUERY_TIMEOUT_S)
+    return DEFERRED
+
+
 HANDLERS: dict[str, Handler] = {
     "status": status,
     "list": list_processes,
@@ -284,6 +350,7 @@ HANDLERS: dict[str, Handler] = {
     "stop": stop,
     "profile": profile,
     "logs": logs,
+    "kv": kv,
 }
 assert set(HANDLERS) == set(COMMANDS), "every command in the table has one handler"
 
@@ -292,6 +359,13 @@ def _pool(daemon: MainProcess) -> Any:
     if daemon.pool is None:
         raise CommandError("the daemon is still starting")
     return daemon.pool
+
+
+def _first_ready(daemon: MainProcess) -> int | None:
+    """The lowest ready worker slot, or None."""
+    pool = _pool(daemon)
+    ready = [slot for slot, handle in pool.workers.items() if str(handle.state) == "ready"]
+    return min(ready, default=None)
 
 
 def _target(daemon: MainProcess, args: dict[str, Any]) -> tuple[WorkerHandle | None, int, str]:

@@ -19,9 +19,12 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-# A control request is a few hundred bytes; a bigger frame is garbage or an
-# attempt to make the main process buffer memory, so it is refused.
-MAX_FRAME_BYTES = 1 << 20
+# Most control requests are a few hundred bytes; the largest frames are a
+# `kv set` request and a `kv get` reply, which carry one value of up to
+# 1 MiB (store.kv.MAX_VALUE_BYTES) base64-encoded, 1.34 MiB. A bigger frame
+# is garbage or an attempt to make the main process buffer memory, so it is
+# refused.
+MAX_FRAME_BYTES = 2 << 20
 
 _LENGTH = struct.Struct(">I")
 
@@ -54,7 +57,10 @@ class CommandInfo:
 COMMANDS: dict[str, CommandInfo] = {
     info.name: info
     for info in (
-        CommandInfo("status", "the daemon and each worker: pid, state, uptime, restarts, CPU, RSS"),
+        CommandInfo(
+            "status",
+            "the daemon and each worker: pid, state, uptime, restarts, CPU, RSS; the store",
+        ),
         CommandInfo(
             "list",
             "the processes: component#pid, worker, state, memory, names, links, monitors, mailbox",
@@ -95,6 +101,10 @@ COMMANDS: dict[str, CommandInfo] = {
             (("profile", "light, balanced or max", False),),
         ),
         CommandInfo("logs", "recent log lines; -f follows", streams=True),
+        CommandInfo(
+            "kv",
+            "the node store: get, set, list or rm a key (kv get BUCKET KEY, ...)",
+        ),
     )
 }
 
