@@ -130,6 +130,25 @@ class KvCalls:
             # Time waiting for the disk is not CPU time.
             process.call_started_tick = self.host.ticks
 
+    def _target(
+        self, process: Process, function: str, values: Any
+    ) -> tuple[KvStore, bytes, bytes] | ErrorCode:
+        """The store, bucket and key of a call whose first two pairs name them.
+
+        The pairs are range-checked first (a bad one crashes the caller), then
+        the grant and the store, then the names; an error is what the guest gets.
+        """
+        bucket, key = self._read_args(process, function, values, 0, 2)
+        store = self._store(process, function)
+        if isinstance(store, ErrorCode):
+            return store
+        try:
+            check_bucket(bucket)
+            check_key(key)
+        except KvError as exc:
+            return self._refused(process, function, exc)
+        return store, bucket, key
+
     def _committer(self) -> GroupCommitter:
         committer = self.host.committer
         assert committer is not None  # set whenever the store is
@@ -141,17 +160,11 @@ class KvCalls:
         memory = self._memory(process, "kv_get")
         buf, cap = values[4].i32, values[5].i32
         check_range("kv_get", buf, cap, memory.size())
-        bucket, key = self._read_args(process, "kv_get", values, 0, 2)
-        store = self._store(process, "kv_get")
-        if isinstance(store, ErrorCode):
-            values[0].i32 = store
+        target = self._target(process, "kv_get", values)
+        if isinstance(target, ErrorCode):
+            values[0].i32 = target
             return
-        try:
-            check_bucket(bucket)
-            check_key(key)
-        except KvError as exc:
-            values[0].i32 = self._refused(process, "kv_get", exc)
-            return
+        store, bucket, key = target
         try:
             found = store.get(bucket, key)
         except lmdb.Error as exc:
@@ -165,17 +178,11 @@ class KvCalls:
         values[0].i32 = len(found)
 
     def kv_exists(self, process: Process, values: Any) -> None:
-        bucket, key = self._read_args(process, "kv_exists", values, 0, 2)
-        store = self._store(process, "kv_exists")
-        if isinstance(store, ErrorCode):
-            values[0].i32 = store
+        target = self._target(process, "kv_exists", values)
+        if isinstance(target, ErrorCode):
+            values[0].i32 = target
             return
-        try:
-            check_bucket(bucket)
-            check_key(key)
-        except KvError as exc:
-            values[0].i32 = self._refused(process, "kv_exists", exc)
-            return
+        store, bucket, key = target
         try:
             values[0].i32 = 1 if store.exists(bucket, key) else 0
         except lmdb.Error as exc:
@@ -228,38 +235,25 @@ class KvCalls:
         memory = self._memory(process, "kv_set")
         value_ptr, value_len = values[4].i32, values[5].i32
         check_range("kv_set", value_ptr, value_len, memory.size())
-        bucket, key = self._read_args(process, "kv_set", values, 0, 2)
-        store = self._store(process, "kv_set")
-        if isinstance(store, ErrorCode):
-            values[0].i32 = store
+        target = self._target(process, "kv_set", values)
+        if isinstance(target, ErrorCode):
+            values[0].i32 = target
             return
-        try:
-            check_bucket(bucket)
-            check_key(key)
-            if as_u32(value_len) > MAX_VALUE_BYTES:
-                raise KvError(
-                    ErrorCode.TOOBIG,
-                    f"value of {as_u32(value_len)} bytes: the limit is {MAX_VALUE_BYTES}",
-                )
-        except KvError as exc:
-            values[0].i32 = self._refused(process, "kv_set", exc)
+        _store, bucket, key = target
+        if as_u32(value_len) > MAX_VALUE_BYTES:
+            too_big = f"value of {as_u32(value_len)} bytes: the limit is {MAX_VALUE_BYTES}"
+            values[0].i32 = self._refused(process, "kv_set", KvError(ErrorCode.TOOBIG, too_big))
             return
         value = memory.read("kv_set", value_ptr, value_len)
         write = Write(bucket, ((Op.SET, key, value),))
         values[0].i32 = self._write(process, self._committer(), write)
 
     def kv_delete(self, process: Process, values: Any) -> None:
-        bucket, key = self._read_args(process, "kv_delete", values, 0, 2)
-        store = self._store(process, "kv_delete")
-        if isinstance(store, ErrorCode):
-            values[0].i32 = store
+        target = self._target(process, "kv_delete", values)
+        if isinstance(target, ErrorCode):
+            values[0].i32 = target
             return
-        try:
-            check_bucket(bucket)
-            check_key(key)
-        except KvError as exc:
-            values[0].i32 = self._refused(process, "kv_delete", exc)
-            return
+        _store, bucket, key = target
         write = Write(bucket, ((Op.DELETE, key, b""),), report_missing=True)
         values[0].i32 = self._write(process, self._committer(), write)
 
