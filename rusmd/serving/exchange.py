@@ -24,7 +24,6 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import Protocol
@@ -99,9 +98,10 @@ class _DateHeader:
 
 
 DATE = _DateHeader()
+# The params of a request no route parameter was bound for (never mutated).
+_NO_PARAMS: dict[str, str] = {}
 
 
-@dataclass(slots=True)
 class Request:
     """A parsed request, as the handler reads it.
 
@@ -115,13 +115,26 @@ class Request:
         keep_alive: The client wants the connection kept open.
     """
 
-    method: str
-    path: str
-    query: str
-    headers: list[tuple[bytes, bytes]]
-    body: bytes = b""
-    params: dict[str, str] = field(default_factory=dict)
-    keep_alive: bool = True
+    __slots__ = ("body", "headers", "keep_alive", "method", "params", "path", "query")
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        headers: list[tuple[bytes, bytes]],
+        *,
+        body: bytes = b"",
+        params: dict[str, str] | None = None,
+        keep_alive: bool = True,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.headers = headers
+        self.body = body
+        self.params: dict[str, str] = _NO_PARAMS if params is None else params
+        self.keep_alive = keep_alive
 
     def header(self, name: bytes) -> bytes | None:
         """A header's value (repeats joined with ``, ``), or None."""
@@ -206,6 +219,25 @@ class Exchange:
         head_only: A HEAD request: the body is counted, never sent.
     """
 
+    # Defaults shared by every exchange until set (one per request: its
+    # construction is on the hot path, so it writes only what differs).
+    status = 0
+    head = b""  # validated guest header lines
+    has_type = False
+    held_bytes = 0
+    started = False  # the head went out: chunked from here on
+    closing = False  # the connection closes after this response
+    closed = False  # the client left (set on the I/O thread)
+    timed_out = False  # the wall budget ran out
+    done = False
+    last_write = 0.0  # monotonic time of the last write (SSE heartbeats)
+    budget_ms = 0  # the wall budget (inline handlers: the CPU deadline too)
+    pid = 0
+    component = ""
+    timer: asyncio.TimerHandle | None = None
+    problem = ""  # why the guest's response was refused (for the log)
+    _flush_scheduled = False
+
     def __init__(
         self,
         request: Request,
@@ -222,26 +254,14 @@ class Exchange:
         self.inline = inline
         self.call_soon = call_soon
         self.head_only = head_only
-        self.status = 0
-        self.head = b""  # validated guest header lines
-        self.has_type = False
         self.held: list[bytes] = []
-        self.held_bytes = 0
-        self.started = False  # the head went out: chunked from here on
-        self.closing = False  # the connection closes after this response
-        self.closed = False  # the client left (set on the I/O thread)
-        self.timed_out = False  # the wall budget ran out
-        self.done = False
-        self.last_write = time.monotonic()
-        self.writable = _ALWAYS_WRITABLE if inline else _writable()
-        self._outbox: list[bytes] = []
-        self._outbox_lock = threading.Lock()
-        self._flush_scheduled = False
-        self.budget_ms = 0  # the wall budget (inline handlers: the CPU deadline too)
-        self.pid = 0
-        self.component = ""
-        self.timer: asyncio.TimerHandle | None = None
-        self.problem = ""  # why the guest's response was refused (for the log)
+        if inline:
+            self.writable = _ALWAYS_WRITABLE
+        else:
+            self.writable = _writable()
+            self._outbox: list[bytes] = []
+            self._outbox_lock = threading.Lock()
+            self.last_write = time.monotonic()
 
     def read(self, which: int, key: bytes) -> bytes | ErrorCode:
         """``rusm.request``: the bytes of one request field, or an error code."""

@@ -103,6 +103,7 @@ class HttpConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.head_seen = 0
         self.lingering = False  # half-closed between requests: drop input, then close
+        self.paused = False  # reading paused by a long pipeline queue
         self._reset()
 
     def _reset(self) -> None:
@@ -142,6 +143,7 @@ class HttpConnection(asyncio.Protocol):
             # the connection closes, since what follows is not HTTP/1.1.
             self.dead = True
             if self.transport is not None:
+                self.paused = True
                 self.transport.pause_reading()
         except httptools.HttpParserError as exc:
             # httptools turns an exception raised in a callback (on_url,
@@ -173,7 +175,11 @@ class HttpConnection(asyncio.Protocol):
     # ── httptools callbacks ─────────────────────────────────────────────
 
     def on_message_begin(self) -> None:
-        self._reset()
+        self.url = b""
+        self.headers = []
+        self.header_bytes = 0
+        self.body = []
+        self.body_bytes = 0
         if self.phase != Phase.HEAD:
             self.phase = Phase.HEAD
             self.deadline = time.monotonic() + self.limits.header_timeout_s
@@ -205,23 +211,27 @@ class HttpConnection(asyncio.Protocol):
         self.body.append(body)
 
     def on_message_complete(self) -> None:
-        upgrade = self.parser.should_upgrade()
-        target = self.url.decode("latin-1")
-        path, _, query = target.partition("?")
+        parser = self.parser
+        path, _, query = self.url.decode("latin-1").partition("?")
+        if query:
+            query = query.partition("#")[0]
+        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
+        body = self.body
         self.pending.append(
             Request(
-                method=self.parser.get_method().decode("latin-1"),
-                path=path,
-                query=query.partition("#")[0],
-                headers=self.headers,
-                body=b"".join(self.body) if self.body else b"",
-                keep_alive=self.parser.should_keep_alive() and not upgrade,
+                parser.get_method().decode("latin-1"),
+                path,
+                query,
+                self.headers,
+                body=b"".join(body) if body else b"",
+                keep_alive=keep_alive,
             )
         )
         self.phase = Phase.QUEUED
         self.deadline = 0.0
         self.head_seen = 0
         if len(self.pending) >= MAX_PIPELINED and self.transport is not None:
+            self.paused = True
             self.transport.pause_reading()
 
     # ── serving, in order ───────────────────────────────────────────────
@@ -233,6 +243,7 @@ class HttpConnection(asyncio.Protocol):
         self.dead = True
         self.pending.append(reject)
         if self.transport is not None:
+            self.paused = True
             self.transport.pause_reading()
 
     def _drive(self) -> None:
@@ -251,7 +262,9 @@ class HttpConnection(asyncio.Protocol):
         if not self.busy and not self.pending and self.phase == Phase.QUEUED and not self.dead:
             self.phase = Phase.IDLE
             self.deadline = time.monotonic() + self.limits.idle_timeout_s
-            self.transport.resume_reading()
+            if self.paused:
+                self.paused = False
+                self.transport.resume_reading()
 
     def send(self, data: bytes) -> None:
         """Write to the socket (I/O thread)."""

@@ -89,6 +89,9 @@ class ListenerRuntime:
         self.loop = loop
         self.protocol = config.protocol
         self.mode = Mode.SSE if config.protocol is Protocol.SSE else Mode.HTTP
+        self.http = self.mode is Mode.HTTP
+        self.single = config.name
+        self.call_soon = loop.call_soon_threadsafe
         self.routes = RouteTable(
             Route(r.method, r.path, r.component, r.action) for r in config.routes
         )
@@ -115,8 +118,8 @@ class ListenerRuntime:
 
     def dispatch(self, conn: HttpConnection, request: Request) -> None:
         """Serve one request of ``conn`` (it calls back ``conn.answered``)."""
-        if self.config.name is not None:
-            name, action = self.config.name, SINGLE_ACTION
+        if self.single is not None:
+            name, action = self.single, SINGLE_ACTION
         else:
             key = (request.method, request.path)
             found = self._resolved.get(key)
@@ -125,30 +128,32 @@ class ListenerRuntime:
                 if len(self._resolved) >= RESOLVED_CACHE_SIZE:
                     self._resolved.clear()
                 self._resolved[key] = found
-            if isinstance(found, NotFound):
-                self._plain(conn, request, 404, "not found")
+            if type(found) is not Match:
+                if isinstance(found, MethodNotAllowed):
+                    allow = b"allow: " + ", ".join(found.allowed).encode() + b"\r\n"
+                    self._plain(conn, request, 405, "method not allowed", allow)
+                else:
+                    self._plain(conn, request, 404, "not found")
                 return
-            if isinstance(found, MethodNotAllowed):
-                allow = b"allow: " + ", ".join(found.allowed).encode() + b"\r\n"
-                self._plain(conn, request, 405, "method not allowed", allow)
-                return
-            assert isinstance(found, Match)
-            name, action = found.route.component, found.route.action
-            request.params = found.params
+            route = found.route
+            name, action = route.component, route.action
+            if found.params:
+                request.params = found.params
         component = self.host.components.get(name)
         if component is None or component.error:
             self._not_loaded(conn, request, name, component)
             return
-        inline = self.mode is Mode.HTTP and component.inline
+        inline = self.http and component.inline
         exchange = Exchange(
             request,
             conn,
             self.mode,
             inline=inline,
-            call_soon=self.loop.call_soon_threadsafe,
+            call_soon=self.call_soon,
             head_only=request.method == "HEAD",
         )
-        exchange.closing = conn.closing
+        if conn.closing:
+            exchange.closing = True
         exchange.component = name
         exchange.budget_ms = self.budget_ms
         conn.current = exchange

@@ -34,6 +34,17 @@ def _bind(name: str) -> Any:
     return function
 
 
+def rebind(name: str, *, restype: Any) -> Any:
+    """A separate binding of ``name`` (GIL kept) with another result type.
+
+    ctypes shares one function object per symbol and library, so changing
+    ``restype`` on the shared binding would change it for every caller.
+    """
+    source = getattr(_bindings, f"_{name}")
+    function = ctypes.PYFUNCTYPE(restype, *source.argtypes)
+    return ctypes.cast(getattr(_LIBRARY, name), function)
+
+
 store_new = _bind("wasmtime_store_new")
 store_context = _bind("wasmtime_store_context")
 store_limiter = _bind("wasmtime_store_limiter")

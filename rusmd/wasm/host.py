@@ -85,6 +85,9 @@ LEASE_LOW_WATER = 1024
 MAX_LOG_LINE_BYTES = 16 << 10
 # Per-table element cap; a module declaring more fails to instantiate.
 MAX_TABLE_ELEMENTS = 100_000
+# Pids the inline path takes from the lease at once (then hands out
+# without the lock).
+INLINE_PID_BLOCK = 256
 # Inline handlers' fresh instances one store holds before it is dropped
 # (each holds a pool slot until then: the pool has this many spare).
 INLINE_STORE_INSTANCES = 16
@@ -136,11 +139,65 @@ class _InlineStore:
         self.item_ref = ctypes.byref(self.item)
         self.func_ref = ctypes.byref(self.item.of.func)
         self.values = (ffi.wasmtime_val_raw_t * 1)()
+        # The current instance's exported memory (looked up on its first host call).
+        self.memory_item = ffi.wasmtime_extern_t()
+        self.memory_ref = ctypes.byref(self.memory_item)
+        self.memory: GuestMemory | None = None
+        # The process being served (set only while its action runs) and the
+        # thread it runs on: a host call from that thread while it is set is
+        # that process's, found without asking wasmtime for the store data.
+        self.current: Process | None = None
+        self.thread = 0
+        # Pid serials taken for inline requests, not yet handed out.
+        self.next_serial = 0
+        self.serial_end = 0
+        # One Process record reused for every inline request (reset each time).
+        self.process = Process(
+            pid=0,
+            component=None,  # type: ignore[arg-type]
+            parent=None,
+            started_at=0.0,
+            started_wall=0.0,
+            quiet=True,
+        )
+
+    def begin(self, pid: int, component: LoadedComponent, action: str, exchange: Any) -> Process:
+        """The reused process record, reset for a new request."""
+        process = self.process
+        process.pid = pid
+        process.component = component
+        process.entry = action
+        process.exchange = exchange
+        process.memory = None
+        process.memory_bytes = 0
+        process.crash = ""
+        process.exit_code = None
+        process.cpu_exceeded = False
+        return process
+
+    def ready(self, engine: Any, limit: int) -> Any:
+        """The store context for the next instance (a new store when needed)."""
+        if self.store is None or self.limit != limit:
+            self.reset()
+            self.open(engine, limit)
+        self.uses += 1
+        self.thread = threading.get_ident()
+        return self.context
+
+    def reusable(self, process: Process) -> bool:
+        """Whether the store may take another instance after ``process`` ended well."""
+        memory = process.memory
+        return (
+            self.uses < INLINE_STORE_INSTANCES
+            and memory is not None
+            and memory.size() <= INLINE_REUSE_MEMORY_BYTES
+        )
 
     def open(self, engine: Any, limit: int) -> None:
         """A new store whose memories may grow to ``limit`` bytes."""
         self.store = capi.store_new(engine, None, _NULL_FINALIZER)
         self.context = capi.store_context(self.store)
+        self.memory = GuestMemory(self.context, self.memory_item.of.memory)
         capi.store_limiter(
             self.store,
             limit,
@@ -229,6 +286,10 @@ class LoadedComponent:
     # Action export → how many i32 results it returns; "" when it is
     # missing or takes parameters (an error message then).
     actions: dict[str, int | str] = field(default_factory=dict)
+    # The raw ``InstancePre`` pointer (``pre`` keeps it alive), and action
+    # names already encoded: the inline path skips both conversions.
+    pre_ptr: Any = None
+    action_names: dict[str, bytes] = field(default_factory=dict)
 
     def action(self, name: str) -> int | str:
         """Results of export ``name`` (0 or 1), or why it cannot be an action."""
@@ -259,7 +320,7 @@ class Process:
     """One wasm process on this worker."""
 
     pid: int
-    component: LoadedComponent
+    component: LoadedComponent  # None only in the inline store's idle record
     parent: int | None
     started_at: float
     started_wall: float
@@ -356,6 +417,8 @@ class WasmHost:
         self._leases: deque[tuple[int, int]] = deque()
         self._next_serial = 0
         self._serial_end = 0
+        # Below this serial no lease needs asking for (the fast path).
+        self._serial_low = 0
         self._lease_pending = False
         self.ticks = 0
         self._stopping = threading.Event()
@@ -366,9 +429,9 @@ class WasmHost:
         self.actors = actors or _local_table(slot)
         self.actors.info_of = self.local_info
         self.on_watched_exit = on_watched_exit
+        self._inline = _InlineStore()
         self._callbacks = self._make_callbacks()
         self._epoch_callback = _EpochCallback(self._on_epoch)
-        self._inline = _InlineStore()
         # The node store (set by the worker after it opened it), or why not.
         self.store: KvStore | None = None
         self.committer: GroupCommitter | None = None
@@ -418,6 +481,7 @@ class WasmHost:
             loaded.shape = check_module(component.name, module, loaded.grants)
             linker = self.linkers.linker(loaded.grants)
             loaded.pre = linker.instantiate_pre(module)
+            loaded.pre_ptr = loaded.pre.ptr()
             loaded.module = module
             loaded.inline = loaded.shape.inline
         except LinkError as exc:
@@ -436,6 +500,10 @@ class WasmHost:
 
     def _allocate_pid(self) -> int:
         with self._lock:
+            serial = self._next_serial
+            if serial < self._serial_low:  # the common case: far from the lease's end
+                self._next_serial = serial + 1
+                return serial * abi.PID_STRIDE + self.slot
             if self._next_serial >= self._serial_end:
                 if not self._leases:
                     raise SpawnError(
@@ -443,6 +511,7 @@ class WasmHost:
                         ErrorCode.LIMIT,
                     )
                 self._next_serial, self._serial_end = self._leases.popleft()
+                self._serial_low = self._serial_end - LEASE_LOW_WATER
             serial = self._next_serial
             self._next_serial += 1
             remaining = self._serial_end - self._next_serial
@@ -454,6 +523,20 @@ class WasmHost:
         if ask:
             self.request_lease()
         return abi.make_pid(serial, self.slot)
+
+    def _take_serials(self, count: int) -> tuple[int, int]:
+        """Up to ``count`` serials ``[start, end)`` for the inline path; may be empty.
+
+        Taken from the current lease only, so they never cross into the
+        next one; the lease's low-water request works as for single pids.
+        """
+        with self._lock:
+            start = self._next_serial
+            end = min(start + count, self._serial_low)
+            if end <= start:
+                return 0, 0
+            self._next_serial = end
+            return start, end
 
     # ── processes ───────────────────────────────────────────────────────
 
@@ -716,7 +799,10 @@ class WasmHost:
         the budget itself: past it wasm traps with an interrupt), and the
         instantiate and call go straight to the C API with the GIL released
         so the epoch ticker keeps running. The process still has a pid: its
-        log lines and ``rusm.self`` use it.
+        log lines and ``rusm.self`` use it. It is not in ``processes``: it
+        lives and ends within this call, on the thread that runs
+        ``rusmctl list`` and ``kill``, so neither could ever see it. Host
+        functions it calls find it as the inline store's current process.
 
         Every request gets a new instance (its own memory, globals, table),
         but up to ``INLINE_STORE_INSTANCES`` of them share one store: making
@@ -724,33 +810,24 @@ class WasmHost:
         failure, when full, and when an instance's memory grew past
         ``INLINE_REUSE_MEMORY_BYTES`` (so finished instances pin little).
         """
+        results = component.actions.get(action)
+        if results is None:
+            results = component.action(action)
         shape = component.shape
-        results = component.action(action)
-        if isinstance(results, str) or shape is None or component.pre is None:
+        if isinstance(results, str) or shape is None or not component.pre_ptr:
             return ExitReport("crashed", str(results))
-        pid = self._allocate_pid()
-        exchange.pid = pid
-        profile = component.capability
-        process = Process(
-            pid=pid,
-            component=component,
-            parent=None,
-            started_at=0.0,
-            started_wall=0.0,
-            entry=action,
-            exchange=exchange,
-            quiet=True,
-        )
-        processes = self.processes
-        processes[pid] = process
         inline = self._inline
-        limit = profile.max_memory_mb << 20
-        if inline.store is None or inline.limit != limit:
-            inline.reset()
-            inline.open(self._engine_ptr, limit)
-        context = inline.context
-        capi.context_set_data(context, pid)
-        inline.uses += 1
+        serial = inline.next_serial
+        if serial < inline.serial_end:
+            inline.next_serial = serial + 1
+            pid = serial * abi.PID_STRIDE + self.slot
+        else:
+            pid = self._allocate_pid()
+            inline.next_serial, inline.serial_end = self._take_serials(INLINE_PID_BLOCK)
+        exchange.pid = pid
+        process = inline.begin(pid, component, action, exchange)
+        profile = component.capability
+        context = inline.ready(self._engine_ptr, profile.max_memory_mb << 20)
         keep = False
         try:
             if shape.uses_wasi:
@@ -761,22 +838,21 @@ class WasmHost:
             capi.context_set_epoch_deadline(context, budget_ms // EPOCH_TICK_MS + 1)
             trap = inline.trap
             trap_ref = inline.trap_ref
-            error = _instantiate(component.pre.ptr(), context, inline.instance_ref, trap_ref)
+            inline.current = process
+            error = _instantiate(component.pre_ptr, context, inline.instance_ref, trap_ref)
             if error or trap:
                 return self._ended(
                     process, self._failure(process, error, inline.take_trap(), "instantiate")
                 )
+            if shape.has_initialize:
+                failed = self._inline_initialize(process, budget_ms)
+                if failed is not None:
+                    return failed
             values = inline.values
             item_ref = inline.item_ref
-            if shape.has_initialize and capi.instance_export_get(
-                context, inline.instance_ref, b"_initialize", 11, item_ref
-            ):
-                error = _call(context, inline.func_ref, values, 1, trap_ref)
-                if error or trap:
-                    return self._ended(
-                        process, self._inline_failure(process, error, inline.take_trap(), budget_ms)
-                    )
-            name = action.encode()
+            name = component.action_names.get(action)
+            if name is None:
+                name = component.action_names[action] = action.encode()
             if not capi.instance_export_get(
                 context, inline.instance_ref, name, len(name), item_ref
             ):
@@ -791,17 +867,27 @@ class WasmHost:
                     process, ExitReport("crashed", f"{action} returned {values[0].i32}")
                 )
             self.spawned += 1
-            memory = process.memory
-            keep = (
-                inline.uses < INLINE_STORE_INSTANCES
-                and memory is not None
-                and memory.size() <= INLINE_REUSE_MEMORY_BYTES
-            )
+            keep = inline.reusable(process)
             return _NORMAL
         finally:
+            inline.current = None
+            process.exchange = None
             if not keep:
                 inline.reset()
-            processes.pop(pid, None)
+
+    def _inline_initialize(self, process: Process, budget_ms: int) -> ExitReport | None:
+        """Run the fresh inline instance's ``_initialize``; None when it went well."""
+        inline = self._inline
+        context = inline.context
+        if capi.instance_export_get(
+            context, inline.instance_ref, b"_initialize", 11, inline.item_ref
+        ):
+            error = _call(context, inline.func_ref, inline.values, 1, inline.trap_ref)
+            if error or inline.trap:
+                return self._ended(
+                    process, self._inline_failure(process, error, inline.take_trap(), budget_ms)
+                )
+        return None
 
     def _inline_failure(
         self, process: Process, error: Any, trap: Any, budget_ms: int
@@ -1011,14 +1097,24 @@ class WasmHost:
 
     def _wrap(self, name: str, impl: Callable[[Process, Any], None]) -> Any:
         processes = self.processes
+        inline = self._inline
+        get_ident = threading.get_ident
 
         def callback(_env: Any, caller: Any, values: Any, _count: int) -> int:
             process = None
             try:
-                context = capi.caller_context(caller)
-                process = processes.get(_pid_of(context))
-                if process is None:
-                    return _trap(f"rusm.{name}: calling process is unknown")
+                current = inline.current
+                if current is not None and inline.thread == get_ident():
+                    process, context = current, inline.context
+                    if process.memory is None and capi.caller_export_get(
+                        caller, b"memory", 6, inline.memory_ref
+                    ):
+                        process.memory = inline.memory
+                else:
+                    context = capi.caller_context(caller)
+                    process = processes.get(_pid_of(context))
+                    if process is None:
+                        return _trap(f"rusm.{name}: calling process is unknown")
                 if process.memory is None and process.component.shape is not None:
                     memory = ffi.wasmtime_extern_t()
                     if capi.caller_export_get(caller, b"memory", 6, ctypes.byref(memory)):

@@ -50,33 +50,33 @@ def check_range(function: str, ptr: int, length: int, size: int) -> tuple[int, i
 class GuestMemory:
     """One process's exported ``memory``, reached through its store context."""
 
-    __slots__ = ("context", "memory")
+    __slots__ = ("context", "memory", "ref")
 
     def __init__(self, context: Any, memory: Any) -> None:
         self.context = context
         self.memory = memory
+        self.ref = ctypes.byref(memory)
 
     def size(self) -> int:
         """Current size in bytes."""
-        return int(capi.memory_data_size(self.context, ctypes.byref(self.memory)))
+        return int(_data_size(self.context, self.ref))
+
+    def _base(self) -> int:
+        return int(_data(self.context, self.ref))
 
     def read(self, function: str, ptr: int, length: int) -> bytes:
         """Copy ``length`` bytes at ``ptr`` out of guest memory."""
-        size = self.size()
-        start, count = check_range(function, ptr, length, size)
+        start, count = check_range(function, ptr, length, self.size())
         if count == 0:
             return b""
-        base = capi.memory_data(self.context, ctypes.byref(self.memory))
-        return ctypes.string_at(ctypes.addressof(base.contents) + start, count)
+        return ctypes.string_at(self._base() + start, count)
 
     def write(self, function: str, ptr: int, data: bytes) -> None:
         """Copy ``data`` into guest memory at ``ptr``."""
-        size = self.size()
-        start, count = check_range(function, ptr, len(data), size)
+        start, count = check_range(function, ptr, len(data), self.size())
         if count == 0:
             return
-        base = capi.memory_data(self.context, ctypes.byref(self.memory))
-        ctypes.memmove(ctypes.addressof(base.contents) + start, data, count)
+        ctypes.memmove(self._base() + start, data, count)
 
     def read_many(self, function: str, *ranges: tuple[int, int]) -> list[bytes]:
         """Several ``(ptr, length)`` ranges, each checked, with one size lookup.
@@ -93,7 +93,35 @@ class GuestMemory:
                 out.append(b"")
                 continue
             if not base:
-                data = capi.memory_data(self.context, ctypes.byref(self.memory))
-                base = ctypes.addressof(data.contents)
-            out.append(ctypes.string_at(base + start, count))
+                base = self._base()
+            out.append(_string_at(base + start, count))
         return out
+
+    def read_two(
+        self, function: str, ptr: int, length: int, ptr2: int, length2: int
+    ) -> tuple[bytes, bytes]:
+        """Two ``(ptr, length)`` ranges, both checked before either is read.
+
+        A bad pointer in the second range still reads nothing.
+        """
+        size = int(_data_size(self.context, self.ref))
+        start, count = ptr & _U32, length & _U32
+        start2, count2 = ptr2 & _U32, length2 & _U32
+        if start + count > size:
+            check_range(function, ptr, length, size)
+        if start2 + count2 > size:
+            check_range(function, ptr2, length2, size)
+        if not count and not count2:
+            return b"", b""
+        base = int(_data(self.context, self.ref))
+        return (
+            _string_at(base + start, count) if count else b"",
+            _string_at(base + start2, count2) if count2 else b"",
+        )
+
+
+_string_at = ctypes.string_at
+# The two memory calls with plain-integer results (the shared bindings
+# return a pointer object for the data, which costs a conversion).
+_data = capi.rebind("wasmtime_memory_data", restype=ctypes.c_void_p)
+_data_size = capi.rebind("wasmtime_memory_data_size", restype=ctypes.c_size_t)

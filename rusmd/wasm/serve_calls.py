@@ -52,7 +52,7 @@ class ServeCalls:
         return process.memory
 
     def _read(self, process: Process, function: str, ptr: int, length: int) -> bytes:
-        return self._memory(process, function).read_many(function, (ptr, length))[0]
+        return self._memory(process, function).read(function, ptr, length)
 
     def _exchange(self, process: Process, *modes: Mode) -> Any:
         exchange = process.exchange
@@ -86,17 +86,19 @@ class ServeCalls:
         values[0].i32 = len(found)
 
     def respond(self, process: Process, values: Any) -> None:
-        status, head_ptr, head_len = values[0].i32, values[1].i32, values[2].i32
-        body_ptr, body_len = values[3].i32, values[4].i32
-        head, body = self._memory(process, "respond").read_many(
-            "respond", (head_ptr, head_len), (body_ptr, body_len)
+        memory = process.memory
+        if memory is None:
+            raise BadPointer("rusm.respond: the module exports no memory")
+        head, body = memory.read_two(
+            "respond", values[1].i32, values[2].i32, values[3].i32, values[4].i32
         )
-        exchange = self._exchange(process, Mode.HTTP, Mode.SSE)
-        if exchange is None:
+        exchange = process.exchange
+        if exchange is None or exchange.mode is Mode.WS:
             values[0].i32 = ErrorCode.UNAVAILABLE
             return
-        code = exchange.respond(status, head, body)
-        self._refused(process, "respond", code)
+        code = exchange.respond(values[0].i32, head, body)
+        if code:
+            self._refused(process, "respond", code)
         values[0].i32 = code
 
     def write(self, process: Process, values: Any) -> None:
