@@ -98,6 +98,9 @@ class _DateHeader:
 
 
 DATE = _DateHeader()
+# Status line + default content type, by status: the head of a response
+# that set no headers of its own (``Exchange.complete``).
+_PLAIN_HEADS: dict[int, bytes] = {}
 # The params of a request no route parameter was bound for (never mutated).
 _NO_PARAMS: dict[str, str] = {}
 
@@ -412,7 +415,14 @@ class Exchange:
                 tail = b"%x\r\n%b\r\n" % (len(body), body)
             self.sink.send(tail + b"0\r\n\r\n")
             return True
-        body = b"".join(self.held) if self.held else b""
-        head = self._head(chunked=False, length=len(body))
+        held = self.held
+        body = (held[0] if len(held) == 1 else b"".join(held)) if held else b""
+        if self.head or self.has_type or self.closing:
+            head = self._head(chunked=False, length=len(body))
+        else:  # the common answer: the default type, kept alive
+            prefix = _PLAIN_HEADS.get(self.status)
+            if prefix is None:
+                prefix = _PLAIN_HEADS[self.status] = status_line(self.status) + DEFAULT_CONTENT_TYPE
+            head = b"%b%bcontent-length: %d\r\n\r\n" % (prefix, DATE.line(), len(body))
         self.sink.send(head if self.head_only else head + body)
         return True

@@ -31,7 +31,8 @@ from rusmd.wasm.host import INLINE_STORE_INSTANCES, WasmHost
 
 REQUESTS = INLINE_STORE_INSTANCES * 5 + 3
 SETTLE_S = 20.0
-RESPOND = '(import "rusm" "respond" (func $respond (param i32 i32 i32 i32 i32) (result i32)))'
+RESPOND = """(import "rusm" "respond" (func $respond (param i32 i32 i32 i32 i32) (result i32)))
+  (import "rusm" "self" (func $self (result i64)))"""
 
 # Counts in a global and in memory; answers "<global><memory byte>" as two
 # digits. A fresh instance answers "11" every time.
@@ -45,6 +46,11 @@ COUNTER = f"""(module {RESPOND}
     (i32.store8 (i32.const 1) (i32.add (i32.load8_u (i32.const 100)) (i32.const 48)))
     (drop (call $respond (i32.const 200) (i32.const 0) (i32.const 0)
                          (i32.const 0) (i32.const 2))))
+  (func (export "whoami")
+    ;; Its own pid (rusm.self), 8 bytes little-endian, as the body.
+    (i64.store (i32.const 0) (call $self))
+    (drop (call $respond (i32.const 200) (i32.const 0) (i32.const 0)
+                         (i32.const 0) (i32.const 8))))
   (func (export "boom") unreachable)
   (func (export "spin") (loop $l (br $l)))
   (func (export "grow")
@@ -72,7 +78,7 @@ class Wire:
 class Inline:
     """A host plus a way to serve one request inline."""
 
-    def __init__(self, app: Path) -> None:
+    def __init__(self, app: Path, lease_end: int = 1_000_000) -> None:
         (app / "rusm.toml").write_text(
             "[capabilities.web]\nmax-memory-mb = 4\nmax-cpu-ms = 200\n"
             '[components.api]\ncapability = "web"\n'
@@ -85,10 +91,11 @@ class Inline:
             3,
             Logger(LogLevel.DEBUG, self.records.append),
             load_environment(app),
-            request_lease=lambda: None,
+            request_lease=lambda: self.lease_requests.append(time.monotonic()),
             pool_slots=40,
         )
-        self.host.add_lease(1, 1_000_000)
+        self.lease_requests: list[float] = []
+        self.host.add_lease(1, lease_end)
         cache = CompileCache(app / "cache")
         engine = compile_engine()
         images = []
@@ -100,6 +107,10 @@ class Inline:
 
     def serve(self, action: str) -> tuple[str, bytes]:
         """(exit reason, response body) of one request to ``api#action``."""
+        return self.serve_exchange(action)[:2]
+
+    def serve_exchange(self, action: str) -> tuple[str, bytes, Exchange]:
+        """``serve``, with the exchange (its pid) as well."""
         wire = Wire()
         exchange = Exchange(
             Request("GET", "/", "", []), wire, Mode.HTTP, inline=True, call_soon=lambda *a: None
@@ -108,7 +119,7 @@ class Inline:
         report = self.host.serve_inline(self.host.components["api"], action, exchange)
         if report.reason == "normal":
             assert exchange.complete()
-        return report.reason, b"".join(wire.sent).partition(b"\r\n\r\n")[2]
+        return report.reason, b"".join(wire.sent).partition(b"\r\n\r\n")[2], exchange
 
 
 @pytest.fixture
@@ -159,3 +170,29 @@ def test_shared_stores_never_cost_a_process_slot(inline: Inline) -> None:
         time.sleep(0.02)
     assert len(inline.host.list()) == len(pids) == 40
     assert inline.serve("count") == ("normal", b"11")
+
+
+def test_each_request_is_its_own_process_with_a_pid_of_its_own(tmp_path: Path) -> None:
+    # A lease of 2,000 serials: the host asks for the next one when fewer
+    # than LEASE_LOW_WATER remain, and must never hand out a pid past it.
+    inline = Inline(tmp_path, lease_end=2_000)
+    try:
+        seen: list[int] = []
+        for number in range(2_500):
+            if number % 100 == 0:  # a spawned process draws from the same serials
+                seen.append(inline.host.spawn("waiter"))
+                inline.host.kill(seen[-1])
+            reason, body, exchange = inline.serve_exchange("whoami")
+            assert reason == "normal"
+            assert int.from_bytes(body, "little") == exchange.pid  # rusm.self agrees
+            seen.append(exchange.pid)
+            if inline.lease_requests and len(inline.lease_requests) == 1 and number < 2_000:
+                inline.host.add_lease(10_000, 20_000)
+                inline.lease_requests.append(0.0)  # answered once
+        assert len(set(seen)) == len(seen)
+        assert {pid % 1000 for pid in seen} == {3}
+        serials = sorted(pid // 1000 for pid in seen)
+        assert all(1 <= s < 2_000 or 10_000 <= s < 20_000 for s in serials)
+        assert inline.host.processes.keys() <= set(seen)
+    finally:
+        inline.host.shutdown(5.0)
