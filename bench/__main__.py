@@ -10,13 +10,14 @@ takes them (``python -m bench http --help``).
 import sys
 from collections.abc import Callable
 
-from bench import actors, http, kv, wasm_host, worker_restart
+from bench import actors, http, http_inproc, kv, wasm_host, worker_restart
 
 SCENARIOS: dict[str, Callable[[], int]] = {
     "worker-restart": worker_restart.main,
     "wasm-host": wasm_host.main,
     "actors": actors.main,
     "http": http.main,
+    "http-inproc": http_inproc.main,
     "kv": kv.main,
 }
 """Benchmark name → its entry point. Each prints rusm beside its baseline."""
