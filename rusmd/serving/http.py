@@ -104,6 +104,7 @@ class HttpConnection(asyncio.Protocol):
         self.head_seen = 0
         self.lingering = False  # half-closed between requests: drop input, then close
         self.paused = False  # reading paused by a long pipeline queue
+        self.out: list[bytes] | None = None  # written this loop iteration, not yet sent
         self._reset()
 
     def _reset(self) -> None:
@@ -157,6 +158,7 @@ class HttpConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.dead = True
+        self.out = None
         self.listener.connections.discard(self)
         current = self.current
         if current is not None:
@@ -267,9 +269,29 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     def send(self, data: bytes) -> None:
-        """Write to the socket (I/O thread)."""
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        """Write to the socket at the end of this loop iteration (I/O thread).
+
+        What a connection sends in one iteration goes out in one write, and
+        the listener writes all its connections' together once the
+        iteration's reads are handled (``ListenerRuntime.defer``): a burst
+        of writes wakes a waiting client once, not once per response.
+        """
+        out = self.out
+        if out is not None:
+            out.append(data)
+        elif self.transport is not None and not self.transport.is_closing():
+            self.out = [data]
+            self.listener.defer(self)
+
+    def flush(self) -> None:
+        """Write what ``send`` has held back (I/O thread)."""
+        out = self.out
+        if out is None:
+            return
+        self.out = None
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def answered(self) -> None:
         """The response in flight is complete: close, or serve the next."""
@@ -284,6 +306,7 @@ class HttpConnection(asyncio.Protocol):
         self.dead = True
         self.deadline = 0.0
         if self.transport is not None:
+            self.flush()
             self.transport.close()
 
     def _close_idle(self) -> None:
@@ -299,6 +322,7 @@ class HttpConnection(asyncio.Protocol):
         self.dead = True
         self.lingering = True
         self.deadline = time.monotonic() + LINGER_S
+        self.flush()
         self.transport.write_eof()
 
     # ── time and drain (from the listener's sweep) ─────────────────────

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,15 +68,28 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
 class FakeTransport:
     """What uvloop's TCP transport offers the protocol, recorded."""
 
-    def __init__(self) -> None:
-        self.written = b""
+    def __init__(self, end_iteration: Callable[[], None]) -> None:
+        self.sent = b""
+        self.writes = 0
         self.closed = False
         self.eof_written = False
         self.reading = True
+        self.end_iteration = end_iteration
+
+    @property
+    def written(self) -> bytes:
+        """Everything written once the loop iteration in progress has ended."""
+        self.end_iteration()
+        return self.sent
+
+    @written.setter
+    def written(self, data: bytes) -> None:
+        self.sent = data
 
     def write(self, data: bytes) -> None:
         assert not self.closed and not self.eof_written, "write after close"
-        self.written += data
+        self.sent += data
+        self.writes += 1
 
     def close(self) -> None:
         self.closed = True
@@ -119,6 +132,16 @@ class FakeListener:
     turned_away: int = 0
     left: list[Any] = field(default_factory=list)
     host: Any = None
+    unflushed: list[HttpConnection] = field(default_factory=list)
+
+    def defer(self, conn: HttpConnection) -> None:
+        self.unflushed.append(conn)
+
+    def end_iteration(self) -> None:
+        """What the loop does once the callbacks of one iteration have run."""
+        unflushed, self.unflushed = self.unflushed, []
+        for conn in unflushed:
+            conn.flush()
 
     def dispatch(self, conn: HttpConnection, request: Request) -> None:
         self.dispatched.append(request)
@@ -149,7 +172,7 @@ class FakeListener:
 
 def connect(listener: FakeListener) -> tuple[HttpConnection, FakeTransport]:
     conn = HttpConnection(listener)  # type: ignore[arg-type]
-    transport = FakeTransport()
+    transport = FakeTransport(listener.end_iteration)
     conn.connection_made(transport)
     return conn, transport
 
@@ -312,6 +335,33 @@ def test_pipelined_requests_are_dispatched_one_at_a_time_in_order(clock: Clock) 
     assert transport.written.index(b"GET /1") < transport.written.index(b"GET /2")
     assert transport.written.index(b"GET /2") < transport.written.index(b"GET /3")
     assert not transport.closed
+
+
+def test_responses_of_one_iteration_go_out_in_one_write_at_its_end(listener: FakeListener) -> None:
+    first, first_transport = connect(listener)
+    second, second_transport = connect(listener)
+
+    first.data_received(get("/1") + get("/2") + get("/3"))
+    second.data_received(get("/4"))
+
+    assert (first_transport.sent, second_transport.sent) == (b"", b"")
+    listener.end_iteration()
+    assert first_transport.writes == 1 and second_transport.writes == 1
+    assert statuses(first_transport.sent) == [200, 200, 200]
+    assert first_transport.sent.index(b"GET /1") < first_transport.sent.index(b"GET /3")
+    assert b"GET /4" in second_transport.sent
+
+
+def test_response_before_a_close_is_written_before_the_socket_closes(
+    listener: FakeListener,
+) -> None:
+    conn, transport = connect(listener)
+
+    conn.data_received(get("/last", "Connection: close"))
+
+    assert transport.closed
+    assert statuses(transport.sent) == [200]
+    assert b"connection: close\r\n" in transport.sent
 
 
 def test_pipelined_queue_at_its_bound_pauses_reading_until_served(clock: Clock) -> None:
