@@ -105,19 +105,24 @@ _NULL_FINALIZER: Any = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0)
 _EpochCallback = _bindings._wasmtime_store_epoch_deadline_callback.argtypes[1]
 
 
-def _cdll(name: str) -> Any:
-    """A C API function called directly (GIL released), without wasmtime-py's wrapper."""
-    source = getattr(_bindings, f"_{name}")
-    function = getattr(ffi.dll, name)
-    function.argtypes = source.argtypes
-    function.restype = source.restype
-    return function
+# The inline path's C calls, raw (``capi.raw``): no argument conversion,
+# so every argument is a ctypes object. Instantiate and call may run guest
+# code for long: they drop the GIL (the epoch ticker needs it to interrupt
+# them). Both return the error pointer as a plain integer (0 or None when
+# there is none); ``_error_at`` makes it a pointer again for ``_failure``.
+_instantiate = capi.raw("wasmtime_instance_pre_instantiate", ctypes.c_void_p, release_gil=True)
+_call = capi.raw("wasmtime_func_call_unchecked", ctypes.c_void_p, release_gil=True)
+_export_get = capi.raw("wasmtime_instance_export_get", ctypes.c_bool)
+_caller_export_get = capi.raw("wasmtime_caller_export_get", ctypes.c_bool)
+_set_deadline = capi.raw("wasmtime_context_set_epoch_deadline", None)
+_ONE = ctypes.c_size_t(1)
+_MEMORY = (b"memory", ctypes.c_size_t(6))
+_INITIALIZE = (b"_initialize", ctypes.c_size_t(11))
 
 
-# Both may run guest code for long: they must drop the GIL (the epoch
-# ticker needs it to interrupt them).
-_instantiate = _cdll("wasmtime_instance_pre_instantiate")
-_call = _cdll("wasmtime_func_call_unchecked")
+def _error_at(address: int | None) -> Any:
+    """A raw call's error result as the pointer ``_failure`` takes (None if none)."""
+    return ctypes.cast(address, ctypes.POINTER(ffi.wasmtime_error_t)) if address else None
 
 
 class _InlineStore:
@@ -139,6 +144,8 @@ class _InlineStore:
         self.item_ref = ctypes.byref(self.item)
         self.func_ref = ctypes.byref(self.item.of.func)
         self.values = (ffi.wasmtime_val_raw_t * 1)()
+        # Epoch deadlines (in ticks, as raw call arguments) by budget in ms.
+        self.deadlines: dict[int, Any] = {}
         # The current instance's exported memory (looked up on its first host call).
         self.memory_item = ffi.wasmtime_extern_t()
         self.memory_ref = ctypes.byref(self.memory_item)
@@ -183,6 +190,11 @@ class _InlineStore:
         self.uses += 1
         self.thread = threading.get_ident()
         return self.context
+
+    def deadline(self, budget_ms: int) -> Any:
+        """The epoch deadline for a budget, as ``_set_deadline`` takes it (kept)."""
+        ticks = self.deadlines[budget_ms] = ctypes.c_uint64(budget_ms // EPOCH_TICK_MS + 1)
+        return ticks
 
     def reusable(self, process: Process) -> bool:
         """Whether the store may take another instance after ``process`` ended well."""
@@ -289,7 +301,14 @@ class LoadedComponent:
     # The raw ``InstancePre`` pointer (``pre`` keeps it alive), and action
     # names already encoded: the inline path skips both conversions.
     pre_ptr: Any = None
-    action_names: dict[str, bytes] = field(default_factory=dict)
+    # An action's export name as a raw call takes it: bytes and their length.
+    action_names: dict[str, tuple[bytes, Any]] = field(default_factory=dict)
+
+    def export_name(self, action: str) -> tuple[bytes, Any]:
+        """``action``'s export name as a raw call takes it (kept in ``action_names``)."""
+        encoded = action.encode()
+        export = self.action_names[action] = (encoded, ctypes.c_size_t(len(encoded)))
+        return export
 
     def action(self, name: str) -> int | str:
         """Results of export ``name`` (0 or 1), or why it cannot be an action."""
@@ -835,14 +854,15 @@ class WasmHost:
                 if problem:
                     return self._ended(process, ExitReport("crashed", problem))
             budget_ms = min(profile.max_cpu_ms, exchange.budget_ms)
-            capi.context_set_epoch_deadline(context, budget_ms // EPOCH_TICK_MS + 1)
+            _set_deadline(context, inline.deadlines.get(budget_ms) or inline.deadline(budget_ms))
             trap = inline.trap
             trap_ref = inline.trap_ref
             inline.current = process
             error = _instantiate(component.pre_ptr, context, inline.instance_ref, trap_ref)
             if error or trap:
                 return self._ended(
-                    process, self._failure(process, error, inline.take_trap(), "instantiate")
+                    process,
+                    self._failure(process, _error_at(error), inline.take_trap(), "instantiate"),
                 )
             if shape.has_initialize:
                 failed = self._inline_initialize(process, budget_ms)
@@ -850,17 +870,14 @@ class WasmHost:
                     return failed
             values = inline.values
             item_ref = inline.item_ref
-            name = component.action_names.get(action)
-            if name is None:
-                name = component.action_names[action] = action.encode()
-            if not capi.instance_export_get(
-                context, inline.instance_ref, name, len(name), item_ref
-            ):
+            export = component.action_names.get(action) or component.export_name(action)
+            if not _export_get(context, inline.instance_ref, export[0], export[1], item_ref):
                 return self._ended(process, ExitReport("crashed", f"entry {action} vanished"))
-            error = _call(context, inline.func_ref, values, 1, trap_ref)
+            error = _call(context, inline.func_ref, values, _ONE, trap_ref)
             if error or trap:
                 return self._ended(
-                    process, self._inline_failure(process, error, inline.take_trap(), budget_ms)
+                    process,
+                    self._inline_failure(process, _error_at(error), inline.take_trap(), budget_ms),
                 )
             if results and values[0].i32 != 0:
                 return self._ended(
@@ -879,13 +896,12 @@ class WasmHost:
         """Run the fresh inline instance's ``_initialize``; None when it went well."""
         inline = self._inline
         context = inline.context
-        if capi.instance_export_get(
-            context, inline.instance_ref, b"_initialize", 11, inline.item_ref
-        ):
-            error = _call(context, inline.func_ref, inline.values, 1, inline.trap_ref)
+        if _export_get(context, inline.instance_ref, *_INITIALIZE, inline.item_ref):
+            error = _call(context, inline.func_ref, inline.values, _ONE, inline.trap_ref)
             if error or inline.trap:
                 return self._ended(
-                    process, self._inline_failure(process, error, inline.take_trap(), budget_ms)
+                    process,
+                    self._inline_failure(process, _error_at(error), inline.take_trap(), budget_ms),
                 )
         return None
 
@@ -1106,8 +1122,8 @@ class WasmHost:
                 current = inline.current
                 if current is not None and inline.thread == get_ident():
                     process, context = current, inline.context
-                    if process.memory is None and capi.caller_export_get(
-                        caller, b"memory", 6, inline.memory_ref
+                    if process.memory is None and _caller_export_get(
+                        caller, *_MEMORY, inline.memory_ref
                     ):
                         process.memory = inline.memory
                 else:

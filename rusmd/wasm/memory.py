@@ -121,7 +121,8 @@ class GuestMemory:
 
 
 _string_at = ctypes.string_at
-# The two memory calls with plain-integer results (the shared bindings
-# return a pointer object for the data, which costs a conversion).
-_data = capi.rebind("wasmtime_memory_data", restype=ctypes.c_void_p)
-_data_size = capi.rebind("wasmtime_memory_data_size", restype=ctypes.c_size_t)
+# The two memory calls, raw (``capi.raw``): the store context is a ctypes
+# pointer and the memory a ``byref``; both return plain integers (the
+# shared bindings return a pointer object for the data).
+_data = capi.raw("wasmtime_memory_data", ctypes.c_void_p)
+_data_size = capi.raw("wasmtime_memory_data_size", ctypes.c_size_t)
