@@ -120,16 +120,15 @@ class Request:
 
     __slots__ = ("body", "headers", "keep_alive", "method", "params", "path", "query")
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 (positional: made once a request, keywords cost ~0.25 µs)
         self,
         method: str,
         path: str,
         query: str,
         headers: list[tuple[bytes, bytes]],
-        *,
         body: bytes = b"",
-        params: dict[str, str] | None = None,
         keep_alive: bool = True,
+        params: dict[str, str] | None = None,
     ) -> None:
         self.method = method
         self.path = path
@@ -241,12 +240,11 @@ class Exchange:
     problem = ""  # why the guest's response was refused (for the log)
     _flush_scheduled = False
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 (positional: made once a request, keywords cost ~0.25 µs)
         self,
         request: Request,
         sink: Sink,
         mode: Mode,
-        *,
         inline: bool,
         call_soon: Callable[..., object],
         head_only: bool = False,
@@ -291,7 +289,11 @@ class Exchange:
                 self.problem = str(exc)
                 return ErrorCode.INVALID
         self.status = status
-        return self.write(body) if body else ErrorCode.OK
+        if not body:
+            return ErrorCode.OK
+        self.held.append(body)  # as ``write`` does, without the second call
+        self.held_bytes += len(body)
+        return self.flush() if self.held_bytes > RESPONSE_HOLD_BYTES else ErrorCode.OK
 
     def write(self, data: bytes) -> ErrorCode:
         """``rusm.write``: append to the body (an implicit 200 first)."""

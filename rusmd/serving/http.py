@@ -225,8 +225,8 @@ class HttpConnection(asyncio.Protocol):
                 path,
                 query,
                 self.headers,
-                body=b"".join(body) if body else b"",
-                keep_alive=keep_alive,
+                b"".join(body) if body else b"",
+                keep_alive,
             )
         )
         self.phase = Phase.QUEUED

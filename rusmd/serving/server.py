@@ -146,12 +146,7 @@ class ListenerRuntime:
             return
         inline = self.http and component.inline
         exchange = Exchange(
-            request,
-            conn,
-            self.mode,
-            inline=inline,
-            call_soon=self.call_soon,
-            head_only=request.method == "HEAD",
+            request, conn, self.mode, inline, self.call_soon, request.method == "HEAD"
         )
         if conn.closing:
             exchange.closing = True
@@ -228,7 +223,8 @@ class ListenerRuntime:
                     head_only=exchange.head_only,
                 )
             )
-        self.access(request.method, request.path, status)
+        if self.log.enabled(LogLevel.INFO):  # the access line, as ``access`` writes it
+            self.log.info(f"{self.protocol} {request.method} {request.path} → {status}")
         conn.answered()
 
     def defer(self, conn: HttpConnection) -> None:

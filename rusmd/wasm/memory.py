@@ -69,7 +69,8 @@ class GuestMemory:
         start, count = check_range(function, ptr, length, self.size())
         if count == 0:
             return b""
-        return ctypes.string_at(self._base() + start, count)
+        data: bytes = _string_at(self._base() + start, count)
+        return data
 
     def write(self, function: str, ptr: int, data: bytes) -> None:
         """Copy ``data`` into guest memory at ``ptr``."""
@@ -120,7 +121,12 @@ class GuestMemory:
         )
 
 
-_string_at = ctypes.string_at
+# ``bytes`` from an address and a length: CPython's constructor itself
+# (``ctypes.string_at`` is a Python function around the same call).
+_string_at = ctypes.cast(
+    ctypes.pythonapi.PyBytes_FromStringAndSize,
+    ctypes.PYFUNCTYPE(ctypes.py_object, ctypes.c_void_p, ctypes.c_ssize_t),
+)
 # The two memory calls, raw (``capi.raw``): the store context is a ctypes
 # pointer and the memory a ``byref``; both return plain integers (the
 # shared bindings return a pointer object for the data).
