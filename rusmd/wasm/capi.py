@@ -60,8 +60,22 @@ store_epoch_deadline_callback = _bind("wasmtime_store_epoch_deadline_callback")
 context_set_epoch_deadline = _bind("wasmtime_context_set_epoch_deadline")
 context_get_data = _bind("wasmtime_context_get_data")
 instance_export_get = _bind("wasmtime_instance_export_get")
-caller_context = _bind("wasmtime_caller_context")
-caller_export_get = _bind("wasmtime_caller_export_get")
 trap_new = _bind("wasmtime_trap_new")
 error_new = _bind("wasmtime_error_new")
 engine_increment_epoch = _bind("wasmtime_engine_increment_epoch")
+
+
+# A host function's arguments and results, as wasmtime passes them to an
+# unchecked callback: an array of ``wasmtime_val_raw_t``, 16 bytes each.
+# ``Values`` indexes them (``values[1].i32``); ``I32Args`` reads the i32 of
+# value ``k`` as ``args[4 * k]``, without making an object per value (for
+# the hottest calls). The longest ABI signature has 9 values.
+MAX_VALUES = 9
+Values = ffi.wasmtime_val_raw_t * MAX_VALUES
+I32Args = ctypes.c_int32 * (4 * MAX_VALUES)
+# The callback as rusm declares it: every pointer a plain integer (ctypes
+# would make an object of each, ~0.15 µs a call). ``ctypes.cast`` it to
+# ``ffi.wasmtime_func_unchecked_callback_t`` for the linker.
+HostCallback = ctypes.CFUNCTYPE(
+    ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t
+)

@@ -115,6 +115,7 @@ _call = capi.raw("wasmtime_func_call_unchecked", ctypes.c_void_p, release_gil=Tr
 _export_get = capi.raw("wasmtime_instance_export_get", ctypes.c_bool)
 _caller_export_get = capi.raw("wasmtime_caller_export_get", ctypes.c_bool)
 _set_deadline = capi.raw("wasmtime_context_set_epoch_deadline", None)
+_caller_context = capi.raw("wasmtime_caller_context", ctypes.POINTER(ffi.wasmtime_context_t))
 _ONE = ctypes.c_size_t(1)
 _MEMORY = (b"memory", ctypes.c_size_t(6))
 _INITIALIZE = (b"_initialize", ctypes.c_size_t(11))
@@ -1109,33 +1110,42 @@ class WasmHost:
             **KvCalls(self).implementations(),
         }
         assert set(implementations) == set(abi.FUNCTIONS), "every ABI function is implemented"
-        return {name: self._wrap(name, impl) for name, impl in implementations.items()}
+        return {
+            name: self._wrap(name, impl, raw=name in ServeCalls.RAW)
+            for name, impl in implementations.items()
+        }
 
-    def _wrap(self, name: str, impl: Callable[[Process, Any], None]) -> Any:
+    def _wrap(self, name: str, impl: Callable[[Process, Any], None], *, raw: bool = False) -> Any:
+        """The C callback for host function ``name``.
+
+        ``impl`` gets the values as ``capi.Values`` (``values[1].i32``), or,
+        with ``raw``, their address, to read as ``capi.I32Args``.
+        """
         processes = self.processes
         inline = self._inline
         get_ident = threading.get_ident
+        values_at = capi.Values.from_address
 
-        def callback(_env: Any, caller: Any, values: Any, _count: int) -> int:
+        def callback(_env: Any, caller: int, address: int, _count: int) -> int:
             process = None
             try:
                 current = inline.current
                 if current is not None and inline.thread == get_ident():
                     process, context = current, inline.context
                     if process.memory is None and _caller_export_get(
-                        caller, *_MEMORY, inline.memory_ref
+                        ctypes.c_void_p(caller), *_MEMORY, inline.memory_ref
                     ):
                         process.memory = inline.memory
                 else:
-                    context = capi.caller_context(caller)
+                    context = _caller_context(ctypes.c_void_p(caller))
                     process = processes.get(_pid_of(context))
                     if process is None:
                         return _trap(f"rusm.{name}: calling process is unknown")
                 if process.memory is None and process.component.shape is not None:
                     memory = ffi.wasmtime_extern_t()
-                    if capi.caller_export_get(caller, b"memory", 6, ctypes.byref(memory)):
+                    if _caller_export_get(ctypes.c_void_p(caller), *_MEMORY, ctypes.byref(memory)):
                         process.memory = GuestMemory(context, memory.of.memory)
-                impl(process, values)
+                impl(process, address if raw else values_at(address))
                 return 0
             except BadPointer as exc:
                 if process is not None:
@@ -1148,7 +1158,7 @@ class WasmHost:
                     process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
                 return _trap(f"host error in rusm.{name}")
 
-        return ffi.wasmtime_func_unchecked_callback_t(callback)
+        return ctypes.cast(capi.HostCallback(callback), ffi.wasmtime_func_unchecked_callback_t)
 
     def _h_self(self, process: Process, values: Any) -> None:
         values[0].i64 = process.pid

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from rusmd.serving.exchange import Mode
 from rusmd.wasm.abi import MAX_EVENT_BYTES, ErrorCode
+from rusmd.wasm.capi import I32Args
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 
 if TYPE_CHECKING:
@@ -33,6 +34,9 @@ class ServeCalls:
 
     def __init__(self, host: WasmHost) -> None:
         self.host = host
+
+    # Implementations that take their values' address (``capi.I32Args``).
+    RAW = frozenset({"respond"})
 
     def implementations(self) -> dict[str, Impl]:
         """Host function name → implementation."""
@@ -85,21 +89,25 @@ class ServeCalls:
             memory.write("request", buf_ptr, found[:buf_cap])
         values[0].i32 = len(found)
 
-    def respond(self, process: Process, values: Any) -> None:
+    def respond(self, process: Process, address: int) -> None:
+        """``rusm.respond(status, headers_ptr, headers_len, body_ptr, body_len)``.
+
+        The hottest host call (one a request): its values are read in place
+        (``RAW``), value ``k`` at ``args[4 * k]``.
+        """
+        args = I32Args.from_address(address)
         memory = process.memory
         if memory is None:
             raise BadPointer("rusm.respond: the module exports no memory")
-        head, body = memory.read_two(
-            "respond", values[1].i32, values[2].i32, values[3].i32, values[4].i32
-        )
+        head, body = memory.read_two("respond", args[4], args[8], args[12], args[16])
         exchange = process.exchange
         if exchange is None or exchange.mode is Mode.WS:
-            values[0].i32 = ErrorCode.UNAVAILABLE
+            args[0] = ErrorCode.UNAVAILABLE
             return
-        code = exchange.respond(values[0].i32, head, body)
+        code = exchange.respond(args[0], head, body)
         if code:
             self._refused(process, "respond", code)
-        values[0].i32 = code
+        args[0] = code
 
     def write(self, process: Process, values: Any) -> None:
         data = self._read(process, "write", values[0].i32, values[1].i32)
