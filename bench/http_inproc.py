@@ -118,6 +118,7 @@ def _rusm(app: Path) -> tuple[Callable[[int], None], Callable[[int], None], _Tra
     def whole(count: int) -> None:
         for _ in range(count):
             conn.data_received(REQUEST)
+            listener.flush_writes()  # what the loop does once the read is handled
 
     def inline(count: int) -> None:
         for _ in range(count):
@@ -125,8 +126,8 @@ def _rusm(app: Path) -> tuple[Callable[[int], None], Callable[[int], None], _Tra
                 Request("GET", "/", "", []),
                 conn,
                 Mode.HTTP,
-                inline=True,
-                call_soon=loop.call_soon_threadsafe,
+                True,
+                loop.call_soon_threadsafe,
             )
             exchange.budget_ms = 30_000
             host.serve_inline(component, "home", exchange)
@@ -139,11 +140,11 @@ def _floor() -> Callable[[int], None]:
     engine = worker_engine(64 << 20, 64).engine
     linker = wasmtime.Linker(engine)
 
-    def respond(_env: Any, _caller: Any, values: Any, _count: int) -> int:
-        values[0].i32 = 0
+    def respond(_env: Any, _caller: Any, address: int, _count: int) -> int:
+        capi.I32Args.from_address(address)[0] = 0
         return 0
 
-    callback = ffi.wasmtime_func_unchecked_callback_t(respond)
+    callback = ctypes.cast(capi.HostCallback(respond), ffi.wasmtime_func_unchecked_callback_t)
     signature = wasmtime.FuncType([wasmtime.ValType.i32()] * 5, [wasmtime.ValType.i32()])
     error = ffi.wasmtime_linker_define_func_unchecked(
         linker.ptr(), b"rusm", 4, b"respond", 7, signature.ptr(), callback, None, _NO_FINALIZER
@@ -159,8 +160,12 @@ def _floor() -> Callable[[int], None]:
     item_ref = ctypes.byref(item)
     func_ref = ctypes.byref(item.of.func)
     values = (ffi.wasmtime_val_raw_t * 1)()
-    instantiate = ffi.dll.wasmtime_instance_pre_instantiate
-    call = ffi.dll.wasmtime_func_call_unchecked
+    one = ctypes.c_size_t(1)
+    home = (b"home", ctypes.c_size_t(4))
+    # The same raw bindings (no argument conversion) rusm's inline path uses.
+    instantiate = capi.raw("wasmtime_instance_pre_instantiate", ctypes.c_void_p, release_gil=True)
+    call = capi.raw("wasmtime_func_call_unchecked", ctypes.c_void_p, release_gil=True)
+    export_get = capi.raw("wasmtime_instance_export_get", ctypes.c_bool)
 
     def run(count: int) -> None:
         done = 0
@@ -170,8 +175,8 @@ def _floor() -> Callable[[int], None]:
             capi.context_set_epoch_deadline(context, 1 << 40)
             for _ in range(min(STORE_INSTANCES, count - done)):
                 instantiate(pre_ptr, context, instance_ref, trap_ref)
-                capi.instance_export_get(context, instance_ref, b"home", 4, item_ref)
-                call(context, func_ref, values, 1, trap_ref)
+                export_get(context, instance_ref, *home, item_ref)
+                call(context, func_ref, values, one, trap_ref)
                 done += 1
             capi.store_delete(store)
         assert not trap, "the floor's call trapped"

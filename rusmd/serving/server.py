@@ -237,10 +237,11 @@ class ListenerRuntime:
         arrived in the same read, each a handler call.
         """
         if not self._unflushed:
-            self.loop.call_soon(self._flush)
+            self.loop.call_soon(self.flush_writes)
         self._unflushed.append(conn)
 
-    def _flush(self) -> None:
+    def flush_writes(self) -> None:
+        """Write what ``defer`` held back (the loop runs it once its callbacks are done)."""
         unflushed, self._unflushed = self._unflushed, []
         for conn in unflushed:
             conn.flush()
