@@ -114,6 +114,9 @@ class Actor:
     # Set once it has been told to stop; a parked wait returns at once.
     stop: str = ""
     alive: bool = True
+    # Called by ``wake`` for a process that waits as a fiber, not on the
+    # condition (it schedules the fiber's next poll; any thread).
+    waker: Callable[[], None] | None = None
     _cond: threading.Condition | None = None
 
     @property
@@ -127,6 +130,8 @@ class Actor:
         """Wake its waits, if it has ever waited (the lock is held)."""
         if self._cond is not None:
             self._cond.notify_all()
+        if self.waker is not None:
+            self.waker()
 
 
 @dataclass

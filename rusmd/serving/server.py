@@ -40,6 +40,7 @@ from rusmd.serving.routes import Match, MethodNotAllowed, NotFound, Route, Route
 from rusmd.wasm.abi import ErrorCode
 
 if TYPE_CHECKING:
+    from rusmd.serving.ws import WsConnection
     from rusmd.wasm.host import ExitReport, LoadedComponent, WasmHost
 
 # How often deadlines (header/body/idle timeouts) and SSE heartbeats are
@@ -102,7 +103,7 @@ class ListenerRuntime:
         self.retry = f"retry-after: {config.retry_after_s}\r\n".encode()
         self._unavailable: set[str] = set()
         self._resolved: dict[tuple[str, str], Match | MethodNotAllowed | NotFound] = {}
-        self._unflushed: list[HttpConnection] = []
+        self._unflushed: list[HttpConnection | WsConnection] = []
 
     async def start(self, sock: Any) -> None:
         """Accept on the inherited listen socket."""
@@ -227,7 +228,7 @@ class ListenerRuntime:
             self.log.info(f"{self.protocol} {request.method} {request.path} → {status}")
         conn.answered()
 
-    def defer(self, conn: HttpConnection) -> None:
+    def defer(self, conn: HttpConnection | WsConnection) -> None:
         """Write ``conn``'s held-back output once this loop iteration's callbacks are done.
 
         Writing each response as soon as it is made costs the client a

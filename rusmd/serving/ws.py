@@ -60,6 +60,8 @@ class WsExchange:
         self.closed = False
         self.pid = 0
         self.writable = conn.writable
+        # Made on the I/O thread; a process run as a fiber calls from it too.
+        self.loop_thread = threading.get_ident()
         self._outbox: list[tuple[int, bytes]] = []
         self._outbox_lock = threading.Lock()
         self._flush_scheduled = False
@@ -70,7 +72,11 @@ class WsExchange:
         return self.request.field(which, key)
 
     def ws_send(self, kind: int, data: bytes) -> ErrorCode:
-        """``rusm.ws_send`` (guest thread)."""
+        """``rusm.ws_send`` (guest thread, or the I/O thread for a fiber).
+
+        A fiber calls it only once the socket is writable (``fibers``
+        parks it until then), and its frame goes out at once.
+        """
         if self.closed:
             return ErrorCode.CLOSED
         if kind not in (WsKind.TEXT, WsKind.BINARY):
@@ -82,6 +88,9 @@ class WsExchange:
                 data.decode("utf-8")
             except UnicodeDecodeError:
                 return ErrorCode.INVALID
+        if threading.get_ident() == self.loop_thread:
+            self.conn.send_messages([(kind, data)])
+            return ErrorCode.OK
         while not self.writable.wait(_WRITABLE_POLL_S):
             if self.closed:
                 return ErrorCode.CLOSED
@@ -134,6 +143,7 @@ class WsConnection(asyncio.Protocol):
         self.last_seen = time.monotonic()
         self.exited = False
         self.stop_scheduled = False
+        self.flush_pending = False
         self.writable = threading.Event()
         self.writable.set()
 
@@ -179,6 +189,10 @@ class WsConnection(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.writable.set()
+        exchange = self.exchange
+        fibers = self.listener.host.fibers
+        if exchange is not None and exchange.pid and fibers is not None:
+            fibers.wake(exchange.pid)  # a fiber parked in ws_send may go on
 
     # ── handshake and frames ────────────────────────────────────────────
 
@@ -214,7 +228,7 @@ class WsConnection(asyncio.Protocol):
 
         try:
             exchange.pid = self.listener.host.spawn(
-                name, exchange=exchange, on_exit=exited, quiet=True
+                name, exchange=exchange, on_exit=exited, quiet=True, fiber=True
             )
         except SpawnError as exc:
             self.listener.log.warn(f"ws GET {self.path}: {exc}")
@@ -288,7 +302,7 @@ class WsConnection(asyncio.Protocol):
                 self.protocol.send_close(1000, "")
             else:
                 self.protocol.send_close(1011, "handler failed")
-            self._flush()
+        self.flush()  # the close frame (and anything held back) before the socket closes
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
 
@@ -311,6 +325,18 @@ class WsConnection(asyncio.Protocol):
             self._flush()
 
     def _flush(self) -> None:
+        """Write what the protocol has to send once this loop iteration's callbacks are done.
+
+        As on HTTP connections (``ListenerRuntime.defer``): the iteration's
+        writes to all the listener's sockets go out back to back.
+        """
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.listener.defer(self)
+
+    def flush(self) -> None:
+        """Write what the protocol has to send, now."""
+        self.flush_pending = False
         transport = self.transport
         if transport is None or transport.is_closing():
             return
@@ -326,6 +352,7 @@ class WsConnection(asyncio.Protocol):
     def expire(self, now: float) -> None:
         """Handshake timeout, heartbeat pings."""
         if self.deadline and now > self.deadline and self.exchange is None:
+            self.flush()
             self.transport.close()
             return
         if self.protocol.state is State.OPEN and now - self.last_seen > self.limits.heartbeat_s:
@@ -342,4 +369,5 @@ class WsConnection(asyncio.Protocol):
             self.exchange.closed = True
             self.listener.host.kill(self.exchange.pid, "shutdown", "server shutting down")
         elif self.exchange is None and self.transport is not None:
+            self.flush()
             self.transport.close()

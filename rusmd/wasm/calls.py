@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from rusmd.actors.signals import reason_name
 from rusmd.actors.supervisor import GuestSupervisor, SpecError, parse_spec
-from rusmd.actors.table import Stopped
+from rusmd.actors.table import Envelope, Stopped
 from rusmd.wasm.abi import (
     HEADER_BYTES,
     HEADER_FORMAT,
@@ -189,19 +189,7 @@ class ActorCalls:
         if envelope is None:
             values[0].i32 = code
             return
-        payload = envelope.payload
-        memory.write(
-            "recv",
-            header,
-            _HEADER.pack(
-                envelope.kind, envelope.reason, envelope.sender, envelope.ref, len(payload), 0
-            ),
-        )
-        if code == ErrorCode.OK:
-            memory.write("recv", buf, payload)
-            values[0].i32 = len(payload)
-        else:
-            values[0].i32 = code
+        values[0].i32 = write_received(memory, header, buf, code, envelope)
 
     def call(self, process: Process, values: Any) -> None:
         to, req, req_len, buf, cap, timeout_ms = (
@@ -447,3 +435,25 @@ class ActorCalls:
         except SpawnError as exc:
             self.host.log.warn(f"supervise from {process.label} failed: {exc}")
             values[0].i64 = exc.code
+
+
+def write_received(
+    memory: GuestMemory, header: int, buf: int, code: int, envelope: Envelope
+) -> int:
+    """Write a received message's header (and payload, if it fit): ``recv``'s result.
+
+    ``code`` is ``ActorTable.receive``'s: OK (taken) or TOOBIG (left in the
+    mailbox, only the header written).
+    """
+    payload = envelope.payload
+    memory.write(
+        "recv",
+        header,
+        _HEADER.pack(
+            envelope.kind, envelope.reason, envelope.sender, envelope.ref, len(payload), 0
+        ),
+    )
+    if code == ErrorCode.OK:
+        memory.write("recv", buf, payload)
+        return len(payload)
+    return code

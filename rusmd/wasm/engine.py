@@ -26,9 +26,12 @@ from rusmd.wasm.settings import ENGINE_SETTINGS
 # Live instances (= memories = tables, one each per process) one worker's
 # pool holds; a spawn past it fails with LIMIT.
 POOL_SLOTS = 1000
-# What wasmtime reserves per pooled memory slot on x86-64: a 4 GiB
-# reservation plus a 32 MiB guard. The probe asks for a margin on top.
-_SLOT_RESERVATION_BYTES = (4 << 30) + (32 << 20)
+# What wasmtime reserves per pool slot on x86-64: a 4 GiB memory
+# reservation plus a 32 MiB guard, and a fiber stack (wasmtime's default
+# async stack, 2 MiB, plus its guard page) for a process run as a fiber
+# (``fibers``). The probe asks for a margin on top.
+_FIBER_STACK_BYTES = (2 << 20) + (4 << 10)
+_SLOT_RESERVATION_BYTES = (4 << 30) + (32 << 20) + _FIBER_STACK_BYTES
 # Bytes of each freed memory (and table) slot wasmtime zeroes in place
 # rather than handing back to the kernel. A released page costs a page
 # fault on the next instance's first touch, a kept one a memset: for the
@@ -103,7 +106,7 @@ def worker_engine(max_memory_bytes: int, slots: int = POOL_SLOTS) -> EngineInfo:
         ffi.wasmtime_pooling_allocation_config_total_core_instances_set(pool, slots)
         ffi.wasmtime_pooling_allocation_config_total_memories_set(pool, slots)
         ffi.wasmtime_pooling_allocation_config_total_tables_set(pool, slots)
-        ffi.wasmtime_pooling_allocation_config_total_stacks_set(pool, 0)
+        ffi.wasmtime_pooling_allocation_config_total_stacks_set(pool, slots)
         ffi.wasmtime_pooling_allocation_config_max_memories_per_module_set(pool, 1)
         ffi.wasmtime_pooling_allocation_config_max_tables_per_module_set(pool, 1)
         ffi.wasmtime_pooling_allocation_config_max_memory_size_set(pool, max_memory_bytes)

@@ -63,8 +63,9 @@ from rusmd.log import Logger
 from rusmd.wasm import abi, capi
 from rusmd.wasm.abi import ErrorCode, Grant
 from rusmd.wasm.cache import verify
-from rusmd.wasm.calls import ActorCalls
+from rusmd.wasm.calls import ActorCalls, write_received
 from rusmd.wasm.engine import POOL_SLOTS, EngineInfo, worker_engine
+from rusmd.wasm.fibers import FiberScheduler
 from rusmd.wasm.kv_calls import KvCalls
 from rusmd.wasm.linking import LinkError, LinkerSet, ModuleShape, check_module, granted
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
@@ -304,6 +305,10 @@ class LoadedComponent:
     pre_ptr: Any = None
     # An action's export name as a raw call takes it: bytes and their length.
     action_names: dict[str, tuple[bytes, Any]] = field(default_factory=dict)
+    # Its instantiation for a fiber (``fibers``): from the linker whose
+    # ``recv`` and ``ws_send`` are async. None unless ``shape.fiber``.
+    fiber_pre: wasmtime.InstancePre | None = None
+    fiber_pre_ptr: Any = None
 
     def export_name(self, action: str) -> tuple[bytes, Any]:
         """``action``'s export name as a raw call takes it (kept in ``action_names``)."""
@@ -368,6 +373,8 @@ class Process:
     exchange: Any = None
     on_exit: Callable[[ExitReport], None] | None = None
     quiet: bool = False
+    # Its fiber, when it runs as one on the I/O thread (``fibers``).
+    fiber: Any = None
 
     @property
     def label(self) -> str:
@@ -416,6 +423,7 @@ class WasmHost:
         actors: ActorTable | None = None,
         on_watched_exit: Callable[[ProcessExit], None] | None = None,
         pool_slots: int = POOL_SLOTS,
+        loop: Any = None,
     ) -> None:
         self.manifest = manifest
         self.slot = slot
@@ -450,13 +458,20 @@ class WasmHost:
         self.actors.info_of = self.local_info
         self.on_watched_exit = on_watched_exit
         self._inline = _InlineStore()
+        self.serve_calls = ServeCalls(self)
+        # WebSocket processes as fibers on the loop's thread (made on it).
+        self.fibers = FiberScheduler(self, loop) if loop is not None else None
         self._callbacks = self._make_callbacks()
         self._epoch_callback = _EpochCallback(self._on_epoch)
         # The node store (set by the worker after it opened it), or why not.
         self.store: KvStore | None = None
         self.committer: GroupCommitter | None = None
         self.store_error = ""
-        self.linkers = LinkerSet(self.engine, self._callbacks)
+        self.linkers = LinkerSet(
+            self.engine,
+            self._callbacks,
+            self.fibers.callbacks if self.fibers is not None else None,
+        )
         threading.stack_size(GUEST_THREAD_STACK_BYTES)
         self.runners = RunnerPool(self.max_processes)
         self._ticker = threading.Thread(target=self._tick, name="epoch", daemon=True)
@@ -504,6 +519,10 @@ class WasmHost:
             loaded.pre_ptr = loaded.pre.ptr()
             loaded.module = module
             loaded.inline = loaded.shape.inline
+            if loaded.shape.fiber and self.fibers is not None:
+                fiber_linker = self.linkers.linker(loaded.grants, fiber=True)
+                loaded.fiber_pre = fiber_linker.instantiate_pre(module)
+                loaded.fiber_pre_ptr = loaded.fiber_pre.ptr()
         except LinkError as exc:
             loaded.error = str(exc)
         except wasmtime.WasmtimeError as exc:
@@ -571,6 +590,7 @@ class WasmHost:
         exchange: Any = None,
         on_exit: Callable[[ExitReport], None] | None = None,
         quiet: bool = False,
+        fiber: bool = False,
     ) -> int:
         """Start a process of component ``name``; return its pid.
 
@@ -583,6 +603,8 @@ class WasmHost:
             exchange: The request or connection the process serves.
             on_exit: Called (guest thread) with its exit report.
             quiet: Keep its spawn and normal exit out of the log.
+            fiber: Run it as a fiber on the I/O thread if its component can
+                (``ModuleShape.fiber``), else on a guest thread as usual.
 
         Raises:
             SpawnError: No such component, it cannot run, or the worker is full.
@@ -623,7 +645,10 @@ class WasmHost:
         self._enter(process, link_to=parent if link else None)
         if not quiet:
             self.log.debug(f"spawn {process.label} {component.capability.grants()}")
-        self.runners.submit(lambda: self._run(process))
+        if fiber and component.fiber_pre_ptr and self.fibers is not None:
+            self.fibers.start(process)
+        else:
+            self.runners.submit(lambda: self._run(process))
         return pid
 
     def _enter(
@@ -783,6 +808,7 @@ class WasmHost:
             "label": process.label,
             "worker": self.slot,
             "state": str(process.state),
+            "runs": "fiber" if process.fiber is not None else "thread",
             "memory_bytes": process.memory_bytes,
             "uptime_s": round(now - process.started_at, 3),
         }
@@ -799,17 +825,21 @@ class WasmHost:
         except Exception as exc:  # a host bug must cost one process, not the worker
             report = ExitReport("crashed", f"host error: {type(exc).__name__}: {exc}")
         finally:
-            process.state = ProcessState.EXITING
-            if store is not None:
-                capi.store_delete(store)
-            self.processes.pop(process.pid, None)
-            self.actors.remove(process.pid, report.reason, report.detail)
-            with self._lock:
-                self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
-            self._log_exit(process, report)
-            self._tell_main(process, report.reason, report.detail)
-            if process.on_exit is not None:
-                process.on_exit(report)
+            self.finish(process, report, store)
+
+    def finish(self, process: Process, report: ExitReport, store: Any) -> None:
+        """A process ended (its guest thread, or the I/O thread for a fiber)."""
+        process.state = ProcessState.EXITING
+        if store is not None:
+            capi.store_delete(store)
+        self.processes.pop(process.pid, None)
+        self.actors.remove(process.pid, report.reason, report.detail)
+        with self._lock:
+            self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
+        self._log_exit(process, report)
+        self._tell_main(process, report.reason, report.detail)
+        if process.on_exit is not None:
+            process.on_exit(report)
 
     def serve_inline(self, component: LoadedComponent, action: str, exchange: Any) -> ExitReport:
         """Run ``action`` of a fresh instance on this (the I/O) thread for one request.
@@ -930,16 +960,17 @@ class WasmHost:
         self._log_exit(process, report)
         return report
 
-    def _execute(self, process: Process) -> tuple[ExitReport, Any]:
+    def new_process_store(self, process: Process) -> tuple[Any, ExitReport | None]:
+        """A process's own store (limits, WASI, epoch callback); (store or None, why not)."""
         component = process.component
         for preopen in component.capability.preopen:
             if not os.path.isdir(preopen.host):
-                return ExitReport(
+                return None, ExitReport(
                     "crashed",
                     f"preopen {preopen.guest}: host directory {preopen.host} does not exist",
-                ), None
+                )
         if process.stop_reason:
-            return ExitReport(process.stop_reason, process.stop_detail), None
+            return None, ExitReport(process.stop_reason, process.stop_detail)
         assert component.pre is not None and component.shape is not None
         store = capi.store_new(self.engine.ptr(), ctypes.c_void_p(process.pid), _NULL_FINALIZER)
         context = capi.store_context(store)
@@ -949,9 +980,26 @@ class WasmHost:
         if component.shape.uses_wasi:
             problem = self._set_wasi(context, component)
             if problem:
-                return ExitReport("crashed", problem), store
+                return store, ExitReport("crashed", problem)
         capi.store_epoch_deadline_callback(store, self._epoch_callback, None, _NULL_FINALIZER)
         capi.context_set_epoch_deadline(context, 1)
+        return store, None
+
+    def guest_memory(self, context: Any, memory: Any) -> GuestMemory:
+        """A process's exported memory (an extern from ``_export``) as ``GuestMemory``."""
+        return GuestMemory(context, memory.of.memory)
+
+    def deliver(self, memory: GuestMemory, header: int, buf: int, code: int, envelope: Any) -> int:
+        """Write a message ``recv`` took into guest memory; ``recv``'s result."""
+        return write_received(memory, header, buf, code, envelope)
+
+    def _execute(self, process: Process) -> tuple[ExitReport, Any]:
+        component = process.component
+        store, problem = self.new_process_store(process)
+        if problem is not None:
+            return problem, store
+        assert component.pre is not None and component.shape is not None
+        context = capi.store_context(store)
         process.call_started_tick = self.ticks
         process.state = ProcessState.RUNNING
         instance = ffi.wasmtime_instance_t()
@@ -1091,7 +1139,8 @@ class WasmHost:
                     process.cpu_exceeded = True
                     return _error("cpu limit")
             delta[0] = 1
-            kind[0] = 0
+            # A fiber gives the loop back every tick (WASMTIME_UPDATE_DEADLINE_YIELD).
+            kind[0] = 1 if process is not None and process.fiber is not None else 0
             return 0
         except BaseException:
             return _error("host error in epoch callback")
@@ -1106,7 +1155,7 @@ class WasmHost:
             "sleep": self._h_sleep,
             "spawn": self._h_spawn,
             **ActorCalls(self, _Exit).implementations(),
-            **ServeCalls(self).implementations(),
+            **self.serve_calls.implementations(),
             **KvCalls(self).implementations(),
         }
         assert set(implementations) == set(abi.FUNCTIONS), "every ABI function is implemented"

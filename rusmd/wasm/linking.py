@@ -30,6 +30,7 @@ from rusmd.config.model import Capability
 from rusmd.wasm.abi import (
     ABI_MODULE,
     ABI_VERSION,
+    FIBER_FUNCTIONS,
     FUNCTIONS,
     INLINE_FUNCTIONS,
     WASI_BLOCKING,
@@ -57,6 +58,9 @@ class ModuleShape:
         has_memory: True if it exports ``memory``.
         inline: True if it imports nothing that may wait, so a request
             handler of it may run on the worker's I/O thread.
+        fiber: True if it imports ``recv`` and nothing else that may wait
+            (``FIBER_FUNCTIONS``), so its WebSocket processes may run as
+            fibers on the I/O thread.
         has_initialize: True if it exports ``_initialize`` (a WASI reactor),
             called on each fresh instance before an action or ``run``.
     """
@@ -68,6 +72,7 @@ class ModuleShape:
     has_memory: bool
     inline: bool = False
     has_initialize: bool = False
+    fiber: bool = False
 
 
 def takes_pointers(name: str) -> bool:
@@ -133,6 +138,11 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
             )
         rusm_imports.append(name)
     entry, results, has_memory, has_initialize = _entry(component, module)
+    fiber = (
+        not waits
+        and "recv" in rusm_imports
+        and all(name in FIBER_FUNCTIONS for name in rusm_imports)
+    )
     waits = waits or any(name not in INLINE_FUNCTIONS for name in rusm_imports)
     reading = [name for name in rusm_imports if takes_pointers(name)]
     if reading and not has_memory:
@@ -148,6 +158,7 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
         has_memory,
         inline=not waits,
         has_initialize=has_initialize,
+        fiber=fiber,
     )
 
 
@@ -190,20 +201,27 @@ class LinkerSet:
         callbacks: The raw host callback for each ``rusm`` function name.
     """
 
-    def __init__(self, engine: wasmtime.Engine, callbacks: dict[str, HostCallback]) -> None:
+    def __init__(
+        self,
+        engine: wasmtime.Engine,
+        callbacks: dict[str, HostCallback],
+        async_callbacks: dict[str, Any] | None = None,
+    ) -> None:
         self.engine = engine
         self.callbacks = callbacks
-        self._linkers: dict[frozenset[Grant], wasmtime.Linker] = {}
+        self.async_callbacks = async_callbacks or {}
+        self._linkers: dict[tuple[frozenset[Grant], bool], wasmtime.Linker] = {}
         self._types: dict[str, wasmtime.FuncType] = {}
 
-    def linker(self, grants: frozenset[Grant]) -> wasmtime.Linker:
-        """The linker for ``grants`` (built once)."""
-        linker = self._linkers.get(grants)
+    def linker(self, grants: frozenset[Grant], *, fiber: bool = False) -> wasmtime.Linker:
+        """The linker for ``grants`` (built once); with ``fiber``, its waiting
+        functions are the async ones of ``async_callbacks``."""
+        linker = self._linkers.get((grants, fiber))
         if linker is None:
-            linker = self._linkers[grants] = self._build(grants)
+            linker = self._linkers[grants, fiber] = self._build(grants, fiber)
         return linker
 
-    def _build(self, grants: frozenset[Grant]) -> wasmtime.Linker:
+    def _build(self, grants: frozenset[Grant], fiber: bool = False) -> wasmtime.Linker:
         linker = wasmtime.Linker(self.engine)
         linker.define_wasi()
         module = ABI_MODULE.encode()
@@ -212,6 +230,17 @@ class LinkerSet:
                 continue
             func_type = self._type(name)
             encoded = name.encode()
+            if fiber and name in self.async_callbacks:
+                from rusmd.wasm.fibers import define_async
+
+                address = define_async(
+                    linker, module, encoded, func_type, self.async_callbacks[name]
+                )
+                if address:
+                    raise wasmtime.WasmtimeError._from_ptr(
+                        ctypes.cast(address, ctypes.POINTER(ffi.wasmtime_error_t))
+                    )
+                continue
             error = ffi.wasmtime_linker_define_func_unchecked(
                 linker.ptr(),
                 module,

@@ -120,6 +120,7 @@ class WorkerRuntime:
                 request_lease=self._request_lease,
                 actors=self.actors,
                 on_watched_exit=self._send_main_any_thread,
+                loop=self.loop,
             )
             self.host.add_lease(*boot.lease)
             if boot.manifest.node.store is not None:

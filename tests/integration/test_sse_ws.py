@@ -127,7 +127,10 @@ STREAM_WAT = f"""
 """
 
 # The ws component. Kinds: FRAME 5 (reason at 4: 1 text, 2 binary), CLOSED 6
-# (close code in ref, at 16).
+# (close code in ref, at 16). Besides echoing it answers ``spin`` by
+# looping forever and ``nap`` with ``timeout`` once a 50 ms recv timed out.
+# Its imports let it run as a fiber on the I/O thread; ``NAPPER_WAT`` (the
+# same echo, with a ``rusm.sleep`` before each reply) runs on a thread.
 ECHO_WAT = f"""
 (module
   (import "rusm" "self" (func $self (result i64)))
@@ -141,6 +144,9 @@ ECHO_WAT = f"""
   (data (i32.const 272) "bye")
   (data (i32.const 280) "closed ")
   (data (i32.const 288) "linger")
+  (data (i32.const 296) "spin")
+  (data (i32.const 304) "nap")
+  (data (i32.const 312) "timeout")
   {ITOA}
   ;; Is the payload at 1024 (n bytes) the string at ptr (len bytes)?
   (func $is (param $ptr i32) (param $len i32) (param $n i32) (result i32)
@@ -183,9 +189,38 @@ ECHO_WAT = f"""
             (then
               (drop (call $ws_close (i32.const 4000) (i32.const 272) (i32.const 3)))
               (br $serve)))
+          (if (call $is (i32.const 296) (i32.const 4) (local.get $n))
+            (then (loop $spin (br $spin))))
+          ;; nap: a recv of 50 ms on an empty mailbox must time out (-6).
+          (if (call $is (i32.const 304) (i32.const 3) (local.get $n))
+            (then
+              (if (i32.eq (call $recv (i32.const 0) (i32.const 1024) (i32.const 16)
+                                      (i32.const 50))
+                          (i32.const -6))
+                (then (drop (call $ws_send (i32.const 1) (i32.const 312) (i32.const 7)))))
+              (br $serve)))
           (drop (call $ws_send (i32.load (i32.const 4)) (i32.const 1024) (local.get $n)))))
       (br $serve)))
 )
+"""
+
+
+NAPPER_WAT = """
+(module
+  (import "rusm" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
+  (import "rusm" "sleep" (func $sleep (param i32) (result i32)))
+  (import "rusm" "ws_send" (func $ws_send (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "run")
+    (local $n i32)
+    (loop $serve
+      (local.set $n (call $recv (i32.const 0) (i32.const 1024) (i32.const 4096) (i32.const -1)))
+      (if (i32.eq (i32.load (i32.const 0)) (i32.const 6)) (then (return)))
+      (if (i32.eq (i32.load (i32.const 0)) (i32.const 5))
+        (then
+          (drop (call $sleep (i32.const 1)))
+          (drop (call $ws_send (i32.load (i32.const 4)) (i32.const 1024) (local.get $n)))))
+      (br $serve))))
 """
 
 
@@ -196,6 +231,7 @@ class Ports:
         self.sse = sse
         self.quiet_sse = free_port()
         self.ws = free_port()
+        self.napper_ws = free_port()
 
 
 def write_app(app: App) -> Ports:
@@ -205,6 +241,7 @@ def write_app(app: App) -> Ports:
     wasm.mkdir(exist_ok=True)
     (wasm / "stream.wasm").write_bytes(wasmtime.wat2wasm(STREAM_WAT))
     (wasm / "echo.wasm").write_bytes(wasmtime.wat2wasm(ECHO_WAT))
+    (wasm / "napper.wasm").write_bytes(wasmtime.wat2wasm(NAPPER_WAT))
     routes = "\n".join(
         f'"GET /{action}" = "stream#{action}"'
         for action in ("events", "endless", "missing", "trap", "inbox")
@@ -218,7 +255,8 @@ def write_app(app: App) -> Ports:
         '[serve.routes]\n"GET /idle" = "stream#idle"\n'
         f'[[serve]]\nprotocol = "ws"\nlisten = "127.0.0.1:{ports.ws}"\nname = "echo"\n'
         f"max-message-bytes = {MAX_MESSAGE_BYTES}\n"
-        "[components.stream]\n[components.echo]\n"
+        f'[[serve]]\nprotocol = "ws"\nlisten = "127.0.0.1:{ports.napper_ws}"\nname = "napper"\n'
+        "[components.stream]\n[components.echo]\n[components.napper]\n"
     )
     return ports
 
@@ -324,8 +362,8 @@ def sse(port: int, target: str) -> Iterator[SseStream]:
         stream.close()
 
 
-def ws_connect(ports: Ports) -> SyncConnection:
-    return connect(f"ws://127.0.0.1:{ports.ws}/", open_timeout=WAIT_S, close_timeout=WAIT_S)
+def ws_connect(ports: Ports, port: int = 0) -> SyncConnection:
+    return connect(f"ws://127.0.0.1:{port or ports.ws}/", open_timeout=WAIT_S, close_timeout=WAIT_S)
 
 
 def ws_pid(ws: SyncConnection) -> int:
@@ -543,6 +581,72 @@ def test_ws_guest_running_on_after_its_own_close_is_stopped_once_the_socket_is_g
         closed = closed_by_server(ws)
         assert closed.rcvd is not None and closed.rcvd.code == 4000
     wait_gone(one_worker, {pid})
+
+
+def test_ws_process_runs_as_a_fiber_unless_it_imports_a_function_that_waits(
+    ports: Ports, one_worker: Daemon
+) -> None:
+    with ws_connect(ports) as echo, ws_connect(ports, ports.napper_ws) as napper:
+        echo_pid = ws_pid(echo)
+        napper.send("zzz")
+        assert napper.recv(timeout=WAIT_S) == "zzz"
+        rows = listed(one_worker)
+        [napper_pid] = [pid for pid, row in rows.items() if row["component"] == "napper"]
+        assert rows[echo_pid]["runs"] == "fiber"
+        assert rows[napper_pid]["runs"] == "thread"
+        for ws in (echo, napper):
+            ws.send(b"both kinds echo")
+            assert ws.recv(timeout=WAIT_S) == b"both kinds echo"
+
+
+def test_ws_fiber_recv_with_a_timeout_times_out_on_an_empty_mailbox(
+    ports: Ports, one_worker: Daemon
+) -> None:
+    with ws_connect(ports) as ws:
+        ws.send("nap")
+        assert ws.recv(timeout=WAIT_S) == "timeout"
+        ws.send("awake")
+        assert ws.recv(timeout=WAIT_S) == "awake"
+
+
+def test_ws_fiber_spinning_is_stopped_at_its_cpu_budget_and_never_stalls_other_sockets(
+    ports: Ports, one_worker: Daemon
+) -> None:
+    with ws_connect(ports) as spinner, ws_connect(ports) as other:
+        spinner_pid = ws_pid(spinner)
+        worker_pid = one_worker.workers()[0]["pid"]
+        spinner.send("spin")
+        # The spinner has a 1000 ms CPU budget; while it burns it, the
+        # I/O thread it runs on keeps serving the other socket.
+        for n in range(20):
+            other.send(f"while spinning {n}")
+            assert other.recv(timeout=WAIT_S) == f"while spinning {n}"
+        with pytest.raises(TimeoutError):
+            spinner.recv(timeout=0)  # not closed yet: the echoes came first
+        closed = closed_by_server(spinner)
+        assert closed.rcvd is not None and closed.rcvd.code == 1011
+        wait_gone(one_worker, {spinner_pid})
+        assert any(
+            "cpu limit" in text
+            for text in guest_lines(one_worker, "rusm")
+            if f"echo#{spinner_pid}" in text
+        )
+        other.send("after")
+        assert other.recv(timeout=WAIT_S) == "after"
+        assert one_worker.workers()[0]["pid"] == worker_pid
+
+
+def test_ws_fiber_waiting_in_recv_is_killed_by_rusmctl_and_its_socket_closes_1011(
+    ports: Ports, one_worker: Daemon
+) -> None:
+    with ws_connect(ports) as ws, ws_connect(ports) as other:
+        pid = ws_pid(ws)
+        assert one_worker.ctl("kill", str(pid)).returncode == EX_OK
+        closed = closed_by_server(ws)
+        assert closed.rcvd is not None and closed.rcvd.code == 1011
+        wait_gone(one_worker, {pid})
+        other.send("unaffected")
+        assert other.recv(timeout=WAIT_S) == "unaffected"
 
 
 def test_ws_message_over_max_message_bytes_closes_with_1009(
