@@ -268,6 +268,14 @@ class Exchange:
         """``rusm.request``: the bytes of one request field, or an error code."""
         return self.request.field(which, key)
 
+    def run_on_loop(self) -> None:
+        """Its process runs as a fiber on the I/O thread: send directly.
+
+        ``writable`` stays the connection's real state; the fiber's writes
+        park on it (``fibers.WRITERS``) instead of waiting here.
+        """
+        self.inline = True
+
     # ── the response ────────────────────────────────────────────────────
 
     def respond(self, status: int, headers: bytes, body: bytes) -> ErrorCode:

@@ -171,8 +171,12 @@ class HttpConnection(asyncio.Protocol):
             self.current.writable.clear()
 
     def resume_writing(self) -> None:
-        if self.current is not None:
-            self.current.writable.set()
+        current = self.current
+        if current is not None:
+            current.writable.set()
+            fibers = getattr(self.listener.host, "fibers", None)
+            if current.pid and fibers is not None:
+                fibers.wake(current.pid)  # a fiber parked in a write may go on
 
     # ── httptools callbacks ─────────────────────────────────────────────
 

@@ -167,7 +167,7 @@ class ListenerRuntime:
 
         try:
             exchange.pid = self.host.spawn(
-                name, entry=action, exchange=exchange, on_exit=exited, quiet=True
+                name, entry=action, exchange=exchange, on_exit=exited, quiet=True, fiber=True
             )
         except SpawnError as exc:
             conn.current = None

@@ -190,7 +190,7 @@ class WsConnection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writable.set()
         exchange = self.exchange
-        fibers = self.listener.host.fibers
+        fibers = getattr(self.listener.host, "fibers", None)
         if exchange is not None and exchange.pid and fibers is not None:
             fibers.wake(exchange.pid)  # a fiber parked in ws_send may go on
 

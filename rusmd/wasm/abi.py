@@ -216,10 +216,10 @@ SERVING_FUNCTIONS = frozenset(
 # thread (nothing in them waits); a handler importing anything else runs
 # on a guest thread of its own (see docs/abi.md, "Serving").
 INLINE_FUNCTIONS = frozenset({"self", "log", "exit", "request", "respond", "write", "flush"})
-# Functions a WebSocket process may import and still run as a fiber on the
-# I/O thread (``rusmd/wasm/fibers.py``): ``recv`` and ``ws_send`` park the
-# fiber instead of a thread, and nothing else waits.
-FIBER_FUNCTIONS = INLINE_FUNCTIONS | frozenset({"recv", "ws_send", "ws_close", "send"})
+# Functions a serving process (WebSocket, SSE, HTTP) may import and still
+# run as a fiber on the I/O thread (``rusmd/wasm/fibers.py``): ``recv`` and
+# the serving writes park the fiber instead of a thread; nothing else waits.
+FIBER_FUNCTIONS = INLINE_FUNCTIONS | frozenset({"recv", "send", "ws_send", "ws_close", "sse_event"})
 # WASI imports that may wait (sleep, stdin): a handler importing one runs
 # on a guest thread.
 WASI_BLOCKING = frozenset({"poll_oneoff", "fd_read", "sched_yield"})

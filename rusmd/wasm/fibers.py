@@ -3,15 +3,17 @@
 Runs in: worker, on its I/O thread (uvloop); ``FiberScheduler.start`` and
 ``wake`` may be called from any thread.
 
-A process that serves a WebSocket, of a component whose imports never
-wait except in ``rusm.recv`` and ``rusm.ws_send``
-(``ModuleShape.fiber``), runs on a fiber rather than a guest thread.
+A process that serves a WebSocket, an SSE stream or an HTTP request
+(one not served inline), of a component whose imports never wait except
+in ``rusm.recv`` and the serving writes (``ModuleShape.fiber``), runs on
+a fiber rather than a guest thread.
 ``wasmtime_func_call_async`` returns a future; polling it on the I/O
 thread runs the guest until one of these happens:
 
 - it returns or traps (the process ends);
-- it waits in ``rusm.recv`` on an empty mailbox, or in ``rusm.ws_send``
-  while the client reads slowly;
+- it waits in ``rusm.recv`` on an empty mailbox, or in a serving write
+  (``ws_send``, ``sse_event``, ``write``, ``flush``) while the client
+  reads slowly;
 - it uses up an epoch tick: its deadline yields rather than traps, so a
   busy guest hands the loop back every tick (``EPOCH_TICK_MS``) and its
   CPU budget is counted as on a thread.
@@ -23,11 +25,11 @@ poll). A parked fiber that is stopped is never resumed: its future is
 dropped, which unwinds its stack. Nothing passes between threads for a
 message, and a WebSocket round trip is one poll.
 
-``recv`` and ``ws_send`` are wasmtime *async* host functions in these
-modules' linker: the host callback either finishes at once (a message
-is there, the socket is writable) or hands wasmtime a continuation that
-the next polls ask until it can finish. Every other import is the same
-synchronous callback a threaded process calls.
+``recv`` and the serving writes are wasmtime *async* host functions in
+these modules' linker: the host callback either finishes at once (a
+message is there, the socket is writable) or hands wasmtime a
+continuation that the next polls ask until it can finish. Every other
+import is the same synchronous callback a threaded process calls.
 """
 
 from __future__ import annotations
@@ -93,6 +95,9 @@ _ContinuationCallback = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p)
 _VAL_BYTES = ctypes.sizeof(ffi.wasmtime_val_t)
 _VAL_OF = ffi.wasmtime_val_t.of.offset
 _I32 = 0  # WASMTIME_I32
+# Serving functions that wait while the client reads too slowly: async on
+# a fiber (the fiber parks), as a thread they wait on the exchange.
+WRITERS = ("ws_send", "sse_event", "write", "flush")
 
 
 def define_async(linker: Any, module: bytes, name: bytes, func_type: Any, callback: Any) -> Any:
@@ -186,10 +191,9 @@ class FiberScheduler:
         self._continue_address = ctypes.cast(self._continue, ctypes.c_void_p).value
         self._done = _ContinuationCallback(_finished_at_once)
         self._done_address = ctypes.cast(self._done, ctypes.c_void_p).value
-        self.callbacks = {
-            "recv": AsyncCallback(self._recv),
-            "ws_send": AsyncCallback(self._ws_send),
-        }
+        self.callbacks = {"recv": AsyncCallback(self._recv)}
+        for name in WRITERS:
+            self.callbacks[name] = AsyncCallback(self._writer(name))
         self.polls = 0
         # The fiber being polled (async host calls come from it: polls never nest).
         self.current: Fiber | None = None
@@ -242,6 +246,9 @@ class FiberScheduler:
         else:
             results = component.shape.entry_results if component.shape else 0
         fiber.entry, fiber.entry_results = name, int(results)
+        run_on_loop = getattr(process.exchange, "run_on_loop", None)
+        if run_on_loop is not None:
+            run_on_loop()
         process.state = ProcessState.RUNNING
         process.call_started_tick = host.ticks
         fiber.future = ctypes.c_void_p(
@@ -503,54 +510,61 @@ class FiberScheduler:
                 fiber.process.crash = f"host error in rusm.recv: {type(exc).__name__}: {exc}"
             ctypes.c_void_p.from_address(trap_ret).value = _trap("host error in rusm.recv")
 
-    def _ws_send(
-        self,
-        _env: int | None,
-        caller: int,
-        args: int,
-        _nargs: int,
-        results: int,
-        _nresults: int,
-        trap_ret: int,
-        cont: Any,
-    ) -> None:
-        """``rusm.ws_send(kind, ptr, len)`` on a fiber: waits while the socket is backed up."""
+    def _writer(self, name: str) -> Callable[..., None]:
+        """The async form of serving function ``name`` (``WRITERS``): it waits,
+        parked, while the client's socket is backed up, then runs as usual."""
+        from rusmd.wasm.abi import FUNCTIONS
         from rusmd.wasm.host import _trap
 
-        fiber = None
-        try:
-            fiber = self._enter(caller, "ws_send", trap_ret)
-            if fiber is None:
-                return
-            process = fiber.process
-            values = capi.Values()
-            for k in range(3):
-                values[k].i32 = _arg(args, k)
-            exchange = process.exchange
-            writable = getattr(exchange, "writable", None)
+        implementation = getattr(self.host.serve_calls, name)
+        count = len(FUNCTIONS[name].params)
 
-            def ready() -> bool:
-                return writable is None or writable.is_set() or bool(exchange.closed)
+        def callback(
+            _env: int | None,
+            caller: int,
+            args: int,
+            _nargs: int,
+            results: int,
+            _nresults: int,
+            trap_ret: int,
+            cont: Any,
+        ) -> None:
+            fiber = None
+            try:
+                fiber = self._enter(caller, name, trap_ret)
+                if fiber is None:
+                    return
+                process = fiber.process
+                values = capi.Values()
+                for k in range(count):
+                    values[k].i32 = _arg(args, k)
+                exchange = process.exchange
+                writable = getattr(exchange, "writable", None)
 
-            def finish() -> bool:
-                if not ready():
-                    return False
-                self.host.serve_calls.ws_send(process, values)
-                _set_result(results, values[0].i32)
-                return True
+                def ready() -> bool:
+                    return writable is None or writable.is_set() or bool(exchange.closed)
 
-            if finish():
-                self._finished(cont)
-                return
-            fiber.deadline = None
-            self._park(fiber, ready, finish)
-            cont[0].callback = self._continue_address
-            cont[0].env = process.pid
-        except BadPointer as exc:
-            if fiber is not None:
-                fiber.process.crash = str(exc)
-            ctypes.c_void_p.from_address(trap_ret).value = _trap(str(exc))
-        except BaseException as exc:
-            if fiber is not None:
-                fiber.process.crash = f"host error in rusm.ws_send: {type(exc).__name__}: {exc}"
-            ctypes.c_void_p.from_address(trap_ret).value = _trap("host error in rusm.ws_send")
+                def finish() -> bool:
+                    if not ready():
+                        return False
+                    implementation(process, values)
+                    _set_result(results, values[0].i32)
+                    return True
+
+                if finish():
+                    self._finished(cont)
+                    return
+                fiber.deadline = None
+                self._park(fiber, ready, finish)
+                cont[0].callback = self._continue_address
+                cont[0].env = process.pid
+            except BadPointer as exc:
+                if fiber is not None:
+                    fiber.process.crash = str(exc)
+                ctypes.c_void_p.from_address(trap_ret).value = _trap(str(exc))
+            except BaseException as exc:
+                if fiber is not None:
+                    fiber.process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
+                ctypes.c_void_p.from_address(trap_ret).value = _trap(f"host error in rusm.{name}")
+
+        return callback

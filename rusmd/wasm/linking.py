@@ -58,9 +58,9 @@ class ModuleShape:
         has_memory: True if it exports ``memory``.
         inline: True if it imports nothing that may wait, so a request
             handler of it may run on the worker's I/O thread.
-        fiber: True if it imports ``recv`` and nothing else that may wait
-            (``FIBER_FUNCTIONS``), so its WebSocket processes may run as
-            fibers on the I/O thread.
+        fiber: True if it imports nothing that may wait but ``recv`` and
+            the serving writes (``FIBER_FUNCTIONS``), so its serving
+            processes may run as fibers on the I/O thread.
         has_initialize: True if it exports ``_initialize`` (a WASI reactor),
             called on each fresh instance before an action or ``run``.
     """
@@ -138,11 +138,7 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
             )
         rusm_imports.append(name)
     entry, results, has_memory, has_initialize = _entry(component, module)
-    fiber = (
-        not waits
-        and "recv" in rusm_imports
-        and all(name in FIBER_FUNCTIONS for name in rusm_imports)
-    )
+    fiber = not waits and all(name in FIBER_FUNCTIONS for name in rusm_imports)
     waits = waits or any(name not in INLINE_FUNCTIONS for name in rusm_imports)
     reading = [name for name in rusm_imports if takes_pointers(name)]
     if reading and not has_memory:

@@ -44,6 +44,8 @@ WAIT_S = 20.0
 MAX_MESSAGE_BYTES = 4096
 # The sse listener whose idle stream must see heartbeats.
 HEARTBEAT_S = 1
+# Events the fiber sse action ``burst`` sends.
+BURST_EVENTS = 2000
 # Concurrent WebSockets in the many-connections test, and how many
 # handshakes are in flight at once while opening them.
 MANY = 1000
@@ -123,6 +125,41 @@ STREAM_WAT = f"""
       (if (i32.and (i32.ge_s (local.get $n) (i32.const 0)) (i32.eqz (i32.load (i32.const 0))))
         (then (drop (call $event (i32.const 352) (i32.const 7) (i32.const 1024) (local.get $n)))))
       (br $serve)))
+)
+"""
+
+# An sse component that runs as a fiber (it imports nothing that waits but
+# recv): ``relay`` sends its pid, then each MESSAGE as a ``message`` event;
+# ``burst`` sends 2000 numbered events and returns.
+RELAY_WAT = f"""
+(module
+  (import "rusm" "self" (func $self (result i64)))
+  (import "rusm" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
+  (import "rusm" "sse_event" (func $event (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 336) "pid")
+  (data (i32.const 352) "message")
+  {ITOA}
+  (func (export "relay")
+    (local $n i32) (local $p i32)
+    (local.set $p (call $itoa (call $self)))
+    (drop (call $event (i32.const 336) (i32.const 3)
+      (local.get $p) (i32.sub (i32.const 240) (local.get $p))))
+    (loop $serve
+      (local.set $n (call $recv (i32.const 0) (i32.const 1024) (i32.const 4096) (i32.const -1)))
+      (if (i32.and (i32.ge_s (local.get $n) (i32.const 0)) (i32.eqz (i32.load (i32.const 0))))
+        (then (drop (call $event (i32.const 352) (i32.const 7) (i32.const 1024) (local.get $n)))))
+      (br $serve)))
+  (func (export "burst")
+    (local $i i32) (local $p i32)
+    (loop $next
+      (local.set $p (call $itoa (i64.extend_i32_u (local.get $i))))
+      (if (i32.lt_s (call $event (i32.const 0) (i32.const 0)
+                      (local.get $p) (i32.sub (i32.const 240) (local.get $p)))
+                    (i32.const 0))
+        (then (return)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $next (i32.lt_u (local.get $i) (i32.const {BURST_EVENTS})))))
 )
 """
 
@@ -242,9 +279,13 @@ def write_app(app: App) -> Ports:
     (wasm / "stream.wasm").write_bytes(wasmtime.wat2wasm(STREAM_WAT))
     (wasm / "echo.wasm").write_bytes(wasmtime.wat2wasm(ECHO_WAT))
     (wasm / "napper.wasm").write_bytes(wasmtime.wat2wasm(NAPPER_WAT))
+    (wasm / "relay.wasm").write_bytes(wasmtime.wat2wasm(RELAY_WAT))
     routes = "\n".join(
-        f'"GET /{action}" = "stream#{action}"'
-        for action in ("events", "endless", "missing", "trap", "inbox")
+        [
+            f'"GET /{action}" = "stream#{action}"'
+            for action in ("events", "endless", "missing", "trap", "inbox")
+        ]
+        + ['"GET /relay" = "relay#relay"', '"GET /burst" = "relay#burst"']
     )
     app.manifest.write_text(
         f'[node]\nlisten = "127.0.0.1:{app.node_port}"\n[log]\nlevel = "info"\n'
@@ -256,7 +297,7 @@ def write_app(app: App) -> Ports:
         f'[[serve]]\nprotocol = "ws"\nlisten = "127.0.0.1:{ports.ws}"\nname = "echo"\n'
         f"max-message-bytes = {MAX_MESSAGE_BYTES}\n"
         f'[[serve]]\nprotocol = "ws"\nlisten = "127.0.0.1:{ports.napper_ws}"\nname = "napper"\n'
-        "[components.stream]\n[components.echo]\n[components.napper]\n"
+        "[components.stream]\n[components.echo]\n[components.napper]\n[components.relay]\n"
     )
     return ports
 
@@ -472,6 +513,29 @@ def test_sse_stream_process_receives_rusmctl_send_and_emits_it_as_events(
             assert one_worker.ctl("send", str(pid), text).returncode == EX_OK
         assert stream.next_block() == ("event: message", "data: first news")
         assert stream.next_block() == ("event: message", "data: second", "data: news")
+
+
+def test_sse_fiber_relays_its_mailbox_and_ends_when_the_client_leaves(
+    ports: Ports, one_worker: Daemon
+) -> None:
+    with sse(ports.sse, "/relay") as stream:
+        pid = stream.pid()
+        assert listed(one_worker)[pid]["runs"] == "fiber"
+        for text in ("first news", "second news"):
+            assert one_worker.ctl("send", str(pid), text).returncode == EX_OK
+        assert stream.next_block() == ("event: message", "data: first news")
+        assert stream.next_block() == ("event: message", "data: second news")
+        inbox_pid = 0
+        with sse(ports.sse, "/inbox") as threaded:
+            inbox_pid = threaded.pid()
+            assert listed(one_worker)[inbox_pid]["runs"] == "thread"
+    wait_gone(one_worker, {pid, inbox_pid})
+
+
+def test_sse_fiber_burst_arrives_whole_and_in_order(ports: Ports, one_worker: Daemon) -> None:
+    with sse(ports.sse, "/burst") as stream:
+        blocks = stream.blocks_to_end()
+    assert blocks == [(f"data: {n}",) for n in range(BURST_EVENTS)]
 
 
 # ── WebSocket ───────────────────────────────────────────────────────────
