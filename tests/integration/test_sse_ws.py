@@ -44,6 +44,9 @@ WAIT_S = 20.0
 MAX_MESSAGE_BYTES = 4096
 # The sse listener whose idle stream must see heartbeats.
 HEARTBEAT_S = 1
+# Messages of MAX_MESSAGE_BYTES the echo guest sends for ``flood``: far
+# more than the kernel's socket buffers hold, so its ws_send must wait.
+FLOOD_MESSAGES = 4000
 # Events the fiber sse action ``burst`` sends.
 BURST_EVENTS = 2000
 # Concurrent WebSockets in the many-connections test, and how many
@@ -184,6 +187,8 @@ ECHO_WAT = f"""
   (data (i32.const 296) "spin")
   (data (i32.const 304) "nap")
   (data (i32.const 312) "timeout")
+  (data (i32.const 320) "flood")
+  (data (i32.const 328) "done")
   {ITOA}
   ;; Is the payload at 1024 (n bytes) the string at ptr (len bytes)?
   (func $is (param $ptr i32) (param $len i32) (param $n i32) (result i32)
@@ -228,6 +233,17 @@ ECHO_WAT = f"""
               (br $serve)))
           (if (call $is (i32.const 296) (i32.const 4) (local.get $n))
             (then (loop $spin (br $spin))))
+          ;; flood: FLOOD_MESSAGES binary messages of the buffer, then "done".
+          (if (call $is (i32.const 320) (i32.const 5) (local.get $n))
+            (then
+              (local.set $p (i32.const 0))
+              (loop $more
+                (i32.store (i32.const 1024) (local.get $p))
+                (drop (call $ws_send (i32.const 2) (i32.const 1024) (i32.const {MAX_MESSAGE_BYTES})))
+                (local.set $p (i32.add (local.get $p) (i32.const 1)))
+                (br_if $more (i32.lt_u (local.get $p) (i32.const {FLOOD_MESSAGES}))))
+              (drop (call $ws_send (i32.const 1) (i32.const 328) (i32.const 4)))
+              (br $serve)))
           ;; nap: a recv of 50 ms on an empty mailbox must time out (-6).
           (if (call $is (i32.const 304) (i32.const 3) (local.get $n))
             (then
@@ -661,6 +677,23 @@ def test_ws_process_runs_as_a_fiber_unless_it_imports_a_function_that_waits(
         for ws in (echo, napper):
             ws.send(b"both kinds echo")
             assert ws.recv(timeout=WAIT_S) == b"both kinds echo"
+
+
+def test_ws_fiber_sending_to_a_client_that_does_not_read_waits_without_stalling_others(
+    ports: Ports, one_worker: Daemon
+) -> None:
+    with ws_connect(ports) as flooded, ws_connect(ports) as other:
+        flooded.send("flood")
+        # Nobody reads `flooded`: its guest's ws_send parks the fiber once
+        # the socket is backed up, and the I/O thread serves on.
+        for n in range(20):
+            other.send(f"meanwhile {n}")
+            assert other.recv(timeout=WAIT_S) == f"meanwhile {n}"
+        for n in range(FLOOD_MESSAGES):
+            message = flooded.recv(timeout=WAIT_S)
+            assert isinstance(message, bytes) and len(message) == MAX_MESSAGE_BYTES
+            assert int.from_bytes(message[:4], "little") == n
+        assert flooded.recv(timeout=WAIT_S) == "done"
 
 
 def test_ws_fiber_recv_with_a_timeout_times_out_on_an_empty_mailbox(
