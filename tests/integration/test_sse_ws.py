@@ -239,7 +239,8 @@ ECHO_WAT = f"""
               (local.set $p (i32.const 0))
               (loop $more
                 (i32.store (i32.const 1024) (local.get $p))
-                (drop (call $ws_send (i32.const 2) (i32.const 1024) (i32.const {MAX_MESSAGE_BYTES})))
+                (drop (call $ws_send
+                  (i32.const 2) (i32.const 1024) (i32.const {MAX_MESSAGE_BYTES})))
                 (local.set $p (i32.add (local.get $p) (i32.const 1)))
                 (br_if $more (i32.lt_u (local.get $p) (i32.const {FLOOD_MESSAGES}))))
               (drop (call $ws_send (i32.const 1) (i32.const 328) (i32.const 4)))
