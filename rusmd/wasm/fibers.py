@@ -191,9 +191,9 @@ class FiberScheduler:
         self._continue_address = ctypes.cast(self._continue, ctypes.c_void_p).value
         self._done = _ContinuationCallback(_finished_at_once)
         self._done_address = ctypes.cast(self._done, ctypes.c_void_p).value
-        self.callbacks = {"recv": AsyncCallback(self._recv)}
+        self.callbacks = {"recv": self._async_callback("recv", self._recv)}
         for name in WRITERS:
-            self.callbacks[name] = AsyncCallback(self._writer(name))
+            self.callbacks[name] = self._async_callback(name, self._writer(name))
         self.polls = 0
         # The fiber being polled (async host calls come from it: polls never nest).
         self.current: Fiber | None = None
@@ -451,73 +451,11 @@ class FiberScheduler:
         cont[0].callback = self._done_address
         cont[0].env = None
 
-    def _recv(
-        self,
-        _env: int | None,
-        caller: int,
-        args: int,
-        _nargs: int,
-        results: int,
-        _nresults: int,
-        trap_ret: int,
-        cont: Any,
-    ) -> None:
-        """``rusm.recv(header, buf, cap, timeout_ms)`` on a fiber."""
+    def _async_callback(self, name: str, body: Callable[[Fiber, int, int, Any], None]) -> Any:
+        """The async host callback of ``rusm.name``: ``body(fiber, args, results,
+        continuation)`` for the calling fiber. A bad pointer or a host error
+        traps the guest, as on a thread."""
         from rusmd.wasm.host import _trap
-
-        fiber = None
-        try:
-            fiber = self._enter(caller, "recv", trap_ret)
-            if fiber is None:
-                return
-            process = fiber.process
-            header, buf, cap, timeout_ms = (_arg(args, k) for k in range(4))
-            memory = process.memory
-            if memory is None:
-                raise BadPointer("rusm.recv: the module exports no memory")
-            size = memory.size()
-            check_range("recv", header, HEADER_BYTES, size)
-            check_range("recv", buf, cap, size)
-            if timeout_ms < -1:
-                _set_result(results, ErrorCode.INVALID)
-                self._finished(cont)
-                return
-            actor = process.actor
-            assert actor is not None
-            table = self.host.actors
-            fiber.deadline = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
-
-            def finish() -> bool:
-                code, envelope = table.receive(actor, 0, cap)
-                if envelope is None:
-                    if fiber.deadline is not None and time.monotonic() >= fiber.deadline:
-                        _set_result(results, ErrorCode.TIMEOUT)
-                        return True
-                    return False
-                assert memory is not None
-                _set_result(results, self.host.deliver(memory, header, buf, code, envelope))
-                return True
-
-            self._park(fiber, lambda: bool(actor.mailbox) or bool(actor.stop), finish)
-            cont[0].callback = self._continue_address
-            cont[0].env = process.pid
-        except BadPointer as exc:
-            if fiber is not None:
-                fiber.process.crash = str(exc)
-            ctypes.c_void_p.from_address(trap_ret).value = _trap(str(exc))
-        except BaseException as exc:
-            if fiber is not None:
-                fiber.process.crash = f"host error in rusm.recv: {type(exc).__name__}: {exc}"
-            ctypes.c_void_p.from_address(trap_ret).value = _trap("host error in rusm.recv")
-
-    def _writer(self, name: str) -> Callable[..., None]:
-        """The async form of serving function ``name`` (``WRITERS``): it waits,
-        parked, while the client's socket is backed up, then runs as usual."""
-        from rusmd.wasm.abi import FUNCTIONS
-        from rusmd.wasm.host import _trap
-
-        implementation = getattr(self.host.serve_calls, name)
-        count = len(FUNCTIONS[name].params)
 
         def callback(
             _env: int | None,
@@ -530,34 +468,14 @@ class FiberScheduler:
             cont: Any,
         ) -> None:
             fiber = None
+            # wasmtime wants a continuation even when the call traps: by
+            # default the call is over at the first poll; a body that
+            # waits replaces it.
+            self._finished(cont)
             try:
                 fiber = self._enter(caller, name, trap_ret)
-                if fiber is None:
-                    return
-                process = fiber.process
-                values = capi.Values()
-                for k in range(count):
-                    values[k].i32 = _arg(args, k)
-                exchange = process.exchange
-                writable = getattr(exchange, "writable", None)
-
-                def ready() -> bool:
-                    return writable is None or writable.is_set() or bool(exchange.closed)
-
-                def finish() -> bool:
-                    if not ready():
-                        return False
-                    implementation(process, values)
-                    _set_result(results, values[0].i32)
-                    return True
-
-                if finish():
-                    self._finished(cont)
-                    return
-                fiber.deadline = None
-                self._park(fiber, ready, finish)
-                cont[0].callback = self._continue_address
-                cont[0].env = process.pid
+                if fiber is not None:
+                    body(fiber, args, results, cont)
             except BadPointer as exc:
                 if fiber is not None:
                     fiber.process.crash = str(exc)
@@ -567,4 +485,77 @@ class FiberScheduler:
                     fiber.process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
                 ctypes.c_void_p.from_address(trap_ret).value = _trap(f"host error in rusm.{name}")
 
-        return callback
+        return AsyncCallback(callback)
+
+    def _wait(
+        self, fiber: Fiber, cont: Any, ready: Callable[[], bool], finish: Callable[[], bool]
+    ) -> None:
+        """Park ``fiber`` in its host call until ``finish()`` (asked when ``ready()``) succeeds."""
+        self._park(fiber, ready, finish)
+        cont[0].callback = self._continue_address
+        cont[0].env = fiber.process.pid
+
+    def _recv(self, fiber: Fiber, args: int, results: int, cont: Any) -> None:
+        """``rusm.recv(header, buf, cap, timeout_ms)`` on a fiber."""
+        process = fiber.process
+        header, buf, cap, timeout_ms = (_arg(args, k) for k in range(4))
+        memory = process.memory
+        if memory is None:
+            raise BadPointer("rusm.recv: the module exports no memory")
+        size = memory.size()
+        check_range("recv", header, HEADER_BYTES, size)
+        check_range("recv", buf, cap, size)
+        if timeout_ms < -1:
+            _set_result(results, ErrorCode.INVALID)
+            self._finished(cont)
+            return
+        actor = process.actor
+        assert actor is not None
+        table = self.host.actors
+        fiber.deadline = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
+
+        def finish() -> bool:
+            code, envelope = table.receive(actor, 0, cap)
+            if envelope is None:
+                if fiber.deadline is not None and time.monotonic() >= fiber.deadline:
+                    _set_result(results, ErrorCode.TIMEOUT)
+                    return True
+                return False
+            _set_result(results, self.host.deliver(memory, header, buf, code, envelope))
+            return True
+
+        self._wait(fiber, cont, lambda: bool(actor.mailbox) or bool(actor.stop), finish)
+
+    def _writer(self, name: str) -> Callable[[Fiber, int, int, Any], None]:
+        """The async form of serving function ``name`` (``WRITERS``): it waits,
+        parked, while the client's socket is backed up, then runs as usual."""
+        from rusmd.wasm.abi import FUNCTIONS
+
+        implementation = getattr(self.host.serve_calls, name)
+        count = len(FUNCTIONS[name].params)
+
+        def body(fiber: Fiber, args: int, results: int, cont: Any) -> None:
+            process = fiber.process
+            values = capi.Values()
+            for k in range(count):
+                values[k].i32 = _arg(args, k)
+            exchange = process.exchange
+            writable = getattr(exchange, "writable", None)
+
+            def ready() -> bool:
+                return writable is None or writable.is_set() or bool(exchange.closed)
+
+            def finish() -> bool:
+                if not ready():
+                    return False
+                implementation(process, values)
+                _set_result(results, values[0].i32)
+                return True
+
+            if finish():
+                self._finished(cont)
+                return
+            fiber.deadline = None
+            self._wait(fiber, cont, ready, finish)
+
+        return body

@@ -189,6 +189,7 @@ ECHO_WAT = f"""
   (data (i32.const 312) "timeout")
   (data (i32.const 320) "flood")
   (data (i32.const 328) "done")
+  (data (i32.const 336) "badrecv")
   {ITOA}
   ;; Is the payload at 1024 (n bytes) the string at ptr (len bytes)?
   (func $is (param $ptr i32) (param $len i32) (param $n i32) (result i32)
@@ -233,6 +234,10 @@ ECHO_WAT = f"""
               (br $serve)))
           (if (call $is (i32.const 296) (i32.const 4) (local.get $n))
             (then (loop $spin (br $spin))))
+          ;; badrecv: a recv whose header pointer lies outside memory.
+          (if (call $is (i32.const 336) (i32.const 7) (local.get $n))
+            (then
+              (drop (call $recv (i32.const 70000) (i32.const 1024) (i32.const 16) (i32.const -1)))))
           ;; flood: FLOOD_MESSAGES binary messages of the buffer, then "done".
           (if (call $is (i32.const 320) (i32.const 5) (local.get $n))
             (then
@@ -695,6 +700,21 @@ def test_ws_fiber_sending_to_a_client_that_does_not_read_waits_without_stalling_
             assert isinstance(message, bytes) and len(message) == MAX_MESSAGE_BYTES
             assert int.from_bytes(message[:4], "little") == n
         assert flooded.recv(timeout=WAIT_S) == "done"
+
+
+def test_ws_fiber_recv_with_a_bad_pointer_crashes_only_its_process_naming_it(
+    ports: Ports, one_worker: Daemon
+) -> None:
+    with ws_connect(ports) as bad, ws_connect(ports) as other:
+        pid = ws_pid(bad)
+        bad.send("badrecv")
+        closed = closed_by_server(bad)
+        assert closed.rcvd is not None and closed.rcvd.code == 1011
+        wait_gone(one_worker, {pid})
+        lines = [t for t in guest_lines(one_worker, "rusm") if f"echo#{pid}" in t]
+        assert any("bad pointer: rusm.recv(ptr=70000, len=32)" in t for t in lines), lines
+        other.send("fine")
+        assert other.recv(timeout=WAIT_S) == "fine"
 
 
 def test_ws_fiber_recv_with_a_timeout_times_out_on_an_empty_mailbox(
