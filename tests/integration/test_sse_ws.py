@@ -169,10 +169,12 @@ RELAY_WAT = f"""
 # The ws component. Kinds: FRAME 5 (reason at 4: 1 text, 2 binary), CLOSED 6
 # (close code in ref, at 16). Besides echoing it answers ``spin`` by
 # looping forever and ``nap`` with ``timeout`` once a 50 ms recv timed out.
-# Its imports let it run as a fiber on the I/O thread; ``NAPPER_WAT`` (the
+# Its imports (a WASI clock among them) let it run as a fiber on the I/O thread; ``NAPPER_WAT`` (the
 # same echo, with a ``rusm.sleep`` before each reply) runs on a thread.
 ECHO_WAT = f"""
 (module
+  (import "wasi_snapshot_preview1" "clock_time_get"
+    (func $clock (param i32 i64 i32) (result i32)))
   (import "rusm" "self" (func $self (result i64)))
   (import "rusm" "log" (func $log (param i32 i32 i32) (result i32)))
   (import "rusm" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
@@ -258,6 +260,8 @@ ECHO_WAT = f"""
                           (i32.const -6))
                 (then (drop (call $ws_send (i32.const 1) (i32.const 312) (i32.const 7)))))
               (br $serve)))
+          ;; A WASI call on the way (it runs on the fiber like any import).
+          (drop (call $clock (i32.const 1) (i64.const 1) (i32.const 600)))
           (drop (call $ws_send (i32.load (i32.const 4)) (i32.const 1024) (local.get $n)))))
       (br $serve)))
 )
