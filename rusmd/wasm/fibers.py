@@ -1,4 +1,4 @@
-"""WebSocket processes as wasmtime fibers on the worker's I/O thread.
+"""Serving processes (WebSocket, SSE, HTTP) as wasmtime fibers on the I/O thread.
 
 Runs in: worker, on its I/O thread (uvloop); ``FiberScheduler.start`` and
 ``wake`` may be called from any thread.
