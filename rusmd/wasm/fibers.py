@@ -158,6 +158,9 @@ class Fiber:
         self.timer: asyncio.TimerHandle | None = None
         self.scheduled = False
         self.ended = False
+        # Its parked call finished during the last poll: wasmtime hands
+        # back once more before the guest runs on, so poll again at once.
+        self.resumed = False
 
     def refs(self) -> tuple[Any, Any]:
         """The trap and error out-slots, cleared, as a future's last two arguments."""
@@ -279,11 +282,14 @@ class FiberScheduler:
                 process.call_started_tick = self.host.ticks  # time parked is not CPU time
             self.polls += 1
             self.current = fiber
+            fiber.resumed = False
             try:
                 done = _poll(fiber.future)
             finally:
                 self.current = None
             if not done:
+                if fiber.resumed and not fiber.parked:
+                    continue
                 if fiber.parked:
                     process.state = ProcessState.WAITING
                     self._arm(fiber)
@@ -410,6 +416,7 @@ class FiberScheduler:
         try:
             if fiber.finish():
                 fiber.parked = False
+                fiber.resumed = True
                 fiber.deadline = None
                 if fiber.timer is not None:
                     fiber.timer.cancel()
