@@ -79,3 +79,7 @@ I32Args = ctypes.c_int32 * (4 * MAX_VALUES)
 HostCallback = ctypes.CFUNCTYPE(
     ctypes.c_size_t, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t
 )
+
+# Raw (``raw``) bindings the inline path and the fibers share.
+export_get_raw = raw("wasmtime_instance_export_get", ctypes.c_bool)
+caller_context_raw = raw("wasmtime_caller_context", ctypes.POINTER(ffi.wasmtime_context_t))

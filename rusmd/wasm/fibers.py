@@ -63,8 +63,8 @@ _call_async = capi.raw("wasmtime_func_call_async", ctypes.c_void_p)
 _poll = capi.raw("wasmtime_call_future_poll", ctypes.c_bool, release_gil=True)
 _delete_future = capi.raw("wasmtime_call_future_delete", None)
 _define_async = capi.raw("wasmtime_linker_define_async_func", ctypes.c_void_p)
-_export_get = capi.raw("wasmtime_instance_export_get", ctypes.c_bool)
-_caller_context = capi.raw("wasmtime_caller_context", ctypes.POINTER(ffi.wasmtime_context_t))
+_export_get = capi.export_get_raw
+_caller_context = capi.caller_context_raw
 
 
 class Continuation(ctypes.Structure):
@@ -197,7 +197,6 @@ class FiberScheduler:
         self.callbacks = {"recv": self._async_callback("recv", self._recv)}
         for name in WRITERS:
             self.callbacks[name] = self._async_callback(name, self._writer(name))
-        self.polls = 0
         # The fiber being polled (async host calls come from it: polls never nest).
         self.current: Fiber | None = None
 
@@ -280,7 +279,6 @@ class FiberScheduler:
                     return
                 process.state = ProcessState.RUNNING
                 process.call_started_tick = self.host.ticks  # time parked is not CPU time
-            self.polls += 1
             self.current = fiber
             fiber.resumed = False
             try:

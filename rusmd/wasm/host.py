@@ -113,10 +113,10 @@ _EpochCallback = _bindings._wasmtime_store_epoch_deadline_callback.argtypes[1]
 # there is none); ``_error_at`` makes it a pointer again for ``_failure``.
 _instantiate = capi.raw("wasmtime_instance_pre_instantiate", ctypes.c_void_p, release_gil=True)
 _call = capi.raw("wasmtime_func_call_unchecked", ctypes.c_void_p, release_gil=True)
-_export_get = capi.raw("wasmtime_instance_export_get", ctypes.c_bool)
+_export_get = capi.export_get_raw
 _caller_export_get = capi.raw("wasmtime_caller_export_get", ctypes.c_bool)
 _set_deadline = capi.raw("wasmtime_context_set_epoch_deadline", None)
-_caller_context = capi.raw("wasmtime_caller_context", ctypes.POINTER(ffi.wasmtime_context_t))
+_caller_context = capi.caller_context_raw
 _ONE = ctypes.c_size_t(1)
 _MEMORY = (b"memory", ctypes.c_size_t(6))
 _INITIALIZE = (b"_initialize", ctypes.c_size_t(11))
