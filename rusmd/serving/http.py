@@ -85,6 +85,15 @@ class Phase:
     QUEUED = 3  # a whole request read; nothing to wait for from the client
 
 
+# The phases as plain module constants: the hot path reads them per request.
+_IDLE, _HEAD, _BODY, _QUEUED = Phase.IDLE, Phase.HEAD, Phase.BODY, Phase.QUEUED
+_monotonic = time.monotonic
+# Method names as the parser gives them → as requests carry them.
+_METHODS = {
+    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+}
+
+
 class HttpConnection(asyncio.Protocol):
     """One client connection on an http or sse listener."""
 
@@ -104,14 +113,15 @@ class HttpConnection(asyncio.Protocol):
         self.head_seen = 0
         self.lingering = False  # half-closed between requests: drop input, then close
         self.paused = False  # reading paused by a long pipeline queue
-        self.out: list[bytes] | None = None  # written this loop iteration, not yet sent
+        # Written this loop iteration, not yet sent: one response's bytes, or a list.
+        self.out: bytes | list[bytes] | None = None
         self._reset()
 
     def _reset(self) -> None:
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
-        self.body: list[bytes] = []
+        self.body: list[bytes] | None = None  # made by the first body bytes
         self.body_bytes = 0
 
     # ── asyncio.Protocol ────────────────────────────────────────────────
@@ -125,16 +135,16 @@ class HttpConnection(asyncio.Protocol):
             return
         listener.connections.add(self)
         self.phase = Phase.IDLE
-        self.deadline = time.monotonic() + self.limits.header_timeout_s
+        self.deadline = _monotonic() + self.limits.header_timeout_s
 
     def data_received(self, data: bytes) -> None:
         if self.dead:
             return
-        if self.phase <= Phase.HEAD:
+        if self.phase <= _HEAD:
             self.head_seen += len(data)
         try:
             self.parser.feed_data(data)
-            if self.phase == Phase.HEAD and self.head_seen > self._head_limit():
+            if self.phase == _HEAD and self.head_seen > self._head_limit():
                 raise Reject(431, "request head over its limit")
         except Reject as exc:
             self._refuse(exc)
@@ -184,11 +194,10 @@ class HttpConnection(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.header_bytes = 0
-        self.body = []
-        self.body_bytes = 0
-        if self.phase != Phase.HEAD:
-            self.phase = Phase.HEAD
-            self.deadline = time.monotonic() + self.limits.header_timeout_s
+        self.body = None
+        if self.phase != _HEAD:
+            self.phase = _HEAD
+            self.deadline = _monotonic() + self.limits.header_timeout_s
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -196,21 +205,26 @@ class HttpConnection(asyncio.Protocol):
             raise Reject(414, f"request target over {self.limits.max_url_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        headers = self.headers
+        limits = self.limits
         self.header_bytes += len(name) + len(value)
-        if len(self.headers) >= self.limits.max_headers:
-            raise Reject(431, f"more than {self.limits.max_headers} headers")
-        if self.header_bytes > self.limits.max_header_bytes:
-            raise Reject(431, f"headers over {self.limits.max_header_bytes} bytes")
+        if len(headers) >= limits.max_headers:
+            raise Reject(431, f"more than {limits.max_headers} headers")
+        if self.header_bytes > limits.max_header_bytes:
+            raise Reject(431, f"headers over {limits.max_header_bytes} bytes")
         lower = name.lower()
-        if lower == b"content-length" and int(value) > self.limits.max_body_bytes:
-            raise Reject(413, f"body over {self.limits.max_body_bytes} bytes")
-        self.headers.append((lower, value))
+        if lower == b"content-length" and int(value) > limits.max_body_bytes:
+            raise Reject(413, f"body over {limits.max_body_bytes} bytes")
+        headers.append((lower, value))
 
     def on_headers_complete(self) -> None:
-        self.phase = Phase.BODY
-        self.deadline = time.monotonic() + self.limits.body_timeout_s
+        self.phase = _BODY
+        self.deadline = _monotonic() + self.limits.body_timeout_s
 
     def on_body(self, body: bytes) -> None:
+        if self.body is None:
+            self.body = []
+            self.body_bytes = 0
         self.body_bytes += len(body)
         if self.body_bytes > self.limits.max_body_bytes:
             raise Reject(413, f"body over {self.limits.max_body_bytes} bytes")
@@ -221,22 +235,23 @@ class HttpConnection(asyncio.Protocol):
         path, _, query = self.url.decode("latin-1").partition("?")
         if query:
             query = query.partition("#")[0]
-        keep_alive = parser.should_keep_alive() and not parser.should_upgrade()
+        method = parser.get_method()
         body = self.body
-        self.pending.append(
+        pending = self.pending
+        pending.append(
             Request(
-                parser.get_method().decode("latin-1"),
+                _METHODS.get(method) or method.decode("latin-1"),
                 path,
                 query,
                 self.headers,
                 b"".join(body) if body else b"",
-                keep_alive,
+                parser.should_keep_alive() and not parser.should_upgrade(),
             )
         )
-        self.phase = Phase.QUEUED
+        self.phase = _QUEUED
         self.deadline = 0.0
         self.head_seen = 0
-        if len(self.pending) >= MAX_PIPELINED and self.transport is not None:
+        if len(pending) >= MAX_PIPELINED and self.transport is not None:
             self.paused = True
             self.transport.pause_reading()
 
@@ -254,20 +269,22 @@ class HttpConnection(asyncio.Protocol):
 
     def _drive(self) -> None:
         """Serve queued requests one at a time until one is in flight."""
-        while self.pending and not self.busy and self.transport is not None:
-            item = self.pending.popleft()
-            if isinstance(item, Reject):
+        pending = self.pending
+        while pending and not self.busy and self.transport is not None:
+            item = pending.popleft()
+            if type(item) is Reject:
                 self.listener.refused(self, item)
                 self.send(simple_response(item.status, item.why, close=True))
                 self._close()
                 return
-            if self.listener.draining or not item.keep_alive:
+            if not item.keep_alive or self.listener.draining:
                 self.closing = True
             self.busy = True
             self.listener.dispatch(self, item)
-        if not self.busy and not self.pending and self.phase == Phase.QUEUED and not self.dead:
-            self.phase = Phase.IDLE
-            self.deadline = time.monotonic() + self.limits.idle_timeout_s
+        # (An answer given within dispatch has made the connection idle already.)
+        if self.phase == _QUEUED and not self.busy and not pending and not self.dead:
+            self.phase = _IDLE
+            self.deadline = _monotonic() + self.limits.idle_timeout_s
             if self.paused:
                 self.paused = False
                 self.transport.resume_reading()
@@ -281,11 +298,14 @@ class HttpConnection(asyncio.Protocol):
         of writes wakes a waiting client once, not once per response.
         """
         out = self.out
-        if out is not None:
+        if out is None:
+            if self.transport is not None:
+                self.out = data
+                self.listener.defer(self)
+        elif type(out) is list:
             out.append(data)
-        elif self.transport is not None and not self.transport.is_closing():
-            self.out = [data]
-            self.listener.defer(self)
+        else:
+            self.out = [out, data]
 
     def flush(self) -> None:
         """Write what ``send`` has held back (I/O thread)."""
@@ -295,7 +315,7 @@ class HttpConnection(asyncio.Protocol):
         self.out = None
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(out[0] if len(out) == 1 else b"".join(out))
+            transport.write(out if type(out) is bytes else b"".join(out))
 
     def answered(self) -> None:
         """The response in flight is complete: close, or serve the next."""
@@ -325,7 +345,7 @@ class HttpConnection(asyncio.Protocol):
             return
         self.dead = True
         self.lingering = True
-        self.deadline = time.monotonic() + LINGER_S
+        self.deadline = _monotonic() + LINGER_S
         self.flush()
         self.transport.write_eof()
 

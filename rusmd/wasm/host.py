@@ -118,6 +118,8 @@ _caller_export_get = capi.raw("wasmtime_caller_export_get", ctypes.c_bool)
 _set_deadline = capi.raw("wasmtime_context_set_epoch_deadline", None)
 _caller_context = capi.caller_context_raw
 _ONE = ctypes.c_size_t(1)
+_PID_STRIDE = abi.PID_STRIDE
+_get_ident = threading.get_ident
 _MEMORY = (b"memory", ctypes.c_size_t(6))
 _INITIALIZE = (b"_initialize", ctypes.c_size_t(11))
 
@@ -146,8 +148,13 @@ class _InlineStore:
         self.item_ref = ctypes.byref(self.item)
         self.func_ref = ctypes.byref(self.item.of.func)
         self.values = (ffi.wasmtime_val_raw_t * 1)()
-        # Epoch deadlines (in ticks, as raw call arguments) by budget in ms.
+        # The action's i32 result, read as a plain int.
+        self.result = (ctypes.c_int32 * 1).from_buffer(self.values)
+        # Epoch deadlines (in ticks, as raw call arguments) by budget in ms,
+        # and the budget and tick the store's deadline was last set for.
         self.deadlines: dict[int, Any] = {}
+        self.deadline_budget = -1
+        self.deadline_tick = -1
         # The current instance's exported memory (looked up on its first host call).
         self.memory_item = ffi.wasmtime_extern_t()
         self.memory_ref = ctypes.byref(self.memory_item)
@@ -157,6 +164,11 @@ class _InlineStore:
         # that process's, found without asking wasmtime for the store data.
         self.current: Process | None = None
         self.thread = 0
+        # A host call's caller and values, re-pointed for each inline call
+        # (cheaper than new ctypes objects; only the I/O thread uses them).
+        self.caller = ctypes.c_void_p()
+        self.args = ctypes.POINTER(ctypes.c_int32)()
+        self.args_at = ctypes.c_size_t.from_buffer(self.args)
         # Pid serials taken for inline requests, not yet handed out.
         self.next_serial = 0
         self.serial_end = 0
@@ -171,18 +183,27 @@ class _InlineStore:
         )
 
     def begin(self, pid: int, component: LoadedComponent, action: str, exchange: Any) -> Process:
-        """The reused process record, reset for a new request."""
+        """The reused process record, set for a new request.
+
+        Its failure fields (crash, exit code, CPU flag, memory figure) are
+        cleared by ``clean`` after a request that failed, the only kind
+        that sets them.
+        """
         process = self.process
         process.pid = pid
         process.component = component
         process.entry = action
         process.exchange = exchange
         process.memory = None
+        return process
+
+    def clean(self) -> None:
+        """Clear what a failed request left on the reused process record."""
+        process = self.process
         process.memory_bytes = 0
         process.crash = ""
         process.exit_code = None
         process.cpu_exceeded = False
-        return process
 
     def ready(self, engine: Any, limit: int) -> Any:
         """The store context for the next instance (a new store when needed)."""
@@ -190,13 +211,25 @@ class _InlineStore:
             self.reset()
             self.open(engine, limit)
         self.uses += 1
-        self.thread = threading.get_ident()
         return self.context
 
-    def deadline(self, budget_ms: int) -> Any:
-        """The epoch deadline for a budget, as ``_set_deadline`` takes it (kept)."""
-        ticks = self.deadlines[budget_ms] = ctypes.c_uint64(budget_ms // EPOCH_TICK_MS + 1)
-        return ticks
+    def deadline(self, context: Any, budget_ms: int, tick: int) -> None:
+        """Set the epoch deadline for a budget, unless it is already set.
+
+        The deadline counts from the epoch when it is set, so within one
+        store, budget and tick (``WasmHost.ticks``) it is the same value
+        and is not set again. The ticker advances the epoch and ``ticks``
+        one after the other: an instance may start one tick later than the
+        tick it was read at, so the deadline has one tick of slack.
+        """
+        if budget_ms == self.deadline_budget and tick == self.deadline_tick:
+            return
+        ticks = self.deadlines.get(budget_ms)
+        if ticks is None:
+            ticks = self.deadlines[budget_ms] = ctypes.c_uint64(budget_ms // EPOCH_TICK_MS + 2)
+        _set_deadline(context, ticks)
+        self.deadline_budget = budget_ms
+        self.deadline_tick = tick
 
     def reusable(self, process: Process) -> bool:
         """Whether the store may take another instance after ``process`` ended well."""
@@ -235,6 +268,7 @@ class _InlineStore:
             capi.store_delete(self.store)
         self.store = None
         self.context = None
+        self.deadline_budget = -1
 
 
 class _Native(Protocol):
@@ -309,6 +343,38 @@ class LoadedComponent:
     # ``recv`` and ``ws_send`` are async. None unless ``shape.fiber``.
     fiber_pre: wasmtime.InstancePre | None = None
     fiber_pre_ptr: Any = None
+    # Action → what ``serve_inline`` needs of it, in one tuple (``inline_plan``).
+    plans: dict[str, tuple[Any, ...] | str] = field(default_factory=dict)
+
+    def inline_plan(self, action: str) -> tuple[Any, ...] | str:
+        """What running ``action`` inline takes, or why it cannot run (kept in ``plans``).
+
+        The tuple: the ``InstancePre`` pointer, the export name and its
+        length as a raw call takes them, whether the action returns an
+        i32, whether the module gets a WASI context, whether it has an
+        ``_initialize``, its memory limit in bytes and CPU budget in ms.
+        """
+        results = self.action(action)
+        plan: tuple[Any, ...] | str
+        if isinstance(results, str):
+            plan = results
+        elif self.shape is None or not self.pre_ptr:
+            plan = f"component {self.name} cannot be instantiated"
+        else:
+            name, length = self.export_name(action)
+            profile = self.capability
+            plan = (
+                self.pre_ptr,
+                name,
+                length,
+                bool(results),
+                self.shape.uses_wasi,
+                self.shape.has_initialize,
+                profile.max_memory_mb << 20,
+                profile.max_cpu_ms,
+            )
+        self.plans[action] = plan
+        return plan
 
     def export_name(self, action: str) -> tuple[bytes, Any]:
         """``action``'s export name as a raw call takes it (kept in ``action_names``)."""
@@ -860,59 +926,56 @@ class WasmHost:
         failure, when full, and when an instance's memory grew past
         ``INLINE_REUSE_MEMORY_BYTES`` (so finished instances pin little).
         """
-        results = component.actions.get(action)
-        if results is None:
-            results = component.action(action)
-        shape = component.shape
-        if isinstance(results, str) or shape is None or not component.pre_ptr:
-            return ExitReport("crashed", str(results))
+        plan = component.plans.get(action) or component.inline_plan(action)
+        if type(plan) is str:
+            return ExitReport("crashed", plan)
+        pre, name, length, results, uses_wasi, has_initialize, limit, cpu_ms = plan
         inline = self._inline
         serial = inline.next_serial
         if serial < inline.serial_end:
             inline.next_serial = serial + 1
-            pid = serial * abi.PID_STRIDE + self.slot
+            pid = serial * _PID_STRIDE + self.slot
         else:
             pid = self._allocate_pid()
             inline.next_serial, inline.serial_end = self._take_serials(INLINE_PID_BLOCK)
         exchange.pid = pid
         process = inline.begin(pid, component, action, exchange)
-        profile = component.capability
-        context = inline.ready(self._engine_ptr, profile.max_memory_mb << 20)
+        context = inline.ready(self._engine_ptr, limit)
         keep = False
         try:
-            if shape.uses_wasi:
+            if uses_wasi:
                 problem = self._set_wasi(context, component)
                 if problem:
                     return self._ended(process, ExitReport("crashed", problem))
-            budget_ms = min(profile.max_cpu_ms, exchange.budget_ms)
-            _set_deadline(context, inline.deadlines.get(budget_ms) or inline.deadline(budget_ms))
+            budget_ms = exchange.budget_ms
+            if cpu_ms < budget_ms:
+                budget_ms = cpu_ms
+            inline.deadline(context, budget_ms, self.ticks)
             trap = inline.trap
             trap_ref = inline.trap_ref
+            inline.thread = _get_ident()
             inline.current = process
-            error = _instantiate(component.pre_ptr, context, inline.instance_ref, trap_ref)
+            error = _instantiate(pre, context, inline.instance_ref, trap_ref)
             if error or trap:
                 return self._ended(
                     process,
                     self._failure(process, _error_at(error), inline.take_trap(), "instantiate"),
                 )
-            if shape.has_initialize:
+            if has_initialize:
                 failed = self._inline_initialize(process, budget_ms)
                 if failed is not None:
                     return failed
-            values = inline.values
-            item_ref = inline.item_ref
-            export = component.action_names.get(action) or component.export_name(action)
-            if not _export_get(context, inline.instance_ref, export[0], export[1], item_ref):
+            if not _export_get(context, inline.instance_ref, name, length, inline.item_ref):
                 return self._ended(process, ExitReport("crashed", f"entry {action} vanished"))
-            error = _call(context, inline.func_ref, values, _ONE, trap_ref)
+            error = _call(context, inline.func_ref, inline.values, _ONE, trap_ref)
             if error or trap:
                 return self._ended(
                     process,
                     self._inline_failure(process, _error_at(error), inline.take_trap(), budget_ms),
                 )
-            if results and values[0].i32 != 0:
+            if results and inline.result[0]:
                 return self._ended(
-                    process, ExitReport("crashed", f"{action} returned {values[0].i32}")
+                    process, ExitReport("crashed", f"{action} returned {inline.result[0]}")
                 )
             self.spawned += 1
             keep = inline.reusable(process)
@@ -922,6 +985,7 @@ class WasmHost:
             process.exchange = None
             if not keep:
                 inline.reset()
+                inline.clean()
 
     def _inline_initialize(self, process: Process, budget_ms: int) -> ExitReport | None:
         """Run the fresh inline instance's ``_initialize``; None when it went well."""
@@ -1168,33 +1232,43 @@ class WasmHost:
         """The C callback for host function ``name``.
 
         ``impl`` gets the values as ``capi.Values`` (``values[1].i32``), or,
-        with ``raw``, their address, to read as ``capi.I32Args``.
+        with ``raw``, as i32s indexed in place (value ``k`` at ``args[4 * k]``).
         """
         processes = self.processes
         inline = self._inline
         get_ident = threading.get_ident
         values_at = capi.Values.from_address
+        args_at = capi.I32Args.from_address
+        caller_ref = inline.caller
+        inline_args = inline.args
+        point_args = inline.args_at
 
         def callback(_env: Any, caller: int, address: int, _count: int) -> int:
             process = None
             try:
-                current = inline.current
-                if current is not None and inline.thread == get_ident():
-                    process, context = current, inline.context
-                    if process.memory is None and _caller_export_get(
-                        ctypes.c_void_p(caller), *_MEMORY, inline.memory_ref
-                    ):
-                        process.memory = inline.memory
-                else:
-                    context = _caller_context(ctypes.c_void_p(caller))
-                    process = processes.get(_pid_of(context))
-                    if process is None:
-                        return _trap(f"rusm.{name}: calling process is unknown")
+                process = inline.current
+                if process is not None and inline.thread == get_ident():
+                    # The inline request's process: the I/O thread's reusable
+                    # ctypes objects stand for the caller and the values.
+                    if process.memory is None:
+                        caller_ref.value = caller
+                        if _caller_export_get(caller_ref, *_MEMORY, inline.memory_ref):
+                            process.memory = inline.memory
+                    if raw:
+                        point_args.value = address
+                        impl(process, inline_args)
+                    else:
+                        impl(process, values_at(address))
+                    return 0
+                context = _caller_context(ctypes.c_void_p(caller))
+                process = processes.get(_pid_of(context))
+                if process is None:
+                    return _trap(f"rusm.{name}: calling process is unknown")
                 if process.memory is None and process.component.shape is not None:
                     memory = ffi.wasmtime_extern_t()
                     if _caller_export_get(ctypes.c_void_p(caller), *_MEMORY, ctypes.byref(memory)):
                         process.memory = GuestMemory(context, memory.of.memory)
-                impl(process, address if raw else values_at(address))
+                impl(process, args_at(address) if raw else values_at(address))
                 return 0
             except BadPointer as exc:
                 if process is not None:

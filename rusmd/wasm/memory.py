@@ -105,7 +105,7 @@ class GuestMemory:
 
         A bad pointer in the second range still reads nothing.
         """
-        size = int(_data_size(self.context, self.ref))
+        size = _data_size(self.context, self.ref)
         start, count = ptr & _U32, length & _U32
         start2, count2 = ptr2 & _U32, length2 & _U32
         if start + count > size:
@@ -114,7 +114,7 @@ class GuestMemory:
             check_range(function, ptr2, length2, size)
         if not count and not count2:
             return b"", b""
-        base = int(_data(self.context, self.ref))
+        base = _data(self.context, self.ref)
         return (
             _string_at(base + start, count) if count else b"",
             _string_at(base + start2, count2) if count2 else b"",

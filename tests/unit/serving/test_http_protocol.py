@@ -13,7 +13,6 @@ every timeout is crossed by passing a value, never by sleeping.
 from __future__ import annotations
 
 import re
-import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +60,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Iterator[Clock]:
     fake = Clock()
-    monkeypatch.setattr(http, "time", types.SimpleNamespace(monotonic=fake.monotonic))
+    monkeypatch.setattr(http, "_monotonic", fake.monotonic)
     yield fake
 
 
