@@ -89,9 +89,7 @@ class Phase:
 _IDLE, _HEAD, _BODY, _QUEUED = Phase.IDLE, Phase.HEAD, Phase.BODY, Phase.QUEUED
 _monotonic = time.monotonic
 # Method names as the parser gives them → as requests carry them.
-_METHODS = {
-    m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
-}
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
 class HttpConnection(asyncio.Protocol):

@@ -947,9 +947,7 @@ class WasmHost:
                 problem = self._set_wasi(context, component)
                 if problem:
                     return self._ended(process, ExitReport("crashed", problem))
-            budget_ms = exchange.budget_ms
-            if cpu_ms < budget_ms:
-                budget_ms = cpu_ms
+            budget_ms = min(exchange.budget_ms, cpu_ms)
             inline.deadline(context, budget_ms, self.ticks)
             trap = inline.trap
             trap_ref = inline.trap_ref
