@@ -136,6 +136,8 @@ class Logger:
     ) -> None:
         self._rank = _RANK[threshold]
         self._threshold = threshold
+        # Whether info lines show: read on every request (the access line).
+        self.info_on = self._rank >= _RANK[LogLevel.INFO]
         self._sink = sink
         self._source = source
         self._clock = clock
@@ -150,6 +152,7 @@ class Logger:
     def threshold(self, value: LogLevel) -> None:
         self._threshold = value
         self._rank = _RANK[value]
+        self.info_on = self._rank >= _RANK[LogLevel.INFO]
 
     def enabled(self, level: LogLevel) -> bool:
         """Whether a line at ``level`` would be emitted now.

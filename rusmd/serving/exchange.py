@@ -64,6 +64,8 @@ def _writable() -> threading.Event:
 # Inline exchanges never wait for the socket (they run on the I/O thread):
 # one shared, always-set event spares each request making its own.
 _ALWAYS_WRITABLE = _writable()
+# Bound once: an enum member read through its class costs ~0.1 µs.
+_OK = ErrorCode.OK
 
 
 class Mode(enum.Enum):
@@ -239,6 +241,10 @@ class Exchange:
     timer: asyncio.TimerHandle | None = None
     problem = ""  # why the guest's response was refused (for the log)
     _flush_scheduled = False
+    inline = False
+    # Inline exchanges never wait for the socket (they run on the I/O thread).
+    writable = _ALWAYS_WRITABLE
+    call_soon: Callable[..., object] | None = None
 
     def __init__(  # noqa: PLR0917 (positional: made once a request, keywords cost ~0.25 µs)
         self,
@@ -252,13 +258,12 @@ class Exchange:
         self.request = request
         self.sink = sink
         self.mode = mode
-        self.inline = inline
-        self.call_soon = call_soon
         self.head_only = head_only
         self.held: list[bytes] = []
         if inline:
-            self.writable = _ALWAYS_WRITABLE
+            self.inline = True
         else:
+            self.call_soon = call_soon
             self.writable = _writable()
             self._outbox: list[bytes] = []
             self._outbox_lock = threading.Lock()
@@ -287,10 +292,10 @@ class Exchange:
         if not MIN_STATUS <= status <= MAX_STATUS:
             self.problem = f"status {status} is not 200-599"
             return ErrorCode.INVALID
-        if len(headers) > MAX_RESPONSE_HEADER_BYTES:
-            self.problem = f"{len(headers)} header bytes (at most {MAX_RESPONSE_HEADER_BYTES})"
-            return ErrorCode.TOOBIG
         if headers:
+            if len(headers) > MAX_RESPONSE_HEADER_BYTES:
+                self.problem = f"{len(headers)} header bytes (at most {MAX_RESPONSE_HEADER_BYTES})"
+                return ErrorCode.TOOBIG
             try:
                 self.head, self.has_type = parse_header_block(headers)
             except HeaderError as exc:
@@ -298,10 +303,10 @@ class Exchange:
                 return ErrorCode.INVALID
         self.status = status
         if not body:
-            return ErrorCode.OK
+            return _OK
         self.held.append(body)  # as ``write`` does, without the second call
-        self.held_bytes += len(body)
-        return self.flush() if self.held_bytes > RESPONSE_HOLD_BYTES else ErrorCode.OK
+        self.held_bytes = held = self.held_bytes + len(body)
+        return self.flush() if held > RESPONSE_HOLD_BYTES else _OK
 
     def write(self, data: bytes) -> ErrorCode:
         """``rusm.write``: append to the body (an implicit 200 first)."""
@@ -427,12 +432,13 @@ class Exchange:
             return True
         held = self.held
         body = (held[0] if len(held) == 1 else b"".join(held)) if held else b""
-        if self.head or self.has_type or self.closing:
+        if self.head or self.has_type or self.closing or self.head_only:
             head = self._head(chunked=False, length=len(body))
-        else:  # the common answer: the default type, kept alive
-            prefix = _PLAIN_HEADS.get(self.status)
-            if prefix is None:
-                prefix = _PLAIN_HEADS[self.status] = status_line(self.status) + DEFAULT_CONTENT_TYPE
-            head = b"%b%bcontent-length: %d\r\n\r\n" % (prefix, DATE.line(), len(body))
-        self.sink.send(head if self.head_only else head + body)
+            self.sink.send(head if self.head_only else head + body)
+            return True
+        # The common answer: the default type, kept alive, made in one piece.
+        prefix = _PLAIN_HEADS.get(self.status)
+        if prefix is None:
+            prefix = _PLAIN_HEADS[self.status] = status_line(self.status) + DEFAULT_CONTENT_TYPE
+        self.sink.send(b"%b%bcontent-length: %d\r\n\r\n%b" % (prefix, DATE.line(), len(body), body))
         return True

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rusmd.config.model import LogLevel, Protocol, Serve
+from rusmd.config.model import Protocol, Serve
 from rusmd.log import Logger
 from rusmd.serving.exchange import Exchange, Mode, Request
 from rusmd.serving.http import HttpConnection, Reject, simple_response
@@ -55,6 +55,7 @@ ACCEPT_BACKLOG = 1024
 RESOLVED_CACHE_SIZE = 4096
 # The action a routes-less http listener's ``name`` component serves.
 SINGLE_ACTION = "fetch"
+_SSE = Mode.SSE
 
 
 def _action_status(report: ExitReport, exchange: Exchange) -> tuple[int, str]:
@@ -102,7 +103,9 @@ class ListenerRuntime:
         self.budget_ms = int(config.timeout_s * 1000)
         self.retry = f"retry-after: {config.retry_after_s}\r\n".encode()
         self._unavailable: set[str] = set()
-        self._resolved: dict[tuple[str, str], Match | MethodNotAllowed | NotFound] = {}
+        self._resolved: dict[
+            tuple[str, str], tuple[str, str, dict[str, str]] | MethodNotAllowed | NotFound
+        ] = {}
         self._unflushed: list[HttpConnection | WsConnection] = []
 
     async def start(self, sock: Any) -> None:
@@ -120,27 +123,17 @@ class ListenerRuntime:
 
     def dispatch(self, conn: HttpConnection, request: Request) -> None:
         """Serve one request of ``conn`` (it calls back ``conn.answered``)."""
-        if self.single is not None:
-            name, action = self.single, SINGLE_ACTION
-        else:
-            key = (request.method, request.path)
-            found = self._resolved.get(key)
-            if found is None:
-                found = self.routes.resolve(request.method, request.path)
-                if len(self._resolved) >= RESOLVED_CACHE_SIZE:
-                    self._resolved.clear()
-                self._resolved[key] = found
-            if type(found) is not Match:
-                if isinstance(found, MethodNotAllowed):
-                    allow = b"allow: " + ", ".join(found.allowed).encode() + b"\r\n"
-                    self._plain(conn, request, 405, "method not allowed", allow)
-                else:
-                    self._plain(conn, request, 404, "not found")
+        if self.single is None:
+            method, path = request.method, request.path
+            target = self._resolved.get((method, path)) or self._resolve(method, path)
+            if type(target) is not tuple:
+                self._unrouted(conn, request, target)
                 return
-            route = found.route
-            name, action = route.component, route.action
-            if found.params:
-                request.params = found.params
+            name, action, params = target
+            if params:
+                request.params = params
+        else:
+            name, action = self.single, SINGLE_ACTION
         component = self.host.components.get(name)
         if component is None or component.error:
             self._not_loaded(conn, request, name, component)
@@ -158,6 +151,35 @@ class ListenerRuntime:
             self.complete(conn, exchange, self.host.serve_inline(component, action, exchange))
             return
         self._spawn(conn, exchange, name, action)
+
+    def _resolve(
+        self, method: str, path: str
+    ) -> tuple[str, str, dict[str, str]] | MethodNotAllowed | NotFound:
+        """Walk the route table for a pair not in the cache, and cache it.
+
+        A match is kept as (component, action, params), what ``dispatch``
+        takes from it.
+        """
+        found = self.routes.resolve(method, path)
+        target: tuple[str, str, dict[str, str]] | MethodNotAllowed | NotFound
+        if type(found) is Match:
+            target = (found.route.component, found.route.action, found.params)
+        else:
+            target = found
+        if len(self._resolved) >= RESOLVED_CACHE_SIZE:
+            self._resolved.clear()
+        self._resolved[method, path] = target
+        return target
+
+    def _unrouted(
+        self, conn: HttpConnection, request: Request, found: MethodNotAllowed | NotFound
+    ) -> None:
+        """404, or 405 with the methods the path allows."""
+        if isinstance(found, MethodNotAllowed):
+            allow = b"allow: " + ", ".join(found.allowed).encode() + b"\r\n"
+            self._plain(conn, request, 405, "method not allowed", allow)
+        else:
+            self._plain(conn, request, 404, "not found")
 
     def _spawn(self, conn: HttpConnection, exchange: Exchange, name: str, action: str) -> None:
         from rusmd.wasm.host import SpawnError
@@ -194,7 +216,7 @@ class ListenerRuntime:
             exchange.timer.cancel()
         request = exchange.request
         ended_cleanly = report.reason == "normal" or (
-            report.reason == "shutdown" and self.mode is Mode.SSE and exchange.started
+            report.reason == "shutdown" and self.mode is _SSE and exchange.started
         )
         if ended_cleanly and exchange.complete():
             status = exchange.status
@@ -224,7 +246,7 @@ class ListenerRuntime:
                     head_only=exchange.head_only,
                 )
             )
-        if self.log.enabled(LogLevel.INFO):  # the access line, as ``access`` writes it
+        if self.log.info_on:  # the access line, as ``access`` writes it
             self.log.info(f"{self.protocol} {request.method} {request.path} → {status}")
         conn.answered()
 
@@ -276,19 +298,19 @@ class ListenerRuntime:
 
     def access(self, method: str, path: str, status: int) -> None:
         """The access log line (info)."""
-        if self.log.enabled(LogLevel.INFO):
+        if self.log.info_on:
             self.log.info(f"{self.protocol} {method} {path} → {status}")
 
     def refused(self, conn: HttpConnection, reject: Reject) -> None:
         """A malformed, oversized or slow request was refused (logged at info)."""
-        if self.log.enabled(LogLevel.INFO):
+        if self.log.info_on:
             self.log.info(f"{self.protocol} refused → {reject.status} ({reject.why})")
 
     def overloaded(self, transport: Any) -> None:
         """A connection past max-connections (or during a drain): 503 and close."""
         transport.write(simple_response(503, "service unavailable", close=True, extra=self.retry))
         transport.close()
-        if self.log.enabled(LogLevel.INFO):
+        if self.log.info_on:
             self.log.info(f"{self.protocol} connection → 503 (max-connections)")
 
     def client_left(self, exchange: Any) -> None:
