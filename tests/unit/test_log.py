@@ -116,6 +116,15 @@ def test_logger_threshold_raised_by_reload_shows_debug_from_then_on() -> None:
     assert [r.text for r in records] == ["spawn api#2"]
 
 
+@pytest.mark.parametrize("threshold", list(LogLevel))
+def test_info_on_flag_follows_the_threshold_through_a_reload(threshold: LogLevel) -> None:
+    # The access line checks this flag instead of calling enabled().
+    logger, _ = collecting_logger(LogLevel.OFF)
+    assert logger.info_on is False
+    logger.threshold = threshold
+    assert logger.info_on is (LogLevel.INFO in SHOWN[threshold])
+
+
 def test_logger_sink_raising_is_counted_in_dropped_not_raised() -> None:
     def broken_sink(rec: LogRecord) -> None:
         raise BrokenPipeError("stderr closed")
