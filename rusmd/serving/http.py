@@ -7,8 +7,9 @@ against the listener's keys (``docs/operations.md``, "Listener limits"):
 
 - request target longer than ``max-url-bytes`` → 414;
 - more than ``max-headers`` headers, or more than ``max-header-bytes``
-  of them (counted as they arrive, so a header that never ends is cut
-  off too) → 431;
+  of them → 431, once the head is complete; a head still arriving is cut
+  off (431) as soon as it passes ``max-url-bytes`` + ``max-header-bytes``
+  + 8 KiB, so a header that never ends cannot grow without bound;
 - a body (declared or de-chunked) over ``max-body-bytes`` → 413, before
   it is read when ``Content-Length`` says so;
 - anything httptools refuses (a bad ``Content-Length`` such as ``+5`` or
@@ -203,21 +204,22 @@ class HttpConnection(asyncio.Protocol):
             raise Reject(414, f"request target over {self.limits.max_url_bytes} bytes")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        headers = self.headers
-        limits = self.limits
+        # Counted here, checked once the head is complete (``on_headers_complete``):
+        # until then the head limit in ``data_received`` bounds what arrives.
         self.header_bytes += len(name) + len(value)
-        if len(headers) >= limits.max_headers:
+        lower = name.lower()
+        if lower == b"content-length" and int(value) > self.limits.max_body_bytes:
+            raise Reject(413, f"body over {self.limits.max_body_bytes} bytes")
+        self.headers.append((lower, value))
+
+    def on_headers_complete(self) -> None:
+        limits = self.limits
+        if len(self.headers) > limits.max_headers:
             raise Reject(431, f"more than {limits.max_headers} headers")
         if self.header_bytes > limits.max_header_bytes:
             raise Reject(431, f"headers over {limits.max_header_bytes} bytes")
-        lower = name.lower()
-        if lower == b"content-length" and int(value) > limits.max_body_bytes:
-            raise Reject(413, f"body over {limits.max_body_bytes} bytes")
-        headers.append((lower, value))
-
-    def on_headers_complete(self) -> None:
         self.phase = _BODY
-        self.deadline = _monotonic() + self.limits.body_timeout_s
+        self.deadline = _monotonic() + limits.body_timeout_s
 
     def on_body(self, body: bytes) -> None:
         if self.body is None:
