@@ -1244,10 +1244,11 @@ class WasmHost:
         def callback(_env: Any, caller: int, address: int, _count: int) -> int:
             process = None
             try:
-                process = inline.current
-                if process is not None and inline.thread == get_ident():
+                current = inline.current
+                if current is not None and inline.thread == get_ident():
                     # The inline request's process: the I/O thread's reusable
                     # ctypes objects stand for the caller and the values.
+                    process = current
                     if process.memory is None:
                         caller_ref.value = caller
                         if _caller_export_get(caller_ref, *_MEMORY, inline.memory_ref):

@@ -131,6 +131,9 @@ def test_acknowledged_writes_survive_sigkill_of_the_writing_worker(
 
 
 @pytest.mark.slow
+# 100 kills at least KILL_SPACING_S apart, each waiting for the new worker:
+# longer than the suite's 120 s default.
+@pytest.mark.timeout(600)
 def test_acknowledged_writes_survive_a_hundred_sigkills(
     app: App, start_daemon: Callable[..., Daemon]
 ) -> None:
