@@ -244,7 +244,7 @@ class Exchange:
     inline = False
     # Inline exchanges never wait for the socket (they run on the I/O thread).
     writable = _ALWAYS_WRITABLE
-    call_soon: Callable[..., object] | None = None
+    call_soon: Callable[..., object]  # set only when not inline
 
     def __init__(  # noqa: PLR0917 (positional: made once a request, keywords cost ~0.25 µs)
         self,

@@ -272,7 +272,7 @@ class HttpConnection(asyncio.Protocol):
         pending = self.pending
         while pending and not self.busy and self.transport is not None:
             item = pending.popleft()
-            if type(item) is Reject:
+            if isinstance(item, Reject):
                 self.listener.refused(self, item)
                 self.send(simple_response(item.status, item.why, close=True))
                 self._close()
@@ -302,7 +302,7 @@ class HttpConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.out = data
                 self.listener.defer(self)
-        elif type(out) is list:
+        elif isinstance(out, list):
             out.append(data)
         else:
             self.out = [out, data]
@@ -315,7 +315,7 @@ class HttpConnection(asyncio.Protocol):
         self.out = None
         transport = self.transport
         if transport is not None and not transport.is_closing():
-            transport.write(out if type(out) is bytes else b"".join(out))
+            transport.write(b"".join(out) if isinstance(out, list) else out)
 
     def answered(self) -> None:
         """The response in flight is complete: close, or serve the next."""

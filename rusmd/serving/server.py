@@ -126,7 +126,7 @@ class ListenerRuntime:
         if self.single is None:
             method, path = request.method, request.path
             target = self._resolved.get((method, path)) or self._resolve(method, path)
-            if type(target) is not tuple:
+            if not isinstance(target, tuple):
                 self._unrouted(conn, request, target)
                 return
             name, action, params = target
@@ -162,7 +162,7 @@ class ListenerRuntime:
         """
         found = self.routes.resolve(method, path)
         target: tuple[str, str, dict[str, str]] | MethodNotAllowed | NotFound
-        if type(found) is Match:
+        if isinstance(found, Match):
             target = (found.route.component, found.route.action, found.params)
         else:
             target = found

@@ -927,7 +927,7 @@ class WasmHost:
         ``INLINE_REUSE_MEMORY_BYTES`` (so finished instances pin little).
         """
         plan = component.plans.get(action) or component.inline_plan(action)
-        if type(plan) is str:
+        if isinstance(plan, str):
             return ExitReport("crashed", plan)
         pre, name, length, results, uses_wasi, has_initialize, limit, cpu_ms = plan
         inline = self._inline
