@@ -6,9 +6,14 @@ Each run sends one request, except ``kv list``, which sends one per page
 of keys on the same connection (``kv.py``).
 
 Exit codes follow sysexits: 0 ok, 1 the daemon refused (the message says
-why), 2 usage, 3 no such pid/component/key, 69 daemon not reachable (or,
-for ``kv``, its store cannot be opened), 77 permission denied. ``--json``
-prints one JSON document on stdout.
+why), 2 usage, 3 no such pid/name/component/key, 69 daemon not reachable
+(or, for ``kv``, its store cannot be opened), 77 permission denied.
+
+``--socket`` and ``--json`` are global options, accepted before or after
+the verb. ``--json`` prints one JSON document on stdout; without it the
+output is text a person reads (a sentence or a table), never JSON. A
+process is named by ``component#pid``, ``#pid``, a worker's OS pid, or a
+registered name, for every verb that takes one.
 
 The socket: ``--socket``, else ``$RUSMD_SOCKET``, else
 ``$RUNTIME_DIRECTORY/rusmd.sock``, else ``./.rusm/rusmd.sock`` (the app
@@ -61,9 +66,18 @@ def socket_path(explicit: str | None) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """One subcommand per entry of the shared command table."""
+    """One subcommand per entry of the shared command table.
+
+    ``--socket`` and ``--json`` are global: accepted before the verb (on the
+    main parser, which holds their defaults) or after it (on each verb, and
+    on each ``kv`` action). Given after the verb they default to SUPPRESS, so
+    a verb without them keeps what was given before it.
+    """
     parser = argparse.ArgumentParser(prog="rusmctl", description="Control a running rusmd.")
-    common = _common_flags(argparse.ArgumentParser(add_help=False), None, False)
+    _common_flags(parser, None, False)
+    common = _common_flags(
+        argparse.ArgumentParser(add_help=False), argparse.SUPPRESS, argparse.SUPPRESS
+    )
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for info in COMMANDS.values():
         sub = verbs.add_parser(
@@ -75,10 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("-f", "--follow", action="store_true", help="stream new lines")
             sub.add_argument("-n", "--lines", type=int, default=100, help="past lines (100)")
         if info.name == "kv":
-            # The flags work before or after the action; given after it, they
-            # must not reset what was given before it.
-            leaf = argparse.ArgumentParser(add_help=False)
-            kv.add_kv_parsers(sub, [_common_flags(leaf, argparse.SUPPRESS, argparse.SUPPRESS)])
+            kv.add_kv_parsers(sub, [common])
     return parser
 
 
@@ -107,9 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         conn.settimeout(REPLY_TIMEOUT_S)
         conn.connect(str(path))
     except PermissionError:
-        return _fail(f"permission denied on the control socket {path}", EX_NOPERM)
+        return _fail(f"permission denied on the control socket {path}", EX_NOPERM, args.json)
     except OSError as exc:
-        return _fail(f"rusmd is not reachable at {path}: {exc.strerror or exc}", EX_UNAVAILABLE)
+        reason = exc.strerror or exc
+        return _fail(f"rusmd is not reachable at {path}: {reason}", EX_UNAVAILABLE, args.json)
     with conn:
         try:
             frames = FrameStream(conn)
@@ -137,7 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except KeyboardInterrupt:
             return EX_OK
         except (OSError, ProtocolError, EOFError) as exc:
-            return _fail(f"lost the connection to rusmd at {path}: {exc}", EX_UNAVAILABLE)
+            message = f"lost the connection to rusmd at {path}: {exc}"
+            return _fail(message, EX_UNAVAILABLE, args.json)
     return EX_OK
 
 
@@ -214,14 +227,15 @@ def _print_result(command: str, result: dict[str, Any], as_json: bool) -> None:
     elif command == "list":
         _print_list(result)
     elif command == "info":
-        for key, value in (result.get("process") or result.get("worker") or {}).items():
-            print(f"{key:<18}{value}")
+        _print_info(result)
     elif command == "spawn":
         print(f"spawned {result['label']} on worker {result['worker']}")
-    elif command == "kill" and "label" in result:
-        print(f"killed {result['label']}")
+    elif command == "kill":
+        _print_kill(result)
     elif command == "send":
         print(f"sent to {result['label']}")
+    elif command == "restart":
+        _print_restart(result)
     elif command == "logs":
         for record in result["records"]:
             _print_log(record, False)
@@ -230,7 +244,63 @@ def _print_result(command: str, result: dict[str, Any], as_json: bool) -> None:
     elif "message" in result:
         print(result["message"])
     else:
-        print(json.dumps(result))
+        _print_fields(result)
+
+
+def _print_info(result: dict[str, Any]) -> None:
+    if "worker" in result:
+        worker = result["worker"]
+        print(f"worker {worker['slot']} (pid {worker['pid']})")
+        _print_fields(worker)
+        return
+    process = dict(result.get("process") or {})
+    print(process.get("label") or f"#{process.get('pid')}")
+    if isinstance(process.get("started"), float | int):
+        process["started"] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(process["started"]))
+    _print_fields({key: value for key, value in process.items() if key != "children"})
+    children = process.get("children")
+    if children is not None:
+        print()
+        print(f"{'CHILD':<20}{'PROCESS':<12}{'STATE':<14}RESTARTS")
+        for child in children:
+            pid = "-" if child.get("pid") is None else f"#{child['pid']}"
+            print(f"{child['id']:<20}{pid:<12}{child['state']:<14}{child['restarts_in_window']}")
+
+
+def _print_kill(result: dict[str, Any]) -> None:
+    if "label" in result:
+        print(f"killed {result['label']}")
+    else:
+        print(f"killed worker {result['slot']} (pid {result['killed']}); it is being replaced")
+
+
+def _print_restart(result: dict[str, Any]) -> None:
+    slots = result["restarting"]
+    if len(slots) == 1:
+        print(f"restarting worker {slots[0]}")
+    elif slots:
+        shown = ", ".join(str(slot) for slot in slots)
+        print(f"restarting workers {shown}, one at a time")
+    else:
+        print("no worker to restart")
+
+
+def _print_fields(fields: dict[str, Any]) -> None:
+    """One ``key  value`` line per field; lists joined, nothing left as JSON."""
+    for key, value in fields.items():
+        print(f"{key:<18}{_field(value)}")
+
+
+def _field(value: Any) -> str:
+    if value in (None, "", []):
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list):
+        return ", ".join(_field(item) for item in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{key}={_field(item)}" for key, item in value.items())
+    return str(value)
 
 
 def _print_status(result: dict[str, Any]) -> None:

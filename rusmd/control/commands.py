@@ -16,7 +16,9 @@ is forwarded to one ready worker, and ``status`` takes the store's
 numbers from one worker's ``stats`` answer.
 
 Pids: ``component#N`` or ``#N`` is a wasm process; a bare number is a
-worker's OS pid if one has it, else a wasm pid.
+worker's OS pid if one has it, else a wasm pid; anything else is a
+registered name (the names main keeps in ``Registry``), so a name works
+wherever a pid does, and an unknown one is no such process.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ DEFERRED = _Deferred()
 # The last three decimal digits of a wasm pid name its worker (abi.PID_STRIDE;
 # not imported from rusmd.wasm.abi to keep this module's imports small).
 PID_STRIDE = 1000
+_PID_FORMS = "pid must be a number, #pid, component#pid or a registered name, not {value!r}"
 
 Handler = Callable[["MainProcess", dict[str, Any], Connection], "dict[str, Any] | _Deferred"]
 
@@ -237,13 +240,9 @@ def send(daemon: MainProcess, args: dict[str, Any], conn: Connection) -> _Deferr
     text = args.get("text")
     if not isinstance(text, str):
         raise CommandError("send needs the message text", EX_USAGE)
-    target = args.get("pid")
-    if isinstance(target, str) and target in daemon.registry.names:
-        pid, component = daemon.registry.names[target], ""
-    else:
-        handle, pid, component = _target(daemon, args)
-        if handle is not None:
-            raise CommandError(f"{pid} is a worker's OS pid, not a process", EX_USAGE)
+    handle, pid, component = _target(daemon, args)
+    if handle is not None:
+        raise CommandError(f"{pid} is a worker's OS pid, not a process", EX_USAGE)
     _ask_owner(daemon, conn, pid, component, "send", extra={"text": text})
     return DEFERRED
 
@@ -369,16 +368,25 @@ def _first_ready(daemon: MainProcess) -> int | None:
 
 
 def _target(daemon: MainProcess, args: dict[str, Any]) -> tuple[WorkerHandle | None, int, str]:
-    """A worker (by OS pid) or a wasm pid, from ``N``, ``#N`` or ``component#N``."""
+    """A worker (by OS pid) or a wasm pid, from ``N``, ``#N``, ``component#N`` or a name.
+
+    A value that is no pid form is looked up among the registered names;
+    one that is neither is no such process (exit 3), unless it cannot be a
+    name either (empty, or ``#`` without digits after it): a usage error.
+    """
     pool = _pool(daemon)
     value = args.get("pid")
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
-    if not isinstance(value, str):
-        raise CommandError(f"pid must be a number or component#pid, not {value!r}", EX_USAGE)
+    if not isinstance(value, str) or not value:
+        raise CommandError(_PID_FORMS.format(value=value), EX_USAGE)
     component, hash_sign, digits = value.rpartition("#")
     if not digits.isdigit():
-        raise CommandError(f"pid must be a number or component#pid, not {value!r}", EX_USAGE)
+        if value in daemon.registry.names:
+            return None, daemon.registry.names[value], ""
+        if hash_sign:
+            raise CommandError(_PID_FORMS.format(value=value), EX_USAGE)
+        raise CommandError(f"no process registered as {value!r}", EX_NOSUCH)
     pid = int(digits)
     if not hash_sign:
         handle = pool.by_pid.get(pid)

@@ -9,11 +9,24 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from rusmd.control.protocol import COMMANDS, EX_NOSUCH, EX_OK, EX_USAGE
-from tests.integration.conftest import SCRUBBED_VARIABLES, Daemon, all_ready
+from rusmd.control.protocol import COMMANDS, EX_NOSUCH, EX_OK, EX_REFUSED, EX_USAGE
+from tests.integration.conftest import (
+    SCRUBBED_VARIABLES,
+    App,
+    Daemon,
+    all_ready,
+    run_rusmctl,
+)
+from tests.integration.test_wasm_processes import write_app
+
+# Long enough for a loaded two-core machine to boot-spawn a resident.
+SETTLE_S = 20.0
 
 
 def test_status_json_has_workers_with_the_stable_fields(daemon: Daemon) -> None:
@@ -67,6 +80,7 @@ def test_kill_of_a_worker_pid_gets_it_replaced(daemon: Daemon) -> None:
     result = daemon.ctl("kill", str(worker["pid"]))
 
     assert result.returncode == EX_OK, result.stderr
+    assert result.stdout == f"killed worker {slot} (pid {worker['pid']}); it is being replaced\n"
     replaced = daemon.wait_for(
         lambda: (
             (w := daemon.workers().get(slot))
@@ -80,13 +94,30 @@ def test_kill_of_a_worker_pid_gets_it_replaced(daemon: Daemon) -> None:
     assert "killed" in replaced["last_exit"]
 
 
-def test_kill_with_a_pid_that_is_not_a_number_exits_2_and_kills_nothing(daemon: Daemon) -> None:
+def test_kill_with_a_malformed_pid_exits_2_and_kills_nothing(daemon: Daemon) -> None:
     before = {slot: w["pid"] for slot, w in daemon.workers().items()}
 
-    result = daemon.ctl("kill", "abc")
+    result = daemon.ctl("kill", "api#x")
 
     assert result.returncode == EX_USAGE
-    assert "pid must be a number or component#pid, not 'abc'" in result.stderr
+    assert (
+        "pid must be a number, #pid, component#pid or a registered name, not 'api#x'"
+        in result.stderr
+    )
+    assert {slot: w["pid"] for slot, w in daemon.workers().items()} == before
+
+
+@pytest.mark.parametrize(("verb", "extra"), [("info", ()), ("kill", ()), ("send", ("hi",))])
+def test_a_name_nobody_registered_exits_3_and_disturbs_nothing(
+    verb: str, extra: tuple[str, ...], daemon: Daemon
+) -> None:
+    before = {slot: w["pid"] for slot, w in daemon.workers().items()}
+
+    result = daemon.ctl(verb, "nosuch", *extra)
+
+    assert result.returncode == EX_NOSUCH, result.stderr
+    assert "no process registered as 'nosuch'" in result.stderr
+    assert result.stdout == ""
     assert {slot: w["pid"] for slot, w in daemon.workers().items()} == before
 
 
@@ -113,6 +144,7 @@ def test_restart_worker_replaces_it_and_unknown_target_exits_3(daemon: Daemon) -
     unknown = daemon.ctl("restart", "worker.99")
 
     assert result.returncode == EX_OK, result.stderr
+    assert result.stdout == "restarting worker 0\n"
     daemon.wait_for(
         lambda: all_ready(daemon.status()) and daemon.workers()[0]["pid"] != before,
         15,
@@ -190,3 +222,139 @@ def test_unknown_verb_is_a_usage_error(daemon: Daemon) -> None:
 
     assert result.returncode == EX_USAGE
     assert "invalid choice" in result.stderr
+
+
+# ── global options, human output, names ────────────────────────────────
+
+
+def test_global_options_before_the_verb_work_as_after_it(daemon: Daemon, tmp_path: Path) -> None:
+    socket_path = str(daemon.socket_path)
+
+    def ctl(*args: str) -> subprocess.CompletedProcess[str]:
+        # Run elsewhere than the app dir: only --socket can find the daemon.
+        return run_rusmctl(*args, cwd=tmp_path)
+
+    before = ctl("--socket", socket_path, "--json", "status")
+    mixed = ctl("--json", "status", "--socket", socket_path)
+    human = ctl("--socket", socket_path, "status")
+    kv_refused = ctl("--socket", socket_path, "--json", "kv", "get", "users", "alice")
+
+    assert before.returncode == EX_OK, before.stderr
+    assert json.loads(before.stdout)["daemon"]["pid"] == daemon.pid
+    assert mixed.returncode == EX_OK, mixed.stderr
+    assert json.loads(mixed.stdout)["daemon"]["pid"] == daemon.pid
+    assert human.returncode == EX_OK, human.stderr
+    assert f"pid {daemon.pid} running" in human.stdout
+    assert kv_refused.returncode == EX_REFUSED
+    assert json.loads(kv_refused.stdout)["error"].startswith("no store configured")
+
+
+def test_restart_workers_without_json_prints_a_sentence(daemon: Daemon) -> None:
+    slots = sorted(daemon.workers())
+
+    result = daemon.ctl("restart", "workers")
+
+    assert result.returncode == EX_OK, result.stderr
+    if len(slots) == 1:
+        assert result.stdout == "restarting worker 0\n"
+    else:
+        shown = ", ".join(str(slot) for slot in slots)
+        assert result.stdout == f"restarting workers {shown}, one at a time\n"
+
+
+def resident_app(app: App, start_daemon: Callable[..., Daemon]) -> tuple[Daemon, dict[str, Any]]:
+    """One worker and a resident ``sleeper``, registered under its name; its status row."""
+    write_app(app, "[components.sleeper]\nresident = true\n", guests=["sleeper"])
+    daemon = start_daemon(cpus=2)
+    resident = daemon.wait_for(
+        lambda: next((r for r in daemon.status()["residents"] if r["state"] == "running"), None),
+        SETTLE_S,
+        "the resident sleeper to run",
+    )
+    return daemon, resident
+
+
+def test_a_registered_name_works_wherever_a_pid_does(
+    app: App, start_daemon: Callable[..., Daemon]
+) -> None:
+    daemon, resident = resident_app(app, start_daemon)
+    label = resident["label"]
+
+    info = daemon.ctl("info", "sleeper", "--json")
+    sent = daemon.ctl("send", "sleeper", "hi")
+    killed = daemon.ctl("kill", "sleeper")
+
+    assert info.returncode == EX_OK, info.stderr
+    assert json.loads(info.stdout)["process"]["label"] == label
+    assert sent.returncode == EX_OK, sent.stderr
+    assert sent.stdout == f"sent to {label}\n"
+    assert killed.returncode == EX_OK, killed.stderr
+    assert killed.stdout == f"killed {label}\n"
+    back = daemon.wait_for(
+        lambda: next(
+            (
+                r
+                for r in daemon.status()["residents"]
+                if r["state"] == "running" and r["pid"] != resident["pid"]
+            ),
+            None,
+        ),
+        SETTLE_S,
+        "the resident to be restarted under its name",
+    )
+    again = daemon.ctl("info", "sleeper", "--json")
+    assert json.loads(again.stdout)["process"]["pid"] == back["pid"]
+
+
+def looks_like_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return any(line.lstrip().startswith(("{", "[")) for line in text.splitlines())
+    return True
+
+
+def test_every_verb_without_json_prints_text_never_json(
+    app: App, start_daemon: Callable[..., Daemon]
+) -> None:
+    daemon, resident = resident_app(app, start_daemon)
+    worker_pid = daemon.workers()[0]["pid"]
+    outputs: dict[str, list[str]] = {}
+
+    def run(*args: str) -> None:
+        result = daemon.ctl(*args)
+        assert result.returncode == EX_OK, (args, result.stderr)
+        outputs.setdefault(args[0], []).append(result.stdout)
+
+    def rolled(old_pid: int) -> Callable[[], bool]:
+        return lambda: all_ready(daemon.status()) and daemon.workers()[0]["pid"] != old_pid
+
+    run("status")
+    run("list")
+    run("info", "sleeper")
+    run("info", str(worker_pid))
+    run("send", "sleeper", "hi")
+    run("spawn", "sleeper")
+    spawned = outputs["spawn"][0].split()[1]
+    run("kill", spawned)
+    run("profile")
+    run("logs", "-n", "5")
+    run("restart", "worker.0")
+    daemon.wait_for(rolled(worker_pid), SETTLE_S, "worker 0 restarted")
+    restarted_pid = daemon.workers()[0]["pid"]
+    run("kill", str(restarted_pid))
+    daemon.wait_for(rolled(restarted_pid), SETTLE_S, "worker 0 replaced")
+    replaced_pid = daemon.workers()[0]["pid"]
+    run("reload")
+    daemon.wait_for(rolled(replaced_pid), SETTLE_S, "the reload's roll")
+    run("stop")
+
+    # kv get prints a value's raw bytes by design (test_kv_cli covers kv's text).
+    assert set(outputs) == set(COMMANDS) - {"kv"}
+    for verb, texts in outputs.items():
+        for text in texts:
+            assert text.strip(), f"{verb} printed nothing"
+            assert not looks_like_json(text), f"{verb} printed JSON:\n{text}"
+    assert outputs["info"][0].startswith(f"{resident['label']}\n")
+    assert outputs["info"][1].startswith(f"worker 0 (pid {worker_pid})\n")
+    assert daemon.wait_exit() == EX_OK
