@@ -28,6 +28,9 @@ connections close at once.
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import sys
+import termios
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -40,17 +43,34 @@ if TYPE_CHECKING:
     from rusmd.serving.server import ListenerRuntime
 
 # Parsed requests that may wait behind the one being served before the
-# connection stops reading: bounds what one pipelining client can queue.
+# connection stops parsing (and reading): bounds what one pipelining
+# client can queue. Bytes it sent beyond that wait unparsed in the
+# connection's backlog, at most one read's worth, since reading pauses.
 MAX_PIPELINED = 16
+# Bytes handed to the parser at once: a read of pipelined requests is
+# parsed in slices of this size so the queue bound holds within one read
+# (a 256 KiB read of bare GETs is ~14,000 requests).
+PARSE_SLICE_BYTES = 4096
+# Requests one connection serves in one loop iteration before it lets the
+# loop run other connections' work: a client that pipelines thousands of
+# requests cannot hold the I/O thread.
+MAX_SERVED_PER_TURN = 64
 # Bytes of request line and headers together may exceed the two limits by
 # this much (the request line's method and version, separators, CRLFs).
 HEAD_SLACK_BYTES = 8192
-# How long a connection closed between requests (idle timeout, drain)
-# keeps reading and dropping what the client still sends: closing a socket
-# with unread bytes makes the kernel send a reset instead of a FIN, and a
-# client whose next request crossed our close would see "reset" rather
-# than the clean close HTTP/1.1 lets it retry after.
+# How long a connection closed between requests (idle timeout, drain) or
+# after a refusal keeps reading and dropping what the client still sends:
+# closing a socket with unread bytes makes the kernel send a reset instead
+# of a FIN, and a client still sending (its next request, the rest of a
+# 2 MiB header) would see "reset" rather than our answer or the clean
+# close HTTP/1.1 lets it retry after.
 LINGER_S = 2.0
+# During a drain a keep-alive connection is closed only once it has been
+# idle this long with no request bytes pending: a busy client's next
+# request is usually already on its way when its previous response
+# arrives, and is answered (with ``Connection: close``) rather than
+# crossing our close.
+DRAIN_IDLE_S = 0.5
 
 
 class Reject(Exception):
@@ -103,15 +123,21 @@ class HttpConnection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.peer = ""
         self.pending: deque[Request | Reject] = deque()
+        self.backlog = b""  # read but not yet parsed (the queue was full)
         self.current: Exchange | None = None
         self.busy = False
+        self.pumping = False  # inside ``_pump``: a nested call only flags more work
+        self.turn_scheduled = False  # a ``_pump`` is queued for the next iteration
         self.dead = False  # refused or closing: ignore further input
         self.closing = False  # close after the response in flight
+        self.draining = False  # the listener drains: answer what was read, then close
         self.phase = Phase.IDLE
         self.deadline = 0.0
+        self.idle_since = 0.0
         self.head_seen = 0
-        self.lingering = False  # half-closed between requests: drop input, then close
-        self.paused = False  # reading paused by a long pipeline queue
+        self.lingering = False  # half-closed: drop input, then close
+        self.paused = False  # reading paused (queue full, backlog, refusal)
+        self.write_paused = False  # the transport's buffer is over its high-water mark
         # Written this loop iteration, not yet sent: one response's bytes, or a list.
         self.out: bytes | list[bytes] | None = None
         self._reset()
@@ -120,6 +146,7 @@ class HttpConnection(asyncio.Protocol):
         self.url = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
+        self.hosts = 0
         self.body: list[bytes] | None = None  # made by the first body bytes
         self.body_bytes = 0
 
@@ -134,40 +161,23 @@ class HttpConnection(asyncio.Protocol):
             return
         listener.connections.add(self)
         self.phase = Phase.IDLE
-        self.deadline = _monotonic() + self.limits.header_timeout_s
+        self.idle_since = now = _monotonic()
+        self.deadline = now + self.limits.header_timeout_s
 
     def data_received(self, data: bytes) -> None:
         if self.dead:
             return
-        if self.phase <= _HEAD:
-            self.head_seen += len(data)
-        try:
-            self.parser.feed_data(data)
-            if self.phase == _HEAD and self.head_seen > self._head_limit():
-                raise Reject(431, "request head over its limit")
-        except Reject as exc:
-            self._refuse(exc)
-        except httptools.HttpParserUpgrade:
-            # An Upgrade (h2c, websocket) on an http listener is ignored, as
-            # RFC 9110 lets a server do: the request is answered normally and
-            # the connection closes, since what follows is not HTTP/1.1.
-            self.dead = True
-            if self.transport is not None:
-                self.paused = True
-                self.transport.pause_reading()
-        except httptools.HttpParserError as exc:
-            # httptools turns an exception raised in a callback (on_url,
-            # on_header, on_body) into HttpParserCallbackError and keeps the
-            # original only as __context__: that is where a limit's Reject is.
-            cause = exc.__context__
-            self._refuse(
-                cause if isinstance(cause, Reject) else Reject(400, f"malformed request ({exc})")
-            )
-        self._drive()
+        if self.backlog:
+            self.backlog += data
+        else:
+            self.backlog = data
+        self._pump()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.dead = True
         self.out = None
+        self.backlog = b""
+        self.pending.clear()
         self.listener.connections.discard(self)
         current = self.current
         if current is not None:
@@ -176,16 +186,20 @@ class HttpConnection(asyncio.Protocol):
             self.listener.client_left(current)
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         if self.current is not None:
             self.current.writable.clear()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         current = self.current
         if current is not None:
             current.writable.set()
             fibers = getattr(self.listener.host, "fibers", None)
             if current.pid and fibers is not None:
                 fibers.wake(current.pid)  # a fiber parked in a write may go on
+        if self.pending or self.backlog:
+            self._pump()  # pipelined requests held back while the client did not read
 
     # ── httptools callbacks ─────────────────────────────────────────────
 
@@ -193,6 +207,7 @@ class HttpConnection(asyncio.Protocol):
         self.url = b""
         self.headers = []
         self.header_bytes = 0
+        self.hosts = 0
         self.body = None
         if self.phase != _HEAD:
             self.phase = _HEAD
@@ -205,11 +220,13 @@ class HttpConnection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Counted here, checked once the head is complete (``on_headers_complete``):
-        # until then the head limit in ``data_received`` bounds what arrives.
+        # until then the head limit in ``_parse`` bounds what arrives.
         self.header_bytes += len(name) + len(value)
         lower = name.lower()
         if lower == b"content-length" and int(value) > self.limits.max_body_bytes:
             raise Reject(413, f"body over {self.limits.max_body_bytes} bytes")
+        if lower == b"host":
+            self.hosts += 1
         self.headers.append((lower, value))
 
     def on_headers_complete(self) -> None:
@@ -218,6 +235,17 @@ class HttpConnection(asyncio.Protocol):
             raise Reject(431, f"more than {limits.max_headers} headers")
         if self.header_bytes > limits.max_header_bytes:
             raise Reject(431, f"headers over {limits.max_header_bytes} bytes")
+        # RFC 9112 §3.2: a 1.1 request carries exactly one Host; a 1.0 one
+        # at most one. Anything but 1.0 and 1.1 (0.9 has no headers at all,
+        # 2.0 is not spoken on this port) is refused with 505.
+        version = self.parser.get_http_version()
+        if version == "1.1":
+            if self.hosts != 1:
+                raise Reject(400, "no Host header" if not self.hosts else "more than one Host")
+        elif version != "1.0":
+            raise Reject(505, f"HTTP/{version} is not supported (HTTP/1.0 and 1.1 are)")
+        elif self.hosts > 1:
+            raise Reject(400, "more than one Host")
         self.phase = _BODY
         self.deadline = _monotonic() + limits.body_timeout_s
 
@@ -237,8 +265,7 @@ class HttpConnection(asyncio.Protocol):
             query = query.partition("#")[0]
         method = parser.get_method()
         body = self.body
-        pending = self.pending
-        pending.append(
+        self.pending.append(
             Request(
                 _METHODS.get(method) or method.decode("latin-1"),
                 path,
@@ -251,43 +278,125 @@ class HttpConnection(asyncio.Protocol):
         self.phase = _QUEUED
         self.deadline = 0.0
         self.head_seen = 0
-        if len(pending) >= MAX_PIPELINED and self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
 
-    # ── serving, in order ───────────────────────────────────────────────
+    # ── reading and serving, in order ───────────────────────────────────
 
     def _head_limit(self) -> int:
         return self.limits.max_url_bytes + self.limits.max_header_bytes + HEAD_SLACK_BYTES
 
+    def _pump(self) -> None:
+        """Parse and serve, in order, until a request is in flight or input runs out.
+
+        One loop, never recursion: an answer given inside ``dispatch`` (an
+        inline handler) calls ``answered``, which calls here again; that
+        nested call returns at once and this loop serves the next request.
+        Parsing stops while ``MAX_PIPELINED`` requests wait (the rest of
+        the read waits in ``backlog`` and reading pauses); serving yields
+        to the loop after ``MAX_SERVED_PER_TURN`` requests, and waits while
+        the client does not read its responses (``write_paused``).
+        """
+        if self.pumping:
+            return
+        self.pumping = True
+        try:
+            self._serve_and_parse()
+        finally:
+            self.pumping = False
+        self._settle()
+
+    def _serve_and_parse(self) -> None:
+        pending = self.pending
+        served = 0
+        while self.transport is not None:
+            if pending and not self.busy:
+                if served >= MAX_SERVED_PER_TURN or self.write_paused:
+                    if not self.write_paused:
+                        self._next_turn()
+                    return
+                served += 1
+                self._serve(pending.popleft())
+            elif self.backlog and len(pending) < MAX_PIPELINED and not self.dead:
+                self._parse()
+            else:
+                return
+
+    def _serve(self, item: Request | Reject) -> None:
+        if isinstance(item, Reject):
+            self.pending.clear()
+            self.listener.refused(self, item)
+            self.send(simple_response(item.status, item.why, close=True))
+            self._linger()
+            return
+        if not item.keep_alive or (
+            self.draining and not self.pending and not self.backlog and self.phase == _QUEUED
+        ):
+            self.closing = True
+        self.busy = True
+        self.listener.dispatch(self, item)
+
+    def _parse(self) -> None:
+        """Hand the parser the next slice of ``backlog``."""
+        backlog = self.backlog
+        if len(backlog) > PARSE_SLICE_BYTES:
+            data, self.backlog = backlog[:PARSE_SLICE_BYTES], backlog[PARSE_SLICE_BYTES:]
+        else:
+            data, self.backlog = backlog, b""
+        if self.phase <= _HEAD:
+            self.head_seen += len(data)
+        try:
+            self.parser.feed_data(data)
+            if self.phase == _HEAD and self.head_seen > self._head_limit():
+                raise Reject(431, "request head over its limit")
+        except Reject as exc:
+            self._refuse(exc)
+        except httptools.HttpParserUpgrade:
+            # An Upgrade (h2c, websocket) on an http listener is ignored, as
+            # RFC 9110 lets a server do: the request is answered normally and
+            # the connection closes, since what follows is not HTTP/1.1.
+            self.dead = True
+            self.backlog = b""
+        except httptools.HttpParserError as exc:
+            # httptools turns an exception raised in a callback (on_url,
+            # on_header, on_body) into HttpParserCallbackError and keeps the
+            # original only as __context__: that is where a limit's Reject is.
+            cause = exc.__context__
+            if isinstance(cause, Reject):
+                self._refuse(cause)
+            elif "HTTP version" in str(exc):
+                self._refuse(Reject(505, "unsupported HTTP version"))
+            else:
+                self._refuse(Reject(400, f"malformed request ({exc})"))
+
+    def _settle(self) -> None:
+        """After a pump: the idle deadline, and reading paused or resumed."""
+        if self.transport is None or self.lingering:
+            return
+        idle = not self.busy and not self.pending
+        if idle and self.phase == _QUEUED and not self.dead:
+            self.phase = _IDLE
+            self.idle_since = now = _monotonic()
+            self.deadline = now + self.limits.idle_timeout_s
+        hold = self.dead or bool(self.backlog) or len(self.pending) >= MAX_PIPELINED
+        if hold != self.paused:
+            self.paused = hold
+            if hold:
+                self.transport.pause_reading()
+            else:
+                self.transport.resume_reading()
+
+    def _next_turn(self) -> None:
+        if not self.turn_scheduled:
+            self.turn_scheduled = True
+            self.listener.loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self.turn_scheduled = False
+        self._pump()
+
     def _refuse(self, reject: Reject) -> None:
         self.dead = True
+        self.backlog = b""
         self.pending.append(reject)
-        if self.transport is not None:
-            self.paused = True
-            self.transport.pause_reading()
-
-    def _drive(self) -> None:
-        """Serve queued requests one at a time until one is in flight."""
-        pending = self.pending
-        while pending and not self.busy and self.transport is not None:
-            item = pending.popleft()
-            if isinstance(item, Reject):
-                self.listener.refused(self, item)
-                self.send(simple_response(item.status, item.why, close=True))
-                self._close()
-                return
-            if not item.keep_alive or self.listener.draining:
-                self.closing = True
-            self.busy = True
-            self.listener.dispatch(self, item)
-        # (An answer given within dispatch has made the connection idle already.)
-        if self.phase == _QUEUED and not self.busy and not pending and not self.dead:
-            self.phase = _IDLE
-            self.deadline = _monotonic() + self.limits.idle_timeout_s
-            if self.paused:
-                self.paused = False
-                self.transport.resume_reading()
 
     def send(self, data: bytes) -> None:
         """Write to the socket at the end of this loop iteration (I/O thread).
@@ -322,62 +431,109 @@ class HttpConnection(asyncio.Protocol):
         self.busy = False
         self.current = None
         if self.closing or (self.dead and not self.pending):
-            self._close()
+            self._linger()
             return
-        self._drive()
+        self._pump()
 
     def _close(self) -> None:
         self.dead = True
         self.deadline = 0.0
+        self.pending.clear()
+        self.backlog = b""
         if self.transport is not None:
             self.flush()
             self.transport.close()
 
-    def _close_idle(self) -> None:
-        """Close between requests: FIN now, the socket once the client is done.
+    def _linger(self) -> None:
+        """Close for writing now, for reading once the client is done.
 
-        The client may have sent its next request already; it sees the FIN
-        (a clean close, no response bytes) and retries elsewhere, and what it
-        sent is read and dropped (``dead``) rather than answered with a reset.
+        The client may still be sending (its next request, the rest of an
+        oversized head or body); it sees our answer, or a FIN (a clean
+        close that HTTP/1.1 lets it retry after), never a reset: what it
+        sends meanwhile is read and dropped (``dead``) for ``LINGER_S``.
         """
-        if self.transport is None or not self.transport.can_write_eof():
+        transport = self.transport
+        if transport is None or not transport.can_write_eof():
             self._close()
             return
         self.dead = True
         self.lingering = True
+        self.pending.clear()
+        self.backlog = b""
         self.deadline = _monotonic() + LINGER_S
         self.flush()
-        self.transport.write_eof()
+        if not transport.is_closing():
+            transport.write_eof()
+        if self.paused:
+            self.paused = False
+            transport.resume_reading()
 
     # ── time and drain (from the listener's sweep) ─────────────────────
 
     def expire(self, now: float) -> None:
-        """Act on a passed deadline."""
-        if self.lingering and now >= self.deadline:
-            self._close()
+        """Act on a passed deadline (and, while draining, close when idle)."""
+        if self.lingering:
+            if now >= self.deadline:
+                self._close()
+            return
+        if self.draining and self._idle_for(now) >= DRAIN_IDLE_S:
+            self._linger()
             return
         if self.dead or not self.deadline or now < self.deadline:
             return
         if self.phase == Phase.IDLE and not self.head_seen:
-            self._close_idle()
+            self._linger()
         elif self.phase in (Phase.IDLE, Phase.HEAD):
             self._refuse(Reject(408, "request head not received in time"))
-            self._drive()
+            self._pump()
         elif self.phase == Phase.BODY:
             self._refuse(Reject(408, "request body not received in time"))
-            self._drive()
+            self._pump()
+
+    def _idle_for(self, now: float) -> float:
+        """How long nothing has been in flight, queued or arriving; 0 when busy.
+
+        Bytes the kernel holds for us but the loop has not read yet count
+        as arriving: closing on them would drop a request already sent.
+        """
+        if (
+            self.busy
+            or self.pending
+            or self.backlog
+            or self.phase != Phase.IDLE
+            or self.head_seen
+            or self.dead
+        ):
+            return 0.0
+        if _unread_bytes(self.transport):
+            return 0.0
+        return now - self.idle_since
 
     def drain(self) -> None:
-        """Stop after the response in flight; close at once when idle.
+        """Answer what was read, the last response with ``Connection: close``; then close.
 
-        An SSE stream has no end of its own: its process is stopped
-        (reason shutdown) and the stream ends cleanly.
+        A request being served or already read (pipelined) is answered; a
+        request arriving on an idle keep-alive connection is answered with
+        ``Connection: close``; a connection idle ``DRAIN_IDLE_S`` with no
+        bytes pending closes cleanly (``expire``). An SSE stream has no end
+        of its own: its process is stopped (reason shutdown) and the stream
+        ends cleanly.
         """
-        self.closing = True
+        self.draining = True
         current = self.current
-        if current is not None:
+        if current is not None and current.mode is Mode.SSE and current.pid:
+            self.closing = True
             current.closing = True
-            if current.mode is Mode.SSE and current.pid:
-                self.listener.host.kill(current.pid, "shutdown", "the worker is stopping")
-        if not self.busy and not self.pending and not self.dead:
-            self._close_idle()
+            self.listener.host.kill(current.pid, "shutdown", "the worker is stopping")
+
+
+def _unread_bytes(transport: Any) -> int:
+    """Bytes received on ``transport``'s socket that nobody has read yet (FIONREAD)."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return 0
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return 0
+    return int.from_bytes(raw, sys.byteorder)

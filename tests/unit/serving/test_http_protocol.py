@@ -96,6 +96,14 @@ class FakeTransport:
     def is_closing(self) -> bool:
         return self.closed
 
+    @property
+    def ended(self) -> bool:
+        """The server is done with the connection: closed, or closed for writing."""
+        return self.closed or self.eof_written
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default  # no socket: no unread bytes to ask the kernel about
+
     def can_write_eof(self) -> bool:
         return True
 
@@ -111,6 +119,25 @@ class FakeTransport:
     def take(self) -> bytes:
         data, self.written = self.written, b""
         return data
+
+
+class FakeLoop:
+    """``call_soon`` recorded; ``run_queued`` is one later loop iteration."""
+
+    def __init__(self) -> None:
+        self.queued: list[Callable[[], None]] = []
+        self.iterations = 0
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self.queued.append(callback)
+
+    def run_queued(self) -> bool:
+        queued, self.queued = self.queued, []
+        for callback in queued:
+            callback()
+        if queued:
+            self.iterations += 1
+        return bool(queued)
 
 
 @dataclass
@@ -132,15 +159,24 @@ class FakeListener:
     left: list[Any] = field(default_factory=list)
     host: Any = None
     unflushed: list[HttpConnection] = field(default_factory=list)
+    loop: FakeLoop = field(default_factory=FakeLoop)
 
     def defer(self, conn: HttpConnection) -> None:
         self.unflushed.append(conn)
 
     def end_iteration(self) -> None:
-        """What the loop does once the callbacks of one iteration have run."""
-        unflushed, self.unflushed = self.unflushed, []
-        for conn in unflushed:
-            conn.flush()
+        """What the loop does once the callbacks of one iteration have run.
+
+        It writes what was deferred, then runs the callbacks queued for the
+        next iterations (a connection yielding after a batch of pipelined
+        requests) until none are left.
+        """
+        while True:
+            unflushed, self.unflushed = self.unflushed, []
+            for conn in unflushed:
+                conn.flush()
+            if not self.loop.run_queued():
+                return
 
     def dispatch(self, conn: HttpConnection, request: Request) -> None:
         self.dispatched.append(request)
@@ -240,7 +276,7 @@ REFUSED = {
         413,
     ),
     "chunked_body_over_max_body_bytes": (
-        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
         + b"20\r\n"
         + b"c" * 32
         + b"\r\n"
@@ -257,7 +293,10 @@ REFUSED = {
         b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
         400,
     ),
-    "bad_chunk_size": (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
+    "bad_chunk_size": (
+        b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        400,
+    ),
     "garbage_request_line": (b"\x16\x03\x01 not http\r\n\r\n", 400),
 }
 
@@ -269,7 +308,7 @@ def test_upgrade_request_is_answered_normally_then_closed(listener: FakeListener
 
     assert statuses(transport.written) == [200]
     assert b"connection: close\r\n" in transport.written
-    assert transport.closed
+    assert transport.ended
     assert [r.path for r in listener.dispatched] == ["/"]
 
 
@@ -283,16 +322,19 @@ def test_bad_request_gets_its_status_and_is_closed_without_dispatch(
 
     assert statuses(transport.written) == [status]
     assert b"connection: close\r\n" in transport.written
-    assert transport.closed
+    assert transport.ended
     assert listener.dispatched == []
     assert listener.refusals == [status]
 
 
 ACCEPTED = {
-    "url_of_max_url_bytes": b"GET /" + b"u" * 255 + b" HTTP/1.1\r\n\r\n",
+    "url_of_max_url_bytes": b"GET /" + b"u" * 255 + b" HTTP/1.1\r\nHost: t\r\n\r\n",
     "max_headers": get("/", *(f"X-{i}: 1" for i in range(4))),
-    "body_of_max_body_bytes": b"POST / HTTP/1.1\r\nContent-Length: 64\r\n\r\n" + b"b" * 64,
-    "content_length_with_extra_whitespace": b"POST / HTTP/1.1\r\nContent-Length:  5 \r\n\r\nhello",
+    "body_of_max_body_bytes": b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 64\r\n\r\n"
+    + b"b" * 64,
+    "content_length_with_extra_whitespace": (
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length:  5 \r\n\r\nhello"
+    ),
 }
 
 
@@ -303,7 +345,7 @@ def test_request_at_a_limit_is_served(listener: FakeListener, data: bytes) -> No
     conn.data_received(data)
 
     assert statuses(transport.written) == [200]
-    assert not transport.closed
+    assert not transport.ended
 
 
 def test_bytes_after_a_refused_request_are_ignored(listener: FakeListener) -> None:
@@ -333,7 +375,7 @@ def test_pipelined_requests_are_dispatched_one_at_a_time_in_order(clock: Clock) 
     assert transport.written.count(b"HTTP/1.1 200 OK") == 3
     assert transport.written.index(b"GET /1") < transport.written.index(b"GET /2")
     assert transport.written.index(b"GET /2") < transport.written.index(b"GET /3")
-    assert not transport.closed
+    assert not transport.ended
 
 
 def test_responses_of_one_iteration_go_out_in_one_write_at_its_end(listener: FakeListener) -> None:
@@ -358,7 +400,7 @@ def test_response_before_a_close_is_written_before_the_socket_closes(
 
     conn.data_received(get("/last", "Connection: close"))
 
-    assert transport.closed
+    assert transport.ended
     assert statuses(transport.sent) == [200]
     assert b"connection: close\r\n" in transport.sent
 
@@ -376,6 +418,85 @@ def test_pipelined_queue_at_its_bound_pauses_reading_until_served(clock: Clock) 
     assert len(listener.dispatched) == MAX_PIPELINED + 1
 
 
+def test_ten_thousand_pipelined_requests_in_one_read_are_answered_in_order(
+    listener: FakeListener,
+) -> None:
+    conn, transport = connect(listener)
+    count = 10_000
+
+    conn.data_received(b"".join(get(f"/{i}") for i in range(count)))
+    written = transport.written
+
+    assert statuses(written) == [200] * count
+    paths = re.findall(rb"GET (/\d+)\n", written)
+    assert paths == [f"/{i}".encode() for i in range(count)]
+    # served a batch a loop iteration, never all in one callback
+    assert listener.loop.iterations >= count // http.MAX_SERVED_PER_TURN
+    assert transport.reading and not transport.ended
+
+
+def test_pipelined_requests_wait_while_the_client_does_not_read(
+    listener: FakeListener,
+) -> None:
+    conn, transport = connect(listener)
+    conn.pause_writing()
+
+    conn.data_received(b"".join(get(f"/{i}") for i in range(100)))
+
+    assert listener.dispatched == []  # its earlier responses are still unread
+    assert not transport.reading  # the queue is full: the rest of the read waits unparsed
+    assert len(conn.pending) <= MAX_PIPELINED + http.PARSE_SLICE_BYTES // len(get("/0"))
+    conn.resume_writing()
+    assert statuses(transport.written) == [200] * 100
+    assert transport.reading
+
+
+VERSIONS_AND_HOSTS = {
+    "http_1_1_without_host": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "http_1_1_with_two_hosts": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    "http_1_0_with_two_hosts": (b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    "http_2_0": (b"GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
+    "http_1_2": (b"GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505),
+    "http_0_9": (b"GET /\r\n\r\n", 505),
+}
+
+
+@pytest.mark.parametrize("data,status", VERSIONS_AND_HOSTS.values(), ids=VERSIONS_AND_HOSTS.keys())
+def test_request_with_bad_version_or_host_is_refused_without_dispatch(
+    listener: FakeListener, data: bytes, status: int
+) -> None:
+    conn, transport = connect(listener)
+
+    conn.data_received(data + get("/after"))
+
+    assert statuses(transport.written) == [status]
+    assert listener.dispatched == []
+    assert transport.ended
+
+
+def test_http_1_0_request_without_host_is_served(listener: FakeListener) -> None:
+    conn, transport = connect(listener)
+
+    conn.data_received(b"GET /old HTTP/1.0\r\n\r\n")
+
+    assert statuses(transport.written) == [200]
+
+
+def test_refused_connection_keeps_reading_and_dropping_until_the_linger_ends(
+    listener: FakeListener, clock: Clock
+) -> None:
+    """A client still sending a huge head sees the 414, not a reset."""
+    conn, transport = connect(listener)
+
+    conn.data_received(b"GET /" + b"u" * 1000)
+    conn.data_received(b"u" * 100_000)
+
+    assert statuses(transport.written) == [414]
+    assert transport.eof_written and transport.reading and not transport.closed
+    conn.expire(clock.now + LINGER_S)
+    assert transport.closed
+
+
 def test_keep_alive_connection_serves_request_after_request(listener: FakeListener) -> None:
     conn, transport = connect(listener)
 
@@ -384,7 +505,7 @@ def test_keep_alive_connection_serves_request_after_request(listener: FakeListen
 
     assert statuses(transport.written) == [200, 200, 200]
     assert b"connection: close" not in transport.written
-    assert not transport.closed
+    assert not transport.ended
 
 
 @pytest.mark.parametrize(
@@ -401,7 +522,7 @@ def test_request_without_keep_alive_is_answered_then_closed(
 
     assert statuses(transport.written) == [200]
     assert b"connection: close\r\n" in transport.written
-    assert transport.closed
+    assert transport.ended
     assert [r.path for r in listener.dispatched] == ["/"]
 
 
@@ -418,7 +539,7 @@ def test_head_not_complete_in_header_timeout_gets_408(listener: FakeListener, cl
 
     conn.expire(START + 1.0 + LIMITS.header_timeout_s)
     assert statuses(transport.written) == [408]
-    assert transport.closed
+    assert transport.ended
     assert listener.refusals == [408]
 
 
@@ -442,14 +563,14 @@ def test_head_dribbled_a_byte_at_a_time_still_gets_408(
 
 def test_body_not_complete_in_body_timeout_gets_408(listener: FakeListener, clock: Clock) -> None:
     conn, transport = connect(listener)
-    conn.data_received(b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc")
+    conn.data_received(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc")
 
     conn.expire(START + LIMITS.body_timeout_s - 0.01)
     assert transport.written == b""
 
     conn.expire(START + LIMITS.body_timeout_s)
     assert statuses(transport.written) == [408]
-    assert transport.closed
+    assert transport.ended
 
 
 def test_idle_keep_alive_connection_is_closed_after_idle_timeout_without_a_response(
@@ -479,7 +600,7 @@ def test_idle_close_drops_a_request_that_crossed_it_then_closes(
     conn.data_received(get("/late"))
 
     assert [r.path for r in listener.dispatched] == ["/"]
-    assert not transport.closed
+    assert transport.eof_written and not transport.closed
     conn.expire(clock.now + LINGER_S)
     assert transport.closed
 
@@ -504,7 +625,7 @@ def test_request_in_flight_is_not_timed_out(clock: Clock) -> None:
     listener.answer()
 
     assert statuses(transport.written) == [200]
-    assert not transport.closed
+    assert not transport.ended
 
 
 # ── connections: admission, drain, the client leaving ───────────────────
@@ -542,29 +663,58 @@ def test_connection_to_a_draining_listener_is_turned_away(listener: FakeListener
     assert listener.turned_away == 1
 
 
-def test_drain_half_closes_an_idle_connection(listener: FakeListener) -> None:
+def test_drain_half_closes_a_connection_idle_for_drain_idle_s(
+    listener: FakeListener, clock: Clock
+) -> None:
     conn, transport = connect(listener)
     conn.data_received(get("/"))
     transport.take()
 
     conn.drain()
+    conn.expire(clock.now)
+    assert not transport.ended  # the client's next request may be on its way
+    clock.now += http.DRAIN_IDLE_S
+    conn.expire(clock.now)
 
     assert transport.eof_written
     assert transport.written == b""
 
 
-def test_drain_lets_the_request_in_flight_finish_with_connection_close(clock: Clock) -> None:
+def test_drain_answers_a_request_arriving_on_an_idle_connection_with_close(
+    listener: FakeListener, clock: Clock
+) -> None:
+    conn, transport = connect(listener)
+    conn.data_received(get("/first"))
+    transport.take()
+
+    conn.drain()
+    clock.now += http.DRAIN_IDLE_S / 2
+    conn.expire(clock.now)
+    conn.data_received(get("/next"))
+
+    answer = transport.take()
+    assert statuses(answer) == [200]
+    assert b"connection: close\r\n" in answer
+    assert transport.ended
+
+
+def test_drain_answers_every_request_already_read_the_last_with_close(clock: Clock) -> None:
     listener = FakeListener(hold=True)
     conn, transport = connect(listener)
     conn.data_received(get("/in-flight") + get("/queued"))
 
     conn.drain()
     listener.answer()
+    first = transport.take()
+    listener.answer()
+    second = transport.take()
 
-    assert statuses(transport.written) == [200]
-    assert b"connection: close\r\n" in transport.written
-    assert transport.closed
-    assert [r.path for r in listener.dispatched] == ["/in-flight"]
+    assert statuses(first) == [200]
+    assert b"connection: close" not in first
+    assert statuses(second) == [200]
+    assert b"connection: close\r\n" in second
+    assert transport.ended
+    assert [r.path for r in listener.dispatched] == ["/in-flight", "/queued"]
 
 
 def test_client_leaving_mid_request_marks_the_exchange_closed(clock: Clock) -> None:

@@ -1,0 +1,199 @@
+"""Hostile HTTP clients against the real daemon: floods, bad versions, huge heads.
+
+Runs in: any (the test process; ``rusmd`` runs as a subprocess with two
+workers and every request goes over a real loopback socket).
+
+Each case shows the clear outcome a client gets (its responses in order,
+a 400/414/431/505 instead of a reset) and that the daemon is unharmed:
+no worker exits, and a well-behaved client on another connection is
+served the whole time.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from tests.integration.conftest import DAEMONS_KEY, App, Daemon, free_port
+from tests.integration.httpkit import SOCKET_TIMEOUT_S, Wire, fetch, write_http_app
+
+# What ``api#show`` answers for /users/N: N, so a response names its request.
+BODY = re.compile(rb"\r\n\r\n(\d+)")
+# A request a pipelining client repeats; small, so a flood is many of them.
+TEMPLATE = "GET /users/{} HTTP/1.1\r\nHost: t\r\n\r\n"
+# Oversized request parts: far past any limit, as an attacker sends them.
+HUGE_BYTES = 2 << 20
+
+
+@dataclass
+class Bystander:
+    """A keep-alive client requesting ``/`` on its own connection until stopped."""
+
+    port: int
+    stop: threading.Event = field(default_factory=threading.Event)
+    served: int = 0
+    failures: list[str] = field(default_factory=list)
+    thread: threading.Thread | None = None
+
+    def __enter__(self) -> Bystander:
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        assert self.thread is not None
+        self.thread.join(SOCKET_TIMEOUT_S)
+
+    def _run(self) -> None:
+        try:
+            with Wire(self.port) as wire:
+                while not self.stop.is_set():
+                    wire.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+                    response = wire.read_response()
+                    if response.status != 200:
+                        self.failures.append(f"status {response.status}")
+                    self.served += 1
+                    self.stop.wait(0.01)
+        except Exception as exc:  # the test reports it
+            self.failures.append(repr(exc))
+
+
+@dataclass
+class Served:
+    daemon: Daemon
+    port: int
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    app = App(tmp_path_factory.mktemp("app"), free_port(), free_port())
+    write_http_app(app, log_level="warn")
+    daemon = Daemon(app, tmp_path_factory.mktemp("log") / "rusmd.log")
+    daemon.start()
+    try:
+        daemon.wait_ready()
+        yield Served(daemon, app.serve_port)
+    finally:
+        daemon.kill_group()
+
+
+@pytest.fixture
+def served(request: pytest.FixtureRequest, shared: Served) -> Served:
+    request.node.stash.setdefault(DAEMONS_KEY, []).append(shared.daemon)
+    return shared
+
+
+def worker_pids(daemon: Daemon) -> set[int]:
+    return {row["pid"] for row in daemon.status()["workers"]}
+
+
+def pipeline(port: int, count: int) -> list[bytes]:
+    """Send ``count`` requests in one write; the body of every response, in order."""
+    data = "".join(TEMPLATE.format(i) for i in range(count)).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=SOCKET_TIMEOUT_S) as sock:
+        # The sender is its own thread: a client that writes everything before
+        # reading anything would deadlock against any server's back-pressure.
+        sender = threading.Thread(target=sock.sendall, args=(data,), daemon=True)
+        sender.start()
+        received = bytearray()
+        while len(BODY.findall(received)) < count:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            received += chunk
+        sender.join(SOCKET_TIMEOUT_S)
+    return BODY.findall(received)
+
+
+def test_ten_thousand_pipelined_requests_in_one_write_are_answered_in_order(
+    served: Served,
+) -> None:
+    before = worker_pids(served.daemon)
+    with Bystander(served.port) as bystander:
+        bodies = pipeline(served.port, 10_000)
+
+    assert bodies == [str(i).encode() for i in range(10_000)]
+    assert not bystander.failures, bystander.failures
+    assert bystander.served > 0
+    assert worker_pids(served.daemon) == before
+
+
+def test_twenty_connections_of_a_thousand_pipelined_requests_kill_no_worker(
+    served: Served,
+) -> None:
+    before = worker_pids(served.daemon)
+    results: list[list[bytes]] = []
+    with Bystander(served.port) as bystander:
+        floods = [
+            threading.Thread(target=lambda: results.append(pipeline(served.port, 1000)))
+            for _ in range(20)
+        ]
+        for flood in floods:
+            flood.start()
+        for flood in floods:
+            flood.join(120)
+
+    assert len(results) == 20
+    assert all(bodies == [str(i).encode() for i in range(1000)] for bodies in results)
+    assert not bystander.failures, bystander.failures
+    assert worker_pids(served.daemon) == before
+    assert all(row["restarts"] == 0 for row in served.daemon.status()["workers"])
+
+
+STRICT = {
+    "http_1_1_without_host": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "http_1_1_with_two_hosts": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    "http_2_0_request_line": (b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+    "http_0_9_request": (b"GET /\r\n\r\n", 505),
+}
+
+
+@pytest.mark.parametrize(("data", "status"), STRICT.values(), ids=STRICT.keys())
+def test_request_outside_http_1_1_rules_gets_its_status_and_a_close(
+    served: Served, data: bytes, status: int
+) -> None:
+    with Wire(served.port) as wire:
+        wire.send(data)
+        response = wire.read_response()
+
+        assert response.status == status
+        assert response.closes
+        assert wire.closed_by_peer(SOCKET_TIMEOUT_S)
+    assert fetch(served.port, "GET", "/").status == 200
+
+
+def test_http_1_0_request_without_host_is_served(served: Served) -> None:
+    with Wire(served.port) as wire:
+        wire.send(b"GET / HTTP/1.0\r\n\r\n")
+        assert wire.read_response().status == 200
+
+
+HUGE = {
+    "two_mib_url": (b"GET /" + b"u" * HUGE_BYTES + b" HTTP/1.1\r\nHost: t\r\n\r\n", 414),
+    "two_mib_header_block": (
+        b"GET / HTTP/1.1\r\nHost: t\r\n"
+        + b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 1000) for i in range(HUGE_BYTES // 1000))
+        + b"\r\n",
+        431,
+    ),
+    "two_mib_header_value": (b"GET / HTTP/1.1\r\nHost: t\r\nX-Big: " + b"b" * HUGE_BYTES, 431),
+}
+
+
+@pytest.mark.parametrize(("data", "status"), HUGE.values(), ids=HUGE.keys())
+def test_huge_request_head_gets_its_status_not_a_reset(
+    served: Served, data: bytes, status: int
+) -> None:
+    with Wire(served.port) as wire:
+        wire.send(data)  # all of it goes out: the server reads and drops the rest
+        response = wire.read_response()
+
+        assert response.status == status
+        assert wire.closed_by_peer(SOCKET_TIMEOUT_S)
+    assert fetch(served.port, "GET", "/").status == 200
