@@ -191,7 +191,13 @@ class WorkerPool:
             self._check_deadlines(handle, now)
 
     def stop(self, timeout_s: float) -> None:
-        """Stop every worker in reverse start order (drain, then kill)."""
+        """Stop every worker in reverse start order (drain, then kill).
+
+        A roll in progress ends here: a worker it stopped is not replaced
+        once it exits (the supervisor is terminated by then).
+        """
+        self.rolling.clear()
+        self.rolling_pending.clear()
         for handle in self.workers.values():
             handle.stop_deadline = None
         actions = self.supervisor.stop(self.clock())
@@ -201,6 +207,8 @@ class WorkerPool:
         """Grow or drain the pool to ``count`` workers, live."""
         now = self.clock()
         count = max(1, count)
+        if self.supervisor.terminated:
+            return  # stopping: nothing grows now
         old, self.target = self.target, count
         for slot in range(old, count):
             self._apply(self.supervisor.add_child(self._spec(slot), now))
@@ -219,12 +227,14 @@ class WorkerPool:
         self.manifest = manifest
         if images is not None:
             self.images = images
+        if self.supervisor.terminated:
+            return  # stopping: the workers are not replaced
         self.rolling = sorted(slot for slot in self.workers if slot < self.target)
         self._roll_next()
 
     def restart_slot(self, slot: int) -> bool:
         """Replace one worker now (an operator's ``restart``); False if no such slot."""
-        if slot >= self.target:
+        if slot >= self.target or self.supervisor.terminated:
             return False
         if slot in self.quarantined:
             self._apply(self.supervisor.lift_quarantine(_child_id(slot), self.clock()))
@@ -465,7 +475,11 @@ class WorkerPool:
         ):
             history.restarts += 1
         self._apply(actions)
-        if handle.slot in self.rolling_pending and handle.slot < self.target:
+        if (
+            handle.slot in self.rolling_pending
+            and handle.slot < self.target
+            and not self.supervisor.terminated
+        ):
             self.rolling_pending.discard(handle.slot)
             self._apply(self.supervisor.add_child(self._spec(handle.slot), now))
 

@@ -14,15 +14,27 @@ against the listener's keys (``docs/operations.md``, "Listener limits"):
   it is read when ``Content-Length`` says so;
 - anything httptools refuses (a bad ``Content-Length`` such as ``+5`` or
   ``0x5``, both ``Content-Length`` and chunked, a bad chunk size) → 400;
+- an HTTP/1.1 request without exactly one ``Host``, or an HTTP/1.0 one
+  with two → 400 (RFC 9112 §3.2); any version but 1.0 and 1.1 (0.9,
+  2.0, 1.2) → 505;
 - the head not complete ``header-timeout-s`` after its first byte, or the
   body not ``body-timeout-s`` after the head → 408.
 
-Each of those answers once and closes the connection. Requests are
-answered in arrival order (pipelining): parsed requests queue behind the
-one being served, and reading pauses while the queue is long. A
-keep-alive connection idle for ``idle-timeout-s`` is closed; during a
-drain the response in flight says ``Connection: close`` and idle
-connections close at once.
+Each of those answers once and closes the connection for writing; what
+the client still sends (the rest of a 2 MiB header) is read and dropped
+for ``LINGER_S``, so it reads our answer instead of a reset.
+
+Requests are answered in arrival order (pipelining) by one loop
+(``_pump``), never by recursion: parsed requests queue behind the one
+being served; parsing stops while ``MAX_PIPELINED`` wait, and the rest of
+a read waits unparsed while reading pauses; one connection serves at
+most ``MAX_SERVED_PER_TURN`` requests before the loop runs other work,
+and none while the client leaves its responses unread. A keep-alive
+connection idle for ``idle-timeout-s`` is closed. During a drain every
+request already read is answered, the last with ``Connection: close``;
+an idle connection closes once it has been idle ``DRAIN_IDLE_S`` with no
+request bytes waiting in the kernel, so a client's next request is
+answered or goes to a live worker, never dropped.
 """
 
 from __future__ import annotations

@@ -603,3 +603,29 @@ def test_daemon_listen_port_in_use_exits_69_naming_the_listener(
     log = daemon.read_log()
     assert f"serve[0]: cannot listen on 127.0.0.1:{app.serve_port}" in log
     assert not daemon.socket_path.exists()
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.05, 0.3, 1.0])
+def test_sigterm_during_a_worker_roll_exits_0(
+    start_daemon: Callable[..., Daemon], delay_s: float
+) -> None:
+    """Stopping at any moment of ``restart workers`` drains what is there and exits 0."""
+    daemon = start_daemon()
+    assert daemon.request("restart", what="workers")["ok"]
+    time.sleep(delay_s)  # a point in the roll: before, during or after a worker's drain
+
+    daemon.signal(signal.SIGTERM)
+
+    assert daemon.wait_exit(EXIT_TIMEOUT_S) == EX_OK, daemon.read_log()
+    assert "has terminated" not in daemon.read_log()
+
+
+def test_restart_after_sigterm_is_refused_and_the_daemon_exits_0(daemon: Daemon) -> None:
+    daemon.signal(signal.SIGTERM)
+    reply: dict[str, Any] = {"ok": False}
+    try:
+        reply = daemon.request("restart", what="workers")
+    except OSError:
+        pass  # the socket may already be gone: nothing was restarted either way
+    assert not reply["ok"]
+    assert daemon.wait_exit(EXIT_TIMEOUT_S) == EX_OK
