@@ -36,10 +36,21 @@ _LENGTH = struct.Struct(">I")
 
 
 class Ready(msgspec.Struct, tag="ready", frozen=True):
-    """Worker → main: the worker's loop runs and it can take work."""
+    """Worker → main: the worker's loop runs and it can take work.
+
+    ``loaded`` says its components were loaded at boot (the compile step
+    had finished when it was forked); else ``Loaded`` follows once they are.
+    """
 
     slot: int
     pid: int
+    loaded: bool = False
+
+
+class Loaded(msgspec.Struct, tag="loaded", frozen=True):
+    """Worker → main: the components main sent are loaded; its listeners serve them."""
+
+    slot: int
 
 
 class Heartbeat(msgspec.Struct, tag="heartbeat", frozen=True):
@@ -207,6 +218,7 @@ class WorkerDown(msgspec.Struct, tag="worker_down", frozen=True):
 
 Message = (
     Ready
+    | Loaded
     | Heartbeat
     | Log
     | Stop

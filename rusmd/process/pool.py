@@ -33,6 +33,7 @@ from rusmd.channel import (
     Components,
     Heartbeat,
     LeaseRequest,
+    Loaded,
     Log,
     MeshPeer,
     Message,
@@ -102,6 +103,7 @@ class WorkerHandle:
     kill_reason: ExitReason | None = None
     kill_detail: str = ""
     processes: int = 0
+    loaded: bool = False  # its listeners serve every component (``Ready``/``Loaded``)
 
 
 @dataclass
@@ -386,7 +388,10 @@ class WorkerPool:
             lease = PidLease(start=history.next_serial, end=history.next_serial + PID_LEASE_SIZE)
             history.next_serial = lease.end
             self._send(handle, lease)
+        elif isinstance(message, Loaded):
+            handle.loaded = True
         elif isinstance(message, Ready) and handle.state is WorkerState.STARTING:
+            handle.loaded = handle.loaded or message.loaded
             handle.state = WorkerState.READY
             handle.last_heartbeat = now
             self.supervisor.child_started(_child_id(handle.slot), now)

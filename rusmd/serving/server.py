@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +108,9 @@ class ListenerRuntime:
             tuple[str, str], tuple[str, str, dict[str, str]] | MethodNotAllowed | NotFound
         ] = {}
         self._unflushed: list[HttpConnection | WsConnection] = []
+        # Requests that arrived before this worker's components: served once
+        # they load, or answered 503 at the listener's timeout-s.
+        self._waiting: deque[tuple[HttpConnection, Request, str, asyncio.TimerHandle]] = deque()
 
     async def start(self, sock: Any) -> None:
         """Accept on the inherited listen socket."""
@@ -136,6 +140,9 @@ class ListenerRuntime:
             name, action = self.single, SINGLE_ACTION
         component = self.host.components.get(name)
         if component is None or component.error:
+            if component is None and not self.host.loaded:
+                self._wait_for_load(conn, request, name)
+                return
             self._not_loaded(conn, request, name, component)
             return
         inline = self.http and component.inline
@@ -287,6 +294,25 @@ class ListenerRuntime:
         self.access(request.method, request.path, status)
         conn.answered()
 
+    def _wait_for_load(self, conn: HttpConnection, request: Request, name: str) -> None:
+        """Hold a request that came before the components (a worker's first second)."""
+        timer = self.loop.call_later(self.config.timeout_s, self._load_timed_out, conn)
+        self._waiting.append((conn, request, name, timer))
+
+    def _load_timed_out(self, conn: HttpConnection) -> None:
+        for entry in [entry for entry in self._waiting if entry[0] is conn]:
+            self._waiting.remove(entry)
+            self._not_loaded(conn, entry[1], entry[2], None)
+
+    def components_loaded(self) -> None:
+        """The worker's components are loaded: serve the requests that waited, in order."""
+        waiting, self._waiting = self._waiting, deque()
+        for conn, request, _name, timer in waiting:
+            timer.cancel()
+            if conn.transport is None or conn.transport.is_closing():
+                continue  # the client left while it waited
+            self.dispatch(conn, request)
+
     def _not_loaded(
         self, conn: HttpConnection, request: Request, name: str, component: LoadedComponent | None
     ) -> None:
@@ -378,6 +404,11 @@ class Server:
         for listener in self.listeners:
             listener.sweep(now)
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+
+    def components_loaded(self) -> None:
+        """The worker loaded its components: listeners serve what waited for them."""
+        for listener in self.listeners:
+            listener.components_loaded()
 
     def connections(self) -> int:
         """Open connections on every listener."""

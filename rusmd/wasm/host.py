@@ -504,6 +504,7 @@ class WasmHost:
         self._engine_ptr = self.engine.ptr()
         self.max_processes = max_processes or (pool_slots if self.engine_info.pooling else 1000)
         self.components: dict[str, LoadedComponent] = {}
+        self.loaded = False  # the first ``load`` has run: a missing component is not coming
         self.processes: dict[int, Process] = {}
         self.spawned = 0
         self.exits: dict[str, int] = {}
@@ -559,6 +560,7 @@ class WasmHost:
                 continue
             fresh[image.name] = self._load_one(component, image)
         self.components = fresh
+        self.loaded = True
 
     def _load_one(self, component: Component, image: ComponentImage) -> LoadedComponent:
         loaded = LoadedComponent(

@@ -45,6 +45,7 @@ from rusmd.channel import (
     Components,
     Heartbeat,
     LeaseRequest,
+    Loaded,
     Log,
     MeshHello,
     MeshPeer,
@@ -154,7 +155,8 @@ class WorkerRuntime:
             self._add_peer(slot, sock)
         if self.server is not None:
             self.loop.run_until_complete(self.server.start())
-        self._send_main(Ready(slot=self.slot, pid=os.getpid()))
+        loaded = self.host is None or self.host.loaded
+        self._send_main(Ready(slot=self.slot, pid=os.getpid(), loaded=loaded))
         self.loop.call_soon(self._heartbeat)
         try:
             return self.loop.run_until_complete(self.done)
@@ -218,6 +220,9 @@ class WorkerRuntime:
             self._add_peer(message.slot, socket.socket(fileno=fd))
         elif isinstance(message, Components) and self.host is not None:
             self.host.load(message.images)
+            if self.server is not None:
+                self.server.components_loaded()  # requests that waited for them run now
+            self._send_main(Loaded(slot=self.slot))
         elif isinstance(message, PidLease) and self.host is not None:
             self.host.add_lease(message.start, message.end)
         elif isinstance(message, Query):
