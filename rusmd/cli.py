@@ -31,7 +31,7 @@ from typing import Any
 from rusmctl import kv as kv_cli
 from rusmd import __version__
 from rusmd.config import Environment, Manifest, Overrides, load_environment, load_manifest
-from rusmd.config.model import LogLevel, Profile
+from rusmd.config.model import LogLevel, Profile, Protocol
 from rusmd.config.render import ArtifactStatus, render_errors_json, render_json, render_text
 from rusmd.config.sizing import usable_cores
 from rusmd.errors import ConfigError, ConfigProblem, RusmError
@@ -160,6 +160,8 @@ def check(args: argparse.Namespace) -> int:
         for name, status in (artifacts or {}).items()
         if not status.ok
     ]
+    if artifacts is not None:
+        problems += route_problems(config, manifest, artifacts)
     if args.json:
         document = render_json(manifest, environment, cores, artifacts, problems)
         sys.stdout.buffer.write(document + b"\n")
@@ -199,6 +201,51 @@ def check_artifacts(manifest: Manifest) -> dict[str, ArtifactStatus]:
             error=result.reason,
         )
     return statuses
+
+
+def route_problems(
+    config: str, manifest: Manifest, artifacts: dict[str, ArtifactStatus]
+) -> list[ConfigProblem]:
+    """Routes (and ``name`` listeners) whose action the compiled component does not export.
+
+    Such a route would answer 502 on every request; ``check`` says so
+    before it runs. Components that failed to compile are reported already.
+    """
+    import wasmtime  # only here: the daemon's main process never loads it
+
+    from rusmd.config.document import parse
+    from rusmd.serving.server import SINGLE_ACTION
+    from rusmd.wasm.engine import compile_engine
+    from rusmd.wasm.linking import action_results
+
+    uses: dict[str, list[tuple[tuple[str | int, ...], str, str]]] = {}
+    for index, serve in enumerate(manifest.serve):
+        if serve.protocol is Protocol.WS:
+            continue  # a ws listener runs its component's entry, checked at load
+        where: tuple[str | int, ...]
+        for route in serve.routes:
+            key = f"{route.method} {route.path}"
+            where = ("serve", index, "routes", key)
+            uses.setdefault(route.component, []).append((where, key, route.action))
+        if not serve.routes and serve.name:
+            where = ("serve", index, "name")
+            uses.setdefault(serve.name, []).append((where, "name", SINGLE_ACTION))
+    _values, lines = parse(Path(config).read_text(encoding="utf-8"))
+    engine = compile_engine()
+    problems = []
+    for name, wanted in sorted(uses.items()):
+        status = artifacts.get(name)
+        if status is None or not status.ok:
+            continue
+        module = wasmtime.Module.deserialize_file(engine, status.cwasm)
+        for where, key, action in wanted:
+            answer = action_results(name, module, action)
+            if isinstance(answer, str):
+                path = f"serve[{where[1]}].routes" if len(where) == 4 else f"serve[{where[1]}]"
+                problems.append(
+                    ConfigProblem(config, lines.line_of(where), path, f"{key!r}: {answer}")
+                )
+    return problems
 
 
 def _shown(path: Path, app_dir: Path) -> str:

@@ -104,6 +104,7 @@ class ListenerRuntime:
         self.budget_ms = int(config.timeout_s * 1000)
         self.retry = f"retry-after: {config.retry_after_s}\r\n".encode()
         self._unavailable: set[str] = set()
+        self._cannot_run: set[str] = set()  # why an action could not start, logged once each
         self._resolved: dict[
             tuple[str, str], tuple[str, str, dict[str, str]] | MethodNotAllowed | NotFound
         ] = {}
@@ -243,6 +244,11 @@ class ListenerRuntime:
                 self.log.error(
                     f"{self._who(exchange)}: {request.method} {request.path} → {status}: {why}"
                 )
+            elif not exchange.pid and report.detail not in self._cannot_run:
+                # It never started (an action the module does not export), so
+                # no exit line says why: once per cause, not per request.
+                self._cannot_run.add(report.detail)
+                self.log.error(f"{self.protocol} {request.method} {request.path} → {status}: {why}")
             extra = self.retry if status == 503 else b""
             conn.send(
                 simple_response(

@@ -67,7 +67,14 @@ from rusmd.wasm.calls import ActorCalls, write_received
 from rusmd.wasm.engine import POOL_SLOTS, EngineInfo, worker_engine
 from rusmd.wasm.fibers import FiberScheduler
 from rusmd.wasm.kv_calls import KvCalls
-from rusmd.wasm.linking import LinkError, LinkerSet, ModuleShape, check_module, granted
+from rusmd.wasm.linking import (
+    LinkError,
+    LinkerSet,
+    ModuleShape,
+    action_results,
+    check_module,
+    granted,
+)
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 from rusmd.wasm.runners import RunnerPool
 from rusmd.wasm.serve_calls import ServeCalls
@@ -387,21 +394,9 @@ class LoadedComponent:
         known = self.actions.get(name)
         if known is not None:
             return known
-        kind = None
+        answer: int | str = f"component {self.name} exports no function '{name}'"
         if self.module is not None:
-            kind = next((e.type for e in self.module.exports if e.name == name), None)
-        answer: int | str
-        if not isinstance(kind, wasmtime.FuncType):
-            answer = f"component {self.name} exports no function '{name}'"
-        else:
-            results = [str(t) for t in kind.results]
-            if list(kind.params) or results not in ([], ["i32"]):
-                answer = (
-                    f"component {self.name}: action '{name}' must take no parameters and "
-                    "return nothing or one i32"
-                )
-            else:
-                answer = len(results)
+            answer = action_results(self.name, self.module, name)
         self.actions[name] = answer
         return answer
 

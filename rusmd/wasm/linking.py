@@ -80,6 +80,24 @@ def takes_pointers(name: str) -> bool:
     return any(param.endswith(("ptr", "len")) for param, _ in FUNCTIONS[name].params)
 
 
+def action_results(component: str, module: wasmtime.Module, name: str) -> int | str:
+    """Results of export ``name`` (0 or 1), or why it cannot be an action.
+
+    An action is an exported function with no parameters returning
+    nothing or one i32 (``docs/abi.md``, "Serving").
+    """
+    kind = next((e.type for e in module.exports if e.name == name), None)
+    if not isinstance(kind, wasmtime.FuncType):
+        return f"component {component} exports no function '{name}'"
+    results = [str(t) for t in kind.results]
+    if list(kind.params) or results not in ([], ["i32"]):
+        return (
+            f"component {component}: action '{name}' must take no parameters and "
+            "return nothing or one i32"
+        )
+    return len(results)
+
+
 def granted(capability: Capability) -> frozenset[Grant]:
     """The grants a profile gives, as ABI grant names."""
     grants = {Grant.ALWAYS}

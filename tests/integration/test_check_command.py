@@ -549,3 +549,40 @@ def test_check_refuses_a_cache_directory_others_can_write(app_dir: Path, tmp_pat
     assert line.startswith(f"rusm.toml: components.api: compile cache {cache} ")
     assert "writable by group or others" in line
     assert list(cache.iterdir()) == []
+
+
+ROUTED = """\
+[[serve]]
+protocol = "http"
+listen = "127.0.0.1:18080"
+[serve.routes]
+"GET /" = "api#home"
+"GET /gone" = "api#nosuch"
+
+[components.api]
+"""
+HOME_WAT = '(module (func (export "home")))'
+
+
+def test_check_route_naming_an_action_the_component_lacks_exits_78_with_its_line(
+    app_dir: Path,
+) -> None:
+    write_manifest(app_dir, ROUTED)
+    put_artifact(app_dir, "api.wasm", wasmtime.wat2wasm(HOME_WAT))
+
+    result = rusmd_check(cwd=app_dir)
+
+    assert result.returncode == EX_CONFIG
+    [line] = stderr_lines(result)
+    assert line == (
+        "rusm.toml:6: serve[0].routes: 'GET /gone': component api exports no function 'nosuch'"
+    )
+
+
+def test_check_routes_whose_actions_are_all_exported_exit_0(app_dir: Path) -> None:
+    write_manifest(app_dir, ROUTED.replace("api#nosuch", "api#home"))
+    put_artifact(app_dir, "api.wasm", wasmtime.wat2wasm(HOME_WAT))
+
+    result = rusmd_check(cwd=app_dir)
+
+    assert result.returncode == EX_OK, result.stderr

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.integration.conftest import DAEMONS_KEY, App, Daemon, free_port
-from tests.integration.httpkit import SOCKET_TIMEOUT_S, Wire, fetch, write_http_app
+from tests.integration.httpkit import ROUTES, SOCKET_TIMEOUT_S, Wire, fetch, write_http_app
 
 # What ``api#show`` answers for /users/N: N, so a response names its request.
 BODY = re.compile(rb"\r\n\r\n(\d+)")
@@ -73,7 +73,7 @@ class Served:
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     app = App(tmp_path_factory.mktemp("app"), free_port(), free_port())
-    write_http_app(app, log_level="warn")
+    write_http_app(app, log_level="warn", routes={**ROUTES, "GET /gone": "api#nosuch"})
     daemon = Daemon(app, tmp_path_factory.mktemp("log") / "rusmd.log")
     daemon.start()
     try:
@@ -197,3 +197,18 @@ def test_huge_request_head_gets_its_status_not_a_reset(
         assert response.status == status
         assert wire.closed_by_peer(SOCKET_TIMEOUT_S)
     assert fetch(served.port, "GET", "/").status == 200
+
+
+def test_route_to_an_action_the_component_lacks_gets_502_and_one_error_naming_it(
+    served: Served,
+) -> None:
+    statuses = [fetch(served.port, "GET", "/gone").status for _ in range(3)]
+
+    assert statuses == [502] * 3
+    lines = [
+        record["text"]
+        for record in served.daemon.log_records()
+        if record["level"] == "error" and "exports no function 'nosuch'" in record["text"]
+    ]
+    assert len(lines) <= 2  # once per worker that got one
+    assert lines and all(line.startswith("http GET /gone → 502") for line in lines)
