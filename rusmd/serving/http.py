@@ -123,6 +123,8 @@ _IDLE, _HEAD, _BODY, _QUEUED = Phase.IDLE, Phase.HEAD, Phase.BODY, Phase.QUEUED
 _monotonic = time.monotonic
 # Method names as the parser gives them → as requests carry them.
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+# Header names ``on_header`` acts on (one set lookup a header for all three).
+_WATCHED = frozenset((b"content-length", b"host", b"connection"))
 
 
 class HttpConnection(asyncio.Protocol):
@@ -159,6 +161,7 @@ class HttpConnection(asyncio.Protocol):
         self.headers: list[tuple[bytes, bytes]] = []
         self.header_bytes = 0
         self.hosts = 0
+        self.connection_header = False
         self.body: list[bytes] | None = None  # made by the first body bytes
         self.body_bytes = 0
 
@@ -220,6 +223,7 @@ class HttpConnection(asyncio.Protocol):
         self.headers = []
         self.header_bytes = 0
         self.hosts = 0
+        self.connection_header = False
         self.body = None
         if self.phase != _HEAD:
             self.phase = _HEAD
@@ -235,11 +239,19 @@ class HttpConnection(asyncio.Protocol):
         # until then the head limit in ``_parse`` bounds what arrives.
         self.header_bytes += len(name) + len(value)
         lower = name.lower()
-        if lower == b"content-length" and int(value) > self.limits.max_body_bytes:
-            raise Reject(413, f"body over {self.limits.max_body_bytes} bytes")
-        if lower == b"host":
-            self.hosts += 1
+        if lower in _WATCHED:
+            if lower == b"host":
+                self.hosts += 1
+            else:
+                self._watched(lower, value)
         self.headers.append((lower, value))
+
+    def _watched(self, lower: bytes, value: bytes) -> None:
+        if lower == b"content-length":
+            if int(value) > self.limits.max_body_bytes:
+                raise Reject(413, f"body over {self.limits.max_body_bytes} bytes")
+        else:
+            self.connection_header = True
 
     def on_headers_complete(self) -> None:
         limits = self.limits
@@ -247,9 +259,20 @@ class HttpConnection(asyncio.Protocol):
             raise Reject(431, f"more than {limits.max_headers} headers")
         if self.header_bytes > limits.max_header_bytes:
             raise Reject(431, f"headers over {limits.max_header_bytes} bytes")
-        # RFC 9112 §3.2: a 1.1 request carries exactly one Host; a 1.0 one
-        # at most one. Anything but 1.0 and 1.1 (0.9 has no headers at all,
-        # 2.0 is not spoken on this port) is refused with 505.
+        # The common request, HTTP/1.1 with one Host and no Connection header,
+        # is told by keep-alive alone (cheap: the version string is not):
+        # without that header only 1.1 keeps the connection alive.
+        if self.hosts != 1 or self.connection_header or not self.parser.should_keep_alive():
+            self._check_version()
+        self.phase = _BODY
+        self.deadline = _monotonic() + limits.body_timeout_s
+
+    def _check_version(self) -> None:
+        """RFC 9112 §3.2: a 1.1 request carries exactly one Host, a 1.0 one at most one.
+
+        Anything but 1.0 and 1.1 (0.9 has no headers at all, 2.0 is not
+        spoken on this port) is refused with 505.
+        """
         version = self.parser.get_http_version()
         if version == "1.1":
             if self.hosts != 1:
@@ -258,8 +281,6 @@ class HttpConnection(asyncio.Protocol):
             raise Reject(505, f"HTTP/{version} is not supported (HTTP/1.0 and 1.1 are)")
         elif self.hosts > 1:
             raise Reject(400, "more than one Host")
-        self.phase = _BODY
-        self.deadline = _monotonic() + limits.body_timeout_s
 
     def on_body(self, body: bytes) -> None:
         if self.body is None:
@@ -310,64 +331,76 @@ class HttpConnection(asyncio.Protocol):
         if self.pumping:
             return
         self.pumping = True
-        try:
-            self._serve_and_parse()
-        finally:
-            self.pumping = False
-        self._settle()
-
-    def _serve_and_parse(self) -> None:
         pending = self.pending
         served = 0
-        while self.transport is not None:
-            if pending and not self.busy:
-                if served >= MAX_SERVED_PER_TURN or self.write_paused:
-                    if not self.write_paused:
-                        self._next_turn()
-                    return
-                served += 1
-                self._serve(pending.popleft())
-            elif self.backlog and len(pending) < MAX_PIPELINED and not self.dead:
-                self._parse()
-            else:
-                return
+        try:
+            while self.transport is not None:
+                if pending and not self.busy:
+                    if served >= MAX_SERVED_PER_TURN or self.write_paused:
+                        if not self.write_paused:
+                            self._next_turn()
+                        break
+                    served += 1
+                    item = pending.popleft()
+                    if isinstance(item, Reject):
+                        self._answer_refusal(item)
+                    else:
+                        if not item.keep_alive or self.draining:
+                            self._last_before_close(item)
+                        self.busy = True
+                        self.listener.dispatch(self, item)
+                elif self.backlog and len(pending) < MAX_PIPELINED and not self.dead:
+                    # The next slice of what was read goes to the parser (inline:
+                    # this runs once a request).
+                    data = self.backlog
+                    if len(data) > PARSE_SLICE_BYTES:
+                        data, self.backlog = data[:PARSE_SLICE_BYTES], data[PARSE_SLICE_BYTES:]
+                    else:
+                        self.backlog = b""
+                    if self.phase <= _HEAD:
+                        self.head_seen += len(data)
+                    try:
+                        self.parser.feed_data(data)
+                    except (Reject, httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+                        self._parse_failed(exc)
+                    else:
+                        if self.phase == _HEAD and self.head_seen > self._head_limit():
+                            self._refuse(Reject(431, "request head over its limit"))
+                else:
+                    break
+        finally:
+            self.pumping = False
+        if self.phase == _QUEUED and not self.busy and not pending and not self.dead:
+            self.phase = _IDLE
+            self.idle_since = now = _monotonic()
+            self.deadline = now + self.limits.idle_timeout_s
+        if self.paused or self.backlog or self.dead or len(pending) >= MAX_PIPELINED:
+            self._settle_reading()
 
-    def _serve(self, item: Request | Reject) -> None:
-        if isinstance(item, Reject):
-            self.pending.clear()
-            self.listener.refused(self, item)
-            self.send(simple_response(item.status, item.why, close=True))
-            self._linger()
-            return
-        if not item.keep_alive or (
-            self.draining and not self.pending and not self.backlog and self.phase == _QUEUED
+    def _answer_refusal(self, reject: Reject) -> None:
+        self.pending.clear()
+        self.listener.refused(self, reject)
+        self.send(simple_response(reject.status, reject.why, close=True))
+        self._linger()
+
+    def _last_before_close(self, request: Request) -> None:
+        """Mark the connection closing if ``request``'s answer is its last."""
+        if not request.keep_alive or (
+            not self.pending and not self.backlog and self.phase == _QUEUED
         ):
             self.closing = True
-        self.busy = True
-        self.listener.dispatch(self, item)
 
-    def _parse(self) -> None:
-        """Hand the parser the next slice of ``backlog``."""
-        backlog = self.backlog
-        if len(backlog) > PARSE_SLICE_BYTES:
-            data, self.backlog = backlog[:PARSE_SLICE_BYTES], backlog[PARSE_SLICE_BYTES:]
-        else:
-            data, self.backlog = backlog, b""
-        if self.phase <= _HEAD:
-            self.head_seen += len(data)
-        try:
-            self.parser.feed_data(data)
-            if self.phase == _HEAD and self.head_seen > self._head_limit():
-                raise Reject(431, "request head over its limit")
-        except Reject as exc:
+    def _parse_failed(self, exc: Exception) -> None:
+        """What the parser refused: an upgrade, a limit, a malformed request."""
+        if isinstance(exc, Reject):
             self._refuse(exc)
-        except httptools.HttpParserUpgrade:
+        elif isinstance(exc, httptools.HttpParserUpgrade):
             # An Upgrade (h2c, websocket) on an http listener is ignored, as
             # RFC 9110 lets a server do: the request is answered normally and
             # the connection closes, since what follows is not HTTP/1.1.
             self.dead = True
             self.backlog = b""
-        except httptools.HttpParserError as exc:
+        else:
             # httptools turns an exception raised in a callback (on_url,
             # on_header, on_body) into HttpParserCallbackError and keeps the
             # original only as __context__: that is where a limit's Reject is.
@@ -379,15 +412,10 @@ class HttpConnection(asyncio.Protocol):
             else:
                 self._refuse(Reject(400, f"malformed request ({exc})"))
 
-    def _settle(self) -> None:
-        """After a pump: the idle deadline, and reading paused or resumed."""
+    def _settle_reading(self) -> None:
+        """After a pump: reading paused while input waits unparsed, resumed after."""
         if self.transport is None or self.lingering:
             return
-        idle = not self.busy and not self.pending
-        if idle and self.phase == _QUEUED and not self.dead:
-            self.phase = _IDLE
-            self.idle_since = now = _monotonic()
-            self.deadline = now + self.limits.idle_timeout_s
         hold = self.dead or bool(self.backlog) or len(self.pending) >= MAX_PIPELINED
         if hold != self.paused:
             self.paused = hold
@@ -444,8 +472,8 @@ class HttpConnection(asyncio.Protocol):
         self.current = None
         if self.closing or (self.dead and not self.pending):
             self._linger()
-            return
-        self._pump()
+        elif not self.pumping:  # else the pump that dispatched it goes on
+            self._pump()
 
     def _close(self) -> None:
         self.dead = True
