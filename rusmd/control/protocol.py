@@ -10,11 +10,17 @@ Requests are ``{"command": NAME, "args": {...}}``; replies are
 answers with one reply, then ``{"log": {...}}`` frames until the client
 hangs up. Commands come from ``COMMANDS`` only: nothing is dispatched by
 name lookup on an object.
+
+A frame is checked before it is decoded: over ``MAX_FRAME_BYTES``, or
+with brackets nested deeper than ``MAX_NESTING_DEPTH`` (the stdlib's JSON
+decoder recurses once per level and a deep enough frame would raise
+``RecursionError`` in the reader), it is refused with ``ProtocolError``.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -26,7 +32,18 @@ from typing import Any
 # refused.
 MAX_FRAME_BYTES = 2 << 20
 
+# Brackets a frame may nest. A request is two levels deep (the frame and
+# its args); JSON's decoder recurses once per level, so a frame of 100,000
+# `[` would exhaust the reader's stack. Deeper frames are refused unread.
+MAX_NESTING_DEPTH = 32
+
 _LENGTH = struct.Struct(">I")
+# A JSON string, escapes included; an unterminated one runs to the end.
+# Possessive, so each byte is looked at once whatever the input.
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*+"?', re.DOTALL)
+# Both kinds of bracket as one: depth does not care which.
+_BRACKETS_AS_ONE = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(code for code in range(256) if code not in b"[]{}")
 
 # Exit codes (sysexits), shared by the daemon's replies and rusmctl.
 EX_OK = 0
@@ -110,7 +127,26 @@ COMMANDS: dict[str, CommandInfo] = {
 
 
 class ProtocolError(Exception):
-    """A peer sent a frame that is too large or not a JSON object."""
+    """A peer sent a frame that is too large, too deeply nested or not a JSON object."""
+
+
+def nested_too_deep(payload: bytes, limit: int = MAX_NESTING_DEPTH) -> bool:
+    """Whether ``payload``'s brackets nest deeper than ``limit`` or do not balance.
+
+    Without recursion, in at most ``limit`` passes over the bytes: strings
+    are cut out, then each pass removes the innermost ``[]``/``{}`` pairs
+    (one level); brackets left after that are too deep or unbalanced. Either way the
+    payload is not a JSON document the decoder should be given.
+    """
+    if payload.count(b"[") + payload.count(b"{") <= limit:
+        return False  # the common case: too few brackets to nest that deep
+    structure = _STRING.sub(b"", payload).translate(_BRACKETS_AS_ONE, _NOT_BRACKETS)
+    for _ in range(limit):
+        reduced = structure.replace(b"[]", b"")
+        if len(reduced) == len(structure):
+            break
+        structure = reduced
+    return bool(structure)
 
 
 def encode_frame(document: dict[str, Any]) -> bytes:
@@ -122,7 +158,7 @@ def encode_frame(document: dict[str, Any]) -> bytes:
 
 
 class FrameReader:
-    """Splits a byte stream into JSON objects, enforcing the frame cap."""
+    """Splits a byte stream into JSON objects, enforcing the frame and depth caps."""
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -131,7 +167,8 @@ class FrameReader:
         """Add bytes; return every complete frame's object.
 
         Raises:
-            ProtocolError: A frame over the cap, or one that is not a JSON object.
+            ProtocolError: A frame over the cap, nested too deep, or not a
+                JSON object.
         """
         self._buffer += data
         documents: list[dict[str, Any]] = []
@@ -144,9 +181,14 @@ class FrameReader:
                 break
             payload = bytes(self._buffer[_LENGTH.size : end])
             del self._buffer[:end]
+            if nested_too_deep(payload):
+                raise ProtocolError(
+                    f"frame nests brackets deeper than {MAX_NESTING_DEPTH} levels (or they "
+                    "do not balance)"
+                )
             try:
                 document = json.loads(payload)
-            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
                 raise ProtocolError(f"frame is not JSON: {exc}") from None
             if not isinstance(document, dict):
                 raise ProtocolError("frame is not a JSON object")

@@ -5,10 +5,18 @@ Runs in: main.
 The socket is created with mode 0600 (bound under a 0177 umask, so there
 is no window with wider permissions) in a directory rusmd makes 0700.
 Each peer is checked with SO_PEERCRED: only root and the daemon's own
-user may talk to it. Frames are capped (``protocol.MAX_FRAME_BYTES``); a
-bad frame gets an error reply and that connection closes, and nothing
-else is disturbed. Idle connections are dropped after
-``IDLE_TIMEOUT_S``; at most ``MAX_CLIENTS`` are open at once.
+user may talk to it. Frames are capped (``protocol.MAX_FRAME_BYTES``,
+``protocol.MAX_NESTING_DEPTH``); a bad frame gets an error reply and that
+connection closes, and nothing else is disturbed. A command that fails
+unexpectedly, or whose reply cannot be encoded, answers an error too.
+
+Idle connections cannot lock the operator out: one that has not sent a
+whole frame within ``FIRST_FRAME_TIMEOUT_S`` of connecting is dropped,
+one idle after that within ``IDLE_TIMEOUT_S``. At most ``MAX_CLIENTS``
+are open at once; when a new one arrives at the cap, the oldest that
+has never sent a frame makes room for it, else the longest idle one
+that waits for no reply, else the oldest ``logs -f`` follower. Only when
+every connection waits for a reply is the newcomer refused.
 """
 
 from __future__ import annotations
@@ -36,6 +44,12 @@ from rusmd.errors import RusmError
 # Open control connections at once: rusmctl opens one per command, so more
 # than this is a runaway script or an attempt to exhaust descriptors.
 MAX_CLIENTS = 64
+# Connections the kernel queues before the loop accepts them: room for a
+# burst of rusmctl invocations (or a flood of connects) without ECONNREFUSED.
+LISTEN_BACKLOG = 128
+# rusmctl sends its request as soon as it connects; a connection without a
+# whole frame by then is idle or dribbling, and would hold a slot.
+FIRST_FRAME_TIMEOUT_S = 5.0
 # A client that says nothing for this long is gone; streaming ones are exempt.
 IDLE_TIMEOUT_S = 300.0
 # Output queued for one slow client before it is dropped (a `logs -f` that
@@ -56,10 +70,30 @@ class Connection:
     peer_pid: int
     reader: FrameReader = field(default_factory=FrameReader)
     output: bytearray = field(default_factory=bytearray)
+    accepted_at: float = field(default_factory=time.monotonic)
     last_activity: float = field(default_factory=time.monotonic)
+    # Whether a whole frame has arrived yet (the short timeout applies until then).
+    framed: bool = False
+    # Replies owed to it by deferred commands (sent once workers answer).
+    awaiting: int = 0
     streaming: bool = False
     closing: bool = False
     on_close: list[Callable[[], None]] = field(default_factory=list)
+
+    def eviction_rank(self) -> tuple[int, float] | None:
+        """Lowest goes first when room is needed; None: never (a reply is owed).
+
+        A connection that never sent a frame goes first, oldest first; then
+        one that waits for nothing (or does not read what it was sent),
+        longest idle first; a ``logs -f`` follower last.
+        """
+        if self.awaiting:
+            return None  # answered within its command's timeout, then evictable
+        if not self.framed:
+            return (0, self.accepted_at)
+        if not self.streaming or self.output:
+            return (1, self.last_activity)
+        return (2, self.last_activity)
 
 
 # A dispatch returns the reply, or None when the reply comes later (a
@@ -92,7 +126,7 @@ class ControlServer:
             ) from None
         finally:
             os.umask(old_umask)
-        listener.listen(16)
+        listener.listen(LISTEN_BACKLOG)
         listener.setblocking(False)
         self.listener = listener
         self.selector.register(listener, selectors.EVENT_READ, self._on_accept)
@@ -114,16 +148,28 @@ class ControlServer:
         """Queue a frame for ``connection`` and write what the socket takes."""
         if connection.closing and not connection.output:
             return
-        connection.output += encode_frame(document)
+        if connection.awaiting:
+            connection.awaiting -= 1
+        try:
+            frame = encode_frame(document)
+        except (ProtocolError, TypeError, ValueError, RecursionError) as exc:
+            # A reply too big for a frame, or one holding something JSON
+            # cannot carry: the client hears why instead of the loop dying.
+            frame = encode_frame(
+                {"ok": False, "error": f"reply cannot be sent: {exc}", "code": EX_REFUSED}
+            )
+        connection.output += frame
         if len(connection.output) > MAX_PENDING_OUTPUT_BYTES:
             self._close(connection)
             return
         self._flush(connection)
 
     def sweep(self, now: float) -> None:
-        """Drop connections idle past ``IDLE_TIMEOUT_S``."""
+        """Drop connections without a frame past ``FIRST_FRAME_TIMEOUT_S``, or idle ones."""
         for connection in list(self.connections.values()):
-            if not connection.streaming and now - connection.last_activity > IDLE_TIMEOUT_S:
+            silent = not connection.framed and now - connection.accepted_at > FIRST_FRAME_TIMEOUT_S
+            idle = not connection.streaming and now - connection.last_activity > IDLE_TIMEOUT_S
+            if silent or idle:
                 self._close(connection)
 
     def _remove_stale(self) -> None:
@@ -163,11 +209,27 @@ class ControlServer:
                 connection, f"permission denied: uid {uid} may not control rusmd", EX_NOPERM
             )
             return
-        if len(self.connections) >= MAX_CLIENTS:
-            self._refuse(connection, f"too many control connections ({MAX_CLIENTS})", EX_REFUSED)
+        if len(self.connections) >= MAX_CLIENTS and not self._evict_one():
+            self._refuse(
+                connection,
+                f"too many control connections ({MAX_CLIENTS}, each waiting for a reply)",
+                EX_REFUSED,
+            )
             return
         self.connections[sock.fileno()] = connection
         self.selector.register(sock, selectors.EVENT_READ, lambda ev: self._on_io(connection, ev))
+
+    def _evict_one(self) -> bool:
+        """Close the connection that matters least to make room; False if none may go."""
+        ranked = [
+            (rank, connection)
+            for connection in self.connections.values()
+            if (rank := connection.eviction_rank()) is not None
+        ]
+        if not ranked:
+            return False
+        self._close(min(ranked, key=lambda pair: pair[0])[1])
+        return True
 
     def _refuse(self, connection: Connection, message: str, code: int) -> None:
         try:
@@ -200,10 +262,26 @@ class ControlServer:
             self.send(connection, {"ok": False, "error": f"bad frame: {exc}", "code": EX_REFUSED})
             self._close_after_flush(connection)
             return
+        if requests:
+            connection.framed = True
         for request in requests:
-            reply = self.dispatch(request, connection)
+            # Owed from now on; ``send`` settles it, at once or when workers answer.
+            connection.awaiting += 1
+            reply = self._run(request, connection)
             if reply is not None:
                 self.send(connection, reply)
+
+    def _run(self, request: dict[str, Any], connection: Connection) -> dict[str, Any] | None:
+        """One command, its failure caught: a control request never stops the loop."""
+        try:
+            return self.dispatch(request, connection)
+        except Exception as exc:
+            # Catching broadly is deliberate: this is the command boundary.
+            return {
+                "ok": False,
+                "error": f"{request.get('command')!r} failed: {type(exc).__name__}: {exc}",
+                "code": EX_REFUSED,
+            }
 
     def _flush(self, connection: Connection) -> None:
         if connection.sock.fileno() < 0:
