@@ -260,6 +260,9 @@ class Channel:
         self._outbox: deque[tuple[bytes, list[int], bool]] = deque()
         self._received_fds: deque[int] = deque()
         self.closed = False
+        # Bytes queued and not yet written: a sender that must not grow the
+        # queue without bound (log frames) checks it first.
+        self.queued_bytes = 0
 
     def fileno(self) -> int:
         """The socket's fd, for selectors and ``loop.add_reader``."""
@@ -285,6 +288,7 @@ class Channel:
             raise ChannelClosed("channel is closed")
         payload = _encoder.encode(message)
         self._outbox.append((_LENGTH.pack(len(payload)) + payload, list(fds or []), close_fds))
+        self.queued_bytes += _LENGTH.size + len(payload)
         self.write_ready()
 
     def write_ready(self) -> None:
@@ -305,6 +309,7 @@ class Channel:
             if fds and close_fds:
                 for fd in fds:
                     _close_quietly(fd)
+            self.queued_bytes -= sent
             if sent == len(data):
                 self._outbox.popleft()
             else:
@@ -356,6 +361,7 @@ class Channel:
                 for fd in fds:
                     _close_quietly(fd)
         self._outbox.clear()
+        self.queued_bytes = 0
         self.sock.close()
 
     def _take_fds(self, ancillary: list[tuple[int, int, bytes]]) -> None:

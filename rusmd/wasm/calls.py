@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rusmd.actors.signals import reason_name
 from rusmd.actors.supervisor import GuestSupervisor, SpecError, parse_spec
 from rusmd.actors.table import Envelope, Stopped
+from rusmd.config.model import LogLevel
 from rusmd.wasm.abi import (
     HEADER_BYTES,
     HEADER_FORMAT,
@@ -414,7 +415,9 @@ class ActorCalls:
         try:
             values[0].i64 = self.host.spawn(name, parent=process.pid, link=True)
         except SpawnError as exc:
-            self.host.log.warn(f"spawn_link from {process.label} failed: {exc}")
+            self.host.log_for(
+                process, LogLevel.WARN, f"spawn_link from {process.label} failed: {exc}"
+            )
             values[0].i64 = exc.code
 
     def supervise(self, process: Process, values: Any) -> None:
@@ -427,13 +430,15 @@ class ActorCalls:
         try:
             flags, children = parse_spec(data, set(self.host.manifest.components))
         except SpecError as exc:
-            self.host.log.warn(f"supervise from {process.label}: {exc}")
+            self.host.log_for(process, LogLevel.WARN, f"supervise from {process.label}: {exc}")
             values[0].i64 = exc.code
             return
         try:
             values[0].i64 = GuestSupervisor.start(self.host, process.pid, flags, children)
         except SpawnError as exc:
-            self.host.log.warn(f"supervise from {process.label} failed: {exc}")
+            self.host.log_for(
+                process, LogLevel.WARN, f"supervise from {process.label} failed: {exc}"
+            )
             values[0].i64 = exc.code
 
 

@@ -59,7 +59,7 @@ from rusmd.config.model import (
     LogLevel,
     Manifest,
 )
-from rusmd.log import Logger
+from rusmd.log import LineBudget, Logger, suppressed_line
 from rusmd.wasm import abi, capi
 from rusmd.wasm.abi import ErrorCode, Grant
 from rusmd.wasm.cache import verify
@@ -436,6 +436,8 @@ class Process:
     quiet: bool = False
     # Its fiber, when it runs as one on the I/O thread (``fibers``).
     fiber: Any = None
+    # The token bucket of its log lines, made with its first line.
+    log_budget: LineBudget | None = None
 
     @property
     def label(self) -> str:
@@ -1160,6 +1162,9 @@ class WasmHost:
         return ExitReport("crashed", detail, frames)
 
     def _log_exit(self, process: Process, report: ExitReport) -> None:
+        budget = process.log_budget
+        if budget is not None and budget.suppressed:
+            self.log.warn(suppressed_line(budget.take_suppressed(), process.label))
         if process.quiet and report.reason in ("normal", "shutdown"):
             return
         text = f"exit {process.label} {report.reason}"
@@ -1295,19 +1300,44 @@ class WasmHost:
         if not self.log.enabled(level):
             values[0].i32 = ErrorCode.OK
             return
-        data = memory.read("log", ptr, length)
-        cut = len(data) > MAX_LOG_LINE_BYTES
+        # Only what the line can show is read: a guest may pass its whole memory.
+        cut = length > MAX_LOG_LINE_BYTES
+        data = memory.read("log", ptr, MAX_LOG_LINE_BYTES if cut else length)
         try:
-            text = data[:MAX_LOG_LINE_BYTES].decode(
-                "utf-8", errors="strict" if not cut else "ignore"
-            )
+            text = data.decode("utf-8", errors="strict" if not cut else "ignore")
         except UnicodeDecodeError:
             values[0].i32 = ErrorCode.INVALID
             return
-        if cut:
-            text += f" … ({len(data)} bytes, cut)"
-        self.log.log(level, text, source=process.label)
+        cut_bytes = length - len(text.encode()) if cut else 0
+        self.log_for(process, level, text, source=process.label, cut_bytes=cut_bytes)
         values[0].i32 = ErrorCode.OK
+
+    def log_for(
+        self,
+        process: Process,
+        level: LogLevel,
+        text: str,
+        *,
+        source: str | None = None,
+        cut_bytes: int = 0,
+    ) -> None:
+        """Log a line of ``process``, or one it caused (a failed spawn), within its budget.
+
+        A guest logging or spawning in a tight loop gets its
+        ``LineBudget``'s burst, then its rate; the lines over it are
+        counted and reported by a ``log: suppressed N lines`` line.
+        """
+        if not self.log.enabled(level):
+            return
+        budget = process.log_budget
+        if budget is None:
+            budget = process.log_budget = LineBudget()
+        allowed = budget.take()
+        suppressed = budget.summary_due()
+        if suppressed:
+            self.log.warn(suppressed_line(suppressed, process.label))
+        if allowed:
+            self.log.log(level, text, source=source, cut_bytes=cut_bytes)
 
     def _h_exit(self, process: Process, values: Any) -> None:
         process.exit_code = values[0].i32
@@ -1343,7 +1373,7 @@ class WasmHost:
         try:
             values[0].i64 = self.spawn(name, parent=process.pid)
         except SpawnError as exc:
-            self.log.warn(f"spawn from {process.label} failed: {exc}")
+            self.log_for(process, LogLevel.WARN, f"spawn from {process.label} failed: {exc}")
             values[0].i64 = exc.code
 
     def _memory(self, process: Process, function: str) -> GuestMemory:

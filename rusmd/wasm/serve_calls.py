@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from rusmd.config.model import LogLevel
 from rusmd.serving.exchange import Mode
 from rusmd.wasm.abi import MAX_EVENT_BYTES, ErrorCode
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
@@ -70,7 +71,8 @@ class ServeCalls:
     def _refused(self, process: Process, function: str, code: ErrorCode) -> None:
         exchange = process.exchange
         if code in (ErrorCode.INVALID, ErrorCode.TOOBIG) and exchange is not None:
-            self.host.log.warn(f"{process.label}: rusm.{function}: {exchange.problem or code.name}")
+            why = exchange.problem or code.name
+            self.host.log_for(process, LogLevel.WARN, f"{process.label}: rusm.{function}: {why}")
 
     def request(self, process: Process, values: Any) -> None:
         which, key_ptr, key_len = values[0].i32, values[1].i32, values[2].i32

@@ -17,7 +17,9 @@ The main process sends the compiled components (``Components``), pid
 serial leases (``PidLease``) and control queries (``Query``: spawn,
 list, info, kill), which the loop answers with ``Answer``. Guest
 threads log through the loop thread (``call_soon_threadsafe``), so the
-channel is only ever written by the loop.
+channel is only ever written by the loop. Log lines never back up on it
+without bound: past ``MAX_QUEUED_LOG_BYTES`` queued they are dropped and
+counted, and a ``log: dropped N lines`` line follows once it drains.
 
 The node store (``[node] store``) is opened here, after the fork, with
 its group committer; if it cannot be opened the worker runs anyway, says
@@ -31,6 +33,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +66,7 @@ from rusmd.channel import (
 from rusmd.config.environment import load_environment
 from rusmd.config.model import LogLevel
 from rusmd.control.protocol import EX_NOSUCH, EX_REFUSED, EX_UNAVAILABLE
-from rusmd.log import Logger, LogRecord
+from rusmd.log import RUNTIME_SOURCE, Logger, LogRecord
 from rusmd.serving.server import Server
 from rusmd.store.committer import GroupCommitter
 from rusmd.store.kv import KvStore
@@ -82,6 +85,10 @@ DEFAULT_DRAIN_S = 10.0
 SHM_THRESHOLD_BYTES = 64 << 10
 # Payload bytes in one mesh frame at most (frames stay far below the cap).
 MAX_BATCH_BYTES = 4 << 20
+# Bytes queued on the channel to main past which log lines are dropped (and
+# counted) instead of queued: a main process that reads slowly must not
+# make a worker buffer its log without bound; the loop never waits for it.
+MAX_QUEUED_LOG_BYTES = 1 << 20
 
 
 class WorkerRuntime:
@@ -100,6 +107,8 @@ class WorkerRuntime:
         level = boot.manifest.log.level if boot.manifest else LogLevel.OFF
         self.loop_thread = threading.get_ident()
         self.log = Logger(level, self._ship_log_any_thread, source="rusm")
+        # Log lines dropped since the last report (the channel to main was full).
+        self.logs_dropped = 0
         self.host: WasmHost | None = None
         self._outbox: dict[int, list[Sig]] = {}
         self._outbox_lock = threading.Lock()
@@ -454,8 +463,22 @@ class WorkerRuntime:
             return
         if not channel.wants_write:
             self.loop.remove_writer(channel.fileno())
+            if channel is self.channel and self.logs_dropped:
+                self._ship_drop_count()
 
     def _ship_log(self, record: LogRecord) -> None:
+        if self.channel.queued_bytes > MAX_QUEUED_LOG_BYTES:
+            self.logs_dropped += 1
+            return
+        if self.logs_dropped:
+            self._ship_drop_count()
+        self._send_main(Log(record=record))
+
+    def _ship_drop_count(self) -> None:
+        """Main caught up after this worker dropped lines: one line says how many."""
+        count, self.logs_dropped = self.logs_dropped, 0
+        text = f"log: dropped {count} lines: worker {self.slot}'s channel to main was full"
+        record = LogRecord(time.time(), RUNTIME_SOURCE, LogLevel.WARN.value, text)
         self._send_main(Log(record=record))
 
     def _ship_log_any_thread(self, record: LogRecord) -> None:

@@ -139,7 +139,7 @@ def test_logger_sink_raising_is_counted_in_dropped_not_raised() -> None:
 def test_log_record_round_trips_through_msgpack_as_an_array() -> None:
     rec = record("ready (sink + broker)", source="meta-json#0")
     wire = msgspec.msgpack.encode(rec)
-    assert msgspec.msgpack.decode(wire) == [WHEN, "meta-json#0", "info", "ready (sink + broker)"]
+    assert msgspec.msgpack.decode(wire) == [WHEN, "meta-json#0", "info", "ready (sink + broker)", 0]
     assert msgspec.msgpack.decode(wire, type=LogRecord) == rec
 
 
