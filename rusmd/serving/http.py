@@ -152,6 +152,7 @@ class HttpConnection(asyncio.Protocol):
         self.lingering = False  # half-closed: drop input, then close
         self.paused = False  # reading paused (queue full, backlog, refusal)
         self.write_paused = False  # the transport's buffer is over its high-water mark
+        self.stalled_since = 0.0  # when it went over
         # Written this loop iteration, not yet sent: one response's bytes, or a list.
         self.out: bytes | list[bytes] | None = None
         self._reset()
@@ -202,6 +203,7 @@ class HttpConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.stalled_since = _monotonic()
         if self.current is not None:
             self.current.writable.clear()
 
@@ -515,6 +517,13 @@ class HttpConnection(asyncio.Protocol):
         if self.lingering:
             if now >= self.deadline:
                 self._close()
+            return
+        if self.write_paused and now - self.stalled_since > self.limits.body_timeout_s:
+            # The client has read nothing of its responses for that long
+            # (a pipelining client that never reads): nothing more can reach
+            # it, so the connection and what it holds are dropped.
+            self.dead = True
+            self.transport.abort()
             return
         if self.draining and self._idle_for(now) >= DRAIN_IDLE_S:
             self._linger()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -28,6 +29,9 @@ BODY = re.compile(rb"\r\n\r\n(\d+)")
 TEMPLATE = "GET /users/{} HTTP/1.1\r\nHost: t\r\n\r\n"
 # Oversized request parts: far past any limit, as an attacker sends them.
 HUGE_BYTES = 2 << 20
+# How long the shared listener waits for a client that reads none of its
+# responses (its body-timeout-s) before it drops the connection.
+BODY_TIMEOUT_S = 2
 
 
 @dataclass
@@ -73,7 +77,12 @@ class Served:
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     app = App(tmp_path_factory.mktemp("app"), free_port(), free_port())
-    write_http_app(app, log_level="warn", routes={**ROUTES, "GET /gone": "api#nosuch"})
+    write_http_app(
+        app,
+        log_level="warn",
+        routes={**ROUTES, "GET /gone": "api#nosuch"},
+        limits={"body-timeout-s": BODY_TIMEOUT_S},
+    )
     daemon = Daemon(app, tmp_path_factory.mktemp("log") / "rusmd.log")
     daemon.start()
     try:
@@ -144,6 +153,32 @@ def test_twenty_connections_of_a_thousand_pipelined_requests_kill_no_worker(
     assert not bystander.failures, bystander.failures
     assert worker_pids(served.daemon) == before
     assert all(row["restarts"] == 0 for row in served.daemon.status()["workers"])
+
+
+def test_pipelining_client_that_never_reads_is_cut_off_while_others_are_served(
+    served: Served,
+) -> None:
+    before = worker_pids(served.daemon)
+    flood = "".join(TEMPLATE.format(i) for i in range(50_000)).encode()
+    with (
+        Bystander(served.port) as bystander,
+        socket.create_connection(("127.0.0.1", served.port), timeout=SOCKET_TIMEOUT_S) as sock,
+    ):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        dropped = False
+        deadline = time.monotonic() + SOCKET_TIMEOUT_S * 2
+        while not dropped and time.monotonic() < deadline:
+            try:
+                sock.sendall(flood)  # blocks once the worker stops reading; never reads back
+            except TimeoutError:
+                continue  # still stalled
+            except (BrokenPipeError, ConnectionResetError):
+                dropped = True  # the worker cut the connection off
+        served_during = bystander.served
+
+    assert dropped
+    assert served_during > 0 and not bystander.failures, bystander.failures
+    assert worker_pids(served.daemon) == before
 
 
 STRICT = {

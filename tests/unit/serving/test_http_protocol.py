@@ -72,6 +72,7 @@ class FakeTransport:
         self.writes = 0
         self.closed = False
         self.eof_written = False
+        self.aborted = False
         self.reading = True
         self.end_iteration = end_iteration
 
@@ -92,6 +93,9 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
 
     def is_closing(self) -> bool:
         return self.closed
@@ -449,6 +453,20 @@ def test_pipelined_requests_wait_while_the_client_does_not_read(
     conn.resume_writing()
     assert statuses(transport.written) == [200] * 100
     assert transport.reading
+
+
+def test_client_reading_nothing_for_body_timeout_s_is_cut_off(
+    listener: FakeListener, clock: Clock
+) -> None:
+    conn, transport = connect(listener)
+    conn.data_received(get("/0"))
+    conn.pause_writing()  # its responses pile up unread
+    conn.data_received(get("/1"))
+
+    conn.expire(clock.now + LIMITS.body_timeout_s)
+    assert not transport.aborted
+    conn.expire(clock.now + LIMITS.body_timeout_s + 0.01)
+    assert transport.aborted
 
 
 VERSIONS_AND_HOSTS = {
