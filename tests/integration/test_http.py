@@ -713,3 +713,6 @@ def test_reload_under_load_fails_no_request(app: App, start_daemon: Callable[...
 
     assert not outcomes.failures, outcomes.failures
     assert set(outcomes.statuses) == {200}
+    # A draining worker answered every request sent to it (the last with
+    # Connection: close): no client had to send one again elsewhere.
+    assert outcomes.clean_closes == 0
