@@ -106,7 +106,9 @@ def test_control_100_idle_connections_leave_rusmctl_status_answering(daemon: Dae
     assert worker_pids(daemon) == workers_before
 
 
-def test_control_idle_connections_made_room_for_are_the_silent_ones(daemon: Daemon) -> None:
+def test_control_at_the_connection_cap_the_oldest_silent_connection_makes_room(
+    daemon: Daemon,
+) -> None:
     with held_connections(daemon.socket_path, MAX_CLIENTS) as idle:
         # A client that sent a request and got its answer is no longer silent.
         answered_before = status_over(idle[-1])

@@ -73,7 +73,7 @@ class PipedDaemon(Daemon):
             start_new_session=True,
         )
         self.received = bytearray()
-        self._reader: threading.Thread | None = None
+        self.reader: threading.Thread | None = None
         return self
 
     def read_pipe(self) -> None:
@@ -85,8 +85,8 @@ class PipedDaemon(Daemon):
             while chunk := stream.read1(65536):
                 self.received += chunk
 
-        self._reader = threading.Thread(target=pump, daemon=True)
-        self._reader.start()
+        self.reader = threading.Thread(target=pump, daemon=True)
+        self.reader.start()
 
     def lines(self) -> list[str]:
         return bytes(self.received).decode(errors="replace").splitlines()
@@ -110,6 +110,8 @@ def piped(app: App, tmp_path: Path) -> Iterator[Callable[[], PipedDaemon]]:
     yield start
     for daemon in daemons:
         daemon.kill_group()
+        if daemon.reader is not None:
+            daemon.reader.join(timeout=STOP_TIMEOUT_S)  # the pipe ends with the daemon
         if daemon.proc is not None and daemon.proc.stdout is not None:
             daemon.proc.stdout.close()
 
