@@ -127,7 +127,9 @@ def status(
             store = {"path": store_path, **store, "worker": slot}
         _reply(daemon, conn, {**result, "store": store})
 
-    daemon.queries.ask([slot], "stats", {}, done, timeout_s=STORE_STATS_TIMEOUT_S)
+    daemon.queries.ask(
+        [slot], "stats", {}, _guarded(daemon, conn, "status", done), STORE_STATS_TIMEOUT_S
+    )
     return DEFERRED
 
 
@@ -190,7 +192,7 @@ def list_processes(daemon: MainProcess, _args: dict[str, Any], conn: Connection)
         rows.sort(key=lambda row: row["pid"])
         _reply(daemon, conn, {"processes": rows, "unanswered": unanswered})
 
-    daemon.queries.ask(slots, "list", {}, done)
+    daemon.queries.ask(slots, "list", {}, _guarded(daemon, conn, "list", done))
     return DEFERRED
 
 
@@ -231,7 +233,7 @@ def spawn(daemon: MainProcess, args: dict[str, Any], conn: Connection) -> _Defer
     def done(answers: dict[int, Answer | None]) -> None:
         _reply_answer(daemon, conn, slot, answers.get(slot))
 
-    daemon.queries.ask([slot], "spawn", {"component": name}, done)
+    daemon.queries.ask([slot], "spawn", {"component": name}, _guarded(daemon, conn, "spawn", done))
     return DEFERRED
 
 
@@ -251,6 +253,8 @@ def restart(daemon: MainProcess, args: dict[str, Any], _conn: Connection) -> dic
     """Replace worker.N (also ends its quarantine), or every worker one by one (workers)."""
     pool = _pool(daemon)
     what = str(args.get("what", ""))
+    if pool.supervisor.terminated:
+        raise CommandError("the daemon is stopping", EX_REFUSED)
     if what == "workers":
         pool.roll(daemon.manifest)
         return {"restarting": sorted(pool.workers)}
@@ -333,7 +337,9 @@ def kv(daemon: MainProcess, args: dict[str, Any], conn: Connection) -> _Deferred
             return
         _reply_answer(daemon, conn, slot, answer)
 
-    daemon.queries.ask([slot], "kv", args, done, timeout_s=KV_QUERY_TIMEOUT_S)
+    daemon.queries.ask(
+        [slot], "kv", args, _guarded(daemon, conn, "kv", done), timeout_s=KV_QUERY_TIMEOUT_S
+    )
     return DEFERRED
 
 
@@ -412,7 +418,28 @@ def _ask_owner(
     def done(answers: dict[int, Answer | None]) -> None:
         _reply_answer(daemon, conn, slot, answers.get(slot))
 
-    daemon.queries.ask([slot], op, {"pid": pid, "component": component, **(extra or {})}, done)
+    ask_args = {"pid": pid, "component": component, **(extra or {})}
+    daemon.queries.ask([slot], op, ask_args, _guarded(daemon, conn, op, done))
+
+
+def _guarded(
+    daemon: MainProcess, conn: Connection, name: str, done: Callable[[Any], None]
+) -> Callable[[Any], None]:
+    """``done`` with its failure caught, as ``dispatch`` catches a handler's.
+
+    A deferred reply runs from the main loop, not from ``dispatch``: a
+    bug there must answer the client with an error, not stop the daemon.
+    """
+
+    def guarded(answers: Any) -> None:
+        try:
+            done(answers)
+        except Exception as exc:
+            daemon.log.error(f"control: {name} failed: {type(exc).__name__}: {exc}")
+            error = f"{name} failed: {type(exc).__name__}: {exc}"
+            daemon.control.send(conn, {"ok": False, "error": error, "code": EX_REFUSED})
+
+    return guarded
 
 
 def _reply_answer(daemon: MainProcess, conn: Connection, slot: int, answer: Answer | None) -> None:

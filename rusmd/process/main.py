@@ -39,11 +39,20 @@ from typing import Any
 from rusmd import __version__
 from rusmd.channel import Channel, ComponentImage, NameClaim, NameDrop, ProcessExit, WorkerDown
 from rusmd.config import Overrides, load_environment, load_manifest
-from rusmd.config.model import Manifest, Profile
+from rusmd.config.model import LogLevel, Manifest, Profile
 from rusmd.config.sizing import usable_cores, worker_count
 from rusmd.control.server import ControlServer
 from rusmd.errors import ConfigError, RusmError
-from rusmd.log import JsonFormatter, Logger, LogRecord, LogRing, TextFormatter, stream_is_tty
+from rusmd.log import (
+    RUNTIME_SOURCE,
+    JsonFormatter,
+    Logger,
+    LogOutput,
+    LogRecord,
+    LogRing,
+    TextFormatter,
+    stream_is_tty,
+)
 from rusmd.process.actors import Registry, Residents
 from rusmd.process.compile import CompileResult, CompileRun, jobs_for
 from rusmd.process.listeners import Listener, close_listeners, open_listeners
@@ -118,6 +127,9 @@ class MainProcess:
         self.notifier = Notifier.from_environ(os.environ)
         self.ring = LogRing()
         self.formatter = JsonFormatter() if json_logs else TextFormatter(stream_is_tty(sys.stderr))
+        # Made before the logger: every line goes through it, never blocking.
+        self.log_output = LogOutput.for_stream(sys.stderr, on_caught_up=self._log_dropped)
+        self._log_output_watched = False
         self.log = Logger(manifest.log.level, self.emit)
         self.cores = cores or usable_cores()
         self.profile = manifest.node.profile
@@ -147,6 +159,8 @@ class MainProcess:
     def run(self) -> int:
         """Start everything, loop until drained, return the exit code."""
         self.install_signal_handlers()
+        for warning in self.manifest.warnings:
+            self.log.warn(f"config: {warning}")  # the text `rusmd check` prints
         self.listeners = open_listeners(self.manifest.serve, os.environ)
         self.control.open()
         self.pool = WorkerPool(
@@ -213,14 +227,23 @@ class MainProcess:
         if self.pool.images is None:
             return  # components still compiling
         if len(self.pool.workers) == self.pool.target and all(
-            h.state is WorkerState.READY for h in self.pool.workers.values()
+            h.state is WorkerState.READY and h.loaded for h in self.pool.workers.values()
         ):
             self.state = DaemonState.RUNNING
-            self.notifier.ready(self.status_line())
-            self.log.info(
-                f"rusmd {__version__} ready: {self.pool.target} worker(s), profile {self.profile}, "
-                f"control {self.socket_path}"
+            serve = ", ".join(f"{entry.protocol} {entry.listen}" for entry in self.manifest.serve)
+            line = (
+                f"rusmd {__version__} ready: {self.status_line()}; "
+                f"serving {serve or 'nothing (no [[serve]])'}; control {self.socket_path}"
             )
+            if self.notifier.address is not None:
+                # systemd shows STATUS= in `systemctl status`; the journal
+                # gets the line at the configured level like any other.
+                self.notifier.ready(line)
+                self.log.info(line)
+            else:
+                # Past the level threshold: at level off (the default) a
+                # silent daemon looks hung. Through emit, the one writer.
+                self.emit(LogRecord(time.time(), RUNTIME_SOURCE, LogLevel.INFO.value, line))
 
     def ping_watchdog(self) -> None:
         """WATCHDOG=1 from the loop itself: a stuck loop stops the pings."""
@@ -283,6 +306,9 @@ class MainProcess:
         answer: ReloadReply,
     ) -> None:
         assert self.pool is not None
+        if self.state is DaemonState.DRAINING:
+            answer(False, "the daemon is stopping")
+            return
         broken = [
             result
             for name, result in sorted(results.items())
@@ -468,13 +494,38 @@ class MainProcess:
     # ── plumbing ────────────────────────────────────────────────────────
 
     def emit(self, record: LogRecord) -> None:
-        """The single writer of log output: stderr plus the ring for ``rusmctl logs``."""
+        """The single writer of log output: stderr plus the ring for ``rusmctl logs``.
+
+        Never blocks: a stderr that is not read fast enough holds a bounded
+        backlog, flushed from the loop, and drops (and counts) the rest.
+        """
         self.ring.append(record)
+        self.log_output.write_line(self.formatter.format(record))
+        self._watch_log_output()
+
+    def _watch_log_output(self) -> None:
+        """Watch stderr for writability exactly while lines wait for it."""
+        fd = self.log_output.fileno
+        wanted = self.log_output.pending and fd is not None
+        if fd is None or wanted == self._log_output_watched:
+            return
         try:
-            sys.stderr.write(self.formatter.format(record) + "\n")
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass  # a closed stderr must not stop the daemon
+            if wanted:
+                self.selector.register(fd, selectors.EVENT_WRITE, self._flush_log_output)
+            else:
+                self.selector.unregister(fd)
+        except (KeyError, ValueError, OSError):
+            return
+        self._log_output_watched = wanted
+
+    def _flush_log_output(self, _events: int) -> None:
+        self.log_output.flush()
+        self._watch_log_output()
+
+    def _log_dropped(self, count: int) -> None:
+        """Stderr caught up after losing ``count`` lines: say so, whatever the level."""
+        text = f"log: dropped {count} lines: stderr was not read fast enough"
+        self.emit(LogRecord(time.time(), RUNTIME_SOURCE, LogLevel.WARN.value, text))
 
     def watch_channel(self, channel: Channel, watch: bool) -> None:
         """Register (or unregister) a worker channel with the loop."""
@@ -538,3 +589,4 @@ class MainProcess:
         close_listeners(self.listeners)
         signal.set_wakeup_fd(-1)
         self.log.info("stop: done")
+        self.log_output.close()
