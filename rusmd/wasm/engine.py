@@ -2,13 +2,16 @@
 
 Runs in: worker, and the compile child (never the main process).
 
-Workers build a pooling-allocator engine: instance, memory and table
+Workers build pooling-allocator engines: instance, memory and table
 slots are reserved up front, so instantiating is a slot handout rather
-than an mmap (about 2x faster; see docs/benchmarks.md). If the address
-space cannot be reserved (a tight ``ulimit -v``, an exotic kernel) the
-worker falls back to the on-demand allocator and says so in a warning.
-The compile child uses the on-demand allocator: compiled code does not
-depend on the allocator, so its ``.cwasm`` loads in either engine.
+than an mmap (about 2x faster; see docs/benchmarks.md). Two per worker:
+one for processes, whose freed slots give their pages back to the
+kernel, and a small one for the inline handlers' instances, whose freed
+slots stay resident for the next request (``KEEP_RESIDENT_BYTES``). If
+the address space cannot be reserved (a tight ``ulimit -v``, an exotic
+kernel) the worker falls back to the on-demand allocator and says so in
+a warning. The compile child uses the on-demand allocator: compiled code
+does not depend on the allocator, so its ``.cwasm`` loads in any engine.
 """
 
 from __future__ import annotations
@@ -37,8 +40,16 @@ _SLOT_RESERVATION_BYTES = (4 << 30) + (32 << 20) + _FIBER_STACK_BYTES
 # fault on the next instance's first touch, a kept one a memset: for the
 # small handlers that serve most requests (a page or two of stack and
 # data) keeping them resident cut a fresh instance's cost by a quarter
-# (docs/benchmarks.md, "Serving").
+# (docs/benchmarks.md, "Serving"). Only the inline handlers' pool keeps
+# them: its few slots are reused request after request.
 KEEP_RESIDENT_BYTES = 128 << 10
+# The same for the processes' pool: none. A slot stays resident until it
+# is reused, and wasmtime reuses the slots a module used last, so every
+# slot a burst of processes touched (1,000 WebSockets at once, say) would
+# keep its pages for the worker's life: 128 KiB each, 125 MiB in all
+# (docs/benchmarks.md, "Soak"). A process lives long enough that the page
+# faults of its first touches do not matter.
+PROCESS_KEEP_RESIDENT_BYTES = 0
 _PROBE_MARGIN = 1.25
 # Linux values; the stdlib mmap module does not export these two.
 _PROT_NONE = 0
@@ -83,8 +94,13 @@ def compile_engine() -> wasmtime.Engine:
     return wasmtime.Engine(make_config())
 
 
-def worker_engine(max_memory_bytes: int, slots: int = POOL_SLOTS) -> EngineInfo:
-    """A pooling engine sized for ``slots`` processes of up to ``max_memory_bytes``.
+def worker_engine(
+    max_memory_bytes: int, slots: int = POOL_SLOTS, keep_resident_bytes: int = KEEP_RESIDENT_BYTES
+) -> EngineInfo:
+    """A pooling engine sized for ``slots`` instances of up to ``max_memory_bytes``.
+
+    A freed slot keeps ``keep_resident_bytes`` of its memory and table
+    resident (zeroed in place) and hands the rest back to the kernel.
 
     Falls back to the on-demand allocator when the pool cannot be reserved:
     wasmtime's C API aborts the process if its pool mapping fails, so the
@@ -111,9 +127,9 @@ def worker_engine(max_memory_bytes: int, slots: int = POOL_SLOTS) -> EngineInfo:
         ffi.wasmtime_pooling_allocation_config_max_tables_per_module_set(pool, 1)
         ffi.wasmtime_pooling_allocation_config_max_memory_size_set(pool, max_memory_bytes)
         ffi.wasmtime_pooling_allocation_config_linear_memory_keep_resident_set(
-            pool, KEEP_RESIDENT_BYTES
+            pool, keep_resident_bytes
         )
-        ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, KEEP_RESIDENT_BYTES)
+        ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, keep_resident_bytes)
         ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
     finally:
         ffi.wasmtime_pooling_allocation_config_delete(pool)

@@ -17,7 +17,8 @@ export (``run``, else ``_start``) and exits with a reason:
 
 Limits per process: a store limiter caps its memory at the profile's
 ``max-memory-mb`` and its instances, memories and tables at one each.
-CPU: one ticker thread per worker advances the engine's epoch every
+CPU: one ticker thread per worker advances the epochs of its engines
+(the processes' and the inline pool's, ``engine``) every
 ``EPOCH_TICK_MS``; each store's epoch callback runs once per tick while
 its guest runs, counts the ticks of the current call against
 ``max-cpu-ms``, refreshes the memory figure ``rusmctl list`` shows, and
@@ -64,7 +65,12 @@ from rusmd.wasm import abi, capi
 from rusmd.wasm.abi import ErrorCode, Grant
 from rusmd.wasm.cache import verify
 from rusmd.wasm.calls import ActorCalls, write_received
-from rusmd.wasm.engine import POOL_SLOTS, EngineInfo, worker_engine
+from rusmd.wasm.engine import (
+    POOL_SLOTS,
+    PROCESS_KEEP_RESIDENT_BYTES,
+    EngineInfo,
+    worker_engine,
+)
 from rusmd.wasm.fibers import FiberScheduler
 from rusmd.wasm.kv_calls import KvCalls
 from rusmd.wasm.linking import (
@@ -97,7 +103,7 @@ MAX_TABLE_ELEMENTS = 100_000
 # without the lock).
 INLINE_PID_BLOCK = 256
 # Inline handlers' fresh instances one store holds before it is dropped
-# (each holds a pool slot until then: the pool has this many spare).
+# (each holds a slot of the inline pool until then: it has this many).
 INLINE_STORE_INSTANCES = 16
 # A store is dropped after an instance whose memory grew past this, so
 # finished instances never pin much memory.
@@ -341,15 +347,18 @@ class LoadedComponent:
     # Action export → how many i32 results it returns; "" when it is
     # missing or takes parameters (an error message then).
     actions: dict[str, int | str] = field(default_factory=dict)
-    # The raw ``InstancePre`` pointer (``pre`` keeps it alive), and action
-    # names already encoded: the inline path skips both conversions.
-    pre_ptr: Any = None
     # An action's export name as a raw call takes it: bytes and their length.
     action_names: dict[str, tuple[bytes, Any]] = field(default_factory=dict)
     # Its instantiation for a fiber (``fibers``): from the linker whose
     # ``recv`` and ``ws_send`` are async. None unless ``shape.fiber``.
     fiber_pre: wasmtime.InstancePre | None = None
     fiber_pre_ptr: Any = None
+    # Its instantiation on the inline path, in the inline pool's engine
+    # (``WasmHost.inline_engine_info``), and the raw pointer (``inline_pre``
+    # keeps it alive: the inline path skips the conversion). None unless
+    # ``inline``.
+    inline_pre: wasmtime.InstancePre | None = None
+    inline_pre_ptr: Any = None
     # Action → what ``serve_inline`` needs of it, in one tuple (``inline_plan``).
     plans: dict[str, tuple[Any, ...] | str] = field(default_factory=dict)
 
@@ -365,13 +374,13 @@ class LoadedComponent:
         plan: tuple[Any, ...] | str
         if isinstance(results, str):
             plan = results
-        elif self.shape is None or not self.pre_ptr:
+        elif self.shape is None or not self.inline_pre_ptr:
             plan = f"component {self.name} cannot be instantiated"
         else:
             name, length = self.export_name(action)
             profile = self.capability
             plan = (
-                self.pre_ptr,
+                self.inline_pre_ptr,
                 name,
                 length,
                 bool(results),
@@ -495,10 +504,14 @@ class WasmHost:
         self.request_lease = request_lease
         largest = max([c.profile.max_memory_mb for c in manifest.components.values()] or [64])
         self.engine_info: EngineInfo = worker_engine(
-            largest << 20, pool_slots + INLINE_STORE_INSTANCES
+            largest << 20, pool_slots, PROCESS_KEEP_RESIDENT_BYTES
         )
         self.engine = self.engine_info.engine
-        self._engine_ptr = self.engine.ptr()
+        # Inline instances come from a small pool of their own, whose freed
+        # slots stay resident: its few slots serve request after request,
+        # while a process's slot gives its pages back when the process ends.
+        self.inline_engine_info = worker_engine(largest << 20, INLINE_STORE_INSTANCES)
+        self._engine_ptr = self.inline_engine_info.engine.ptr()
         self.max_processes = max_processes or (pool_slots if self.engine_info.pooling else 1000)
         self.components: dict[str, LoadedComponent] = {}
         self.loaded = False  # the first ``load`` has run: a missing component is not coming
@@ -536,6 +549,7 @@ class WasmHost:
             self._callbacks,
             self.fibers.callbacks if self.fibers is not None else None,
         )
+        self.inline_linkers = LinkerSet(self.inline_engine_info.engine, self._callbacks)
         threading.stack_size(GUEST_THREAD_STACK_BYTES)
         self.runners = RunnerPool(self.max_processes)
         self._ticker = threading.Thread(target=self._tick, name="epoch", daemon=True)
@@ -581,9 +595,15 @@ class WasmHost:
             loaded.shape = check_module(component.name, module, loaded.grants)
             linker = self.linkers.linker(loaded.grants)
             loaded.pre = linker.instantiate_pre(module)
-            loaded.pre_ptr = loaded.pre.ptr()
             loaded.module = module
             loaded.inline = loaded.shape.inline
+            if loaded.inline:
+                inline_module = wasmtime.Module.deserialize_file(
+                    self.inline_engine_info.engine, image.cwasm
+                )
+                inline_linker = self.inline_linkers.linker(loaded.grants)
+                loaded.inline_pre = inline_linker.instantiate_pre(inline_module)
+                loaded.inline_pre_ptr = loaded.inline_pre.ptr()
             if loaded.shape.fiber and self.fibers is not None:
                 fiber_linker = self.linkers.linker(loaded.grants, fiber=True)
                 loaded.fiber_pre = fiber_linker.instantiate_pre(module)
@@ -1184,9 +1204,11 @@ class WasmHost:
     def _tick(self) -> None:
         interval = EPOCH_TICK_MS / 1000
         engine = self.engine.ptr()
+        inline_engine = self._engine_ptr
         while not self._halted.wait(interval):
             self.ticks += 1
             capi.engine_increment_epoch(engine)
+            capi.engine_increment_epoch(inline_engine)
             self.runners.nudge()
 
     def _on_epoch(self, context: Any, _data: Any, delta: Any, kind: Any) -> int:
