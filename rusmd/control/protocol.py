@@ -85,12 +85,12 @@ COMMANDS: dict[str, CommandInfo] = {
         CommandInfo(
             "info",
             "one wasm process or worker in detail",
-            (("pid", "component#pid, #pid, or a worker's OS pid", True),),
+            (("pid", "component#pid, #pid, a registered name, or a worker's OS pid", True),),
         ),
         CommandInfo(
             "kill",
             "kill a wasm process (component#pid) or a worker by OS pid (it is replaced)",
-            (("pid", "component#pid, #pid, or a worker's OS pid", True),),
+            (("pid", "component#pid, #pid, a registered name, or a worker's OS pid", True),),
         ),
         CommandInfo(
             "spawn",

@@ -230,11 +230,7 @@ class MainProcess:
             h.state is WorkerState.READY and h.loaded for h in self.pool.workers.values()
         ):
             self.state = DaemonState.RUNNING
-            serve = ", ".join(f"{entry.protocol} {entry.listen}" for entry in self.manifest.serve)
-            line = (
-                f"rusmd {__version__} ready: {self.status_line()}; "
-                f"serving {serve or 'nothing (no [[serve]])'}; control {self.socket_path}"
-            )
+            line = f"rusmd {__version__} ready: {self.status_line()}"
             if self.notifier.address is not None:
                 # systemd shows STATUS= in `systemctl status`; the journal
                 # gets the line at the configured level like any other.
@@ -487,9 +483,13 @@ class MainProcess:
         return count
 
     def status_line(self) -> str:
-        """One line for systemd's STATUS=."""
+        """One line for systemd's STATUS= (after a reload too): workers, listeners, socket."""
         workers = len(self.pool.workers) if self.pool else 0
-        return f"{workers} worker(s), profile {self.profile}"
+        serve = ", ".join(f"{entry.protocol} {entry.listen}" for entry in self.manifest.serve)
+        return (
+            f"{workers} worker(s), profile {self.profile}; "
+            f"serving {serve or 'nothing (no [[serve]])'}; control {self.socket_path}"
+        )
 
     # ── plumbing ────────────────────────────────────────────────────────
 
