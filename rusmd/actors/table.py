@@ -223,6 +223,10 @@ class ActorTable:
             if actor is None:
                 return
             actor.alive = False
+            # Nothing stops or wakes a removed actor; its process holds it, so
+            # these would tie the two in a cycle the cycle collector frees late.
+            actor.kill = _removed
+            actor.waker = None
             if not (actor.links or actor.watchers or actor.monitors or actor.names):
                 for ref in actor.timers:
                     self.timers.pop(ref, None)
@@ -709,3 +713,7 @@ def _wait_for(
             return False
         actor.cond.wait(remaining)
     return True
+
+
+def _removed(_reason: str, _detail: str) -> None:
+    """``Actor.kill`` once the actor left the table: there is nothing left to stop."""

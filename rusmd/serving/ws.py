@@ -14,7 +14,10 @@ message; the client's close as a ``CLOSED`` message, after which the
 process has ``CLOSE_GRACE_S`` to exit (as it has once the connection is
 gone after the guest's own ``ws_close``). When the process exits the socket
 closes with 1000 (normal) or 1011 (crashed or killed). Pings are
-answered by the library; the host pings every ``heartbeat-s``.
+answered by the library; the host pings every ``heartbeat-s``. Once both
+the socket and the process are gone, the connection lets go of its
+exchange and of its protocol's parser, so reference counting frees it at
+once (a burst of sockets is not left for the cycle collector).
 """
 
 from __future__ import annotations
@@ -142,7 +145,10 @@ class WsConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.last_seen = time.monotonic()
         self.exited = False
-        self.stop_scheduled = False
+        # The grace period's end (``_stop_later``), cancelled when the process
+        # exits first: a pending timer would hold the whole connection.
+        self.stop_timer: asyncio.TimerHandle | None = None
+        self.lost = False  # the socket is gone (``connection_lost``)
         self.flush_pending = False
         self.writable = threading.Event()
         self.writable.set()
@@ -169,6 +175,7 @@ class WsConnection(asyncio.Protocol):
         self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         self.listener.connections.discard(self)
         self.writable.set()
         exchange = self.exchange
@@ -183,6 +190,7 @@ class WsConnection(asyncio.Protocol):
             # process that keeps running after its socket is gone would hold
             # its slot for ever.
             self._stop_later()
+        self._release()
 
     def pause_writing(self) -> None:
         self.writable.clear()
@@ -279,9 +287,8 @@ class WsConnection(asyncio.Protocol):
         self._stop_later()
 
     def _stop_later(self) -> None:
-        if not self.exited and not self.stop_scheduled:
-            self.stop_scheduled = True
-            self.listener.loop.call_later(CLOSE_GRACE_S, self._stop_process)
+        if not self.exited and self.stop_timer is None:
+            self.stop_timer = self.listener.loop.call_later(CLOSE_GRACE_S, self._stop_process)
 
     def _stop_process(self) -> None:
         if self.exchange is not None and not self.exited:
@@ -289,6 +296,9 @@ class WsConnection(asyncio.Protocol):
 
     def _process_exited(self, report: ExitReport) -> None:
         self.exited = True
+        if self.stop_timer is not None:
+            self.stop_timer.cancel()
+            self.stop_timer = None
         if self.exchange is not None:
             self.exchange.closed = True
         if report.reason != "normal":
@@ -305,6 +315,20 @@ class WsConnection(asyncio.Protocol):
         self.flush()  # the close frame (and anything held back) before the socket closes
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+        self._release()
+
+    def _release(self) -> None:
+        """Untie the connection once its socket and its process are both gone.
+
+        Its exchange points back at it, and the websockets protocol at its
+        own parser (a generator that never finishes): as cycles they would
+        wait for the cycle collector, which reaches long-lived objects late,
+        and a burst of connections would stay in memory long after it ended.
+        """
+        if not self.lost or (self.exchange is not None and not self.exited):
+            return
+        self.exchange = None
+        self.protocol.parser.close()
 
     # ── I/O thread sends ────────────────────────────────────────────────
 

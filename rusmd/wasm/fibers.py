@@ -139,7 +139,10 @@ class Fiber:
         self.process = process
         self.store = store
         self.context = context
-        self.raw_context = ctypes.c_void_p(ctypes.cast(context, ctypes.c_void_p).value)
+        # The address read in place: ``ctypes.cast`` would tie the pointer and
+        # its result in a reference cycle, one more per process for the
+        # cycle collector.
+        self.raw_context = ctypes.c_void_p(ctypes.c_void_p.from_buffer(context).value)
         self.future: Any = None  # a c_void_p: raw calls take no bare ints
         self.phase = Phase.INSTANTIATE
         self.entry = ""
@@ -398,6 +401,13 @@ class FiberScheduler:
             fiber.future = None
         self.fibers.pop(fiber.process.pid, None)
         self.host.finish(fiber.process, report, fiber.store)
+        # Nothing polls it again: untie it from its process. The two point at
+        # each other (and its parked call's closures at both), and a cycle
+        # waits for the cycle collector, which reaches long-lived objects
+        # late; untied, the process, its actor, exchange and connection are
+        # freed as soon as the last reference goes.
+        fiber.ready = fiber.finish = _never
+        fiber.process.fiber = None
 
     # ── async host functions (inside a poll, I/O thread) ────────────────
 

@@ -142,3 +142,6 @@ class RunnerPool:
                 job()
             except Exception:  # a job's own bug must not cost the pool a thread
                 pass
+            # Waiting for the next job, a runner holds nothing of its last
+            # process (its exchange, its connection).
+            del job

@@ -1,0 +1,297 @@
+"""A WebSocket connection's life on the worker's loop, fed bytes through a fake transport.
+
+Runs in: any (a real uvloop loop that the test turns by hand; no
+sockets, no daemon). The host is a fake that records spawns, or the
+real ``WasmHost`` running a WAT echo guest as a fiber or on a guest
+thread.
+
+``WsConnection`` is driven the way uvloop drives it: an upgrade request,
+client frames, the client's close, ``connection_lost``, and the process's
+exit report arriving from the host. What is checked is what stays behind
+once a connection is over: nothing of it may outlive its socket and its
+process, and it must be freed as soon as the last reference goes, not
+when the cycle collector gets round to it (issue #17: a closed
+connection was held for ``CLOSE_GRACE_S`` by a timer nobody cancelled,
+and a connection, its process, fiber, actor and exchange formed cycles
+that a burst of sockets left for the collector, in memory meanwhile).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import uvloop
+import wasmtime
+from websockets.frames import Close, Frame, Opcode
+
+from rusmd.channel import ComponentImage
+from rusmd.config import Overrides, load_environment, load_manifest
+from rusmd.config.model import LogLevel, Protocol, Serve
+from rusmd.log import Logger
+from rusmd.serving import ws
+from rusmd.serving.server import ListenerRuntime
+from rusmd.serving.ws import WsConnection
+from rusmd.wasm.cache import CompileCache
+from rusmd.wasm.engine import compile_engine
+from rusmd.wasm.host import ExitReport, WasmHost
+
+PID = 1_001_000
+UPGRADE = (
+    b"GET /chat HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+LIMITS = Serve(protocol=Protocol.WS, listen="127.0.0.1:8082", name="echo")
+# Bound on turning the loop until something due now has happened.
+WAIT_S = 5.0
+
+
+def client_frame(opcode: Opcode, data: bytes) -> bytes:
+    """A frame as a client sends it (masked)."""
+    return Frame(opcode, data).serialize(mask=True)
+
+
+CLIENT_CLOSE = client_frame(Opcode.CLOSE, Close(1000, "done").serialize())
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.sent = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.sent += data
+
+    def close(self) -> None:
+        self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+
+class FakeActors:
+    def __init__(self) -> None:
+        self.kinds: list[int] = []
+
+    def deliver(self, pid: int, envelope: Any) -> int:
+        self.kinds.append(envelope.kind)
+        return 0
+
+
+class FakeHost:
+    """Spawns nothing; keeps each process's exit callback until it is told the process ended."""
+
+    def __init__(self) -> None:
+        self.actors = FakeActors()
+        self.on_exit: dict[int, Callable[[ExitReport], None]] = {}
+        self.killed: list[int] = []
+
+    def spawn(self, name: str, **options: Any) -> int:
+        self.on_exit[PID] = options["on_exit"]
+        return PID
+
+    def kill(self, pid: int, reason: str = "killed", detail: str = "") -> bool:
+        self.killed.append(pid)
+        return True
+
+    def exit(self, pid: int, report: ExitReport) -> None:
+        """The process ended: the host forgets it and tells its listener."""
+        self.on_exit.pop(pid)(report)
+
+
+class FakeLog:
+    def warn(self, text: str) -> None:
+        pass
+
+    def error(self, text: str) -> None:
+        pass
+
+
+class FakeListener:
+    """What ``WsConnection`` uses of ``ListenerRuntime``; deferred writes go out at once."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = LIMITS
+        self.loop = loop
+        self.host = FakeHost()
+        self.log = FakeLog()
+        self.connections: set[WsConnection] = set()
+        self.draining = False
+        self.retry = b""
+
+    def defer(self, conn: WsConnection) -> None:
+        conn.flush()
+
+    def access(self, method: str, path: str, status: int) -> None:
+        pass
+
+    def overloaded(self, transport: Any) -> None:
+        transport.close()
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    event_loop = uvloop.new_event_loop()
+    yield event_loop
+    event_loop.close()
+
+
+def turn(loop: asyncio.AbstractEventLoop) -> None:
+    """Run what is due now (the exit report hops onto the loop), without waiting for timers."""
+    loop.run_until_complete(asyncio.sleep(0))
+
+
+def turn_until(
+    loop: asyncio.AbstractEventLoop,
+    done: Callable[[], bool],
+    on_timeout: Callable[[], object] = lambda: "",
+) -> None:
+    """Turn the loop until ``done()``; ``on_timeout()`` says what was left if it never is."""
+    deadline = time.monotonic() + WAIT_S
+    while not done():
+        assert time.monotonic() < deadline, f"timed out turning the loop: {on_timeout()}"
+        turn(loop)
+        time.sleep(0.001)  # a guest thread may need the GIL to get on
+
+
+def open_connection(
+    listener: FakeListener | ListenerRuntime, loop: asyncio.AbstractEventLoop
+) -> tuple[WsConnection, FakeTransport]:
+    """A connection whose upgrade was answered 101 (its process is spawned)."""
+    conn = WsConnection(listener)  # type: ignore[arg-type]
+    transport = FakeTransport()
+    conn.connection_made(transport)
+    conn.data_received(UPGRADE)
+    turn(loop)  # the listener writes what the iteration's callbacks made at its end
+    assert transport.sent.startswith(b"HTTP/1.1 101 "), transport.sent
+    return conn, transport
+
+
+def test_ws_connection_closed_by_its_client_is_freed_once_its_process_exits(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    listener = FakeListener(loop)
+    conn, transport = open_connection(listener, loop)
+    conn.data_received(CLIENT_CLOSE)  # the process is told, and given CLOSE_GRACE_S to exit
+    listener.host.exit(PID, ExitReport("normal"))
+    turn(loop)
+    conn.connection_lost(None)
+    assert transport.closed
+    gone = weakref.ref(conn)
+    del conn, transport
+    gc.collect()
+    assert gone() is None, [type(r).__name__ for r in gc.get_referrers(gone())]
+    assert listener.host.killed == []
+
+
+def test_ws_connection_whose_process_outlives_the_grace_period_is_stopped(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(ws, "CLOSE_GRACE_S", 0.0)
+    listener = FakeListener(loop)
+    conn, _transport = open_connection(listener, loop)
+    conn.data_received(CLIENT_CLOSE)
+    turn_until(loop, lambda: bool(listener.host.killed))
+    assert listener.host.killed == [PID]
+
+
+# ── with the real host ──────────────────────────────────────────────────
+
+# Echoes each message (kind 5, FRAME) with its type until the client's
+# close (kind 6, CLOSED). The thread variant imports ``rusm.sleep``, so
+# it runs on a guest thread rather than as a fiber.
+ECHO_WAT = """
+(module
+  (import "rusm" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
+  (import "rusm" "ws_send" (func $ws_send (param i32 i32 i32) (result i32)))
+  {sleep_import}
+  (memory (export "memory") 1)
+  (func (export "run")
+    (local $n i32)
+    (loop $serve
+      (local.set $n (call $recv (i32.const 0) (i32.const 64) (i32.const 1024) (i32.const -1)))
+      (if (i32.lt_s (local.get $n) (i32.const 0)) (then (return)))
+      (if (i32.eq (i32.load (i32.const 0)) (i32.const 6)) (then (return)))
+      (if (i32.eq (i32.load (i32.const 0)) (i32.const 5))
+        (then
+          {nap}
+          (drop (call $ws_send (i32.load (i32.const 4)) (i32.const 64) (local.get $n)))))
+      (br $serve))))
+"""
+ECHOES = {
+    "fiber": ECHO_WAT.format(sleep_import="", nap=""),
+    "thread": ECHO_WAT.format(
+        sleep_import='(import "rusm" "sleep" (func $sleep (param i32) (result i32)))',
+        nap="(drop (call $sleep (i32.const 0)))",
+    ),
+}
+
+
+@pytest.fixture(params=sorted(ECHOES))
+def real_listener(
+    request: pytest.FixtureRequest, tmp_path: Any, loop: asyncio.AbstractEventLoop
+) -> Iterator[ListenerRuntime]:
+    """A ws listener whose ``echo`` is the fiber or the thread echo, on a real host."""
+    (tmp_path / "rusm.toml").write_text(
+        '[[serve]]\nprotocol = "ws"\nlisten = "127.0.0.1:9"\nname = "echo"\n'
+        '[components.echo]\ncapability = "sandboxed"\n'
+    )
+    environment = load_environment(tmp_path)
+    manifest = load_manifest(str(tmp_path / "rusm.toml"), Overrides(), environment)
+    quiet = Logger(LogLevel.OFF, lambda _record: None)
+    host = WasmHost(
+        manifest, 0, quiet, environment, request_lease=lambda: None, pool_slots=8, loop=loop
+    )
+    host.add_lease(1, 1_000_000)
+    cache = CompileCache(tmp_path / "cache")
+    wasm = bytes(wasmtime.wat2wasm(ECHOES[request.param]))
+    compiled = bytes(wasmtime.Module(compile_engine(), wasm).serialize())
+    entry = cache.store(cache.key(wasm), compiled, "echo")
+    host.load([ComponentImage(name="echo", cwasm=str(entry.path), digest=entry.digest)])
+    try:
+        yield ListenerRuntime(manifest.serve[0], 0, host, quiet, loop)
+    finally:
+        host.shutdown(WAIT_S)
+
+
+def test_ws_connection_and_its_process_are_freed_without_the_cycle_collector(
+    real_listener: ListenerRuntime, loop: asyncio.AbstractEventLoop
+) -> None:
+    host = real_listener.host
+    gc.disable()  # whatever is still alive at the end was not freed by reference counting
+    try:
+        conn, transport = open_connection(real_listener, loop)
+        assert conn.exchange is not None
+        pid = conn.exchange.pid
+        conn.data_received(client_frame(Opcode.TEXT, b"ping"))
+        turn_until(loop, lambda: transport.sent.endswith(b"\x81\x04ping"))
+        process = host.processes[pid]
+        watched: dict[str, weakref.ref[Any]] = {
+            "connection": weakref.ref(conn),
+            "exchange": weakref.ref(conn.exchange),
+            "websockets protocol": weakref.ref(conn.protocol),
+            "process": weakref.ref(process),
+            "actor": weakref.ref(process.actor),
+        }
+        if process.fiber is not None:
+            watched["fiber"] = weakref.ref(process.fiber)
+        del process
+        conn.data_received(CLIENT_CLOSE)
+        turn_until(loop, lambda: transport.closed)  # closed once the process exited
+        assert pid not in host.processes
+        conn.connection_lost(None)  # what uvloop does once the socket is closed
+        del conn
+
+        def alive() -> list[str]:
+            return [name for name, ref in watched.items() if ref() is not None]
+
+        # A guest thread lets go of its process once it is back in the runner pool.
+        turn_until(loop, lambda: not alive(), on_timeout=alive)
+    finally:
+        gc.enable()
