@@ -4,4 +4,5 @@ Runs in: worker.
 
 - ``boot``     what the main process hands a worker at fork.
 - ``runtime``  the worker's loop: channel to main, heartbeats, the mesh, drain.
+- ``heap``     hands the C heap's free pages back once a burst of processes ended.
 """

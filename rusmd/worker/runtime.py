@@ -73,6 +73,7 @@ from rusmd.store.kv import KvStore
 from rusmd.wasm.abi import ErrorCode, slot_of
 from rusmd.wasm.host import SpawnError, WasmHost
 from rusmd.worker.boot import WorkerBoot
+from rusmd.worker.heap import HeapTrimmer, glibc_trim
 from rusmd.worker.kv_queries import QueryError, run_kv
 
 # How often a worker proves its loop turns over; the main process allows
@@ -110,6 +111,7 @@ class WorkerRuntime:
         # Log lines dropped since the last report (the channel to main was full).
         self.logs_dropped = 0
         self.host: WasmHost | None = None
+        self.heap = HeapTrimmer(glibc_trim())
         self._outbox: dict[int, list[Sig]] = {}
         self._outbox_lock = threading.Lock()
         self._flush_scheduled = False
@@ -204,6 +206,9 @@ class WorkerRuntime:
         if self.done.done():
             return
         processes = len(self.host.processes) if self.host else 0
+        if self.host is not None:
+            # Once a burst of processes is over, its heap pages go back.
+            self.heap.check(sum(self.host.stats()["exits"].values()), processes)
         self._send_main(
             Heartbeat(slot=self.slot, peers=sorted(self.verified_peers), processes=processes)
         )
