@@ -10,7 +10,7 @@ takes them (``python -m bench http --help``).
 import sys
 from collections.abc import Callable
 
-from bench import actors, http, http_inproc, kv, wasm_host, worker_restart
+from bench import actors, http, http_inproc, kv, soak, wasm_host, worker_restart
 
 SCENARIOS: dict[str, Callable[[], int]] = {
     "worker-restart": worker_restart.main,
@@ -19,10 +19,15 @@ SCENARIOS: dict[str, Callable[[], int]] = {
     "http": http.main,
     "http-inproc": http_inproc.main,
     "kv": kv.main,
+    "soak": soak.main,
 }
 """Benchmark name → its entry point. Each prints rusm beside its baseline."""
 
-WITH_OPTIONS: dict[str, Callable[[list[str]], int]] = {"http": http.main, "kv": kv.main}
+WITH_OPTIONS: dict[str, Callable[[list[str]], int]] = {
+    "http": http.main,
+    "kv": kv.main,
+    "soak": soak.main,
+}
 """The benchmarks that take options, and their entry points."""
 
 
