@@ -68,8 +68,8 @@ EXIT_FLUSH_TIMEOUT_S = 0.5
 # as a failed spawn), then per second: a guest logging or spawning in a
 # tight loop must not flood the journal and the channel to the main
 # process. Lines over it are counted and summarised.
-GUEST_LOG_BURST_LINES = 100
-GUEST_LOG_LINES_PER_S = 100.0
+GUEST_LOG_BURST_LINES = 1000
+GUEST_LOG_LINES_PER_S = 200.0
 # How often a process that keeps going over its budget gets a summary line;
 # a process that stops logging gets its summary with its next line or exit.
 SUPPRESSED_SUMMARY_INTERVAL_S = 5.0
