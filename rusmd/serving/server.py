@@ -112,6 +112,7 @@ class ListenerRuntime:
         # Requests that arrived before this worker's components: served once
         # they load, or answered 503 at the listener's timeout-s.
         self._waiting: deque[tuple[HttpConnection, Request, str, asyncio.TimerHandle]] = deque()
+        self._loading: list[list[Any]] = []  # [callback, timer] of ``when_loaded``
 
     async def start(self, sock: Any) -> None:
         """Accept on the inherited listen socket."""
@@ -310,6 +311,18 @@ class ListenerRuntime:
             self._waiting.remove(entry)
             self._not_loaded(conn, entry[1], entry[2], None)
 
+    def when_loaded(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the components are loaded, or at ``timeout-s`` (a handshake)."""
+        entry: list[Any] = [callback]
+
+        def expired() -> None:
+            if entry in self._loading:
+                self._loading.remove(entry)
+                callback()
+
+        entry.append(self.loop.call_later(self.config.timeout_s, expired))
+        self._loading.append(entry)
+
     def components_loaded(self) -> None:
         """The worker's components are loaded: serve the requests that waited, in order."""
         waiting, self._waiting = self._waiting, deque()
@@ -318,6 +331,10 @@ class ListenerRuntime:
             if conn.transport is None or conn.transport.is_closing():
                 continue  # the client left while it waited
             self.dispatch(conn, request)
+        loading, self._loading = self._loading, []
+        for callback, timer in loading:
+            timer.cancel()
+            callback()
 
     def _not_loaded(
         self, conn: HttpConnection, request: Request, name: str, component: LoadedComponent | None

@@ -224,9 +224,23 @@ class WsConnection(asyncio.Protocol):
         )
         exchange = WsExchange(request, self, self.listener.loop.call_soon_threadsafe)
         name = self.limits.name or ""
+        if not self.listener.host.loaded:
+            # The worker's first second: its components are on their way.
+            self.listener.when_loaded(lambda: self._accept_later(exchange, name, response))
+            return
+        self._accept(exchange, name, response)
+
+    def _accept(self, exchange: WsExchange, name: str, response: Any) -> None:
         if self._spawn(exchange, name):
             self.protocol.send_response(response)
-            self.listener.access("GET", path, 101)
+            self.listener.access("GET", self.path, 101)
+
+    def _accept_later(self, exchange: WsExchange, name: str, response: Any) -> None:
+        """The handshake that waited for the components (outside ``data_received``)."""
+        if self.transport is None or self.transport.is_closing():
+            return  # the client left meanwhile
+        self._accept(exchange, name, response)
+        self._flush()
 
     def _spawn(self, exchange: WsExchange, name: str) -> bool:
         from rusmd.wasm.host import SpawnError

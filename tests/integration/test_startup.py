@@ -17,9 +17,11 @@ import time
 from collections.abc import Callable
 
 import wasmtime
+from websockets.sync.client import connect
 
-from tests.integration.conftest import App, Daemon
+from tests.integration.conftest import App, Daemon, free_port
 from tests.integration.httpkit import SOCKET_TIMEOUT_S, api_wat, write_http_app
+from tests.integration.test_sse_ws import ECHO_WAT
 
 # Functions that make the handler module slow to compile (about a second
 # or more of the compile step on a two-core machine), so requests surely
@@ -85,4 +87,47 @@ def test_request_arriving_while_components_compile_is_answered_200(
 
     assert statuses == [200] * len(clients), daemon.read_log()
     assert "still loading" not in daemon.read_log()
+    assert "still compiling" not in daemon.read_log()
+
+
+def first_echo(port: int, echoes: list[str], stop: threading.Event) -> None:
+    """Open a WebSocket as soon as the port takes connections; record the echo of ``hi``."""
+    deadline = time.monotonic() + EARLY_WINDOW_S
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            with connect(f"ws://127.0.0.1:{port}/", open_timeout=SOCKET_TIMEOUT_S * 4) as ws:
+                ws.send("hi")
+                echoes.append(str(ws.recv(timeout=SOCKET_TIMEOUT_S)))
+                return
+        except OSError:
+            time.sleep(0.01)
+
+
+def test_websocket_opened_while_components_compile_is_accepted_and_echoed(
+    app: App, start_daemon: Callable[..., Daemon]
+) -> None:
+    write_http_app(app)
+    (app.directory / "wasm" / "api.wasm").write_bytes(slow_to_compile_api())
+    (app.directory / "wasm" / "echo.wasm").write_bytes(wasmtime.wat2wasm(ECHO_WAT))
+    ws_port = free_port()
+    with app.manifest.open("a") as manifest:
+        manifest.write(
+            f'[[serve]]\nprotocol = "ws"\nlisten = "127.0.0.1:{ws_port}"\nname = "echo"\n'
+            "[components.echo]\n"
+        )
+    echoes: list[str] = []
+    stop = threading.Event()
+    clients = [threading.Thread(target=first_echo, args=(ws_port, echoes, stop)) for _ in range(2)]
+    for client in clients:
+        client.start()
+
+    daemon = start_daemon(wait=False)
+    try:
+        for client in clients:
+            client.join(EARLY_WINDOW_S + SOCKET_TIMEOUT_S * 4)
+    finally:
+        stop.set()
+    daemon.wait_ready()
+
+    assert echoes == ["hi", "hi"], daemon.read_log()
     assert "still compiling" not in daemon.read_log()

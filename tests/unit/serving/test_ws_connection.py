@@ -91,6 +91,7 @@ class FakeHost:
         self.actors = FakeActors()
         self.on_exit: dict[int, Callable[[ExitReport], None]] = {}
         self.killed: list[int] = []
+        self.loaded = True  # its components are loaded: handshakes go on at once
 
     def spawn(self, name: str, **options: Any) -> int:
         self.on_exit[PID] = options["on_exit"]
