@@ -25,12 +25,14 @@ library.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
+import pytest
 import wasmtime
 
-from tests.integration.conftest import App
+from tests.integration.conftest import DAEMONS_KEY, App, Daemon, free_port
 
 # A generous bound on any one socket wait: a loaded two-core machine still
 # answers within it, and a hung daemon fails the test instead of the run.
@@ -268,6 +270,37 @@ def write_http_app(
         f"[capabilities.tight]\nmax-cpu-ms = {SPINNER_CPU_MS}\n"
         '[components.api]\n[components.spinner]\ncapability = "tight"\n[components.slow]\n'
     )
+
+
+@dataclass
+class Served:
+    """A daemon shared by a module's tests, and its listener port."""
+
+    daemon: Daemon
+    port: int
+
+
+def shared_daemon(tmp_path_factory: pytest.TempPathFactory, **app_options: Any) -> Iterator[Served]:
+    """Run one daemon for a module (``write_http_app`` with ``app_options``); kill it after.
+
+    Use it from a module-scoped fixture; ``attach`` it to each test that
+    uses it, so a failing test's report carries the daemon's log.
+    """
+    app = App(tmp_path_factory.mktemp("app"), free_port(), free_port())
+    write_http_app(app, **app_options)
+    daemon = Daemon(app, tmp_path_factory.mktemp("log") / "rusmd.log")
+    daemon.start()
+    try:
+        daemon.wait_ready()
+        yield Served(daemon, app.serve_port)
+    finally:
+        daemon.kill_group()
+
+
+def attach(request: pytest.FixtureRequest, served: Served) -> Served:
+    """Add the shared daemon's log to this test's report should it fail."""
+    request.node.stash.setdefault(DAEMONS_KEY, []).append(served.daemon)
+    return served
 
 
 # ── the wire client ─────────────────────────────────────────────────────

@@ -20,8 +20,16 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.integration.conftest import DAEMONS_KEY, App, Daemon, free_port
-from tests.integration.httpkit import ROUTES, SOCKET_TIMEOUT_S, Wire, fetch, write_http_app
+from tests.integration.conftest import Daemon
+from tests.integration.httpkit import (
+    ROUTES,
+    SOCKET_TIMEOUT_S,
+    Served,
+    Wire,
+    attach,
+    fetch,
+    shared_daemon,
+)
 
 # What ``api#show`` answers for /users/N: N, so a response names its request.
 BODY = re.compile(rb"\r\n\r\n(\d+)")
@@ -68,34 +76,19 @@ class Bystander:
             self.failures.append(repr(exc))
 
 
-@dataclass
-class Served:
-    daemon: Daemon
-    port: int
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    app = App(tmp_path_factory.mktemp("app"), free_port(), free_port())
-    write_http_app(
-        app,
+    yield from shared_daemon(
+        tmp_path_factory,
         log_level="warn",
         routes={**ROUTES, "GET /gone": "api#nosuch"},
         limits={"body-timeout-s": BODY_TIMEOUT_S},
     )
-    daemon = Daemon(app, tmp_path_factory.mktemp("log") / "rusmd.log")
-    daemon.start()
-    try:
-        daemon.wait_ready()
-        yield Served(daemon, app.serve_port)
-    finally:
-        daemon.kill_group()
 
 
 @pytest.fixture
 def served(request: pytest.FixtureRequest, shared: Served) -> Served:
-    request.node.stash.setdefault(DAEMONS_KEY, []).append(shared.daemon)
-    return shared
+    return attach(request, shared)
 
 
 def worker_pids(daemon: Daemon) -> set[int]:

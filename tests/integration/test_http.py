@@ -22,14 +22,17 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.integration.conftest import DAEMONS_KEY, App, Daemon, free_port, wait_for
+from tests.integration.conftest import App, Daemon, wait_for
 from tests.integration.httpkit import (
     BIG_BODY,
     Response,
+    Served,
     Truncated,
     Wire,
+    attach,
     fetch,
     request_bytes,
+    shared_daemon,
     write_http_app,
 )
 
@@ -57,32 +60,15 @@ SETTLE_S = 30.0
 THINK_S = 0.03
 
 
-@dataclass
-class Served:
-    """The shared daemon and its listener port."""
-
-    daemon: Daemon
-    port: int
-
-
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    app = App(tmp_path_factory.mktemp("app"), free_port(), free_port())
-    write_http_app(app, limits=LIMITS)
-    daemon = Daemon(app, tmp_path_factory.mktemp("log") / "rusmd.log")
-    daemon.start()
-    try:
-        daemon.wait_ready()
-        yield Served(daemon, app.serve_port)
-    finally:
-        daemon.kill_group()
+    yield from shared_daemon(tmp_path_factory, limits=LIMITS)
 
 
 @pytest.fixture
 def served(request: pytest.FixtureRequest, shared: Served) -> Served:
     """The shared daemon; its log is attached to this test's report if it fails."""
-    request.node.stash.setdefault(DAEMONS_KEY, []).append(shared.daemon)
-    return shared
+    return attach(request, shared)
 
 
 def worker_pids(daemon: Daemon) -> dict[int, int]:

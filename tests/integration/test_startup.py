@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import wasmtime
 from websockets.sync.client import connect
@@ -63,29 +64,38 @@ def first_answer(port: int, statuses: list[int], stop: threading.Event) -> None:
         return
 
 
+def start_with_early_clients(
+    start_daemon: Callable[..., Daemon],
+    client: Callable[[int, list[Any], threading.Event], None],
+    port: int,
+    results: list[Any],
+    count: int,
+) -> Daemon:
+    """Start ``count`` clients trying ``port``, then the daemon; wait for both."""
+    stop = threading.Event()
+    threads = [threading.Thread(target=client, args=(port, results, stop)) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    daemon = start_daemon(wait=False)
+    try:
+        for thread in threads:
+            thread.join(EARLY_WINDOW_S + SOCKET_TIMEOUT_S * 4)
+    finally:
+        stop.set()
+    daemon.wait_ready()
+    return daemon
+
+
 def test_request_arriving_while_components_compile_is_answered_200(
     app: App, start_daemon: Callable[..., Daemon]
 ) -> None:
     write_http_app(app)
     (app.directory / "wasm" / "api.wasm").write_bytes(slow_to_compile_api())
     statuses: list[int] = []
-    stop = threading.Event()
-    clients = [
-        threading.Thread(target=first_answer, args=(app.serve_port, statuses, stop))
-        for _ in range(4)
-    ]
-    for client in clients:
-        client.start()
 
-    daemon = start_daemon(wait=False)
-    try:
-        for client in clients:
-            client.join(EARLY_WINDOW_S + SOCKET_TIMEOUT_S * 4)
-    finally:
-        stop.set()
-    daemon.wait_ready()
+    daemon = start_with_early_clients(start_daemon, first_answer, app.serve_port, statuses, 4)
 
-    assert statuses == [200] * len(clients), daemon.read_log()
+    assert statuses == [200] * 4, daemon.read_log()
     assert "still loading" not in daemon.read_log()
     assert "still compiling" not in daemon.read_log()
 
@@ -116,18 +126,8 @@ def test_websocket_opened_while_components_compile_is_accepted_and_echoed(
             "[components.echo]\n"
         )
     echoes: list[str] = []
-    stop = threading.Event()
-    clients = [threading.Thread(target=first_echo, args=(ws_port, echoes, stop)) for _ in range(2)]
-    for client in clients:
-        client.start()
 
-    daemon = start_daemon(wait=False)
-    try:
-        for client in clients:
-            client.join(EARLY_WINDOW_S + SOCKET_TIMEOUT_S * 4)
-    finally:
-        stop.set()
-    daemon.wait_ready()
+    daemon = start_with_early_clients(start_daemon, first_echo, ws_port, echoes, 2)
 
     assert echoes == ["hi", "hi"], daemon.read_log()
     assert "still compiling" not in daemon.read_log()
