@@ -123,12 +123,46 @@ _IDLE, _HEAD, _BODY, _QUEUED = Phase.IDLE, Phase.HEAD, Phase.BODY, Phase.QUEUED
 _monotonic = time.monotonic
 # Method names as the parser gives them → as requests carry them.
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
-# Header names ``on_header`` acts on (one set lookup a header for all three).
-_WATCHED = frozenset((b"content-length", b"host", b"connection"))
 
 
 class HttpConnection(asyncio.Protocol):
     """One client connection on an http or sse listener."""
+
+    # Slots: read several times a request; a fixed layout keeps each read
+    # one indexed load instead of a dict lookup (30 attributes fill
+    # CPython's shared-key instance dicts).
+    __slots__ = (
+        "backlog",
+        "body",
+        "body_bytes",
+        "busy",
+        "closing",
+        "connection_header",
+        "current",
+        "dead",
+        "deadline",
+        "draining",
+        "head_seen",
+        "header_bytes",
+        "headers",
+        "hosts",
+        "idle_since",
+        "limits",
+        "lingering",
+        "listener",
+        "out",
+        "parser",
+        "paused",
+        "peer",
+        "pending",
+        "phase",
+        "pumping",
+        "stalled_since",
+        "transport",
+        "turn_scheduled",
+        "url",
+        "write_paused",
+    )
 
     def __init__(self, listener: ListenerRuntime) -> None:
         self.listener = listener
@@ -241,11 +275,12 @@ class HttpConnection(asyncio.Protocol):
         # until then the head limit in ``_parse`` bounds what arrives.
         self.header_bytes += len(name) + len(value)
         lower = name.lower()
-        if lower in _WATCHED:
-            if lower == b"host":
-                self.hosts += 1
-            else:
-                self._watched(lower, value)
+        # Compared, not hashed: the names differ in length from most headers,
+        # so each comparison ends at once (a set lookup hashes every name).
+        if lower == b"host":
+            self.hosts += 1
+        elif lower == b"content-length" or lower == b"connection":
+            self._watched(lower, value)
         self.headers.append((lower, value))
 
     def _watched(self, lower: bytes, value: bytes) -> None:
