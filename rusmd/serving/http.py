@@ -279,7 +279,7 @@ class HttpConnection(asyncio.Protocol):
         # so each comparison ends at once (a set lookup hashes every name).
         if lower == b"host":
             self.hosts += 1
-        elif lower == b"content-length" or lower == b"connection":
+        elif lower == b"content-length" or lower == b"connection":  # noqa: PLR1714
             self._watched(lower, value)
         self.headers.append((lower, value))
 
