@@ -174,28 +174,6 @@ def test_pipelining_client_that_never_reads_is_cut_off_while_others_are_served(
     assert worker_pids(served.daemon) == before
 
 
-STRICT = {
-    "http_1_1_without_host": (b"GET / HTTP/1.1\r\n\r\n", 400),
-    "http_1_1_with_two_hosts": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
-    "http_2_0_request_line": (b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
-    "http_0_9_request": (b"GET /\r\n\r\n", 505),
-}
-
-
-@pytest.mark.parametrize(("data", "status"), STRICT.values(), ids=STRICT.keys())
-def test_request_outside_http_1_1_rules_gets_its_status_and_a_close(
-    served: Served, data: bytes, status: int
-) -> None:
-    with Wire(served.port) as wire:
-        wire.send(data)
-        response = wire.read_response()
-
-        assert response.status == status
-        assert response.closes
-        assert wire.closed_by_peer(SOCKET_TIMEOUT_S)
-    assert fetch(served.port, "GET", "/").status == 200
-
-
 def test_http_1_0_request_without_host_is_served(served: Served) -> None:
     with Wire(served.port) as wire:
         wire.send(b"GET / HTTP/1.0\r\n\r\n")

@@ -385,6 +385,11 @@ BAD_REQUESTS = {
         400,
     ),
     "garbage_request_line": (b"\x16\x03\x01 hello there\r\n\r\n", 400),
+    # RFC 9112: HTTP/1.1 needs exactly one Host; only 1.0 and 1.1 are spoken here.
+    "http_1_1_without_host": (b"GET / HTTP/1.1\r\n\r\n", 400),
+    "http_1_1_with_two_hosts": (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400),
+    "http_2_0_request_line": (b"GET / HTTP/2.0\r\nHost: t\r\n\r\n", 505),
+    "http_0_9_request": (b"GET /\r\n\r\n", 505),
 }
 
 
