@@ -19,7 +19,8 @@ Side by side in one run, each rusmd figure beside its baseline:
    stopped after it. Figures: requests/s, p50 and p99 latency, socket
    errors and non-2xx answers, and the server's CPU time per request
    (user + system of its whole process tree during the measured run,
-   over wrk's request count). wrk shares the machine's cores with the
+   over wrk's request count), and its page faults (minor + major, per
+   1,000 requests, from ``/proc/<pid>/stat``). wrk shares the machine's cores with the
    server, so requests/s may be wrk's limit rather than the server's;
    CPU per request holds either way.
 2. WebSocket echo round trips/s, ``--clients`` (16) connections each
@@ -75,6 +76,8 @@ class WrkResult:
     non_2xx: int
     cpu_us: float = 0.0
     """Server CPU µs per request; 0 until ``measure`` fills it in."""
+    faults: float = 0.0
+    """Server page faults per 1,000 requests; 0 until ``measure`` fills it in."""
 
 
 def parse_wrk(output: str) -> WrkResult:
@@ -113,11 +116,14 @@ def wrk(url: str, duration_s: float) -> str:
 def measure(server: Server, url: str, warmup_s: float, duration_s: float) -> WrkResult:
     """A warm-up run, then the measured one with the server's CPU time around it."""
     wrk(url, warmup_s)
-    before = server.cpu()
+    before, faults_before = server.cpu(), server.faults()
     result = parse_wrk(wrk(url, duration_s))
     used_s = cpu_used_s(before, server.cpu())
-    cpu_us = used_s * 1e6 / result.requests if result.requests else float("nan")
-    return WrkResult(**{**result.__dict__, "cpu_us": cpu_us})
+    faulted = sum(n - faults_before.get(pid, 0) for pid, n in server.faults().items())
+    per = 1 / result.requests if result.requests else float("nan")
+    return WrkResult(
+        **{**result.__dict__, "cpu_us": used_s * 1e6 * per, "faults": faulted * 1000 * per}
+    )
 
 
 # ── the HTTP table ──────────────────────────────────────────────────────
@@ -132,6 +138,7 @@ _COLUMNS = (
     ("rusmd CPU µs/req", 16),
     ("uvicorn CPU µs/req", 18),
     ("ratio", 6),
+    ("faults/1k req rusmd/uvicorn", 27),
     ("errors rusmd/uvicorn", 20),
 )
 
@@ -152,6 +159,7 @@ def _row(config: str, rusm: WrkResult, base: WrkResult) -> None:
         f"{rusm.cpu_us:.1f}",
         f"{base.cpu_us:.1f}",
         f"{rusm.cpu_us / base.cpu_us:.2f}",
+        f"{rusm.faults:.1f} / {base.faults:.1f}",
         f"{_errors(rusm)} / {_errors(base)}",
     )
     print(
@@ -179,6 +187,7 @@ def _median(results: list[WrkResult]) -> WrkResult:
         socket_errors=sum(r.socket_errors for r in results),
         non_2xx=sum(r.non_2xx for r in results),
         cpu_us=mid("cpu_us"),
+        faults=mid("faults"),
     )
 
 

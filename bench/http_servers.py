@@ -116,6 +116,18 @@ class Server:
             used[process.pid] = times.user + times.system
         return used
 
+    def faults(self) -> dict[int, int]:
+        """Page faults (minor + major) of each process in the tree so far, by pid."""
+        counted: dict[int, int] = {}
+        for process in [self.process, *self.process.children(recursive=True)]:
+            try:
+                fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # After "pid (comm)": state is field 3, minflt 10 and majflt 12 (proc(5)).
+            counted[process.pid] = int(fields[7]) + int(fields[9])
+        return counted
+
 
 def cpu_used_s(before: dict[int, float], after: dict[int, float]) -> float:
     """CPU seconds the tree used between two ``Server.cpu`` snapshots."""
