@@ -55,6 +55,10 @@ IDLE_TIMEOUT_S = 300.0
 # Output queued for one slow client before it is dropped (a `logs -f` that
 # never reads must not grow the main process without bound).
 MAX_PENDING_OUTPUT_BYTES = 8 << 20
+# Out of descriptors, the listening socket stays readable with nothing it
+# can accept: it leaves the selector for this long, so the main loop does
+# not spin on it, then is tried again.
+ACCEPT_RETRY_S = 0.5
 _PEERCRED = struct.Struct("3i")
 
 
@@ -104,12 +108,21 @@ Dispatch = Callable[[dict[str, Any], Connection], dict[str, Any] | None]
 class ControlServer:
     """Serves control frames on ``path`` through the main loop's selector."""
 
-    def __init__(self, path: Path, selector: selectors.BaseSelector, dispatch: Dispatch) -> None:
+    def __init__(
+        self,
+        path: Path,
+        selector: selectors.BaseSelector,
+        dispatch: Dispatch,
+        warn: Callable[[str], None] = lambda _text: None,
+    ) -> None:
         self.path = path
         self.selector = selector
         self.dispatch = dispatch
+        self.warn = warn
         self.listener: socket.socket | None = None
         self.connections: dict[int, Connection] = {}
+        self.accept_paused_until: float | None = None  # out of descriptors: when to retry
+        self._starved = False  # warned of this shortage already
 
     def open(self) -> None:
         """Create the socket; refuse if another daemon answers on it."""
@@ -136,7 +149,8 @@ class ControlServer:
         for connection in list(self.connections.values()):
             self._close(connection)
         if self.listener is not None:
-            self.selector.unregister(self.listener)
+            if self.accept_paused_until is None:
+                self.selector.unregister(self.listener)
             self.listener.close()
             self.listener = None
             try:
@@ -165,7 +179,15 @@ class ControlServer:
         self._flush(connection)
 
     def sweep(self, now: float) -> None:
-        """Drop connections without a frame past ``FIRST_FRAME_TIMEOUT_S``, or idle ones."""
+        """Drop connections without a frame past ``FIRST_FRAME_TIMEOUT_S``, or idle ones.
+
+        Also takes the listening socket back into the selector once an
+        accept that ran out of descriptors may be tried again.
+        """
+        resume = self.accept_paused_until
+        if resume is not None and now >= resume and self.listener is not None:
+            self.accept_paused_until = None
+            self.selector.register(self.listener, selectors.EVENT_READ, self._on_accept)
         for connection in list(self.connections.values()):
             silent = not connection.framed and now - connection.accepted_at > FIRST_FRAME_TIMEOUT_S
             idle = not connection.streaming and now - connection.last_activity > IDLE_TIMEOUT_S
@@ -194,9 +216,25 @@ class ControlServer:
                 return
             except OSError as exc:
                 if exc.errno in (errno.EMFILE, errno.ENFILE):
-                    return  # out of descriptors: leave it queued, try next turn
+                    self._pause_accepting(exc)
+                    return
+                if exc.errno == errno.ECONNABORTED:
+                    continue  # the client gave up while queued
                 raise
+            self._starved = False
             self._admit(sock)
+
+    def _pause_accepting(self, exc: OSError) -> None:
+        """Out of descriptors: leave the connection queued and the selector alone a while."""
+        assert self.listener is not None
+        self.selector.unregister(self.listener)
+        self.accept_paused_until = time.monotonic() + ACCEPT_RETRY_S
+        if not self._starved:  # once a shortage, not every retry
+            self._starved = True
+            self.warn(
+                f"control socket {self.path}: cannot accept ({exc.strerror}); "
+                f"retrying every {ACCEPT_RETRY_S:g}s"
+            )
 
     def _admit(self, sock: socket.socket) -> None:
         sock.setblocking(False)

@@ -134,7 +134,7 @@ class MainProcess:
         self.cores = cores or usable_cores()
         self.profile = manifest.node.profile
         self.listeners: list[Listener] = []
-        self.control = ControlServer(socket_path, self.selector, self._dispatch)
+        self.control = ControlServer(socket_path, self.selector, self._dispatch, self.log.warn)
         self.pool: WorkerPool | None = None
         self.queries = Queries(self._send_query)
         self.registry = Registry(broadcast=self._broadcast, reply=self._send_to_slot)

@@ -10,16 +10,19 @@ the daemon, its workers and a well-behaved client are untouched.
 from __future__ import annotations
 
 import json
+import resource
 import socket
 import struct
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+import psutil
 import pytest
 
 from rusmd.control.protocol import EX_OK, EX_REFUSED, MAX_NESTING_DEPTH, encode_frame
-from rusmd.control.server import FIRST_FRAME_TIMEOUT_S, MAX_CLIENTS
+from rusmd.control.server import ACCEPT_RETRY_S, FIRST_FRAME_TIMEOUT_S, MAX_CLIENTS
 from tests.integration.conftest import Daemon, all_ready, read_frame
 
 # A generous bound on one socket wait on a loaded two-core machine.
@@ -138,3 +141,25 @@ def test_control_connection_without_a_whole_frame_is_closed_after_the_first_fram
 
     assert closed
     assert daemon.ctl("status").returncode == EX_OK
+
+
+def test_control_socket_out_of_descriptors_waits_warns_once_and_recovers(daemon: Daemon) -> None:
+    main = psutil.Process(daemon.pid)
+    soft, hard = resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE)
+    # Room for two more descriptors: the third client finds the daemon out of them.
+    resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (main.num_fds() + 2, hard))
+    try:
+        with held_connections(daemon.socket_path, 10):
+            cpu_before = sum(main.cpu_times()[:2])
+            time.sleep(2 * ACCEPT_RETRY_S * 2)
+            cpu_used_s = sum(main.cpu_times()[:2]) - cpu_before
+    finally:
+        resource.prlimit(daemon.pid, resource.RLIMIT_NOFILE, (soft, hard))
+
+    # The queued clients left; the socket takes new ones again.
+    assert daemon.ctl("status").returncode == EX_OK
+    warnings = [r["text"] for r in daemon.log_records() if "cannot accept" in r["text"]]
+    assert len(warnings) == 1, warnings
+    assert str(daemon.socket_path) in warnings[0]
+    # A loop spinning on the unacceptable socket would burn the whole interval.
+    assert cpu_used_s < ACCEPT_RETRY_S * 2
