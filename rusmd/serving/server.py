@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -109,10 +108,10 @@ class ListenerRuntime:
             tuple[str, str], tuple[str, str, dict[str, str]] | MethodNotAllowed | NotFound
         ] = {}
         self._unflushed: list[HttpConnection | WsConnection] = []
-        # Requests that arrived before this worker's components: served once
-        # they load, or answered 503 at the listener's timeout-s.
-        self._waiting: deque[tuple[HttpConnection, Request, str, asyncio.TimerHandle]] = deque()
-        self._loading: list[list[Any]] = []  # [callback, timer] of ``when_loaded``
+        # What arrived before this worker's components (requests, handshakes):
+        # run once they load, or at the listener's timeout-s; in arrival order.
+        self._loading: dict[int, tuple[Callable[[], None], asyncio.TimerHandle]] = {}
+        self._next_wait = 0
 
     async def start(self, sock: Any) -> None:
         """Accept on the inherited listen socket."""
@@ -143,7 +142,7 @@ class ListenerRuntime:
         component = self.host.components.get(name)
         if component is None or component.error:
             if component is None and not self.host.loaded:
-                self._wait_for_load(conn, request, name)
+                self.when_loaded(lambda: self._after_load(conn, request, name))
                 return
             self._not_loaded(conn, request, name, component)
             return
@@ -301,40 +300,37 @@ class ListenerRuntime:
         self.access(request.method, request.path, status)
         conn.answered()
 
-    def _wait_for_load(self, conn: HttpConnection, request: Request, name: str) -> None:
-        """Hold a request that came before the components (a worker's first second)."""
-        timer = self.loop.call_later(self.config.timeout_s, self._load_timed_out, conn)
-        self._waiting.append((conn, request, name, timer))
-
-    def _load_timed_out(self, conn: HttpConnection) -> None:
-        for entry in [entry for entry in self._waiting if entry[0] is conn]:
-            self._waiting.remove(entry)
-            self._not_loaded(conn, entry[1], entry[2], None)
-
     def when_loaded(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` once the components are loaded, or at ``timeout-s`` (a handshake)."""
-        entry: list[Any] = [callback]
+        """Run ``callback`` once the components are loaded, or at ``timeout-s`` if sooner.
 
-        def expired() -> None:
-            if entry in self._loading:
-                self._loading.remove(entry)
-                callback()
+        For what arrives in a worker's first second, before the main
+        process's compiled components: a request, a WebSocket handshake.
+        """
+        token = self._next_wait
+        self._next_wait += 1
+        timer = self.loop.call_later(self.config.timeout_s, self._waited_out, token)
+        self._loading[token] = (callback, timer)
 
-        entry.append(self.loop.call_later(self.config.timeout_s, expired))
-        self._loading.append(entry)
+    def _waited_out(self, token: int) -> None:
+        entry = self._loading.pop(token, None)
+        if entry is not None:
+            entry[0]()
 
     def components_loaded(self) -> None:
-        """The worker's components are loaded: serve the requests that waited, in order."""
-        waiting, self._waiting = self._waiting, deque()
-        for conn, request, _name, timer in waiting:
-            timer.cancel()
-            if conn.transport is None or conn.transport.is_closing():
-                continue  # the client left while it waited
-            self.dispatch(conn, request)
-        loading, self._loading = self._loading, []
-        for callback, timer in loading:
+        """The worker's components are loaded: run what waited for them, in arrival order."""
+        loading, self._loading = self._loading, {}
+        for callback, timer in loading.values():
             timer.cancel()
             callback()
+
+    def _after_load(self, conn: HttpConnection, request: Request, name: str) -> None:
+        """A request that waited for the components: serve it, or 503 if they never came."""
+        if conn.transport is None or conn.transport.is_closing():
+            return  # the client left while it waited
+        if self.host.loaded:
+            self.dispatch(conn, request)
+        else:
+            self._not_loaded(conn, request, name, None)
 
     def _not_loaded(
         self, conn: HttpConnection, request: Request, name: str, component: LoadedComponent | None
