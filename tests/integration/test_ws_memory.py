@@ -32,6 +32,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from rusmd.control.protocol import EX_OK
 from rusmd.wasm.runners import BASE_RUNNERS
+from tests.guests.ws_echo import ws_echo_wat
 from tests.integration.conftest import App, Daemon, free_port
 
 # Upper bound on any one wait on a loaded two-core machine; never a
@@ -54,29 +55,9 @@ FLAT_SHARE = 0.05
 
 # The echo guests' memory (4 pages): more than the 128 KiB a freed slot
 # would keep resident, so a regression shows in full.
-ECHO_WAT = """
-(module
-  (import "rusm" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
-  (import "rusm" "ws_send" (func $ws_send (param i32 i32 i32) (result i32)))
-  {sleep_import}
-  (memory (export "memory") 4)
-  (func (export "run")
-    (local $n i32)
-    (loop $serve
-      (local.set $n (call $recv (i32.const 0) (i32.const 1024) (i32.const 4096) (i32.const -1)))
-      (if (i32.lt_s (local.get $n) (i32.const 0)) (then (return)))
-      (if (i32.eq (i32.load (i32.const 0)) (i32.const 6)) (then (return)))
-      (if (i32.eq (i32.load (i32.const 0)) (i32.const 5))
-        (then
-          {nap}
-          (drop (call $ws_send (i32.load (i32.const 4)) (i32.const 1024) (local.get $n)))))
-      (br $serve))))
-"""
-FIBER_ECHO = ECHO_WAT.format(sleep_import="", nap="")
-THREAD_ECHO = ECHO_WAT.format(
-    sleep_import='(import "rusm" "sleep" (func $sleep (param i32) (result i32)))',
-    nap="(drop (call $sleep (i32.const 0)))",
-)
+ECHO_PAGES = 4
+FIBER_ECHO = ws_echo_wat(threaded=False, pages=ECHO_PAGES)
+THREAD_ECHO = ws_echo_wat(threaded=True, pages=ECHO_PAGES)
 
 
 def write_app(app: App) -> dict[str, int]:

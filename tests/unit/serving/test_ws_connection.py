@@ -40,6 +40,7 @@ from rusmd.serving.ws import WsConnection
 from rusmd.wasm.cache import CompileCache
 from rusmd.wasm.engine import compile_engine
 from rusmd.wasm.host import ExitReport, WasmHost
+from tests.guests.ws_echo import ws_echo_wat
 
 PID = 1_001_000
 UPGRADE = (
@@ -204,33 +205,9 @@ def test_ws_connection_whose_process_outlives_the_grace_period_is_stopped(
 
 # ── with the real host ──────────────────────────────────────────────────
 
-# Echoes each message (kind 5, FRAME) with its type until the client's
-# close (kind 6, CLOSED). The thread variant imports ``rusm.sleep``, so
-# it runs on a guest thread rather than as a fiber.
-ECHO_WAT = """
-(module
-  (import "rusm" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
-  (import "rusm" "ws_send" (func $ws_send (param i32 i32 i32) (result i32)))
-  {sleep_import}
-  (memory (export "memory") 1)
-  (func (export "run")
-    (local $n i32)
-    (loop $serve
-      (local.set $n (call $recv (i32.const 0) (i32.const 64) (i32.const 1024) (i32.const -1)))
-      (if (i32.lt_s (local.get $n) (i32.const 0)) (then (return)))
-      (if (i32.eq (i32.load (i32.const 0)) (i32.const 6)) (then (return)))
-      (if (i32.eq (i32.load (i32.const 0)) (i32.const 5))
-        (then
-          {nap}
-          (drop (call $ws_send (i32.load (i32.const 4)) (i32.const 64) (local.get $n)))))
-      (br $serve))))
-"""
 ECHOES = {
-    "fiber": ECHO_WAT.format(sleep_import="", nap=""),
-    "thread": ECHO_WAT.format(
-        sleep_import='(import "rusm" "sleep" (func $sleep (param i32) (result i32)))',
-        nap="(drop (call $sleep (i32.const 0)))",
-    ),
+    "fiber": ws_echo_wat(threaded=False),
+    "thread": ws_echo_wat(threaded=True),
 }
 
 
