@@ -115,6 +115,7 @@ class Resident:
     quarantine_until: float | None = None
     waiting_for_worker: bool = False
     stop_pending: bool = False
+    moving: bool = False  # its worker is being replaced: its exit is a move
 
 
 Ask = Callable[[list[int], str, dict[str, Any], Callable[[dict[int, Answer | None]], None]], None]
@@ -199,6 +200,12 @@ class Residents:
         detail = f" ({message.detail})" if message.detail else ""
         self._exited(resident, message.reason, f"{message.reason}{detail}")
 
+    def worker_stopping(self, slot: int) -> None:
+        """Worker ``slot`` is being replaced: its residents' coming exits are moves."""
+        for resident in self.residents.values():
+            if resident.slot == slot and resident.pid is not None:
+                resident.moving = True
+
     def worker_gone(self, slot: int, reason: str) -> None:
         """Worker ``slot`` died: its residents died with it."""
         for resident in list(self.residents.values()):
@@ -236,6 +243,15 @@ class Residents:
         resident.state = "exited"
         if self.stopping:
             return
+        if resident.moving and reason == ExitReason.SHUTDOWN:
+            resident.moving = False
+            self.log.info(f"resident {resident.name}: moving, its worker is being replaced")
+            moved = resident.supervisor.child_moved(resident.name, self.clock())
+            if any(isinstance(action, StartChild) for action in moved):
+                resident.starts += 1
+                self._spawn(resident)
+            return
+        resident.moving = False
         try:
             why = ExitReason(reason)
         except ValueError:

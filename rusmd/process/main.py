@@ -174,6 +174,7 @@ class MainProcess:
         self.pool.on_answer = self.queries.on_answer
         self.pool.on_foreign_exit = self._on_foreign_exit
         self.pool.on_worker_gone = self._worker_gone
+        self.pool.on_worker_stopping = self.residents.worker_stopping
         self.pool.on_actor_message = self._on_actor_message
         self.pool.on_worker_ready = self._worker_ready
         self.pool.want_write = self._want_write

@@ -165,6 +165,8 @@ class WorkerPool:
         self.want_write: Callable[[Channel], None] | None = None
         # Told when a worker exits (its pending query answers will not come).
         self.on_worker_gone: Callable[[int, str], None] | None = None
+        # A worker is being stopped on purpose (roll, restart, resize), not failing.
+        self.on_worker_stopping: Callable[[int], None] | None = None
         # Actor-runtime messages from workers (names, resident exits), and
         # a worker that has just become ready (it needs the name table).
         self.on_actor_message: Callable[[int, Message], None] | None = None
@@ -244,6 +246,8 @@ class WorkerPool:
         handle = self.workers.get(slot)
         if handle is None:
             return False
+        if self.on_worker_stopping is not None:
+            self.on_worker_stopping(slot)
         self._kill(handle, signal.SIGTERM, ExitReason.SHUTDOWN, "restarted by operator")
         return True
 
@@ -433,6 +437,8 @@ class WorkerPool:
             return
         handle.state = WorkerState.STOPPING
         handle.stop_deadline = self.clock() + shutdown.timeout_s
+        if self.on_worker_stopping is not None:
+            self.on_worker_stopping(slot)
         try:
             handle.channel.send(Stop(timeout_s=shutdown.timeout_s))
         except ChannelClosed:

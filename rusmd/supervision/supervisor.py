@@ -187,6 +187,29 @@ class Supervisor:
         child.state = ChildState.RUNNING
         child.running_since = now
 
+    def child_moved(self, id: str, now: float) -> list[Action]:
+        """Report that a child was stopped by its host, not by a fault; start it again.
+
+        rusm's own case, beyond OTP: a resident whose worker was replaced
+        (a reload, ``rusmctl restart``, a profile change) ended with reason
+        shutdown through no doing of its own. Starting it elsewhere is a
+        move, not a restart: it does not count toward the intensity (a few
+        reloads in a row would otherwise quarantine a healthy child), and a
+        transient child comes back too. A temporary child is not started.
+        """
+        child = self._child(id)
+        if child.stops_pending:
+            return self._acknowledge_stop(child, ExitReason.SHUTDOWN)
+        if not child.is_alive:
+            return []
+        self._observe_stability(child, now)
+        child.last_exit_reason = ExitReason.SHUTDOWN
+        child.running_since = None
+        if child.spec.restart is RestartType.TEMPORARY:
+            self._finish_stop(child)
+            return []
+        return [child.start(ChildState.RESTARTING)]
+
     def child_start_failed(self, id: str, now: float) -> list[Action]:
         """Report that a child failed to start; it counts as a crash."""
         child = self._child(id)

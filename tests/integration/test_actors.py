@@ -20,6 +20,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -361,6 +362,47 @@ def test_a_crashing_resident_is_restarted_then_quarantined(
     )
     assert quarantined["restarts"] == 2
     assert "quarantined" in daemon.ctl("status").stdout
+
+
+def test_resident_moved_by_reload_after_reload_is_never_quarantined(
+    app: App, actor_wasm: Path, start_daemon: Callable[..., Daemon]
+) -> None:
+    """Replacing its worker moves a resident: five reloads in a row are no crashes."""
+    write_actor_app(
+        app,
+        actor_wasm,
+        {
+            "actor": 'capability = "boss"',
+            "greeter": 'capability = "boss"\nresident = true\nintensity = 2',
+        },
+    )
+    actors = Actors(start_daemon())
+    daemon = actors.daemon
+
+    def running() -> dict[str, Any] | None:
+        return next((r for r in daemon.status()["residents"] if r["state"] == "running"), None)
+
+    first = wait_for(running, SETTLE_S, "the greeter to run")
+    for _ in range(5):
+        before = {w["pid"] for w in daemon.status()["workers"]}
+        assert daemon.ctl("reload").returncode == 0
+
+        def rolled(before: set[int] = before) -> bool:
+            rows = daemon.status()["workers"]
+            return not {w["pid"] for w in rows} & before and all(
+                w["state"] == "ready" for w in rows
+            )
+
+        daemon.wait_for(rolled, SETTLE_S, "the workers to be replaced")
+
+    back = wait_for(running, SETTLE_S, "the greeter to run after the reloads")
+    assert back["pid"] != first["pid"]
+    assert back["restarts"] == 0
+    assert "quarantined" not in daemon.read_log()
+    assert "moving, its worker is being replaced" in daemon.read_log()
+    assert actors.result(actors.spawn("actor"), "actor", "whereis", "whereis greeter") == str(
+        back["pid"]
+    )
 
 
 def test_resident_name_is_registered(actors: Actors) -> None:

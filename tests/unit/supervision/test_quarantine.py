@@ -19,6 +19,7 @@ from tests.unit.supervision.harness import (
     carry_out,
     crash,
     running,
+    spec,
     start,
     states,
     stop,
@@ -205,3 +206,22 @@ def test_root_quarantine_last_exit_reason_is_the_crash() -> None:
     supervisor.child_exited("a", ExitReason.KILLED, now=1.0)
 
     assert supervisor.which_children(now=1.0)[0].last_exit_reason is ExitReason.KILLED
+
+
+def test_root_child_moved_again_and_again_is_never_quarantined() -> None:
+    """A resident whose worker is replaced (reload after reload) is moved, not restarted."""
+    supervisor = root("a", intensity=1)
+
+    for now in (1.0, 1.5, 2.0, 2.5):
+        assert supervisor.child_moved("a", now) == start("a")
+        supervisor.child_started("a", now)
+
+    assert states(supervisor) == all_running("a")
+    assert crash(supervisor, "a", now=3.0) == start("a")  # the intensity is all still there
+
+
+def test_transient_child_moved_comes_back_and_temporary_does_not() -> None:
+    supervisor = running([spec("t", "transient"), spec("tmp", "temporary")])
+
+    assert supervisor.child_moved("t", 1.0) == start("t")
+    assert supervisor.child_moved("tmp", 1.0) == []
