@@ -36,7 +36,7 @@ from rusmd.config.render import ArtifactStatus, render_errors_json, render_json,
 from rusmd.config.sizing import usable_cores
 from rusmd.errors import ConfigError, ConfigProblem, RusmError
 from rusmd.log import Logger
-from rusmd.process.compile import compile_blocking, jobs_for
+from rusmd.main.compile import compile_blocking, jobs_for
 from rusmd.wasm.cache import default_cache_dir
 
 EX_OK = 0
@@ -292,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EX_CONFIG
-    from rusmd.process.main import MainProcess
+    from rusmd.main.loop import MainProcess
 
     socket_path = Path(args.socket) if args.socket else default_socket_path(manifest.app_dir)
     daemon = MainProcess(

@@ -1,7 +1,7 @@
 """The compile child: turn untrusted wasm into cached ``.cwasm`` files, one at a time.
 
 Runs in: the compile child, ``python -m rusmd.wasm.compiler``, a separate
-OS process the main process starts (``rusmd.process.compile``) and kills
+OS process the main process starts (``rusmd.main.compile``) and kills
 when a module takes too long or too much memory. Compiling is where
 hostile input meets Cranelift, so it happens here, at nice +10, never in
 the main process (which must not load wasmtime) nor in a worker.

@@ -1,6 +1,6 @@
 """The real compile child under its supervisor: cache hits, rebuilds, bad modules, limits.
 
-Runs in: any (the test process drives ``rusmd.process.compile``, which runs
+Runs in: any (the test process drives ``rusmd.main.compile``, which runs
 ``python -m rusmd.wasm.compiler`` as a real child; the test itself may
 import wasmtime to build modules, the daemon's main process may not).
 """
@@ -22,7 +22,7 @@ import wasmtime
 from rusmd.config import load_manifest
 from rusmd.config.model import LogLevel
 from rusmd.log import Logger, LogRecord
-from rusmd.process.compile import CompileJob, CompileRun, compile_blocking, jobs_for
+from rusmd.main.compile import CompileJob, CompileRun, compile_blocking, jobs_for
 from rusmd.wasm.cache import verify
 
 HELLO_WAT = '(module (func (export "run") (result i32) i32.const 42))'

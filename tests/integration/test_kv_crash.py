@@ -40,7 +40,7 @@ GUESTS = Path(__file__).resolve().parent.parent / "guests"
 STORE = "data/crash.mdb"
 SETTLE_S = 30.0
 # Seconds between kills: a worker killed more than 3 times in 5 s is
-# quarantined (rusmd/process/pool.py), and the two workers take turns.
+# quarantined (rusmd/main/pool.py), and the two workers take turns.
 KILL_SPACING_S = 1.3
 ACKED = re.compile(r"writer#\d+\s+info\s+acked (\d+)$")
 

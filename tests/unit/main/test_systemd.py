@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from rusmd.process.systemd import (
+from rusmd.main.systemd import (
     Notifier,
     SystemdError,
     adopt_listen_fds,
@@ -283,7 +283,7 @@ def test_adopt_listen_fds_default_first_fd_is_3_in_a_fresh_process() -> None:
                 os.dup2({listening.fileno()}, 3)
                 os.close({listening.fileno()})
             os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="http")
-            from rusmd.process.systemd import adopt_listen_fds, socket_address
+            from rusmd.main.systemd import adopt_listen_fds, socket_address
             adopted = adopt_listen_fds(os.environ, os.getpid())
             print(json.dumps({{
                 "adopted": [[s.fileno(), socket_address(s), n] for s, n in adopted],

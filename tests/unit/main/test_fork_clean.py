@@ -11,12 +11,12 @@ FORBIDDEN = ("wasmtime", "lmdb", "uvloop", "httptools", "websockets")
 
 MAIN_PROCESS_MODULES = (
     "rusmd.cli",
-    "rusmd.process.main",
-    "rusmd.process.pool",
-    "rusmd.process.listeners",
-    "rusmd.process.systemd",
+    "rusmd.main.loop",
+    "rusmd.main.pool",
+    "rusmd.main.listeners",
+    "rusmd.main.systemd",
     "rusmd.control.server",
-    "rusmd.control.commands",
+    "rusmd.main.commands",
     "rusmd.config",
     "rusmd.supervision",
 )

@@ -16,7 +16,7 @@ timeout, then kill) and exit 0; a second one kills at once. SIGHUP and
 its errors and the running app is untouched; a valid one is compiled,
 then rolls the workers one at a time.
 
-Components are compiled by a child process (``process.compile``) that
+Components are compiled by a child process (``main.compile``) that
 the loop watches like any other descriptor, so a slow or pathological
 module never stalls the control socket. The workers get the compiled
 images when it is done; READY=1 waits for it. Resident components are
@@ -53,12 +53,13 @@ from rusmd.log import (
     TextFormatter,
     stream_is_tty,
 )
-from rusmd.process.actors import Registry, Residents
-from rusmd.process.compile import CompileResult, CompileRun, jobs_for
-from rusmd.process.listeners import Listener, close_listeners, open_listeners
-from rusmd.process.pool import WorkerPool, WorkerState
-from rusmd.process.queries import Queries
-from rusmd.process.systemd import Notifier
+from rusmd.main.commands import dispatch
+from rusmd.main.compile import CompileResult, CompileRun, jobs_for
+from rusmd.main.listeners import Listener, close_listeners, open_listeners
+from rusmd.main.pool import WorkerPool, WorkerState
+from rusmd.main.queries import Queries
+from rusmd.main.residents import Registry, Residents
+from rusmd.main.systemd import Notifier
 from rusmd.wasm.cache import default_cache_dir
 
 # How long SIGTERM lets workers drain before they are killed; below
@@ -577,8 +578,6 @@ class MainProcess:
             pass
 
     def _dispatch(self, request: dict[str, Any], connection: Any) -> dict[str, Any] | None:
-        from rusmd.control.commands import dispatch
-
         return dispatch(self, request, connection)
 
     def cleanup(self) -> None:

@@ -36,10 +36,10 @@ from rusmd.config.model import Profile
 from rusmd.control.protocol import COMMANDS, EX_NOSUCH, EX_REFUSED, EX_USAGE
 from rusmd.control.server import Connection
 from rusmd.log import LogRecord
-from rusmd.process.pool import WorkerHandle
+from rusmd.main.pool import WorkerHandle
 
 if TYPE_CHECKING:
-    from rusmd.process.main import MainProcess
+    from rusmd.main.loop import MainProcess
 
 # `logs` returns at most this many past lines per request.
 MAX_LOG_LINES = 1000

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from rusmd.config.model import Serve
 from rusmd.errors import RusmError
-from rusmd.process.systemd import adopt_listen_fds, socket_address
+from rusmd.main.systemd import adopt_listen_fds, socket_address
 
 # Connections the kernel queues per listener while every worker is busy
 # or being replaced; the kernel caps it at net.core.somaxconn.

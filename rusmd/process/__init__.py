@@ -1,4 +1,0 @@
-"""The process layer: fork, reap, signals, systemd.
-
-Runs in: main.
-"""
