@@ -32,17 +32,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rusmctl import kv
-from rusmd.control.protocol import (
-    COMMANDS,
-    EX_NOPERM,
-    EX_OK,
-    EX_REFUSED,
-    EX_UNAVAILABLE,
-    FrameReader,
-    ProtocolError,
-    encode_frame,
-)
+from rusmd.control.protocol import COMMANDS, FrameReader, ProtocolError, encode_frame
+from rusmd.errors import EX_NOPERM, EX_OK, EX_REFUSED, EX_UNAVAILABLE
+from rusmd.store import kv_command as kv
 
 SYSTEMD_SOCKET = Path("/run/rusmd/rusmd.sock")
 # How long to wait for a reply: a reload that rolls workers answers at once,

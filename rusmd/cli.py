@@ -28,21 +28,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rusmctl import kv as kv_cli
 from rusmd import __version__
 from rusmd.config import Environment, Manifest, Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel, Profile, Protocol
 from rusmd.config.render import ArtifactStatus, render_errors_json, render_json, render_text
 from rusmd.config.sizing import usable_cores
-from rusmd.errors import ConfigError, ConfigProblem, RusmError
+from rusmd.errors import EX_CONFIG, EX_OK, EX_UNAVAILABLE, ConfigError, ConfigProblem, RusmError
 from rusmd.log import Logger
 from rusmd.main.compile import compile_blocking, jobs_for
+from rusmd.store import kv_command as kv_cli
 from rusmd.wasm.cache import default_cache_dir
-
-EX_OK = 0
-EX_USAGE = 2
-EX_UNAVAILABLE = 69
-EX_CONFIG = 78
 
 DEFAULT_CONFIG = "rusm.toml"
 _CONFIG = f"the manifest (default ./{DEFAULT_CONFIG})"

@@ -8,7 +8,23 @@ socket path) so an operator can act on the message alone.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+# Exit codes of rusmd, rusmctl and their children, one set for all of them:
+# sysexits(3) where it has a code, so a systemd unit or a script can tell a
+# bad manifest from a daemon that is down.
+EX_OK = os.EX_OK
+# The daemon refused the command (rusmctl), or a run failed.
+EX_REFUSED = 1
+# Bad arguments: argparse's own code, kept so every usage error ends alike.
+EX_USAGE = 2
+# No such process, worker, key or name (rusmctl).
+EX_NOSUCH = 3
+EX_UNAVAILABLE = os.EX_UNAVAILABLE
+EX_SOFTWARE = os.EX_SOFTWARE
+EX_NOPERM = os.EX_NOPERM
+EX_CONFIG = os.EX_CONFIG
 
 
 class RusmError(Exception):

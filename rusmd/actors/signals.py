@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import enum
 
-from rusmd.wasm.abi import Reason
-
 
 class Op(enum.IntEnum):
     """What a signal asks of its receiver."""
@@ -34,19 +32,3 @@ class Op(enum.IntEnum):
     DEMONITOR = 10  # the sender drops monitor ref
     PROBE = 11  # is the receiver alive? (reason 1: and send its info); answered by ALIVE
     ALIVE = 12  # the answer to PROBE ref: reason 1 alive, 0 not; payload: info JSON
-
-
-# Exit reasons by their names (the host's ExitReport and the supervisor's
-# ExitReason use the names; guests and frames use the numbers).
-REASON_BY_NAME: dict[str, Reason] = {r.name.lower(): r for r in Reason}
-NAME_BY_REASON: dict[int, str] = {int(r): r.name.lower() for r in Reason}
-
-
-def reason_code(name: str) -> Reason:
-    """The ABI reason for an exit reason's name (unknown names are crashes)."""
-    return REASON_BY_NAME.get(name, Reason.CRASHED)
-
-
-def reason_name(code: int) -> str:
-    """The name of an ABI reason (unknown codes read as crashed)."""
-    return NAME_BY_REASON.get(code, "crashed")

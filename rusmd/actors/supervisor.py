@@ -32,11 +32,10 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import msgspec
 
-from rusmd.actors.signals import reason_name
+from rusmd.abi import ErrorCode, ExitReason, Kind
 from rusmd.actors.table import Envelope
 from rusmd.supervision import (
     ChildSpec,
-    ExitReason,
     RestartType,
     Shutdown,
     Strategy,
@@ -45,7 +44,6 @@ from rusmd.supervision import (
 )
 from rusmd.supervision.action import Action, Escalate, StartChild, StopChild
 from rusmd.supervision.spec import SupervisionSpecError
-from rusmd.wasm.abi import ErrorCode, Kind, Reason
 
 if TYPE_CHECKING:
     from rusmd.wasm.host import WasmHost
@@ -186,7 +184,7 @@ class GuestSupervisor:
         with self.lock:
             if self.done:
                 return
-            reason = reason_name(envelope.reason)
+            reason = ExitReason.of_code(envelope.reason)
             if envelope.sender == self.parent:
                 self._shut_down(reason, f"its parent exited ({reason})")
                 return
@@ -194,7 +192,7 @@ class GuestSupervisor:
             if child is None:
                 return
             self.pid_of.pop(child, None)
-            actions = self.machine.child_exited(child, ExitReason(reason), time.monotonic())
+            actions = self.machine.child_exited(child, reason, time.monotonic())
             if self.waiting_for == child:
                 self.waiting_for = None
             self._run(actions)
@@ -207,7 +205,7 @@ class GuestSupervisor:
         with self.lock:
             if self.done:
                 return
-            if reason == "killed":
+            if reason is ExitReason.KILLED:
                 self._exit(reason, detail)
             else:
                 self._shut_down(reason, detail)
@@ -284,7 +282,7 @@ class GuestSupervisor:
         if actor is None:
             return
         brutal = action.shutdown.timeout_s == 0
-        reason = Reason.KILLED if brutal else Reason.SHUTDOWN
+        reason = (ExitReason.KILLED if brutal else ExitReason.SHUTDOWN).code
         self.host.actors.exit_signal(actor, pid, reason)
         if not brutal:
             self.host.actors.call_later(
@@ -294,7 +292,9 @@ class GuestSupervisor:
     def _shutdown_timeout(self, child: str, pid: int) -> None:
         with self.lock:
             if self.pid_of.get(child) == pid and not self.done:
-                self.host.kill(pid, "killed", f"did not stop within its shutdown time ({child})")
+                self.host.kill(
+                    pid, ExitReason.KILLED, f"did not stop within its shutdown time ({child})"
+                )
 
     def _shut_down(self, reason: str, detail: str) -> None:
         """Stop every child in reverse start order, then exit with ``reason``."""

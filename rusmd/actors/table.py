@@ -37,16 +37,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rusmd.actors.signals import Op, reason_code, reason_name
+from rusmd.abi import MAILBOX_LIMIT, MAX_TIMERS_PER_PROCESS, ErrorCode, ExitReason, Kind, slot_of
+from rusmd.actors.signals import Op
 from rusmd.channel import Message, NameClaim, NameDrop, NameReply, Names, Sig
-from rusmd.wasm.abi import (
-    MAILBOX_LIMIT,
-    MAX_TIMERS_PER_PROCESS,
-    ErrorCode,
-    Kind,
-    Reason,
-    slot_of,
-)
 
 # How long rusm.register waits for the main process to settle a claim.
 NAME_CLAIM_TIMEOUT_S = 5.0
@@ -240,7 +233,7 @@ class ActorTable:
             for name in names:
                 if self.names.get(name) == pid:
                     del self.names[name]
-            code = reason_code(reason)
+            code = ExitReason.of_name(reason).code
             for linked in sorted(actor.links):
                 self.signal(Sig(Op.EXIT, linked, pid, reason=code))
             for ref, watcher in actor.watchers.items():
@@ -254,7 +247,7 @@ class ActorTable:
         """Every process of worker ``slot`` is gone: fire what points at them."""
         if slot == self.slot:
             return
-        code = reason_code(reason)
+        code = ExitReason.of_name(reason).code
         with self.lock:
             for actor in list(self.actors.values()):
                 for linked in [p for p in actor.links if slot_of(p) == slot]:
@@ -291,9 +284,9 @@ class ActorTable:
     def undeliverable(self, sig: Sig) -> None:
         """A signal whose target's worker is gone: answer for the dead target."""
         if sig.op == Op.LINK:
-            self.signal(Sig(Op.EXIT, sig.sender, sig.to, reason=Reason.NOPROC))
+            self.signal(Sig(Op.EXIT, sig.sender, sig.to, reason=ExitReason.NOPROC.code))
         elif sig.op in (Op.MONITOR, Op.CALL):
-            self.signal(Sig(Op.DOWN, sig.sender, sig.to, sig.ref, Reason.NOPROC))
+            self.signal(Sig(Op.DOWN, sig.sender, sig.to, sig.ref, ExitReason.NOPROC.code))
 
     def _handle(self, sig: Sig) -> int:
         """Apply one signal to a local process (the lock is held)."""
@@ -347,13 +340,13 @@ class ActorTable:
         return ErrorCode.OK
 
     def _exit(self, target: Actor, sender: int, reason: int, *, from_link: bool) -> None:
-        if reason == Reason.KILLED and not from_link:
-            self._stop(target, "killed", f"killed by {self._label(sender)}")
+        if reason == ExitReason.KILLED.code and not from_link:
+            self._stop(target, ExitReason.KILLED, f"killed by {self._label(sender)}")
         elif target.trap_exit:
             self._enqueue(target, Envelope(Kind.EXIT, sender, 0, reason))
-        elif reason != Reason.NORMAL:
+        elif reason != ExitReason.NORMAL.code:
             why = "linked to" if from_link else "exit signal from"
-            self._stop(target, reason_name(reason), f"{why} {self._label(sender)}")
+            self._stop(target, ExitReason.of_code(reason), f"{why} {self._label(sender)}")
 
     def _enqueue(self, target: Actor, envelope: Envelope) -> None:
         self.delivered += 1

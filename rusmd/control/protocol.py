@@ -45,14 +45,6 @@ _STRING = re.compile(rb'"(?:[^"\\]|\\.)*+"?', re.DOTALL)
 _BRACKETS_AS_ONE = bytes.maketrans(b"{}", b"[]")
 _NOT_BRACKETS = bytes(code for code in range(256) if code not in b"[]{}")
 
-# Exit codes (sysexits), shared by the daemon's replies and rusmctl.
-EX_OK = 0
-EX_REFUSED = 1
-EX_USAGE = 2
-EX_NOSUCH = 3
-EX_UNAVAILABLE = 69
-EX_NOPERM = 77
-
 
 @dataclass(frozen=True)
 class CommandInfo:

@@ -32,14 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rusmd.control.protocol import (
-    EX_NOPERM,
-    EX_REFUSED,
-    FrameReader,
-    ProtocolError,
-    encode_frame,
-)
-from rusmd.errors import RusmError
+from rusmd.control.protocol import FrameReader, ProtocolError, encode_frame
+from rusmd.errors import EX_NOPERM, EX_REFUSED, RusmError
 
 # Open control connections at once: rusmctl opens one per command, so more
 # than this is a runaway script or an attempt to exhaust descriptors.

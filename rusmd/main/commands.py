@@ -31,10 +31,12 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import psutil
 
+from rusmd.abi import slot_of
 from rusmd.channel import Answer
 from rusmd.config.model import Profile
-from rusmd.control.protocol import COMMANDS, EX_NOSUCH, EX_REFUSED, EX_USAGE
+from rusmd.control.protocol import COMMANDS
 from rusmd.control.server import Connection
+from rusmd.errors import EX_NOSUCH, EX_REFUSED, EX_USAGE
 from rusmd.log import LogRecord
 from rusmd.main.pool import WorkerHandle
 
@@ -65,9 +67,6 @@ class _Deferred:
 
 
 DEFERRED = _Deferred()
-# The last three decimal digits of a wasm pid name its worker (abi.PID_STRIDE;
-# not imported from rusmd.wasm.abi to keep this module's imports small).
-PID_STRIDE = 1000
 _PID_FORMS = "pid must be a number, #pid, component#pid or a registered name, not {value!r}"
 
 Handler = Callable[["MainProcess", dict[str, Any], Connection], "dict[str, Any] | _Deferred"]
@@ -411,7 +410,7 @@ def _ask_owner(
     extra: dict[str, Any] | None = None,
 ) -> None:
     pool = _pool(daemon)
-    slot = pid % PID_STRIDE
+    slot = slot_of(pid)
     if slot not in pool.workers:
         raise CommandError(f"no worker or process with pid {pid}", EX_NOSUCH)
 

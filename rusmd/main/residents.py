@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rusmd.abi import slot_of
 from rusmd.channel import Answer, Message, NameClaim, NameDrop, NameReply, Names, ProcessExit
 from rusmd.config.model import Manifest
 from rusmd.log import Logger
@@ -38,7 +39,6 @@ from rusmd.supervision import (
     SupervisorFlags,
 )
 from rusmd.supervision.action import Action, Quarantine, StartChild, StopChild
-from rusmd.wasm.abi import slot_of
 
 RESIDENT_QUARANTINE = QuarantinePolicy(base_s=1.0, factor=2.0, max_s=60.0)
 

@@ -19,7 +19,6 @@ or NUL into a header.
 from __future__ import annotations
 
 import asyncio
-import enum
 import re
 import threading
 import time
@@ -29,7 +28,7 @@ from http import HTTPStatus
 from typing import Protocol
 from urllib.parse import parse_qsl, unquote
 
-from rusmd.wasm.abi import (
+from rusmd.abi import (
     MAX_EVENT_BYTES,
     MAX_RESPONSE_HEADER_BYTES,
     MAX_STATUS,
@@ -38,6 +37,7 @@ from rusmd.wasm.abi import (
     ErrorCode,
     RequestField,
 )
+from rusmd.config import model
 
 # Headers whose framing the host owns; a guest setting one gets INVALID.
 HOST_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"upgrade"})
@@ -66,14 +66,6 @@ def _writable() -> threading.Event:
 _ALWAYS_WRITABLE = _writable()
 # Bound once: an enum member read through its class costs ~0.1 µs.
 _OK = ErrorCode.OK
-
-
-class Mode(enum.Enum):
-    """What the exchange serves."""
-
-    HTTP = "http"
-    SSE = "sse"
-    WS = "ws"
 
 
 def status_line(status: int) -> bytes:
@@ -250,7 +242,7 @@ class Exchange:
         self,
         request: Request,
         sink: Sink,
-        mode: Mode,
+        mode: model.Protocol,
         inline: bool,
         call_soon: Callable[..., object],
         head_only: bool = False,
@@ -333,7 +325,7 @@ class Exchange:
             self.started = True
             out = (
                 SSE_HEAD + DATE.line() + b"\r\n"
-                if self.mode is Mode.SSE
+                if self.mode is model.Protocol.SSE
                 else self._head(chunked=True)
             )
         if self.held and not self.head_only:

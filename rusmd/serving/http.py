@@ -49,7 +49,8 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from rusmd.serving.exchange import DATE, Exchange, Mode, Request, status_line
+from rusmd.config.model import Protocol
+from rusmd.serving.exchange import DATE, Exchange, Request, status_line
 
 if TYPE_CHECKING:
     from rusmd.serving.server import ListenerRuntime
@@ -605,7 +606,7 @@ class HttpConnection(asyncio.Protocol):
         """
         self.draining = True
         current = self.current
-        if current is not None and current.mode is Mode.SSE and current.pid:
+        if current is not None and current.mode is Protocol.SSE and current.pid:
             self.closing = True
             current.closing = True
             self.listener.host.kill(current.pid, "shutdown", "the worker is stopping")

@@ -32,12 +32,12 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from rusmd.abi import ErrorCode
 from rusmd.config.model import Protocol, Serve
 from rusmd.log import Logger
-from rusmd.serving.exchange import Exchange, Mode, Request
+from rusmd.serving.exchange import Exchange, Request
 from rusmd.serving.http import HttpConnection, Reject, simple_response
 from rusmd.serving.routes import Match, MethodNotAllowed, NotFound, Route, RouteTable
-from rusmd.wasm.abi import ErrorCode
 
 if TYPE_CHECKING:
     from rusmd.serving.ws import WsConnection
@@ -55,7 +55,7 @@ ACCEPT_BACKLOG = 1024
 RESOLVED_CACHE_SIZE = 4096
 # The action a routes-less http listener's ``name`` component serves.
 SINGLE_ACTION = "fetch"
-_SSE = Mode.SSE
+_SSE = Protocol.SSE
 
 
 def _action_status(report: ExitReport, exchange: Exchange) -> tuple[int, str]:
@@ -90,8 +90,8 @@ class ListenerRuntime:
         self.log = log
         self.loop = loop
         self.protocol = config.protocol
-        self.mode = Mode.SSE if config.protocol is Protocol.SSE else Mode.HTTP
-        self.http = self.mode is Mode.HTTP
+        self.mode = Protocol.SSE if config.protocol is Protocol.SSE else Protocol.HTTP
+        self.http = self.mode is Protocol.HTTP
         self.single = config.name
         self.call_soon = loop.call_soon_threadsafe
         self.routes = RouteTable(
@@ -208,7 +208,7 @@ class ListenerRuntime:
             extra = self.retry if exc.code in (ErrorCode.LIMIT, ErrorCode.UNAVAILABLE) else b""
             self._plain(conn, exchange.request, status, "service unavailable", extra)
             return
-        if self.mode is Mode.HTTP:
+        if self.mode is Protocol.HTTP:
             exchange.timer = self.loop.call_later(
                 self.config.timeout_s, self._out_of_time, exchange
             )
@@ -373,7 +373,7 @@ class ListenerRuntime:
             current = conn.current
             if (
                 current is not None
-                and self.mode is Mode.SSE
+                and self.mode is Protocol.SSE
                 and now - current.last_write > heartbeat
             ):
                 current.heartbeat()

@@ -32,10 +32,11 @@ from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from rusmd.abi import MAX_EVENT_BYTES, ErrorCode, Kind, WsKind
 from rusmd.actors.table import Envelope
-from rusmd.serving.exchange import Mode, Request
+from rusmd.config.model import Protocol
+from rusmd.serving.exchange import Request
 from rusmd.serving.http import simple_response
-from rusmd.wasm.abi import MAX_EVENT_BYTES, ErrorCode, Kind, WsKind
 
 if TYPE_CHECKING:
     from rusmd.serving.server import ListenerRuntime
@@ -54,7 +55,7 @@ _WRITABLE_POLL_S = 0.1
 class WsExchange:
     """The connection as its process sees it (``rusm.request``, ``ws_send``, ``ws_close``)."""
 
-    mode = Mode.WS
+    mode = Protocol.WS
 
     def __init__(self, request: Request, conn: WsConnection, call_soon: Any) -> None:
         self.request = request

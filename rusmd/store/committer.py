@@ -23,9 +23,9 @@ from collections import deque
 
 import lmdb
 
+from rusmd.abi import ErrorCode
 from rusmd.log import Logger
 from rusmd.store.kv import KvStore, Write
-from rusmd.wasm.abi import ErrorCode
 
 # Writes one commit takes at most (the rest wait for the next).
 MAX_GROUP_WRITES = 512

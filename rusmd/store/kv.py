@@ -42,7 +42,7 @@ from typing import Any
 
 import lmdb
 
-from rusmd.wasm.abi import ErrorCode
+from rusmd.abi import ErrorCode
 
 # LMDB's compiled-in key limit, all of it available to each bucket's keys.
 MAX_KEY_BYTES = 511
@@ -54,8 +54,6 @@ BUCKET_PATTERN = re.compile(rb"[A-Za-z0-9_.-]{1,64}")
 # Buckets one store holds (LMDB named databases; each costs every
 # transaction a little, so the number is bounded).
 MAX_BUCKETS = 1000
-# Keys one list call returns at most.
-MAX_LIST_KEYS = 1000
 # The map a new store starts with; it doubles each time it fills.
 INITIAL_MAP_BYTES = 64 << 20
 # Reader slots in the lock file: every guest thread of every worker may

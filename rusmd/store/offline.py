@@ -24,10 +24,9 @@ from typing import Any
 
 import lmdb
 
-from rusmctl.kv import KvRefused
-from rusmd.control.protocol import EX_NOSUCH, EX_REFUSED, EX_UNAVAILABLE, EX_USAGE
+from rusmd.abi import MAX_LIST_KEYS, ErrorCode
+from rusmd.errors import EX_NOSUCH, EX_REFUSED, EX_UNAVAILABLE, EX_USAGE
 from rusmd.store.kv import (
-    MAX_LIST_KEYS,
     KvError,
     KvStore,
     Op,
@@ -36,7 +35,7 @@ from rusmd.store.kv import (
     check_key,
     check_value,
 )
-from rusmd.wasm.abi import ErrorCode
+from rusmd.store.kv_command import KvRefused
 
 
 class OfflineStore:

@@ -11,11 +11,11 @@ The layout:
 - ``supervisor``  the decisions: restart, escalate, quarantine.
 """
 
+from rusmd.abi import ExitReason
 from rusmd.supervision.action import Action, Escalate, Quarantine, StartChild, StopChild
 from rusmd.supervision.child import ChildInfo, ChildState
 from rusmd.supervision.spec import (
     ChildSpec,
-    ExitReason,
     QuarantinePolicy,
     RestartType,
     Shutdown,

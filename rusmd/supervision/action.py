@@ -25,7 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rusmd.supervision.spec import ExitReason, Shutdown
+from rusmd.abi import ExitReason
+from rusmd.supervision.spec import Shutdown
 
 
 @dataclass(frozen=True)

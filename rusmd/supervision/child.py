@@ -28,8 +28,9 @@ from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 
+from rusmd.abi import ExitReason
 from rusmd.supervision.action import StartChild, StopChild
-from rusmd.supervision.spec import ChildSpec, ExitReason, RestartType
+from rusmd.supervision.spec import ChildSpec, RestartType
 
 
 class ChildState(StrEnum):

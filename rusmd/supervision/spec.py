@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Final, TypeVar
 
+from rusmd.abi import ExitReason
 from rusmd.errors import RusmError
 
 
@@ -91,28 +92,6 @@ class RestartType(StrEnum):
     PERMANENT = "permanent"
     TRANSIENT = "transient"
     TEMPORARY = "temporary"
-
-
-class ExitReason(StrEnum):
-    """Why a child ended, as OTP spells it.
-
-    The OS-process mapping is the process layer's: exit code 0 is ``normal``,
-    an exit the supervisor asked for with SIGTERM is ``shutdown``, SIGKILL is
-    ``killed``, a trap, OOM, CPU limit or any other code or signal is
-    ``crashed``, and a child that was already gone when looked for is
-    ``noproc``.
-    """
-
-    NORMAL = "normal"
-    SHUTDOWN = "shutdown"
-    KILLED = "killed"
-    CRASHED = "crashed"
-    NOPROC = "noproc"
-
-    @property
-    def is_abnormal(self) -> bool:
-        """True for the reasons that restart a transient child."""
-        return self not in (ExitReason.NORMAL, ExitReason.SHUTDOWN)
 
 
 def should_restart(restart: RestartType, reason: ExitReason) -> bool:

@@ -51,11 +51,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from rusmd.abi import ExitReason
 from rusmd.supervision.action import Action, Escalate, Quarantine
 from rusmd.supervision.child import Child, ChildInfo, ChildState, RestartWindow
 from rusmd.supervision.spec import (
     ChildSpec,
-    ExitReason,
     QuarantinePolicy,
     RestartType,
     Strategy,

@@ -23,22 +23,6 @@ ABI_VERSION = 2
 WASI_MODULE = "wasi_snapshot_preview1"
 
 
-# A pid is ``serial * PID_STRIDE + slot``: its last three decimal digits
-# name the worker that hosts it, so any worker routes by the pid alone.
-# Serials are leased to workers by the main process and never reused.
-PID_STRIDE = 1000
-
-
-def make_pid(serial: int, slot: int) -> int:
-    """The pid for ``serial`` on worker ``slot``."""
-    return serial * PID_STRIDE + slot
-
-
-def slot_of(pid: int) -> int:
-    """The worker slot that hosts ``pid``."""
-    return pid % PID_STRIDE
-
-
 class Grant(enum.StrEnum):
     """The capability key a host function needs (``always`` needs none)."""
 
@@ -47,104 +31,6 @@ class Grant(enum.StrEnum):
     SPAWN = "allow-spawn"
     PROCESS_CONTROL = "allow-process-control"
     STORAGE = "allow-storage"
-
-
-class ErrorCode(enum.IntEnum):
-    """Negative results of host functions; 0 and positive values mean success."""
-
-    OK = 0
-    NOPROC = -1  # no such process (or it has exited)
-    DENIED = -2  # the caller's profile does not allow this (another's pid or name)
-    INVALID = -3  # a malformed argument (bad UTF-8, negative size, unknown level)
-    NOTFOUND = -4  # no such component, name, monitor or timer
-    LIMIT = -5  # a limit was reached (processes per worker, a full mailbox, timers)
-    TIMEOUT = -6  # a blocking call ran out of time
-    UNAVAILABLE = -7  # the thing exists but cannot be used now (failed to load)
-    TOOBIG = -8  # a size over a limit, or the caller's buffer is too small
-    EXISTS = -9  # the name is taken, or the caller already has one
-    CLOSED = -10  # the client went away (or the socket is closed): stop serving it
-    NOSTORE = -11  # no store configured ([node] store is not set)
-
-
-class Kind(enum.IntEnum):
-    """What a received message is (the ``kind`` field of its header)."""
-
-    MESSAGE = 0  # rusm.send; the payload is the sender's bytes
-    EXIT = 1  # an exit signal (a linked process exited) and the receiver traps exits
-    DOWN = 2  # a monitored process exited (ref: the monitor)
-    CALL = 3  # rusm.call; answer with rusm.reply(from, ref, ...)
-    TIMER = 4  # rusm.send_after fired (ref: the timer)
-    FRAME = 5  # a WebSocket frame from the client (reason: 1 text, 2 binary)
-    CLOSED = 6  # the WebSocket client closed (ref: its close code, 1005 for none)
-
-
-class Reason(enum.IntEnum):
-    """Exit reasons as guests see them (EXIT/DOWN headers, exit_signal)."""
-
-    NORMAL = 0
-    SHUTDOWN = 1
-    KILLED = 2
-    CRASHED = 3
-    NOPROC = 4
-
-
-# The header rusm.recv writes: kind i32, reason i32, from i64, ref i64,
-# size i32, reserved i32 (little-endian, 32 bytes, 8-aligned).
-HEADER_FORMAT = "<iiqqii"
-HEADER_BYTES = 32
-# The largest payload of one message, call or reply.
-MAX_MESSAGE_BYTES = 8 << 20
-# User messages (message, call, timer) a mailbox holds; past this they are
-# dropped (and counted). Exit and down messages always get through.
-MAILBOX_LIMIT = 10_000
-# Names: UTF-8, 1..255 bytes.
-MAX_NAME_BYTES = 255
-# rusm.set_label text: UTF-8, up to 255 bytes.
-MAX_LABEL_BYTES = 255
-# Timers one process may have pending at once.
-MAX_TIMERS_PER_PROCESS = 10_000
-
-
-class RequestField(enum.IntEnum):
-    """What ``rusm.request`` reads (its ``field`` argument)."""
-
-    METHOD = 0  # GET, POST, ...
-    PATH = 1  # the path as sent, without the query (still percent-encoded)
-    QUERY = 2  # the raw query string after '?', without the '?'
-    PARAM = 3  # a route parameter by name (key), decoded; '*' is the wildcard's rest
-    HEADER = 4  # a header by name (key, any case); repeats joined with ", "
-    HEADERS = 5  # every header as "name: value\n" lines, names lower-case
-    BODY = 6  # the request body (de-chunked)
-    QUERY_PARAM = 7  # the first query parameter by name (key), decoded
-
-
-class WsKind(enum.IntEnum):
-    """A WebSocket frame's type (``rusm.ws_send`` kind, FRAME message reason)."""
-
-    TEXT = 1
-    BINARY = 2
-
-
-# kv_batch: the operations, each a 7-byte header (op u8: 1 set, 2 delete;
-# key length u16; value length u32; little-endian) then key then value.
-KV_BATCH_OP_HEADER = "<BHI"
-KV_BATCH_OP_HEADER_BYTES = 7
-# The largest kv_batch (all its operations' bytes).
-MAX_KV_BATCH_BYTES = 8 << 20
-
-# A response: status 200-599; headers as "Name: value" lines separated by
-# "\n" (a "\r\n" is accepted too), each name a token, no CR/LF/NUL in values.
-MIN_STATUS = 200
-MAX_STATUS = 599
-# Response header bytes one handler may set (the whole block).
-MAX_RESPONSE_HEADER_BYTES = 64 << 10
-# Body bytes the host holds before it starts sending: a response finished
-# within this and never flushed goes out with Content-Length, any other
-# chunked; rusm.flush sends what is held at once. Bounds a handler's
-# buffered output per request.
-RESPONSE_HOLD_BYTES = 16 << 10
-# One SSE event's data, or one WebSocket frame the guest sends.
-MAX_EVENT_BYTES = 1 << 20
 
 
 class LogLevel(enum.IntEnum):
@@ -551,9 +437,3 @@ FUNCTIONS: dict[str, HostFunction] = {
         ),
     )
 }
-
-
-def grant_of(name: str) -> Grant | None:
-    """The grant an import ``rusm.<name>`` needs; None for an unknown name."""
-    function = FUNCTIONS.get(name)
-    return function.grant if function else None

@@ -17,20 +17,19 @@ import struct
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rusmd.actors.signals import reason_name
-from rusmd.actors.supervisor import GuestSupervisor, SpecError, parse_spec
-from rusmd.actors.table import Envelope, Stopped
-from rusmd.config.model import LogLevel
-from rusmd.wasm.abi import (
+from rusmd.abi import (
     HEADER_BYTES,
     HEADER_FORMAT,
     MAX_LABEL_BYTES,
     MAX_MESSAGE_BYTES,
     MAX_NAME_BYTES,
     ErrorCode,
-    Reason,
+    ExitReason,
     slot_of,
 )
+from rusmd.actors.supervisor import GuestSupervisor, SpecError, parse_spec
+from rusmd.actors.table import Envelope, Stopped
+from rusmd.config.model import LogLevel
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 
 if TYPE_CHECKING:
@@ -38,6 +37,10 @@ if TYPE_CHECKING:
 
 _HEADER = struct.Struct(HEADER_FORMAT)
 _PID = struct.Struct("<q")
+
+# The reasons a guest may send with rusm.exit_signal (noproc only ever comes
+# from the host: the target was already gone).
+_SIGNAL_CODES = frozenset(r.code for r in ExitReason if r is not ExitReason.NOPROC)
 
 
 class Exit(Exception):
@@ -298,11 +301,11 @@ class ActorCalls:
 
     def exit_signal(self, process: Process, values: Any) -> None:
         target, reason = values[0].i64, values[1].i32
-        if reason not in Reason._value2member_map_ or reason == Reason.NOPROC:
+        if reason not in _SIGNAL_CODES:
             values[0].i32 = ErrorCode.INVALID
             return
         if target == process.pid:
-            process.stop_reason = reason_name(reason)
+            process.stop_reason = ExitReason.of_code(reason)
             process.stop_detail = "exit_signal to itself"
             raise self.exit_error(process.stop_reason)
         if not self._allowed(process, target, "exit_signal"):
@@ -321,7 +324,7 @@ class ActorCalls:
             values[0].i32 = ErrorCode.DENIED
             return
         assert process.actor is not None
-        values[0].i32 = self.table.exit_signal(process.actor, target, Reason.KILLED)
+        values[0].i32 = self.table.exit_signal(process.actor, target, ExitReason.KILLED.code)
 
     def is_alive(self, process: Process, values: Any) -> None:
         target = values[0].i64

@@ -42,11 +42,10 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from rusmd.errors import EX_OK, EX_USAGE
 from rusmd.wasm.artifacts import header_problem
 from rusmd.wasm.cache import CacheError, CompileCache
 
-EX_OK = 0
-EX_USAGE = 2
 # The compile child yields the CPU to workers serving requests.
 NICE_INCREMENT = 10
 # A wasmtime error is a chain of causes; one line of it is enough for a log.

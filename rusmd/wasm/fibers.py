@@ -43,9 +43,9 @@ from typing import TYPE_CHECKING, Any
 
 from wasmtime import _ffi as ffi
 
+from rusmd.abi import HEADER_BYTES, ErrorCode
 from rusmd.actors.table import Stopped
 from rusmd.wasm import capi
-from rusmd.wasm.abi import HEADER_BYTES, ErrorCode
 from rusmd.wasm.memory import BadPointer, check_range
 
 if TYPE_CHECKING:

@@ -49,6 +49,7 @@ import wasmtime
 from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 
+from rusmd.abi import PID_STRIDE, ErrorCode, make_pid, slot_of
 from rusmd.actors.table import Actor, ActorTable, Stopped
 from rusmd.channel import ComponentImage, ProcessExit
 from rusmd.config.environment import Environment
@@ -62,7 +63,7 @@ from rusmd.config.model import (
 )
 from rusmd.log import LineBudget, Logger, suppressed_line
 from rusmd.wasm import abi, capi
-from rusmd.wasm.abi import ErrorCode, Grant
+from rusmd.wasm.abi import Grant
 from rusmd.wasm.cache import verify
 from rusmd.wasm.calls import ActorCalls, write_received
 from rusmd.wasm.engine import (
@@ -131,7 +132,7 @@ _caller_export_get = capi.raw("wasmtime_caller_export_get", ctypes.c_bool)
 _set_deadline = capi.raw("wasmtime_context_set_epoch_deadline", None)
 _caller_context = capi.caller_context_raw
 _ONE = ctypes.c_size_t(1)
-_PID_STRIDE = abi.PID_STRIDE
+_PID_STRIDE = PID_STRIDE
 _get_ident = threading.get_ident
 _MEMORY = (b"memory", ctypes.c_size_t(6))
 _INITIALIZE = (b"_initialize", ctypes.c_size_t(11))
@@ -627,7 +628,7 @@ class WasmHost:
             serial = self._next_serial
             if serial < self._serial_low:  # the common case: far from the lease's end
                 self._next_serial = serial + 1
-                return serial * abi.PID_STRIDE + self.slot
+                return serial * PID_STRIDE + self.slot
             if self._next_serial >= self._serial_end:
                 if not self._leases:
                     raise SpawnError(
@@ -646,7 +647,7 @@ class WasmHost:
                 self._lease_pending = True
         if ask:
             self.request_lease()
-        return abi.make_pid(serial, self.slot)
+        return make_pid(serial, self.slot)
 
     def _take_serials(self, count: int) -> tuple[int, int]:
         """Up to ``count`` serials ``[start, end)`` for the inline path; may be empty.
@@ -791,7 +792,7 @@ class WasmHost:
 
     def is_alive(self, pid: int) -> bool:
         """Is ``pid`` alive? Local pids at once; others by asking their worker."""
-        if abi.slot_of(pid) == self.slot:
+        if slot_of(pid) == self.slot:
             return pid in self.processes
         return self.actors.probe(pid, want_info=False)[0]
 
@@ -831,7 +832,7 @@ class WasmHost:
 
     def info(self, pid: int) -> dict[str, Any] | None:
         """One process in detail, or None (other workers' pids by asking them)."""
-        if abi.slot_of(pid) != self.slot:
+        if slot_of(pid) != self.slot:
             alive, payload = self.actors.probe(pid, want_info=True)
             if not alive:
                 return None

@@ -19,9 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import lmdb
 
+from rusmd.abi import (
+    KV_BATCH_OP_HEADER,
+    KV_BATCH_OP_HEADER_BYTES,
+    MAX_KV_BATCH_BYTES,
+    MAX_LIST_KEYS,
+    ErrorCode,
+)
 from rusmd.store.kv import (
     MAX_KEY_BYTES,
-    MAX_LIST_KEYS,
     MAX_VALUE_BYTES,
     KvError,
     Op,
@@ -29,12 +35,6 @@ from rusmd.store.kv import (
     check_bucket,
     check_key,
     check_value,
-)
-from rusmd.wasm.abi import (
-    KV_BATCH_OP_HEADER,
-    KV_BATCH_OP_HEADER_BYTES,
-    MAX_KV_BATCH_BYTES,
-    ErrorCode,
 )
 from rusmd.wasm.memory import BadPointer, GuestMemory, as_u32, check_range
 

@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rusmd.config.model import LogLevel
-from rusmd.serving.exchange import Mode
-from rusmd.wasm.abi import MAX_EVENT_BYTES, ErrorCode
+from rusmd.abi import MAX_EVENT_BYTES, ErrorCode
+from rusmd.config.model import LogLevel, Protocol
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 
 if TYPE_CHECKING:
@@ -25,7 +24,7 @@ if TYPE_CHECKING:
 Impl = Callable[["Process", Any], None]
 # Enum members bound once: reading one through its class runs the enum
 # type's attribute hook (~0.1 µs), and these are read on every request.
-_WS = Mode.WS
+_WS = Protocol.WS
 _UNAVAILABLE = ErrorCode.UNAVAILABLE
 
 
@@ -62,7 +61,7 @@ class ServeCalls:
     def _read(self, process: Process, function: str, ptr: int, length: int) -> bytes:
         return self._memory(process, function).read(function, ptr, length)
 
-    def _exchange(self, process: Process, *modes: Mode) -> Any:
+    def _exchange(self, process: Process, *modes: Protocol) -> Any:
         exchange = process.exchange
         if exchange is None or exchange.mode not in modes:
             return None
@@ -81,7 +80,7 @@ class ServeCalls:
         size = memory.size()
         check_range("request", key_ptr, key_len, size)
         check_range("request", buf_ptr, buf_cap, size)
-        exchange = self._exchange(process, Mode.HTTP, Mode.SSE, Mode.WS)
+        exchange = self._exchange(process, Protocol.HTTP, Protocol.SSE, Protocol.WS)
         if exchange is None:
             values[0].i32 = ErrorCode.UNAVAILABLE
             return
@@ -115,11 +114,11 @@ class ServeCalls:
 
     def write(self, process: Process, values: Any) -> None:
         data = self._read(process, "write", values[0].i32, values[1].i32)
-        exchange = self._exchange(process, Mode.HTTP)
+        exchange = self._exchange(process, Protocol.HTTP)
         values[0].i32 = ErrorCode.UNAVAILABLE if exchange is None else exchange.write(data)
 
     def flush(self, process: Process, values: Any) -> None:
-        exchange = self._exchange(process, Mode.HTTP, Mode.SSE)
+        exchange = self._exchange(process, Protocol.HTTP, Protocol.SSE)
         values[0].i32 = ErrorCode.UNAVAILABLE if exchange is None else exchange.flush()
 
     def _payload(self, process: Process, function: str, ptr: int, length: int) -> bytes | None:
@@ -133,7 +132,7 @@ class ServeCalls:
     def sse_event(self, process: Process, values: Any) -> None:
         name = self._read(process, "sse_event", values[0].i32, values[1].i32)
         data = self._payload(process, "sse_event", values[2].i32, values[3].i32)
-        exchange = self._exchange(process, Mode.SSE)
+        exchange = self._exchange(process, Protocol.SSE)
         if exchange is None:
             values[0].i32 = ErrorCode.UNAVAILABLE
         elif data is None:
@@ -143,7 +142,7 @@ class ServeCalls:
 
     def ws_send(self, process: Process, values: Any) -> None:
         data = self._payload(process, "ws_send", values[1].i32, values[2].i32)
-        exchange = self._exchange(process, Mode.WS)
+        exchange = self._exchange(process, Protocol.WS)
         if exchange is None:
             values[0].i32 = ErrorCode.UNAVAILABLE
         elif data is None:
@@ -154,7 +153,7 @@ class ServeCalls:
     def ws_close(self, process: Process, values: Any) -> None:
         code = values[0].i32
         reason = self._read(process, "ws_close", values[1].i32, values[2].i32)
-        exchange = self._exchange(process, Mode.WS)
+        exchange = self._exchange(process, Protocol.WS)
         values[0].i32 = (
             ErrorCode.UNAVAILABLE if exchange is None else exchange.ws_close(code, reason)
         )

@@ -23,10 +23,9 @@ from typing import NoReturn
 
 from rusmd.channel import ComponentImage
 from rusmd.config.model import Manifest
+from rusmd.errors import EX_SOFTWARE
 
 PR_SET_PDEATHSIG = 1
-# Exit code of a worker that could not even set itself up (sysexits EX_SOFTWARE).
-EX_SOFTWARE = 70
 
 
 @dataclass

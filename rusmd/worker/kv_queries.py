@@ -13,10 +13,10 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from rusmd.control.protocol import EX_NOSUCH, EX_REFUSED, EX_UNAVAILABLE, EX_USAGE
+from rusmd.abi import MAX_LIST_KEYS, ErrorCode
+from rusmd.errors import EX_NOSUCH, EX_REFUSED, EX_UNAVAILABLE, EX_USAGE
 from rusmd.store.committer import GroupCommitter
 from rusmd.store.kv import (
-    MAX_LIST_KEYS,
     KvError,
     KvStore,
     Op,
@@ -25,7 +25,6 @@ from rusmd.store.kv import (
     check_key,
     check_value,
 )
-from rusmd.wasm.abi import ErrorCode
 
 
 class QueryError(Exception):

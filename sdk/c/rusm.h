@@ -5,8 +5,9 @@
  *     python -m ziglang cc --target=wasm32-wasi -O2 -s \
  *         -Wl,-z,stack-size=1048576 -I sdk/c -o wasm/hello.wasm hello.c
  *
- * The reference is docs/abi.md; rusmd/wasm/abi.py is the source of truth
- * and tests/unit/wasm/test_abi_contract.py keeps this file in step with it.
+ * The reference is docs/abi.md; rusmd/abi.py and rusmd/wasm/abi.py are the
+ * source of truth and tests/unit/wasm/test_abi_contract.py keeps this file in
+ * step with them.
  *
  * Conventions:
  * - Pointers and lengths address the guest's own linear memory (i32);

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from rusmd.control.protocol import EX_OK
+from rusmd.errors import EX_OK
 from tests.guests.build import GUESTS, build_c_guest
 from tests.integration.conftest import App, Daemon, wait_for
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from rusmd.control.protocol import EX_OK
+from rusmd.errors import EX_OK
 from tests.integration.actorkit import SETTLE_S, Actors, actor_wasm, write_actor_app
 from tests.integration.conftest import App, Daemon, wait_for
 

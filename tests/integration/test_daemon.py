@@ -21,7 +21,8 @@ import pytest
 
 from rusmd.config.model import Profile
 from rusmd.config.sizing import worker_count
-from rusmd.control.protocol import EX_REFUSED, EX_USAGE, MAX_FRAME_BYTES, encode_frame
+from rusmd.control.protocol import MAX_FRAME_BYTES, encode_frame
+from rusmd.errors import EX_REFUSED, EX_USAGE
 from rusmd.main.pool import (
     HEARTBEAT_TIMEOUT_S,
     WORKER_INTENSITY,

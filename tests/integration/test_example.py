@@ -22,7 +22,7 @@ from typing import Any
 
 from websockets.sync.client import connect
 
-from rusmd.control.protocol import EX_OK
+from rusmd.errors import EX_OK
 from tests.guests.build import ROOT, build_c_guest
 from tests.integration.conftest import App, Daemon, free_port, wait_for
 

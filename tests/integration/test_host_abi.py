@@ -25,11 +25,12 @@ from pathlib import Path
 import pytest
 import wasmtime
 
+from rusmd.abi import ErrorCode
 from rusmd.channel import ComponentImage
 from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel
 from rusmd.log import Logger, LogRecord
-from rusmd.wasm.abi import FUNCTIONS, ErrorCode, Grant
+from rusmd.wasm.abi import FUNCTIONS, Grant
 from rusmd.wasm.cache import CompileCache
 from rusmd.wasm.engine import compile_engine
 from rusmd.wasm.host import WasmHost

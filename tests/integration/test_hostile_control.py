@@ -21,8 +21,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rusmd.control.protocol import EX_OK, EX_REFUSED, MAX_NESTING_DEPTH, encode_frame
+from rusmd.control.protocol import MAX_NESTING_DEPTH, encode_frame
 from rusmd.control.server import ACCEPT_RETRY_S, FIRST_FRAME_TIMEOUT_S, MAX_CLIENTS
+from rusmd.errors import EX_OK, EX_REFUSED
 from tests.integration.conftest import Daemon, all_ready, read_frame
 
 # A generous bound on one socket wait on a loaded two-core machine.

@@ -22,9 +22,9 @@ import wasmtime
 
 from rusmd.channel import ComponentImage
 from rusmd.config import Overrides, load_environment, load_manifest
-from rusmd.config.model import LogLevel
+from rusmd.config.model import LogLevel, Protocol
 from rusmd.log import Logger, LogRecord
-from rusmd.serving.exchange import Exchange, Mode, Request
+from rusmd.serving.exchange import Exchange, Request
 from rusmd.wasm.cache import CompileCache
 from rusmd.wasm.engine import compile_engine
 from rusmd.wasm.host import INLINE_STORE_INSTANCES, WasmHost
@@ -113,7 +113,7 @@ class Inline:
         """``serve``, with the exchange (its pid) as well."""
         wire = Wire()
         exchange = Exchange(
-            Request("GET", "/", "", []), wire, Mode.HTTP, inline=True, call_soon=lambda *a: None
+            Request("GET", "/", "", []), wire, Protocol.HTTP, inline=True, call_soon=lambda *a: None
         )
         exchange.budget_ms = 30_000
         report = self.host.serve_inline(self.host.components["api"], action, exchange)

@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 import wasmtime
 
+from rusmd.abi import ErrorCode
 from rusmd.store.kv import MAX_VALUE_BYTES, KvStore
-from rusmd.wasm.abi import ErrorCode
 from tests.integration.conftest import App, Daemon
 
 GUESTS = Path(__file__).resolve().parent.parent / "guests"

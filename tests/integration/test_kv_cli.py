@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from rusmd.control.protocol import EX_NOSUCH, EX_OK, EX_REFUSED, EX_UNAVAILABLE, EX_USAGE
-from rusmd.store.kv import MAX_LIST_KEYS, MAX_VALUE_BYTES, KvStore, Op, Write
+from rusmd.abi import MAX_LIST_KEYS
+from rusmd.errors import EX_NOSUCH, EX_OK, EX_REFUSED, EX_UNAVAILABLE, EX_USAGE
+from rusmd.store.kv import MAX_VALUE_BYTES, KvStore, Op, Write
 from tests.integration.conftest import SCRUBBED_VARIABLES, App, Daemon, manifest_text
 
 EX_CONFIG = 78

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import wasmtime
 
-from rusmd.control.protocol import EX_OK
+from rusmd.errors import EX_OK
 from rusmd.log import GUEST_LOG_BURST_LINES, GUEST_LOG_LINES_PER_S
 from tests.integration.conftest import (
     SCRUBBED_VARIABLES,

@@ -35,7 +35,7 @@ from pathlib import Path
 import pytest
 
 from rusmd import __version__
-from rusmd.control.protocol import EX_OK
+from rusmd.errors import EX_OK
 from tests.guests.build import ROOT
 from tests.integration.conftest import (
     DAEMONS_KEY,

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 
-from rusmd.control.protocol import COMMANDS, EX_NOSUCH, EX_OK, EX_REFUSED, EX_USAGE
+from rusmd.control.protocol import COMMANDS
+from rusmd.errors import EX_NOSUCH, EX_OK, EX_REFUSED, EX_USAGE
 from tests.integration.conftest import (
     SCRUBBED_VARIABLES,
     App,

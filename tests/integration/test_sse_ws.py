@@ -34,7 +34,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection as SyncConnection
 from websockets.sync.client import connect
 
-from rusmd.control.protocol import EX_OK
+from rusmd.errors import EX_OK
 from tests.integration.conftest import App, Daemon, free_port
 
 # Upper bound on any one wait (an event, a frame, a log line, an exit) on

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from rusmd.abi import ErrorCode
 from rusmd.config.model import LogLevel
 from rusmd.log import Logger, LogRecord
 from rusmd.store.committer import GroupCommitter
 from rusmd.store.kv import KvStore, Op, Write
-from rusmd.wasm.abi import ErrorCode
 
 SMALL_MAP = 1 << 20
 REPO = Path(__file__).resolve().parents[2]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from rusmd.control.protocol import EX_OK
+from rusmd.errors import EX_OK
 from rusmd.supervision import ExitReason, RestartType, Strategy, should_restart
 from tests.integration.actorkit import SETTLE_S, Actors, actor_wasm, write_actor_app
 from tests.integration.conftest import App, Daemon, free_port, wait_for

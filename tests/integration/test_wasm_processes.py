@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import wasmtime
 
-from rusmd.control.protocol import EX_NOSUCH, EX_OK, EX_REFUSED
+from rusmd.errors import EX_NOSUCH, EX_OK, EX_REFUSED
 from tests.integration.conftest import App, Daemon
 from tests.integration.test_compile import pathological_module
 

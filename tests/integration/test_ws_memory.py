@@ -30,7 +30,7 @@ import pytest
 import wasmtime
 from websockets.asyncio.client import ClientConnection, connect
 
-from rusmd.control.protocol import EX_OK
+from rusmd.errors import EX_OK
 from rusmd.wasm.runners import BASE_RUNNERS
 from tests.guests.ws_echo import ws_echo_wat
 from tests.integration.conftest import App, Daemon, free_port

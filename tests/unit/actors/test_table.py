@@ -20,10 +20,10 @@ from typing import Any
 
 import pytest
 
+from rusmd.abi import ErrorCode, ExitReason, Kind
 from rusmd.actors.signals import Op
 from rusmd.actors.table import Actor, ActorTable, Envelope, Stopped
 from rusmd.channel import Message, NameClaim, NameDrop, NameReply, Names, Sig
-from rusmd.wasm.abi import ErrorCode, Kind, Reason
 
 SLOT = 3
 
@@ -98,8 +98,8 @@ def test_exit_and_down_get_through_a_full_mailbox(fake: Fake) -> None:
     kinds = [take(table, b) for _ in range(3)]
     assert [(e.kind, e.sender, e.reason) for e in kinds] == [
         (Kind.MESSAGE, a.pid, 0),
-        (Kind.EXIT, a.pid, Reason.CRASHED),
-        (Kind.DOWN, c.pid, Reason.KILLED),
+        (Kind.EXIT, a.pid, ExitReason.CRASHED.code),
+        (Kind.DOWN, c.pid, ExitReason.KILLED.code),
     ]
     assert kinds[2].ref == ref
 
@@ -160,7 +160,7 @@ def test_links_cascade_unless_normal_and_kill_cannot_be_trapped(fake: Fake) -> N
     assert stops == [(a.pid, "shutdown", f"linked to t#{c.pid}")]
     d = add(table, 4, stops)
     d.trap_exit = True
-    assert table.exit_signal(a, d.pid, Reason.KILLED) == ErrorCode.OK
+    assert table.exit_signal(a, d.pid, ExitReason.KILLED.code) == ErrorCode.OK
     assert stops[-1] == (d.pid, "killed", f"killed by t#{a.pid}")
 
 
@@ -188,13 +188,17 @@ def test_monitor_and_link_of_a_dead_pid(fake: Fake) -> None:
         Kind.DOWN,
         ref,
         pid(99),
-        Reason.NOPROC,
+        ExitReason.NOPROC.code,
     )
     assert table.link(a, pid(99)) == ErrorCode.NOPROC
     # A pid on a worker slot nobody runs: the link is answered with noproc.
     assert table.link(a, pid(5, slot=9)) == ErrorCode.OK
     exit_ = take(table, a)
-    assert (exit_.kind, exit_.sender, exit_.reason) == (Kind.EXIT, pid(5, 9), Reason.NOPROC)
+    assert (exit_.kind, exit_.sender, exit_.reason) == (
+        Kind.EXIT,
+        pid(5, 9),
+        ExitReason.NOPROC.code,
+    )
 
 
 def test_a_dead_worker_fires_links_and_monitors_with_its_reason(fake: Fake) -> None:
@@ -208,7 +212,7 @@ def test_a_dead_worker_fires_links_and_monitors_with_its_reason(fake: Fake) -> N
     table.worker_down(4, "killed")
     assert stops == [(a.pid, "killed", f"linked to #{remote}")]
     down = take(table, b)
-    assert (down.kind, down.ref, down.reason) == (Kind.DOWN, ref, Reason.KILLED)
+    assert (down.kind, down.ref, down.reason) == (Kind.DOWN, ref, ExitReason.KILLED.code)
     assert table.whereis("far") is None
 
 

@@ -9,14 +9,14 @@ import re
 
 import pytest
 
+from rusmd.abi import RESPONSE_HOLD_BYTES, ErrorCode, RequestField
+from rusmd.config.model import Protocol
 from rusmd.serving.exchange import (
     Exchange,
     HeaderError,
-    Mode,
     Request,
     parse_header_block,
 )
-from rusmd.wasm.abi import RESPONSE_HOLD_BYTES, ErrorCode, RequestField
 
 
 class ListSink:
@@ -50,7 +50,7 @@ def exchange(sink: ListSink, **options: object) -> Exchange:
     return Exchange(
         request(),
         sink,
-        options.pop("mode", Mode.HTTP),  # type: ignore[arg-type]
+        options.pop("mode", Protocol.HTTP),  # type: ignore[arg-type]
         inline=True,
         call_soon=lambda *a: None,
         **options,  # type: ignore[arg-type]
@@ -208,7 +208,7 @@ def test_header_block_accepts_crlf_lines_blank_lines_and_trims_values() -> None:
 
 def test_sse_events_split_data_lines_and_the_head_goes_first() -> None:
     sink = ListSink()
-    ex = exchange(sink, mode=Mode.SSE)
+    ex = exchange(sink, mode=Protocol.SSE)
     assert ex.sse_event(b"tick", b"a\nb") == 0
     assert ex.sse_event(b"", b"c") == 0
     assert ex.complete()
@@ -222,12 +222,12 @@ def test_sse_events_split_data_lines_and_the_head_goes_first() -> None:
 
 
 def test_sse_event_name_with_a_newline_is_invalid() -> None:
-    ex = exchange(ListSink(), mode=Mode.SSE)
+    ex = exchange(ListSink(), mode=Protocol.SSE)
     assert ex.sse_event(b"a\nb", b"x") == ErrorCode.INVALID
 
 
 def test_sse_flush_before_any_event_sends_the_event_stream_head() -> None:
     sink = ListSink()
-    ex = exchange(sink, mode=Mode.SSE)
+    ex = exchange(sink, mode=Protocol.SSE)
     ex.flush()
     assert b"content-type: text/event-stream" in sink.wire

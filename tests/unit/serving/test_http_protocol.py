@@ -21,7 +21,7 @@ import pytest
 
 from rusmd.config.model import Protocol, Serve
 from rusmd.serving import http
-from rusmd.serving.exchange import Exchange, Mode, Request
+from rusmd.serving.exchange import Exchange, Request
 from rusmd.serving.http import (
     LINGER_S,
     MAX_PIPELINED,
@@ -740,7 +740,7 @@ def test_client_leaving_mid_request_marks_the_exchange_closed(clock: Clock) -> N
     conn, _ = connect(listener)
     conn.data_received(get("/slow"))
     exchange = Exchange(
-        listener.dispatched[0], conn, Mode.HTTP, inline=False, call_soon=lambda *a: None
+        listener.dispatched[0], conn, Protocol.HTTP, inline=False, call_soon=lambda *a: None
     )
     conn.current = exchange
 

@@ -3,7 +3,7 @@
 Runs in: any (the C guests are compiled with the pinned ``ziglang`` dev
 dependency into tmp_path; wasmtime only reads the resulting modules).
 
-``rusmd/wasm/abi.py`` is the oracle. The docs are checked by their
+``rusmd/abi.py`` and ``rusmd/wasm/abi.py`` are the oracle. The docs are checked by their
 structure: one ``### `rusm.<name>` `` section per function carrying its
 WAT import and grant, and the error-code, log-level and capability
 tables. The header is checked by compiling it and reading the imports
@@ -22,6 +22,26 @@ from pathlib import Path
 import pytest
 import wasmtime
 
+from rusmd.abi import (
+    HEADER_BYTES,
+    KV_BATCH_OP_HEADER,
+    KV_BATCH_OP_HEADER_BYTES,
+    MAILBOX_LIMIT,
+    MAX_EVENT_BYTES,
+    MAX_KV_BATCH_BYTES,
+    MAX_LIST_KEYS,
+    MAX_MESSAGE_BYTES,
+    MAX_NAME_BYTES,
+    MAX_RESPONSE_HEADER_BYTES,
+    MAX_STATUS,
+    MIN_STATUS,
+    RESPONSE_HOLD_BYTES,
+    ErrorCode,
+    ExitReason,
+    Kind,
+    RequestField,
+    WsKind,
+)
 from rusmd.config import load_manifest
 from rusmd.config.loader import CAPABILITY_KEYS
 from rusmd.config.model import BUILTIN_CAPABILITIES, BuiltinCapability, Capability, Protocol
@@ -30,7 +50,6 @@ from rusmd.store.kv import (
     MAX_BUCKET_BYTES,
     MAX_BUCKETS,
     MAX_KEY_BYTES,
-    MAX_LIST_KEYS,
     MAX_VALUE_BYTES,
     Op,
 )
@@ -38,28 +57,11 @@ from rusmd.wasm.abi import (
     ABI_MODULE,
     ABI_VERSION,
     FUNCTIONS,
-    HEADER_BYTES,
     INLINE_FUNCTIONS,
-    KV_BATCH_OP_HEADER,
-    KV_BATCH_OP_HEADER_BYTES,
-    MAILBOX_LIMIT,
-    MAX_EVENT_BYTES,
-    MAX_KV_BATCH_BYTES,
-    MAX_MESSAGE_BYTES,
-    MAX_NAME_BYTES,
-    MAX_RESPONSE_HEADER_BYTES,
-    MAX_STATUS,
-    MIN_STATUS,
-    RESPONSE_HOLD_BYTES,
     WASI_BLOCKING,
     WASI_MODULE,
-    ErrorCode,
     Grant,
-    Kind,
     LogLevel,
-    Reason,
-    RequestField,
-    WsKind,
 )
 from rusmd.wasm.kv_calls import parse_batch
 from tests.guests.build import COMPILE_TIMEOUT_S, SDK, build_c_guest
@@ -219,7 +221,9 @@ def call_every_function() -> str:
         for level in LogLevel
     ]
     asserts += [f'_Static_assert(RUSM_KIND_{k.name} == {k.value}, "{k.name}");' for k in Kind]
-    asserts += [f'_Static_assert(RUSM_REASON_{r.name} == {r.value}, "{r.name}");' for r in Reason]
+    asserts += [
+        f'_Static_assert(RUSM_REASON_{r.name} == {r.code}, "{r.name}");' for r in ExitReason
+    ]
     asserts += [
         f'_Static_assert(RUSM_REQ_{f.name} == {f.value}, "{f.name}");' for f in RequestField
     ]
@@ -361,7 +365,7 @@ def test_docs_kind_table_matches_abi() -> None:
 def test_docs_reason_table_matches_abi() -> None:
     rows = table_rows(doc_sections()["Exit reason codes"])
     documented = {(int(row[0]), row[1], row[2]) for row in rows if row[0].isdigit()}
-    assert documented == {(r.value, r.name.lower(), f"RUSM_REASON_{r.name}") for r in Reason}
+    assert documented == {(r.code, r.value, f"RUSM_REASON_{r.name}") for r in ExitReason}
 
 
 def test_docs_planned_list_names_no_implemented_function() -> None:
@@ -462,7 +466,7 @@ def test_header_kind_reason_and_limit_macros_match_abi() -> None:
     assert {name: int(value) for name, value in kinds.items()} == {k.name: k.value for k in Kind}
     reasons = dict(re.findall(r"^#define RUSM_REASON_(\w+)\s+(\d+)", text, re.M))
     assert {name: int(value) for name, value in reasons.items()} == {
-        r.name: r.value for r in Reason
+        r.name: r.code for r in ExitReason
     }
     for name, value in limit_macros().items():
         assert re.search(rf"^#define RUSM_{name} {value}\b", text, re.M), name

@@ -2,6 +2,8 @@
 
 Runs in: rusmctl (``rusmctl kv``, a running daemon) and the ``rusmd kv``
 command (a stopped one); stdlib only.
+It lives in the daemon's package so ``rusmd`` never imports its client;
+``rusmctl`` imports it from here.
 
 Both clients take the same arguments and print the same way; they differ
 in who answers a request: a worker of the running daemon, or the store
@@ -27,11 +29,8 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
-from rusmd.control.protocol import EX_USAGE
-
-# Keys one list request asks for: the store's cap (store.kv.MAX_LIST_KEYS;
-# not imported, as that module needs lmdb).
-PAGE_KEYS = 1000
+from rusmd.abi import MAX_LIST_KEYS
+from rusmd.errors import EX_USAGE
 
 # One request's result, or the refusal it raised (``KvRefused``).
 Ask = Callable[[dict[str, Any]], dict[str, Any]]
@@ -96,7 +95,7 @@ def request(args: argparse.Namespace, stdin: BinaryIO) -> dict[str, Any]:
     if args.action == "list":
         document["prefix_b64"] = _b64(os.fsencode(args.prefix))
         document["after_b64"] = _b64(os.fsencode(args.after))
-        document["limit"] = min(args.limit or PAGE_KEYS, PAGE_KEYS)
+        document["limit"] = min(args.limit or MAX_LIST_KEYS, MAX_LIST_KEYS)
         return document
     document["key_b64"] = _b64(os.fsencode(args.key))
     if args.action == "set":
@@ -160,7 +159,7 @@ def _pages(ask: Ask, first: dict[str, Any], limit: int | None) -> Iterator[dict[
         page_request = {
             **first,
             "after_b64": page["next_b64"],
-            "limit": min(wanted or PAGE_KEYS, PAGE_KEYS),
+            "limit": min(wanted or MAX_LIST_KEYS, MAX_LIST_KEYS),
         }
 
 
