@@ -2,13 +2,32 @@
 
 Runs in: main (the package itself does nothing at import time).
 
-The layout is the data flow:
+The OS processes: the *main process* (``main``) loads the manifest, forks
+the workers and supervises them, and answers ``rusmctl`` on the control
+socket; each *worker* (``worker``) runs one event loop that serves the
+listeners and hosts many wasm *processes* (``wasm``, ``actors``); a
+*compile child* turns components into AOT images. Every module's
+docstring says which of them it runs in.
 
-- ``config``       the manifest (``rusm.toml``): load, validate, resolve.
-- ``supervision``  OTP supervisor semantics as pure logic.
-- ``serving``      listeners and the per-listener route table.
-- ``errors``       the one ``RusmError`` hierarchy.
-- ``cli``          the ``rusmd`` command line.
+The layers, lowest first. A module imports only from its own package and
+from the packages listed before it; ``tests/unit/test_layers.py`` reads
+this list and fails on an import from a later package into an earlier
+one, and on any import cycle:
+
+1. ``errors``       the one ``RusmError`` hierarchy and the exit codes.
+2. ``abi``          the ABI's shared data: error codes, pids, exit reasons, limits.
+3. ``supervision``  OTP supervisor semantics as pure decision logic.
+4. ``config``       the manifest (``rusm.toml``): load, validate, resolve; routes.
+5. ``log``          log records, levels, per-process line budgets, the writers.
+6. ``channel``      frames between the main process and the workers.
+7. ``control``      the control socket: its protocol (shared with ``rusmctl``), its server.
+8. ``store``        the node's durable key-value store (LMDB) and the ``kv`` command line.
+9. ``actors``       mailboxes, links, monitors, names, timers, guest supervisors.
+10. ``wasm``        the wasm host: engine, AOT cache, the ABI's calls, processes.
+11. ``serving``     HTTP, SSE and WebSocket listeners on a worker's loop.
+12. ``worker``      the forked worker: its loop, its channel to main, the mesh.
+13. ``main``        the main process: fork, reap, signals, systemd, the commands.
+14. ``cli``         the ``rusmd`` command line.
 """
 
 __version__ = "0.1.0"

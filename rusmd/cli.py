@@ -30,12 +30,14 @@ from typing import Any
 
 from rusmd import __version__
 from rusmd.config import Environment, Manifest, Overrides, load_environment, load_manifest
+from rusmd.config.document import parse
 from rusmd.config.model import LogLevel, Profile, Protocol
 from rusmd.config.render import ArtifactStatus, render_errors_json, render_json, render_text
 from rusmd.config.sizing import usable_cores
 from rusmd.errors import EX_CONFIG, EX_OK, EX_UNAVAILABLE, ConfigError, ConfigProblem, RusmError
 from rusmd.log import Logger
 from rusmd.main.compile import compile_blocking, jobs_for
+from rusmd.main.loop import MainProcess
 from rusmd.store import kv_command as kv_cli
 from rusmd.wasm.cache import default_cache_dir
 
@@ -206,12 +208,13 @@ def route_problems(
     Such a route would answer 502 on every request; ``check`` says so
     before it runs. Components that failed to compile are reported already.
     """
-    import wasmtime  # only here: the daemon's main process never loads it
+    # Imported here only: the daemon's main process (which runs this module)
+    # must never load wasmtime, httptools or websockets; ``check`` may.
+    import wasmtime
 
-    from rusmd.config.document import parse
-    from rusmd.serving.server import SINGLE_ACTION
-    from rusmd.wasm.engine import compile_engine
-    from rusmd.wasm.linking import action_results
+    from rusmd.serving.server import SINGLE_ACTION  # fork safety, as above
+    from rusmd.wasm.engine import compile_engine  # fork safety, as above
+    from rusmd.wasm.linking import action_results  # fork safety, as above
 
     uses: dict[str, list[tuple[tuple[str | int, ...], str, str]]] = {}
     for index, serve in enumerate(manifest.serve):
@@ -252,6 +255,8 @@ def _shown(path: Path, app_dir: Path) -> str:
 
 def kv(args: argparse.Namespace) -> int:
     """``rusmd kv``: one kv action on the manifest's store, opened in this process."""
+    # Imported here only: it loads lmdb, which the daemon's main process never
+    # does (an LMDB environment must not cross a fork).
     from rusmd.store.offline import OfflineStore
 
     try:
@@ -287,7 +292,6 @@ def run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
         return EX_CONFIG
-    from rusmd.main.loop import MainProcess
 
     socket_path = Path(args.socket) if args.socket else default_socket_path(manifest.app_dir)
     daemon = MainProcess(

@@ -9,6 +9,7 @@ Runs in: main (workers inherit the resolved ``Manifest`` across fork).
 - ``environment``  process env, then ``.env``.
 - ``sizing``       profile → worker count.
 - ``render``       ``rusmd check`` output (human and JSON).
+- ``routes``       the per-listener route table each worker matches requests on.
 """
 
 from rusmd.config.environment import Environment, load_environment

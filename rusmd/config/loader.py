@@ -37,8 +37,8 @@ from rusmd.config.model import (
     Serve,
 )
 from rusmd.config.reader import Problems, TableReader, describe, did_you_mean, format_path
+from rusmd.config.routes import RouteTable, parse_route_key, parse_route_target
 from rusmd.errors import ConfigError, ConfigProblem, RouteError
-from rusmd.serving.routes import RouteTable, parse_route_key, parse_route_target
 from rusmd.supervision.spec import RestartType
 
 TOP_LEVEL = ("node", "log", "serve", "capabilities", "components")

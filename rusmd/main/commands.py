@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 import psutil
 
+from rusmd import __version__
 from rusmd.abi import slot_of
 from rusmd.channel import Answer
 from rusmd.config.model import Profile
@@ -507,6 +508,4 @@ def _iso(epoch_s: float) -> str:
 
 
 def _version() -> str:
-    from rusmd import __version__
-
     return __version__

@@ -60,7 +60,8 @@ from rusmd.supervision import (
     SupervisorFlags,
 )
 from rusmd.supervision.action import Action, Quarantine
-from rusmd.worker.boot import WorkerBoot, run_worker
+from rusmd.worker.boot import WorkerBoot
+from rusmd.worker.entry import run_worker
 
 # Crash budget of one worker slot before it is quarantined: a worker that
 # dies at fork (bad host, out of memory) must not fork-bomb the machine.

@@ -1,5 +1,5 @@
-"""Serving: listeners and the per-listener route table.
+"""Serving: HTTP, SSE and WebSocket listeners on a worker's loop.
 
-Runs in: worker (the route table is pure logic and also used by ``rusmd check``
-in the main process).
+Runs in: worker. The route table they match on is the manifest's
+(``rusmd.config.routes``).
 """

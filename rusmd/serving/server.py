@@ -34,10 +34,10 @@ from typing import TYPE_CHECKING, Any
 
 from rusmd.abi import ErrorCode
 from rusmd.config.model import Protocol, Serve
+from rusmd.config.routes import Match, MethodNotAllowed, NotFound, Route, RouteTable
 from rusmd.log import Logger
 from rusmd.serving.exchange import Exchange, Request
 from rusmd.serving.http import HttpConnection, Reject, simple_response
-from rusmd.serving.routes import Match, MethodNotAllowed, NotFound, Route, RouteTable
 
 if TYPE_CHECKING:
     from rusmd.serving.ws import WsConnection

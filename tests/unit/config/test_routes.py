@@ -9,8 +9,7 @@ import itertools
 
 import pytest
 
-from rusmd.errors import RouteError, RusmError
-from rusmd.serving.routes import (
+from rusmd.config.routes import (
     HTTP_METHODS,
     MAX_PATH_SEGMENTS,
     Match,
@@ -23,6 +22,7 @@ from rusmd.serving.routes import (
     parse_route_key,
     parse_route_target,
 )
+from rusmd.errors import RouteError, RusmError
 
 # The complete manifest's routes from seed 000.
 SEED_ROUTES = {
