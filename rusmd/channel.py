@@ -21,6 +21,7 @@ from typing import Any
 
 import msgspec
 
+from rusmd.errors import RusmError
 from rusmd.log import LogRecord
 
 # A frame larger than this is a corrupt stream or a runaway peer; the
@@ -242,7 +243,7 @@ _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Message)
 
 
-class ChannelClosed(Exception):
+class ChannelClosed(RusmError):
     """The peer closed the channel or broke the frame protocol."""
 
 

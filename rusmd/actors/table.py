@@ -40,6 +40,7 @@ from typing import Any
 from rusmd.abi import MAILBOX_LIMIT, MAX_TIMERS_PER_PROCESS, ErrorCode, ExitReason, Kind, slot_of
 from rusmd.actors.signals import Op
 from rusmd.channel import Message, NameClaim, NameDrop, NameReply, Names, Sig
+from rusmd.errors import RusmError
 
 # How long rusm.register waits for the main process to settle a claim.
 NAME_CLAIM_TIMEOUT_S = 5.0
@@ -54,7 +55,7 @@ _USER_OPS = {Op.SEND: Kind.MESSAGE, Op.CALL: Kind.CALL, Op.TIMER: Kind.TIMER}
 _USER_KINDS = frozenset({Kind.MESSAGE, Kind.CALL, Kind.TIMER, Kind.FRAME})
 
 
-class Stopped(Exception):
+class Stopped(RusmError):
     """The waiting process was told to stop (its reason is ``Actor.stop``)."""
 
 

@@ -20,6 +20,8 @@ from tomlkit import items
 from tomlkit.exceptions import ParseError, TOMLKitError
 from tomlkit.parser import Parser
 
+from rusmd.errors import RusmError
+
 KeyPath = tuple[str | int, ...]
 
 # Manifests are small; a multi-megabyte file is a mistake (or an attack on
@@ -27,7 +29,7 @@ KeyPath = tuple[str | int, ...]
 MAX_MANIFEST_BYTES = 1 << 20
 
 
-class TomlSyntaxError(Exception):
+class TomlSyntaxError(RusmError):
     """The file is not valid TOML.
 
     Attributes:

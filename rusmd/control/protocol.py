@@ -25,6 +25,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from rusmd.errors import RusmError
+
 # Most control requests are a few hundred bytes; the largest frames are a
 # `kv set` request and a `kv get` reply, which carry one value of up to
 # 1 MiB (store.kv.MAX_VALUE_BYTES) base64-encoded, 1.34 MiB. A bigger frame
@@ -118,7 +120,7 @@ COMMANDS: dict[str, CommandInfo] = {
 }
 
 
-class ProtocolError(Exception):
+class ProtocolError(RusmError):
     """A peer sent a frame that is too large, too deeply nested or not a JSON object."""
 
 

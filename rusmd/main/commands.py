@@ -37,7 +37,7 @@ from rusmd.channel import Answer
 from rusmd.config.model import Profile
 from rusmd.control.protocol import COMMANDS
 from rusmd.control.server import Connection
-from rusmd.errors import EX_NOSUCH, EX_REFUSED, EX_USAGE
+from rusmd.errors import EX_NOSUCH, EX_REFUSED, EX_USAGE, RusmError
 from rusmd.log import LogRecord
 from rusmd.main.pool import WorkerHandle
 
@@ -55,7 +55,7 @@ STORE_STATS_TIMEOUT_S = 1.0
 KV_QUERY_TIMEOUT_S = 20.0
 
 
-class CommandError(Exception):
+class CommandError(RusmError):
     """A command the daemon refuses, with the exit code rusmctl reports."""
 
     def __init__(self, message: str, code: int = EX_REFUSED) -> None:

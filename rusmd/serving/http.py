@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from rusmd.config.model import Protocol
+from rusmd.errors import RusmError
 from rusmd.serving.exchange import DATE, Exchange, Request, status_line
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ LINGER_S = 2.0
 DRAIN_IDLE_S = 0.5
 
 
-class Reject(Exception):
+class Reject(RusmError):
     """The request is refused with ``status`` and the connection closed."""
 
     def __init__(self, status: int, why: str) -> None:

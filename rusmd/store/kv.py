@@ -43,6 +43,7 @@ from typing import Any
 import lmdb
 
 from rusmd.abi import ErrorCode
+from rusmd.errors import RusmError
 
 # LMDB's compiled-in key limit, all of it available to each bucket's keys.
 MAX_KEY_BYTES = 511
@@ -68,7 +69,7 @@ class Op:
     DELETE = 2
 
 
-class KvError(Exception):
+class KvError(RusmError):
     """A kv request refused before it reached LMDB; ``code`` is what the guest gets."""
 
     def __init__(self, code: ErrorCode, message: str) -> None:

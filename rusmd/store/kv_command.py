@@ -30,13 +30,13 @@ from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
 
 from rusmd.abi import MAX_LIST_KEYS
-from rusmd.errors import EX_USAGE
+from rusmd.errors import EX_USAGE, RusmError
 
 # One request's result, or the refusal it raised (``KvRefused``).
 Ask = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-class KvRefused(Exception):
+class KvRefused(RusmError):
     """A kv request refused; ``code`` is the exit status."""
 
     def __init__(self, message: str, code: int = EX_USAGE) -> None:

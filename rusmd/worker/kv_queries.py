@@ -14,7 +14,7 @@ import base64
 from typing import Any
 
 from rusmd.abi import MAX_LIST_KEYS, ErrorCode
-from rusmd.errors import EX_NOSUCH, EX_REFUSED, EX_UNAVAILABLE, EX_USAGE
+from rusmd.errors import EX_NOSUCH, EX_REFUSED, EX_UNAVAILABLE, EX_USAGE, RusmError
 from rusmd.store.committer import GroupCommitter
 from rusmd.store.kv import (
     KvError,
@@ -27,7 +27,7 @@ from rusmd.store.kv import (
 )
 
 
-class QueryError(Exception):
+class QueryError(RusmError):
     """The query is refused; ``code`` is rusmctl's exit status."""
 
     def __init__(self, message: str, code: int) -> None:
