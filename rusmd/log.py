@@ -4,7 +4,7 @@ Runs in: any. Workers build ``LogRecord``\\ s and ship them over their msgpack
 channel; the main process is the single writer of stderr and keeps the
 ``LogRing`` that ``rusmctl logs`` reads.
 
-Seed 000 ``[log]`` is the spec:
+The manifest's ``[log]`` table sets it up:
 
 - One level, ``off`` (the default) | ``error`` | ``warn`` | ``info`` |
   ``debug``, gates the runtime's lifecycle lines, the guests' logs and the

@@ -10,7 +10,7 @@ ever be read through another (there is no shared prefix to trick) and
 every key may use LMDB's whole 511 bytes. Bucket names are 1-64 bytes of
 ``A-Z a-z 0-9 _ . -``; a store holds up to ``MAX_BUCKETS`` of them.
 
-Durability: ``sync=True, metasync=True, writemap=False`` (ARCHITECTURE.md):
+Durability: ``sync=True, metasync=True, writemap=False``:
 a commit returns after its pages and meta page reached the disk, so a
 write acknowledged to a guest survives a killed worker and a power cut.
 LMDB never overwrites live pages, so opening after a crash needs no
