@@ -18,11 +18,14 @@ then rolls the workers one at a time.
 
 Components are compiled by a child process (``main.compile``) that
 the loop watches like any other descriptor, so a slow or pathological
-module never stalls the control socket. One ``Reaper`` collects the
-exits of every child (workers and compile children alike) and hands each
-to the pool or the compile run that claimed its pid. The workers get the compiled
+module never stalls the control socket. The workers get the compiled
 images when it is done; READY=1 waits for it. Resident components are
 spawned once, on a worker each, when the first images arrive.
+
+One ``Reaper`` (``main.reaper``) collects the exits of every child,
+workers and compile children alike, and hands each to the pool or the
+compile run that claimed its pid. The pool reports to the main process
+through ``PoolEvents``, which ``MainProcess`` implements.
 """
 
 from __future__ import annotations
