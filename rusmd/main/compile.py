@@ -19,10 +19,13 @@ compile limits on every ``tick``:
   restart makes progress.
 
 Every child is signalled and reaped through a pidfd, so no signal or
-wait ever reaches a recycled pid. When another ``waitpid(-1)`` in the
-process (the worker pool's) collects a compile child first, pass the pid
-and status to ``child_exited`` so the failure message keeps its exit
-status.
+wait ever reaches a recycled pid. In the daemon, the main process's
+``Reaper`` (``rusmd.main.reaper``) collects every child with
+``waitpid(-1)``: a run given that reaper claims each child as it starts
+it, so an exit the reaper collects first comes back through
+``child_exited`` with its status, and it releases the pid when it collects
+the child itself. Without a reaper (``rusmd check``) the run is its
+children's only waiter.
 
 Wiring into a selectors loop: set ``on_fd_change`` before ``start``; it
 is called with ``(old_fd, None)`` just before a pipe is closed and with
@@ -56,6 +59,7 @@ import psutil
 from rusmd.channel import ComponentImage
 from rusmd.config.model import Manifest
 from rusmd.log import Logger
+from rusmd.main.reaper import Reaper, describe_exit, wait_status
 from rusmd.wasm.artifacts import ArtifactError, resolve_artifact
 
 COMPILER_MODULE = "rusmd.wasm.compiler"
@@ -200,6 +204,9 @@ class CompileRun:
         memory_mb: ``[node].compile-memory-mb``: the child's resident-memory limit.
         log: Where ``compile <name>: …`` lines go.
         clock: Monotonic seconds; injected by tests.
+        reaper: The main process's reaper, which claims each child.
+            Optional; defaults to None (the run is its children's only
+            waiter, as in ``rusmd check``).
 
     Attributes:
         results: One result per job so far, by component name.
@@ -216,6 +223,7 @@ class CompileRun:
         memory_mb: int,
         log: Logger,
         clock: Callable[[], float] = time.monotonic,
+        reaper: Reaper | None = None,
     ) -> None:
         self.jobs = list(jobs)
         self.cache_dir = Path(cache_dir).absolute()
@@ -223,6 +231,7 @@ class CompileRun:
         self.memory_mb = memory_mb
         self.log = log
         self.clock = clock
+        self.reaper = reaper
         self.results: dict[str, CompileResult] = {}
         self.on_fd_change: Callable[[int | None, int | None], None] | None = None
         self._child: _Child | None = None
@@ -295,7 +304,8 @@ class CompileRun:
             self._retire(child)
         for old in self._exiting:
             _send_kill(old)
-            _wait_reaped(old, REAP_TIMEOUT_S)
+            if _wait_reaped(old, REAP_TIMEOUT_S):
+                self._collected(old)
             self._release(old)
         self._exiting.clear()
         for job in self._remaining():
@@ -304,9 +314,9 @@ class CompileRun:
     def child_exited(self, pid: int, status: int) -> None:
         """Record how a child of this run ended when another ``waitpid(-1)`` reaped it.
 
-        The worker pool reaps every child of the main process; it hands the
-        pids it does not own here. ``tick`` acts on the exit. Without this
-        call the run still notices the exit, but not its status.
+        The main process's reaper collects every child of the process and
+        calls this for the pids the run claimed. ``tick`` acts on the exit.
+        Without this call the run still notices the exit, but not its status.
 
         Args:
             pid: The pid that was reaped.
@@ -316,7 +326,7 @@ class CompileRun:
             if child is not None and not child.reaped and child.proc.pid == pid:
                 child.reaped = True
                 child.proc.returncode = os.waitstatus_to_exitcode(status)
-                child.exit_status = _describe_code(child.proc.returncode)
+                child.exit_status = describe_exit(status)
 
     @property
     def done(self) -> bool:
@@ -396,6 +406,9 @@ class CompileRun:
         )
         with contextlib.suppress(psutil.Error):
             child.usage = psutil.Process(proc.pid)
+        if self.reaper is not None:
+            # Claimed before the loop's next reap, so no exit goes unclaimed.
+            self.reaper.claim(proc.pid, self.child_exited)
         self._child = child
         if self.on_fd_change is not None:
             self.on_fd_change(None, stdout_fd)
@@ -550,10 +563,16 @@ class CompileRun:
         if info is None:
             return False
         child.reaped = True
-        child.exit_status = _describe_exit(info)
+        self._collected(child)
+        child.exit_status = describe_exit(wait_status(info))
         code = info.si_status if info.si_code == os.CLD_EXITED else -info.si_status
         child.proc.returncode = code
         return True
+
+    def _collected(self, child: _Child) -> None:
+        """This run's own wait collected ``child``: the reaper must forget its pid now."""
+        if self.reaper is not None:
+            self.reaper.release(child.proc.pid)
 
     def _release(self, child: _Child) -> None:
         for fd in (child.pidfd, child.stderr_fd):
@@ -578,37 +597,27 @@ def _send_kill(child: _Child) -> None:
         signal.pidfd_send_signal(child.pidfd, signal.SIGKILL)
 
 
-def _wait_reaped(child: _Child, timeout_s: float) -> None:
-    """Block until ``child`` is reaped (only ``cancel`` does: the daemon is stopping)."""
+def _wait_reaped(child: _Child, timeout_s: float) -> bool:
+    """Block until ``child`` is reaped (only ``cancel`` does: the daemon is stopping).
+
+    Returns:
+        True when this wait collected it (its pid is free for reuse from now).
+    """
     if child.reaped or child.pidfd < 0:
-        return
+        return False
     poller = select.poll()
     poller.register(child.pidfd, select.POLLIN)
     poller.poll(int(timeout_s * 1000))
+    collected = False
     with contextlib.suppress(ChildProcessError):
         info = os.waitid(os.P_PIDFD, child.pidfd, os.WEXITED | os.WNOHANG)
         if info is not None:
             child.proc.returncode = info.si_status
+            collected = True
     child.reaped = True
     if child.proc.returncode is None:
         child.proc.returncode = -1
-
-
-def _describe_exit(info: os.waitid_result) -> str:
-    if info.si_code == os.CLD_EXITED:
-        return _describe_code(info.si_status)
-    return _describe_code(-info.si_status)
-
-
-def _describe_code(code: int) -> str:
-    """``exit status 1`` or ``killed by SIGSEGV`` for a Popen-style return code."""
-    if code >= 0:
-        return f"exit status {code}"
-    try:
-        name = signal.Signals(-code).name
-    except ValueError:
-        name = f"signal {-code}"
-    return f"killed by {name}"
+    return collected
 
 
 def _stderr_tail(fd: int) -> str:

@@ -21,6 +21,11 @@ the loop watches like any other descriptor, so a slow or pathological
 module never stalls the control socket. The workers get the compiled
 images when it is done; READY=1 waits for it. Resident components are
 spawned once, on a worker each, when the first images arrive.
+
+One ``Reaper`` (``main.reaper``) collects the exits of every child,
+workers and compile children alike, and hands each to the pool or the
+compile run that claimed its pid. The pool reports to the main process
+through ``PoolEvents``, which ``MainProcess`` implements.
 """
 
 from __future__ import annotations
@@ -37,7 +42,15 @@ from pathlib import Path
 from typing import Any
 
 from rusmd import __version__
-from rusmd.channel import Channel, ComponentImage, NameClaim, NameDrop, ProcessExit, WorkerDown
+from rusmd.channel import (
+    Answer,
+    Channel,
+    ComponentImage,
+    NameClaim,
+    NameDrop,
+    ProcessExit,
+    WorkerDown,
+)
 from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel, Manifest, Profile
 from rusmd.config.sizing import usable_cores, worker_count
@@ -58,6 +71,7 @@ from rusmd.main.compile import CompileResult, CompileRun, jobs_for
 from rusmd.main.listeners import Listener, close_listeners, open_listeners
 from rusmd.main.pool import WorkerPool, WorkerState
 from rusmd.main.queries import Queries
+from rusmd.main.reaper import Reaper
 from rusmd.main.residents import Registry, Residents
 from rusmd.main.systemd import Notifier
 from rusmd.wasm.cache import default_cache_dir
@@ -94,7 +108,7 @@ class _Compiling:
 
 
 class MainProcess:
-    """The daemon's main process.
+    """The daemon's main process; the worker pool's ``PoolEvents``.
 
     Args:
         manifest: The validated manifest it starts with.
@@ -136,6 +150,7 @@ class MainProcess:
         self.profile = manifest.node.profile
         self.listeners: list[Listener] = []
         self.control = ControlServer(socket_path, self.selector, self._dispatch, self.log.warn)
+        self.reaper = Reaper()
         self.pool: WorkerPool | None = None
         self.queries = Queries(self._send_query)
         self.registry = Registry(broadcast=self._broadcast, reply=self._send_to_slot)
@@ -169,23 +184,16 @@ class MainProcess:
             worker_count(self.profile, self.cores),
             listeners=[listener.sock for listener in self.listeners],
             log=self.log,
-            watch=self.watch_channel,
-            on_log=self.emit,
+            events=self,
+            reaper=self.reaper,
         )
-        self.pool.on_answer = self.queries.on_answer
-        self.pool.on_foreign_exit = self._on_foreign_exit
-        self.pool.on_worker_gone = self._worker_gone
-        self.pool.on_worker_stopping = self.residents.worker_stopping
-        self.pool.on_actor_message = self._on_actor_message
-        self.pool.on_worker_ready = self._worker_ready
-        self.pool.want_write = self._want_write
         self.pool.start()
         self.start_compile(self.manifest, self._boot_components)
         try:
             while True:
                 self.wait_for_events()
                 self.handle_signals()
-                self.pool.reap()
+                self.reaper.reap()
                 self.pool.tick()
                 self.compile_step()
                 self.queries.tick()
@@ -352,6 +360,7 @@ class MainProcess:
             timeout_s=manifest.node.compile_timeout_s,
             memory_mb=manifest.node.compile_memory_mb,
             log=self.log,
+            reaper=self.reaper,
         )
         self.compiling = _Compiling(run, failed, done)
         run.on_fd_change = self._follow_compile_fd
@@ -430,21 +439,33 @@ class MainProcess:
             run = compiling.run
             self.selector.register(new, selectors.EVENT_READ, lambda _ev: run.on_readable())
 
-    def _on_foreign_exit(self, pid: int, status: int) -> None:
-        if self.compiling is not None:
-            self.compiling.run.child_exited(pid, status)
+    # ── the pool's events ───────────────────────────────────────────────
 
-    def _worker_gone(self, slot: int, reason: str) -> None:
+    def worker_gone(self, slot: int, reason: str) -> None:
         """A worker exited: answers, names and residents it held, and its peers' links."""
         self.queries.worker_gone(slot)
         self.registry.worker_gone(slot)
         self.residents.worker_gone(slot, reason)
         self._broadcast(WorkerDown(slot=slot, reason=reason))
 
-    def _worker_ready(self, slot: int) -> None:
+    def worker_ready(self, slot: int) -> None:
+        """A worker became ready: it gets the whole name table."""
         self._send_to_slot(slot, self.registry.snapshot())
 
-    def _on_actor_message(self, slot: int, message: Any) -> None:
+    def worker_stopping(self, slot: int) -> None:
+        """A worker is being replaced: its residents' coming exits are moves."""
+        self.residents.worker_stopping(slot)
+
+    def worker_answer(self, slot: int, answer: Answer) -> None:
+        """A worker answered a control query."""
+        self.queries.on_answer(slot, answer)
+
+    def worker_log(self, record: LogRecord) -> None:
+        """A worker's log record: through ``emit``, the one writer."""
+        self.emit(record)
+
+    def actor_message(self, slot: int, message: NameClaim | NameDrop | ProcessExit) -> None:
+        """Names claimed and dropped, and residents' exits, from worker ``slot``."""
         if isinstance(message, NameClaim):
             self.registry.claim(slot, message)
         elif isinstance(message, NameDrop):
@@ -465,7 +486,8 @@ class MainProcess:
     def _send_query(self, slot: int, message: Any) -> bool:
         return self.pool is not None and self.pool.send_to(slot, message)
 
-    def _want_write(self, channel: Channel) -> None:
+    def want_write(self, channel: Channel) -> None:
+        """Watch a worker channel for writability while output is queued on it."""
         try:
             self.selector.modify(
                 channel.sock,

@@ -7,11 +7,18 @@ permanent child ``worker.<slot>`` under one_for_one with root-mode
 quarantine: a worker that dies is forked again at once; one that crashes
 faster than ``WORKER_INTENSITY`` in ``WORKER_PERIOD_S`` waits out an
 exponential backoff (1 s, 2 s, 4 s, … up to a minute) while the daemon
-stays up. The supervisor decides; this module forks, signals and reaps.
+stays up. The supervisor decides; this module forks and signals, and
+the main process's ``Reaper`` hands it the exits of the pids it claimed
+at fork time.
 
 A worker is ``starting`` until its ``Ready`` arrives (within
 ``READY_TIMEOUT_S``), then ``ready``; it is killed when its heartbeats
 stop for ``HEARTBEAT_TIMEOUT_S`` (a wedged loop or SIGSTOP).
+
+What the pool has to say goes to one ``PoolEvents`` object given at
+construction (the main process); the OS effects (fork, kill) and the
+clock are injected too, so the pool is driven step by step in tests
+without a process or a sleep.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from rusmd.channel import (
     Answer,
@@ -46,6 +54,7 @@ from rusmd.channel import (
 )
 from rusmd.config.model import Manifest
 from rusmd.log import Logger, LogRecord
+from rusmd.main.reaper import Reaper, describe_exit
 from rusmd.supervision import (
     ChildSpec,
     Escalate,
@@ -77,6 +86,46 @@ WORKER_SHUTDOWN_S = 10.0
 # Pid serials handed to a worker at once; it asks for more when low. A
 # slot's serials only grow, so no pid is reused during the node's life.
 PID_LEASE_SIZE = 4096
+
+
+class PoolEvents(Protocol):
+    """What the worker pool tells its owner (the main process)."""
+
+    def watch_channel(self, channel: Channel, watch: bool) -> None:
+        """Watch a new worker channel (True), or stop watching it before it is closed."""
+
+    def want_write(self, channel: Channel) -> None:
+        """Output is queued on ``channel``: watch it for writability too."""
+
+    def worker_log(self, record: LogRecord) -> None:
+        """A log record a worker sent, for the main process's single writer."""
+
+    def worker_answer(self, slot: int, answer: Answer) -> None:
+        """Worker ``slot`` answered a control query."""
+
+    def worker_ready(self, slot: int) -> None:
+        """Worker ``slot`` has just become ready (it needs the name table)."""
+
+    def worker_stopping(self, slot: int) -> None:
+        """Worker ``slot`` is being stopped on purpose (roll, restart, resize), not failing."""
+
+    def worker_gone(self, slot: int, reason: str) -> None:
+        """Worker ``slot`` exited with ``reason``; its pending answers will not come."""
+
+    def actor_message(self, slot: int, message: NameClaim | NameDrop | ProcessExit) -> None:
+        """Worker ``slot`` claimed or dropped a name, or says a resident exited."""
+
+
+def fork_worker(boot: WorkerBoot) -> int:
+    """Fork a worker process that runs from ``boot``; its pid (the child never returns)."""
+    # Objects already alive stay out of the child's cyclic GC, so no
+    # inherited wrapper is collected there and closes a reused fd.
+    gc.freeze()
+    pid = os.fork()
+    if pid == 0:
+        run_worker(boot)
+    gc.unfreeze()
+    return pid
 
 
 class WorkerState(enum.StrEnum):
@@ -126,10 +175,13 @@ class WorkerPool:
         count: How many worker slots to run.
         listeners: Listen sockets every worker inherits.
         log: The main process's logger.
-        watch: Called with (channel, True) so the loop watches a new worker
-            channel, and (channel, False) before it is closed.
-        on_log: Receives the log records workers send.
-        clock: Monotonic clock.
+        events: Told about channels to watch and what workers say and do.
+        reaper: The main process's reaper; each worker's pid is claimed
+            with it at fork time.
+        clock: Monotonic clock. Optional; defaults to ``time.monotonic``.
+        fork: Starts a worker from its boot and returns its pid. Optional;
+            defaults to ``fork_worker``.
+        kill: Sends a signal to a pid. Optional; defaults to ``os.kill``.
     """
 
     def __init__(
@@ -139,16 +191,20 @@ class WorkerPool:
         *,
         listeners: list[socket.socket],
         log: Logger,
-        watch: Callable[[Channel, bool], None],
-        on_log: Callable[[LogRecord], None],
+        events: PoolEvents,
+        reaper: Reaper,
         clock: Callable[[], float] = time.monotonic,
+        fork: Callable[[WorkerBoot], int] = fork_worker,
+        kill: Callable[[int, int], None] = os.kill,
     ) -> None:
         self.manifest = manifest
         self.listeners = listeners
         self.log = log
-        self.watch = watch
-        self.on_log = on_log
+        self.events = events
+        self.reaper = reaper
         self.clock = clock
+        self.fork = fork
+        self.kill_pid = kill
         self.workers: dict[int, WorkerHandle] = {}
         self.by_pid: dict[int, WorkerHandle] = {}
         self.by_channel: dict[Channel, WorkerHandle] = {}
@@ -159,19 +215,6 @@ class WorkerPool:
         self.rolling_pending: set[int] = set()
         # The compiled components workers load (None until compiled).
         self.images: list[ComponentImage] | None = None
-        # Replies to control queries, and exits of children that are not workers.
-        self.on_answer: Callable[[int, Answer], None] | None = None
-        self.on_foreign_exit: Callable[[int, int], None] | None = None
-        # Asks the loop to watch a channel for writability (output is queued).
-        self.want_write: Callable[[Channel], None] | None = None
-        # Told when a worker exits (its pending query answers will not come).
-        self.on_worker_gone: Callable[[int, str], None] | None = None
-        # A worker is being stopped on purpose (roll, restart, resize), not failing.
-        self.on_worker_stopping: Callable[[int], None] | None = None
-        # Actor-runtime messages from workers (names, resident exits), and
-        # a worker that has just become ready (it needs the name table).
-        self.on_actor_message: Callable[[int, Message], None] | None = None
-        self.on_worker_ready: Callable[[int], None] | None = None
         self.supervisor = Supervisor(
             SupervisorFlags(
                 strategy=Strategy.ONE_FOR_ONE,
@@ -247,8 +290,7 @@ class WorkerPool:
         handle = self.workers.get(slot)
         if handle is None:
             return False
-        if self.on_worker_stopping is not None:
-            self.on_worker_stopping(slot)
+        self.events.worker_stopping(slot)
         self._kill(handle, signal.SIGTERM, ExitReason.SHUTDOWN, "restarted by operator")
         return True
 
@@ -281,20 +323,11 @@ class WorkerPool:
         for message in messages:
             self._on_message(handle, message, now)
 
-    def reap(self) -> None:
-        """Collect every exited child and tell the supervisor why it exited."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            handle = self.by_pid.pop(pid, None)
-            if handle is not None:
-                self._on_exit(handle, status)
-            elif self.on_foreign_exit is not None:
-                self.on_foreign_exit(pid, status)
+    def child_exited(self, pid: int, status: int) -> None:
+        """The reaper collected worker ``pid``: tell the supervisor why it exited."""
+        handle = self.by_pid.pop(pid, None)
+        if handle is not None:
+            self._on_exit(handle, status)
 
     # ── internals ───────────────────────────────────────────────────────
 
@@ -334,13 +367,9 @@ class WorkerPool:
             images=self.images,
             lease=lease,
         )
-        # Objects already alive stay out of the child's cyclic GC, so no
-        # inherited wrapper is collected there and closes a reused fd.
-        gc.freeze()
-        pid = os.fork()
-        if pid == 0:
-            run_worker(boot)
-        gc.unfreeze()
+        pid = self.fork(boot)
+        # Claimed before the loop's next reap, so no exit goes unclaimed.
+        self.reaper.claim(pid, self.child_exited)
         child_end.close()
         now = self.clock()
         handle = WorkerHandle(
@@ -355,7 +384,7 @@ class WorkerPool:
         self.workers[slot] = handle
         self.by_pid[pid] = handle
         self.by_channel[handle.channel] = handle
-        self.watch(handle.channel, True)
+        self.events.watch_channel(handle.channel, True)
         self._hand_mesh(slot, mesh)
         self.log.debug(f"worker {slot} forked pid={pid}")
 
@@ -384,10 +413,9 @@ class WorkerPool:
             handle.peers = message.peers
             handle.processes = message.processes
         elif isinstance(message, Log):
-            self.on_log(message.record)
+            self.events.worker_log(message.record)
         elif isinstance(message, Answer):
-            if self.on_answer is not None:
-                self.on_answer(handle.slot, message)
+            self.events.worker_answer(handle.slot, message)
         elif isinstance(message, LeaseRequest):
             history = self.history.setdefault(handle.slot, SlotHistory())
             lease = PidLease(start=history.next_serial, end=history.next_serial + PID_LEASE_SIZE)
@@ -401,14 +429,10 @@ class WorkerPool:
             handle.last_heartbeat = now
             self.supervisor.child_started(_child_id(handle.slot), now)
             self.log.info(f"worker {handle.slot} ready pid={handle.pid}")
-            if self.on_worker_ready is not None:
-                self.on_worker_ready(handle.slot)
+            self.events.worker_ready(handle.slot)
             self._roll_next()
-        elif (
-            isinstance(message, NameClaim | NameDrop | ProcessExit)
-            and self.on_actor_message is not None
-        ):
-            self.on_actor_message(handle.slot, message)
+        elif isinstance(message, NameClaim | NameDrop | ProcessExit):
+            self.events.actor_message(handle.slot, message)
 
     def _check_deadlines(self, handle: WorkerHandle, now: float) -> None:
         if handle.kill_reason is ExitReason.KILLED:
@@ -438,8 +462,7 @@ class WorkerPool:
             return
         handle.state = WorkerState.STOPPING
         handle.stop_deadline = self.clock() + shutdown.timeout_s
-        if self.on_worker_stopping is not None:
-            self.on_worker_stopping(slot)
+        self.events.worker_stopping(slot)
         try:
             handle.channel.send(Stop(timeout_s=shutdown.timeout_s))
         except ChannelClosed:
@@ -451,10 +474,10 @@ class WorkerPool:
         if signum == signal.SIGKILL:
             self.log.warn(f"worker {handle.slot} pid={handle.pid} killed: {detail}")
         try:
-            os.kill(handle.pid, signum)
+            self.kill_pid(handle.pid, signum)
             if signum == signal.SIGKILL:
                 # A stopped process cannot die until it runs again.
-                os.kill(handle.pid, signal.SIGCONT)
+                self.kill_pid(handle.pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
 
@@ -464,8 +487,7 @@ class WorkerPool:
         if self.workers.get(handle.slot) is handle:
             del self.workers[handle.slot]
         reason, detail = _exit_reason(handle, status)
-        if self.on_worker_gone is not None:
-            self.on_worker_gone(handle.slot, str(reason))
+        self.events.worker_gone(handle.slot, str(reason))
         history = self.history.setdefault(handle.slot, SlotHistory())
         history.last_exit = f"{reason} ({detail})" if detail else str(reason)
         line = f"exit worker {handle.slot} pid={handle.pid} {history.last_exit}"
@@ -517,14 +539,14 @@ class WorkerPool:
             handle.channel.send(message)
         except ChannelClosed:
             return False
-        if handle.channel.wants_write and self.want_write is not None:
-            self.want_write(handle.channel)
+        if handle.channel.wants_write:
+            self.events.want_write(handle.channel)
         return True
 
     def _unwatch(self, handle: WorkerHandle) -> None:
         self.by_channel.pop(handle.channel, None)
         if not handle.channel.closed:
-            self.watch(handle.channel, False)
+            self.events.watch_channel(handle.channel, False)
             handle.channel.close()
 
     def _spec(self, slot: int) -> ChildSpec:
@@ -548,19 +570,22 @@ def _with_timeout(action: Action, timeout_s: float) -> Action:
 
 
 def _exit_reason(handle: WorkerHandle, status: int) -> tuple[ExitReason, str]:
+    """The supervision reason for a worker's exit, and the detail its status rows show.
+
+    A kill the pool sent itself keeps the reason and detail it was sent
+    with; any other signal or non-zero exit is described by ``describe_exit``.
+    """
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
-        name = signal.Signals(signum).name if signum in set(signal.Signals) else str(signum)
         if handle.kill_reason is not None and signum == signal.SIGKILL:
             return handle.kill_reason, handle.kill_detail
         if signum == signal.SIGKILL:
-            return ExitReason.KILLED, f"signal {signum} {name}"
+            return ExitReason.KILLED, describe_exit(status)
         if handle.kill_reason is ExitReason.SHUTDOWN and signum == signal.SIGTERM:
             return ExitReason.SHUTDOWN, handle.kill_detail
-        return ExitReason.CRASHED, f"signal {signum} {name}"
-    code = os.WEXITSTATUS(status)
-    if code == 0:
+        return ExitReason.CRASHED, describe_exit(status)
+    if os.WEXITSTATUS(status) == 0:
         if handle.state is WorkerState.STOPPING or handle.kill_reason is ExitReason.SHUTDOWN:
             return ExitReason.SHUTDOWN, handle.kill_detail
         return ExitReason.NORMAL, ""
-    return ExitReason.CRASHED, f"exit code {code}"
+    return ExitReason.CRASHED, describe_exit(status)

@@ -13,6 +13,8 @@ MAIN_PROCESS_MODULES = (
     "rusmd.cli",
     "rusmd.main.loop",
     "rusmd.main.pool",
+    "rusmd.main.reaper",
+    "rusmd.main.compile",
     "rusmd.main.listeners",
     "rusmd.main.systemd",
     "rusmd.control.server",
