@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from rusmd.abi import make_pid
 from rusmd.channel import Answer, Message, Names, ProcessExit
 from rusmd.config.model import Component, LogLevel, Manifest
 from rusmd.log import Logger, LogRecord
 from rusmd.main.residents import RESIDENT_QUARANTINE, Registry, Residents
-from rusmd.wasm.abi import make_pid
 from tests.unit.main.harness import FakeClock
 
 
