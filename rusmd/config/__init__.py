@@ -3,9 +3,11 @@
 Runs in: main (workers inherit the resolved ``Manifest`` across fork).
 
 - ``model``        the frozen, typed result with every seed default.
+- ``settings``     every key declared once: table, type, default, range, help.
 - ``document``     TOML parsing that remembers every key's line.
 - ``reader``       typed access that collects every problem.
 - ``loader``       validation and resolution (defaults → file → flags).
+- ``reference``    ``docs/settings.md``, rendered from the declarations.
 - ``environment``  process env, then ``.env``.
 - ``sizing``       profile → worker count.
 - ``render``       ``rusmd check`` output (human and JSON).

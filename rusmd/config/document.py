@@ -15,7 +15,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-import tomlkit
 from tomlkit import items
 from tomlkit.exceptions import ParseError, TOMLKitError
 from tomlkit.parser import Parser
@@ -204,8 +203,3 @@ def _key_parts(key: items.Key) -> tuple[str, ...]:
     if isinstance(key, items.DottedKey):
         return tuple(part.key for part in key)
     return (key.key,)
-
-
-def dumps_value(value: Any) -> str:
-    """Render one value as TOML (for messages that quote an offending value)."""
-    return str(tomlkit.item(value).as_string())

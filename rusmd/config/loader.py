@@ -2,6 +2,11 @@
 
 Runs in: main (``rusmd``, ``rusmd check``).
 
+Which keys each table accepts, their types, ranges and defaults come from
+the declarations in ``rusmd.config.settings``; this module adds the checks
+a type and a range cannot express (addresses, paths, routes, sources, env
+keys, mounts, the rules between keys) and builds the frozen model.
+
 Layering: built-in defaults → the file → flags (``--listen``,
 ``--profile``). Relative paths resolve against the app dir (the
 manifest's directory). Every problem in the file is collected and
@@ -13,6 +18,7 @@ raised once as a ``ConfigError``, one line each:
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +33,6 @@ from rusmd.config.model import (
     Capability,
     Component,
     Log,
-    LogLevel,
     Manifest,
     Node,
     Preopen,
@@ -36,106 +41,26 @@ from rusmd.config.model import (
     Route,
     Serve,
 )
-from rusmd.config.reader import Problems, TableReader, describe, did_you_mean, format_path
+from rusmd.config.reader import Problems, TableReader, did_you_mean, format_path
 from rusmd.config.routes import RouteTable, parse_route_key, parse_route_target
+from rusmd.config.settings import (
+    CAPABILITY,
+    COMPONENT,
+    LOG,
+    NODE,
+    PREOPEN,
+    ROOT,
+    SERVE,
+    Setting,
+)
 from rusmd.errors import ConfigError, ConfigProblem, RouteError
-from rusmd.supervision.spec import RestartType
 
-TOP_LEVEL = ("node", "log", "serve", "capabilities", "components")
-NODE_KEYS = (
-    "listen",
-    "profile",
-    "ticks_per_second",
-    "store",
-    "compile-timeout-s",
-    "compile-memory-mb",
-)
-LOG_KEYS = ("level",)
-SERVE_KEYS = (
-    "protocol",
-    "listen",
-    "name",
-    "source",
-    "routes",
-    "max-connections",
-    "max-url-bytes",
-    "max-header-bytes",
-    "max-headers",
-    "max-body-bytes",
-    "header-timeout-s",
-    "body-timeout-s",
-    "idle-timeout-s",
-    "timeout-s",
-    "heartbeat-s",
-    "max-message-bytes",
-    "retry-after-s",
-)
-CAPABILITY_KEYS = (
-    "inherits",
-    "allow-network",
-    "allow-spawn",
-    "allow-process-control",
-    "allow-stdio",
-    "allow-storage",
-    "max-memory-mb",
-    "max-cpu-ms",
-    "env",
-    "preopen",
-)
-PREOPEN_KEYS = ("host", "guest", "read-only")
-COMPONENT_KEYS = ("capability", "resident", "source", "restart", "intensity", "period-s")
+# A bespoke check of a key's typed value: the value to keep, or None when
+# it is rejected (the check has reported why).
+Check = Callable[[Any], Any]
 
-# The snapshot rate the node endpoint can sustain; seed 000 fixes 10–60 Hz.
-TICKS_RANGE = (10, 60)
-# wasm32 addresses at most 4 GiB, so a larger heap ceiling cannot be honoured.
-MAX_MEMORY_MB = 4096
-# A per-call CPU budget: at least one epoch tick, at most an hour.
-CPU_MS_RANGE = (10, 3_600_000)
-# A resident's restart budget: restarts within a period, and the period.
-INTENSITY_RANGE = (0, 1000)
-DEFAULT_INTENSITY = 3
-DEFAULT_PERIOD_S = 5
-PERIOD_S_RANGE = (1, 3600)
-# Compile limits: long enough for a large JS engine, short enough to notice.
-COMPILE_TIMEOUT_RANGE = (1, 3600)
-COMPILE_MEMORY_RANGE = (64, 65536)
-# Listener limits: each bounds what one client can make a worker hold or wait
-# for; the floors keep a listener usable, the ceilings keep a typo from
-# switching a limit off.
-# Open connections per worker: file descriptors and per-connection buffers.
-MAX_CONNECTIONS_RANGE = (1, 100_000)
-# The request target is buffered whole before routing.
-MAX_URL_BYTES_RANGE = (256, 1 << 20)
-# The request head is buffered whole; the count bounds per-header parse work.
-MAX_HEADER_BYTES_RANGE = (1024, 1 << 20)
-MAX_HEADERS_RANGE = (1, 1000)
-# The body is held in memory before the handler sees it.
-MAX_BODY_BYTES_RANGE = (0, 1 << 30)
-# Head, body, idle and handler timeouts: a client trickling bytes (slowloris),
-# idle keep-alive sockets held open, a handler that never answers.
-LISTENER_TIMEOUT_S_RANGE = (0.1, 3600.0)
-# A heartbeat under a second would flood every open stream with keep-alives.
-HEARTBEAT_S_RANGE = (1.0, 3600.0)
-# One incoming WS message is buffered whole before delivery.
-MAX_MESSAGE_BYTES_RANGE = (1, 1 << 26)
-# How long a client refused with 503 is told to wait.
-RETRY_AFTER_S_RANGE = (0, 3600)
-_SERVE_INTEGER_LIMITS = (
-    ("max-connections", MAX_CONNECTIONS_RANGE),
-    ("max-url-bytes", MAX_URL_BYTES_RANGE),
-    ("max-header-bytes", MAX_HEADER_BYTES_RANGE),
-    ("max-headers", MAX_HEADERS_RANGE),
-    ("max-body-bytes", MAX_BODY_BYTES_RANGE),
-    ("max-message-bytes", MAX_MESSAGE_BYTES_RANGE),
-    ("retry-after-s", RETRY_AFTER_S_RANGE),
-)
-_SERVE_SECONDS_LIMITS = (
-    ("header-timeout-s", LISTENER_TIMEOUT_S_RANGE),
-    ("body-timeout-s", LISTENER_TIMEOUT_S_RANGE),
-    ("idle-timeout-s", LISTENER_TIMEOUT_S_RANGE),
-    ("timeout-s", LISTENER_TIMEOUT_S_RANGE),
-    ("heartbeat-s", HEARTBEAT_S_RANGE),
-)
+# Every key a capability profile accepts (docs/abi.md tabulates the grants).
+CAPABILITY_KEYS = CAPABILITY.names()
 
 _COMPONENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -212,11 +137,11 @@ class _Builder:
 
     def build(self, values: dict[str, Any], overrides: Overrides) -> Manifest:
         root = TableReader(self.problems, (), values)
-        root.check_keys(TOP_LEVEL, what="table")
-        node = self._node(root.table("node"), overrides)
-        log = self._log(root.table("log"))
-        capabilities = self._capabilities(root.table("capabilities"), node)
-        components = self._components(root.table("components"), capabilities, node)
+        root.check_keys(ROOT.names(), what="table")
+        node = self._node(root.read(ROOT["node"]), overrides)
+        log = self._log(root.read(ROOT["log"]))
+        capabilities = self._capabilities(root.read(ROOT["capabilities"]), node)
+        components = self._components(root.read(ROOT["components"]), capabilities, node)
         serve = self._serve_list(root, components, node)
         self._check_addresses(node, serve, overrides)
         for listener in serve:
@@ -237,29 +162,12 @@ class _Builder:
     def _node(self, table: TableReader | None, overrides: Overrides) -> Node:
         node = Node()
         if table is not None:
-            table.check_keys(NODE_KEYS)
-            listen = table.string("listen")
-            if listen is not None and self._address_ok(table, "listen", listen):
-                node = structs.replace(node, listen=listen)
-            profile = table.choice("profile", Profile)
-            if profile is not None:
-                node = structs.replace(node, profile=profile)
-            low, high = TICKS_RANGE
-            ticks = table.integer("ticks_per_second", low, high)
-            if ticks is not None:
-                node = structs.replace(node, ticks_per_second=ticks)
-            store = table.string("store")
-            if store is not None:
-                if store.strip():
-                    node = structs.replace(node, store=str(self._resolve(store)))
-                else:
-                    table.error("store", "'store' must be a file path, not an empty string")
-            timeout = table.integer("compile-timeout-s", *COMPILE_TIMEOUT_RANGE)
-            if timeout is not None:
-                node = structs.replace(node, compile_timeout_s=timeout)
-            memory = table.integer("compile-memory-mb", *COMPILE_MEMORY_RANGE)
-            if memory is not None:
-                node = structs.replace(node, compile_memory_mb=memory)
+            table.check_keys(NODE.names())
+            checks: dict[str, Check] = {
+                "listen": lambda listen: self._address(table, "listen", listen),
+                "store": lambda store: self._store(table, store),
+            }
+            node = Node(**_read_settings(table, NODE.settings, checks))
         if overrides.listen is not None:
             flags = TableReader(Problems("--listen", self.problems.lines), (), {})
             if self._address_ok(flags, None, overrides.listen):
@@ -272,9 +180,14 @@ class _Builder:
     def _log(self, table: TableReader | None) -> Log:
         if table is None:
             return Log()
-        table.check_keys(LOG_KEYS)
-        level = table.choice("level", LogLevel)
-        return Log(level=level) if level is not None else Log()
+        table.check_keys(LOG.names())
+        return Log(**_read_settings(table, LOG.settings))
+
+    def _store(self, table: TableReader, store: str) -> str | None:
+        if store.strip():
+            return str(self._resolve(store))
+        table.error("store", "'store' must be a file path, not an empty string")
+        return None
 
     def _capabilities(self, table: TableReader | None, node: Node) -> dict[str, Capability]:
         resolved: dict[str, Capability] = {}
@@ -296,29 +209,18 @@ class _Builder:
         return resolved
 
     def _capability(self, name: str, table: TableReader, node: Node) -> Capability:
-        table.check_keys(CAPABILITY_KEYS)
-        inherits = table.choice("inherits", BuiltinCapability) or BuiltinCapability.SANDBOXED
+        table.check_keys(CAPABILITY.names())
+        checks: dict[str, Check] = {
+            "env": lambda keys: self._env_keys(table, keys),
+            "preopen": self._preopens,
+        }
+        values = _read_settings(table, CAPABILITY.settings, checks)
+        inherits = values.pop("inherits", CAPABILITY["inherits"].default)
         base = BUILTIN_CAPABILITIES[inherits]
-        grants: dict[str, Any] = {}
-        for key in CAPABILITY_KEYS:
-            if key.startswith("allow-"):
-                granted = table.boolean(key)
-                grants[key.replace("-", "_")] = (
-                    granted if granted is not None else getattr(base, key.replace("-", "_"))
-                )
-        memory = table.integer(
-            "max-memory-mb", 1, MAX_MEMORY_MB, " (wasm32 addresses at most 4 GiB)"
-        )
-        cpu = table.integer("max-cpu-ms", *CPU_MS_RANGE)
-        capability = Capability(
-            name=name,
-            inherits=inherits,
-            max_memory_mb=memory if memory is not None else base.max_memory_mb,
-            max_cpu_ms=cpu if cpu is not None else base.max_cpu_ms,
-            env=self._env_keys(table),
-            preopen=self._preopens(table),
-            **grants,
-        )
+        for setting in CAPABILITY.settings:
+            if setting.inherited:
+                values.setdefault(setting.field, getattr(base, setting.field))
+        capability = Capability(name=name, inherits=inherits, **values)
         if capability.allow_storage and node.store is None:
             table.warn(
                 "allow-storage" if "allow-storage" in table.values else "inherits",
@@ -327,8 +229,7 @@ class _Builder:
             )
         return capability
 
-    def _env_keys(self, table: TableReader) -> tuple[str, ...]:
-        keys = table.string_list("env") or []
+    def _env_keys(self, table: TableReader, keys: list[str]) -> tuple[str, ...]:
         seen: list[str] = []
         for key in keys:
             if not _ENV_KEY.match(key):
@@ -341,13 +242,12 @@ class _Builder:
                     table.warn("env", f"env key '{key}' is set neither in the environment nor .env")
         return tuple(seen)
 
-    def _preopens(self, table: TableReader) -> tuple[Preopen, ...]:
+    def _preopens(self, entries: list[TableReader]) -> tuple[Preopen, ...]:
         mounts: list[Preopen] = []
-        for entry in table.table_list("preopen") or []:
-            entry.check_keys(PREOPEN_KEYS)
-            host = entry.string("host", required=True)
-            guest = entry.string("guest", required=True)
-            read_only = entry.boolean("read-only")
+        for entry in entries:
+            entry.check_keys(PREOPEN.names())
+            values = _read_settings(entry, PREOPEN.settings)
+            host, guest = values.get("host"), values.get("guest")
             if guest is not None and not guest.startswith("/"):
                 entry.error("guest", f"guest path {guest!r} must be absolute (start with '/')")
                 continue
@@ -359,13 +259,8 @@ class _Builder:
             if not host.strip():
                 entry.error("host", "'host' must be a directory path, not an empty string")
                 continue
-            mounts.append(
-                Preopen(
-                    host=str(self._resolve(host)),
-                    guest=guest,
-                    read_only=True if read_only is None else read_only,
-                )
-            )
+            read_only = values.get("read_only", PREOPEN["read-only"].default)
+            mounts.append(Preopen(host=str(self._resolve(host)), guest=guest, read_only=read_only))
         return tuple(mounts)
 
     def _components(
@@ -385,29 +280,35 @@ class _Builder:
                     "(it names the file wasm/<name>.*)",
                 )
                 continue
-            entry.check_keys(COMPONENT_KEYS)
-            declared = entry.string("capability") or "sandboxed"
-            profile = self._profile_for(entry, declared, capabilities)
-            source = self._source(entry, node)
-            restart = entry.choice("restart", RestartType) or RestartType.PERMANENT
-            intensity = entry.integer("intensity", *INTENSITY_RANGE)
-            period_s = entry.integer("period-s", *PERIOD_S_RANGE)
-            resident = bool(entry.boolean("resident"))
-            if not resident:
-                for key in ("restart", "intensity", "period-s"):
-                    if key in entry.values:
-                        entry.warn(key, f"'{key}' only applies to resident components")
-            components[name] = Component(
-                name=name,
-                capability=declared,
-                profile=profile,
-                resident=resident,
-                source=source,
-                restart=str(restart),
-                intensity=DEFAULT_INTENSITY if intensity is None else intensity,
-                period_s=DEFAULT_PERIOD_S if period_s is None else period_s,
-            )
+            components[name] = self._component(name, entry, capabilities, node)
         return components
+
+    def _component(
+        self, name: str, entry: TableReader, capabilities: dict[str, Capability], node: Node
+    ) -> Component:
+        entry.check_keys(COMPONENT.names())
+        checks: dict[str, Check] = {"source": lambda source: self._source(entry, node, source)}
+        # `resident` is read apart: whether the resident-only keys apply hangs on it.
+        values = _read_settings(
+            entry, (s for s in COMPONENT.settings if s.name != "resident"), checks
+        )
+        resident = bool(entry.read(COMPONENT["resident"]))
+        # An empty name is no name: the component runs under the default profile.
+        declared = values.pop("capability", None) or COMPONENT["capability"].default
+        profile = self._profile_for(entry, declared, capabilities)
+        if not resident:
+            for key in ("restart", "intensity", "period-s"):
+                if key in entry.values:
+                    entry.warn(key, f"'{key}' only applies to resident components")
+        restart = values.pop("restart", COMPONENT["restart"].default)
+        return Component(
+            name=name,
+            capability=declared,
+            profile=profile,
+            resident=resident,
+            restart=str(restart),
+            **values,
+        )
 
     def _profile_for(
         self, entry: TableReader, declared: str, capabilities: dict[str, Capability]
@@ -424,10 +325,7 @@ class _Builder:
         )
         return BUILTIN_CAPABILITIES[BuiltinCapability.SANDBOXED]
 
-    def _source(self, entry: TableReader, node: Node) -> str | None:
-        source = entry.string("source")
-        if source is None:
-            return None
+    def _source(self, entry: TableReader, node: Node, source: str) -> str | None:
         kv = _KV_SOURCE.match(source)
         if kv:
             if node.store is None:
@@ -448,9 +346,7 @@ class _Builder:
     def _serve_list(
         self, root: TableReader, components: dict[str, Component], node: Node
     ) -> list[Serve]:
-        if "serve" not in root.values:
-            return []
-        entries = root.table_list("serve")
+        entries = root.read(ROOT["serve"])
         if entries is None:
             return []
         listeners = []
@@ -463,39 +359,41 @@ class _Builder:
     def _serve(
         self, entry: TableReader, components: dict[str, Component], node: Node
     ) -> Serve | None:
-        entry.check_keys(SERVE_KEYS)
-        protocol = entry.choice("protocol", Protocol, required=True)
-        listen = entry.string("listen", required=True)
-        if listen is not None and not self._address_ok(entry, "listen", listen):
-            listen = None
-        name = entry.string("name")
-        if name is not None and not _COMPONENT_NAME.match(name):
-            entry.error("name", f"handler name {name!r} must be letters, digits, '-' or '_'")
-            name = None
-        source = self._source(entry, node)
-        routes = self._routes(entry, components)
+        entry.check_keys(SERVE.names())
+        checks: dict[str, Check] = {
+            "listen": lambda listen: self._address(entry, "listen", listen),
+            "name": lambda name: self._handler_name(entry, name),
+            "source": lambda source: self._source(entry, node, source),
+            "routes": lambda table: self._routes(table, components),
+        }
+        values = _read_settings(entry, (s for s in SERVE.settings if s.range is None), checks)
+        protocol = values.get("protocol")
         has_routes = "routes" in entry.values
         if protocol is Protocol.WS:
-            if name is None and "name" not in entry.values:
+            if values.get("name") is None and "name" not in entry.values:
                 entry.error(None, "a ws listener needs 'name' (its one handler component)")
             if has_routes:
                 entry.warn("routes", "ws listeners ignore [serve.routes]")
-                routes = ()
+                values.pop("routes", None)
         elif not has_routes and "name" not in entry.values:
             entry.error(None, "a listener needs [serve.routes] or 'name' (its one handler)")
         elif has_routes and "name" in entry.values:
             entry.error("name", "set either [serve.routes] or 'name', not both")
-        limits = _serve_limits(entry)
-        if protocol is None or listen is None:
+        # A limit that does not apply to the listener's protocol (heartbeat-s on
+        # http) is still accepted, so one block of limits can be copied between
+        # listeners.
+        values.update(_read_settings(entry, SERVE.limits()))
+        if protocol is None or "listen" not in values:
             return None
-        return Serve(
-            protocol=protocol, listen=listen, routes=routes, name=name, source=source, **limits
-        )
+        return Serve(**values)
 
-    def _routes(self, entry: TableReader, components: dict[str, Component]) -> tuple[Route, ...]:
-        table = entry.table("routes")
-        if table is None:
-            return ()
+    def _handler_name(self, entry: TableReader, name: str) -> str | None:
+        if _COMPONENT_NAME.match(name):
+            return name
+        entry.error("name", f"handler name {name!r} must be letters, digits, '-' or '_'")
+        return None
+
+    def _routes(self, table: TableReader, components: dict[str, Component]) -> tuple[Route, ...]:
         routes: list[Route] = []
         for key, value in table.values.items():
             route = self._route(table, key, value, components)
@@ -535,6 +433,9 @@ class _Builder:
         return Route(
             method=pattern.method, path=key.split(" ", 1)[1], component=component, action=action
         )
+
+    def _address(self, table: TableReader, key: str, address: str) -> str | None:
+        return address if self._address_ok(table, key, address) else None
 
     def _address_ok(self, table: TableReader, key: str | None, address: str) -> bool:
         problem = address_problem(address)
@@ -580,37 +481,24 @@ def address_problem(address: str) -> str:
     return ""
 
 
-def _serve_limits(entry: TableReader) -> dict[str, Any]:
-    """The listener limits ``entry`` sets, as ``Serve`` keywords; the rest keep their defaults.
+def _read_settings(
+    table: TableReader, settings: Iterable[Setting], checks: Mapping[str, Check] | None = None
+) -> dict[str, Any]:
+    """The values ``table`` sets for ``settings``, in order, as model keywords.
 
-    A limit that does not apply to the listener's protocol (``heartbeat-s`` on
-    http) is still accepted, so one block of limits can be copied between
-    listeners.
+    Each value is type- and range-checked as declared, then by its bespoke
+    check in ``checks`` if it has one; absent and rejected values are left
+    out, so the model's defaults fill them.
     """
-    limits: dict[str, Any] = {}
-    for key, (low, high) in _SERVE_INTEGER_LIMITS:
-        value = entry.integer(key, low, high)
+    values: dict[str, Any] = {}
+    for setting in settings:
+        value = table.read(setting)
+        check = (checks or {}).get(setting.name)
+        if value is not None and check is not None:
+            value = check(value)
         if value is not None:
-            limits[key.replace("-", "_")] = value
-    for key, (low_s, high_s) in _SERVE_SECONDS_LIMITS:
-        seconds = _seconds(entry, key, low_s, high_s)
-        if seconds is not None:
-            limits[key.replace("-", "_")] = seconds
-    return limits
-
-
-def _seconds(table: TableReader, key: str, low: float, high: float) -> float | None:
-    """A duration in ``low..high`` seconds (inclusive; an integer or a float), or None."""
-    if key not in table.values:
-        return None
-    value = table.values[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        table.error(
-            key,
-            f"'{key}' must be a number of seconds from {low:g} to {high:g}, not {describe(value)}",
-        )
-        return None
-    return float(value)
+            values[setting.field] = value
+    return values
 
 
 def _normal(address: str) -> str:

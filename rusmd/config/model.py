@@ -3,7 +3,11 @@
 Runs in: any (built in the main process, inherited by workers across fork).
 
 These are the shapes the rest of rusmd reads; nothing here parses TOML
-(``rusmd.config.loader`` does). Every field lists its default.
+(``rusmd.config.loader`` does). Every field lists its default. A field
+that holds a manifest key repeats the default declared for that key in
+``rusmd.config.settings`` (the help, type and range live there); a unit
+test holds the fields, their defaults and these docstrings to the
+declarations.
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Runs in: main (``rusmd``, ``rusmd check``); pure.
 
-The loader asks a ``TableReader`` for typed values; a wrong type, a bad
-enum value or an unknown key becomes a ``ConfigProblem`` with the file,
+The loader asks a ``TableReader`` for typed values, usually by handing it
+a declared ``Setting``; a wrong type, an out-of-range number, a bad enum
+value or an unknown key becomes a ``ConfigProblem`` with the file,
 the key's line and the table's path, and validation goes on, so one run
 reports every mistake in the file.
 """
@@ -17,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any, TypeVar
 
 from rusmd.config.document import KeyLines, KeyPath
+from rusmd.config.settings import Kind, Setting
 from rusmd.errors import ConfigProblem
 
 E = TypeVar("E", bound=enum.StrEnum)
@@ -107,6 +109,29 @@ class TableReader:
         at = (*self.path, key) if key is not None else self.path
         self.problems.warn(at, self.path, message)
 
+    def read(self, setting: Setting) -> Any:
+        """The value of ``setting`` as its declaration types it, or None when absent or wrong."""
+        key = setting.name
+        low, high = setting.range or (0, 0)
+        match setting.kind:
+            case Kind.STRING:
+                return self.string(key, required=setting.required)
+            case Kind.BOOLEAN:
+                return self.boolean(key)
+            case Kind.INTEGER:
+                return self.integer(key, int(low), int(high), setting.range_note)
+            case Kind.SECONDS:
+                return self.seconds(key, low, high)
+            case Kind.CHOICE:
+                assert setting.choices is not None, key
+                return self.choice(key, setting.choices, required=setting.required)
+            case Kind.STRING_ARRAY:
+                return self.string_list(key)
+            case Kind.TABLE:
+                return self.table(key)
+            case Kind.TABLE_ARRAY:
+                return self.table_list(key)
+
     def table(self, key: str) -> TableReader | None:
         """The sub-table ``key`` (absent → None, wrong type → problem + None)."""
         if key not in self.values:
@@ -150,6 +175,21 @@ class TableReader:
             )
             return None
         return value
+
+    def seconds(self, key: str, low: float, high: float) -> float | None:
+        """A duration in ``low..high`` seconds (inclusive; an integer or a float), or None."""
+        if key not in self.values:
+            return None
+        value = self.values[key]
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not low <= value <= high:
+            self.error(
+                key,
+                f"'{key}' must be a number of seconds from {low:g} to {high:g}, "
+                f"not {describe(value)}",
+            )
+            return None
+        return float(value)
 
     def choice(self, key: str, kind: type[E], *, required: bool = False) -> E | None:
         """An enum value; a bad one names every valid spelling."""

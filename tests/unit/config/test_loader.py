@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rusmd.config import Overrides, load_manifest, loader
+from rusmd.config import Overrides, load_manifest
 from rusmd.config.environment import Environment
 from rusmd.config.model import (
     BuiltinCapability,
@@ -74,7 +74,7 @@ def test_manifest_objects_are_frozen(tmp_path: Path) -> None:
         manifest.node.profile = Profile.LIGHT  # type: ignore[misc]
 
 
-# ── the seed's snippets and the sample ─────────────────────────────────────
+# ── the seed's snippets ─────────────────────────────────────────────────
 
 
 @pytest.mark.parametrize("fixture", SEED_FIXTURES, ids=lambda p: p.stem)
@@ -113,23 +113,6 @@ def test_complete_manifest_resolves_as_the_seed_describes() -> None:
     assert manifest.components["api"].profile == caps
     assert manifest.components["sessions"].resident
     assert manifest.components["sessions"].profile.max_memory_mb == 1024
-
-
-def test_sample_manifest_in_etc_loads_every_key() -> None:
-    manifest = load_manifest(REPO / "etc" / "rusm.toml")
-    text = (REPO / "etc" / "rusm.toml").read_text()
-    every_key = {
-        *loader.NODE_KEYS,
-        *loader.LOG_KEYS,
-        *loader.SERVE_KEYS,
-        *loader.CAPABILITY_KEYS,
-        *loader.PREOPEN_KEYS,
-        *loader.COMPONENT_KEYS,
-    }
-    for key in sorted(every_key):
-        assert key in text, f"etc/rusm.toml does not show {key}"
-    assert len(manifest.serve) == 2
-    assert manifest.components["sessions"].resident
 
 
 # ── strictness: located errors ─────────────────────────────────────────────
