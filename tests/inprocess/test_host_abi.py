@@ -417,7 +417,7 @@ import resource, sys, time
 from pathlib import Path
 resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
 sys.path.insert(0, {root!r})
-from tests.integration.test_host_abi import Host
+from tests.inprocess.test_host_abi import Host
 h = Host(Path({app!r}), '[components.case]\\n')
 h.load({{"case": '(module (memory (export "memory") 1) (func (export "run")))'}})
 pid = h.host.spawn("case")
