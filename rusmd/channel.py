@@ -392,11 +392,6 @@ class Channel:
         return messages
 
 
-def channel_pair() -> tuple[socket.socket, socket.socket]:
-    """A fresh connected socketpair for one channel."""
-    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-
-
 def _close_quietly(fd: int) -> None:
     try:
         os.close(fd)

@@ -112,6 +112,12 @@ class Actor:
     # condition (it schedules the fiber's next poll; any thread).
     waker: Callable[[], None] | None = None
     _cond: threading.Condition | None = None
+    _waiting: int = 0
+
+    @property
+    def waiting(self) -> int:
+        """Threads parked on its condition right now (receive, call, sleep, register)."""
+        return self._waiting
 
     @property
     def cond(self) -> threading.Condition:
@@ -699,13 +705,14 @@ def _wait_for(
     while not ready():
         if stoppable and actor.stop:
             raise Stopped(actor.stop)
-        if deadline is None:
-            actor.cond.wait()
-            continue
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        if remaining is not None and remaining <= 0:
             return False
-        actor.cond.wait(remaining)
+        actor._waiting += 1
+        try:
+            actor.cond.wait(remaining)
+        finally:
+            actor._waiting -= 1
     return True
 
 

@@ -50,7 +50,12 @@ _NOT_BRACKETS = bytes(code for code in range(256) if code not in b"[]{}")
 
 @dataclass(frozen=True)
 class CommandInfo:
-    """One control command.
+    """One control command, declared once.
+
+    rusmctl builds its parser and help from it (``summary`` and ``args``
+    are what ``rusmctl --help`` and ``rusmctl <name> --help`` print); the
+    daemon's ``rusmd.main.commands.HANDLERS`` has one handler per name
+    (checked when that module is imported).
 
     Attributes:
         name: The verb (``rusmctl <name>``).

@@ -7,7 +7,7 @@ Runs in: main.
 - ``residents``  resident components and the node-wide name registry.
 - ``compile``    the compile child: AOT images off the loop.
 - ``queries``    questions asked of workers, answered by channel frames.
-- ``commands``   one handler per ``rusmctl`` command; its docstring is its help.
+- ``commands``   one handler per ``rusmctl`` command (declared in ``control.protocol``).
 - ``listeners``  the serve sockets, bound here and inherited by workers.
 - ``systemd``    sd_notify, the watchdog and socket activation.
 """

@@ -1,14 +1,21 @@
-"""One handler per control command; each docstring is the command's help.
+"""One handler per control command, keyed by the names ``protocol.COMMANDS`` declares.
 
 Runs in: main.
 
-``dispatch`` looks the command up in ``HANDLERS``, a fixed table keyed by
-the names in ``protocol.COMMANDS``: nothing is dispatched by attribute
-name. A handler returns its result or raises ``CommandError`` with the
-exit code rusmctl should end with. Commands on wasm processes (spawn,
-list, info, kill) ask the workers and return ``DEFERRED``: their reply
-is sent when the answers arrive. One failing command never disturbs the
-daemon: anything unexpected becomes an error reply.
+A command is declared once, as its ``CommandInfo`` in
+``protocol.COMMANDS``: its name, the one line of help and its arguments,
+which rusmctl turns into ``rusmctl --help`` and ``rusmctl <command>
+--help`` with the stdlib alone (it never imports this package). A
+handler's docstring says how the daemon carries the command out.
+
+``dispatch`` looks the command up in ``HANDLERS``, a fixed table with
+exactly the names of ``protocol.COMMANDS`` (checked when this module is
+imported): nothing is dispatched by attribute name. A handler returns
+its result or raises ``CommandError`` with the exit code rusmctl should
+end with. Commands on wasm processes (spawn, list, info, kill) ask the
+workers and return ``DEFERRED``: their reply is sent when the answers
+arrive. One failing command never disturbs the daemon: anything
+unexpected becomes an error reply.
 
 The store (``[node] store``) is open in every worker and never in this
 process (it forks; an LMDB environment must not cross a fork), so ``kv``
@@ -357,7 +364,14 @@ HANDLERS: dict[str, Handler] = {
     "logs": logs,
     "kv": kv,
 }
-assert set(HANDLERS) == set(COMMANDS), "every command in the table has one handler"
+_UNMATCHED = sorted(set(HANDLERS) ^ set(COMMANDS))
+if _UNMATCHED:
+    # Not an assert: a command rusmctl offers must never lack its handler,
+    # even under python -O.
+    raise RuntimeError(
+        f"control commands and handlers differ: {', '.join(_UNMATCHED)} "
+        "(declare each command in protocol.COMMANDS and give it one handler here)"
+    )
 
 
 def _pool(daemon: MainProcess) -> Any:

@@ -22,8 +22,8 @@ import pytest
 import wasmtime
 
 from rusmd.errors import EX_NOSUCH, EX_OK, EX_REFUSED
+from tests.guests.pathological import pathological_module
 from tests.integration.conftest import App, Daemon
-from tests.integration.test_compile import pathological_module
 
 GUESTS = Path(__file__).resolve().parent.parent / "guests"
 # Long enough for a loaded two-core machine to spawn, run and log.

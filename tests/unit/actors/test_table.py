@@ -26,6 +26,9 @@ from rusmd.actors.table import Actor, ActorTable, Envelope, Stopped
 from rusmd.channel import Message, NameClaim, NameDrop, NameReply, Names, Sig
 
 SLOT = 3
+# How long a test waits for another thread to reach a state; far above
+# what it takes, so only a hang fails the test.
+PARK_TIMEOUT_S = 5.0
 
 
 class Fake:
@@ -67,6 +70,19 @@ def add(table: ActorTable, serial: int, stops: list[tuple[int, str, str]] | None
     p = pid(serial)
     record = stops if stops is not None else []
     return table.add(p, f"t#{p}", lambda reason, detail: record.append((p, reason, detail)))
+
+
+def wait_until(condition: Callable[[], bool], what: str) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` at the deadline."""
+    deadline = time.monotonic() + PARK_TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out after {PARK_TIMEOUT_S:g}s: {what}"
+        time.sleep(0.001)
+
+
+def wait_parked(actor: Actor) -> None:
+    """Return once a thread is parked on ``actor``'s condition."""
+    wait_until(lambda: actor.waiting == 1, f"a thread parked on {actor.label}")
 
 
 def take(table: ActorTable, actor: Actor) -> Envelope:
@@ -120,11 +136,12 @@ def test_a_parked_receive_wakes_for_a_message_from_another_thread(fake: Fake) ->
     got: list[Any] = []
     waiter = threading.Thread(target=lambda: got.append(table.receive(b, None, 100)))
     waiter.start()
-    time.sleep(0.05)
+    wait_parked(b)
     assert not got, "receive must park while the mailbox is empty"
     table.send(a.pid, b.pid, b"wake")
     waiter.join(5)
     assert got and got[0][0] == ErrorCode.OK and got[0][1].payload == b"wake"
+    assert b.waiting == 0
 
 
 def test_a_kill_wakes_a_parked_receive(fake: Fake) -> None:
@@ -141,7 +158,7 @@ def test_a_kill_wakes_a_parked_receive(fake: Fake) -> None:
 
     waiter = threading.Thread(target=wait)
     waiter.start()
-    time.sleep(0.05)
+    wait_parked(b)
     assert table.kill(b.pid, "killed", "by a test")
     waiter.join(5)
     assert [str(e) for e in errors] == ["killed"]
@@ -234,7 +251,7 @@ def test_call_ends_with_noproc_when_the_callee_dies(fake: Fake) -> None:
     results: list[tuple[int, bytes]] = []
     caller = threading.Thread(target=lambda: results.append(table.call(a, b.pid, b"x", None)))
     caller.start()
-    time.sleep(0.05)
+    wait_parked(a)
     table.remove(b.pid, "crashed")
     caller.join(5)
     assert results == [(ErrorCode.NOPROC, b"")]
@@ -280,11 +297,9 @@ def test_register_holds_when_the_broadcast_arrives_before_the_reply(fake: Fake) 
     results: list[int] = []
     caller = threading.Thread(target=lambda: results.append(table.register(a, "svc")))
     caller.start()
-    claim = None
-    deadline = time.monotonic() + 5
-    while claim is None and time.monotonic() < deadline:
-        claim = next((m for m in fake.main if isinstance(m, NameClaim)), None)
-        time.sleep(0.001)
+    # The claim goes to main before the caller parks for the answer.
+    wait_parked(a)
+    claim = next((m for m in fake.main if isinstance(m, NameClaim)), None)
     assert claim is not None
     # Main broadcasts the change to every worker, then answers the claim.
     table.names_update(Names(set={"svc": a.pid}, removed=[]))

@@ -1,4 +1,4 @@
-"""The control protocol's frame reader: caps on size and nesting.
+"""The control protocol: frames in and out, the caps on size and nesting, the command table.
 
 Runs in: any (the test process; pure byte handling, no daemon).
 """
@@ -11,6 +11,8 @@ import struct
 import pytest
 
 from rusmd.control.protocol import (
+    COMMANDS,
+    MAX_FRAME_BYTES,
     MAX_NESTING_DEPTH,
     FrameReader,
     ProtocolError,
@@ -68,3 +70,85 @@ def test_frame_reader_request_at_the_limit_decodes() -> None:
     depth = MAX_NESTING_DEPTH - 2
     request = {"command": "status", "args": {"x": json.loads(nested(depth))}}
     assert FrameReader().feed(encode_frame(request)) == [request]
+
+
+# ── framing ─────────────────────────────────────────────────────────────
+
+
+def test_encode_frame_round_trips_through_the_reader() -> None:
+    reply = {"ok": True, "result": {"text": "héllo ☃", "n": [1, 2.5, None, False]}}
+    data = encode_frame(reply)
+    assert struct.unpack(">I", data[:4])[0] == len(data) - 4
+    assert FrameReader().feed(data) == [reply]
+
+
+def test_frame_reader_a_frame_split_across_feeds_comes_out_once_whole() -> None:
+    reader = FrameReader()
+    data = encode_frame({"command": "status", "args": {}})
+    # Inside the length prefix, at its end, inside the payload, then the rest.
+    assert reader.feed(data[:2]) == []
+    assert reader.feed(data[2:4]) == []
+    assert reader.feed(data[4:9]) == []
+    assert reader.feed(data[9:]) == [{"command": "status", "args": {}}]
+    assert reader.feed(b"") == []
+
+
+def test_frame_reader_several_frames_in_one_feed_in_order_and_a_partial_kept() -> None:
+    reader = FrameReader()
+    third = encode_frame({"n": 3})
+    assert reader.feed(encode_frame({"n": 1}) + encode_frame({"n": 2}) + third[:6]) == [
+        {"n": 1},
+        {"n": 2},
+    ]
+    assert reader.feed(third[6:]) == [{"n": 3}]
+
+
+def test_frame_reader_length_over_the_cap_is_refused_before_the_payload() -> None:
+    with pytest.raises(ProtocolError, match=f"frame of {MAX_FRAME_BYTES + 1} bytes exceeds"):
+        FrameReader().feed(struct.pack(">I", MAX_FRAME_BYTES + 1))
+
+
+def test_frame_reader_length_at_the_cap_waits_for_its_payload() -> None:
+    assert FrameReader().feed(struct.pack(">I", MAX_FRAME_BYTES) + b"{") == []
+
+
+def test_encode_frame_over_the_cap_raises_protocol_error() -> None:
+    with pytest.raises(ProtocolError, match=f"exceeds {MAX_FRAME_BYTES}"):
+        encode_frame({"value": "x" * MAX_FRAME_BYTES})
+
+
+@pytest.mark.parametrize(
+    ("payload", "error"),
+    [
+        (b"{not json", "frame is not JSON"),
+        (b"\xff\xfe{}", "frame is not JSON"),
+        (b"", "frame is not JSON"),
+        (b"[1, 2]", "frame is not a JSON object"),
+        (b'"status"', "frame is not a JSON object"),
+        (b"42", "frame is not a JSON object"),
+        (b"null", "frame is not a JSON object"),
+    ],
+    ids=["garbled", "not-utf8", "empty", "array", "string", "number", "null"],
+)
+def test_frame_reader_a_frame_that_is_no_json_object_is_refused(payload: bytes, error: str) -> None:
+    with pytest.raises(ProtocolError, match=error):
+        FrameReader().feed(frame(payload))
+
+
+def test_frame_reader_a_bad_frame_fails_the_whole_feed_it_came_in() -> None:
+    # A good frame ahead of a bad one in the same feed: the feed raises, and
+    # the server answers "bad frame" and closes without running either.
+    with pytest.raises(ProtocolError):
+        FrameReader().feed(encode_frame({"command": "stop", "args": {}}) + frame(b"[]"))
+
+
+# ── the command table ───────────────────────────────────────────────────
+
+
+def test_commands_are_keyed_by_their_own_names_and_each_has_help() -> None:
+    for name, info in COMMANDS.items():
+        assert info.name == name
+        assert info.summary and "\n" not in info.summary
+        for arg, help_text, _required in info.args:
+            assert arg.isidentifier() and help_text, (name, arg)
+    assert [name for name, info in COMMANDS.items() if info.streams] == ["logs"]

@@ -24,13 +24,10 @@ from rusmd.config.model import LogLevel
 from rusmd.log import Logger, LogRecord
 from rusmd.main.compile import CompileJob, CompileRun, compile_blocking, jobs_for
 from rusmd.wasm.cache import verify
+from tests.guests.pathological import pathological_module
 
 HELLO_WAT = '(module (func (export "run") (result i32) i32.const 42))'
 OTHER_WAT = '(module (func (export "run") (result i32) i32.const 7))'
-# A function body of `i32.const 0; drop` repeated: cheap to build, linear
-# (and slow) for Cranelift. wasmparser caps one body at 7,654,321 bytes, so
-# a big module is many such functions.
-INSTRUCTIONS_PER_FUNCTION = 2_300_000
 SELECT_TIMEOUT_S = 0.05
 
 
@@ -45,34 +42,6 @@ class Records:
 
     def texts(self, level: str | None = None) -> list[str]:
         return [r.text for r in self.records if level is None or r.level == level]
-
-
-def leb128(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def section(section_id: int, payload: bytes) -> bytes:
-    return bytes([section_id]) + leb128(len(payload)) + payload
-
-
-def pathological_module(functions: int) -> bytes:
-    """A valid core module of ``functions`` huge no-op functions (~7 MB each)."""
-    body = b"\x00" + b"\x41\x00\x1a" * INSTRUCTIONS_PER_FUNCTION + b"\x0b"  # no locals ... end
-    entry = leb128(len(body)) + body
-    return (
-        b"\x00asm\x01\x00\x00\x00"
-        + section(1, b"\x01\x60\x00\x00")  # one type: [] -> []
-        + section(3, leb128(functions) + b"\x00" * functions)  # every function has type 0
-        + section(10, leb128(functions) + entry * functions)
-    )
 
 
 @pytest.fixture
@@ -372,7 +341,7 @@ def test_child_killed_from_outside_fails_that_module_and_the_rest_still_compile(
 def test_child_reaped_by_another_waitpid_is_still_accounted_for(
     app_dir: Path, records: Records
 ) -> None:
-    # The daemon's worker pool reaps with waitpid(-1) and hands foreign pids on.
+    # In the daemon the main process's one reaper hands the compile child's exit to the run.
     big = write_wasm(app_dir, "big", pathological_module(functions=3))
     small = write_wasm(app_dir, "api", wasmtime.wat2wasm(HELLO_WAT))
     run = CompileRun(

@@ -2,9 +2,10 @@
 
 Runs in: the test process, which plays a worker: a real ``WasmHost``
 (real wasmtime, the pooling engine, guest threads, the epoch ticker)
-with guests compiled through the real AOT cache. The daemon-level
-tests are in ``test_wasm_processes.py``; this file drives many small
-generated guests, which would be slow through a daemon.
+with guests compiled through the real AOT cache (``conftest.Host``).
+The daemon-level tests are in ``tests/integration/test_wasm_processes.py``;
+this file drives many small generated guests, which would be slow
+through a daemon.
 
 Property: whatever (ptr, len) a guest hands a host function, the host
 never reads outside ``[ptr, ptr + len)`` of the guest's own memory; an
@@ -18,27 +19,18 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import wasmtime
 
 from rusmd.abi import ErrorCode
-from rusmd.channel import ComponentImage
-from rusmd.config import Overrides, load_environment, load_manifest
-from rusmd.config.model import LogLevel
-from rusmd.log import Logger, LogRecord
 from rusmd.wasm.abi import FUNCTIONS, Grant
-from rusmd.wasm.cache import CompileCache
-from rusmd.wasm.engine import compile_engine
-from rusmd.wasm.host import WasmHost
+from tests.inprocess.conftest import Host
 
 PAGE = 65536
 # Random cases per pointer-taking import; each is its own module.
 CASES = 60
-SETTLE_S = 20.0
 
 # Host functions taking (ptr, len) pairs: name → WAT for a call with the
 # hostile pair as {p}/{n} (every other argument is harmless: pid 1 lives on
@@ -126,53 +118,6 @@ def _signature(name: str) -> str:
 
 
 SIGNATURES = {name: _signature(name) for name in map(_import_name, POINTER_CALLS)}
-
-
-class Host:
-    """A WasmHost in this process plus the records it logged."""
-
-    def __init__(self, app: Path, manifest_text: str) -> None:
-        (app / "rusm.toml").write_text(manifest_text)
-        self.app = app
-        self.manifest = load_manifest(str(app / "rusm.toml"), Overrides(), load_environment(app))
-        self.records: list[LogRecord] = []
-        self.cache = CompileCache(app / ".rusm" / "cache")
-        self.engine = compile_engine()
-        self.host = WasmHost(
-            self.manifest,
-            7,
-            Logger(LogLevel.DEBUG, self.records.append),
-            load_environment(app),
-            request_lease=lambda: None,
-        )
-        self.host.add_lease(1, 1_000_000)
-
-    def load(self, sources: dict[str, str]) -> None:
-        images = []
-        for name, wat in sources.items():
-            wasm = wasmtime.wat2wasm(wat)
-            entry = self.cache.store(
-                self.cache.key(wasm), wasmtime.Module(self.engine, wasm).serialize(), name
-            )
-            images.append(ComponentImage(name=name, cwasm=str(entry.path), digest=entry.digest))
-        self.host.load(images)
-
-    def exits(self) -> dict[str, str]:
-        return {
-            r.text.split()[1]: r.text
-            for r in list(self.records)
-            if r.source == "rusm" and r.text.startswith("exit ")
-        }
-
-    def wait_exit(self, pid: int, name: str) -> str:
-        label = f"{name}#{pid}"
-        deadline = time.monotonic() + SETTLE_S
-        while time.monotonic() < deadline:
-            line = self.exits().get(label)
-            if line is not None:
-                return line
-            time.sleep(0.01)
-        raise AssertionError(f"{label} did not exit; records: {self.records[-5:]}")
 
 
 @pytest.fixture
@@ -418,7 +363,7 @@ import resource, sys, time
 from pathlib import Path
 resource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))
 sys.path.insert(0, {root!r})
-from tests.integration.test_host_abi import Host
+from tests.inprocess.conftest import Host
 h = Host(Path({app!r}), '[components.case]\\n')
 h.load({{"case": '(module (memory (export "memory") 1) (func (export "run")))'}})
 pid = h.host.spawn("case")
