@@ -22,7 +22,7 @@ every line is capped at ``MAX_LINE_BYTES``; a cut line ends in
 ``…[truncated N bytes]``, N the UTF-8 bytes of the original text left out
 (counting a cut made earlier, by the host, too: ``LogRecord.cut_bytes``).
 
-Logging never blocks or floods (issue: a stderr nobody reads, a guest in
+Logging never blocks or floods (a stderr nobody reads, a guest in
 a tight loop):
 
 - ``LogOutput`` writes the main process's lines without blocking: a

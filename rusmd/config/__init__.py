@@ -2,7 +2,7 @@
 
 Runs in: main (workers inherit the resolved ``Manifest`` across fork).
 
-- ``model``        the frozen, typed result with every seed default.
+- ``model``        the frozen, typed result with every default.
 - ``settings``     every key declared once: table, type, default, range, help.
 - ``document``     TOML parsing that remembers every key's line.
 - ``reader``       typed access that collects every problem.

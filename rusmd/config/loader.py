@@ -1,4 +1,4 @@
-"""Load ``rusm.toml``: validate every table and key of seed 000, then resolve.
+"""Load ``rusm.toml``: validate every table and key, then resolve.
 
 Runs in: main (``rusmd``, ``rusmd check``).
 
@@ -146,7 +146,7 @@ class _Builder:
         self._check_addresses(node, serve, overrides)
         for listener in serve:
             if listener.name and listener.name not in components:
-                # Seed 000: a single handler with no [components.<name>] runs sandboxed.
+                # A single handler with no [components.<name>] runs sandboxed.
                 components[listener.name] = Component(name=listener.name)
         return Manifest(
             path=str(self.manifest_path),

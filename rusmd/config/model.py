@@ -1,4 +1,4 @@
-"""The resolved manifest: frozen, typed objects with every default from seed 000.
+"""The resolved manifest: frozen, typed objects with every default.
 
 Runs in: any (built in the main process, inherited by workers across fork).
 
@@ -26,7 +26,7 @@ class Profile(enum.StrEnum):
 
 
 class LogLevel(enum.StrEnum):
-    """Seed 000 ``[log].level``; cumulative, ``off`` shows nothing."""
+    """``[log].level``; cumulative, ``off`` shows nothing."""
 
     OFF = "off"
     ERROR = "error"
@@ -44,7 +44,7 @@ class Protocol(enum.StrEnum):
 
 
 class BuiltinCapability(enum.StrEnum):
-    """The three built-in capability profiles of seed 001."""
+    """The three built-in capability profiles."""
 
     SANDBOXED = "sandboxed"
     NETWORK_CLIENT = "network-client"
@@ -250,7 +250,7 @@ BUILTIN_CAPABILITIES: dict[BuiltinCapability, Capability] = {
         max_memory_mb=1024,
     ),
 }
-"""Seed 001's built-ins: sandboxed (CPU + 64 MiB heap only), network-client
+"""The built-ins: sandboxed (CPU + 64 MiB heap only), network-client
 (+ outbound network), trusted (+ stdio, spawn, process-control, storage,
 1 GiB heap)."""
 

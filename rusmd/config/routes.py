@@ -3,8 +3,7 @@
 Runs in: worker (one ``RouteTable`` per listener resolves every request);
 also main, where ``rusmd check`` parses and prints the routes.
 
-Pure logic, stdlib only. The spec is seed 000 ``[serve.routes]`` plus the
-manifest decisions in SPEC-NOTES:
+Pure logic, stdlib only. The rules (``[serve.routes]`` in the manifest):
 
 - A route key is an uppercase method from ``HTTP_METHODS``, one space, and
   a path of ``/``-separated segments. A segment is a literal (``users``), a

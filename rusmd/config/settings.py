@@ -143,7 +143,7 @@ NODE = Section(
             default=Profile.BALANCED,
             choices=Profile,
         ),
-        # The snapshot rate the node endpoint can sustain; seed 000 fixes 10–60 Hz.
+        # The snapshot rate the node endpoint can sustain: 10–60 Hz.
         Setting(
             "ticks_per_second",
             Kind.INTEGER,

@@ -491,7 +491,7 @@ class WorkerPool:
         history = self.history.setdefault(handle.slot, SlotHistory())
         history.last_exit = f"{reason} ({detail})" if detail else str(reason)
         line = f"exit worker {handle.slot} pid={handle.pid} {history.last_exit}"
-        # Seed 000: clean exits at info, kills at warn, crashes at error.
+        # Clean exits at info, kills at warn, crashes at error.
         if reason in (ExitReason.NORMAL, ExitReason.SHUTDOWN):
             self.log.info(line)
         elif reason is ExitReason.KILLED:
