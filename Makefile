@@ -48,6 +48,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check rusmd rusmctl tests bench
 	$(VENV)/bin/ruff format --check rusmd rusmctl tests bench
 	$(VENV)/bin/mypy
+	$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_layers.py
 
 bench: $(STAMP)
 	$(PY) -m bench
