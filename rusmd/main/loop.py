@@ -11,10 +11,11 @@ loop turns them into named steps:
     sweep → watchdog → (drained? exit)
 
 SIGTERM/SIGINT drain (stop accepting, let workers finish up to the
-timeout, then kill) and exit 0; a second one kills at once. SIGHUP and
-``rusmctl reload`` re-read the manifest: an invalid one is rejected with
-its errors and the running app is untouched; a valid one is compiled,
-then rolls the workers one at a time.
+timeout, then kill) and exit 0; a second one SIGKILLs the workers and
+the compile child at once, and the daemon exits 0 once they are reaped.
+SIGHUP and ``rusmctl reload`` re-read the manifest: an invalid one is
+rejected with its errors and the running app is untouched; a valid one
+is compiled, then rolls the workers one at a time.
 
 Components are compiled by a child process (``main.compile``) that
 the loop watches like any other descriptor, so a slow or pathological
@@ -262,11 +263,20 @@ class MainProcess:
     # ── operations ──────────────────────────────────────────────────────
 
     def begin_drain(self, why: str) -> None:
-        """Stop accepting, let workers finish, then exit 0; twice → kill now."""
+        """Stop accepting, let workers finish, then exit 0; twice → kill now.
+
+        The second time, every worker and the compile child (if one runs)
+        get SIGKILL at once; the loop exits as after a drain once the
+        workers are reaped.
+        """
         assert self.pool is not None
         if self.state is DaemonState.DRAINING:
             self.log.warn(f"stop: {why} again; killing workers now")
-            self.pool.stop(0.001)
+            self.pool.kill_all(f"{why} during the drain")
+            if self.compiling is not None:
+                self.compiling.run.cancel()
+                # Hands the cancelled outcome on: a reload waiting on it is answered.
+                self.compile_step()
             return
         self.state = DaemonState.DRAINING
         self.residents.stop()

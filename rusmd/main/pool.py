@@ -242,14 +242,36 @@ class WorkerPool:
         """Stop every worker in reverse start order (drain, then kill).
 
         A roll in progress ends here: a worker it stopped is not replaced
-        once it exits (the supervisor is terminated by then).
+        once it exits (the supervisor is terminated by then). Every worker
+        still alive leaves with a kill deadline at most ``timeout_s`` away:
+        one already stopping (a roll, a resize) keeps its own if that is
+        sooner, since heartbeats are not checked while a worker drains and
+        a wedged one would otherwise never be killed.
         """
         self.rolling.clear()
         self.rolling_pending.clear()
-        for handle in self.workers.values():
-            handle.stop_deadline = None
-        actions = self.supervisor.stop(self.clock())
+        now = self.clock()
+        actions = self.supervisor.stop(now)
         self._apply([_with_timeout(a, timeout_s) for a in actions])
+        deadline = now + timeout_s
+        for handle in self.workers.values():
+            if handle.stop_deadline is None or handle.stop_deadline > deadline:
+                handle.stop_deadline = deadline
+
+    def kill_all(self, detail: str) -> None:
+        """Kill every worker now, without a drain; none is forked again.
+
+        For a stop that must not wait (a second stop signal): each worker
+        gets SIGKILL, and its exit is reported as ``killed (detail)``.
+        """
+        self.rolling.clear()
+        self.rolling_pending.clear()
+        # Terminated, the supervisor restarts nothing; the drains it asks
+        # for are moot, as every worker is killed here.
+        self.supervisor.stop(self.clock())
+        for handle in list(self.workers.values()):
+            if handle.kill_reason is not ExitReason.KILLED:
+                self._kill(handle, signal.SIGKILL, ExitReason.KILLED, detail)
 
     def resize(self, count: int) -> None:
         """Grow or drain the pool to ``count`` workers, live."""

@@ -23,6 +23,7 @@ from rusmd.config.model import Profile
 from rusmd.config.sizing import worker_count
 from rusmd.control.protocol import MAX_FRAME_BYTES, encode_frame
 from rusmd.errors import EX_REFUSED, EX_USAGE
+from rusmd.main.loop import DRAIN_TIMEOUT_S
 from rusmd.main.pool import (
     HEARTBEAT_TIMEOUT_S,
     WORKER_INTENSITY,
@@ -263,6 +264,40 @@ def test_daemon_sigterm_exits_0_leaving_no_process_or_socket(daemon: Daemon) -> 
     assert result.returncode == EX_UNAVAILABLE
     assert str(daemon.socket_path) in result.stderr
     assert "stop: done" in daemon.read_log()
+
+
+def test_daemon_second_sigterm_kills_a_worker_that_cannot_drain_and_exits_0(
+    daemon: Daemon,
+) -> None:
+    workers = pids(daemon.workers())
+    processes = [psutil.Process(pid) for pid in workers.values()]
+    wedged = workers[0]
+    # A stopped worker cannot drain: only a kill ends it, and heartbeats are
+    # not checked while a worker drains. The drain's own kill would come
+    # after DRAIN_TIMEOUT_S.
+    os.kill(wedged, signal.SIGSTOP)
+    daemon.signal(signal.SIGTERM)
+
+    def waiting_on_the_wedged_worker() -> bool:
+        status = daemon.status()
+        rows = status["workers"]
+        return status["daemon"]["state"] == "draining" and [r["pid"] for r in rows] == [wedged]
+
+    daemon.wait_for(waiting_on_the_wedged_worker, EXIT_TIMEOUT_S, "the drain to wait on worker 0")
+    daemon.signal(signal.SIGTERM)
+
+    # Room for the drain timeout itself: without the second signal's kill
+    # the daemon still exits, but its log then says the drain timed out.
+    assert daemon.wait_exit(DRAIN_TIMEOUT_S + EXIT_TIMEOUT_S) == EX_OK
+    log = daemon.read_log()
+    assert "stop: signal SIGTERM again; killing workers now" in log
+    assert f"exit worker 0 pid={wedged} killed (signal SIGTERM during the drain)" in log
+    assert "did not drain in time" not in log
+    for process in processes:
+        # The daemon reaps its workers before it exits: none is even a zombie.
+        assert not process.is_running(), process
+    with pytest.raises(ProcessLookupError):
+        os.killpg(daemon.pid, 0)
 
 
 def test_daemon_sigkill_of_main_process_takes_every_worker_down(daemon: Daemon) -> None:

@@ -191,6 +191,11 @@ class PoolHarness:
         self.os.exits.append((pid, status))
         self.reaper.reap()
 
+    def step(self, seconds: float) -> None:
+        """``seconds`` pass; the loop's next turn checks the pool's deadlines."""
+        self.clock.advance(seconds)
+        self.pool.tick()
+
     def kills_of(self, pid: int) -> list[signal.Signals]:
         return [signal.Signals(signum) for p, signum in self.os.kills if p == pid]
 

@@ -7,19 +7,26 @@ signals, what it logs and shows in ``rusmctl status``.
 
 from __future__ import annotations
 
+import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import cast
 
 import pytest
 
 from rusmd.channel import Answer, Log, NameClaim, Stop
+from rusmd.config import Overrides
 from rusmd.config.model import Manifest
 from rusmd.log import LogRecord
+from rusmd.main.compile import CompileResult, CompileRun, failed
+from rusmd.main.loop import DRAIN_TIMEOUT_S, DaemonState, MainProcess, _Compiling
 from rusmd.main.pool import (
     HEARTBEAT_TIMEOUT_S,
     READY_TIMEOUT_S,
     WORKER_INTENSITY,
     WORKER_QUARANTINE,
+    WORKER_SHUTDOWN_S,
     WorkerState,
 )
 from tests.unit.main.harness import PoolHarness, exited, killed_by
@@ -37,6 +44,49 @@ def make_pool() -> Iterator[type[PoolHarness]]:
     yield Harness
     for harness in made:
         harness.close()
+
+
+class FakeCompileRun:
+    """A compile run whose one child is still compiling until it is cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        self.results: dict[str, CompileResult] = {}
+
+    @property
+    def done(self) -> bool:
+        return self.cancelled
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        self.results = {"api": failed("api", "component api: compile cancelled")}
+
+    def tick(self) -> None:
+        pass
+
+
+@pytest.fixture
+def daemon_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[[PoolHarness], MainProcess]]:
+    """Builds a ``MainProcess`` (never run) whose pool is a harness's, logging to the harness."""
+    for variable in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        monkeypatch.delenv(variable, raising=False)
+    made: list[MainProcess] = []
+
+    def build(h: PoolHarness) -> MainProcess:
+        main = MainProcess(Manifest(path="", app_dir="/"), Overrides(), "", tmp_path / "rusmd.sock")
+        made.append(main)
+        main.log = h.pool.log
+        main.pool = h.pool
+        main.state = DaemonState.RUNNING
+        return main
+
+    yield build
+    for main in made:
+        main.selector.close()
+        os.close(main._wakeup_r)
+        os.close(main._wakeup_w)
 
 
 def stops(harness: PoolHarness, pid: int) -> list[Stop]:
@@ -210,6 +260,147 @@ def test_draining_worker_not_done_in_time_is_killed(make_pool: type[PoolHarness]
     h.exit(pid, killed_by(signal.SIGKILL))
     assert h.pool.history[0].last_exit == "killed (did not drain in time)"
     assert h.pool.idle
+
+
+def test_pool_stop_again_with_a_shorter_timeout_kills_at_the_shorter_deadline(
+    make_pool: type[PoolHarness],
+) -> None:
+    h = make_pool(2)
+    h.ready(0, 1)
+    pids = [h.pid(0), h.pid(1)]
+    h.pool.stop(30.0)
+
+    h.pool.stop(1.0)
+
+    h.step(1.1)
+    assert [h.kills_of(pid) for pid in pids] == [[signal.SIGKILL, signal.SIGCONT]] * 2
+
+
+def test_worker_stopped_by_a_roll_is_still_killed_when_the_pool_stop_follows(
+    make_pool: type[PoolHarness],
+) -> None:
+    h = make_pool(3)
+    h.ready(0, 1, 2)
+    old = [h.pid(slot) for slot in range(3)]
+    h.pool.roll(Manifest(path="/app/rusm.toml", app_dir="/app"))
+    assert h.handle(0).state is WorkerState.STOPPING  # the roll's first, wedged from now on
+
+    h.pool.stop(30.0)
+
+    assert all(handle.stop_deadline is not None for handle in h.pool.workers.values())
+    h.step(WORKER_SHUTDOWN_S + 0.1)  # the roll's own drain timeout, which it keeps
+    assert h.kills_of(old[0]) == [signal.SIGKILL, signal.SIGCONT]
+    assert [h.kills_of(pid) for pid in old[1:]] == [[], []]
+    h.exit(old[0], killed_by(signal.SIGKILL))
+    assert h.pool.history[0].last_exit == "killed (did not drain in time)"
+    h.step(30.0 - WORKER_SHUTDOWN_S)
+    assert [h.kills_of(pid) for pid in old[1:]] == [[signal.SIGKILL, signal.SIGCONT]] * 2
+    for pid in old[1:]:
+        h.exit(pid, killed_by(signal.SIGKILL))
+    assert h.pool.idle
+    assert forks(h) == 3
+
+
+def test_worker_drained_by_a_resize_gets_the_sooner_stop_deadline_when_the_pool_stops(
+    make_pool: type[PoolHarness],
+) -> None:
+    h = make_pool(2)
+    h.ready(0, 1)
+    shrunk = h.pid(1)
+    h.pool.resize(1)
+    assert h.handle(1).state is WorkerState.STOPPING
+
+    h.pool.stop(2.0)
+
+    h.step(2.1)
+    assert h.kills_of(shrunk) == [signal.SIGKILL, signal.SIGCONT]
+    assert h.kills_of(h.pid(0)) == [signal.SIGKILL, signal.SIGCONT]
+
+
+# ── a stop that must not wait ───────────────────────────────────────────
+
+
+def test_pool_kill_all_during_a_drain_kills_every_worker_at_once(
+    make_pool: type[PoolHarness],
+) -> None:
+    h = make_pool(2)
+    h.ready(0, 1)
+    pids = [h.pid(0), h.pid(1)]
+    h.pool.stop(30.0)
+
+    h.pool.kill_all("signal SIGTERM during the drain")
+
+    assert [h.kills_of(pid) for pid in pids] == [[signal.SIGKILL, signal.SIGCONT]] * 2
+    assert ("warn", f"worker 0 pid={pids[0]} killed: signal SIGTERM during the drain") in h.lines
+    for pid in pids:
+        h.exit(pid, killed_by(signal.SIGKILL))
+    assert h.pool.idle
+    assert forks(h) == 2
+    assert h.pool.history[1].last_exit == "killed (signal SIGTERM during the drain)"
+
+
+def test_pool_kill_all_without_a_drain_forks_no_worker_again(
+    make_pool: type[PoolHarness],
+) -> None:
+    h = make_pool(2)
+    h.ready(0)  # worker 1 is still starting
+    pids = [h.pid(0), h.pid(1)]
+
+    h.pool.kill_all("stop forced")
+
+    assert [h.kills_of(pid) for pid in pids] == [[signal.SIGKILL, signal.SIGCONT]] * 2
+    for pid in pids:
+        h.exit(pid, killed_by(signal.SIGKILL))
+    assert h.pool.idle
+    assert forks(h) == 2
+    assert not h.pool.restart_slot(0)
+
+
+def test_pool_kill_all_signals_a_worker_already_killed_no_more(
+    make_pool: type[PoolHarness],
+) -> None:
+    h = make_pool(1)
+    pid = h.pid(0)
+    h.step(READY_TIMEOUT_S + 0.1)
+    assert h.kills_of(pid) == [signal.SIGKILL, signal.SIGCONT]
+
+    h.pool.kill_all("stop forced")
+
+    assert h.kills_of(pid) == [signal.SIGKILL, signal.SIGCONT]
+    h.exit(pid, killed_by(signal.SIGKILL))
+    assert h.pool.history[0].last_exit == "killed (not ready after 10s)"
+    assert h.pool.idle
+
+
+def test_daemon_second_stop_signal_kills_every_worker_and_the_compile_child_at_once(
+    make_pool: type[PoolHarness], daemon_on: Callable[[PoolHarness], MainProcess]
+) -> None:
+    h = make_pool(2)
+    h.ready(0, 1)
+    pids = [h.pid(0), h.pid(1)]
+    main = daemon_on(h)
+    compile_run = FakeCompileRun()
+    handed: list[dict[str, CompileResult]] = []
+    main.compiling = _Compiling(
+        cast(CompileRun, compile_run), {}, lambda _images, results: handed.append(results)
+    )
+
+    main.begin_drain("signal SIGTERM")
+
+    assert [stops(h, pid) for pid in pids] == [[Stop(timeout_s=DRAIN_TIMEOUT_S)]] * 2
+    assert h.os.kills == [] and not compile_run.cancelled
+
+    main.begin_drain("signal SIGTERM")
+
+    assert [h.kills_of(pid) for pid in pids] == [[signal.SIGKILL, signal.SIGCONT]] * 2
+    assert compile_run.cancelled
+    assert main.compiling is None
+    assert handed == [compile_run.results]  # a reload waiting on it is answered
+    for pid in pids:
+        h.exit(pid, killed_by(signal.SIGKILL))
+    assert h.pool.idle  # the loop exits as after a drain
+    assert main.exit_code == 0
+    assert h.pool.history[0].last_exit == "killed (signal SIGTERM during the drain)"
 
 
 # ── stop, roll, restart, resize ──────────────────────────────────────────
