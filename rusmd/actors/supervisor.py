@@ -34,6 +34,7 @@ import msgspec
 
 from rusmd.actors.signals import reason_name
 from rusmd.actors.table import Envelope
+from rusmd.errors import SpawnError
 from rusmd.supervision import (
     ChildSpec,
     ExitReason,
@@ -242,8 +243,6 @@ class GuestSupervisor:
         self._pump()
 
     def _pump(self) -> None:
-        from rusmd.wasm.host import SpawnError
-
         while self.queue and self.waiting_for is None and not self.done:
             action = self.queue.popleft()
             now = time.monotonic()

@@ -33,6 +33,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rusmd.config.model import Protocol, Serve
+from rusmd.errors import SpawnError
 from rusmd.log import Logger
 from rusmd.serving.exchange import Exchange, Mode, Request
 from rusmd.serving.http import HttpConnection, Reject, simple_response
@@ -41,7 +42,8 @@ from rusmd.wasm.abi import ErrorCode
 
 if TYPE_CHECKING:
     from rusmd.serving.ws import WsConnection
-    from rusmd.wasm.host import ExitReport, LoadedComponent, WasmHost
+    from rusmd.wasm.host import WasmHost
+    from rusmd.wasm.process import ExitReport, LoadedComponent
 
 # How often deadlines (header/body/idle timeouts) and SSE heartbeats are
 # checked: a timeout fires up to this much late.
@@ -190,8 +192,6 @@ class ListenerRuntime:
             self._plain(conn, request, 404, "not found")
 
     def _spawn(self, conn: HttpConnection, exchange: Exchange, name: str, action: str) -> None:
-        from rusmd.wasm.host import SpawnError
-
         def exited(report: ExitReport) -> None:
             self.loop.call_soon_threadsafe(self.complete, conn, exchange, report)
 

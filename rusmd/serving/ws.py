@@ -33,13 +33,14 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from rusmd.actors.table import Envelope
+from rusmd.errors import SpawnError
 from rusmd.serving.exchange import Mode, Request
 from rusmd.serving.http import simple_response
 from rusmd.wasm.abi import MAX_EVENT_BYTES, ErrorCode, Kind, WsKind
 
 if TYPE_CHECKING:
     from rusmd.serving.server import ListenerRuntime
-    from rusmd.wasm.host import ExitReport
+    from rusmd.wasm.process import ExitReport
 
 # After the client's close (or disconnect) the process gets this long to
 # exit on its own before it is stopped with reason shutdown.
@@ -243,8 +244,6 @@ class WsConnection(asyncio.Protocol):
         self._flush()
 
     def _spawn(self, exchange: WsExchange, name: str) -> bool:
-        from rusmd.wasm.host import SpawnError
-
         def exited(report: ExitReport) -> None:
             self.listener.loop.call_soon_threadsafe(self._process_exited, report)
 

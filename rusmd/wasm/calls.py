@@ -21,6 +21,7 @@ from rusmd.actors.signals import reason_name
 from rusmd.actors.supervisor import GuestSupervisor, SpecError, parse_spec
 from rusmd.actors.table import Envelope, Stopped
 from rusmd.config.model import LogLevel
+from rusmd.errors import SpawnError
 from rusmd.wasm.abi import (
     HEADER_BYTES,
     HEADER_FORMAT,
@@ -32,19 +33,15 @@ from rusmd.wasm.abi import (
     slot_of,
 )
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
+from rusmd.wasm.process import Exit, Process, ProcessState, log_for
 
 if TYPE_CHECKING:
-    from rusmd.wasm.host import Process, WasmHost
+    from rusmd.wasm.host import WasmHost
 
 _HEADER = struct.Struct(HEADER_FORMAT)
 _PID = struct.Struct("<q")
 
-
-class Exit(Exception):
-    """End the calling process (its stop reason is already set)."""
-
-
-Impl = Callable[["Process", Any], None]
+Impl = Callable[[Process, Any], None]
 
 
 class ActorCalls:
@@ -52,13 +49,11 @@ class ActorCalls:
 
     Args:
         host: The worker's wasm host.
-        exit_error: The exception type that ends the calling process.
     """
 
-    def __init__(self, host: WasmHost, exit_error: type[Exception]) -> None:
+    def __init__(self, host: WasmHost) -> None:
         self.host = host
         self.table = host.actors
-        self.exit_error = exit_error
         self._warned: set[tuple[int, str]] = set()
 
     def implementations(self) -> dict[str, Impl]:
@@ -130,8 +125,6 @@ class ActorCalls:
         """Enter a blocking wait (unless it is a poll); True when entered."""
         if timeout_ms == 0:
             return False
-        from rusmd.wasm.host import ProcessState
-
         process.state = ProcessState.WAITING
         self.host.runners.blocking()
         return True
@@ -139,8 +132,6 @@ class ActorCalls:
     def _unblock(self, process: Process, blocked: bool) -> None:
         if not blocked:
             return
-        from rusmd.wasm.host import ProcessState
-
         self.host.runners.unblocked()
         process.state = ProcessState.RUNNING
         # Time parked is not CPU time.
@@ -149,7 +140,7 @@ class ActorCalls:
     def _stopped(self, process: Process, reason: str) -> Exception:
         if not process.stop_reason:
             process.stop_reason = reason
-        return self.exit_error(process.stop_reason)
+        return Exit(process.stop_reason)
 
     @staticmethod
     def _timeout(ms: int) -> float | None:
@@ -304,7 +295,7 @@ class ActorCalls:
         if target == process.pid:
             process.stop_reason = reason_name(reason)
             process.stop_detail = "exit_signal to itself"
-            raise self.exit_error(process.stop_reason)
+            raise Exit(process.stop_reason)
         if not self._allowed(process, target, "exit_signal"):
             values[0].i32 = ErrorCode.DENIED
             return
@@ -316,7 +307,7 @@ class ActorCalls:
         if target == process.pid:
             process.stop_reason = "killed"
             process.stop_detail = "killed itself"
-            raise self.exit_error("killed")
+            raise Exit("killed")
         if not self._allowed(process, target, "kill"):
             values[0].i32 = ErrorCode.DENIED
             return
@@ -406,8 +397,6 @@ class ActorCalls:
     # ── spawning ────────────────────────────────────────────────────────
 
     def spawn_link(self, process: Process, values: Any) -> None:
-        from rusmd.wasm.host import SpawnError
-
         name = self._name(process, "spawn_link", values[0].i32, values[1].i32)
         if name is None:
             values[0].i64 = ErrorCode.INVALID
@@ -415,14 +404,11 @@ class ActorCalls:
         try:
             values[0].i64 = self.host.spawn(name, parent=process.pid, link=True)
         except SpawnError as exc:
-            self.host.log_for(
-                process, LogLevel.WARN, f"spawn_link from {process.label} failed: {exc}"
-            )
+            why = f"spawn_link from {process.label} failed: {exc}"
+            log_for(self.host.log, process, LogLevel.WARN, why)
             values[0].i64 = exc.code
 
     def supervise(self, process: Process, values: Any) -> None:
-        from rusmd.wasm.host import SpawnError
-
         data = self._bytes(process, "supervise", values[0].i32, values[1].i32)
         if data is None:
             values[0].i64 = ErrorCode.TOOBIG
@@ -430,15 +416,14 @@ class ActorCalls:
         try:
             flags, children = parse_spec(data, set(self.host.manifest.components))
         except SpecError as exc:
-            self.host.log_for(process, LogLevel.WARN, f"supervise from {process.label}: {exc}")
+            log_for(self.host.log, process, LogLevel.WARN, f"supervise from {process.label}: {exc}")
             values[0].i64 = exc.code
             return
         try:
             values[0].i64 = GuestSupervisor.start(self.host, process.pid, flags, children)
         except SpawnError as exc:
-            self.host.log_for(
-                process, LogLevel.WARN, f"supervise from {process.label} failed: {exc}"
-            )
+            why = f"supervise from {process.label} failed: {exc}"
+            log_for(self.host.log, process, LogLevel.WARN, why)
             values[0].i64 = exc.code
 
 

@@ -47,11 +47,12 @@ from rusmd.actors.table import Stopped
 from rusmd.wasm import capi
 from rusmd.wasm.abi import HEADER_BYTES, ErrorCode
 from rusmd.wasm.memory import BadPointer, check_range
+from rusmd.wasm.process import ExitReport, Process, ProcessState
 
 if TYPE_CHECKING:
     import asyncio
 
-    from rusmd.wasm.host import ExitReport, Process, WasmHost
+    from rusmd.wasm.host import WasmHost
 
 # wasmtime's async C API, bound raw (``capi.raw``). Polling runs guest
 # code: it drops the GIL (the epoch ticker needs it to make the guest
@@ -227,8 +228,6 @@ class FiberScheduler:
     # ── the I/O thread ──────────────────────────────────────────────────
 
     def _start(self, process: Process) -> None:
-        from rusmd.wasm.host import ExitReport, ProcessState
-
         host = self.host
         component = process.component
         store, problem = host.new_process_store(process)
@@ -268,8 +267,6 @@ class FiberScheduler:
 
     def _run(self, fiber: Fiber) -> None:
         """Poll ``fiber`` until it parks, yields or ends."""
-        from rusmd.wasm.host import ExitReport, ProcessState
-
         fiber.scheduled = False
         process = fiber.process
         while not fiber.ended:
@@ -325,7 +322,7 @@ class FiberScheduler:
 
     def _next(self, fiber: Fiber) -> ExitReport | None:
         """The current phase finished: start the next one; the report once it ended."""
-        from rusmd.wasm.host import ExitReport, _export
+        from rusmd.wasm.host import _export
 
         host = self.host
         process = fiber.process

@@ -34,7 +34,6 @@ never raise: an error becomes a trap for the calling process only.
 from __future__ import annotations
 
 import ctypes
-import enum
 import json
 import os
 import re
@@ -42,27 +41,26 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import wasmtime
 from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 
-from rusmd.actors.table import Actor, ActorTable, Stopped
+from rusmd.actors.table import ActorTable, Stopped
 from rusmd.channel import ComponentImage, ProcessExit
 from rusmd.config.environment import Environment
 from rusmd.config.model import (
     BUILTIN_CAPABILITIES,
     BuiltinCapability,
-    Capability,
     Component,
     LogLevel,
     Manifest,
 )
-from rusmd.log import LineBudget, Logger, suppressed_line
+from rusmd.errors import SpawnError
+from rusmd.log import Logger
 from rusmd.wasm import abi, capi
-from rusmd.wasm.abi import ErrorCode, Grant
+from rusmd.wasm.abi import ErrorCode
 from rusmd.wasm.cache import verify
 from rusmd.wasm.calls import ActorCalls, write_received
 from rusmd.wasm.engine import (
@@ -73,15 +71,18 @@ from rusmd.wasm.engine import (
 )
 from rusmd.wasm.fibers import FiberScheduler
 from rusmd.wasm.kv_calls import KvCalls
-from rusmd.wasm.linking import (
-    LinkError,
-    LinkerSet,
-    ModuleShape,
-    action_results,
-    check_module,
-    granted,
-)
+from rusmd.wasm.linking import LinkError, LinkerSet, check_module, granted
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
+from rusmd.wasm.process import (
+    Exit,
+    ExitReport,
+    LoadedComponent,
+    Native,
+    Process,
+    ProcessState,
+    log_exit,
+    log_for,
+)
 from rusmd.wasm.runners import RunnerPool
 from rusmd.wasm.serve_calls import ServeCalls
 from rusmd.wasm.settings import EPOCH_TICK_MS
@@ -109,6 +110,8 @@ INLINE_STORE_INSTANCES = 16
 # finished instances never pin much memory.
 INLINE_REUSE_MEMORY_BYTES = 1 << 20
 
+_N = TypeVar("_N", bound=Native)
+_NORMAL = ExitReport("normal")
 _LOG_LEVELS = {
     abi.LogLevel.ERROR: LogLevel.ERROR,
     abi.LogLevel.WARN: LogLevel.WARN,
@@ -282,188 +285,6 @@ class _InlineStore:
         self.store = None
         self.context = None
         self.deadline_budget = -1
-
-
-class _Native(Protocol):
-    """A host-native process (a supervisor)."""
-
-    def on_signal(self, envelope: Any) -> None: ...
-
-    def stopped(self, reason: str, detail: str) -> None: ...
-
-    def describe(self) -> dict[str, Any]: ...
-
-
-_N = TypeVar("_N", bound=_Native)
-
-
-class SpawnError(Exception):
-    """A spawn that cannot happen; ``code`` is the ABI error a guest sees."""
-
-    def __init__(self, message: str, code: ErrorCode) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class ProcessState(enum.StrEnum):
-    """Where a process is in its life."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    SLEEPING = "sleeping"
-    WAITING = "waiting"
-    EXITING = "exiting"
-
-
-class _Exit(Exception):
-    """Raised inside a host callback's bookkeeping to end the process."""
-
-
-@dataclass
-class LoadedComponent:
-    """A component as this worker can run it (or why it cannot).
-
-    Attributes:
-        name: The component name.
-        capability: Its resolved profile.
-        grants: The ABI grants the profile gives.
-        error: Why it cannot run; empty when it can.
-        module: The deserialized module.
-        pre: The prepared instantiation.
-        shape: Entry export and imports.
-        env: The (key, value) pairs its processes see.
-    """
-
-    name: str
-    capability: Capability
-    grants: frozenset[Grant]
-    error: str = ""
-    module: wasmtime.Module | None = None
-    pre: wasmtime.InstancePre | None = None
-    shape: ModuleShape | None = None
-    env: list[tuple[str, str]] = field(default_factory=list)
-    # Serves HTTP on the I/O thread (it imports nothing that may wait).
-    inline: bool = False
-    # Action export → how many i32 results it returns; "" when it is
-    # missing or takes parameters (an error message then).
-    actions: dict[str, int | str] = field(default_factory=dict)
-    # An action's export name as a raw call takes it: bytes and their length.
-    action_names: dict[str, tuple[bytes, Any]] = field(default_factory=dict)
-    # Its instantiation for a fiber (``fibers``): from the linker whose
-    # ``recv`` and ``ws_send`` are async. None unless ``shape.fiber``.
-    fiber_pre: wasmtime.InstancePre | None = None
-    fiber_pre_ptr: Any = None
-    # Its instantiation on the inline path, in the inline pool's engine
-    # (``WasmHost.inline_engine_info``), and the raw pointer (``inline_pre``
-    # keeps it alive: the inline path skips the conversion). None unless
-    # ``inline``.
-    inline_pre: wasmtime.InstancePre | None = None
-    inline_pre_ptr: Any = None
-    # Action → what ``serve_inline`` needs of it, in one tuple (``inline_plan``).
-    plans: dict[str, tuple[Any, ...] | str] = field(default_factory=dict)
-
-    def inline_plan(self, action: str) -> tuple[Any, ...] | str:
-        """What running ``action`` inline takes, or why it cannot run (kept in ``plans``).
-
-        The tuple: the ``InstancePre`` pointer, the export name and its
-        length as a raw call takes them, whether the action returns an
-        i32, whether the module gets a WASI context, whether it has an
-        ``_initialize``, its memory limit in bytes and CPU budget in ms.
-        """
-        results = self.action(action)
-        plan: tuple[Any, ...] | str
-        if isinstance(results, str):
-            plan = results
-        elif self.shape is None or not self.inline_pre_ptr:
-            plan = f"component {self.name} cannot be instantiated"
-        else:
-            name, length = self.export_name(action)
-            profile = self.capability
-            plan = (
-                self.inline_pre_ptr,
-                name,
-                length,
-                bool(results),
-                self.shape.uses_wasi,
-                self.shape.has_initialize,
-                profile.max_memory_mb << 20,
-                profile.max_cpu_ms,
-            )
-        self.plans[action] = plan
-        return plan
-
-    def export_name(self, action: str) -> tuple[bytes, Any]:
-        """``action``'s export name as a raw call takes it (kept in ``action_names``)."""
-        encoded = action.encode()
-        export = self.action_names[action] = (encoded, ctypes.c_size_t(len(encoded)))
-        return export
-
-    def action(self, name: str) -> int | str:
-        """Results of export ``name`` (0 or 1), or why it cannot be an action."""
-        known = self.actions.get(name)
-        if known is not None:
-            return known
-        answer: int | str = f"component {self.name} exports no function '{name}'"
-        if self.module is not None:
-            answer = action_results(self.name, self.module, name)
-        self.actions[name] = answer
-        return answer
-
-
-@dataclass
-class Process:
-    """One wasm process on this worker."""
-
-    pid: int
-    component: LoadedComponent  # None only in the inline store's idle record
-    parent: int | None
-    started_at: float
-    started_wall: float
-    state: ProcessState = ProcessState.STARTING
-    memory_bytes: int = 0
-    # Set from other threads; read by the epoch callback and host calls.
-    stop_reason: str = ""
-    stop_detail: str = ""
-    # Its actor side (mailbox, links, monitors, names).
-    actor: Actor | None = None
-    # The main process supervises it (a resident): tell main when it exits.
-    watched: bool = False
-    # A host-native process (a supervisor) instead of a wasm instance.
-    native: Any = None
-    # Owned by the guest thread.
-    call_started_tick: int = 0
-    memory: GuestMemory | None = None
-    crash: str = ""
-    exit_code: int | None = None
-    cpu_exceeded: bool = False
-    # Serving: the export to run instead of the entry, the request or
-    # connection it serves, who hears how it ended, and whether its
-    # spawn and normal exit stay out of the log (one per request).
-    entry: str = ""
-    exchange: Any = None
-    on_exit: Callable[[ExitReport], None] | None = None
-    quiet: bool = False
-    # Its fiber, when it runs as one on the I/O thread (``fibers``).
-    fiber: Any = None
-    # The token bucket of its log lines, made with its first line.
-    log_budget: LineBudget | None = None
-
-    @property
-    def label(self) -> str:
-        """``component#pid``, as the log and ``rusmctl list`` show it."""
-        return f"{self.component.name}#{self.pid}"
-
-
-@dataclass(frozen=True)
-class ExitReport:
-    """How a process ended."""
-
-    reason: str
-    detail: str = ""
-    backtrace: tuple[str, ...] = ()
-
-
-_NORMAL = ExitReport("normal")
 
 
 class WasmHost:
@@ -804,7 +625,7 @@ class WasmHost:
         self.actors.remove(pid, reason, detail)
         with self._lock:
             self.exits[reason] = self.exits.get(reason, 0) + 1
-        self._log_exit(process, ExitReport(reason, detail))
+        log_exit(self.log, process, ExitReport(reason, detail))
         self._tell_main(process, reason, detail)
 
     def _tell_main(self, process: Process, reason: str, detail: str) -> None:
@@ -921,7 +742,7 @@ class WasmHost:
         self.actors.remove(process.pid, report.reason, report.detail)
         with self._lock:
             self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
-        self._log_exit(process, report)
+        log_exit(self.log, process, report)
         self._tell_main(process, report.reason, report.detail)
         if process.on_exit is not None:
             process.on_exit(report)
@@ -1038,7 +859,7 @@ class WasmHost:
         """Count and log an inline handler's abnormal end."""
         self.spawned += 1
         self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
-        self._log_exit(process, report)
+        log_exit(self.log, process, report)
         return report
 
     def new_process_store(self, process: Process) -> tuple[Any, ExitReport | None]:
@@ -1181,24 +1002,6 @@ class WasmHost:
             detail += f"; memory at its {process.component.capability.max_memory_mb} MiB limit"
         return ExitReport("crashed", detail, frames)
 
-    def _log_exit(self, process: Process, report: ExitReport) -> None:
-        budget = process.log_budget
-        if budget is not None and budget.suppressed:
-            self.log.warn(suppressed_line(budget.take_suppressed(), process.label))
-        if process.quiet and report.reason in ("normal", "shutdown"):
-            return
-        text = f"exit {process.label} {report.reason}"
-        if report.detail:
-            text += f" ({report.detail})"
-        if report.reason == "crashed":
-            self.log.error(text)
-            for line in report.backtrace:
-                self.log.error(f"  at {line}", source=process.label)
-        elif report.reason == "killed":
-            self.log.warn(text)
-        else:
-            self.log.info(text)
-
     # ── epoch ticks ─────────────────────────────────────────────────────
 
     def _tick(self) -> None:
@@ -1240,7 +1043,7 @@ class WasmHost:
             "exit": self._h_exit,
             "sleep": self._h_sleep,
             "spawn": self._h_spawn,
-            **ActorCalls(self, _Exit).implementations(),
+            **ActorCalls(self).implementations(),
             **self.serve_calls.implementations(),
             **KvCalls(self).implementations(),
         }
@@ -1297,7 +1100,7 @@ class WasmHost:
                 if process is not None:
                     process.crash = str(exc)
                 return _trap(str(exc))
-            except _Exit as exc:
+            except Exit as exc:
                 return _trap(str(exc))
             except BaseException as exc:
                 if process is not None:
@@ -1331,39 +1134,12 @@ class WasmHost:
             values[0].i32 = ErrorCode.INVALID
             return
         cut_bytes = length - len(text.encode()) if cut else 0
-        self.log_for(process, level, text, source=process.label, cut_bytes=cut_bytes)
+        log_for(self.log, process, level, text, source=process.label, cut_bytes=cut_bytes)
         values[0].i32 = ErrorCode.OK
-
-    def log_for(
-        self,
-        process: Process,
-        level: LogLevel,
-        text: str,
-        *,
-        source: str | None = None,
-        cut_bytes: int = 0,
-    ) -> None:
-        """Log a line of ``process``, or one it caused (a failed spawn), within its budget.
-
-        A guest logging or spawning in a tight loop gets its
-        ``LineBudget``'s burst, then its rate; the lines over it are
-        counted and reported by a ``log: suppressed N lines`` line.
-        """
-        if not self.log.enabled(level):
-            return
-        budget = process.log_budget
-        if budget is None:
-            budget = process.log_budget = LineBudget()
-        allowed = budget.take()
-        suppressed = budget.summary_due()
-        if suppressed:
-            self.log.warn(suppressed_line(suppressed, process.label))
-        if allowed:
-            self.log.log(level, text, source=source, cut_bytes=cut_bytes)
 
     def _h_exit(self, process: Process, values: Any) -> None:
         process.exit_code = values[0].i32
-        raise _Exit(f"exit({process.exit_code})")
+        raise Exit(f"exit({process.exit_code})")
 
     def _h_sleep(self, process: Process, values: Any) -> None:
         ms = values[0].i32
@@ -1376,7 +1152,7 @@ class WasmHost:
         try:
             self.actors.sleep(process.actor, ms / 1000)
         except Stopped as exc:
-            raise _Exit(str(exc)) from None
+            raise Exit(str(exc)) from None
         finally:
             self.runners.unblocked()
             process.state = ProcessState.RUNNING
@@ -1395,7 +1171,7 @@ class WasmHost:
         try:
             values[0].i64 = self.spawn(name, parent=process.pid)
         except SpawnError as exc:
-            self.log_for(process, LogLevel.WARN, f"spawn from {process.label} failed: {exc}")
+            log_for(self.log, process, LogLevel.WARN, f"spawn from {process.label} failed: {exc}")
             values[0].i64 = exc.code
 
     def _memory(self, process: Process, function: str) -> GuestMemory:

@@ -37,13 +37,14 @@ from rusmd.wasm.abi import (
     ErrorCode,
 )
 from rusmd.wasm.memory import BadPointer, GuestMemory, as_u32, check_range
+from rusmd.wasm.process import Process, ProcessState
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from rusmd.store.committer import GroupCommitter
     from rusmd.store.kv import KvStore
-    from rusmd.wasm.host import Process, WasmHost
+    from rusmd.wasm.host import WasmHost
 
 _LENGTH = struct.Struct("<H")
 _OP_HEADER = struct.Struct(KV_BATCH_OP_HEADER)
@@ -118,8 +119,6 @@ class KvCalls:
 
     def _write(self, process: Process, committer: GroupCommitter, write: Write) -> ErrorCode:
         """Wait (as a blocked process) for ``write``'s commit."""
-        from rusmd.wasm.host import ProcessState
-
         process.state = ProcessState.WAITING
         self.host.runners.blocking()
         try:

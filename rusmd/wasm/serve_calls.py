@@ -18,11 +18,12 @@ from rusmd.config.model import LogLevel
 from rusmd.serving.exchange import Mode
 from rusmd.wasm.abi import MAX_EVENT_BYTES, ErrorCode
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
+from rusmd.wasm.process import Process, log_for
 
 if TYPE_CHECKING:
-    from rusmd.wasm.host import Process, WasmHost
+    from rusmd.wasm.host import WasmHost
 
-Impl = Callable[["Process", Any], None]
+Impl = Callable[[Process, Any], None]
 # Enum members bound once: reading one through its class runs the enum
 # type's attribute hook (~0.1 µs), and these are read on every request.
 _WS = Mode.WS
@@ -72,7 +73,8 @@ class ServeCalls:
         exchange = process.exchange
         if code in (ErrorCode.INVALID, ErrorCode.TOOBIG) and exchange is not None:
             why = exchange.problem or code.name
-            self.host.log_for(process, LogLevel.WARN, f"{process.label}: rusm.{function}: {why}")
+            line = f"{process.label}: rusm.{function}: {why}"
+            log_for(self.host.log, process, LogLevel.WARN, line)
 
     def request(self, process: Process, values: Any) -> None:
         which, key_ptr, key_len = values[0].i32, values[1].i32, values[2].i32

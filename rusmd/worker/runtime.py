@@ -66,12 +66,13 @@ from rusmd.channel import (
 from rusmd.config.environment import load_environment
 from rusmd.config.model import LogLevel
 from rusmd.control.protocol import EX_NOSUCH, EX_REFUSED, EX_UNAVAILABLE
+from rusmd.errors import SpawnError
 from rusmd.log import RUNTIME_SOURCE, Logger, LogRecord
 from rusmd.serving.server import Server
 from rusmd.store.committer import GroupCommitter
 from rusmd.store.kv import KvStore
 from rusmd.wasm.abi import ErrorCode, slot_of
-from rusmd.wasm.host import SpawnError, WasmHost
+from rusmd.wasm.host import WasmHost
 from rusmd.worker.boot import WorkerBoot
 from rusmd.worker.heap import HeapTrimmer, glibc_trim
 from rusmd.worker.kv_queries import QueryError, run_kv
