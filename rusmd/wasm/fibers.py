@@ -46,8 +46,10 @@ from wasmtime import _ffi as ffi
 from rusmd.actors.table import Stopped
 from rusmd.wasm import capi
 from rusmd.wasm.abi import HEADER_BYTES, ErrorCode
+from rusmd.wasm.capi import export, pid_of
 from rusmd.wasm.memory import BadPointer, check_range
 from rusmd.wasm.process import ExitReport, Process, ProcessState
+from rusmd.wasm.traps import failure, new_trap
 
 if TYPE_CHECKING:
     import asyncio
@@ -322,14 +324,12 @@ class FiberScheduler:
 
     def _next(self, fiber: Fiber) -> ExitReport | None:
         """The current phase finished: start the next one; the report once it ended."""
-        from rusmd.wasm.host import _export
-
         host = self.host
         process = fiber.process
         error_at, trap_at = fiber.error.value, fiber.trap.value
         if error_at or trap_at:
             where = fiber.entry if fiber.phase is Phase.CALL else fiber.phase.value
-            return host._failure(
+            return failure(
                 process,
                 ctypes.cast(error_at, ctypes.POINTER(ffi.wasmtime_error_t)) if error_at else None,
                 ctypes.cast(trap_at, ctypes.POINTER(ffi.wasm_trap_t)) if trap_at else None,
@@ -340,7 +340,7 @@ class FiberScheduler:
         assert shape is not None
         if fiber.phase is Phase.INSTANTIATE:
             if shape.has_memory:
-                memory = _export(fiber.context, fiber.instance, b"memory")
+                memory = export(fiber.context, fiber.instance, b"memory")
                 if memory is not None:
                     process.memory = host.guest_memory(fiber.context, memory)
                     process.memory_bytes = process.memory.size()
@@ -449,11 +449,9 @@ class FiberScheduler:
         if self.current is not None:
             return self.current
         context = _caller_context(ctypes.c_void_p(caller))
-        from rusmd.wasm.host import _pid_of, _trap
-
-        fiber = self.fibers.get(_pid_of(context))
+        fiber = self.fibers.get(pid_of(context))
         if fiber is None:
-            ctypes.c_void_p.from_address(trap_ret).value = _trap(
+            ctypes.c_void_p.from_address(trap_ret).value = new_trap(
                 f"rusm.{name}: calling process is unknown"
             )
         return fiber
@@ -467,7 +465,6 @@ class FiberScheduler:
         """The async host callback of ``rusm.name``: ``body(fiber, args, results,
         continuation)`` for the calling fiber. A bad pointer or a host error
         traps the guest, as on a thread."""
-        from rusmd.wasm.host import _trap
 
         def callback(
             _env: int | None,
@@ -491,11 +488,12 @@ class FiberScheduler:
             except BadPointer as exc:
                 if fiber is not None:
                     fiber.process.crash = str(exc)
-                ctypes.c_void_p.from_address(trap_ret).value = _trap(str(exc))
+                ctypes.c_void_p.from_address(trap_ret).value = new_trap(str(exc))
             except BaseException as exc:
                 if fiber is not None:
                     fiber.process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
-                ctypes.c_void_p.from_address(trap_ret).value = _trap(f"host error in rusm.{name}")
+                trap = new_trap(f"host error in rusm.{name}")
+                ctypes.c_void_p.from_address(trap_ret).value = trap
 
         return AsyncCallback(callback)
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -63,6 +62,7 @@ from rusmd.wasm import abi, capi
 from rusmd.wasm.abi import ErrorCode
 from rusmd.wasm.cache import verify
 from rusmd.wasm.calls import ActorCalls, write_received
+from rusmd.wasm.capi import NULL_FINALIZER, export, pid_of
 from rusmd.wasm.engine import (
     POOL_SLOTS,
     PROCESS_KEEP_RESIDENT_BYTES,
@@ -86,6 +86,7 @@ from rusmd.wasm.process import (
 from rusmd.wasm.runners import RunnerPool
 from rusmd.wasm.serve_calls import ServeCalls
 from rusmd.wasm.settings import EPOCH_TICK_MS
+from rusmd.wasm.traps import failure, first_line, new_error, new_trap
 
 if TYPE_CHECKING:
     from rusmd.store.committer import GroupCommitter
@@ -118,7 +119,6 @@ _LOG_LEVELS = {
     abi.LogLevel.INFO: LogLevel.INFO,
     abi.LogLevel.DEBUG: LogLevel.DEBUG,
 }
-_NULL_FINALIZER: Any = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0)
 _EpochCallback = _bindings._wasmtime_store_epoch_deadline_callback.argtypes[1]
 
 
@@ -258,7 +258,7 @@ class _InlineStore:
 
     def open(self, engine: Any, limit: int) -> None:
         """A new store whose memories may grow to ``limit`` bytes."""
-        self.store = capi.store_new(engine, None, _NULL_FINALIZER)
+        self.store = capi.store_new(engine, None, NULL_FINALIZER)
         self.context = capi.store_context(self.store)
         self.memory = GuestMemory(self.context, self.memory_item.of.memory)
         capi.store_limiter(
@@ -432,7 +432,7 @@ class WasmHost:
         except LinkError as exc:
             loaded.error = str(exc)
         except wasmtime.WasmtimeError as exc:
-            loaded.error = f"component {component.name}: {_first_line(str(exc))}"
+            loaded.error = f"component {component.name}: {first_line(str(exc))}"
         return loaded
 
     # ── pids ────────────────────────────────────────────────────────────
@@ -797,7 +797,7 @@ class WasmHost:
             if error or trap:
                 return self._ended(
                     process,
-                    self._failure(process, _error_at(error), inline.take_trap(), "instantiate"),
+                    failure(process, _error_at(error), inline.take_trap(), "instantiate"),
                 )
             if has_initialize:
                 failed = self._inline_initialize(process, budget_ms)
@@ -848,7 +848,7 @@ class WasmHost:
                 code.value == wasmtime.TrapCode.INTERRUPT.value
             ):
                 process.cpu_exceeded = True
-        report = self._failure(process, error, trap, process.entry)
+        report = failure(process, error, trap, process.entry)
         if process.cpu_exceeded:
             return ExitReport(
                 "crashed", f"cpu limit: ran over its {budget_ms} ms budget", report.backtrace
@@ -874,7 +874,7 @@ class WasmHost:
         if process.stop_reason:
             return None, ExitReport(process.stop_reason, process.stop_detail)
         assert component.pre is not None and component.shape is not None
-        store = capi.store_new(self.engine.ptr(), ctypes.c_void_p(process.pid), _NULL_FINALIZER)
+        store = capi.store_new(self.engine.ptr(), ctypes.c_void_p(process.pid), NULL_FINALIZER)
         context = capi.store_context(store)
         capi.store_limiter(
             store, component.capability.max_memory_mb << 20, MAX_TABLE_ELEMENTS, 1, 1, 1
@@ -883,7 +883,7 @@ class WasmHost:
             problem = self._set_wasi(context, component)
             if problem:
                 return store, ExitReport("crashed", problem)
-        capi.store_epoch_deadline_callback(store, self._epoch_callback, None, _NULL_FINALIZER)
+        capi.store_epoch_deadline_callback(store, self._epoch_callback, None, NULL_FINALIZER)
         capi.context_set_epoch_deadline(context, 1)
         return store, None
 
@@ -910,9 +910,9 @@ class WasmHost:
             component.pre.ptr(), context, ctypes.byref(instance), ctypes.byref(trap)
         )
         if error or trap:
-            return self._failure(process, error, trap, "instantiate"), store
+            return failure(process, error, trap, "instantiate"), store
         if component.shape.has_memory:
-            memory = _export(context, instance, b"memory")
+            memory = export(context, instance, b"memory")
             if memory is not None:
                 process.memory = GuestMemory(context, memory.of.memory)
                 process.memory_bytes = process.memory.size()
@@ -925,14 +925,14 @@ class WasmHost:
             results = component.shape.entry_results
         values = (ffi.wasmtime_val_raw_t * 1)()
         if component.shape.has_initialize and name != "_start":
-            initialize = _export(context, instance, b"_initialize")
+            initialize = export(context, instance, b"_initialize")
             if initialize is not None:
                 error = ffi.wasmtime_func_call_unchecked(
                     context, ctypes.byref(initialize.of.func), values, 1, ctypes.byref(trap)
                 )
                 if error or trap:
-                    return self._failure(process, error, trap, "_initialize"), store
-        entry = _export(context, instance, name.encode())
+                    return failure(process, error, trap, "_initialize"), store
+        entry = export(context, instance, name.encode())
         if entry is None:
             return ExitReport("crashed", f"entry {name} vanished"), store
         process.call_started_tick = self.ticks
@@ -942,7 +942,7 @@ class WasmHost:
         if process.memory is not None:
             process.memory_bytes = process.memory.size()
         if error or trap:
-            return self._failure(process, error, trap, name), store
+            return failure(process, error, trap, name), store
         if results and values[0].i32 != 0:
             return ExitReport("crashed", f"{name} returned {values[0].i32}"), store
         return ExitReport("normal"), store
@@ -963,45 +963,6 @@ class WasmHost:
         ffi.wasmtime_context_set_wasi(context, config._consume())
         return ""
 
-    def _failure(self, process: Process, error: Any, trap: Any, where: str) -> ExitReport:
-        """Turn a wasmtime error or trap into an exit report (and free it)."""
-        if error:
-            status = ctypes.c_int()
-            if ffi.wasmtime_error_exit_status(error, ctypes.byref(status)):
-                ffi.wasmtime_error_delete(error)
-                code = status.value
-                return (
-                    ExitReport("normal")
-                    if code == 0
-                    else ExitReport("crashed", f"exit code {code}")
-                )
-            exc = wasmtime.WasmtimeError._from_ptr(error)
-            text = str(exc)
-            frames: tuple[str, ...] = _frames_from_text(text)
-        else:
-            trap_obj = wasmtime.Trap._from_ptr(trap)
-            text = trap_obj.message
-            frames = tuple(_frame_line(f) for f in trap_obj.frames)
-        if process.stop_reason:
-            return ExitReport(process.stop_reason, process.stop_detail)
-        if process.exit_code is not None:
-            code = process.exit_code
-            return ExitReport("normal") if code == 0 else ExitReport("crashed", f"exit code {code}")
-        if process.crash:
-            return ExitReport("crashed", process.crash, frames)
-        if process.cpu_exceeded:
-            budget = process.component.capability.max_cpu_ms
-            return ExitReport("crashed", f"cpu limit: ran over its {budget} ms budget", frames)
-        detail = _cause(text).removeprefix("wasm trap: ")
-        if trap:
-            detail = f"trap: {detail}"
-        if where == "instantiate" and not frames:
-            detail = f"cannot instantiate: {detail}"
-        cap = process.component.capability.max_memory_mb << 20
-        if process.memory_bytes and process.memory_bytes + (64 << 10) > cap:
-            detail += f"; memory at its {process.component.capability.max_memory_mb} MiB limit"
-        return ExitReport("crashed", detail, frames)
-
     # ── epoch ticks ─────────────────────────────────────────────────────
 
     def _tick(self) -> None:
@@ -1017,22 +978,22 @@ class WasmHost:
     def _on_epoch(self, context: Any, _data: Any, delta: Any, kind: Any) -> int:
         """Runs on the guest thread once per tick while its wasm runs."""
         try:
-            process = self.processes.get(_pid_of(context))
+            process = self.processes.get(pid_of(context))
             if process is not None:
                 if process.memory is not None:
                     process.memory_bytes = process.memory.size()
                 if process.stop_reason:
-                    return _error(process.stop_reason)
+                    return new_error(process.stop_reason)
                 used_ms = (self.ticks - process.call_started_tick) * EPOCH_TICK_MS
                 if used_ms > process.component.capability.max_cpu_ms:
                     process.cpu_exceeded = True
-                    return _error("cpu limit")
+                    return new_error("cpu limit")
             delta[0] = 1
             # A fiber gives the loop back every tick (WASMTIME_UPDATE_DEADLINE_YIELD).
             kind[0] = 1 if process is not None and process.fiber is not None else 0
             return 0
         except BaseException:
-            return _error("host error in epoch callback")
+            return new_error("host error in epoch callback")
 
     # ── host functions ──────────────────────────────────────────────────
 
@@ -1087,9 +1048,9 @@ class WasmHost:
                         impl(process, values_at(address))
                     return 0
                 context = _caller_context(ctypes.c_void_p(caller))
-                process = processes.get(_pid_of(context))
+                process = processes.get(pid_of(context))
                 if process is None:
-                    return _trap(f"rusm.{name}: calling process is unknown")
+                    return new_trap(f"rusm.{name}: calling process is unknown")
                 if process.memory is None and process.component.shape is not None:
                     memory = ffi.wasmtime_extern_t()
                     if _caller_export_get(ctypes.c_void_p(caller), *_MEMORY, ctypes.byref(memory)):
@@ -1099,13 +1060,13 @@ class WasmHost:
             except BadPointer as exc:
                 if process is not None:
                     process.crash = str(exc)
-                return _trap(str(exc))
+                return new_trap(str(exc))
             except Exit as exc:
-                return _trap(str(exc))
+                return new_trap(str(exc))
             except BaseException as exc:
                 if process is not None:
                     process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
-                return _trap(f"host error in rusm.{name}")
+                return new_trap(f"host error in rusm.{name}")
 
         return ctypes.cast(capi.HostCallback(callback), ffi.wasmtime_func_unchecked_callback_t)
 
@@ -1195,74 +1156,3 @@ def _local_table(slot: int) -> ActorTable:
         call_soon=lambda job, *args: threading.Thread(target=job, args=args, daemon=True).start(),
         call_later=call_later,
     )
-
-
-def _pid_of(context: Any) -> int:
-    """The pid a store was created with (its user data)."""
-    value: Any = capi.context_get_data(context)
-    return int(value or 0)
-
-
-def _export(context: Any, instance: Any, name: bytes) -> Any:
-    item = ffi.wasmtime_extern_t()
-    if capi.instance_export_get(
-        context, ctypes.byref(instance), name, len(name), ctypes.byref(item)
-    ):
-        return item
-    return None
-
-
-def _trap(message: str) -> int:
-    encoded = message.encode()
-    trap = capi.trap_new(encoded, len(encoded))
-    return int(ctypes.cast(trap, ctypes.c_void_p).value or 0)
-
-
-def _error(message: str) -> int:
-    error = capi.error_new(message.encode())
-    return int(ctypes.cast(error, ctypes.c_void_p).value or 0)
-
-
-def _first_line(text: str) -> str:
-    for line in text.strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return text
-
-
-def _cause(text: str) -> str:
-    """The innermost cause of a wasmtime error text (``wasm trap: …``)."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if "Caused by:" in lines:
-        after = lines[lines.index("Caused by:") + 1 :]
-        if after:
-            last = after[-1]
-            return last.split(": ", 1)[1] if last[:1].isdigit() and ": " in last else last
-    return lines[0] if lines else text
-
-
-def _frames_from_text(text: str) -> tuple[str, ...]:
-    """Backtrace lines of a wasmtime error text, as ``module!function +0xoffset``."""
-    frames: list[str] = []
-    in_trace = False
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("error while executing at wasm backtrace"):
-            in_trace = True
-            continue
-        if in_trace:
-            match = _TRACE_LINE.match(stripped)
-            if match is None:
-                break
-            offset, where = match.groups()
-            frames.append(f"{where.replace('<unknown>', 'module', 1)} +{offset}")
-    return tuple(frames)
-
-
-_TRACE_LINE = re.compile(r"^\d+:\s+(0x[0-9a-f]+) - (.+)$")
-
-
-def _frame_line(frame: Any) -> str:
-    name = frame.func_name or f"<wasm function {frame.func_index}>"
-    module = frame.module_name or "module"
-    return f"{module}!{name} +{frame.module_offset:#x}"
