@@ -38,7 +38,6 @@ import json
 import os
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -73,6 +72,7 @@ from rusmd.wasm.fibers import FiberScheduler
 from rusmd.wasm.kv_calls import KvCalls
 from rusmd.wasm.linking import LinkError, LinkerSet, check_module, granted
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
+from rusmd.wasm.pids import PidLeases
 from rusmd.wasm.process import (
     Exit,
     ExitReport,
@@ -95,8 +95,6 @@ if TYPE_CHECKING:
 # Guest threads need far more stack than wasm frames may use (512 KiB):
 # a host thread that runs out below the wasm limit aborts the process.
 GUEST_THREAD_STACK_BYTES = 16 << 20
-# Ask the main process for more pid serials when fewer than this remain.
-LEASE_LOW_WATER = 1024
 # A guest log line longer than this is cut (and says so).
 MAX_LOG_LINE_BYTES = 16 << 10
 # Per-table element cap; a module declaring more fails to instantiate.
@@ -322,7 +320,6 @@ class WasmHost:
         self.slot = slot
         self.log = log
         self.environment = environment
-        self.request_lease = request_lease
         largest = max([c.profile.max_memory_mb for c in manifest.components.values()] or [64])
         self.engine_info: EngineInfo = worker_engine(
             largest << 20, pool_slots, PROCESS_KEEP_RESIDENT_BYTES
@@ -340,12 +337,7 @@ class WasmHost:
         self.spawned = 0
         self.exits: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._leases: deque[tuple[int, int]] = deque()
-        self._next_serial = 0
-        self._serial_end = 0
-        # Below this serial no lease needs asking for (the fast path).
-        self._serial_low = 0
-        self._lease_pending = False
+        self.pids = PidLeases(slot, request_lease)
         self.ticks = 0
         self._stopping = threading.Event()
         # Set once shutdown is over: the ticker runs until then, since the
@@ -439,49 +431,7 @@ class WasmHost:
 
     def add_lease(self, start: int, end: int) -> None:
         """Pid serials ``[start, end)`` are ours (from the main process)."""
-        with self._lock:
-            self._leases.append((start, end))
-            self._lease_pending = False
-
-    def _allocate_pid(self) -> int:
-        with self._lock:
-            serial = self._next_serial
-            if serial < self._serial_low:  # the common case: far from the lease's end
-                self._next_serial = serial + 1
-                return serial * abi.PID_STRIDE + self.slot
-            if self._next_serial >= self._serial_end:
-                if not self._leases:
-                    raise SpawnError(
-                        f"worker {self.slot} has no pids left (a lease is on its way)",
-                        ErrorCode.LIMIT,
-                    )
-                self._next_serial, self._serial_end = self._leases.popleft()
-                self._serial_low = self._serial_end - LEASE_LOW_WATER
-            serial = self._next_serial
-            self._next_serial += 1
-            remaining = self._serial_end - self._next_serial
-            if remaining < LEASE_LOW_WATER:
-                remaining += sum(e - s for s, e in self._leases)
-            ask = remaining < LEASE_LOW_WATER and not self._lease_pending
-            if ask:
-                self._lease_pending = True
-        if ask:
-            self.request_lease()
-        return abi.make_pid(serial, self.slot)
-
-    def _take_serials(self, count: int) -> tuple[int, int]:
-        """Up to ``count`` serials ``[start, end)`` for the inline path; may be empty.
-
-        Taken from the current lease only, so they never cross into the
-        next one; the lease's low-water request works as for single pids.
-        """
-        with self._lock:
-            start = self._next_serial
-            end = min(start + count, self._serial_low)
-            if end <= start:
-                return 0, 0
-            self._next_serial = end
-            return start, end
+        self.pids.add(start, end)
 
     # ── processes ───────────────────────────────────────────────────────
 
@@ -535,7 +485,7 @@ class WasmHost:
                 f"worker {self.slot} is at its process limit ({self.max_processes})",
                 ErrorCode.LIMIT,
             )
-        pid = self._allocate_pid()
+        pid = self.pids.allocate()
         process = Process(
             pid=pid,
             component=component,
@@ -589,7 +539,7 @@ class WasmHost:
         """Start a host-native process (``make(pid)`` builds it) linked to ``parent``."""
         if self._stopping.is_set():
             raise SpawnError(f"worker {self.slot} is stopping", ErrorCode.UNAVAILABLE)
-        pid = self._allocate_pid()
+        pid = self.pids.allocate()
         native = make(pid)
         process = Process(
             pid=pid,
@@ -776,8 +726,8 @@ class WasmHost:
             inline.next_serial = serial + 1
             pid = serial * _PID_STRIDE + self.slot
         else:
-            pid = self._allocate_pid()
-            inline.next_serial, inline.serial_end = self._take_serials(INLINE_PID_BLOCK)
+            pid = self.pids.allocate()
+            inline.next_serial, inline.serial_end = self.pids.take(INLINE_PID_BLOCK)
         exchange.pid = pid
         process = inline.begin(pid, component, action, exchange)
         context = inline.ready(self._engine_ptr, limit)
