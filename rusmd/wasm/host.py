@@ -51,7 +51,6 @@ from rusmd.config.environment import Environment
 from rusmd.config.model import (
     BUILTIN_CAPABILITIES,
     BuiltinCapability,
-    Component,
     LogLevel,
     Manifest,
 )
@@ -59,10 +58,11 @@ from rusmd.errors import SpawnError
 from rusmd.log import Logger
 from rusmd.wasm import abi, capi
 from rusmd.wasm.abi import ErrorCode
-from rusmd.wasm.cache import verify
 from rusmd.wasm.calls import ActorCalls, write_received
 from rusmd.wasm.capi import NULL_FINALIZER, export, pid_of
+from rusmd.wasm.components import ComponentLoader, set_wasi
 from rusmd.wasm.engine import (
+    MAX_TABLE_ELEMENTS,
     POOL_SLOTS,
     PROCESS_KEEP_RESIDENT_BYTES,
     EngineInfo,
@@ -70,7 +70,7 @@ from rusmd.wasm.engine import (
 )
 from rusmd.wasm.fibers import FiberScheduler
 from rusmd.wasm.kv_calls import KvCalls
-from rusmd.wasm.linking import LinkError, LinkerSet, check_module, granted
+from rusmd.wasm.linking import LinkerSet
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 from rusmd.wasm.pids import PidLeases
 from rusmd.wasm.process import (
@@ -86,7 +86,7 @@ from rusmd.wasm.process import (
 from rusmd.wasm.runners import RunnerPool
 from rusmd.wasm.serve_calls import ServeCalls
 from rusmd.wasm.settings import EPOCH_TICK_MS
-from rusmd.wasm.traps import failure, first_line, new_error, new_trap
+from rusmd.wasm.traps import failure, new_error, new_trap
 
 if TYPE_CHECKING:
     from rusmd.store.committer import GroupCommitter
@@ -97,8 +97,6 @@ if TYPE_CHECKING:
 GUEST_THREAD_STACK_BYTES = 16 << 20
 # A guest log line longer than this is cut (and says so).
 MAX_LOG_LINE_BYTES = 16 << 10
-# Per-table element cap; a module declaring more fails to instantiate.
-MAX_TABLE_ELEMENTS = 100_000
 # Pids the inline path takes from the lease at once (then hands out
 # without the lock).
 INLINE_PID_BLOCK = 256
@@ -319,7 +317,6 @@ class WasmHost:
         self.manifest = manifest
         self.slot = slot
         self.log = log
-        self.environment = environment
         largest = max([c.profile.max_memory_mb for c in manifest.components.values()] or [64])
         self.engine_info: EngineInfo = worker_engine(
             largest << 20, pool_slots, PROCESS_KEEP_RESIDENT_BYTES
@@ -363,6 +360,16 @@ class WasmHost:
             self.fibers.callbacks if self.fibers is not None else None,
         )
         self.inline_linkers = LinkerSet(self.inline_engine_info.engine, self._callbacks)
+        self.loader = ComponentLoader(
+            manifest,
+            environment,
+            log,
+            engine=self.engine,
+            linkers=self.linkers,
+            inline_engine=self.inline_engine_info.engine,
+            inline_linkers=self.inline_linkers,
+            fibers=self.fibers is not None,
+        )
         threading.stack_size(GUEST_THREAD_STACK_BYTES)
         self.runners = RunnerPool(self.max_processes)
         self._ticker = threading.Thread(target=self._tick, name="epoch", daemon=True)
@@ -377,55 +384,8 @@ class WasmHost:
 
     def load(self, images: list[ComponentImage]) -> None:
         """(Re)load components from the compile step's images."""
-        fresh: dict[str, LoadedComponent] = {}
-        for image in images:
-            component = self.manifest.components.get(image.name)
-            if component is None:
-                continue
-            fresh[image.name] = self._load_one(component, image)
-        self.components = fresh
+        self.components = self.loader.load(images)
         self.loaded = True
-
-    def _load_one(self, component: Component, image: ComponentImage) -> LoadedComponent:
-        loaded = LoadedComponent(
-            name=component.name,
-            capability=component.profile,
-            grants=granted(component.profile),
-            env=self.environment.resolve(component.profile.env),
-        )
-        if image.error:
-            loaded.error = image.error
-            return loaded
-        if not verify(image.cwasm, image.digest):
-            loaded.error = (
-                f"component {component.name}: compiled code {image.cwasm} changed on disk "
-                "since it was checked; run `rusmctl reload` to rebuild it"
-            )
-            self.log.error(loaded.error)
-            return loaded
-        try:
-            module = wasmtime.Module.deserialize_file(self.engine, image.cwasm)
-            loaded.shape = check_module(component.name, module, loaded.grants)
-            linker = self.linkers.linker(loaded.grants)
-            loaded.pre = linker.instantiate_pre(module)
-            loaded.module = module
-            loaded.inline = loaded.shape.inline
-            if loaded.inline:
-                inline_module = wasmtime.Module.deserialize_file(
-                    self.inline_engine_info.engine, image.cwasm
-                )
-                inline_linker = self.inline_linkers.linker(loaded.grants)
-                loaded.inline_pre = inline_linker.instantiate_pre(inline_module)
-                loaded.inline_pre_ptr = loaded.inline_pre.ptr()
-            if loaded.shape.fiber and self.fibers is not None:
-                fiber_linker = self.linkers.linker(loaded.grants, fiber=True)
-                loaded.fiber_pre = fiber_linker.instantiate_pre(module)
-                loaded.fiber_pre_ptr = loaded.fiber_pre.ptr()
-        except LinkError as exc:
-            loaded.error = str(exc)
-        except wasmtime.WasmtimeError as exc:
-            loaded.error = f"component {component.name}: {first_line(str(exc))}"
-        return loaded
 
     # ── pids ────────────────────────────────────────────────────────────
 
@@ -734,7 +694,7 @@ class WasmHost:
         keep = False
         try:
             if uses_wasi:
-                problem = self._set_wasi(context, component)
+                problem = set_wasi(context, component)
                 if problem:
                     return self._ended(process, ExitReport("crashed", problem))
             budget_ms = min(exchange.budget_ms, cpu_ms)
@@ -830,7 +790,7 @@ class WasmHost:
             store, component.capability.max_memory_mb << 20, MAX_TABLE_ELEMENTS, 1, 1, 1
         )
         if component.shape.uses_wasi:
-            problem = self._set_wasi(context, component)
+            problem = set_wasi(context, component)
             if problem:
                 return store, ExitReport("crashed", problem)
         capi.store_epoch_deadline_callback(store, self._epoch_callback, None, NULL_FINALIZER)
@@ -896,22 +856,6 @@ class WasmHost:
         if results and values[0].i32 != 0:
             return ExitReport("crashed", f"{name} returned {values[0].i32}"), store
         return ExitReport("normal"), store
-
-    def _set_wasi(self, context: Any, component: LoadedComponent) -> str:
-        config = wasmtime.WasiConfig()
-        config.argv = [component.name]
-        if component.env:
-            config.env = component.env
-        if component.capability.allow_stdio:
-            config.inherit_stdout()
-            config.inherit_stderr()
-        for preopen in component.capability.preopen:
-            try:
-                config.preopen_dir(preopen.host, preopen.guest, not preopen.read_only)
-            except wasmtime.WasmtimeError as exc:
-                return f"preopen {preopen.guest}: cannot open {preopen.host} ({exc})"
-        ffi.wasmtime_context_set_wasi(context, config._consume())
-        return ""
 
     # ── epoch ticks ─────────────────────────────────────────────────────
 
