@@ -41,7 +41,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import wasmtime
 from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 
@@ -69,6 +68,7 @@ from rusmd.wasm.engine import (
     worker_engine,
 )
 from rusmd.wasm.fibers import FiberScheduler
+from rusmd.wasm.inline import INLINE_STORE_INSTANCES, InlinePath
 from rusmd.wasm.kv_calls import KvCalls
 from rusmd.wasm.linking import LinkerSet
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
@@ -97,18 +97,7 @@ if TYPE_CHECKING:
 GUEST_THREAD_STACK_BYTES = 16 << 20
 # A guest log line longer than this is cut (and says so).
 MAX_LOG_LINE_BYTES = 16 << 10
-# Pids the inline path takes from the lease at once (then hands out
-# without the lock).
-INLINE_PID_BLOCK = 256
-# Inline handlers' fresh instances one store holds before it is dropped
-# (each holds a slot of the inline pool until then: it has this many).
-INLINE_STORE_INSTANCES = 16
-# A store is dropped after an instance whose memory grew past this, so
-# finished instances never pin much memory.
-INLINE_REUSE_MEMORY_BYTES = 1 << 20
-
 _N = TypeVar("_N", bound=Native)
-_NORMAL = ExitReport("normal")
 _LOG_LEVELS = {
     abi.LogLevel.ERROR: LogLevel.ERROR,
     abi.LogLevel.WARN: LogLevel.WARN,
@@ -118,169 +107,9 @@ _LOG_LEVELS = {
 _EpochCallback = _bindings._wasmtime_store_epoch_deadline_callback.argtypes[1]
 
 
-# The inline path's C calls, raw (``capi.raw``): no argument conversion,
-# so every argument is a ctypes object. Instantiate and call may run guest
-# code for long: they drop the GIL (the epoch ticker needs it to interrupt
-# them). Both return the error pointer as a plain integer (0 or None when
-# there is none); ``_error_at`` makes it a pointer again for ``_failure``.
-_instantiate = capi.raw("wasmtime_instance_pre_instantiate", ctypes.c_void_p, release_gil=True)
-_call = capi.raw("wasmtime_func_call_unchecked", ctypes.c_void_p, release_gil=True)
-_export_get = capi.export_get_raw
 _caller_export_get = capi.raw("wasmtime_caller_export_get", ctypes.c_bool)
-_set_deadline = capi.raw("wasmtime_context_set_epoch_deadline", None)
 _caller_context = capi.caller_context_raw
-_ONE = ctypes.c_size_t(1)
-_PID_STRIDE = abi.PID_STRIDE
-_get_ident = threading.get_ident
 _MEMORY = (b"memory", ctypes.c_size_t(6))
-_INITIALIZE = (b"_initialize", ctypes.c_size_t(11))
-
-
-def _error_at(address: int | None) -> Any:
-    """A raw call's error result as the pointer ``_failure`` takes (None if none)."""
-    return ctypes.cast(address, ctypes.POINTER(ffi.wasmtime_error_t)) if address else None
-
-
-class _InlineStore:
-    """The store inline handlers' instances share, and the C values they reuse.
-
-    Owned by the I/O thread (inline handlers run there, one at a time).
-    """
-
-    def __init__(self) -> None:
-        self.store: Any = None
-        self.context: Any = None
-        self.limit = 0
-        self.uses = 0
-        self.instance = ffi.wasmtime_instance_t()
-        self.instance_ref = ctypes.byref(self.instance)
-        self.trap = ctypes.POINTER(ffi.wasm_trap_t)()
-        self.trap_ref = ctypes.byref(self.trap)
-        self.item = ffi.wasmtime_extern_t()
-        self.item_ref = ctypes.byref(self.item)
-        self.func_ref = ctypes.byref(self.item.of.func)
-        self.values = (ffi.wasmtime_val_raw_t * 1)()
-        # The action's i32 result, read as a plain int.
-        self.result = (ctypes.c_int32 * 1).from_buffer(self.values)
-        # Epoch deadlines (in ticks, as raw call arguments) by budget in ms,
-        # and the budget and tick the store's deadline was last set for.
-        self.deadlines: dict[int, Any] = {}
-        self.deadline_budget = -1
-        self.deadline_tick = -1
-        # The current instance's exported memory (looked up on its first host call).
-        self.memory_item = ffi.wasmtime_extern_t()
-        self.memory_ref = ctypes.byref(self.memory_item)
-        self.memory: GuestMemory | None = None
-        # The process being served (set only while its action runs) and the
-        # thread it runs on: a host call from that thread while it is set is
-        # that process's, found without asking wasmtime for the store data.
-        self.current: Process | None = None
-        self.thread = 0
-        # A host call's caller and values, re-pointed for each inline call
-        # (cheaper than new ctypes objects; only the I/O thread uses them).
-        self.caller = ctypes.c_void_p()
-        self.args = ctypes.POINTER(ctypes.c_int32)()
-        self.args_at = ctypes.c_size_t.from_buffer(self.args)
-        # Pid serials taken for inline requests, not yet handed out.
-        self.next_serial = 0
-        self.serial_end = 0
-        # One Process record reused for every inline request (reset each time).
-        self.process = Process(
-            pid=0,
-            component=None,  # type: ignore[arg-type]
-            parent=None,
-            started_at=0.0,
-            started_wall=0.0,
-            quiet=True,
-        )
-
-    def begin(self, pid: int, component: LoadedComponent, action: str, exchange: Any) -> Process:
-        """The reused process record, set for a new request.
-
-        Its failure fields (crash, exit code, CPU flag, memory figure) are
-        cleared by ``clean`` after a request that failed, the only kind
-        that sets them.
-        """
-        process = self.process
-        process.pid = pid
-        process.component = component
-        process.entry = action
-        process.exchange = exchange
-        process.memory = None
-        return process
-
-    def clean(self) -> None:
-        """Clear what a failed request left on the reused process record."""
-        process = self.process
-        process.memory_bytes = 0
-        process.crash = ""
-        process.exit_code = None
-        process.cpu_exceeded = False
-
-    def ready(self, engine: Any, limit: int) -> Any:
-        """The store context for the next instance (a new store when needed)."""
-        if self.store is None or self.limit != limit:
-            self.reset()
-            self.open(engine, limit)
-        self.uses += 1
-        return self.context
-
-    def deadline(self, context: Any, budget_ms: int, tick: int) -> None:
-        """Set the epoch deadline for a budget, unless it is already set.
-
-        The deadline counts from the epoch when it is set, so within one
-        store, budget and tick (``WasmHost.ticks``) it is the same value
-        and is not set again. The ticker advances the epoch and ``ticks``
-        one after the other: an instance may start one tick later than the
-        tick it was read at, so the deadline has one tick of slack.
-        """
-        if budget_ms == self.deadline_budget and tick == self.deadline_tick:
-            return
-        ticks = self.deadlines.get(budget_ms)
-        if ticks is None:
-            ticks = self.deadlines[budget_ms] = ctypes.c_uint64(budget_ms // EPOCH_TICK_MS + 2)
-        _set_deadline(context, ticks)
-        self.deadline_budget = budget_ms
-        self.deadline_tick = tick
-
-    def reusable(self, process: Process) -> bool:
-        """Whether the store may take another instance after ``process`` ended well."""
-        memory = process.memory
-        return (
-            self.uses < INLINE_STORE_INSTANCES
-            and memory is not None
-            and memory.size() <= INLINE_REUSE_MEMORY_BYTES
-        )
-
-    def open(self, engine: Any, limit: int) -> None:
-        """A new store whose memories may grow to ``limit`` bytes."""
-        self.store = capi.store_new(engine, None, NULL_FINALIZER)
-        self.context = capi.store_context(self.store)
-        self.memory = GuestMemory(self.context, self.memory_item.of.memory)
-        capi.store_limiter(
-            self.store,
-            limit,
-            MAX_TABLE_ELEMENTS,
-            INLINE_STORE_INSTANCES,
-            INLINE_STORE_INSTANCES,
-            INLINE_STORE_INSTANCES,
-        )
-        self.limit = limit
-        self.uses = 0
-
-    def take_trap(self) -> Any:
-        """The trap the last call left (the caller owns it); the slot is cleared."""
-        taken = ctypes.cast(self.trap, ctypes.POINTER(ffi.wasm_trap_t))
-        ctypes.memset(ctypes.addressof(self.trap), 0, ctypes.sizeof(self.trap))
-        return taken
-
-    def reset(self) -> None:
-        """Drop the store and every instance in it."""
-        if self.store is not None:
-            capi.store_delete(self.store)
-        self.store = None
-        self.context = None
-        self.deadline_budget = -1
 
 
 class WasmHost:
@@ -326,7 +155,6 @@ class WasmHost:
         # slots stay resident: its few slots serve request after request,
         # while a process's slot gives its pages back when the process ends.
         self.inline_engine_info = worker_engine(largest << 20, INLINE_STORE_INSTANCES)
-        self._engine_ptr = self.inline_engine_info.engine.ptr()
         self.max_processes = max_processes or (pool_slots if self.engine_info.pooling else 1000)
         self.components: dict[str, LoadedComponent] = {}
         self.loaded = False  # the first ``load`` has run: a missing component is not coming
@@ -344,7 +172,9 @@ class WasmHost:
         self.actors = actors or _local_table(slot)
         self.actors.info_of = self.local_info
         self.on_watched_exit = on_watched_exit
-        self._inline = _InlineStore()
+        self.inline = InlinePath(self, self.inline_engine_info.engine.ptr(), self.pids, slot, log)
+        # Bound once: the listener calls it for every inline request.
+        self.serve_inline = self.inline.serve
         self.serve_calls = ServeCalls(self)
         # WebSocket processes as fibers on the loop's thread (made on it).
         self.fibers = FiberScheduler(self, loop) if loop is not None else None
@@ -597,11 +427,14 @@ class WasmHost:
         return row
 
     def stats(self) -> dict[str, Any]:
-        """Counts for ``rusmctl status``."""
+        """Counts for ``rusmctl status`` (inline requests count as processes)."""
+        exits = dict(self.exits)
+        for reason, count in self.inline.exits.items():
+            exits[reason] = exits.get(reason, 0) + count
         return {
             "processes": len(self.processes),
-            "spawned": self.spawned,
-            "exits": dict(self.exits),
+            "spawned": self.spawned + self.inline.spawned,
+            "exits": exits,
             "pooling": self.engine_info.pooling,
         }
 
@@ -656,121 +489,6 @@ class WasmHost:
         self._tell_main(process, report.reason, report.detail)
         if process.on_exit is not None:
             process.on_exit(report)
-
-    def serve_inline(self, component: LoadedComponent, action: str, exchange: Any) -> ExitReport:
-        """Run ``action`` of a fresh instance on this (the I/O) thread for one request.
-
-        The hot path of serving, kept lean: no actor side (an inline handler
-        imports nothing that needs one), no epoch callback (the deadline is
-        the budget itself: past it wasm traps with an interrupt), and the
-        instantiate and call go straight to the C API with the GIL released
-        so the epoch ticker keeps running. The process still has a pid: its
-        log lines and ``rusm.self`` use it. It is not in ``processes``: it
-        lives and ends within this call, on the thread that runs
-        ``rusmctl list`` and ``kill``, so neither could ever see it. Host
-        functions it calls find it as the inline store's current process.
-
-        Every request gets a new instance (its own memory, globals, table),
-        but up to ``INLINE_STORE_INSTANCES`` of them share one store: making
-        a store costs twice an instantiation. A store is dropped after any
-        failure, when full, and when an instance's memory grew past
-        ``INLINE_REUSE_MEMORY_BYTES`` (so finished instances pin little).
-        """
-        plan = component.plans.get(action) or component.inline_plan(action)
-        if isinstance(plan, str):
-            return ExitReport("crashed", plan)
-        pre, name, length, results, uses_wasi, has_initialize, limit, cpu_ms = plan
-        inline = self._inline
-        serial = inline.next_serial
-        if serial < inline.serial_end:
-            inline.next_serial = serial + 1
-            pid = serial * _PID_STRIDE + self.slot
-        else:
-            pid = self.pids.allocate()
-            inline.next_serial, inline.serial_end = self.pids.take(INLINE_PID_BLOCK)
-        exchange.pid = pid
-        process = inline.begin(pid, component, action, exchange)
-        context = inline.ready(self._engine_ptr, limit)
-        keep = False
-        try:
-            if uses_wasi:
-                problem = set_wasi(context, component)
-                if problem:
-                    return self._ended(process, ExitReport("crashed", problem))
-            budget_ms = min(exchange.budget_ms, cpu_ms)
-            inline.deadline(context, budget_ms, self.ticks)
-            trap = inline.trap
-            trap_ref = inline.trap_ref
-            inline.thread = _get_ident()
-            inline.current = process
-            error = _instantiate(pre, context, inline.instance_ref, trap_ref)
-            if error or trap:
-                return self._ended(
-                    process,
-                    failure(process, _error_at(error), inline.take_trap(), "instantiate"),
-                )
-            if has_initialize:
-                failed = self._inline_initialize(process, budget_ms)
-                if failed is not None:
-                    return failed
-            if not _export_get(context, inline.instance_ref, name, length, inline.item_ref):
-                return self._ended(process, ExitReport("crashed", f"entry {action} vanished"))
-            error = _call(context, inline.func_ref, inline.values, _ONE, trap_ref)
-            if error or trap:
-                return self._ended(
-                    process,
-                    self._inline_failure(process, _error_at(error), inline.take_trap(), budget_ms),
-                )
-            if results and inline.result[0]:
-                return self._ended(
-                    process, ExitReport("crashed", f"{action} returned {inline.result[0]}")
-                )
-            self.spawned += 1
-            keep = inline.reusable(process)
-            return _NORMAL
-        finally:
-            inline.current = None
-            process.exchange = None
-            if not keep:
-                inline.reset()
-                inline.clean()
-
-    def _inline_initialize(self, process: Process, budget_ms: int) -> ExitReport | None:
-        """Run the fresh inline instance's ``_initialize``; None when it went well."""
-        inline = self._inline
-        context = inline.context
-        if _export_get(context, inline.instance_ref, *_INITIALIZE, inline.item_ref):
-            error = _call(context, inline.func_ref, inline.values, _ONE, inline.trap_ref)
-            if error or inline.trap:
-                return self._ended(
-                    process,
-                    self._inline_failure(process, _error_at(error), inline.take_trap(), budget_ms),
-                )
-        return None
-
-    def _inline_failure(
-        self, process: Process, error: Any, trap: Any, budget_ms: int
-    ) -> ExitReport:
-        """A trap of an inline handler; an interrupt means its budget ran out."""
-        if trap:
-            code = ctypes.c_uint8()
-            if ffi.wasmtime_trap_code(trap, ctypes.byref(code)) and (
-                code.value == wasmtime.TrapCode.INTERRUPT.value
-            ):
-                process.cpu_exceeded = True
-        report = failure(process, error, trap, process.entry)
-        if process.cpu_exceeded:
-            return ExitReport(
-                "crashed", f"cpu limit: ran over its {budget_ms} ms budget", report.backtrace
-            )
-        return report
-
-    def _ended(self, process: Process, report: ExitReport) -> ExitReport:
-        """Count and log an inline handler's abnormal end."""
-        self.spawned += 1
-        self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
-        log_exit(self.log, process, report)
-        return report
 
     def new_process_store(self, process: Process) -> tuple[Any, ExitReport | None]:
         """A process's own store (limits, WASI, epoch callback); (store or None, why not)."""
@@ -862,7 +580,7 @@ class WasmHost:
     def _tick(self) -> None:
         interval = EPOCH_TICK_MS / 1000
         engine = self.engine.ptr()
-        inline_engine = self._engine_ptr
+        inline_engine = self.inline.engine
         while not self._halted.wait(interval):
             self.ticks += 1
             capi.engine_increment_epoch(engine)
@@ -915,7 +633,7 @@ class WasmHost:
         with ``raw``, as i32s indexed in place (value ``k`` at ``args[4 * k]``).
         """
         processes = self.processes
-        inline = self._inline
+        inline = self.inline
         get_ident = threading.get_ident
         values_at = capi.Values.from_address
         args_at = capi.I32Args.from_address

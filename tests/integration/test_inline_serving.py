@@ -27,7 +27,8 @@ from rusmd.log import Logger, LogRecord
 from rusmd.serving.exchange import Exchange, Mode, Request
 from rusmd.wasm.cache import CompileCache
 from rusmd.wasm.engine import compile_engine
-from rusmd.wasm.host import INLINE_STORE_INSTANCES, WasmHost
+from rusmd.wasm.host import WasmHost
+from rusmd.wasm.inline import INLINE_STORE_INSTANCES
 
 REQUESTS = INLINE_STORE_INSTANCES * 5 + 3
 SETTLE_S = 20.0
