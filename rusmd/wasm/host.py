@@ -44,19 +44,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 
-from rusmd.actors.table import ActorTable, Stopped
+from rusmd.actors.table import ActorTable
 from rusmd.channel import ComponentImage, ProcessExit
 from rusmd.config.environment import Environment
-from rusmd.config.model import (
-    BUILTIN_CAPABILITIES,
-    BuiltinCapability,
-    LogLevel,
-    Manifest,
-)
+from rusmd.config.model import BUILTIN_CAPABILITIES, BuiltinCapability, Manifest
 from rusmd.errors import SpawnError
 from rusmd.log import Logger
 from rusmd.wasm import abi, capi
 from rusmd.wasm.abi import ErrorCode
+from rusmd.wasm.callbacks import CoreCalls, host_callbacks
 from rusmd.wasm.calls import ActorCalls, write_received
 from rusmd.wasm.capi import NULL_FINALIZER, export, pid_of
 from rusmd.wasm.components import ComponentLoader, set_wasi
@@ -71,22 +67,20 @@ from rusmd.wasm.fibers import FiberScheduler
 from rusmd.wasm.inline import INLINE_STORE_INSTANCES, InlinePath
 from rusmd.wasm.kv_calls import KvCalls
 from rusmd.wasm.linking import LinkerSet
-from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
+from rusmd.wasm.memory import GuestMemory
 from rusmd.wasm.pids import PidLeases
 from rusmd.wasm.process import (
-    Exit,
     ExitReport,
     LoadedComponent,
     Native,
     Process,
     ProcessState,
     log_exit,
-    log_for,
 )
 from rusmd.wasm.runners import RunnerPool
 from rusmd.wasm.serve_calls import ServeCalls
 from rusmd.wasm.settings import EPOCH_TICK_MS
-from rusmd.wasm.traps import failure, new_error, new_trap
+from rusmd.wasm.traps import failure, new_error
 
 if TYPE_CHECKING:
     from rusmd.store.committer import GroupCommitter
@@ -95,21 +89,9 @@ if TYPE_CHECKING:
 # Guest threads need far more stack than wasm frames may use (512 KiB):
 # a host thread that runs out below the wasm limit aborts the process.
 GUEST_THREAD_STACK_BYTES = 16 << 20
-# A guest log line longer than this is cut (and says so).
-MAX_LOG_LINE_BYTES = 16 << 10
-_N = TypeVar("_N", bound=Native)
-_LOG_LEVELS = {
-    abi.LogLevel.ERROR: LogLevel.ERROR,
-    abi.LogLevel.WARN: LogLevel.WARN,
-    abi.LogLevel.INFO: LogLevel.INFO,
-    abi.LogLevel.DEBUG: LogLevel.DEBUG,
-}
+
 _EpochCallback = _bindings._wasmtime_store_epoch_deadline_callback.argtypes[1]
-
-
-_caller_export_get = capi.raw("wasmtime_caller_export_get", ctypes.c_bool)
-_caller_context = capi.caller_context_raw
-_MEMORY = (b"memory", ctypes.c_size_t(6))
+_N = TypeVar("_N", bound=Native)
 
 
 class WasmHost:
@@ -127,6 +109,8 @@ class WasmHost:
         on_watched_exit: Told (any thread) when a watched process exits.
         pool_slots: Instance slots of the pooling allocator (the process
             limit when ``max_processes`` is not given).
+        loop: The worker's event loop, when it has one: serving processes
+            may then run as fibers on its thread (``fibers``).
     """
 
     def __init__(
@@ -172,36 +156,47 @@ class WasmHost:
         self.actors = actors or _local_table(slot)
         self.actors.info_of = self.local_info
         self.on_watched_exit = on_watched_exit
-        self.inline = InlinePath(self, self.inline_engine_info.engine.ptr(), self.pids, slot, log)
-        # Bound once: the listener calls it for every inline request.
-        self.serve_inline = self.inline.serve
-        self.serve_calls = ServeCalls(self)
-        # WebSocket processes as fibers on the loop's thread (made on it).
-        self.fibers = FiberScheduler(self, loop) if loop is not None else None
-        self._callbacks = self._make_callbacks()
-        self._epoch_callback = _EpochCallback(self._on_epoch)
         # The node store (set by the worker after it opened it), or why not.
         self.store: KvStore | None = None
         self.committer: GroupCommitter | None = None
         self.store_error = ""
-        self.linkers = LinkerSet(
-            self.engine,
-            self._callbacks,
-            self.fibers.callbacks if self.fibers is not None else None,
+        self.inline = InlinePath(self, self.inline_engine_info.engine.ptr(), self.pids, slot, log)
+        # Bound once: the listener calls it for every inline request.
+        self.serve_inline = self.inline.serve
+        self.serve_calls = ServeCalls(self)
+        threading.stack_size(GUEST_THREAD_STACK_BYTES)
+        self.runners = RunnerPool(self.max_processes)
+        # WebSocket processes as fibers on the loop's thread (made on it).
+        self.fibers = FiberScheduler(self, loop) if loop is not None else None
+        callbacks = host_callbacks(
+            {
+                **CoreCalls(self).implementations(),
+                **ActorCalls(self).implementations(),
+                **self.serve_calls.implementations(),
+                **KvCalls(self).implementations(),
+            },
+            self.processes,
+            self.inline,
+            raw=ServeCalls.RAW,
         )
-        self.inline_linkers = LinkerSet(self.inline_engine_info.engine, self._callbacks)
+        # wasmtime calls them by address: they live as long as the host.
+        self._callbacks = callbacks
+        self._epoch_callback = _EpochCallback(self._on_epoch)
+        inline_engine = self.inline_engine_info.engine
         self.loader = ComponentLoader(
             manifest,
             environment,
             log,
             engine=self.engine,
-            linkers=self.linkers,
-            inline_engine=self.inline_engine_info.engine,
-            inline_linkers=self.inline_linkers,
+            linkers=LinkerSet(
+                self.engine,
+                callbacks,
+                self.fibers.callbacks if self.fibers is not None else None,
+            ),
+            inline_engine=inline_engine,
+            inline_linkers=LinkerSet(inline_engine, callbacks),
             fibers=self.fibers is not None,
         )
-        threading.stack_size(GUEST_THREAD_STACK_BYTES)
-        self.runners = RunnerPool(self.max_processes)
         self._ticker = threading.Thread(target=self._tick, name="epoch", daemon=True)
         self._ticker.start()
         if not self.engine_info.pooling:
@@ -606,151 +601,6 @@ class WasmHost:
             return 0
         except BaseException:
             return new_error("host error in epoch callback")
-
-    # ── host functions ──────────────────────────────────────────────────
-
-    def _make_callbacks(self) -> dict[str, Any]:
-        implementations: dict[str, Callable[[Process, Any], None]] = {
-            "self": self._h_self,
-            "log": self._h_log,
-            "exit": self._h_exit,
-            "sleep": self._h_sleep,
-            "spawn": self._h_spawn,
-            **ActorCalls(self).implementations(),
-            **self.serve_calls.implementations(),
-            **KvCalls(self).implementations(),
-        }
-        assert set(implementations) == set(abi.FUNCTIONS), "every ABI function is implemented"
-        return {
-            name: self._wrap(name, impl, raw=name in ServeCalls.RAW)
-            for name, impl in implementations.items()
-        }
-
-    def _wrap(self, name: str, impl: Callable[[Process, Any], None], *, raw: bool = False) -> Any:
-        """The C callback for host function ``name``.
-
-        ``impl`` gets the values as ``capi.Values`` (``values[1].i32``), or,
-        with ``raw``, as i32s indexed in place (value ``k`` at ``args[4 * k]``).
-        """
-        processes = self.processes
-        inline = self.inline
-        get_ident = threading.get_ident
-        values_at = capi.Values.from_address
-        args_at = capi.I32Args.from_address
-        caller_ref = inline.caller
-        inline_args = inline.args
-        point_args = inline.args_at
-
-        def callback(_env: Any, caller: int, address: int, _count: int) -> int:
-            process = None
-            try:
-                current = inline.current
-                if current is not None and inline.thread == get_ident():
-                    # The inline request's process: the I/O thread's reusable
-                    # ctypes objects stand for the caller and the values.
-                    process = current
-                    if process.memory is None:
-                        caller_ref.value = caller
-                        if _caller_export_get(caller_ref, *_MEMORY, inline.memory_ref):
-                            process.memory = inline.memory
-                    if raw:
-                        point_args.value = address
-                        impl(process, inline_args)
-                    else:
-                        impl(process, values_at(address))
-                    return 0
-                context = _caller_context(ctypes.c_void_p(caller))
-                process = processes.get(pid_of(context))
-                if process is None:
-                    return new_trap(f"rusm.{name}: calling process is unknown")
-                if process.memory is None and process.component.shape is not None:
-                    memory = ffi.wasmtime_extern_t()
-                    if _caller_export_get(ctypes.c_void_p(caller), *_MEMORY, ctypes.byref(memory)):
-                        process.memory = GuestMemory(context, memory.of.memory)
-                impl(process, args_at(address) if raw else values_at(address))
-                return 0
-            except BadPointer as exc:
-                if process is not None:
-                    process.crash = str(exc)
-                return new_trap(str(exc))
-            except Exit as exc:
-                return new_trap(str(exc))
-            except BaseException as exc:
-                if process is not None:
-                    process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
-                return new_trap(f"host error in rusm.{name}")
-
-        return ctypes.cast(capi.HostCallback(callback), ffi.wasmtime_func_unchecked_callback_t)
-
-    def _h_self(self, process: Process, values: Any) -> None:
-        values[0].i64 = process.pid
-
-    def _h_log(self, process: Process, values: Any) -> None:
-        level_value, ptr, length = values[0].i32, values[1].i32, values[2].i32
-        memory = self._memory(process, "log")
-        # The range is checked whatever the level: a bad pointer crashes the
-        # guest the same way with logging off as with it on.
-        check_range("log", ptr, length, memory.size())
-        if level_value not in _LOG_LEVELS:
-            values[0].i32 = ErrorCode.INVALID
-            return
-        level = _LOG_LEVELS[abi.LogLevel(level_value)]
-        if not self.log.enabled(level):
-            values[0].i32 = ErrorCode.OK
-            return
-        # Only what the line can show is read: a guest may pass its whole memory.
-        cut = length > MAX_LOG_LINE_BYTES
-        data = memory.read("log", ptr, MAX_LOG_LINE_BYTES if cut else length)
-        try:
-            text = data.decode("utf-8", errors="strict" if not cut else "ignore")
-        except UnicodeDecodeError:
-            values[0].i32 = ErrorCode.INVALID
-            return
-        cut_bytes = length - len(text.encode()) if cut else 0
-        log_for(self.log, process, level, text, source=process.label, cut_bytes=cut_bytes)
-        values[0].i32 = ErrorCode.OK
-
-    def _h_exit(self, process: Process, values: Any) -> None:
-        process.exit_code = values[0].i32
-        raise Exit(f"exit({process.exit_code})")
-
-    def _h_sleep(self, process: Process, values: Any) -> None:
-        ms = values[0].i32
-        if ms < 0:
-            values[0].i32 = ErrorCode.INVALID
-            return
-        process.state = ProcessState.SLEEPING
-        assert process.actor is not None
-        self.runners.blocking()
-        try:
-            self.actors.sleep(process.actor, ms / 1000)
-        except Stopped as exc:
-            raise Exit(str(exc)) from None
-        finally:
-            self.runners.unblocked()
-            process.state = ProcessState.RUNNING
-        # Time asleep is not CPU time.
-        process.call_started_tick = self.ticks
-        values[0].i32 = ErrorCode.OK
-
-    def _h_spawn(self, process: Process, values: Any) -> None:
-        memory = self._memory(process, "spawn")
-        raw = memory.read("spawn", values[0].i32, values[1].i32)
-        try:
-            name = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            values[0].i64 = ErrorCode.INVALID
-            return
-        try:
-            values[0].i64 = self.spawn(name, parent=process.pid)
-        except SpawnError as exc:
-            log_for(self.log, process, LogLevel.WARN, f"spawn from {process.label} failed: {exc}")
-            values[0].i64 = exc.code
-
-    def _memory(self, process: Process, function: str) -> GuestMemory:
-        if process.memory is None:
-            raise BadPointer(f"rusm.{function}: the module exports no memory")
-        return process.memory
 
 
 def _local_table(slot: int) -> ActorTable:
