@@ -28,13 +28,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
 
 import msgspec
 
 from rusmd.actors.signals import reason_name
-from rusmd.actors.table import Envelope
+from rusmd.actors.table import ActorTable, Envelope
 from rusmd.errors import SpawnError
+from rusmd.log import Logger
 from rusmd.supervision import (
     ChildSpec,
     ExitReason,
@@ -48,11 +50,35 @@ from rusmd.supervision.action import Action, Escalate, StartChild, StopChild
 from rusmd.supervision.spec import SupervisionSpecError
 from rusmd.wasm.abi import ErrorCode, Kind, Reason
 
-if TYPE_CHECKING:
-    from rusmd.wasm.host import WasmHost
-
 # Children one supervisor may have.
 MAX_CHILDREN = 1000
+
+
+class SupervisorHost(Protocol):
+    """What a supervisor uses of the worker's host: starting, stopping, asking after processes."""
+
+    log: Logger
+    actors: ActorTable
+
+    def start_native(
+        self, kind: str, parent: int, make: Callable[[int], GuestSupervisor]
+    ) -> tuple[int, GuestSupervisor]:
+        """Start a host-native process (``make(pid)`` builds it) linked to ``parent``."""
+        ...
+
+    def spawn(self, name: str, parent: int | None = None, *, link: bool = False) -> int:
+        """Start a process of component ``name``; its pid.
+
+        Raises:
+            SpawnError: It cannot start (``code`` says why, as a guest sees it).
+        """
+        ...
+
+    def is_alive(self, pid: int) -> bool: ...
+
+    def kill(self, pid: int, reason: str = "killed", detail: str = "") -> bool: ...
+
+    def exit_native(self, pid: int, reason: str, detail: str = "") -> None: ...
 
 
 class SpecError(Exception):
@@ -147,7 +173,7 @@ class GuestSupervisor:
 
     def __init__(
         self,
-        host: WasmHost,
+        host: SupervisorHost,
         pid: int,
         parent: int,
         flags: SupervisorFlags,
@@ -168,7 +194,7 @@ class GuestSupervisor:
 
     @classmethod
     def start(
-        cls, host: WasmHost, parent: int, flags: SupervisorFlags, specs: list[ChildSpec]
+        cls, host: SupervisorHost, parent: int, flags: SupervisorFlags, specs: list[ChildSpec]
     ) -> int:
         """Start a supervisor for ``parent`` and its children; its pid."""
         pid, supervisor = host.start_native(

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from rusmd.actors.signals import reason_name
-from rusmd.actors.supervisor import GuestSupervisor, SpecError, parse_spec
+from rusmd.actors.supervisor import GuestSupervisor, SpecError, SupervisorHost, parse_spec
 from rusmd.actors.table import Envelope, Stopped
-from rusmd.config.model import LogLevel
+from rusmd.config.model import LogLevel, Manifest
 from rusmd.errors import SpawnError
 from rusmd.wasm.abi import (
     HEADER_BYTES,
@@ -34,14 +34,24 @@ from rusmd.wasm.abi import (
 )
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 from rusmd.wasm.process import Exit, Process, ProcessState, log_for
-
-if TYPE_CHECKING:
-    from rusmd.wasm.host import WasmHost
+from rusmd.wasm.runners import RunnerPool
 
 _HEADER = struct.Struct(HEADER_FORMAT)
 _PID = struct.Struct("<q")
 
 Impl = Callable[[Process, Any], None]
+
+
+class ActorHost(SupervisorHost, Protocol):
+    """What the actor functions use of the worker's host (a supervisor's needs, and more)."""
+
+    slot: int
+    ticks: int
+    manifest: Manifest
+    processes: dict[int, Process]
+    runners: RunnerPool
+
+    def info(self, pid: int) -> dict[str, Any] | None: ...
 
 
 class ActorCalls:
@@ -51,7 +61,7 @@ class ActorCalls:
         host: The worker's wasm host.
     """
 
-    def __init__(self, host: WasmHost) -> None:
+    def __init__(self, host: ActorHost) -> None:
         self.host = host
         self.table = host.actors
         self._warned: set[tuple[int, str]] = set()

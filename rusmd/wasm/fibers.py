@@ -34,27 +34,25 @@ import is the same synchronous callback a threaded process calls.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import enum
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from wasmtime import _ffi as ffi
 
-from rusmd.actors.table import Stopped
+from rusmd.actors.table import ActorTable, Stopped
 from rusmd.wasm import capi
-from rusmd.wasm.abi import HEADER_BYTES, ErrorCode
+from rusmd.wasm.abi import FUNCTIONS, HEADER_BYTES, ErrorCode
+from rusmd.wasm.calls import write_received
 from rusmd.wasm.capi import export, pid_of
-from rusmd.wasm.memory import BadPointer, check_range
+from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 from rusmd.wasm.process import ExitReport, Process, ProcessState
+from rusmd.wasm.serve_calls import ServeCalls
 from rusmd.wasm.traps import failure, new_trap
-
-if TYPE_CHECKING:
-    import asyncio
-
-    from rusmd.wasm.host import WasmHost
 
 # wasmtime's async C API, bound raw (``capi.raw``). Polling runs guest
 # code: it drops the GIL (the epoch ticker needs it to make the guest
@@ -65,7 +63,6 @@ _instantiate_async = capi.raw(
 _call_async = capi.raw("wasmtime_func_call_async", ctypes.c_void_p)
 _poll = capi.raw("wasmtime_call_future_poll", ctypes.c_bool, release_gil=True)
 _delete_future = capi.raw("wasmtime_call_future_delete", None)
-_define_async = capi.raw("wasmtime_linker_define_async_func", ctypes.c_void_p)
 _export_get = capi.export_get_raw
 _caller_context = capi.caller_context_raw
 
@@ -101,21 +98,6 @@ _I32 = 0  # WASMTIME_I32
 # Serving functions that wait while the client reads too slowly: async on
 # a fiber (the fiber parks), as a thread they wait on the exchange.
 WRITERS = ("ws_send", "sse_event", "write", "flush")
-
-
-def define_async(linker: Any, module: bytes, name: bytes, func_type: Any, callback: Any) -> Any:
-    """Define ``module.name`` in ``linker`` as an async host function; the error pointer or 0."""
-    return _define_async(
-        ctypes.c_void_p(ctypes.cast(linker.ptr(), ctypes.c_void_p).value),
-        module,
-        ctypes.c_size_t(len(module)),
-        name,
-        ctypes.c_size_t(len(name)),
-        ctypes.c_void_p(ctypes.cast(func_type.ptr(), ctypes.c_void_p).value),
-        callback,
-        None,
-        None,
-    )
 
 
 def _arg(args: int, index: int) -> int:
@@ -183,17 +165,32 @@ def _finished_at_once(_env: int | None) -> bool:
     return True
 
 
+class FiberHost(Protocol):
+    """What the fiber scheduler uses of the worker's host."""
+
+    ticks: int
+    actors: ActorTable
+
+    def new_process_store(self, process: Process) -> tuple[Any, ExitReport | None]: ...
+
+    def finish(self, process: Process, report: ExitReport, store: Any) -> None: ...
+
+
 class FiberScheduler:
     """Starts, polls, parks and ends the worker's fiber processes (I/O thread).
 
     Args:
         host: The worker's host (its process table, actors and exits).
         loop: The worker's loop; the scheduler must be made on its thread.
+        serve_calls: The serving host functions (the writers run them).
     """
 
-    def __init__(self, host: WasmHost, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, host: FiberHost, loop: asyncio.AbstractEventLoop, serve_calls: ServeCalls
+    ) -> None:
         self.host = host
         self.loop = loop
+        self.serve_calls = serve_calls
         self.thread = threading.get_ident()
         self.fibers: dict[int, Fiber] = {}
         self._continue = _ContinuationCallback(self._continuation)
@@ -324,7 +321,6 @@ class FiberScheduler:
 
     def _next(self, fiber: Fiber) -> ExitReport | None:
         """The current phase finished: start the next one; the report once it ended."""
-        host = self.host
         process = fiber.process
         error_at, trap_at = fiber.error.value, fiber.trap.value
         if error_at or trap_at:
@@ -342,7 +338,7 @@ class FiberScheduler:
             if shape.has_memory:
                 memory = export(fiber.context, fiber.instance, b"memory")
                 if memory is not None:
-                    process.memory = host.guest_memory(fiber.context, memory)
+                    process.memory = GuestMemory(fiber.context, memory.of.memory)
                     process.memory_bytes = process.memory.size()
             if shape.has_initialize and fiber.entry != "_start":
                 fiber.phase = Phase.INITIALIZE
@@ -531,7 +527,7 @@ class FiberScheduler:
                     _set_result(results, ErrorCode.TIMEOUT)
                     return True
                 return False
-            _set_result(results, self.host.deliver(memory, header, buf, code, envelope))
+            _set_result(results, write_received(memory, header, buf, code, envelope))
             return True
 
         self._wait(fiber, cont, lambda: bool(actor.mailbox) or bool(actor.stop), finish)
@@ -539,9 +535,7 @@ class FiberScheduler:
     def _writer(self, name: str) -> Callable[[Fiber, int, int, Any], None]:
         """The async form of serving function ``name`` (``WRITERS``): it waits,
         parked, while the client's socket is backed up, then runs as usual."""
-        from rusmd.wasm.abi import FUNCTIONS
-
-        implementation = getattr(self.host.serve_calls, name)
+        implementation = getattr(self.serve_calls, name)
         count = len(FUNCTIONS[name].params)
 
         def body(fiber: Fiber, args: int, results: int, cont: Any) -> None:

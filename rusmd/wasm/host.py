@@ -25,6 +25,14 @@ its guest runs, counts the ticks of the current call against
 ends the process when it is killed. A guest blocked in a host call
 (``rusm.sleep``) is woken by a kill instead.
 
+``WasmHost`` keeps the process table and the processes' life (spawn,
+run, finish, kill, the epoch ticker) and assembles the rest, each a
+module of its own: pid leases (``pids``), loading components
+(``components``), the inline HTTP path (``inline``), the host functions
+(``callbacks``, ``calls``, ``serve_calls``, ``kv_calls``) and the fibers
+(``fibers``). Those receive the host as a ``Protocol`` of what they use
+and never import this module.
+
 The hot paths use wasmtime's C API through ``wasmtime._ffi`` directly
 (unchecked calls, raw host callbacks): that is 10-20x cheaper per call
 than wasmtime-py's wrappers (see docs/benchmarks.md). Host callbacks
@@ -53,7 +61,7 @@ from rusmd.log import Logger
 from rusmd.wasm import abi, capi
 from rusmd.wasm.abi import ErrorCode
 from rusmd.wasm.callbacks import CoreCalls, host_callbacks
-from rusmd.wasm.calls import ActorCalls, write_received
+from rusmd.wasm.calls import ActorCalls
 from rusmd.wasm.capi import NULL_FINALIZER, export, pid_of
 from rusmd.wasm.components import ComponentLoader, set_wasi
 from rusmd.wasm.engine import (
@@ -163,11 +171,11 @@ class WasmHost:
         self.inline = InlinePath(self, self.inline_engine_info.engine.ptr(), self.pids, slot, log)
         # Bound once: the listener calls it for every inline request.
         self.serve_inline = self.inline.serve
-        self.serve_calls = ServeCalls(self)
+        self.serve_calls = ServeCalls(log)
         threading.stack_size(GUEST_THREAD_STACK_BYTES)
         self.runners = RunnerPool(self.max_processes)
         # WebSocket processes as fibers on the loop's thread (made on it).
-        self.fibers = FiberScheduler(self, loop) if loop is not None else None
+        self.fibers = FiberScheduler(self, loop, self.serve_calls) if loop is not None else None
         callbacks = host_callbacks(
             {
                 **CoreCalls(self).implementations(),
@@ -205,14 +213,12 @@ class WasmHost:
                 f"({self.engine_info.fallback_reason})"
             )
 
-    # ── components ──────────────────────────────────────────────────────
+    # ── components and pids ─────────────────────────────────────────────
 
     def load(self, images: list[ComponentImage]) -> None:
         """(Re)load components from the compile step's images."""
         self.components = self.loader.load(images)
         self.loaded = True
-
-    # ── pids ────────────────────────────────────────────────────────────
 
     def add_lease(self, start: int, end: int) -> None:
         """Pid serials ``[start, end)`` are ours (from the main process)."""
@@ -509,14 +515,6 @@ class WasmHost:
         capi.store_epoch_deadline_callback(store, self._epoch_callback, None, NULL_FINALIZER)
         capi.context_set_epoch_deadline(context, 1)
         return store, None
-
-    def guest_memory(self, context: Any, memory: Any) -> GuestMemory:
-        """A process's exported memory (an extern from ``_export``) as ``GuestMemory``."""
-        return GuestMemory(context, memory.of.memory)
-
-    def deliver(self, memory: GuestMemory, header: int, buf: int, code: int, envelope: Any) -> int:
-        """Write a message ``recv`` took into guest memory; ``recv``'s result."""
-        return write_received(memory, header, buf, code, envelope)
 
     def _execute(self, process: Process) -> tuple[ExitReport, Any]:
         component = process.component

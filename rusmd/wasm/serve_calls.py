@@ -12,16 +12,14 @@ does a function of the wrong kind (``ws_send`` in an HTTP handler).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rusmd.config.model import LogLevel
+from rusmd.log import Logger
 from rusmd.serving.exchange import Mode
 from rusmd.wasm.abi import MAX_EVENT_BYTES, ErrorCode
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 from rusmd.wasm.process import Process, log_for
-
-if TYPE_CHECKING:
-    from rusmd.wasm.host import WasmHost
 
 Impl = Callable[[Process, Any], None]
 # Enum members bound once: reading one through its class runs the enum
@@ -34,11 +32,11 @@ class ServeCalls:
     """Host functions over the exchange a process serves.
 
     Args:
-        host: The worker's wasm host (for its logger).
+        log: The worker's logger (for a guest's refused responses).
     """
 
-    def __init__(self, host: WasmHost) -> None:
-        self.host = host
+    def __init__(self, log: Logger) -> None:
+        self.log = log
 
     # Implementations that read their i32 values in place (``args[4 * k]``).
     RAW = frozenset({"respond"})
@@ -73,8 +71,7 @@ class ServeCalls:
         exchange = process.exchange
         if code in (ErrorCode.INVALID, ErrorCode.TOOBIG) and exchange is not None:
             why = exchange.problem or code.name
-            line = f"{process.label}: rusm.{function}: {why}"
-            log_for(self.host.log, process, LogLevel.WARN, line)
+            log_for(self.log, process, LogLevel.WARN, f"{process.label}: rusm.{function}: {why}")
 
     def request(self, process: Process, values: Any) -> None:
         which, key_ptr, key_len = values[0].i32, values[1].i32, values[2].i32
