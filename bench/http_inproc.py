@@ -42,12 +42,12 @@ from rusmd.channel import ComponentImage
 from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel
 from rusmd.log import Logger
-from rusmd.serving.exchange import Exchange, Mode, Request
 from rusmd.serving.http import HttpConnection
 from rusmd.serving.server import ListenerRuntime
 from rusmd.wasm import capi
 from rusmd.wasm.cache import CompileCache
 from rusmd.wasm.engine import compile_engine, worker_engine
+from rusmd.wasm.exchange import Exchange, Mode, Request
 from rusmd.wasm.host import WasmHost
 
 ROUNDS = 15

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 import httptools
 
-from rusmd.serving.exchange import DATE, Exchange, Mode, Request, status_line
+from rusmd.wasm.exchange import DATE, Exchange, Mode, Request, status_line
 
 if TYPE_CHECKING:
     from rusmd.serving.server import ListenerRuntime

@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 from rusmd.config.model import Protocol, Serve
 from rusmd.errors import SpawnError
 from rusmd.log import Logger
-from rusmd.serving.exchange import Exchange, Mode, Request
 from rusmd.serving.http import HttpConnection, Reject, simple_response
 from rusmd.serving.routes import Match, MethodNotAllowed, NotFound, Route, RouteTable
 from rusmd.wasm.abi import ErrorCode
+from rusmd.wasm.exchange import Exchange, Mode, Request
 
 if TYPE_CHECKING:
     from rusmd.serving.ws import WsConnection

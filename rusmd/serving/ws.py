@@ -34,9 +34,9 @@ from websockets.server import ServerProtocol
 
 from rusmd.actors.table import Envelope
 from rusmd.errors import SpawnError
-from rusmd.serving.exchange import Mode, Request
 from rusmd.serving.http import simple_response
 from rusmd.wasm.abi import MAX_EVENT_BYTES, ErrorCode, Kind, WsKind
+from rusmd.wasm.exchange import Mode, Request
 
 if TYPE_CHECKING:
     from rusmd.serving.server import ListenerRuntime

@@ -16,8 +16,8 @@ from typing import Any
 
 from rusmd.config.model import LogLevel
 from rusmd.log import Logger
-from rusmd.serving.exchange import Mode
 from rusmd.wasm.abi import MAX_EVENT_BYTES, ErrorCode
+from rusmd.wasm.exchange import Mode
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 from rusmd.wasm.process import Process, log_for
 

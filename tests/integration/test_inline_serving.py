@@ -24,9 +24,9 @@ from rusmd.channel import ComponentImage
 from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel
 from rusmd.log import Logger, LogRecord
-from rusmd.serving.exchange import Exchange, Mode, Request
 from rusmd.wasm.cache import CompileCache
 from rusmd.wasm.engine import compile_engine
+from rusmd.wasm.exchange import Exchange, Mode, Request
 from rusmd.wasm.host import WasmHost
 from rusmd.wasm.inline import INLINE_STORE_INSTANCES
 

@@ -9,14 +9,14 @@ import re
 
 import pytest
 
-from rusmd.serving.exchange import (
+from rusmd.wasm.abi import RESPONSE_HOLD_BYTES, ErrorCode, RequestField
+from rusmd.wasm.exchange import (
     Exchange,
     HeaderError,
     Mode,
     Request,
     parse_header_block,
 )
-from rusmd.wasm.abi import RESPONSE_HOLD_BYTES, ErrorCode, RequestField
 
 
 class ListSink:
