@@ -45,14 +45,15 @@ import sys
 import termios
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
+from rusmd.config.model import Serve
 from rusmd.wasm.exchange import DATE, Exchange, Mode, Request, status_line
 
 if TYPE_CHECKING:
-    from rusmd.serving.server import ListenerRuntime
+    from rusmd.wasm.host import WasmHost
 
 # Parsed requests that may wait behind the one being served before the
 # connection stops parsing (and reading): bounds what one pipelining
@@ -107,6 +108,37 @@ def simple_response(
     if close:
         head += b"connection: close\r\n"
     return head + b"\r\n" if head_only else head + b"\r\n" + body
+
+
+class HttpListener(Protocol):
+    """What a connection uses of its listener (``server.ListenerRuntime``)."""
+
+    config: Serve
+    host: WasmHost
+    loop: asyncio.AbstractEventLoop
+    # Its open connections; ``draining`` once it stopped accepting.
+    connections: set[Any]
+    draining: bool
+
+    def dispatch(self, conn: HttpConnection, request: Request) -> None:
+        """Serve one request of ``conn`` (it calls back ``conn.answered``)."""
+        ...
+
+    def refused(self, conn: HttpConnection, reject: Reject) -> None:
+        """A request was refused (logged)."""
+        ...
+
+    def overloaded(self, transport: Any) -> None:
+        """A connection past max-connections (or during a drain): 503 and close."""
+        ...
+
+    def client_left(self, exchange: Any) -> None:
+        """The client of a running handler went away."""
+        ...
+
+    def defer(self, conn: HttpConnection) -> None:
+        """Write ``conn``'s held-back output once this loop iteration's callbacks are done."""
+        ...
 
 
 class Phase:
@@ -164,7 +196,7 @@ class HttpConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, listener: ListenerRuntime) -> None:
+    def __init__(self, listener: HttpListener) -> None:
         self.listener = listener
         self.limits = listener.config
         self.transport: Any = None

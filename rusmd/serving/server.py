@@ -37,13 +37,13 @@ from rusmd.errors import SpawnError
 from rusmd.log import Logger
 from rusmd.serving.http import HttpConnection, Reject, simple_response
 from rusmd.serving.routes import Match, MethodNotAllowed, NotFound, Route, RouteTable
+from rusmd.serving.ws import WsConnection
 from rusmd.wasm.abi import ErrorCode
 from rusmd.wasm.exchange import Exchange, Mode, Request
+from rusmd.wasm.process import ExitReport, LoadedComponent
 
 if TYPE_CHECKING:
-    from rusmd.serving.ws import WsConnection
     from rusmd.wasm.host import WasmHost
-    from rusmd.wasm.process import ExitReport, LoadedComponent
 
 # How often deadlines (header/body/idle timeouts) and SSE heartbeats are
 # checked: a timeout fires up to this much late.
@@ -119,8 +119,6 @@ class ListenerRuntime:
         """Accept on the inherited listen socket."""
         factory: Callable[[], asyncio.Protocol]
         if self.protocol is Protocol.WS:
-            from rusmd.serving.ws import WsConnection
-
             factory = lambda: WsConnection(self)  # noqa: E731
         else:
             factory = lambda: HttpConnection(self)  # noqa: E731

@@ -25,7 +25,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request as WsRequest
@@ -33,14 +34,16 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from rusmd.actors.table import Envelope
+from rusmd.config.model import Serve
 from rusmd.errors import SpawnError
+from rusmd.log import Logger
 from rusmd.serving.http import simple_response
 from rusmd.wasm.abi import MAX_EVENT_BYTES, ErrorCode, Kind, WsKind
 from rusmd.wasm.exchange import Mode, Request
+from rusmd.wasm.process import ExitReport
 
 if TYPE_CHECKING:
-    from rusmd.serving.server import ListenerRuntime
-    from rusmd.wasm.process import ExitReport
+    from rusmd.wasm.host import WasmHost
 
 # After the client's close (or disconnect) the process gets this long to
 # exit on its own before it is stopped with reason shutdown.
@@ -50,6 +53,36 @@ MAX_CLOSE_REASON_BYTES = 123
 # Status codes a guest may close with.
 _GUEST_CLOSE_CODES = frozenset({1000}) | frozenset(range(3000, 5000))
 _WRITABLE_POLL_S = 0.1
+
+
+class WsListener(Protocol):
+    """What a connection uses of its listener (``server.ListenerRuntime``)."""
+
+    config: Serve
+    host: WasmHost
+    log: Logger
+    loop: asyncio.AbstractEventLoop
+    # Its open connections; ``draining`` once it stopped accepting.
+    connections: set[Any]
+    draining: bool
+    # The ``retry-after`` header line of its 503s.
+    retry: bytes
+
+    def access(self, method: str, path: str, status: int) -> None:
+        """The access log line (info)."""
+        ...
+
+    def when_loaded(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the components are loaded (or at ``timeout-s``)."""
+        ...
+
+    def overloaded(self, transport: Any) -> None:
+        """A connection past max-connections (or during a drain): 503 and close."""
+        ...
+
+    def defer(self, conn: WsConnection) -> None:
+        """Write ``conn``'s held-back output once this loop iteration's callbacks are done."""
+        ...
 
 
 class WsExchange:
@@ -133,7 +166,7 @@ class WsExchange:
 class WsConnection(asyncio.Protocol):
     """One client connection on a ws listener."""
 
-    def __init__(self, listener: ListenerRuntime) -> None:
+    def __init__(self, listener: WsListener) -> None:
         self.listener = listener
         self.limits = listener.config
         self.protocol = ServerProtocol(max_size=listener.config.max_message_bytes)
