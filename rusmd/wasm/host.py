@@ -30,8 +30,8 @@ run, finish, kill, the epoch ticker) and assembles the rest, each a
 module of its own: pid leases (``pids``), loading components
 (``components``), the inline HTTP path (``inline``), the host functions
 (``callbacks``, ``calls``, ``serve_calls``, ``kv_calls``) and the fibers
-(``fibers``). Those receive the host as a ``Protocol`` of what they use
-and never import this module.
+(``fibers``). The parts that call back into the host take it as a
+``Protocol`` of what they use; none of them imports this module.
 
 The hot paths use wasmtime's C API through ``wasmtime._ffi`` directly
 (unchecked calls, raw host callbacks): that is 10-20x cheaper per call
