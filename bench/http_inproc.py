@@ -16,7 +16,7 @@ Side by side in one run:
    floor: the same module instantiated from an ``InstancePre`` through
    the C API, its export looked up and called, with a ``respond`` host
    callback that does nothing, 16 instances to a store;
-2. the inline call alone (``serve_inline`` with its exchange) against
+2. the inline call alone (``InlinePath.serve`` with its exchange) against
    the same floor.
 
 Each figure is the best of ``ROUNDS`` rounds (the machine is shared);
@@ -130,7 +130,7 @@ def _rusm(app: Path) -> tuple[Callable[[int], None], Callable[[int], None], _Tra
                 loop.call_soon_threadsafe,
             )
             exchange.budget_ms = 30_000
-            host.serve_inline(component, "home", exchange)
+            host.inline.serve(component, "home", exchange)
 
     return whole, inline, transport
 

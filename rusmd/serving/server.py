@@ -89,6 +89,8 @@ class ListenerRuntime:
         self.config = config
         self.index = index
         self.host = host
+        # Held here: ``dispatch`` runs an inline request on it, no lookup through the host.
+        self.inline = host.inline
         self.log = log
         self.loop = loop
         self.protocol = config.protocol
@@ -156,7 +158,7 @@ class ListenerRuntime:
         exchange.budget_ms = self.budget_ms
         conn.current = exchange
         if inline:
-            self.complete(conn, exchange, self.host.serve_inline(component, action, exchange))
+            self.complete(conn, exchange, self.inline.serve(component, action, exchange))
             return
         self._spawn(conn, exchange, name, action)
 

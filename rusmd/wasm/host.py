@@ -169,8 +169,6 @@ class WasmHost:
         self.committer: GroupCommitter | None = None
         self.store_error = ""
         self.inline = InlinePath(self, self.inline_engine_info.engine.ptr(), self.pids, slot, log)
-        # Bound once: the listener calls it for every inline request.
-        self.serve_inline = self.inline.serve
         self.serve_calls = ServeCalls(log)
         threading.stack_size(GUEST_THREAD_STACK_BYTES)
         self.runners = RunnerPool(self.max_processes)

@@ -2,7 +2,7 @@
 
 Runs in: the test process, which plays a worker's I/O thread: a real
 ``WasmHost`` (real wasmtime, the pooling engine) serves requests with
-``serve_inline`` into an exchange whose connection is a list.
+``InlinePath.serve`` into an exchange whose connection is a list.
 
 Inline handlers' instances share a store for up to
 ``INLINE_STORE_INSTANCES`` requests (a store costs more than an
@@ -117,7 +117,7 @@ class Inline:
             Request("GET", "/", "", []), wire, Mode.HTTP, inline=True, call_soon=lambda *a: None
         )
         exchange.budget_ms = 30_000
-        report = self.host.serve_inline(self.host.components["api"], action, exchange)
+        report = self.host.inline.serve(self.host.components["api"], action, exchange)
         if report.reason == "normal":
             assert exchange.complete()
         return report.reason, b"".join(wire.sent).partition(b"\r\n\r\n")[2], exchange
