@@ -65,7 +65,8 @@ from rusmd.config.model import LogLevel
 from rusmd.log import Logger, LogRecord
 from rusmd.wasm.cache import CompileCache
 from rusmd.wasm.engine import POOL_SLOTS, compile_engine
-from rusmd.wasm.host import ProcessState, WasmHost
+from rusmd.wasm.host import WasmHost
+from rusmd.wasm.process import ProcessState
 from tests.guests.build import build_c_guest
 
 TRIALS = 3

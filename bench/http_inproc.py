@@ -16,7 +16,7 @@ Side by side in one run:
    floor: the same module instantiated from an ``InstancePre`` through
    the C API, its export looked up and called, with a ``respond`` host
    callback that does nothing, 16 instances to a store;
-2. the inline call alone (``serve_inline`` with its exchange) against
+2. the inline call alone (``InlinePath.serve`` with its exchange) against
    the same floor.
 
 Each figure is the best of ``ROUNDS`` rounds (the machine is shared);
@@ -40,14 +40,14 @@ from wasmtime import _ffi as ffi
 from bench.http_servers import HOME
 from rusmd.channel import ComponentImage
 from rusmd.config import Overrides, load_environment, load_manifest
-from rusmd.config.model import LogLevel
+from rusmd.config.model import LogLevel, Protocol
 from rusmd.log import Logger
-from rusmd.serving.exchange import Exchange, Mode, Request
 from rusmd.serving.http import HttpConnection
 from rusmd.serving.server import ListenerRuntime
 from rusmd.wasm import capi
 from rusmd.wasm.cache import CompileCache
 from rusmd.wasm.engine import compile_engine, worker_engine
+from rusmd.wasm.exchange import Exchange, Request
 from rusmd.wasm.host import WasmHost
 
 ROUNDS = 15
@@ -125,12 +125,12 @@ def _rusm(app: Path) -> tuple[Callable[[int], None], Callable[[int], None], _Tra
             exchange = Exchange(
                 Request("GET", "/", "", []),
                 conn,
-                Mode.HTTP,
+                Protocol.HTTP,
                 True,
                 loop.call_soon_threadsafe,
             )
             exchange.budget_ms = 30_000
-            host.serve_inline(component, "home", exchange)
+            host.inline.serve(component, "home", exchange)
 
     return whole, inline, transport
 

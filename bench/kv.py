@@ -43,7 +43,8 @@ from rusmd.store.committer import GroupCommitter
 from rusmd.store.kv import MAX_READERS, KvStore, Op, Write
 from rusmd.wasm.cache import CompileCache
 from rusmd.wasm.engine import compile_engine
-from rusmd.wasm.host import ExitReport, WasmHost
+from rusmd.wasm.host import WasmHost
+from rusmd.wasm.process import ExitReport
 
 TRIALS = 3
 WRITES = 400  # per trial, single writer

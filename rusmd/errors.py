@@ -67,3 +67,15 @@ class ConfigError(RusmError):
 
 class RouteError(RusmError, ValueError):
     """A route key or target does not follow ``METHOD /path`` → ``component#action``."""
+
+
+class SpawnError(RusmError):
+    """A spawn that cannot happen: no such component, it cannot run, the worker is full.
+
+    Attributes:
+        code: The ABI error code (``ErrorCode``) a guest that asked sees.
+    """
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code

@@ -28,12 +28,15 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
 
 import msgspec
 
 from rusmd.abi import ErrorCode, ExitReason, Kind
-from rusmd.actors.table import Envelope
+from rusmd.actors.table import ActorTable, Envelope
+from rusmd.errors import SpawnError
+from rusmd.log import Logger
 from rusmd.supervision import (
     ChildSpec,
     RestartType,
@@ -45,11 +48,35 @@ from rusmd.supervision import (
 from rusmd.supervision.action import Action, Escalate, StartChild, StopChild
 from rusmd.supervision.spec import SupervisionSpecError
 
-if TYPE_CHECKING:
-    from rusmd.wasm.host import WasmHost
-
 # Children one supervisor may have.
 MAX_CHILDREN = 1000
+
+
+class SupervisorHost(Protocol):
+    """What a supervisor uses of the worker's host: starting, stopping, asking after processes."""
+
+    log: Logger
+    actors: ActorTable
+
+    def start_native(
+        self, kind: str, parent: int, make: Callable[[int], GuestSupervisor]
+    ) -> tuple[int, GuestSupervisor]:
+        """Start a host-native process (``make(pid)`` builds it) linked to ``parent``."""
+        ...
+
+    def spawn(self, name: str, parent: int | None = None, *, link: bool = False) -> int:
+        """Start a process of component ``name``; its pid.
+
+        Raises:
+            SpawnError: It cannot start (``code`` says why, as a guest sees it).
+        """
+        ...
+
+    def is_alive(self, pid: int) -> bool: ...
+
+    def kill(self, pid: int, reason: ExitReason = ExitReason.KILLED, detail: str = "") -> bool: ...
+
+    def exit_native(self, pid: int, reason: ExitReason, detail: str = "") -> None: ...
 
 
 class SpecError(Exception):
@@ -144,7 +171,7 @@ class GuestSupervisor:
 
     def __init__(
         self,
-        host: WasmHost,
+        host: SupervisorHost,
         pid: int,
         parent: int,
         flags: SupervisorFlags,
@@ -159,13 +186,13 @@ class GuestSupervisor:
         self.pid_of: dict[str, int] = {}
         self.id_of: dict[int, str] = {}
         self.waiting_for: str | None = None
-        self.exit_after: tuple[str, str] | None = None
+        self.exit_after: tuple[ExitReason, str] | None = None
         self.done = False
         self.restarts = 0
 
     @classmethod
     def start(
-        cls, host: WasmHost, parent: int, flags: SupervisorFlags, specs: list[ChildSpec]
+        cls, host: SupervisorHost, parent: int, flags: SupervisorFlags, specs: list[ChildSpec]
     ) -> int:
         """Start a supervisor for ``parent`` and its children; its pid."""
         pid, supervisor = host.start_native(
@@ -201,7 +228,7 @@ class GuestSupervisor:
         """The supervisor was told to stop (killed, or shut down with its worker)."""
         self.host.actors.call_soon(self._stopped, reason, detail)
 
-    def _stopped(self, reason: str, detail: str) -> None:
+    def _stopped(self, reason: ExitReason, detail: str) -> None:
         with self.lock:
             if self.done:
                 return
@@ -240,8 +267,6 @@ class GuestSupervisor:
         self._pump()
 
     def _pump(self) -> None:
-        from rusmd.wasm.host import SpawnError
-
         while self.queue and self.waiting_for is None and not self.done:
             action = self.queue.popleft()
             now = time.monotonic()
@@ -266,7 +291,7 @@ class GuestSupervisor:
                     f"{self.machine.flags.intensity} in {self.machine.flags.period_s:g}s "
                     "reached; giving up"
                 )
-                self._exit(str(action.reason), "restart intensity reached")
+                self._exit(action.reason, "restart intensity reached")
         if not self.queue and self.waiting_for is None and self.exit_after is not None:
             self._exit(*self.exit_after)
 
@@ -292,16 +317,15 @@ class GuestSupervisor:
     def _shutdown_timeout(self, child: str, pid: int) -> None:
         with self.lock:
             if self.pid_of.get(child) == pid and not self.done:
-                self.host.kill(
-                    pid, ExitReason.KILLED, f"did not stop within its shutdown time ({child})"
-                )
+                why = f"did not stop within its shutdown time ({child})"
+                self.host.kill(pid, ExitReason.KILLED, why)
 
-    def _shut_down(self, reason: str, detail: str) -> None:
+    def _shut_down(self, reason: ExitReason, detail: str) -> None:
         """Stop every child in reverse start order, then exit with ``reason``."""
         self.exit_after = (reason, detail)
         self._run(self.machine.stop(time.monotonic()))
 
-    def _exit(self, reason: str, detail: str) -> None:
+    def _exit(self, reason: ExitReason, detail: str) -> None:
         if self.done:
             return
         self.done = True

@@ -58,6 +58,10 @@ _USER_KINDS = frozenset({Kind.MESSAGE, Kind.CALL, Kind.TIMER, Kind.FRAME})
 class Stopped(RusmError):
     """The waiting process was told to stop (its reason is ``Actor.stop``)."""
 
+    def __init__(self, reason: ExitReason) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
 
 @dataclass(slots=True)
 class Envelope:
@@ -87,7 +91,7 @@ class Actor:
 
     pid: int
     label: str
-    kill: Callable[[str, str], None]
+    kill: Callable[[ExitReason, str], None]
     lock: threading.RLock
     native: Callable[[Envelope], None] | None = None
     links: set[int] = field(default_factory=set)
@@ -106,7 +110,7 @@ class Actor:
     reply: Envelope | None = None
     callee_down: bool = False
     # Set once it has been told to stop; a parked wait returns at once.
-    stop: str = ""
+    stop: ExitReason | None = None
     alive: bool = True
     # Called by ``wake`` for a process that waits as a fiber, not on the
     # condition (it schedules the fiber's next poll; any thread).
@@ -198,7 +202,7 @@ class ActorTable:
         self,
         pid: int,
         label: str,
-        kill: Callable[[str, str], None],
+        kill: Callable[[ExitReason, str], None],
         native: Callable[[Envelope], None] | None = None,
     ) -> Actor:
         """Enter a new process; it can be linked to and sent to from now on."""
@@ -216,7 +220,7 @@ class ActorTable:
         """A node-unique ref (monitors, calls, timers): serial·1000 + slot."""
         return next(self._refs) * 1000 + self.slot
 
-    def remove(self, pid: int, reason: str, detail: str = "") -> None:
+    def remove(self, pid: int, reason: ExitReason, detail: str = "") -> None:
         """Process ``pid`` ended: fire its links and monitors, release its names."""
         with self.lock:
             actor = self.actors.pop(pid, None)
@@ -267,7 +271,7 @@ class ActorTable:
             for name in [n for n, p in self.names.items() if slot_of(p) == slot]:
                 del self.names[name]
 
-    def kill(self, pid: int, reason: str, detail: str = "") -> bool:
+    def kill(self, pid: int, reason: ExitReason, detail: str = "") -> bool:
         """End local process ``pid`` with ``reason``; False if there is none."""
         with self.lock:
             actor = self.actors.get(pid)
@@ -363,7 +367,7 @@ class ActorTable:
         target.mailbox.append(envelope)
         target.wake()
 
-    def _stop(self, actor: Actor, reason: str, detail: str) -> None:
+    def _stop(self, actor: Actor, reason: ExitReason, detail: str) -> None:
         if actor.stop:
             return
         actor.stop = reason

@@ -45,16 +45,18 @@ import sys
 import termios
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import httptools
 
-from rusmd.config.model import Protocol
+from rusmd.abi import ExitReason
+from rusmd.config import model
+from rusmd.config.model import Serve
 from rusmd.errors import RusmError
-from rusmd.serving.exchange import DATE, Exchange, Request, status_line
+from rusmd.wasm.exchange import DATE, Exchange, Request, status_line
 
 if TYPE_CHECKING:
-    from rusmd.serving.server import ListenerRuntime
+    from rusmd.wasm.host import WasmHost
 
 # Parsed requests that may wait behind the one being served before the
 # connection stops parsing (and reading): bounds what one pipelining
@@ -109,6 +111,37 @@ def simple_response(
     if close:
         head += b"connection: close\r\n"
     return head + b"\r\n" if head_only else head + b"\r\n" + body
+
+
+class HttpListener(Protocol):
+    """What a connection uses of its listener (``server.ListenerRuntime``)."""
+
+    config: Serve
+    host: WasmHost
+    loop: asyncio.AbstractEventLoop
+    # Its open connections; ``draining`` once it stopped accepting.
+    connections: set[Any]
+    draining: bool
+
+    def dispatch(self, conn: HttpConnection, request: Request) -> None:
+        """Serve one request of ``conn`` (it calls back ``conn.answered``)."""
+        ...
+
+    def refused(self, conn: HttpConnection, reject: Reject) -> None:
+        """A request was refused (logged)."""
+        ...
+
+    def overloaded(self, transport: Any) -> None:
+        """A connection past max-connections (or during a drain): 503 and close."""
+        ...
+
+    def client_left(self, exchange: Any) -> None:
+        """The client of a running handler went away."""
+        ...
+
+    def defer(self, conn: HttpConnection) -> None:
+        """Write ``conn``'s held-back output once this loop iteration's callbacks are done."""
+        ...
 
 
 class Phase:
@@ -166,7 +199,7 @@ class HttpConnection(asyncio.Protocol):
         "write_paused",
     )
 
-    def __init__(self, listener: ListenerRuntime) -> None:
+    def __init__(self, listener: HttpListener) -> None:
         self.listener = listener
         self.limits = listener.config
         self.transport: Any = None
@@ -607,10 +640,10 @@ class HttpConnection(asyncio.Protocol):
         """
         self.draining = True
         current = self.current
-        if current is not None and current.mode is Protocol.SSE and current.pid:
+        if current is not None and current.mode is model.Protocol.SSE and current.pid:
             self.closing = True
             current.closing = True
-            self.listener.host.kill(current.pid, "shutdown", "the worker is stopping")
+            self.listener.host.kill(current.pid, ExitReason.SHUTDOWN, "the worker is stopping")
 
 
 def _unread_bytes(transport: Any) -> int:

@@ -32,16 +32,18 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from rusmd.abi import ErrorCode
+from rusmd.abi import ErrorCode, ExitReason
 from rusmd.config.model import Protocol, Serve
 from rusmd.config.routes import Match, MethodNotAllowed, NotFound, Route, RouteTable
+from rusmd.errors import SpawnError
 from rusmd.log import Logger
-from rusmd.serving.exchange import Exchange, Request
 from rusmd.serving.http import HttpConnection, Reject, simple_response
+from rusmd.serving.ws import WsConnection
+from rusmd.wasm.exchange import Exchange, Request
+from rusmd.wasm.process import ExitReport, LoadedComponent
 
 if TYPE_CHECKING:
-    from rusmd.serving.ws import WsConnection
-    from rusmd.wasm.host import ExitReport, LoadedComponent, WasmHost
+    from rusmd.wasm.host import WasmHost
 
 # How often deadlines (header/body/idle timeouts) and SSE heartbeats are
 # checked: a timeout fires up to this much late.
@@ -64,9 +66,9 @@ def _action_status(report: ExitReport, exchange: Exchange) -> tuple[int, str]:
         return 504, "ran past the listener's timeout-s"
     if report.detail.startswith("cpu limit"):
         return 504, report.detail
-    if report.reason == "shutdown":
+    if report.reason == ExitReason.SHUTDOWN:
         return 503, "the worker is stopping"
-    if report.reason == "normal":
+    if report.reason == ExitReason.NORMAL:
         if exchange.problem:
             return 502, f"returned without a valid response ({exchange.problem})"
         return 502, "returned without a response"
@@ -87,6 +89,8 @@ class ListenerRuntime:
         self.config = config
         self.index = index
         self.host = host
+        # Held here: ``dispatch`` runs an inline request on it, no lookup through the host.
+        self.inline = host.inline
         self.log = log
         self.loop = loop
         self.protocol = config.protocol
@@ -117,8 +121,6 @@ class ListenerRuntime:
         """Accept on the inherited listen socket."""
         factory: Callable[[], asyncio.Protocol]
         if self.protocol is Protocol.WS:
-            from rusmd.serving.ws import WsConnection
-
             factory = lambda: WsConnection(self)  # noqa: E731
         else:
             factory = lambda: HttpConnection(self)  # noqa: E731
@@ -156,7 +158,7 @@ class ListenerRuntime:
         exchange.budget_ms = self.budget_ms
         conn.current = exchange
         if inline:
-            self.complete(conn, exchange, self.host.serve_inline(component, action, exchange))
+            self.complete(conn, exchange, self.inline.serve(component, action, exchange))
             return
         self._spawn(conn, exchange, name, action)
 
@@ -190,8 +192,6 @@ class ListenerRuntime:
             self._plain(conn, request, 404, "not found")
 
     def _spawn(self, conn: HttpConnection, exchange: Exchange, name: str, action: str) -> None:
-        from rusmd.wasm.host import SpawnError
-
         def exited(report: ExitReport) -> None:
             self.loop.call_soon_threadsafe(self.complete, conn, exchange, report)
 
@@ -216,15 +216,15 @@ class ListenerRuntime:
     def _out_of_time(self, exchange: Exchange) -> None:
         if not exchange.done:
             exchange.timed_out = True
-            self.host.kill(exchange.pid, "killed", "ran past the listener's timeout-s")
+            self.host.kill(exchange.pid, ExitReason.KILLED, "ran past the listener's timeout-s")
 
     def complete(self, conn: HttpConnection, exchange: Exchange, report: ExitReport) -> None:
         """The handler ended: finish the response, log it, serve the next."""
         if exchange.timer is not None:
             exchange.timer.cancel()
         request = exchange.request
-        ended_cleanly = report.reason == "normal" or (
-            report.reason == "shutdown" and self.mode is _SSE and exchange.started
+        ended_cleanly = report.reason == ExitReason.NORMAL or (
+            report.reason == ExitReason.SHUTDOWN and self.mode is _SSE and exchange.started
         )
         if ended_cleanly and exchange.complete():
             status = exchange.status
@@ -240,7 +240,9 @@ class ListenerRuntime:
         else:
             exchange.done = True
             status, why = _action_status(report, exchange)
-            if report.reason == "normal" or exchange.timed_out:  # else its exit line said why
+            if (
+                report.reason == ExitReason.NORMAL or exchange.timed_out
+            ):  # else its exit line said why
                 self.log.error(
                     f"{self._who(exchange)}: {request.method} {request.path} → {status}: {why}"
                 )
@@ -361,7 +363,7 @@ class ListenerRuntime:
     def client_left(self, exchange: Any) -> None:
         """The client of a running handler went away: stop the handler."""
         if exchange.pid and not exchange.done:
-            self.host.kill(exchange.pid, "shutdown", "client disconnected")
+            self.host.kill(exchange.pid, ExitReason.SHUTDOWN, "client disconnected")
 
     # ── time and drain ──────────────────────────────────────────────────
 

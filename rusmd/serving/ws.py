@@ -25,22 +25,26 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
-from rusmd.abi import MAX_EVENT_BYTES, ErrorCode, Kind, WsKind
+from rusmd.abi import MAX_EVENT_BYTES, ErrorCode, ExitReason, Kind, WsKind
 from rusmd.actors.table import Envelope
-from rusmd.config.model import Protocol
-from rusmd.serving.exchange import Request
+from rusmd.config import model
+from rusmd.config.model import Serve
+from rusmd.errors import SpawnError
+from rusmd.log import Logger
 from rusmd.serving.http import simple_response
+from rusmd.wasm.exchange import Request
+from rusmd.wasm.process import ExitReport
 
 if TYPE_CHECKING:
-    from rusmd.serving.server import ListenerRuntime
-    from rusmd.wasm.host import ExitReport
+    from rusmd.wasm.host import WasmHost
 
 # After the client's close (or disconnect) the process gets this long to
 # exit on its own before it is stopped with reason shutdown.
@@ -52,10 +56,40 @@ _GUEST_CLOSE_CODES = frozenset({1000}) | frozenset(range(3000, 5000))
 _WRITABLE_POLL_S = 0.1
 
 
+class WsListener(Protocol):
+    """What a connection uses of its listener (``server.ListenerRuntime``)."""
+
+    config: Serve
+    host: WasmHost
+    log: Logger
+    loop: asyncio.AbstractEventLoop
+    # Its open connections; ``draining`` once it stopped accepting.
+    connections: set[Any]
+    draining: bool
+    # The ``retry-after`` header line of its 503s.
+    retry: bytes
+
+    def access(self, method: str, path: str, status: int) -> None:
+        """The access log line (info)."""
+        ...
+
+    def when_loaded(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the components are loaded (or at ``timeout-s``)."""
+        ...
+
+    def overloaded(self, transport: Any) -> None:
+        """A connection past max-connections (or during a drain): 503 and close."""
+        ...
+
+    def defer(self, conn: WsConnection) -> None:
+        """Write ``conn``'s held-back output once this loop iteration's callbacks are done."""
+        ...
+
+
 class WsExchange:
     """The connection as its process sees it (``rusm.request``, ``ws_send``, ``ws_close``)."""
 
-    mode = Protocol.WS
+    mode = model.Protocol.WS
 
     def __init__(self, request: Request, conn: WsConnection, call_soon: Any) -> None:
         self.request = request
@@ -133,7 +167,7 @@ class WsExchange:
 class WsConnection(asyncio.Protocol):
     """One client connection on a ws listener."""
 
-    def __init__(self, listener: ListenerRuntime) -> None:
+    def __init__(self, listener: WsListener) -> None:
         self.listener = listener
         self.limits = listener.config
         self.protocol = ServerProtocol(max_size=listener.config.max_message_bytes)
@@ -244,8 +278,6 @@ class WsConnection(asyncio.Protocol):
         self._flush()
 
     def _spawn(self, exchange: WsExchange, name: str) -> bool:
-        from rusmd.wasm.host import SpawnError
-
         def exited(report: ExitReport) -> None:
             self.listener.loop.call_soon_threadsafe(self._process_exited, report)
 
@@ -307,7 +339,7 @@ class WsConnection(asyncio.Protocol):
 
     def _stop_process(self) -> None:
         if self.exchange is not None and not self.exited:
-            self.listener.host.kill(self.exchange.pid, "shutdown", "websocket closed")
+            self.listener.host.kill(self.exchange.pid, ExitReason.SHUTDOWN, "websocket closed")
 
     def _process_exited(self, report: ExitReport) -> None:
         self.exited = True
@@ -316,14 +348,14 @@ class WsConnection(asyncio.Protocol):
             self.stop_timer = None
         if self.exchange is not None:
             self.exchange.closed = True
-        if report.reason != "normal":
+        if report.reason != ExitReason.NORMAL:
             self.listener.log.error(
                 f"{self.limits.name}#{self.exchange.pid if self.exchange else 0}: "
                 f"ws {self.path} closed 1011 ({report.reason}"
                 f"{': ' + report.detail if report.detail else ''})"
             )
         if self.protocol.state is State.OPEN:
-            if report.reason == "normal":
+            if report.reason == ExitReason.NORMAL:
                 self.protocol.send_close(1000, "")
             else:
                 self.protocol.send_close(1011, "handler failed")
@@ -406,7 +438,7 @@ class WsConnection(asyncio.Protocol):
             self._flush()
         if self.exchange is not None and not self.exited:
             self.exchange.closed = True
-            self.listener.host.kill(self.exchange.pid, "shutdown", "server shutting down")
+            self.listener.host.kill(self.exchange.pid, ExitReason.SHUTDOWN, "server shutting down")
         elif self.exchange is None and self.transport is not None:
             self.flush()
             self.transport.close()

@@ -1,7 +1,36 @@
 """The wasm host: engine, AOT cache, the ``rusm`` ABI, capabilities, processes.
 
-Runs in: worker (``engine``, ``host``, ``linking``, ``memory``), the
-compile child (``compiler``), and any process for the pure-data modules
-(``settings``, ``abi``, ``artifacts``, ``cache``). The main process
-imports only the pure-data modules: it never loads wasmtime.
+Runs in: worker (every module that loads wasmtime), the compile child
+(``compiler``), and any process for the pure-data modules (``settings``,
+``abi``, ``artifacts``, ``cache``). The main process imports only the
+pure-data modules: it never loads wasmtime.
+
+The modules, lowest first: each imports only modules listed before it.
+
+- ``abi``          the ABI's tables: functions, error codes, limits, pid layout.
+- ``settings``     engine settings and version facts (part of the cache key).
+- ``artifacts``    what a ``.cwasm`` file is and why one may be unusable.
+- ``cache``        the AOT cache of compiled modules.
+- ``engine``       wasmtime engines (the pooling allocator, its limits).
+- ``compiler``     the compile child (``python -m rusmd.wasm.compiler``).
+- ``capi``         wasmtime's C API bound to keep the GIL; ``pid_of``, ``export``.
+- ``memory``       bounds-checked reads and writes of guest memory.
+- ``runners``      the guest threads processes run on.
+- ``linking``      a module's imports checked against its profile; the linkers.
+- ``process``      the records: ``LoadedComponent``, ``Process``, ``ExitReport``.
+- ``traps``        traps and errors: made for wasmtime, read back into exit reports.
+- ``pids``         the pid serials the main process leases to the worker.
+- ``exchange``     the request a guest serves, as the serving functions see it.
+- ``components``   loading components' compiled code; WASI for their instances.
+- ``inline``       the inline HTTP path: a handler run on the I/O thread.
+- ``calls``        the actor host functions (messages, links, names, timers).
+- ``serve_calls``  the serving host functions (request, respond, SSE, WebSocket).
+- ``kv_calls``     the store's host functions.
+- ``callbacks``    the C callback of every host function; the core functions.
+- ``fibers``       serving processes as fibers on the I/O thread.
+- ``host``         ``WasmHost``: the process table and lifecycle; assembles the rest.
+
+The parts below ``host`` that need it (``calls``, ``kv_calls``,
+``fibers``, ``callbacks``, ``inline``) take it as a ``Protocol`` of what
+they use; ``host`` is imported only from above (the worker, serving).
 """

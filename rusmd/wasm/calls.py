@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from rusmd.abi import (
     HEADER_BYTES,
@@ -27,13 +27,13 @@ from rusmd.abi import (
     ExitReason,
     slot_of,
 )
-from rusmd.actors.supervisor import GuestSupervisor, SpecError, parse_spec
+from rusmd.actors.supervisor import GuestSupervisor, SpecError, SupervisorHost, parse_spec
 from rusmd.actors.table import Envelope, Stopped
-from rusmd.config.model import LogLevel
+from rusmd.config.model import LogLevel, Manifest
+from rusmd.errors import SpawnError
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
-
-if TYPE_CHECKING:
-    from rusmd.wasm.host import Process, WasmHost
+from rusmd.wasm.process import Exit, Process, ProcessState, log_for
+from rusmd.wasm.runners import RunnerPool
 
 _HEADER = struct.Struct(HEADER_FORMAT)
 _PID = struct.Struct("<q")
@@ -41,13 +41,19 @@ _PID = struct.Struct("<q")
 # The reasons a guest may send with rusm.exit_signal (noproc only ever comes
 # from the host: the target was already gone).
 _SIGNAL_CODES = frozenset(r.code for r in ExitReason if r is not ExitReason.NOPROC)
+Impl = Callable[[Process, Any], None]
 
 
-class Exit(Exception):
-    """End the calling process (its stop reason is already set)."""
+class ActorHost(SupervisorHost, Protocol):
+    """What the actor functions use of the worker's host (a supervisor's needs, and more)."""
 
+    slot: int
+    ticks: int
+    manifest: Manifest
+    processes: dict[int, Process]
+    runners: RunnerPool
 
-Impl = Callable[["Process", Any], None]
+    def info(self, pid: int) -> dict[str, Any] | None: ...
 
 
 class ActorCalls:
@@ -55,13 +61,11 @@ class ActorCalls:
 
     Args:
         host: The worker's wasm host.
-        exit_error: The exception type that ends the calling process.
     """
 
-    def __init__(self, host: WasmHost, exit_error: type[Exception]) -> None:
+    def __init__(self, host: ActorHost) -> None:
         self.host = host
         self.table = host.actors
-        self.exit_error = exit_error
         self._warned: set[tuple[int, str]] = set()
 
     def implementations(self) -> dict[str, Impl]:
@@ -133,8 +137,6 @@ class ActorCalls:
         """Enter a blocking wait (unless it is a poll); True when entered."""
         if timeout_ms == 0:
             return False
-        from rusmd.wasm.host import ProcessState
-
         process.state = ProcessState.WAITING
         self.host.runners.blocking()
         return True
@@ -142,17 +144,15 @@ class ActorCalls:
     def _unblock(self, process: Process, blocked: bool) -> None:
         if not blocked:
             return
-        from rusmd.wasm.host import ProcessState
-
         self.host.runners.unblocked()
         process.state = ProcessState.RUNNING
         # Time parked is not CPU time.
         process.call_started_tick = self.host.ticks
 
-    def _stopped(self, process: Process, reason: str) -> Exception:
+    def _stopped(self, process: Process, reason: ExitReason) -> Exception:
         if not process.stop_reason:
             process.stop_reason = reason
-        return self.exit_error(process.stop_reason)
+        return Exit(process.stop_reason)
 
     @staticmethod
     def _timeout(ms: int) -> float | None:
@@ -187,7 +187,7 @@ class ActorCalls:
         try:
             code, envelope = self.table.receive(process.actor, self._timeout(timeout_ms), cap)
         except Stopped as exc:
-            raise self._stopped(process, str(exc)) from None
+            raise self._stopped(process, exc.reason) from None
         finally:
             self._unblock(process, blocked)
         if envelope is None:
@@ -221,7 +221,7 @@ class ActorCalls:
         try:
             code, reply = self.table.call(process.actor, to, data, self._timeout(timeout_ms))
         except Stopped as exc:
-            raise self._stopped(process, str(exc)) from None
+            raise self._stopped(process, exc.reason) from None
         finally:
             self._unblock(process, blocked)
         if code != ErrorCode.OK:
@@ -251,7 +251,7 @@ class ActorCalls:
         try:
             values[0].i32 = self.table.register(process.actor, name)
         except Stopped as exc:
-            raise self._stopped(process, str(exc)) from None
+            raise self._stopped(process, exc.reason) from None
         finally:
             self._unblock(process, blocked)
 
@@ -307,7 +307,7 @@ class ActorCalls:
         if target == process.pid:
             process.stop_reason = ExitReason.of_code(reason)
             process.stop_detail = "exit_signal to itself"
-            raise self.exit_error(process.stop_reason)
+            raise Exit(process.stop_reason)
         if not self._allowed(process, target, "exit_signal"):
             values[0].i32 = ErrorCode.DENIED
             return
@@ -317,9 +317,9 @@ class ActorCalls:
     def kill(self, process: Process, values: Any) -> None:
         target = values[0].i64
         if target == process.pid:
-            process.stop_reason = "killed"
+            process.stop_reason = ExitReason.KILLED
             process.stop_detail = "killed itself"
-            raise self.exit_error("killed")
+            raise Exit(ExitReason.KILLED)
         if not self._allowed(process, target, "kill"):
             values[0].i32 = ErrorCode.DENIED
             return
@@ -409,8 +409,6 @@ class ActorCalls:
     # ── spawning ────────────────────────────────────────────────────────
 
     def spawn_link(self, process: Process, values: Any) -> None:
-        from rusmd.wasm.host import SpawnError
-
         name = self._name(process, "spawn_link", values[0].i32, values[1].i32)
         if name is None:
             values[0].i64 = ErrorCode.INVALID
@@ -418,14 +416,11 @@ class ActorCalls:
         try:
             values[0].i64 = self.host.spawn(name, parent=process.pid, link=True)
         except SpawnError as exc:
-            self.host.log_for(
-                process, LogLevel.WARN, f"spawn_link from {process.label} failed: {exc}"
-            )
+            why = f"spawn_link from {process.label} failed: {exc}"
+            log_for(self.host.log, process, LogLevel.WARN, why)
             values[0].i64 = exc.code
 
     def supervise(self, process: Process, values: Any) -> None:
-        from rusmd.wasm.host import SpawnError
-
         data = self._bytes(process, "supervise", values[0].i32, values[1].i32)
         if data is None:
             values[0].i64 = ErrorCode.TOOBIG
@@ -433,15 +428,14 @@ class ActorCalls:
         try:
             flags, children = parse_spec(data, set(self.host.manifest.components))
         except SpecError as exc:
-            self.host.log_for(process, LogLevel.WARN, f"supervise from {process.label}: {exc}")
+            log_for(self.host.log, process, LogLevel.WARN, f"supervise from {process.label}: {exc}")
             values[0].i64 = exc.code
             return
         try:
             values[0].i64 = GuestSupervisor.start(self.host, process.pid, flags, children)
         except SpawnError as exc:
-            self.host.log_for(
-                process, LogLevel.WARN, f"supervise from {process.label} failed: {exc}"
-            )
+            why = f"supervise from {process.label} failed: {exc}"
+            log_for(self.host.log, process, LogLevel.WARN, why)
             values[0].i64 = exc.code
 
 

@@ -13,6 +13,8 @@ they run without dropping the GIL. Their argument and result types are
 copied from wasmtime-py's own bindings.
 
 Only functions that never run guest code and never block may be listed.
+Also here: the small helpers over them that several modules share
+(``pid_of``, ``export``).
 """
 
 from __future__ import annotations
@@ -83,3 +85,19 @@ HostCallback = ctypes.CFUNCTYPE(
 # Raw (``raw``) bindings the inline path and the fibers share.
 export_get_raw = raw("wasmtime_instance_export_get", ctypes.c_bool)
 caller_context_raw = raw("wasmtime_caller_context", ctypes.POINTER(ffi.wasmtime_context_t))
+# A NULL finalizer for a store's data (a pid: nothing to free).
+NULL_FINALIZER: Any = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0)
+
+
+def pid_of(context: Any) -> int:
+    """The pid a store was created with (its user data)."""
+    value: Any = context_get_data(context)
+    return int(value or 0)
+
+
+def export(context: Any, instance: Any, name: bytes) -> Any:
+    """Export ``name`` of ``instance`` as a ``wasmtime_extern_t``, or None if it has none."""
+    item = ffi.wasmtime_extern_t()
+    if instance_export_get(context, ctypes.byref(instance), name, len(name), ctypes.byref(item)):
+        return item
+    return None

@@ -77,13 +77,15 @@ class _Compiler:
     def prepare(self) -> None:
         """Import wasmtime and build the engine (before the module's clock starts)."""
         if self._engine is None:
+            # Imported here, on the first miss, on purpose: the engine module
+            # loads wasmtime, which an all-hits run never needs.
             from rusmd.wasm.engine import compile_engine
 
             self._engine = compile_engine()
 
     def compile(self, data: bytes) -> tuple[bytes, str]:
         """The serialized module, or b"" and wasmtime's reason."""
-        import wasmtime
+        import wasmtime  # loaded by ``prepare`` already (see there)
 
         self.prepare()
         try:

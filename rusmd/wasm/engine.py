@@ -50,6 +50,9 @@ KEEP_RESIDENT_BYTES = 128 << 10
 # (docs/benchmarks.md, "Soak"). A process lives long enough that the page
 # faults of its first touches do not matter.
 PROCESS_KEEP_RESIDENT_BYTES = 0
+# Per-table element cap of every store (a process's, the inline path's);
+# a module declaring more fails to instantiate.
+MAX_TABLE_ELEMENTS = 100_000
 _PROBE_MARGIN = 1.25
 # Linux values; the stdlib mmap module does not export these two.
 _PROT_NONE = 0

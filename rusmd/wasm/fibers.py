@@ -34,24 +34,26 @@ import is the same synchronous callback a threaded process calls.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import enum
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from wasmtime import _ffi as ffi
 
-from rusmd.abi import HEADER_BYTES, ErrorCode
-from rusmd.actors.table import Stopped
+from rusmd.abi import HEADER_BYTES, ErrorCode, ExitReason
+from rusmd.actors.table import ActorTable, Stopped
 from rusmd.wasm import capi
-from rusmd.wasm.memory import BadPointer, check_range
-
-if TYPE_CHECKING:
-    import asyncio
-
-    from rusmd.wasm.host import ExitReport, Process, WasmHost
+from rusmd.wasm.abi import FUNCTIONS
+from rusmd.wasm.calls import write_received
+from rusmd.wasm.capi import export, pid_of
+from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
+from rusmd.wasm.process import ExitReport, Process, ProcessState
+from rusmd.wasm.serve_calls import ServeCalls
+from rusmd.wasm.traps import failure, new_trap
 
 # wasmtime's async C API, bound raw (``capi.raw``). Polling runs guest
 # code: it drops the GIL (the epoch ticker needs it to make the guest
@@ -62,7 +64,6 @@ _instantiate_async = capi.raw(
 _call_async = capi.raw("wasmtime_func_call_async", ctypes.c_void_p)
 _poll = capi.raw("wasmtime_call_future_poll", ctypes.c_bool, release_gil=True)
 _delete_future = capi.raw("wasmtime_call_future_delete", None)
-_define_async = capi.raw("wasmtime_linker_define_async_func", ctypes.c_void_p)
 _export_get = capi.export_get_raw
 _caller_context = capi.caller_context_raw
 
@@ -98,21 +99,6 @@ _I32 = 0  # WASMTIME_I32
 # Serving functions that wait while the client reads too slowly: async on
 # a fiber (the fiber parks), as a thread they wait on the exchange.
 WRITERS = ("ws_send", "sse_event", "write", "flush")
-
-
-def define_async(linker: Any, module: bytes, name: bytes, func_type: Any, callback: Any) -> Any:
-    """Define ``module.name`` in ``linker`` as an async host function; the error pointer or 0."""
-    return _define_async(
-        ctypes.c_void_p(ctypes.cast(linker.ptr(), ctypes.c_void_p).value),
-        module,
-        ctypes.c_size_t(len(module)),
-        name,
-        ctypes.c_size_t(len(name)),
-        ctypes.c_void_p(ctypes.cast(func_type.ptr(), ctypes.c_void_p).value),
-        callback,
-        None,
-        None,
-    )
 
 
 def _arg(args: int, index: int) -> int:
@@ -180,17 +166,32 @@ def _finished_at_once(_env: int | None) -> bool:
     return True
 
 
+class FiberHost(Protocol):
+    """What the fiber scheduler uses of the worker's host."""
+
+    ticks: int
+    actors: ActorTable
+
+    def new_process_store(self, process: Process) -> tuple[Any, ExitReport | None]: ...
+
+    def finish(self, process: Process, report: ExitReport, store: Any) -> None: ...
+
+
 class FiberScheduler:
     """Starts, polls, parks and ends the worker's fiber processes (I/O thread).
 
     Args:
         host: The worker's host (its process table, actors and exits).
         loop: The worker's loop; the scheduler must be made on its thread.
+        serve_calls: The serving host functions (the writers run them).
     """
 
-    def __init__(self, host: WasmHost, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, host: FiberHost, loop: asyncio.AbstractEventLoop, serve_calls: ServeCalls
+    ) -> None:
         self.host = host
         self.loop = loop
+        self.serve_calls = serve_calls
         self.thread = threading.get_ident()
         self.fibers: dict[int, Fiber] = {}
         self._continue = _ContinuationCallback(self._continuation)
@@ -227,8 +228,6 @@ class FiberScheduler:
     # ── the I/O thread ──────────────────────────────────────────────────
 
     def _start(self, process: Process) -> None:
-        from rusmd.wasm.host import ExitReport, ProcessState
-
         host = self.host
         component = process.component
         store, problem = host.new_process_store(process)
@@ -246,7 +245,7 @@ class FiberScheduler:
         if process.entry:
             results = component.action(name)
             if isinstance(results, str):
-                self._end(fiber, ExitReport("crashed", results))
+                self._end(fiber, ExitReport(ExitReason.CRASHED, results))
                 return
         else:
             results = component.shape.entry_results if component.shape else 0
@@ -268,8 +267,6 @@ class FiberScheduler:
 
     def _run(self, fiber: Fiber) -> None:
         """Poll ``fiber`` until it parks, yields or ends."""
-        from rusmd.wasm.host import ExitReport, ProcessState
-
         fiber.scheduled = False
         process = fiber.process
         while not fiber.ended:
@@ -325,14 +322,11 @@ class FiberScheduler:
 
     def _next(self, fiber: Fiber) -> ExitReport | None:
         """The current phase finished: start the next one; the report once it ended."""
-        from rusmd.wasm.host import ExitReport, _export
-
-        host = self.host
         process = fiber.process
         error_at, trap_at = fiber.error.value, fiber.trap.value
         if error_at or trap_at:
             where = fiber.entry if fiber.phase is Phase.CALL else fiber.phase.value
-            return host._failure(
+            return failure(
                 process,
                 ctypes.cast(error_at, ctypes.POINTER(ffi.wasmtime_error_t)) if error_at else None,
                 ctypes.cast(trap_at, ctypes.POINTER(ffi.wasm_trap_t)) if trap_at else None,
@@ -343,9 +337,9 @@ class FiberScheduler:
         assert shape is not None
         if fiber.phase is Phase.INSTANTIATE:
             if shape.has_memory:
-                memory = _export(fiber.context, fiber.instance, b"memory")
+                memory = export(fiber.context, fiber.instance, b"memory")
                 if memory is not None:
-                    process.memory = host.guest_memory(fiber.context, memory)
+                    process.memory = GuestMemory(fiber.context, memory.of.memory)
                     process.memory_bytes = process.memory.size()
             if shape.has_initialize and fiber.entry != "_start":
                 fiber.phase = Phase.INITIALIZE
@@ -353,18 +347,20 @@ class FiberScheduler:
                     return None
             fiber.phase = Phase.CALL
             if not self._call(fiber, fiber.entry.encode(), fiber.entry_results):
-                return ExitReport("crashed", f"entry {fiber.entry} vanished")
+                return ExitReport(ExitReason.CRASHED, f"entry {fiber.entry} vanished")
             return None
         if fiber.phase is Phase.INITIALIZE:
             fiber.phase = Phase.CALL
             if not self._call(fiber, fiber.entry.encode(), fiber.entry_results):
-                return ExitReport("crashed", f"entry {fiber.entry} vanished")
+                return ExitReport(ExitReason.CRASHED, f"entry {fiber.entry} vanished")
             return None
         if process.memory is not None:
             process.memory_bytes = process.memory.size()
         if fiber.entry_results and fiber.results[0].of.i32 != 0:
-            return ExitReport("crashed", f"{fiber.entry} returned {fiber.results[0].of.i32}")
-        return ExitReport("normal")
+            return ExitReport(
+                ExitReason.CRASHED, f"{fiber.entry} returned {fiber.results[0].of.i32}"
+            )
+        return ExitReport(ExitReason.NORMAL)
 
     def _call(self, fiber: Fiber, name: bytes, results: int) -> bool:
         """Start calling export ``name``; False if the instance lacks it."""
@@ -432,14 +428,14 @@ class FiberScheduler:
                 return True
             return False
         except Stopped as exc:  # never resume it: the next run ends it
-            self._stop(fiber, str(exc))
+            self._stop(fiber, exc.reason)
             return False
         except BaseException as exc:
             fiber.process.crash = f"host error in a parked call: {type(exc).__name__}: {exc}"
-            self._stop(fiber, "crashed", fiber.process.crash)
+            self._stop(fiber, ExitReason.CRASHED, fiber.process.crash)
             return False
 
-    def _stop(self, fiber: Fiber, reason: str, detail: str = "") -> None:
+    def _stop(self, fiber: Fiber, reason: ExitReason, detail: str = "") -> None:
         process = fiber.process
         if not process.stop_reason:
             process.stop_reason = reason
@@ -452,11 +448,9 @@ class FiberScheduler:
         if self.current is not None:
             return self.current
         context = _caller_context(ctypes.c_void_p(caller))
-        from rusmd.wasm.host import _pid_of, _trap
-
-        fiber = self.fibers.get(_pid_of(context))
+        fiber = self.fibers.get(pid_of(context))
         if fiber is None:
-            ctypes.c_void_p.from_address(trap_ret).value = _trap(
+            ctypes.c_void_p.from_address(trap_ret).value = new_trap(
                 f"rusm.{name}: calling process is unknown"
             )
         return fiber
@@ -470,7 +464,6 @@ class FiberScheduler:
         """The async host callback of ``rusm.name``: ``body(fiber, args, results,
         continuation)`` for the calling fiber. A bad pointer or a host error
         traps the guest, as on a thread."""
-        from rusmd.wasm.host import _trap
 
         def callback(
             _env: int | None,
@@ -494,11 +487,12 @@ class FiberScheduler:
             except BadPointer as exc:
                 if fiber is not None:
                     fiber.process.crash = str(exc)
-                ctypes.c_void_p.from_address(trap_ret).value = _trap(str(exc))
+                ctypes.c_void_p.from_address(trap_ret).value = new_trap(str(exc))
             except BaseException as exc:
                 if fiber is not None:
                     fiber.process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
-                ctypes.c_void_p.from_address(trap_ret).value = _trap(f"host error in rusm.{name}")
+                trap = new_trap(f"host error in rusm.{name}")
+                ctypes.c_void_p.from_address(trap_ret).value = trap
 
         return AsyncCallback(callback)
 
@@ -536,7 +530,7 @@ class FiberScheduler:
                     _set_result(results, ErrorCode.TIMEOUT)
                     return True
                 return False
-            _set_result(results, self.host.deliver(memory, header, buf, code, envelope))
+            _set_result(results, write_received(memory, header, buf, code, envelope))
             return True
 
         self._wait(fiber, cont, lambda: bool(actor.mailbox) or bool(actor.stop), finish)
@@ -544,9 +538,7 @@ class FiberScheduler:
     def _writer(self, name: str) -> Callable[[Fiber, int, int, Any], None]:
         """The async form of serving function ``name`` (``WRITERS``): it waits,
         parked, while the client's socket is backed up, then runs as usual."""
-        from rusmd.wasm.abi import FUNCTIONS
-
-        implementation = getattr(self.host.serve_calls, name)
+        implementation = getattr(self.serve_calls, name)
         count = len(FUNCTIONS[name].params)
 
         def body(fiber: Fiber, args: int, results: int, cont: Any) -> None:

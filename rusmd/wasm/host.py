@@ -25,6 +25,14 @@ its guest runs, counts the ticks of the current call against
 ends the process when it is killed. A guest blocked in a host call
 (``rusm.sleep``) is woken by a kill instead.
 
+``WasmHost`` keeps the process table and the processes' life (spawn,
+run, finish, kill, the epoch ticker) and assembles the rest, each a
+module of its own: pid leases (``pids``), loading components
+(``components``), the inline HTTP path (``inline``), the host functions
+(``callbacks``, ``calls``, ``serve_calls``, ``kv_calls``) and the fibers
+(``fibers``). The parts that call back into the host take it as a
+``Protocol`` of what they use; none of them imports this module.
+
 The hot paths use wasmtime's C API through ``wasmtime._ffi`` directly
 (unchecked calls, raw host callbacks): that is 10-20x cheaper per call
 than wasmtime-py's wrappers (see docs/benchmarks.md). Host callbacks
@@ -34,58 +42,53 @@ never raise: an error becomes a trap for the calling process only.
 from __future__ import annotations
 
 import ctypes
-import enum
 import json
 import os
-import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import wasmtime
 from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 
-from rusmd.abi import PID_STRIDE, ErrorCode, make_pid, slot_of
-from rusmd.actors.table import Actor, ActorTable, Stopped
+from rusmd.abi import ErrorCode, ExitReason, slot_of
+from rusmd.actors.table import ActorTable
 from rusmd.channel import ComponentImage, ProcessExit
 from rusmd.config.environment import Environment
-from rusmd.config.model import (
-    BUILTIN_CAPABILITIES,
-    BuiltinCapability,
-    Capability,
-    Component,
-    LogLevel,
-    Manifest,
-)
-from rusmd.log import LineBudget, Logger, suppressed_line
-from rusmd.wasm import abi, capi
-from rusmd.wasm.abi import Grant
-from rusmd.wasm.cache import verify
-from rusmd.wasm.calls import ActorCalls, write_received
+from rusmd.config.model import BUILTIN_CAPABILITIES, BuiltinCapability, Manifest
+from rusmd.errors import SpawnError
+from rusmd.log import Logger
+from rusmd.wasm import capi
+from rusmd.wasm.callbacks import CoreCalls, host_callbacks
+from rusmd.wasm.calls import ActorCalls
+from rusmd.wasm.capi import NULL_FINALIZER, export, pid_of
+from rusmd.wasm.components import ComponentLoader, set_wasi
 from rusmd.wasm.engine import (
+    MAX_TABLE_ELEMENTS,
     POOL_SLOTS,
     PROCESS_KEEP_RESIDENT_BYTES,
     EngineInfo,
     worker_engine,
 )
 from rusmd.wasm.fibers import FiberScheduler
+from rusmd.wasm.inline import INLINE_STORE_INSTANCES, InlinePath
 from rusmd.wasm.kv_calls import KvCalls
-from rusmd.wasm.linking import (
-    LinkError,
-    LinkerSet,
-    ModuleShape,
-    action_results,
-    check_module,
-    granted,
+from rusmd.wasm.linking import LinkerSet
+from rusmd.wasm.memory import GuestMemory
+from rusmd.wasm.pids import PidLeases
+from rusmd.wasm.process import (
+    ExitReport,
+    LoadedComponent,
+    Native,
+    Process,
+    ProcessState,
+    log_exit,
 )
-from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 from rusmd.wasm.runners import RunnerPool
 from rusmd.wasm.serve_calls import ServeCalls
 from rusmd.wasm.settings import EPOCH_TICK_MS
+from rusmd.wasm.traps import failure, new_error
 
 if TYPE_CHECKING:
     from rusmd.store.committer import GroupCommitter
@@ -94,377 +97,9 @@ if TYPE_CHECKING:
 # Guest threads need far more stack than wasm frames may use (512 KiB):
 # a host thread that runs out below the wasm limit aborts the process.
 GUEST_THREAD_STACK_BYTES = 16 << 20
-# Ask the main process for more pid serials when fewer than this remain.
-LEASE_LOW_WATER = 1024
-# A guest log line longer than this is cut (and says so).
-MAX_LOG_LINE_BYTES = 16 << 10
-# Per-table element cap; a module declaring more fails to instantiate.
-MAX_TABLE_ELEMENTS = 100_000
-# Pids the inline path takes from the lease at once (then hands out
-# without the lock).
-INLINE_PID_BLOCK = 256
-# Inline handlers' fresh instances one store holds before it is dropped
-# (each holds a slot of the inline pool until then: it has this many).
-INLINE_STORE_INSTANCES = 16
-# A store is dropped after an instance whose memory grew past this, so
-# finished instances never pin much memory.
-INLINE_REUSE_MEMORY_BYTES = 1 << 20
 
-_LOG_LEVELS = {
-    abi.LogLevel.ERROR: LogLevel.ERROR,
-    abi.LogLevel.WARN: LogLevel.WARN,
-    abi.LogLevel.INFO: LogLevel.INFO,
-    abi.LogLevel.DEBUG: LogLevel.DEBUG,
-}
-_NULL_FINALIZER: Any = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0)
 _EpochCallback = _bindings._wasmtime_store_epoch_deadline_callback.argtypes[1]
-
-
-# The inline path's C calls, raw (``capi.raw``): no argument conversion,
-# so every argument is a ctypes object. Instantiate and call may run guest
-# code for long: they drop the GIL (the epoch ticker needs it to interrupt
-# them). Both return the error pointer as a plain integer (0 or None when
-# there is none); ``_error_at`` makes it a pointer again for ``_failure``.
-_instantiate = capi.raw("wasmtime_instance_pre_instantiate", ctypes.c_void_p, release_gil=True)
-_call = capi.raw("wasmtime_func_call_unchecked", ctypes.c_void_p, release_gil=True)
-_export_get = capi.export_get_raw
-_caller_export_get = capi.raw("wasmtime_caller_export_get", ctypes.c_bool)
-_set_deadline = capi.raw("wasmtime_context_set_epoch_deadline", None)
-_caller_context = capi.caller_context_raw
-_ONE = ctypes.c_size_t(1)
-_PID_STRIDE = PID_STRIDE
-_get_ident = threading.get_ident
-_MEMORY = (b"memory", ctypes.c_size_t(6))
-_INITIALIZE = (b"_initialize", ctypes.c_size_t(11))
-
-
-def _error_at(address: int | None) -> Any:
-    """A raw call's error result as the pointer ``_failure`` takes (None if none)."""
-    return ctypes.cast(address, ctypes.POINTER(ffi.wasmtime_error_t)) if address else None
-
-
-class _InlineStore:
-    """The store inline handlers' instances share, and the C values they reuse.
-
-    Owned by the I/O thread (inline handlers run there, one at a time).
-    """
-
-    def __init__(self) -> None:
-        self.store: Any = None
-        self.context: Any = None
-        self.limit = 0
-        self.uses = 0
-        self.instance = ffi.wasmtime_instance_t()
-        self.instance_ref = ctypes.byref(self.instance)
-        self.trap = ctypes.POINTER(ffi.wasm_trap_t)()
-        self.trap_ref = ctypes.byref(self.trap)
-        self.item = ffi.wasmtime_extern_t()
-        self.item_ref = ctypes.byref(self.item)
-        self.func_ref = ctypes.byref(self.item.of.func)
-        self.values = (ffi.wasmtime_val_raw_t * 1)()
-        # The action's i32 result, read as a plain int.
-        self.result = (ctypes.c_int32 * 1).from_buffer(self.values)
-        # Epoch deadlines (in ticks, as raw call arguments) by budget in ms,
-        # and the budget and tick the store's deadline was last set for.
-        self.deadlines: dict[int, Any] = {}
-        self.deadline_budget = -1
-        self.deadline_tick = -1
-        # The current instance's exported memory (looked up on its first host call).
-        self.memory_item = ffi.wasmtime_extern_t()
-        self.memory_ref = ctypes.byref(self.memory_item)
-        self.memory: GuestMemory | None = None
-        # The process being served (set only while its action runs) and the
-        # thread it runs on: a host call from that thread while it is set is
-        # that process's, found without asking wasmtime for the store data.
-        self.current: Process | None = None
-        self.thread = 0
-        # A host call's caller and values, re-pointed for each inline call
-        # (cheaper than new ctypes objects; only the I/O thread uses them).
-        self.caller = ctypes.c_void_p()
-        self.args = ctypes.POINTER(ctypes.c_int32)()
-        self.args_at = ctypes.c_size_t.from_buffer(self.args)
-        # Pid serials taken for inline requests, not yet handed out.
-        self.next_serial = 0
-        self.serial_end = 0
-        # One Process record reused for every inline request (reset each time).
-        self.process = Process(
-            pid=0,
-            component=None,  # type: ignore[arg-type]
-            parent=None,
-            started_at=0.0,
-            started_wall=0.0,
-            quiet=True,
-        )
-
-    def begin(self, pid: int, component: LoadedComponent, action: str, exchange: Any) -> Process:
-        """The reused process record, set for a new request.
-
-        Its failure fields (crash, exit code, CPU flag, memory figure) are
-        cleared by ``clean`` after a request that failed, the only kind
-        that sets them.
-        """
-        process = self.process
-        process.pid = pid
-        process.component = component
-        process.entry = action
-        process.exchange = exchange
-        process.memory = None
-        return process
-
-    def clean(self) -> None:
-        """Clear what a failed request left on the reused process record."""
-        process = self.process
-        process.memory_bytes = 0
-        process.crash = ""
-        process.exit_code = None
-        process.cpu_exceeded = False
-
-    def ready(self, engine: Any, limit: int) -> Any:
-        """The store context for the next instance (a new store when needed)."""
-        if self.store is None or self.limit != limit:
-            self.reset()
-            self.open(engine, limit)
-        self.uses += 1
-        return self.context
-
-    def deadline(self, context: Any, budget_ms: int, tick: int) -> None:
-        """Set the epoch deadline for a budget, unless it is already set.
-
-        The deadline counts from the epoch when it is set, so within one
-        store, budget and tick (``WasmHost.ticks``) it is the same value
-        and is not set again. The ticker advances the epoch and ``ticks``
-        one after the other: an instance may start one tick later than the
-        tick it was read at, so the deadline has one tick of slack.
-        """
-        if budget_ms == self.deadline_budget and tick == self.deadline_tick:
-            return
-        ticks = self.deadlines.get(budget_ms)
-        if ticks is None:
-            ticks = self.deadlines[budget_ms] = ctypes.c_uint64(budget_ms // EPOCH_TICK_MS + 2)
-        _set_deadline(context, ticks)
-        self.deadline_budget = budget_ms
-        self.deadline_tick = tick
-
-    def reusable(self, process: Process) -> bool:
-        """Whether the store may take another instance after ``process`` ended well."""
-        memory = process.memory
-        return (
-            self.uses < INLINE_STORE_INSTANCES
-            and memory is not None
-            and memory.size() <= INLINE_REUSE_MEMORY_BYTES
-        )
-
-    def open(self, engine: Any, limit: int) -> None:
-        """A new store whose memories may grow to ``limit`` bytes."""
-        self.store = capi.store_new(engine, None, _NULL_FINALIZER)
-        self.context = capi.store_context(self.store)
-        self.memory = GuestMemory(self.context, self.memory_item.of.memory)
-        capi.store_limiter(
-            self.store,
-            limit,
-            MAX_TABLE_ELEMENTS,
-            INLINE_STORE_INSTANCES,
-            INLINE_STORE_INSTANCES,
-            INLINE_STORE_INSTANCES,
-        )
-        self.limit = limit
-        self.uses = 0
-
-    def take_trap(self) -> Any:
-        """The trap the last call left (the caller owns it); the slot is cleared."""
-        taken = ctypes.cast(self.trap, ctypes.POINTER(ffi.wasm_trap_t))
-        ctypes.memset(ctypes.addressof(self.trap), 0, ctypes.sizeof(self.trap))
-        return taken
-
-    def reset(self) -> None:
-        """Drop the store and every instance in it."""
-        if self.store is not None:
-            capi.store_delete(self.store)
-        self.store = None
-        self.context = None
-        self.deadline_budget = -1
-
-
-class _Native(Protocol):
-    """A host-native process (a supervisor)."""
-
-    def on_signal(self, envelope: Any) -> None: ...
-
-    def stopped(self, reason: str, detail: str) -> None: ...
-
-    def describe(self) -> dict[str, Any]: ...
-
-
-_N = TypeVar("_N", bound=_Native)
-
-
-class SpawnError(Exception):
-    """A spawn that cannot happen; ``code`` is the ABI error a guest sees."""
-
-    def __init__(self, message: str, code: ErrorCode) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-class ProcessState(enum.StrEnum):
-    """Where a process is in its life."""
-
-    STARTING = "starting"
-    RUNNING = "running"
-    SLEEPING = "sleeping"
-    WAITING = "waiting"
-    EXITING = "exiting"
-
-
-class _Exit(Exception):
-    """Raised inside a host callback's bookkeeping to end the process."""
-
-
-@dataclass
-class LoadedComponent:
-    """A component as this worker can run it (or why it cannot).
-
-    Attributes:
-        name: The component name.
-        capability: Its resolved profile.
-        grants: The ABI grants the profile gives.
-        error: Why it cannot run; empty when it can.
-        module: The deserialized module.
-        pre: The prepared instantiation.
-        shape: Entry export and imports.
-        env: The (key, value) pairs its processes see.
-    """
-
-    name: str
-    capability: Capability
-    grants: frozenset[Grant]
-    error: str = ""
-    module: wasmtime.Module | None = None
-    pre: wasmtime.InstancePre | None = None
-    shape: ModuleShape | None = None
-    env: list[tuple[str, str]] = field(default_factory=list)
-    # Serves HTTP on the I/O thread (it imports nothing that may wait).
-    inline: bool = False
-    # Action export → how many i32 results it returns; "" when it is
-    # missing or takes parameters (an error message then).
-    actions: dict[str, int | str] = field(default_factory=dict)
-    # An action's export name as a raw call takes it: bytes and their length.
-    action_names: dict[str, tuple[bytes, Any]] = field(default_factory=dict)
-    # Its instantiation for a fiber (``fibers``): from the linker whose
-    # ``recv`` and ``ws_send`` are async. None unless ``shape.fiber``.
-    fiber_pre: wasmtime.InstancePre | None = None
-    fiber_pre_ptr: Any = None
-    # Its instantiation on the inline path, in the inline pool's engine
-    # (``WasmHost.inline_engine_info``), and the raw pointer (``inline_pre``
-    # keeps it alive: the inline path skips the conversion). None unless
-    # ``inline``.
-    inline_pre: wasmtime.InstancePre | None = None
-    inline_pre_ptr: Any = None
-    # Action → what ``serve_inline`` needs of it, in one tuple (``inline_plan``).
-    plans: dict[str, tuple[Any, ...] | str] = field(default_factory=dict)
-
-    def inline_plan(self, action: str) -> tuple[Any, ...] | str:
-        """What running ``action`` inline takes, or why it cannot run (kept in ``plans``).
-
-        The tuple: the ``InstancePre`` pointer, the export name and its
-        length as a raw call takes them, whether the action returns an
-        i32, whether the module gets a WASI context, whether it has an
-        ``_initialize``, its memory limit in bytes and CPU budget in ms.
-        """
-        results = self.action(action)
-        plan: tuple[Any, ...] | str
-        if isinstance(results, str):
-            plan = results
-        elif self.shape is None or not self.inline_pre_ptr:
-            plan = f"component {self.name} cannot be instantiated"
-        else:
-            name, length = self.export_name(action)
-            profile = self.capability
-            plan = (
-                self.inline_pre_ptr,
-                name,
-                length,
-                bool(results),
-                self.shape.uses_wasi,
-                self.shape.has_initialize,
-                profile.max_memory_mb << 20,
-                profile.max_cpu_ms,
-            )
-        self.plans[action] = plan
-        return plan
-
-    def export_name(self, action: str) -> tuple[bytes, Any]:
-        """``action``'s export name as a raw call takes it (kept in ``action_names``)."""
-        encoded = action.encode()
-        export = self.action_names[action] = (encoded, ctypes.c_size_t(len(encoded)))
-        return export
-
-    def action(self, name: str) -> int | str:
-        """Results of export ``name`` (0 or 1), or why it cannot be an action."""
-        known = self.actions.get(name)
-        if known is not None:
-            return known
-        answer: int | str = f"component {self.name} exports no function '{name}'"
-        if self.module is not None:
-            answer = action_results(self.name, self.module, name)
-        self.actions[name] = answer
-        return answer
-
-
-@dataclass
-class Process:
-    """One wasm process on this worker."""
-
-    pid: int
-    component: LoadedComponent  # None only in the inline store's idle record
-    parent: int | None
-    started_at: float
-    started_wall: float
-    state: ProcessState = ProcessState.STARTING
-    memory_bytes: int = 0
-    # Set from other threads; read by the epoch callback and host calls.
-    stop_reason: str = ""
-    stop_detail: str = ""
-    # Its actor side (mailbox, links, monitors, names).
-    actor: Actor | None = None
-    # The main process supervises it (a resident): tell main when it exits.
-    watched: bool = False
-    # A host-native process (a supervisor) instead of a wasm instance.
-    native: Any = None
-    # Owned by the guest thread.
-    call_started_tick: int = 0
-    memory: GuestMemory | None = None
-    crash: str = ""
-    exit_code: int | None = None
-    cpu_exceeded: bool = False
-    # Serving: the export to run instead of the entry, the request or
-    # connection it serves, who hears how it ended, and whether its
-    # spawn and normal exit stay out of the log (one per request).
-    entry: str = ""
-    exchange: Any = None
-    on_exit: Callable[[ExitReport], None] | None = None
-    quiet: bool = False
-    # Its fiber, when it runs as one on the I/O thread (``fibers``).
-    fiber: Any = None
-    # The token bucket of its log lines, made with its first line.
-    log_budget: LineBudget | None = None
-
-    @property
-    def label(self) -> str:
-        """``component#pid``, as the log and ``rusmctl list`` show it."""
-        return f"{self.component.name}#{self.pid}"
-
-
-@dataclass(frozen=True)
-class ExitReport:
-    """How a process ended."""
-
-    reason: str
-    detail: str = ""
-    backtrace: tuple[str, ...] = ()
-
-
-_NORMAL = ExitReport("normal")
+_N = TypeVar("_N", bound=Native)
 
 
 class WasmHost:
@@ -482,6 +117,8 @@ class WasmHost:
         on_watched_exit: Told (any thread) when a watched process exits.
         pool_slots: Instance slots of the pooling allocator (the process
             limit when ``max_processes`` is not given).
+        loop: The worker's event loop, when it has one: serving processes
+            may then run as fibers on its thread (``fibers``).
     """
 
     def __init__(
@@ -501,8 +138,6 @@ class WasmHost:
         self.manifest = manifest
         self.slot = slot
         self.log = log
-        self.environment = environment
-        self.request_lease = request_lease
         largest = max([c.profile.max_memory_mb for c in manifest.components.values()] or [64])
         self.engine_info: EngineInfo = worker_engine(
             largest << 20, pool_slots, PROCESS_KEEP_RESIDENT_BYTES
@@ -512,7 +147,6 @@ class WasmHost:
         # slots stay resident: its few slots serve request after request,
         # while a process's slot gives its pages back when the process ends.
         self.inline_engine_info = worker_engine(largest << 20, INLINE_STORE_INSTANCES)
-        self._engine_ptr = self.inline_engine_info.engine.ptr()
         self.max_processes = max_processes or (pool_slots if self.engine_info.pooling else 1000)
         self.components: dict[str, LoadedComponent] = {}
         self.loaded = False  # the first ``load`` has run: a missing component is not coming
@@ -520,12 +154,7 @@ class WasmHost:
         self.spawned = 0
         self.exits: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._leases: deque[tuple[int, int]] = deque()
-        self._next_serial = 0
-        self._serial_end = 0
-        # Below this serial no lease needs asking for (the fast path).
-        self._serial_low = 0
-        self._lease_pending = False
+        self.pids = PidLeases(slot, request_lease)
         self.ticks = 0
         self._stopping = threading.Event()
         # Set once shutdown is over: the ticker runs until then, since the
@@ -535,24 +164,45 @@ class WasmHost:
         self.actors = actors or _local_table(slot)
         self.actors.info_of = self.local_info
         self.on_watched_exit = on_watched_exit
-        self._inline = _InlineStore()
-        self.serve_calls = ServeCalls(self)
-        # WebSocket processes as fibers on the loop's thread (made on it).
-        self.fibers = FiberScheduler(self, loop) if loop is not None else None
-        self._callbacks = self._make_callbacks()
-        self._epoch_callback = _EpochCallback(self._on_epoch)
         # The node store (set by the worker after it opened it), or why not.
         self.store: KvStore | None = None
         self.committer: GroupCommitter | None = None
         self.store_error = ""
-        self.linkers = LinkerSet(
-            self.engine,
-            self._callbacks,
-            self.fibers.callbacks if self.fibers is not None else None,
-        )
-        self.inline_linkers = LinkerSet(self.inline_engine_info.engine, self._callbacks)
+        self.inline = InlinePath(self, self.inline_engine_info.engine.ptr(), self.pids, slot, log)
+        self.serve_calls = ServeCalls(log)
         threading.stack_size(GUEST_THREAD_STACK_BYTES)
         self.runners = RunnerPool(self.max_processes)
+        # WebSocket processes as fibers on the loop's thread (made on it).
+        self.fibers = FiberScheduler(self, loop, self.serve_calls) if loop is not None else None
+        callbacks = host_callbacks(
+            {
+                **CoreCalls(self).implementations(),
+                **ActorCalls(self).implementations(),
+                **self.serve_calls.implementations(),
+                **KvCalls(self).implementations(),
+            },
+            self.processes,
+            self.inline,
+            raw=ServeCalls.RAW,
+        )
+        # wasmtime calls them by address: they live as long as the host.
+        self._callbacks = callbacks
+        self._epoch_callback = _EpochCallback(self._on_epoch)
+        inline_engine = self.inline_engine_info.engine
+        self.loader = ComponentLoader(
+            manifest,
+            environment,
+            log,
+            engine=self.engine,
+            linkers=LinkerSet(
+                self.engine,
+                callbacks,
+                self.fibers.callbacks if self.fibers is not None else None,
+            ),
+            inline_engine=inline_engine,
+            inline_linkers=LinkerSet(inline_engine, callbacks),
+            fibers=self.fibers is not None,
+        )
         self._ticker = threading.Thread(target=self._tick, name="epoch", daemon=True)
         self._ticker.start()
         if not self.engine_info.pooling:
@@ -561,107 +211,16 @@ class WasmHost:
                 f"({self.engine_info.fallback_reason})"
             )
 
-    # ── components ──────────────────────────────────────────────────────
+    # ── components and pids ─────────────────────────────────────────────
 
     def load(self, images: list[ComponentImage]) -> None:
         """(Re)load components from the compile step's images."""
-        fresh: dict[str, LoadedComponent] = {}
-        for image in images:
-            component = self.manifest.components.get(image.name)
-            if component is None:
-                continue
-            fresh[image.name] = self._load_one(component, image)
-        self.components = fresh
+        self.components = self.loader.load(images)
         self.loaded = True
-
-    def _load_one(self, component: Component, image: ComponentImage) -> LoadedComponent:
-        loaded = LoadedComponent(
-            name=component.name,
-            capability=component.profile,
-            grants=granted(component.profile),
-            env=self.environment.resolve(component.profile.env),
-        )
-        if image.error:
-            loaded.error = image.error
-            return loaded
-        if not verify(image.cwasm, image.digest):
-            loaded.error = (
-                f"component {component.name}: compiled code {image.cwasm} changed on disk "
-                "since it was checked; run `rusmctl reload` to rebuild it"
-            )
-            self.log.error(loaded.error)
-            return loaded
-        try:
-            module = wasmtime.Module.deserialize_file(self.engine, image.cwasm)
-            loaded.shape = check_module(component.name, module, loaded.grants)
-            linker = self.linkers.linker(loaded.grants)
-            loaded.pre = linker.instantiate_pre(module)
-            loaded.module = module
-            loaded.inline = loaded.shape.inline
-            if loaded.inline:
-                inline_module = wasmtime.Module.deserialize_file(
-                    self.inline_engine_info.engine, image.cwasm
-                )
-                inline_linker = self.inline_linkers.linker(loaded.grants)
-                loaded.inline_pre = inline_linker.instantiate_pre(inline_module)
-                loaded.inline_pre_ptr = loaded.inline_pre.ptr()
-            if loaded.shape.fiber and self.fibers is not None:
-                fiber_linker = self.linkers.linker(loaded.grants, fiber=True)
-                loaded.fiber_pre = fiber_linker.instantiate_pre(module)
-                loaded.fiber_pre_ptr = loaded.fiber_pre.ptr()
-        except LinkError as exc:
-            loaded.error = str(exc)
-        except wasmtime.WasmtimeError as exc:
-            loaded.error = f"component {component.name}: {_first_line(str(exc))}"
-        return loaded
-
-    # ── pids ────────────────────────────────────────────────────────────
 
     def add_lease(self, start: int, end: int) -> None:
         """Pid serials ``[start, end)`` are ours (from the main process)."""
-        with self._lock:
-            self._leases.append((start, end))
-            self._lease_pending = False
-
-    def _allocate_pid(self) -> int:
-        with self._lock:
-            serial = self._next_serial
-            if serial < self._serial_low:  # the common case: far from the lease's end
-                self._next_serial = serial + 1
-                return serial * PID_STRIDE + self.slot
-            if self._next_serial >= self._serial_end:
-                if not self._leases:
-                    raise SpawnError(
-                        f"worker {self.slot} has no pids left (a lease is on its way)",
-                        ErrorCode.LIMIT,
-                    )
-                self._next_serial, self._serial_end = self._leases.popleft()
-                self._serial_low = self._serial_end - LEASE_LOW_WATER
-            serial = self._next_serial
-            self._next_serial += 1
-            remaining = self._serial_end - self._next_serial
-            if remaining < LEASE_LOW_WATER:
-                remaining += sum(e - s for s, e in self._leases)
-            ask = remaining < LEASE_LOW_WATER and not self._lease_pending
-            if ask:
-                self._lease_pending = True
-        if ask:
-            self.request_lease()
-        return make_pid(serial, self.slot)
-
-    def _take_serials(self, count: int) -> tuple[int, int]:
-        """Up to ``count`` serials ``[start, end)`` for the inline path; may be empty.
-
-        Taken from the current lease only, so they never cross into the
-        next one; the lease's low-water request works as for single pids.
-        """
-        with self._lock:
-            start = self._next_serial
-            end = min(start + count, self._serial_low)
-            if end <= start:
-                return 0, 0
-            self._next_serial = end
-            return start, end
+        self.pids.add(start, end)
 
     # ── processes ───────────────────────────────────────────────────────
 
@@ -715,7 +274,7 @@ class WasmHost:
                 f"worker {self.slot} is at its process limit ({self.max_processes})",
                 ErrorCode.LIMIT,
             )
-        pid = self._allocate_pid()
+        pid = self.pids.allocate()
         process = Process(
             pid=pid,
             component=component,
@@ -745,7 +304,7 @@ class WasmHost:
     ) -> None:
         """Make ``process`` known: in the process table and as an actor."""
 
-        def stop(reason: str, detail: str) -> None:
+        def stop(reason: ExitReason, detail: str) -> None:
             if not process.stop_reason:
                 process.stop_reason = reason
                 process.stop_detail = detail
@@ -760,7 +319,9 @@ class WasmHost:
             with self.actors.lock:
                 parent = self.actors.get(link_to)
                 if parent is None:
-                    self.actors.kill(process.pid, "noproc", "its parent exited before it started")
+                    self.actors.kill(
+                        process.pid, ExitReason.NOPROC, "its parent exited before it started"
+                    )
                 else:
                     parent.links.add(process.pid)
                     process.actor.links.add(link_to)
@@ -769,7 +330,7 @@ class WasmHost:
         """Start a host-native process (``make(pid)`` builds it) linked to ``parent``."""
         if self._stopping.is_set():
             raise SpawnError(f"worker {self.slot} is stopping", ErrorCode.UNAVAILABLE)
-        pid = self._allocate_pid()
+        pid = self.pids.allocate()
         native = make(pid)
         process = Process(
             pid=pid,
@@ -796,7 +357,7 @@ class WasmHost:
             return pid in self.processes
         return self.actors.probe(pid, want_info=False)[0]
 
-    def exit_native(self, pid: int, reason: str, detail: str = "") -> None:
+    def exit_native(self, pid: int, reason: ExitReason, detail: str = "") -> None:
         """A host-native process (a supervisor) ends with ``reason``."""
         process = self.processes.pop(pid, None)
         if process is None:
@@ -805,10 +366,10 @@ class WasmHost:
         self.actors.remove(pid, reason, detail)
         with self._lock:
             self.exits[reason] = self.exits.get(reason, 0) + 1
-        self._log_exit(process, ExitReport(reason, detail))
+        log_exit(self.log, process, ExitReport(reason, detail))
         self._tell_main(process, reason, detail)
 
-    def _tell_main(self, process: Process, reason: str, detail: str) -> None:
+    def _tell_main(self, process: Process, reason: ExitReason, detail: str) -> None:
         if process.watched and self.on_watched_exit is not None:
             self.on_watched_exit(
                 ProcessExit(
@@ -819,7 +380,7 @@ class WasmHost:
                 )
             )
 
-    def kill(self, pid: int, reason: str = "killed", detail: str = "") -> bool:
+    def kill(self, pid: int, reason: ExitReason = ExitReason.KILLED, detail: str = "") -> bool:
         """Ask process ``pid`` to end with ``reason``; False if there is none."""
         if pid not in self.processes:
             return False
@@ -867,11 +428,14 @@ class WasmHost:
         return row
 
     def stats(self) -> dict[str, Any]:
-        """Counts for ``rusmctl status``."""
+        """Counts for ``rusmctl status`` (inline requests count as processes)."""
+        exits = dict(self.exits)
+        for reason, count in self.inline.exits.items():
+            exits[reason] = exits.get(reason, 0) + count
         return {
             "processes": len(self.processes),
-            "spawned": self.spawned,
-            "exits": dict(self.exits),
+            "spawned": self.spawned + self.inline.spawned,
+            "exits": exits,
             "pooling": self.engine_info.pooling,
         }
 
@@ -879,7 +443,7 @@ class WasmHost:
         """End every process (reason shutdown), waiting up to ``timeout_s``."""
         self._stopping.set()
         for pid in list(self.processes):
-            self.kill(pid, "shutdown")
+            self.kill(pid, ExitReason.SHUTDOWN)
         deadline = time.monotonic() + timeout_s
         while self.processes and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -904,12 +468,12 @@ class WasmHost:
     # ── the guest thread ────────────────────────────────────────────────
 
     def _run(self, process: Process) -> None:
-        report = ExitReport("crashed", "host error")
+        report = ExitReport(ExitReason.CRASHED, "host error")
         store: Any = None
         try:
             report, store = self._execute(process)
         except Exception as exc:  # a host bug must cost one process, not the worker
-            report = ExitReport("crashed", f"host error: {type(exc).__name__}: {exc}")
+            report = ExitReport(ExitReason.CRASHED, f"host error: {type(exc).__name__}: {exc}")
         finally:
             self.finish(process, report, store)
 
@@ -922,125 +486,10 @@ class WasmHost:
         self.actors.remove(process.pid, report.reason, report.detail)
         with self._lock:
             self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
-        self._log_exit(process, report)
+        log_exit(self.log, process, report)
         self._tell_main(process, report.reason, report.detail)
         if process.on_exit is not None:
             process.on_exit(report)
-
-    def serve_inline(self, component: LoadedComponent, action: str, exchange: Any) -> ExitReport:
-        """Run ``action`` of a fresh instance on this (the I/O) thread for one request.
-
-        The hot path of serving, kept lean: no actor side (an inline handler
-        imports nothing that needs one), no epoch callback (the deadline is
-        the budget itself: past it wasm traps with an interrupt), and the
-        instantiate and call go straight to the C API with the GIL released
-        so the epoch ticker keeps running. The process still has a pid: its
-        log lines and ``rusm.self`` use it. It is not in ``processes``: it
-        lives and ends within this call, on the thread that runs
-        ``rusmctl list`` and ``kill``, so neither could ever see it. Host
-        functions it calls find it as the inline store's current process.
-
-        Every request gets a new instance (its own memory, globals, table),
-        but up to ``INLINE_STORE_INSTANCES`` of them share one store: making
-        a store costs twice an instantiation. A store is dropped after any
-        failure, when full, and when an instance's memory grew past
-        ``INLINE_REUSE_MEMORY_BYTES`` (so finished instances pin little).
-        """
-        plan = component.plans.get(action) or component.inline_plan(action)
-        if isinstance(plan, str):
-            return ExitReport("crashed", plan)
-        pre, name, length, results, uses_wasi, has_initialize, limit, cpu_ms = plan
-        inline = self._inline
-        serial = inline.next_serial
-        if serial < inline.serial_end:
-            inline.next_serial = serial + 1
-            pid = serial * _PID_STRIDE + self.slot
-        else:
-            pid = self._allocate_pid()
-            inline.next_serial, inline.serial_end = self._take_serials(INLINE_PID_BLOCK)
-        exchange.pid = pid
-        process = inline.begin(pid, component, action, exchange)
-        context = inline.ready(self._engine_ptr, limit)
-        keep = False
-        try:
-            if uses_wasi:
-                problem = self._set_wasi(context, component)
-                if problem:
-                    return self._ended(process, ExitReport("crashed", problem))
-            budget_ms = min(exchange.budget_ms, cpu_ms)
-            inline.deadline(context, budget_ms, self.ticks)
-            trap = inline.trap
-            trap_ref = inline.trap_ref
-            inline.thread = _get_ident()
-            inline.current = process
-            error = _instantiate(pre, context, inline.instance_ref, trap_ref)
-            if error or trap:
-                return self._ended(
-                    process,
-                    self._failure(process, _error_at(error), inline.take_trap(), "instantiate"),
-                )
-            if has_initialize:
-                failed = self._inline_initialize(process, budget_ms)
-                if failed is not None:
-                    return failed
-            if not _export_get(context, inline.instance_ref, name, length, inline.item_ref):
-                return self._ended(process, ExitReport("crashed", f"entry {action} vanished"))
-            error = _call(context, inline.func_ref, inline.values, _ONE, trap_ref)
-            if error or trap:
-                return self._ended(
-                    process,
-                    self._inline_failure(process, _error_at(error), inline.take_trap(), budget_ms),
-                )
-            if results and inline.result[0]:
-                return self._ended(
-                    process, ExitReport("crashed", f"{action} returned {inline.result[0]}")
-                )
-            self.spawned += 1
-            keep = inline.reusable(process)
-            return _NORMAL
-        finally:
-            inline.current = None
-            process.exchange = None
-            if not keep:
-                inline.reset()
-                inline.clean()
-
-    def _inline_initialize(self, process: Process, budget_ms: int) -> ExitReport | None:
-        """Run the fresh inline instance's ``_initialize``; None when it went well."""
-        inline = self._inline
-        context = inline.context
-        if _export_get(context, inline.instance_ref, *_INITIALIZE, inline.item_ref):
-            error = _call(context, inline.func_ref, inline.values, _ONE, inline.trap_ref)
-            if error or inline.trap:
-                return self._ended(
-                    process,
-                    self._inline_failure(process, _error_at(error), inline.take_trap(), budget_ms),
-                )
-        return None
-
-    def _inline_failure(
-        self, process: Process, error: Any, trap: Any, budget_ms: int
-    ) -> ExitReport:
-        """A trap of an inline handler; an interrupt means its budget ran out."""
-        if trap:
-            code = ctypes.c_uint8()
-            if ffi.wasmtime_trap_code(trap, ctypes.byref(code)) and (
-                code.value == wasmtime.TrapCode.INTERRUPT.value
-            ):
-                process.cpu_exceeded = True
-        report = self._failure(process, error, trap, process.entry)
-        if process.cpu_exceeded:
-            return ExitReport(
-                "crashed", f"cpu limit: ran over its {budget_ms} ms budget", report.backtrace
-            )
-        return report
-
-    def _ended(self, process: Process, report: ExitReport) -> ExitReport:
-        """Count and log an inline handler's abnormal end."""
-        self.spawned += 1
-        self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
-        self._log_exit(process, report)
-        return report
 
     def new_process_store(self, process: Process) -> tuple[Any, ExitReport | None]:
         """A process's own store (limits, WASI, epoch callback); (store or None, why not)."""
@@ -1048,32 +497,24 @@ class WasmHost:
         for preopen in component.capability.preopen:
             if not os.path.isdir(preopen.host):
                 return None, ExitReport(
-                    "crashed",
+                    ExitReason.CRASHED,
                     f"preopen {preopen.guest}: host directory {preopen.host} does not exist",
                 )
         if process.stop_reason:
             return None, ExitReport(process.stop_reason, process.stop_detail)
         assert component.pre is not None and component.shape is not None
-        store = capi.store_new(self.engine.ptr(), ctypes.c_void_p(process.pid), _NULL_FINALIZER)
+        store = capi.store_new(self.engine.ptr(), ctypes.c_void_p(process.pid), NULL_FINALIZER)
         context = capi.store_context(store)
         capi.store_limiter(
             store, component.capability.max_memory_mb << 20, MAX_TABLE_ELEMENTS, 1, 1, 1
         )
         if component.shape.uses_wasi:
-            problem = self._set_wasi(context, component)
+            problem = set_wasi(context, component)
             if problem:
-                return store, ExitReport("crashed", problem)
-        capi.store_epoch_deadline_callback(store, self._epoch_callback, None, _NULL_FINALIZER)
+                return store, ExitReport(ExitReason.CRASHED, problem)
+        capi.store_epoch_deadline_callback(store, self._epoch_callback, None, NULL_FINALIZER)
         capi.context_set_epoch_deadline(context, 1)
         return store, None
-
-    def guest_memory(self, context: Any, memory: Any) -> GuestMemory:
-        """A process's exported memory (an extern from ``_export``) as ``GuestMemory``."""
-        return GuestMemory(context, memory.of.memory)
-
-    def deliver(self, memory: GuestMemory, header: int, buf: int, code: int, envelope: Any) -> int:
-        """Write a message ``recv`` took into guest memory; ``recv``'s result."""
-        return write_received(memory, header, buf, code, envelope)
 
     def _execute(self, process: Process) -> tuple[ExitReport, Any]:
         component = process.component
@@ -1090,9 +531,9 @@ class WasmHost:
             component.pre.ptr(), context, ctypes.byref(instance), ctypes.byref(trap)
         )
         if error or trap:
-            return self._failure(process, error, trap, "instantiate"), store
+            return failure(process, error, trap, "instantiate"), store
         if component.shape.has_memory:
-            memory = _export(context, instance, b"memory")
+            memory = export(context, instance, b"memory")
             if memory is not None:
                 process.memory = GuestMemory(context, memory.of.memory)
                 process.memory_bytes = process.memory.size()
@@ -1100,21 +541,21 @@ class WasmHost:
         if process.entry:
             results = component.action(name)
             if isinstance(results, str):
-                return ExitReport("crashed", results), store
+                return ExitReport(ExitReason.CRASHED, results), store
         else:
             results = component.shape.entry_results
         values = (ffi.wasmtime_val_raw_t * 1)()
         if component.shape.has_initialize and name != "_start":
-            initialize = _export(context, instance, b"_initialize")
+            initialize = export(context, instance, b"_initialize")
             if initialize is not None:
                 error = ffi.wasmtime_func_call_unchecked(
                     context, ctypes.byref(initialize.of.func), values, 1, ctypes.byref(trap)
                 )
                 if error or trap:
-                    return self._failure(process, error, trap, "_initialize"), store
-        entry = _export(context, instance, name.encode())
+                    return failure(process, error, trap, "_initialize"), store
+        entry = export(context, instance, name.encode())
         if entry is None:
-            return ExitReport("crashed", f"entry {name} vanished"), store
+            return ExitReport(ExitReason.CRASHED, f"entry {name} vanished"), store
         process.call_started_tick = self.ticks
         error = ffi.wasmtime_func_call_unchecked(
             context, ctypes.byref(entry.of.func), values, 1, ctypes.byref(trap)
@@ -1122,90 +563,17 @@ class WasmHost:
         if process.memory is not None:
             process.memory_bytes = process.memory.size()
         if error or trap:
-            return self._failure(process, error, trap, name), store
+            return failure(process, error, trap, name), store
         if results and values[0].i32 != 0:
-            return ExitReport("crashed", f"{name} returned {values[0].i32}"), store
-        return ExitReport("normal"), store
-
-    def _set_wasi(self, context: Any, component: LoadedComponent) -> str:
-        config = wasmtime.WasiConfig()
-        config.argv = [component.name]
-        if component.env:
-            config.env = component.env
-        if component.capability.allow_stdio:
-            config.inherit_stdout()
-            config.inherit_stderr()
-        for preopen in component.capability.preopen:
-            try:
-                config.preopen_dir(preopen.host, preopen.guest, not preopen.read_only)
-            except wasmtime.WasmtimeError as exc:
-                return f"preopen {preopen.guest}: cannot open {preopen.host} ({exc})"
-        ffi.wasmtime_context_set_wasi(context, config._consume())
-        return ""
-
-    def _failure(self, process: Process, error: Any, trap: Any, where: str) -> ExitReport:
-        """Turn a wasmtime error or trap into an exit report (and free it)."""
-        if error:
-            status = ctypes.c_int()
-            if ffi.wasmtime_error_exit_status(error, ctypes.byref(status)):
-                ffi.wasmtime_error_delete(error)
-                code = status.value
-                return (
-                    ExitReport("normal")
-                    if code == 0
-                    else ExitReport("crashed", f"exit code {code}")
-                )
-            exc = wasmtime.WasmtimeError._from_ptr(error)
-            text = str(exc)
-            frames: tuple[str, ...] = _frames_from_text(text)
-        else:
-            trap_obj = wasmtime.Trap._from_ptr(trap)
-            text = trap_obj.message
-            frames = tuple(_frame_line(f) for f in trap_obj.frames)
-        if process.stop_reason:
-            return ExitReport(process.stop_reason, process.stop_detail)
-        if process.exit_code is not None:
-            code = process.exit_code
-            return ExitReport("normal") if code == 0 else ExitReport("crashed", f"exit code {code}")
-        if process.crash:
-            return ExitReport("crashed", process.crash, frames)
-        if process.cpu_exceeded:
-            budget = process.component.capability.max_cpu_ms
-            return ExitReport("crashed", f"cpu limit: ran over its {budget} ms budget", frames)
-        detail = _cause(text).removeprefix("wasm trap: ")
-        if trap:
-            detail = f"trap: {detail}"
-        if where == "instantiate" and not frames:
-            detail = f"cannot instantiate: {detail}"
-        cap = process.component.capability.max_memory_mb << 20
-        if process.memory_bytes and process.memory_bytes + (64 << 10) > cap:
-            detail += f"; memory at its {process.component.capability.max_memory_mb} MiB limit"
-        return ExitReport("crashed", detail, frames)
-
-    def _log_exit(self, process: Process, report: ExitReport) -> None:
-        budget = process.log_budget
-        if budget is not None and budget.suppressed:
-            self.log.warn(suppressed_line(budget.take_suppressed(), process.label))
-        if process.quiet and report.reason in ("normal", "shutdown"):
-            return
-        text = f"exit {process.label} {report.reason}"
-        if report.detail:
-            text += f" ({report.detail})"
-        if report.reason == "crashed":
-            self.log.error(text)
-            for line in report.backtrace:
-                self.log.error(f"  at {line}", source=process.label)
-        elif report.reason == "killed":
-            self.log.warn(text)
-        else:
-            self.log.info(text)
+            return ExitReport(ExitReason.CRASHED, f"{name} returned {values[0].i32}"), store
+        return ExitReport(ExitReason.NORMAL), store
 
     # ── epoch ticks ─────────────────────────────────────────────────────
 
     def _tick(self) -> None:
         interval = EPOCH_TICK_MS / 1000
         engine = self.engine.ptr()
-        inline_engine = self._engine_ptr
+        inline_engine = self.inline.engine
         while not self._halted.wait(interval):
             self.ticks += 1
             capi.engine_increment_epoch(engine)
@@ -1215,194 +583,22 @@ class WasmHost:
     def _on_epoch(self, context: Any, _data: Any, delta: Any, kind: Any) -> int:
         """Runs on the guest thread once per tick while its wasm runs."""
         try:
-            process = self.processes.get(_pid_of(context))
+            process = self.processes.get(pid_of(context))
             if process is not None:
                 if process.memory is not None:
                     process.memory_bytes = process.memory.size()
                 if process.stop_reason:
-                    return _error(process.stop_reason)
+                    return new_error(process.stop_reason)
                 used_ms = (self.ticks - process.call_started_tick) * EPOCH_TICK_MS
                 if used_ms > process.component.capability.max_cpu_ms:
                     process.cpu_exceeded = True
-                    return _error("cpu limit")
+                    return new_error("cpu limit")
             delta[0] = 1
             # A fiber gives the loop back every tick (WASMTIME_UPDATE_DEADLINE_YIELD).
             kind[0] = 1 if process is not None and process.fiber is not None else 0
             return 0
         except BaseException:
-            return _error("host error in epoch callback")
-
-    # ── host functions ──────────────────────────────────────────────────
-
-    def _make_callbacks(self) -> dict[str, Any]:
-        implementations: dict[str, Callable[[Process, Any], None]] = {
-            "self": self._h_self,
-            "log": self._h_log,
-            "exit": self._h_exit,
-            "sleep": self._h_sleep,
-            "spawn": self._h_spawn,
-            **ActorCalls(self, _Exit).implementations(),
-            **self.serve_calls.implementations(),
-            **KvCalls(self).implementations(),
-        }
-        assert set(implementations) == set(abi.FUNCTIONS), "every ABI function is implemented"
-        return {
-            name: self._wrap(name, impl, raw=name in ServeCalls.RAW)
-            for name, impl in implementations.items()
-        }
-
-    def _wrap(self, name: str, impl: Callable[[Process, Any], None], *, raw: bool = False) -> Any:
-        """The C callback for host function ``name``.
-
-        ``impl`` gets the values as ``capi.Values`` (``values[1].i32``), or,
-        with ``raw``, as i32s indexed in place (value ``k`` at ``args[4 * k]``).
-        """
-        processes = self.processes
-        inline = self._inline
-        get_ident = threading.get_ident
-        values_at = capi.Values.from_address
-        args_at = capi.I32Args.from_address
-        caller_ref = inline.caller
-        inline_args = inline.args
-        point_args = inline.args_at
-
-        def callback(_env: Any, caller: int, address: int, _count: int) -> int:
-            process = None
-            try:
-                current = inline.current
-                if current is not None and inline.thread == get_ident():
-                    # The inline request's process: the I/O thread's reusable
-                    # ctypes objects stand for the caller and the values.
-                    process = current
-                    if process.memory is None:
-                        caller_ref.value = caller
-                        if _caller_export_get(caller_ref, *_MEMORY, inline.memory_ref):
-                            process.memory = inline.memory
-                    if raw:
-                        point_args.value = address
-                        impl(process, inline_args)
-                    else:
-                        impl(process, values_at(address))
-                    return 0
-                context = _caller_context(ctypes.c_void_p(caller))
-                process = processes.get(_pid_of(context))
-                if process is None:
-                    return _trap(f"rusm.{name}: calling process is unknown")
-                if process.memory is None and process.component.shape is not None:
-                    memory = ffi.wasmtime_extern_t()
-                    if _caller_export_get(ctypes.c_void_p(caller), *_MEMORY, ctypes.byref(memory)):
-                        process.memory = GuestMemory(context, memory.of.memory)
-                impl(process, args_at(address) if raw else values_at(address))
-                return 0
-            except BadPointer as exc:
-                if process is not None:
-                    process.crash = str(exc)
-                return _trap(str(exc))
-            except _Exit as exc:
-                return _trap(str(exc))
-            except BaseException as exc:
-                if process is not None:
-                    process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
-                return _trap(f"host error in rusm.{name}")
-
-        return ctypes.cast(capi.HostCallback(callback), ffi.wasmtime_func_unchecked_callback_t)
-
-    def _h_self(self, process: Process, values: Any) -> None:
-        values[0].i64 = process.pid
-
-    def _h_log(self, process: Process, values: Any) -> None:
-        level_value, ptr, length = values[0].i32, values[1].i32, values[2].i32
-        memory = self._memory(process, "log")
-        # The range is checked whatever the level: a bad pointer crashes the
-        # guest the same way with logging off as with it on.
-        check_range("log", ptr, length, memory.size())
-        if level_value not in _LOG_LEVELS:
-            values[0].i32 = ErrorCode.INVALID
-            return
-        level = _LOG_LEVELS[abi.LogLevel(level_value)]
-        if not self.log.enabled(level):
-            values[0].i32 = ErrorCode.OK
-            return
-        # Only what the line can show is read: a guest may pass its whole memory.
-        cut = length > MAX_LOG_LINE_BYTES
-        data = memory.read("log", ptr, MAX_LOG_LINE_BYTES if cut else length)
-        try:
-            text = data.decode("utf-8", errors="strict" if not cut else "ignore")
-        except UnicodeDecodeError:
-            values[0].i32 = ErrorCode.INVALID
-            return
-        cut_bytes = length - len(text.encode()) if cut else 0
-        self.log_for(process, level, text, source=process.label, cut_bytes=cut_bytes)
-        values[0].i32 = ErrorCode.OK
-
-    def log_for(
-        self,
-        process: Process,
-        level: LogLevel,
-        text: str,
-        *,
-        source: str | None = None,
-        cut_bytes: int = 0,
-    ) -> None:
-        """Log a line of ``process``, or one it caused (a failed spawn), within its budget.
-
-        A guest logging or spawning in a tight loop gets its
-        ``LineBudget``'s burst, then its rate; the lines over it are
-        counted and reported by a ``log: suppressed N lines`` line.
-        """
-        if not self.log.enabled(level):
-            return
-        budget = process.log_budget
-        if budget is None:
-            budget = process.log_budget = LineBudget()
-        allowed = budget.take()
-        suppressed = budget.summary_due()
-        if suppressed:
-            self.log.warn(suppressed_line(suppressed, process.label))
-        if allowed:
-            self.log.log(level, text, source=source, cut_bytes=cut_bytes)
-
-    def _h_exit(self, process: Process, values: Any) -> None:
-        process.exit_code = values[0].i32
-        raise _Exit(f"exit({process.exit_code})")
-
-    def _h_sleep(self, process: Process, values: Any) -> None:
-        ms = values[0].i32
-        if ms < 0:
-            values[0].i32 = ErrorCode.INVALID
-            return
-        process.state = ProcessState.SLEEPING
-        assert process.actor is not None
-        self.runners.blocking()
-        try:
-            self.actors.sleep(process.actor, ms / 1000)
-        except Stopped as exc:
-            raise _Exit(str(exc)) from None
-        finally:
-            self.runners.unblocked()
-            process.state = ProcessState.RUNNING
-        # Time asleep is not CPU time.
-        process.call_started_tick = self.ticks
-        values[0].i32 = ErrorCode.OK
-
-    def _h_spawn(self, process: Process, values: Any) -> None:
-        memory = self._memory(process, "spawn")
-        raw = memory.read("spawn", values[0].i32, values[1].i32)
-        try:
-            name = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            values[0].i64 = ErrorCode.INVALID
-            return
-        try:
-            values[0].i64 = self.spawn(name, parent=process.pid)
-        except SpawnError as exc:
-            self.log_for(process, LogLevel.WARN, f"spawn from {process.label} failed: {exc}")
-            values[0].i64 = exc.code
-
-    def _memory(self, process: Process, function: str) -> GuestMemory:
-        if process.memory is None:
-            raise BadPointer(f"rusm.{function}: the module exports no memory")
-        return process.memory
+            return new_error("host error in epoch callback")
 
 
 def _local_table(slot: int) -> ActorTable:
@@ -1420,74 +616,3 @@ def _local_table(slot: int) -> ActorTable:
         call_soon=lambda job, *args: threading.Thread(target=job, args=args, daemon=True).start(),
         call_later=call_later,
     )
-
-
-def _pid_of(context: Any) -> int:
-    """The pid a store was created with (its user data)."""
-    value: Any = capi.context_get_data(context)
-    return int(value or 0)
-
-
-def _export(context: Any, instance: Any, name: bytes) -> Any:
-    item = ffi.wasmtime_extern_t()
-    if capi.instance_export_get(
-        context, ctypes.byref(instance), name, len(name), ctypes.byref(item)
-    ):
-        return item
-    return None
-
-
-def _trap(message: str) -> int:
-    encoded = message.encode()
-    trap = capi.trap_new(encoded, len(encoded))
-    return int(ctypes.cast(trap, ctypes.c_void_p).value or 0)
-
-
-def _error(message: str) -> int:
-    error = capi.error_new(message.encode())
-    return int(ctypes.cast(error, ctypes.c_void_p).value or 0)
-
-
-def _first_line(text: str) -> str:
-    for line in text.strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return text
-
-
-def _cause(text: str) -> str:
-    """The innermost cause of a wasmtime error text (``wasm trap: …``)."""
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    if "Caused by:" in lines:
-        after = lines[lines.index("Caused by:") + 1 :]
-        if after:
-            last = after[-1]
-            return last.split(": ", 1)[1] if last[:1].isdigit() and ": " in last else last
-    return lines[0] if lines else text
-
-
-def _frames_from_text(text: str) -> tuple[str, ...]:
-    """Backtrace lines of a wasmtime error text, as ``module!function +0xoffset``."""
-    frames: list[str] = []
-    in_trace = False
-    for line in text.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("error while executing at wasm backtrace"):
-            in_trace = True
-            continue
-        if in_trace:
-            match = _TRACE_LINE.match(stripped)
-            if match is None:
-                break
-            offset, where = match.groups()
-            frames.append(f"{where.replace('<unknown>', 'module', 1)} +{offset}")
-    return tuple(frames)
-
-
-_TRACE_LINE = re.compile(r"^\d+:\s+(0x[0-9a-f]+) - (.+)$")
-
-
-def _frame_line(frame: Any) -> str:
-    name = frame.func_name or f"<wasm function {frame.func_index}>"
-    module = frame.module_name or "module"
-    return f"{module}!{name} +{frame.module_offset:#x}"

@@ -15,7 +15,8 @@ committer, so OK means the commit is on disk.
 from __future__ import annotations
 
 import struct
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import lmdb
 
@@ -26,6 +27,7 @@ from rusmd.abi import (
     MAX_LIST_KEYS,
     ErrorCode,
 )
+from rusmd.log import Logger
 from rusmd.store.kv import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
@@ -37,16 +39,28 @@ from rusmd.store.kv import (
     check_value,
 )
 from rusmd.wasm.memory import BadPointer, GuestMemory, as_u32, check_range
+from rusmd.wasm.process import Process, ProcessState
+from rusmd.wasm.runners import RunnerPool
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from rusmd.store.committer import GroupCommitter
     from rusmd.store.kv import KvStore
-    from rusmd.wasm.host import Process, WasmHost
 
 _LENGTH = struct.Struct("<H")
 _OP_HEADER = struct.Struct(KV_BATCH_OP_HEADER)
+
+
+class KvHost(Protocol):
+    """What the kv functions use of the worker's host."""
+
+    # The node store and its committer (set by the worker once it opened
+    # it), or why it could not be opened.
+    store: KvStore | None
+    committer: GroupCommitter | None
+    store_error: str
+    log: Logger
+    runners: RunnerPool
+    ticks: int
 
 
 class KvCalls:
@@ -57,7 +71,7 @@ class KvCalls:
             ``store_error`` and logger).
     """
 
-    def __init__(self, host: WasmHost) -> None:
+    def __init__(self, host: KvHost) -> None:
         self.host = host
         self._warned: set[tuple[str, ErrorCode]] = set()
 
@@ -118,8 +132,6 @@ class KvCalls:
 
     def _write(self, process: Process, committer: GroupCommitter, write: Write) -> ErrorCode:
         """Wait (as a blocked process) for ``write``'s commit."""
-        from rusmd.wasm.host import ProcessState
-
         process.state = ProcessState.WAITING
         self.host.runners.blocking()
         try:

@@ -27,6 +27,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from rusmd.config.model import Capability
+from rusmd.wasm import capi
 from rusmd.wasm.abi import (
     ABI_MODULE,
     ABI_VERSION,
@@ -245,8 +246,6 @@ class LinkerSet:
             func_type = self._type(name)
             encoded = name.encode()
             if fiber and name in self.async_callbacks:
-                from rusmd.wasm.fibers import define_async
-
                 address = define_async(
                     linker, module, encoded, func_type, self.async_callbacks[name]
                 )
@@ -290,3 +289,21 @@ _VALTYPES: dict[str, Callable[[], wasmtime.ValType]] = {
 
 # A NULL finalizer: the callbacks live as long as the worker's host.
 _NO_FINALIZER: Any = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0)
+# Bound raw (``capi.raw``), as the fibers' other async calls: it defines
+# their async host functions (``fibers.AsyncCallback``).
+_define_async = capi.raw("wasmtime_linker_define_async_func", ctypes.c_void_p)
+
+
+def define_async(linker: Any, module: bytes, name: bytes, func_type: Any, callback: Any) -> Any:
+    """Define ``module.name`` in ``linker`` as an async host function; the error pointer or 0."""
+    return _define_async(
+        ctypes.c_void_p(ctypes.cast(linker.ptr(), ctypes.c_void_p).value),
+        module,
+        ctypes.c_size_t(len(module)),
+        name,
+        ctypes.c_size_t(len(name)),
+        ctypes.c_void_p(ctypes.cast(func_type.ptr(), ctypes.c_void_p).value),
+        callback,
+        None,
+        None,
+    )

@@ -12,16 +12,15 @@ does a function of the wrong kind (``ws_send`` in an HTTP handler).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from rusmd.abi import MAX_EVENT_BYTES, ErrorCode
 from rusmd.config.model import LogLevel, Protocol
+from rusmd.log import Logger
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
+from rusmd.wasm.process import Process, log_for
 
-if TYPE_CHECKING:
-    from rusmd.wasm.host import Process, WasmHost
-
-Impl = Callable[["Process", Any], None]
+Impl = Callable[[Process, Any], None]
 # Enum members bound once: reading one through its class runs the enum
 # type's attribute hook (~0.1 µs), and these are read on every request.
 _WS = Protocol.WS
@@ -32,11 +31,11 @@ class ServeCalls:
     """Host functions over the exchange a process serves.
 
     Args:
-        host: The worker's wasm host (for its logger).
+        log: The worker's logger (for a guest's refused responses).
     """
 
-    def __init__(self, host: WasmHost) -> None:
-        self.host = host
+    def __init__(self, log: Logger) -> None:
+        self.log = log
 
     # Implementations that read their i32 values in place (``args[4 * k]``).
     RAW = frozenset({"respond"})
@@ -71,7 +70,7 @@ class ServeCalls:
         exchange = process.exchange
         if code in (ErrorCode.INVALID, ErrorCode.TOOBIG) and exchange is not None:
             why = exchange.problem or code.name
-            self.host.log_for(process, LogLevel.WARN, f"{process.label}: rusm.{function}: {why}")
+            log_for(self.log, process, LogLevel.WARN, f"{process.label}: rusm.{function}: {why}")
 
     def request(self, process: Process, values: Any) -> None:
         which, key_ptr, key_len = values[0].i32, values[1].i32, values[2].i32

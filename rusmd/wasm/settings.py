@@ -15,6 +15,8 @@ import hashlib
 import json
 from importlib import metadata
 
+from rusmd.wasm.abi import ABI_VERSION
+
 # Every engine rusm builds uses exactly these settings. Changing one
 # changes ENGINE_FINGERPRINT, so stale cache entries are never loaded.
 ENGINE_SETTINGS: dict[str, object] = {
@@ -43,8 +45,6 @@ def wasmtime_version() -> str:
 
 def engine_fingerprint() -> str:
     """A short digest of the engine settings, the wasmtime version and the ABI version."""
-    from rusmd.wasm.abi import ABI_VERSION
-
     document = json.dumps(
         {"settings": ENGINE_SETTINGS, "wasmtime": wasmtime_version(), "abi": ABI_VERSION},
         sort_keys=True,

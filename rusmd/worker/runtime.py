@@ -40,7 +40,7 @@ from typing import Any
 import lmdb
 import uvloop
 
-from rusmd.abi import ErrorCode, slot_of
+from rusmd.abi import ErrorCode, ExitReason, slot_of
 from rusmd.actors.table import ActorTable
 from rusmd.channel import (
     Answer,
@@ -66,12 +66,12 @@ from rusmd.channel import (
 )
 from rusmd.config.environment import load_environment
 from rusmd.config.model import LogLevel
-from rusmd.errors import EX_NOSUCH, EX_REFUSED, EX_UNAVAILABLE
+from rusmd.errors import EX_NOSUCH, EX_REFUSED, EX_UNAVAILABLE, SpawnError
 from rusmd.log import RUNTIME_SOURCE, Logger, LogRecord
 from rusmd.serving.server import Server
 from rusmd.store.committer import GroupCommitter
 from rusmd.store.kv import KvStore
-from rusmd.wasm.host import SpawnError, WasmHost
+from rusmd.wasm.host import WasmHost
 from rusmd.worker.boot import WorkerBoot
 from rusmd.worker.heap import HeapTrimmer, glibc_trim
 from rusmd.worker.kv_queries import QueryError, run_kv
@@ -300,7 +300,7 @@ class WorkerRuntime:
                         code=EX_REFUSED,
                     )
                 return Answer(id=query.id, ok=True, result={"sent": pid, "label": process.label})
-            host.kill(pid, "killed", "killed by the operator")
+            host.kill(pid, ExitReason.KILLED, "killed by the operator")
             return Answer(id=query.id, ok=True, result={"killed": pid, "label": process.label})
         if query.op == "stats":
             stats = host.stats()

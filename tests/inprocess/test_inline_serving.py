@@ -2,7 +2,7 @@
 
 Runs in: the test process, which plays a worker's I/O thread: a real
 ``WasmHost`` (real wasmtime, the pooling engine) serves requests with
-``serve_inline`` into an exchange whose connection is a list.
+``InlinePath.serve`` into an exchange whose connection is a list.
 
 Inline handlers' instances share a store for up to
 ``INLINE_STORE_INSTANCES`` requests (a store costs more than an
@@ -18,11 +18,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import wasmtime
 
-from rusmd.config.model import Protocol
-from rusmd.serving.exchange import Exchange, Request
-from rusmd.wasm.host import INLINE_STORE_INSTANCES
-from tests.inprocess.conftest import Host
+from rusmd.channel import ComponentImage
+from rusmd.config import Overrides, load_environment, load_manifest
+from rusmd.config.model import LogLevel, Protocol
+from rusmd.log import Logger, LogRecord
+from rusmd.wasm.cache import CompileCache
+from rusmd.wasm.engine import compile_engine
+from rusmd.wasm.exchange import Exchange, Request
+from rusmd.wasm.host import WasmHost
+from rusmd.wasm.inline import INLINE_STORE_INSTANCES
 
 REQUESTS = INLINE_STORE_INSTANCES * 5 + 3
 SETTLE_S = 20.0
@@ -70,20 +76,35 @@ class Wire:
         self.sent.append(data)
 
 
-class Inline(Host):
-    """A host (slot 3, 40 pool slots) plus a way to serve one request inline."""
+class Inline:
+    """A host plus a way to serve one request inline."""
 
     def __init__(self, app: Path, lease_end: int = 1_000_000) -> None:
-        super().__init__(
-            app,
+        (app / "rusm.toml").write_text(
             "[capabilities.web]\nmax-memory-mb = 4\nmax-cpu-ms = 200\n"
             '[components.api]\ncapability = "web"\n'
-            '[capabilities.bg]\nmax-memory-mb = 1\n[components.waiter]\ncapability = "bg"\n',
-            slot=3,
-            lease_end=lease_end,
+            '[capabilities.bg]\nmax-memory-mb = 1\n[components.waiter]\ncapability = "bg"\n'
+        )
+        manifest = load_manifest(str(app / "rusm.toml"), Overrides(), load_environment(app))
+        self.records: list[LogRecord] = []
+        self.host = WasmHost(
+            manifest,
+            3,
+            Logger(LogLevel.DEBUG, self.records.append),
+            load_environment(app),
+            request_lease=lambda: self.lease_requests.append(time.monotonic()),
             pool_slots=40,
         )
-        self.load({"api": COUNTER, "waiter": WAITER})
+        self.lease_requests: list[float] = []
+        self.host.add_lease(1, lease_end)
+        cache = CompileCache(app / "cache")
+        engine = compile_engine()
+        images = []
+        for name, wat in (("api", COUNTER), ("waiter", WAITER)):
+            wasm = wasmtime.wat2wasm(wat)
+            entry = cache.store(cache.key(wasm), wasmtime.Module(engine, wasm).serialize(), name)
+            images.append(ComponentImage(name=name, cwasm=str(entry.path), digest=entry.digest))
+        self.host.load(images)
 
     def serve(self, action: str) -> tuple[str, bytes]:
         """(exit reason, response body) of one request to ``api#action``."""
@@ -96,7 +117,7 @@ class Inline(Host):
             Request("GET", "/", "", []), wire, Protocol.HTTP, inline=True, call_soon=lambda *a: None
         )
         exchange.budget_ms = 30_000
-        report = self.host.serve_inline(self.host.components["api"], action, exchange)
+        report = self.host.inline.serve(self.host.components["api"], action, exchange)
         if report.reason == "normal":
             assert exchange.complete()
         return report.reason, b"".join(wire.sent).partition(b"\r\n\r\n")[2], exchange

@@ -21,7 +21,6 @@ import pytest
 
 from rusmd.config.model import Protocol, Serve
 from rusmd.serving import http
-from rusmd.serving.exchange import Exchange, Request
 from rusmd.serving.http import (
     LINGER_S,
     MAX_PIPELINED,
@@ -29,6 +28,7 @@ from rusmd.serving.http import (
     Reject,
     simple_response,
 )
+from rusmd.wasm.exchange import Exchange, Request
 
 START = 1000.0
 STATUS_LINE = re.compile(rb"HTTP/1\.1 (\d{3}) ")

@@ -39,7 +39,8 @@ from rusmd.serving.server import ListenerRuntime
 from rusmd.serving.ws import WsConnection
 from rusmd.wasm.cache import CompileCache
 from rusmd.wasm.engine import compile_engine
-from rusmd.wasm.host import ExitReport, WasmHost
+from rusmd.wasm.host import WasmHost
+from rusmd.wasm.process import ExitReport
 from tests.guests.ws_echo import ws_echo_wat
 
 PID = 1_001_000

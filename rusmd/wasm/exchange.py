@@ -1,9 +1,10 @@
 """One request a guest serves: what it reads, what it answers, how it goes out.
 
 Runs in: worker. The serving host functions (``rusm.request``,
-``rusm.respond``, ``rusm.write``, ``rusm.flush``, ``rusm.sse_event``)
-call into an ``Exchange`` from the thread the handler runs on: the
-worker's I/O thread for an inline handler, a guest thread otherwise.
+``rusm.respond``, ``rusm.write``, ``rusm.flush``, ``rusm.sse_event``;
+``serve_calls``) call into an ``Exchange`` from the thread the handler
+runs on: the worker's I/O thread for an inline handler, a guest thread
+otherwise. The listeners (``rusmd.serving``) make one per request.
 Bytes reach the socket only on the I/O thread: an inline exchange
 writes at once, a threaded one hands each write to the loop in order
 (``call_soon_threadsafe`` keeps it FIFO) and waits while the socket's
@@ -38,6 +39,7 @@ from rusmd.abi import (
     RequestField,
 )
 from rusmd.config import model
+from rusmd.errors import RusmError
 
 # Headers whose framing the host owns; a guest setting one gets INVALID.
 HOST_HEADERS = frozenset({b"content-length", b"transfer-encoding", b"connection", b"upgrade"})
@@ -173,7 +175,7 @@ class Sink(Protocol):
     def send(self, data: bytes) -> None: ...
 
 
-class HeaderError(ValueError):
+class HeaderError(RusmError, ValueError):
     """A guest's response header block is malformed; the message says where."""
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from rusmd.abi import RESPONSE_HOLD_BYTES, ErrorCode, RequestField
 from rusmd.config.model import Protocol
-from rusmd.serving.exchange import (
+from rusmd.wasm.exchange import (
     Exchange,
     HeaderError,
     Request,

@@ -1,0 +1,137 @@
+"""Components as a worker runs them: compiled code loaded and linked, WASI for instances.
+
+Runs in: worker, on its loop thread (``ComponentLoader.load``) and on
+the thread that makes an instance (``set_wasi``).
+
+The main process compiles every component once (``compiler``) and
+sends each worker the images (``ComponentImage``). Loading one checks
+its digest again (the file may have changed on disk since), deserializes
+it into the processes' engine, checks its imports against its profile
+(``linking``) and prepares its instantiation; a module that may serve
+inline or on a fiber gets the extra instantiations those need. A
+component that cannot load keeps its error: spawning it fails with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import wasmtime
+from wasmtime import _ffi as ffi
+
+from rusmd.channel import ComponentImage
+from rusmd.config.environment import Environment
+from rusmd.config.model import Component, Manifest
+from rusmd.log import Logger
+from rusmd.wasm.cache import verify
+from rusmd.wasm.linking import LinkError, LinkerSet, check_module, granted
+from rusmd.wasm.process import LoadedComponent
+from rusmd.wasm.traps import first_line
+
+
+class ComponentLoader:
+    """Loads the compile step's images into one worker's engines.
+
+    Args:
+        manifest: The resolved manifest (the components to load).
+        environment: Env values for granted keys.
+        log: The worker's logger.
+        engine: The processes' engine.
+        linkers: Its linkers (with the async ones a fiber needs when
+            ``fibers``).
+        inline_engine: The inline pool's engine.
+        inline_linkers: Its linkers.
+        fibers: This worker runs processes as fibers (it has an I/O loop).
+    """
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        environment: Environment,
+        log: Logger,
+        *,
+        engine: wasmtime.Engine,
+        linkers: LinkerSet,
+        inline_engine: wasmtime.Engine,
+        inline_linkers: LinkerSet,
+        fibers: bool,
+    ) -> None:
+        self.manifest = manifest
+        self.environment = environment
+        self.log = log
+        self.engine = engine
+        self.linkers = linkers
+        self.inline_engine = inline_engine
+        self.inline_linkers = inline_linkers
+        self.fibers = fibers
+
+    def load(self, images: list[ComponentImage]) -> dict[str, LoadedComponent]:
+        """The manifest's components from the compile step's images, by name."""
+        fresh: dict[str, LoadedComponent] = {}
+        for image in images:
+            component = self.manifest.components.get(image.name)
+            if component is None:
+                continue
+            fresh[image.name] = self._load_one(component, image)
+        return fresh
+
+    def _load_one(self, component: Component, image: ComponentImage) -> LoadedComponent:
+        loaded = LoadedComponent(
+            name=component.name,
+            capability=component.profile,
+            grants=granted(component.profile),
+            env=self.environment.resolve(component.profile.env),
+        )
+        if image.error:
+            loaded.error = image.error
+            return loaded
+        if not verify(image.cwasm, image.digest):
+            loaded.error = (
+                f"component {component.name}: compiled code {image.cwasm} changed on disk "
+                "since it was checked; run `rusmctl reload` to rebuild it"
+            )
+            self.log.error(loaded.error)
+            return loaded
+        try:
+            module = wasmtime.Module.deserialize_file(self.engine, image.cwasm)
+            loaded.shape = check_module(component.name, module, loaded.grants)
+            linker = self.linkers.linker(loaded.grants)
+            loaded.pre = linker.instantiate_pre(module)
+            loaded.module = module
+            loaded.inline = loaded.shape.inline
+            if loaded.inline:
+                inline_module = wasmtime.Module.deserialize_file(self.inline_engine, image.cwasm)
+                inline_linker = self.inline_linkers.linker(loaded.grants)
+                loaded.inline_pre = inline_linker.instantiate_pre(inline_module)
+                loaded.inline_pre_ptr = loaded.inline_pre.ptr()
+            if loaded.shape.fiber and self.fibers:
+                fiber_linker = self.linkers.linker(loaded.grants, fiber=True)
+                loaded.fiber_pre = fiber_linker.instantiate_pre(module)
+                loaded.fiber_pre_ptr = loaded.fiber_pre.ptr()
+        except LinkError as exc:
+            loaded.error = str(exc)
+        except wasmtime.WasmtimeError as exc:
+            loaded.error = f"component {component.name}: {first_line(str(exc))}"
+        return loaded
+
+
+def set_wasi(context: Any, component: LoadedComponent) -> str:
+    """Give a new store of ``component`` its WASI context; why not, or "".
+
+    argv is the component's name, env its granted keys; stdout and stderr
+    are the worker's with ``allow-stdio``; each preopen is opened now.
+    """
+    config = wasmtime.WasiConfig()
+    config.argv = [component.name]
+    if component.env:
+        config.env = component.env
+    if component.capability.allow_stdio:
+        config.inherit_stdout()
+        config.inherit_stderr()
+    for preopen in component.capability.preopen:
+        try:
+            config.preopen_dir(preopen.host, preopen.guest, not preopen.read_only)
+        except wasmtime.WasmtimeError as exc:
+            return f"preopen {preopen.guest}: cannot open {preopen.host} ({exc})"
+    ffi.wasmtime_context_set_wasi(context, config._consume())
+    return ""
