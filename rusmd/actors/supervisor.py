@@ -35,7 +35,7 @@ import msgspec
 
 from rusmd.abi import ErrorCode, ExitReason, Kind
 from rusmd.actors.table import ActorTable, Envelope
-from rusmd.errors import SpawnError
+from rusmd.errors import RusmError, SpawnError
 from rusmd.log import Logger
 from rusmd.supervision import (
     ChildSpec,
@@ -79,7 +79,7 @@ class SupervisorHost(Protocol):
     def exit_native(self, pid: int, reason: ExitReason, detail: str = "") -> None: ...
 
 
-class SpecError(Exception):
+class SpecError(RusmError):
     """A supervise spec that cannot be used; ``code`` is what the guest gets."""
 
     def __init__(self, message: str, code: ErrorCode = ErrorCode.INVALID) -> None:

@@ -27,6 +27,7 @@ import wasmtime
 from wasmtime import _ffi as ffi
 
 from rusmd.config.model import Capability
+from rusmd.errors import RusmError
 from rusmd.wasm import capi
 from rusmd.wasm.abi import (
     ABI_MODULE,
@@ -43,7 +44,7 @@ from rusmd.wasm.abi import (
 ENTRY_EXPORTS = ("run", "_start")
 
 
-class LinkError(Exception):
+class LinkError(RusmError):
     """A module cannot run under its profile; the message says why."""
 
 

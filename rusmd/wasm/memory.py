@@ -18,12 +18,13 @@ from __future__ import annotations
 import ctypes
 from typing import Any
 
+from rusmd.errors import RusmError
 from rusmd.wasm import capi
 
 _U32 = 0xFFFFFFFF
 
 
-class BadPointer(Exception):
+class BadPointer(RusmError):
     """A guest passed a (ptr, len) outside its memory; its process crashes."""
 
 

@@ -28,6 +28,7 @@ import wasmtime
 from rusmd.abi import ExitReason
 from rusmd.actors.table import Actor
 from rusmd.config.model import Capability, LogLevel
+from rusmd.errors import RusmError
 from rusmd.log import LineBudget, Logger, suppressed_line
 from rusmd.wasm.abi import Grant
 from rusmd.wasm.linking import ModuleShape, action_results
@@ -44,7 +45,7 @@ class ProcessState(enum.StrEnum):
     EXITING = "exiting"
 
 
-class Exit(Exception):
+class Exit(RusmError):
     """Raised inside a host callback's bookkeeping to end the process."""
 
 
