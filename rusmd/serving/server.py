@@ -11,7 +11,7 @@ thread whose exit comes back here. An sse route always runs as a
 process for the stream's life; a ws listener runs its component's entry
 as one process per connection.
 
-What the client sees when things go wrong (SPEC-NOTES, "Serving"):
+What the client sees when things go wrong:
 
 =============================================  =========================
 handler traps, runs out of memory, bad pointer  502

@@ -60,7 +60,7 @@ CUSTOM_HEADERS = b"X-Custom: yes\nContent-Type: application/json"
 BAD_CR_HEADERS = b"X-Ok: 1\nX-Evil: a\rInjected: 1"
 BAD_LENGTH_HEADERS = b"Content-Length: 5"
 
-# The route table of the tests: the seed's table plus one route per case.
+# The route table of the tests: the manifest reference's table plus one route per case.
 # The /files routes are declared least specific first on purpose.
 ROUTES = {
     "GET /": "api#home",

@@ -19,7 +19,7 @@ import wasmtime
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "etc" / "rusm.toml"
-SEEDS = sorted((REPO / "tests" / "fixtures" / "seed000").glob("*.toml"))
+SEEDS = sorted((REPO / "tests" / "fixtures" / "manifests").glob("*.toml"))
 
 EX_OK = 0
 EX_USAGE = 2

@@ -83,7 +83,7 @@ def has_line(daemon: Daemon, needle: str) -> Callable[[], list[str]]:
     return lambda: [line for line in log_texts(daemon) if needle in line]
 
 
-# ── routing (seed 000's resolution table) ───────────────────────────────
+# ── routing (the manifest's resolution table) ────────────────────────────
 
 
 def test_route_literal_path_answers_200(served: Served) -> None:

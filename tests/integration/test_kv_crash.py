@@ -9,7 +9,7 @@ SIGKILL at a random moment; the resident comes back on the other worker
 and resumes from ``next``. After the last kill the daemon stops and the
 test opens the file itself.
 
-What must hold (research/reliability.md, "KV"):
+What must hold:
 
 - every transaction acknowledged to the guest before a kill is present;
 - no transaction is partly visible: ``a<i>`` exists exactly when ``b<i>``

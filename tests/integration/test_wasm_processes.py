@@ -4,7 +4,7 @@ Runs in: any (the test process; ``rusmd`` runs as a subprocess with one
 worker, so every process in a test shares that worker).
 
 The guests are the WAT files in ``tests/guests``, compiled into the app's
-``wasm/`` directory by the test. Seed 001's sandbox tests are here: a
+``wasm/`` directory by the test. The sandbox tests are here: a
 memory-limit breach crashes only that process while a neighbour on the
 same worker keeps running, and a preopen of a missing path fails only
 that process, before it runs.
@@ -157,7 +157,7 @@ def test_level_error_shows_crashes_but_not_spawns_or_clean_exits(
     assert not [line for line in lines if " spawn " in line]
 
 
-# ── seed 001: memory and preopens ───────────────────────────────────────
+# ── the sandbox: memory and preopens ───────────────────────────────────
 
 
 def test_memory_limit_breach_crashes_only_that_process_while_a_neighbour_runs(

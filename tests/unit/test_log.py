@@ -1,6 +1,6 @@
 """The platform logger: level gating, the text and JSON lines, the ring.
 
-The gating oracle is seed 000 ``[log]`` written out by hand: levels are
+The gating oracle is the manifest's ``[log]`` rules written out by hand: levels are
 cumulative, error < warn < info < debug, and ``off`` shows nothing.
 """
 
@@ -27,7 +27,7 @@ from rusmd.log import (
     stream_is_tty,
 )
 
-# Which levels each threshold shows, from the seed's table.
+# Which levels each threshold shows.
 SHOWN: dict[LogLevel, set[LogLevel]] = {
     LogLevel.OFF: set(),
     LogLevel.ERROR: {LogLevel.ERROR},

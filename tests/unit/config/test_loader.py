@@ -1,4 +1,4 @@
-"""Manifest loading: every table and key of seed 000, located errors, resolution."""
+"""Manifest loading: every table and key, located errors, resolution."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from rusmd.config.model import (
 from rusmd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[3]
-SEED_FIXTURES = sorted((REPO / "tests" / "fixtures" / "seed000").glob("*.toml"))
+SEED_FIXTURES = sorted((REPO / "tests" / "fixtures" / "manifests").glob("*.toml"))
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -74,7 +74,7 @@ def test_manifest_objects_are_frozen(tmp_path: Path) -> None:
         manifest.node.profile = Profile.LIGHT  # type: ignore[misc]
 
 
-# ── the seed's snippets ─────────────────────────────────────────────────
+# ── the reference snippets ──────────────────────────────────────────────
 
 
 @pytest.mark.parametrize("fixture", SEED_FIXTURES, ids=lambda p: p.stem)
@@ -94,8 +94,8 @@ def test_seed_fixtures_cover_every_snippet() -> None:
 
 
 def test_complete_manifest_resolves_as_the_seed_describes() -> None:
-    manifest = load_manifest(REPO / "tests" / "fixtures" / "seed000" / "complete.toml")
-    assert manifest.node.store == str(REPO / "tests" / "fixtures" / "seed000" / "data/app.redb")
+    manifest = load_manifest(REPO / "tests" / "fixtures" / "manifests" / "complete.toml")
+    assert manifest.node.store == str(REPO / "tests" / "fixtures" / "manifests" / "data/app.redb")
     (listener,) = manifest.serve
     assert listener.protocol is Protocol.HTTP
     assert [(r.method, r.path, r.component, r.action) for r in listener.routes] == [

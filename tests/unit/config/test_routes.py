@@ -1,4 +1,4 @@
-"""Tests for the per-listener route table (seed 000 ``[serve.routes]``).
+"""Tests for the per-listener route table (``[serve.routes]``).
 
 Runs in: any (pure logic, no sockets).
 """
@@ -24,7 +24,7 @@ from rusmd.config.routes import (
 )
 from rusmd.errors import RouteError, RusmError
 
-# The complete manifest's routes from seed 000.
+# The complete manifest's routes (tests/fixtures/manifests/complete.toml).
 SEED_ROUTES = {
     "GET /": "api#home",
     "GET /users/:id": "api#show",
@@ -45,7 +45,7 @@ def params_of(resolution: Resolution) -> dict[str, str]:
     return resolution.params
 
 
-# --- the seed's resolution table -------------------------------------------
+# --- the resolution table --------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 ``MemoryDenyWriteExecute`` and ``LimitAS`` must stay unset: wasmtime's JIT
 needs writable-then-executable pages, and its linear memories reserve
-gigabytes of address space (research/reliability.md, section 3).
+gigabytes of address space.
 """
 
 from __future__ import annotations

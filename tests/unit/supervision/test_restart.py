@@ -1,7 +1,7 @@
 """Restart decisions: strategy x restart type x exit reason, as OTP's supervisor_SUITE.
 
-The oracle is written out from OTP's documentation (research/reliability.md,
-section 1), not computed by the code under test.
+The oracle is written out from OTP's supervisor documentation, not computed
+by the code under test.
 """
 
 from __future__ import annotations
