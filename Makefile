@@ -4,7 +4,12 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 EXAMPLE ?= examples/hello
-ZIGCC  := $(PY) -m ziglang cc --target=wasm32-wasi -O2 -s -Wl,-z,stack-size=1048576
+# A guest's stack lives in its linear memory: 64 KiB keeps a handler's whole
+# memory (stack, data, heap start) inside the pages the instance pool keeps
+# resident between requests, so a request takes no page faults. A 1 MiB
+# stack cost 3-4 faults and about 50 µs a request (docs/benchmarks.md).
+GUEST_STACK_BYTES := 65536
+ZIGCC  := $(PY) -m ziglang cc --target=wasm32-wasi -O2 -s -Wl,-z,stack-size=$(GUEST_STACK_BYTES)
 
 GUEST_SRC := $(wildcard examples/*/components/*.c)
 GUEST_WASM := $(foreach src,$(GUEST_SRC),$(dir $(patsubst %/,%,$(dir $(src))))wasm/$(notdir $(src:.c=.wasm)))

@@ -3,7 +3,7 @@
  * A single header: include it and build a wasip1 module, for example
  *
  *     python -m ziglang cc --target=wasm32-wasi -O2 -s \
- *         -Wl,-z,stack-size=1048576 -I sdk/c -o wasm/hello.wasm hello.c
+ *         -Wl,-z,stack-size=65536 -I sdk/c -o wasm/hello.wasm hello.c
  *
  * The reference is docs/abi.md; rusmd/abi.py and rusmd/wasm/abi.py are the
  * source of truth and tests/unit/wasm/test_abi_contract.py keeps this file in

@@ -33,7 +33,13 @@ def makefile_flags() -> list[str]:
     found = re.search(r"^ZIGCC\s*:=\s*\$\(PY\) -m ziglang cc (.+)$", makefile, re.MULTILINE)
     if found is None:
         raise GuestBuildError("Makefile: no ZIGCC := $(PY) -m ziglang cc ... line")
-    return found.group(1).split()
+    # The line may name the Makefile's own simple variables (GUEST_STACK_BYTES).
+    variables = dict(re.findall(r"^([A-Z_]+)\s*:=\s*(\S+)\s*$", makefile, re.MULTILINE))
+
+    def expand(flag: str) -> str:
+        return re.sub(r"\$\(([A-Z_]+)\)", lambda m: variables[m.group(1)], flag)
+
+    return [expand(flag) for flag in found.group(1).split()]
 
 
 def build_c_guest(
