@@ -138,6 +138,17 @@ class RequestField(enum.IntEnum):
     HEADERS = 5  # every header as "name: value\n" lines, names lower-case
     BODY = 6  # the request body (de-chunked)
     QUERY_PARAM = 7  # the first query parameter by name (key), decoded
+    BLOCK = 8  # method, path, query, route params and headers in one block (BLOCK_ENTRY)
+
+
+# The request block (RequestField.BLOCK): entries back to back, each a
+# header of three little-endian u32s (its field: METHOD, PATH, QUERY, PARAM
+# or HEADER; its key's length; its value's length), then the key, then the
+# value. Method, path and query come first, with empty keys; then one entry
+# per route parameter (decoded); then one per header line in arrival order
+# (names lower-case, repeats not joined). The body is not in it.
+BLOCK_ENTRY_FORMAT = "<III"
+BLOCK_ENTRY_BYTES = 12
 
 
 class WsKind(enum.IntEnum):

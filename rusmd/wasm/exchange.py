@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from typing import Protocol
 from urllib.parse import parse_qsl, unquote
 
 from rusmd.abi import (
+    BLOCK_ENTRY_FORMAT,
     MAX_EVENT_BYTES,
     MAX_RESPONSE_HEADER_BYTES,
     MAX_STATUS,
@@ -97,6 +99,16 @@ DATE = _DateHeader()
 # Status line + default content type, by status: the head of a response
 # that set no headers of its own (``Exchange.complete``).
 _PLAIN_HEADS: dict[int, bytes] = {}
+# The request block's entry header (``abi.BLOCK_ENTRY_FORMAT``), and the
+# fields it names, bound once: this runs once per request that asks.
+_BLOCK_ENTRY = struct.Struct(BLOCK_ENTRY_FORMAT).pack
+_BLOCK = RequestField.BLOCK.value
+_METHOD = RequestField.METHOD.value
+_PATH = RequestField.PATH.value
+_QUERY = RequestField.QUERY.value
+_PARAM = RequestField.PARAM.value
+_HEADER = RequestField.HEADER.value
+
 # The params of a request no route parameter was bound for (never mutated).
 _NO_PARAMS: dict[str, str] = {}
 
@@ -142,8 +154,31 @@ class Request:
             return None
         return b", ".join(values)
 
+    def block(self) -> bytes:
+        """The request block (``RequestField.BLOCK``): every field but the body at once."""
+        entry = _BLOCK_ENTRY
+        method = self.method.encode()
+        path = self.path.encode()
+        query = self.query.encode()
+        parts = [
+            entry(_METHOD, 0, len(method)),
+            method,
+            entry(_PATH, 0, len(path)),
+            path,
+            entry(_QUERY, 0, len(query)),
+            query,
+        ]
+        for name, text in self.params.items():
+            key, value = name.encode(), text.encode()
+            parts += (entry(_PARAM, len(key), len(value)), key, value)
+        for key, value in self.headers:
+            parts += (entry(_HEADER, len(key), len(value)), key, value)
+        return b"".join(parts)
+
     def field(self, which: int, key: bytes) -> bytes | ErrorCode:
         """``rusm.request``: the bytes of one request field, or an error code."""
+        if which == _BLOCK:
+            return self.block()
         if which == RequestField.METHOD:
             return self.method.encode()
         if which == RequestField.PATH:

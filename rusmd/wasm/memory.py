@@ -99,6 +99,28 @@ class GuestMemory:
             out.append(_string_at(base + start, count))
         return out
 
+    def key_and_buffer(
+        self, function: str, key_ptr: int, key_len: int, buf_ptr: int, buf_cap: int
+    ) -> tuple[bytes, int, int]:
+        """A key to read and a buffer to fill, both checked before either is used.
+
+        For a host call that looks something up by a key and writes the
+        answer (``rusm.request``): one size and one base lookup for both.
+
+        Returns:
+            The key's bytes, the buffer's address in this process and its
+            capacity (0 when the guest asks for a size only).
+        """
+        size = _data_size(self.context, self.ref)
+        start, count = key_ptr & _U32, key_len & _U32
+        start2, count2 = buf_ptr & _U32, buf_cap & _U32
+        if start + count > size:
+            check_range(function, key_ptr, key_len, size)
+        if start2 + count2 > size:
+            check_range(function, buf_ptr, buf_cap, size)
+        base = _data(self.context, self.ref)
+        return (_string_at(base + start, count) if count else b""), base + start2, count2
+
     def read_two(
         self, function: str, ptr: int, length: int, ptr2: int, length2: int
     ) -> tuple[bytes, bytes]:

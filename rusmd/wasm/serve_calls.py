@@ -11,6 +11,7 @@ does a function of the wrong kind (``ws_send`` in an HTTP handler).
 
 from __future__ import annotations
 
+import ctypes
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +26,7 @@ Impl = Callable[[Process, Any], None]
 # type's attribute hook (~0.1 µs), and these are read on every request.
 _WS = Protocol.WS
 _UNAVAILABLE = ErrorCode.UNAVAILABLE
+_memmove = ctypes.memmove
 
 
 class ServeCalls:
@@ -38,7 +40,7 @@ class ServeCalls:
         self.log = log
 
     # Implementations that read their i32 values in place (``args[4 * k]``).
-    RAW = frozenset({"respond"})
+    RAW = frozenset({"request", "respond"})
 
     def implementations(self) -> dict[str, Impl]:
         """Host function name → implementation."""
@@ -72,25 +74,29 @@ class ServeCalls:
             why = exchange.problem or code.name
             log_for(self.log, process, LogLevel.WARN, f"{process.label}: rusm.{function}: {why}")
 
-    def request(self, process: Process, values: Any) -> None:
-        which, key_ptr, key_len = values[0].i32, values[1].i32, values[2].i32
-        buf_ptr, buf_cap = values[3].i32, values[4].i32
-        memory = self._memory(process, "request")
-        size = memory.size()
-        check_range("request", key_ptr, key_len, size)
-        check_range("request", buf_ptr, buf_cap, size)
-        exchange = self._exchange(process, Protocol.HTTP, Protocol.SSE, Protocol.WS)
+    def request(self, process: Process, args: Any) -> None:
+        """``rusm.request(field, key_ptr, key_len, buf_ptr, buf_cap)``.
+
+        A handler's first host calls (its params, headers, the request
+        block), so read in place (``RAW``): value ``k`` at ``args[4 * k]``.
+        """
+        memory = process.memory
+        if memory is None:
+            raise BadPointer("rusm.request: the module exports no memory")
+        key, buffer, capacity = memory.key_and_buffer(
+            "request", args[4], args[8], args[12], args[16]
+        )
+        exchange = process.exchange
         if exchange is None:
-            values[0].i32 = ErrorCode.UNAVAILABLE
+            args[0] = _UNAVAILABLE
             return
-        key = memory.read("request", key_ptr, key_len) if key_len else b""
-        found = exchange.read(which, key)
-        if isinstance(found, ErrorCode):
-            values[0].i32 = found
+        found = exchange.read(args[0], key)
+        if found.__class__ is ErrorCode:
+            args[0] = found
             return
-        if buf_cap and found:
-            memory.write("request", buf_ptr, found[:buf_cap])
-        values[0].i32 = len(found)
+        if capacity and found:
+            _memmove(buffer, found, min(capacity, len(found)))
+        args[0] = len(found)
 
     def respond(self, process: Process, args: Any) -> None:
         """``rusm.respond(status, headers_ptr, headers_len, body_ptr, body_len)``.

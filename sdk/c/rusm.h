@@ -118,6 +118,16 @@ extern "C" {
 #define RUSM_REQ_HEADERS 5     /* every header as "name: value\n" lines, names lower-case */
 #define RUSM_REQ_BODY 6        /* the request body (de-chunked, read whole before the action runs) */
 #define RUSM_REQ_QUERY_PARAM 7 /* the first query parameter by name (key), decoded */
+#define RUSM_REQ_BLOCK 8       /* method, path, query, params and headers in one block */
+/* The request block: entries back to back, each three little-endian u32s
+ * (its RUSM_REQ_* field, key length, value length), then key, then value.
+ * rusm_request_str and the helpers below read it once per request. */
+#define RUSM_REQUEST_BLOCK_ENTRY_BYTES 12
+/* The block a handler keeps: a larger request falls back to one host call
+ * per field. Define it before including rusm.h to change it (0: never). */
+#ifndef RUSM_REQUEST_BLOCK_BYTES
+#define RUSM_REQUEST_BLOCK_BYTES 4096
+#endif
 
 /* A WebSocket message's type: rusm_ws_send's kind, a RUSM_KIND_FRAME's reason. */
 #define RUSM_WS_TEXT 1   /* UTF-8 text */
@@ -656,17 +666,104 @@ static inline rusm_pid_t rusm_supervise_str(const char *spec) {
     return rusm_supervise(spec, strlen(spec));
 }
 
+#if RUSM_REQUEST_BLOCK_BYTES > 0
+/* The request block, read by the first helper that needs a field (an
+ * instance serves one request, so it is never stale): one host call for
+ * every param and header a handler reads. -1: not read yet; -2: it did not
+ * fit (or there is no request), so each field is asked for on its own. */
+static unsigned char rusm_internal_block[RUSM_REQUEST_BLOCK_BYTES];
+static int32_t rusm_internal_block_len = -1;
+
+static inline uint32_t rusm_internal_u32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+static inline int rusm_internal_key_is(const unsigned char *have, size_t have_len,
+                                       const char *want, size_t want_len, int any_case) {
+    if (have_len != want_len) {
+        return 0;
+    }
+    for (size_t i = 0; i < want_len; i++) {
+        unsigned char a = have[i], b = (unsigned char)want[i];
+        if (any_case && b >= 'A' && b <= 'Z') {
+            b = (unsigned char)(b + ('a' - 'A'));
+        }
+        if (a != b) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Find field (with key) in the block: its value's length and *value, or
+ * RUSM_ERR_NOTFOUND; RUSM_ERR_UNAVAILABLE when the block cannot answer
+ * (not read, too big, or a header that repeats: the host joins those). */
+static inline int32_t rusm_internal_block_find(int32_t field, const char *key,
+                                               const unsigned char **value) {
+    if (field != RUSM_REQ_METHOD && field != RUSM_REQ_PATH && field != RUSM_REQ_QUERY &&
+        field != RUSM_REQ_PARAM && field != RUSM_REQ_HEADER) {
+        return RUSM_ERR_UNAVAILABLE;
+    }
+    if (rusm_internal_block_len == -1) {
+        int32_t n = rusm_request(RUSM_REQ_BLOCK, NULL, 0, rusm_internal_block,
+                                 sizeof rusm_internal_block);
+        rusm_internal_block_len = n >= 0 && (size_t)n <= sizeof rusm_internal_block ? n : -2;
+    }
+    if (rusm_internal_block_len < 0) {
+        return RUSM_ERR_UNAVAILABLE;
+    }
+    size_t key_len = key == NULL ? 0 : strlen(key);
+    int keyed = field == RUSM_REQ_PARAM || field == RUSM_REQ_HEADER;
+    int32_t found = RUSM_ERR_NOTFOUND;
+    const unsigned char *at = rusm_internal_block;
+    const unsigned char *end = at + rusm_internal_block_len;
+    while ((size_t)(end - at) >= RUSM_REQUEST_BLOCK_ENTRY_BYTES) {
+        uint32_t kind = rusm_internal_u32(at);
+        uint32_t klen = rusm_internal_u32(at + 4);
+        uint32_t vlen = rusm_internal_u32(at + 8);
+        at += RUSM_REQUEST_BLOCK_ENTRY_BYTES;
+        if ((size_t)(end - at) < (size_t)klen + vlen) {
+            return RUSM_ERR_UNAVAILABLE; /* cannot happen: the host wrote it */
+        }
+        if ((int32_t)kind == field &&
+            (!keyed || rusm_internal_key_is(at, klen, key, key_len, field == RUSM_REQ_HEADER))) {
+            if (found >= 0) {
+                return RUSM_ERR_UNAVAILABLE; /* a repeated header: ask the host */
+            }
+            *value = at + klen;
+            found = (int32_t)vlen;
+            if (field != RUSM_REQ_HEADER) {
+                break;
+            }
+        }
+        at += klen + vlen;
+    }
+    return found;
+}
+#endif
+
 /* Read a request field into buf as a NUL-terminated string; key (a
  * NUL-terminated name, or NULL) as for rusm_request. Returns its length,
  * RUSM_ERR_TOOBIG when it does not fit with its NUL (buf is then "", and
  * rusm_request(field, key, len, NULL, 0) says the size), or
- * rusm_request's error. Needs: always. */
+ * rusm_request's error. The method, path, query, params and headers come
+ * from the request block (one host call for them all, see
+ * RUSM_REQUEST_BLOCK_BYTES). Needs: always. */
 static inline int32_t rusm_request_str(int32_t field, const char *key, char *buf, size_t buf_cap) {
     if (buf_cap == 0) {
         return RUSM_ERR_TOOBIG;
     }
     buf[0] = '\0';
-    int32_t n = rusm_request(field, key, key == NULL ? 0 : strlen(key), buf, buf_cap);
+    int32_t n;
+#if RUSM_REQUEST_BLOCK_BYTES > 0
+    const unsigned char *value = NULL;
+    n = rusm_internal_block_find(field, key, &value);
+    if (n >= 0 && (size_t)n < buf_cap) {
+        memcpy(buf, value, (size_t)n);
+    }
+    if (n == RUSM_ERR_UNAVAILABLE)
+#endif
+        n = rusm_request(field, key, key == NULL ? 0 : strlen(key), buf, buf_cap);
     if (n < 0) {
         return n;
     }

@@ -23,6 +23,7 @@ import pytest
 import wasmtime
 
 from rusmd.abi import (
+    BLOCK_ENTRY_BYTES,
     HEADER_BYTES,
     KV_BATCH_OP_HEADER,
     KV_BATCH_OP_HEADER_BYTES,
@@ -281,6 +282,7 @@ def limit_macros() -> dict[str, int]:
     """The size and limit macros of ``rusm.h`` with abi.py's values."""
     return {
         "HEADER_BYTES": HEADER_BYTES,
+        "REQUEST_BLOCK_ENTRY_BYTES": BLOCK_ENTRY_BYTES,
         "MAX_MESSAGE_BYTES": MAX_MESSAGE_BYTES,
         "MAILBOX_LIMIT": MAILBOX_LIMIT,
         "MAX_NAME_BYTES": MAX_NAME_BYTES,
