@@ -189,7 +189,7 @@ def measure(
 _COLUMNS = (
     ("workload", 8),
     ("conns", 5),
-    ("workers", 7),
+    ("workers", 8),
     ("rusmd req/s", 11),
     ("uvicorn req/s", 13),
     ("ratio", 5),
