@@ -13,8 +13,9 @@ ZIGCC  := $(PY) -m ziglang cc --target=wasm32-wasi -O2 -s -Wl,-z,stack-size=$(GU
 
 GUEST_SRC := $(wildcard examples/*/components/*.c)
 GUEST_WASM := $(foreach src,$(GUEST_SRC),$(dir $(patsubst %/,%,$(dir $(src))))wasm/$(notdir $(src:.c=.wasm)))
+BENCH_GUEST_WASM := $(patsubst %.c,%.wasm,$(wildcard bench/guests/*.c))
 
-.PHONY: run test test-slow lint guests bench bench-deps venv clean
+.PHONY: run test test-slow lint guests bench-guests bench bench-deps venv clean
 
 venv: $(STAMP)
 
@@ -39,6 +40,15 @@ exec_model = $(if $(shell grep -lE '$(ENTRY_RE)' $(1)),,-mexec-model=reactor)
 examples/%.wasm: examples/$$(subst /wasm/,/components/,$$*).c sdk/c/rusm.h $(STAMP)
 	@mkdir -p $(dir $@)
 	$(ZIGCC) $(call exec_model,$<) -I sdk/c -o $@ $<
+
+# bench/guests/<name>.c -> bench/guests/<name>.wasm: the C guests of the
+# benchmarks, with the examples' flags. No $(STAMP) prerequisite: the
+# benchmark runs this from inside the venv, and a pyproject.toml newer than
+# the stamp must not reinstall the venv under a running benchmark.
+bench/guests/%.wasm: bench/guests/%.c sdk/c/rusm.h
+	$(ZIGCC) $(call exec_model,$<) -I sdk/c -o $@ $<
+
+bench-guests: $(BENCH_GUEST_WASM)
 
 run: guests
 	$(VENV)/bin/rusmd --config $(EXAMPLE)/rusm.toml

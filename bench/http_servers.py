@@ -19,6 +19,22 @@ components, each a WAT guest compiled with ``wasmtime.wat2wasm``:
 - ``ws``, component ``echo``: ``run`` loops on ``rusm.recv`` and sends
   each ``FRAME`` back with ``rusm.ws_send`` (same type), until ``CLOSED``.
 
+With the HTTP workloads' guests (``write_app(..., guests=...)``, built by
+``bench/http_workloads.py``), the ``http`` listener also routes:
+
+- ``"GET /users/:id" = "rest#user"`` and ``"POST /items" =
+  "rest#create_item"``: ``rest`` is ``bench/guests/http_rest.c``,
+  ``sandboxed``; it imports only ``request`` and ``respond``, so it runs
+  inline like ``home``.
+- ``"GET /kv/:key" = "kv#get"``: ``kv`` is ``bench/guests/http_kv.c``
+  under a profile that grants ``allow-storage``, reading the node store
+  ``data/bench.lmdb`` (``[node] store``); a request is a process on a
+  guest thread.
+
+The ``http`` listener allows ``MAX_CONNECTIONS`` connections per worker
+instead of the default 1,000: uvicorn sets no limit, and the workloads
+open 1,024 connections to one worker.
+
 Worker counts: ``[node] profile = "max"`` and ``--cpus 2N``. ``max`` is
 half the cores, rounded half up, so 2N cores give N workers on any
 machine. On a 2-core machine every profile sizes 1 worker and none 2:
@@ -42,13 +58,16 @@ from pathlib import Path
 import psutil
 import wasmtime
 
-from bench.http_baseline import SSE_DATA
+from bench.http_baseline import KV_STORE_VARIABLE, SSE_DATA
 from bench.worker_restart import _free_port, wait_all_ready
 
 # Bounds, so a server that never comes up or never goes away ends the run.
 READY_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 30.0
 REPO = Path(__file__).resolve().parent.parent
+# Open connections per worker on the http listener (the default is 1,000):
+# room for the 1,024 a run opens by default, since uvicorn has no such limit.
+MAX_CONNECTIONS = 4096
 
 HOME = """(module
   (import "rusm" "respond" (func $respond (param i32 i32 i32 i32 i32) (result i32)))
@@ -116,16 +135,16 @@ class Server:
             used[process.pid] = times.user + times.system
         return used
 
-    def faults(self) -> dict[int, int]:
-        """Page faults (minor + major) of each process in the tree so far, by pid."""
+    def minor_faults(self) -> dict[int, int]:
+        """Minor page faults of each process in the tree so far, by pid."""
         counted: dict[int, int] = {}
         for process in [self.process, *self.process.children(recursive=True)]:
             try:
                 fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            # After "pid (comm)": state is field 3, minflt 10 and majflt 12 (proc(5)).
-            counted[process.pid] = int(fields[7]) + int(fields[9])
+            # After "pid (comm)": state is field 3 and minflt field 10 (proc(5)).
+            counted[process.pid] = int(fields[7])
         return counted
 
 
@@ -134,24 +153,48 @@ def cpu_used_s(before: dict[int, float], after: dict[int, float]) -> float:
     return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
-def write_app(directory: Path, events: int) -> RusmApp:
-    """The rusm app dir: ``rusm.toml`` and ``wasm/{api,feed,echo}.wasm``."""
+def write_app(directory: Path, events: int, guests: dict[str, bytes] | None = None) -> RusmApp:
+    """The rusm app dir: ``rusm.toml`` and ``wasm/{api,feed,echo}.wasm``.
+
+    Args:
+        directory: Where the app goes (created).
+        events: The events of one SSE stream.
+        guests: The HTTP workloads' modules by component (``rest``, ``kv``),
+            which add their routes, the store and the ``reader`` profile.
+            Optional; defaults to None (``GET /`` alone).
+    """
     app = RusmApp(directory, _free_port(), _free_port(), _free_port())
     (directory / "wasm").mkdir(parents=True)
     feed = FEED.format(data=SSE_DATA.decode(), size=len(SSE_DATA), count=events)
     for name, wat in {"api": HOME, "feed": feed, "echo": ECHO}.items():
         (directory / "wasm" / f"{name}.wasm").write_bytes(bytes(wasmtime.wat2wasm(wat)))
+    for name, module in (guests or {}).items():
+        (directory / "wasm" / f"{name}.wasm").write_bytes(module)
+    node, routes, components = "", "", ""
+    if guests:
+        node = 'store = "data/bench.lmdb"\n'
+        routes = (
+            '"GET /users/:id" = "rest#user"\n"POST /items" = "rest#create_item"\n'
+            '"GET /kv/:key" = "kv#get"\n'
+        )
+        components = (
+            "[capabilities.reader]\nallow-storage = true\n"
+            '[components.rest]\ncapability = "sandboxed"\n'
+            '[components.kv]\ncapability = "reader"\n'
+        )
     (directory / "rusm.toml").write_text(
-        f'[node]\nlisten = "127.0.0.1:{_free_port()}"\nprofile = "max"\n'
+        f'[node]\nlisten = "127.0.0.1:{_free_port()}"\nprofile = "max"\n{node}'
         '[log]\nlevel = "off"\n'
         f'[[serve]]\nprotocol = "http"\nlisten = "127.0.0.1:{app.http_port}"\n'
-        '[serve.routes]\n"GET /" = "api#home"\n'
+        f"max-connections = {MAX_CONNECTIONS}\n"
+        f'[serve.routes]\n"GET /" = "api#home"\n{routes}'
         f'[[serve]]\nprotocol = "sse"\nlisten = "127.0.0.1:{app.sse_port}"\n'
         '[serve.routes]\n"GET /events" = "feed#events"\n'
         f'[[serve]]\nprotocol = "ws"\nlisten = "127.0.0.1:{app.ws_port}"\nname = "echo"\n'
         '[components.api]\ncapability = "sandboxed"\n'
         '[components.feed]\ncapability = "sandboxed"\n'
         '[components.echo]\ncapability = "sandboxed"\n'
+        f"{components}"
     )
     return app
 
@@ -170,8 +213,11 @@ def rusmd(app: RusmApp, workers: int) -> Iterator[Server]:
 
 
 @contextmanager
-def uvicorn(port: int, workers: int, log_dir: Path) -> Iterator[Server]:
-    """uvicorn serving ``bench.http_baseline:app``, uvloop + httptools, no access log."""
+def uvicorn(
+    port: int, workers: int, log_dir: Path, kv_store: Path | None = None
+) -> Iterator[Server]:
+    """uvicorn serving ``bench.http_baseline:app``, uvloop + httptools, no access log;
+    ``GET /kv/KEY`` reads the LMDB file ``kv_store`` (optional)."""
     argv = [
         *(sys.executable, "-m", "uvicorn", "bench.http_baseline:app"),
         *("--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop"),
@@ -180,7 +226,8 @@ def uvicorn(port: int, workers: int, log_dir: Path) -> Iterator[Server]:
         *(("--workers", str(workers)) if workers > 1 else ()),
     ]
     log = log_dir / f"uvicorn-{workers}.log"
-    with _running("uvicorn", argv, REPO, log, lambda: _answers(port)) as server:
+    env = {KV_STORE_VARIABLE: str(kv_store)} if kv_store is not None else {}
+    with _running("uvicorn", argv, REPO, log, lambda: _answers(port), env=env) as server:
         yield server
 
 
@@ -195,11 +242,22 @@ def ws_echo(port: int, log_dir: Path) -> Iterator[Server]:
 
 @contextmanager
 def _running(
-    name: str, argv: list[str], cwd: Path, log: Path, ready: Callable[[], bool]
+    name: str,
+    argv: list[str],
+    cwd: Path,
+    log: Path,
+    ready: Callable[[], bool],
+    *,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     with log.open("ab") as out:
         child = subprocess.Popen(
-            argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **env} if env else None,
         )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
