@@ -85,7 +85,7 @@ HEARTBEAT_TIMEOUT_S = 5.0
 WORKER_SHUTDOWN_S = 10.0
 # Pid serials handed to a worker at once; it asks for more when low. A
 # slot's serials only grow, so no pid is reused during the node's life.
-PID_LEASE_SIZE = 4096
+PID_LEASE_SIZE = 65536
 
 
 class PoolEvents(Protocol):

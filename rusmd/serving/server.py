@@ -158,7 +158,12 @@ class ListenerRuntime:
         exchange.budget_ms = self.budget_ms
         conn.current = exchange
         if inline:
-            self.complete(conn, exchange, self.inline.serve(component, action, exchange))
+            try:
+                report = self.inline.serve(component, action, exchange)
+            except SpawnError as exc:  # no pid left until the next lease arrives
+                self._refused(conn, exchange, exc)
+                return
+            self.complete(conn, exchange, report)
             return
         self._spawn(conn, exchange, name, action)
 
@@ -200,18 +205,19 @@ class ListenerRuntime:
                 name, entry=action, exchange=exchange, on_exit=exited, quiet=True, fiber=True
             )
         except SpawnError as exc:
-            conn.current = None
-            status = 503
-            self.log.warn(
-                f"{self.protocol} {exchange.request.method} {exchange.request.path}: {exc}"
-            )
-            extra = self.retry if exc.code in (ErrorCode.LIMIT, ErrorCode.UNAVAILABLE) else b""
-            self._plain(conn, exchange.request, status, "service unavailable", extra)
+            self._refused(conn, exchange, exc)
             return
         if self.mode is Protocol.HTTP:
             exchange.timer = self.loop.call_later(
                 self.config.timeout_s, self._out_of_time, exchange
             )
+
+    def _refused(self, conn: HttpConnection, exchange: Exchange, exc: SpawnError) -> None:
+        """No process for the request (a limit, no pid left): 503, the connection kept."""
+        conn.current = None
+        self.log.warn(f"{self.protocol} {exchange.request.method} {exchange.request.path}: {exc}")
+        extra = self.retry if exc.code in (ErrorCode.LIMIT, ErrorCode.UNAVAILABLE) else b""
+        self._plain(conn, exchange.request, 503, "service unavailable", extra)
 
     def _out_of_time(self, exchange: Exchange) -> None:
         if not exchange.done:

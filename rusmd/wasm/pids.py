@@ -20,8 +20,11 @@ from collections.abc import Callable
 from rusmd.abi import PID_STRIDE, ErrorCode, make_pid
 from rusmd.errors import SpawnError
 
-# Ask the main process for more pid serials when fewer than this remain.
-LEASE_LOW_WATER = 1024
+# Ask the main process for more pid serials when fewer than this remain:
+# the reply comes through the worker's loop, which may first serve a whole
+# burst of inline requests (one pid each), so the low water is well above
+# what a thousand connections' pipelined requests take in one loop turn.
+LEASE_LOW_WATER = 16384
 
 
 class PidLeases:

@@ -18,12 +18,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvloop
 import wasmtime
 
 from rusmd.channel import ComponentImage
 from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel, Protocol
 from rusmd.log import Logger, LogRecord
+from rusmd.serving.http import HttpConnection
+from rusmd.serving.server import ListenerRuntime
 from rusmd.wasm.cache import CompileCache
 from rusmd.wasm.engine import compile_engine
 from rusmd.wasm.exchange import Exchange, Request
@@ -197,3 +200,71 @@ def test_each_request_is_its_own_process_with_a_pid_of_its_own(tmp_path: Path) -
         assert inline.host.processes.keys() <= set(seen)
     finally:
         inline.host.shutdown(5.0)
+
+
+class Transport:
+    """What an HTTP connection writes to: every write kept, never closed by the peer."""
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, _name: str, default: object = None) -> object:
+        return default
+
+
+def test_an_inline_request_with_no_pid_left_gets_503_retry_after_and_the_connection_lives(
+    tmp_path: Path,
+) -> None:
+    # A worker whose pid serials ran out before the next lease arrived (a
+    # burst from many connections): the request is refused like a process
+    # limit, with Retry-After, and the connection goes on to its next request.
+    (tmp_path / "rusm.toml").write_text(
+        '[[serve]]\nprotocol = "http"\nlisten = "127.0.0.1:9"\n'
+        '[serve.routes]\n"GET /" = "api#count"\n'
+        '[components.api]\ncapability = "sandboxed"\n'
+    )
+    manifest = load_manifest(str(tmp_path / "rusm.toml"), Overrides(), load_environment(tmp_path))
+    quiet = Logger(LogLevel.OFF, lambda _record: None)
+    host = WasmHost(manifest, 0, quiet, load_environment(tmp_path), request_lease=lambda: None)
+    host.add_lease(1, 3)  # two pids, and no lease ever answers
+    cache = CompileCache(tmp_path / "cache")
+    wasm = wasmtime.wat2wasm(COUNTER)
+    entry = cache.store(cache.key(wasm), wasmtime.Module(compile_engine(), wasm).serialize(), "api")
+    host.load([ComponentImage(name="api", cwasm=str(entry.path), digest=entry.digest)])
+    loop = uvloop.new_event_loop()
+    try:
+        listener = ListenerRuntime(manifest.serve[0], 0, host, quiet, loop)
+        conn = HttpConnection(listener)
+        transport = Transport()
+        conn.connection_made(transport)  # type: ignore[arg-type]
+        statuses = []
+        for _ in range(4):
+            transport.written.clear()
+            conn.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            listener.flush_writes()
+            head = b"".join(transport.written).split(b"\r\n\r\n")[0].lower()
+            statuses.append(head.split(b"\r\n")[0])
+            if b" 503 " in statuses[-1]:
+                assert b"\r\nretry-after: " in head
+        assert statuses[:2] == [b"http/1.1 200 ok"] * 2
+        assert statuses[2:] == [b"http/1.1 503 service unavailable"] * 2
+        assert not transport.closed
+    finally:
+        host.shutdown(5.0)
+        loop.close()
