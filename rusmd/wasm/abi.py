@@ -100,8 +100,23 @@ SERVING_FUNCTIONS = frozenset(
 )
 # Functions an HTTP handler may import and still run on the worker's I/O
 # thread (nothing in them waits); a handler importing anything else runs
-# on a guest thread of its own (see docs/abi.md, "Serving").
-INLINE_FUNCTIONS = frozenset({"self", "log", "exit", "request", "respond", "write", "flush"})
+# on a guest thread of its own (see docs/abi.md, "Serving"). The kv reads
+# are here: an LMDB read is a lookup in the mapped file, with no lock a
+# writer holds (a write waits for its commit, so kv_set and the rest are not).
+INLINE_FUNCTIONS = frozenset(
+    {
+        "self",
+        "log",
+        "exit",
+        "request",
+        "respond",
+        "write",
+        "flush",
+        "kv_get",
+        "kv_exists",
+        "kv_list",
+    }
+)
 # Functions a serving process (WebSocket, SSE, HTTP) may import and still
 # run as a fiber on the I/O thread (``rusmd/wasm/fibers.py``): ``recv`` and
 # the serving writes park the fiber instead of a thread; nothing else waits.

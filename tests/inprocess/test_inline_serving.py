@@ -21,12 +21,14 @@ import pytest
 import uvloop
 import wasmtime
 
+from rusmd.abi import ErrorCode
 from rusmd.channel import ComponentImage
 from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel, Protocol
 from rusmd.log import Logger, LogRecord
 from rusmd.serving.http import HttpConnection
 from rusmd.serving.server import ListenerRuntime
+from rusmd.store.kv import KvStore, Op, Write
 from rusmd.wasm.cache import CompileCache
 from rusmd.wasm.engine import compile_engine
 from rusmd.wasm.exchange import Exchange, Request
@@ -268,3 +270,60 @@ def test_an_inline_request_with_no_pid_left_gets_503_retry_after_and_the_connect
     finally:
         host.shutdown(5.0)
         loop.close()
+
+
+# Reads key "k" of bucket "b" and answers the value (or "none").
+KV_READER = """(module
+  (import "rusm" "kv_get" (func $get (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "rusm" "respond" (func $respond (param i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 0) "bk")
+  (data (i32.const 16) "none")
+  (func (export "read") (local $n i32)
+    (local.set $n (call $get (i32.const 0) (i32.const 1) (i32.const 1) (i32.const 1)
+                             (i32.const 64) (i32.const 256)))
+    (if (i32.lt_s (local.get $n) (i32.const 0))
+      (then (drop (call $respond (i32.const 200) (i32.const 0) (i32.const 0)
+                                 (i32.const 16) (i32.const 4))))
+      (else (drop (call $respond (i32.const 200) (i32.const 0) (i32.const 0)
+                                 (i32.const 64) (local.get $n)))))))"""
+
+
+def test_a_handler_that_only_reads_the_store_is_served_inline(tmp_path: Path) -> None:
+    # kv_get is a read of the mapped store: it waits for nothing, so the
+    # handler stays on the I/O thread and still sees what was committed.
+    (tmp_path / "rusm.toml").write_text(
+        '[node]\nstore = "data/kv.mdb"\n'
+        "[capabilities.reader]\nallow-storage = true\n"
+        '[components.api]\ncapability = "reader"\n'
+    )
+    manifest = load_manifest(str(tmp_path / "rusm.toml"), Overrides(), load_environment(tmp_path))
+    quiet = Logger(LogLevel.OFF, lambda _record: None)
+    host = WasmHost(manifest, 0, quiet, load_environment(tmp_path), request_lease=lambda: None)
+    host.add_lease(1, 1000)
+    assert manifest.node.store is not None
+    host.store = KvStore(manifest.node.store)
+    cache = CompileCache(tmp_path / "cache")
+    wasm = wasmtime.wat2wasm(KV_READER)
+    entry = cache.store(cache.key(wasm), wasmtime.Module(compile_engine(), wasm).serialize(), "api")
+    host.load([ComponentImage(name="api", cwasm=str(entry.path), digest=entry.digest)])
+    try:
+        assert host.components["api"].inline
+
+        def serve() -> bytes:
+            wire = Wire()
+            exchange = Exchange(
+                Request("GET", "/", "", []), wire, Protocol.HTTP, inline=True, call_soon=print
+            )
+            exchange.budget_ms = 30_000
+            report = host.inline.serve(host.components["api"], "read", exchange)
+            assert report.reason == "normal", report
+            assert exchange.complete()
+            return b"".join(wire.sent).partition(b"\r\n\r\n")[2]
+
+        assert serve() == b"none"
+        assert host.store.apply([Write(b"b", ((Op.SET, b"k", b"stored value"),))]) == [ErrorCode.OK]
+        assert serve() == b"stored value"
+    finally:
+        host.shutdown(5.0)
+        host.store.close()
