@@ -316,8 +316,25 @@ class RouteTable:
         """
         self.routes: tuple[Route, ...] = tuple(routes)
         self._root = _TrieNode()
+        # Per route, where its params are: (segment index, name, rest-of-path).
+        self._binders: dict[Route, tuple[tuple[int, str, bool], ...]] = {}
         for route in self.routes:
             self._insert(route)
+            self._binders[route] = tuple(
+                (index, segment.value, segment.kind is SegmentKind.WILDCARD)
+                for index, segment in enumerate(route.pattern.segments)
+                if segment.kind is not SegmentKind.LITERAL
+            )
+
+    def _bind(self, route: Route, segments: list[str]) -> dict[str, str]:
+        """The params a matched route binds from the request's segments."""
+        params: dict[str, str] = {}
+        for index, name, rest in self._binders[route]:
+            if rest:
+                params[WILDCARD_PARAM] = "/".join(segments[index:])
+            else:
+                params[name] = segments[index]
+        return params
 
     @classmethod
     def from_mapping(cls, routes: Mapping[str, str]) -> RouteTable:
@@ -367,12 +384,19 @@ class RouteTable:
         segments = _request_segments(target)
         if segments is None:
             return NotFound()
+        if method != HttpMethod.HEAD:
+            # The usual case: the first (most specific) group that has the
+            # method wins, and the walk stops there.
+            for by_method in self._matching(segments):
+                route = by_method.get(method)
+                if route is not None:
+                    return Match(route, self._bind(route, segments))
         candidates = list(self._matching(segments))
         route = _most_specific(candidates, method)
         if route is None and method == HttpMethod.HEAD:
             route = _most_specific(candidates, HttpMethod.GET.value)
         if route is not None:
-            return Match(route, _bind_params(route.pattern, segments))
+            return Match(route, self._bind(route, segments))
         if not candidates:
             return NotFound()
         return MethodNotAllowed(_allowed_methods(candidates))
@@ -410,13 +434,16 @@ class RouteTable:
 
 def _request_segments(target: str) -> list[str] | None:
     """The decoded, non-empty path segments of a target; None if unmatchable."""
-    path = target.partition("?")[0].partition("#")[0]
+    path = target.partition("?")[0]
+    if "#" in path:
+        path = path.partition("#")[0]
     if not path.startswith("/"):
         return None
     raw_segments = [raw for raw in path.split("/") if raw]
     if len(raw_segments) > MAX_PATH_SEGMENTS:
         return None
-    return [unquote(raw) for raw in raw_segments]
+    # Decoding is only needed where there is something to decode.
+    return [unquote(raw) if "%" in raw else raw for raw in raw_segments]
 
 
 def _most_specific(candidates: list[dict[str, Route]], method: str) -> Route | None:
@@ -425,16 +452,6 @@ def _most_specific(candidates: list[dict[str, Route]], method: str) -> Route | N
         if route is not None:
             return route
     return None
-
-
-def _bind_params(pattern: RoutePattern, segments: list[str]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for index, segment in enumerate(pattern.segments):
-        if segment.kind is SegmentKind.PARAM:
-            params[segment.value] = segments[index]
-        elif segment.kind is SegmentKind.WILDCARD:
-            params[WILDCARD_PARAM] = "/".join(segments[index:])
-    return params
 
 
 def _allowed_methods(candidates: list[dict[str, Route]]) -> tuple[str, ...]:
