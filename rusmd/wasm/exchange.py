@@ -217,10 +217,30 @@ class HeaderError(RusmError, ValueError):
 def parse_header_block(block: bytes) -> tuple[bytes, bool]:
     """Guest header lines → wire lines; and whether a content-type was set.
 
+    A handler usually sends the same block on every request (a constant in
+    its data), so a block parsed once is answered from ``_PARSED_BLOCKS``.
+
     Raises:
         HeaderError: A line that is not ``Name: value``, a CR/NUL in a value,
             or a header the host owns.
     """
+    parsed = _PARSED_BLOCKS.get(block)
+    if parsed is None:
+        parsed = _parse_header_block(block)
+        if len(_PARSED_BLOCKS) >= PARSED_BLOCKS_KEPT:
+            _PARSED_BLOCKS.clear()
+        _PARSED_BLOCKS[block] = parsed
+    return parsed
+
+
+# Header blocks parsed, by their bytes: bounded so that handlers sending a
+# different block per request (a per-request cookie, say) cost a parse each
+# and never grow the worker's memory.
+PARSED_BLOCKS_KEPT = 256
+_PARSED_BLOCKS: dict[bytes, tuple[bytes, bool]] = {}
+
+
+def _parse_header_block(block: bytes) -> tuple[bytes, bool]:
     out = []
     has_type = False
     for number, raw in enumerate(block.split(b"\n"), 1):
