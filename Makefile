@@ -6,10 +6,15 @@ STAMP  := $(VENV)/.installed
 EXAMPLE ?= examples/hello
 ZIGCC  := $(PY) -m ziglang cc --target=wasm32-wasi -O2 -s -Wl,-z,stack-size=1048576
 
+# Wizer pre-initialises reactor components when rusmd compiles them; the
+# npm package is pinned in tools/package-lock.json, and rusmd finds its
+# binary under tools/node_modules.
+TOOLS_STAMP := tools/node_modules/.installed
+
 GUEST_SRC := $(wildcard examples/*/components/*.c)
 GUEST_WASM := $(foreach src,$(GUEST_SRC),$(dir $(patsubst %/,%,$(dir $(src))))wasm/$(notdir $(src:.c=.wasm)))
 
-.PHONY: run test test-slow lint guests bench bench-deps venv clean
+.PHONY: run test test-slow lint guests tools bench bench-deps venv clean
 
 venv: $(STAMP)
 
@@ -21,7 +26,15 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-guests: $(STAMP) $(GUEST_WASM)
+guests: $(STAMP) $(TOOLS_STAMP) $(GUEST_WASM)
+
+tools: $(TOOLS_STAMP)
+
+# npm ci installs exactly the lock file; Debian's nodejs and npm only when missing.
+$(TOOLS_STAMP): tools/package.json tools/package-lock.json
+	@command -v npm >/dev/null || apt-get install -y nodejs npm
+	cd tools && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
 
 # A guest that defines neither main nor run (at the start of a line) has
 # only actions: build it as a WASI reactor, so libc starts once, in the
@@ -38,10 +51,10 @@ examples/%.wasm: examples/$$(subst /wasm/,/components/,$$*).c sdk/c/rusm.h $(STA
 run: guests
 	$(VENV)/bin/rusmd --config $(EXAMPLE)/rusm.toml
 
-test: $(STAMP)
+test: $(STAMP) $(TOOLS_STAMP)
 	$(PY) -m pytest -m "not slow"
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(TOOLS_STAMP)
 	$(PY) -m pytest -m slow
 
 lint: $(STAMP)
@@ -58,4 +71,4 @@ bench-deps:
 	@command -v wrk >/dev/null || apt-get install -y wrk
 
 clean:
-	rm -rf $(VENV) $(EXAMPLE)/wasm .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(EXAMPLE)/wasm tools/node_modules .pytest_cache .mypy_cache .ruff_cache
