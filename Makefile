@@ -6,11 +6,6 @@ STAMP  := $(VENV)/.installed
 EXAMPLE ?= examples/hello
 ZIGCC  := $(PY) -m ziglang cc --target=wasm32-wasi -O2 -s -Wl,-z,stack-size=1048576
 
-# Wizer pre-initialises reactor components when rusmd compiles them; the
-# npm package is pinned in tools/package-lock.json, and rusmd finds its
-# binary under tools/node_modules.
-TOOLS_STAMP := tools/node_modules/.installed
-
 GUEST_SRC := $(wildcard examples/*/components/*.c)
 GUEST_WASM := $(foreach src,$(GUEST_SRC),$(dir $(patsubst %/,%,$(dir $(src))))wasm/$(notdir $(src:.c=.wasm)))
 
@@ -25,6 +20,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# Wizer pre-initialises reactor components when rusmd compiles them; the
+# npm package is pinned in tools/package-lock.json, and rusmd finds its
+# binary under tools/node_modules.
+TOOLS_STAMP := tools/node_modules/.installed
 
 guests: $(STAMP) $(TOOLS_STAMP) $(GUEST_WASM)
 
