@@ -9,7 +9,7 @@ ZIGCC  := $(PY) -m ziglang cc --target=wasm32-wasi -O2 -s -Wl,-z,stack-size=1048
 GUEST_SRC := $(wildcard examples/*/components/*.c)
 GUEST_WASM := $(foreach src,$(GUEST_SRC),$(dir $(patsubst %/,%,$(dir $(src))))wasm/$(notdir $(src:.c=.wasm)))
 
-.PHONY: run test test-slow lint guests tools bench bench-deps venv clean
+.PHONY: run test test-slow lint guests bench bench-deps venv clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,7 @@ TOOLS_STAMP := tools/node_modules/.installed
 
 guests: $(STAMP) $(TOOLS_STAMP) $(GUEST_WASM)
 
+.PHONY: tools
 tools: $(TOOLS_STAMP)
 
 # npm ci installs exactly the lock file; Debian's nodejs and npm only when missing.
