@@ -363,7 +363,10 @@ def run_wizer(wizer: Wizer, data: bytes, *, timeout_s: float, memory_bytes: int)
             return Snapshot(b"", limit, lasting=False)
         if proc.returncode != 0:
             stderr = _read(files[2], MAX_STDERR_BYTES).decode("utf-8", "replace")
-            return Snapshot(b"", wizer_reason(stderr, proc.returncode))
+            # A signal from outside (the kernel's OOM killer, an operator) says
+            # nothing about the module: not worth keeping.
+            lasting = proc.returncode > 0
+            return Snapshot(b"", wizer_reason(stderr, proc.returncode), lasting=lasting)
         size = os.fstat(files[1]).st_size
         if size > memory_bytes:
             return Snapshot(b"", f"the snapshot is {size} bytes, over the compile memory limit")
