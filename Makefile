@@ -27,7 +27,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-guests: $(STAMP) $(GUEST_WASM)
+# Wizer pre-initialises reactor components when rusmd compiles them; the
+# npm package is pinned in tools/package-lock.json, and rusmd finds its
+# binary under tools/node_modules.
+TOOLS_STAMP := tools/node_modules/.installed
+
+guests: $(STAMP) $(TOOLS_STAMP) $(GUEST_WASM)
+
+.PHONY: tools
+tools: $(TOOLS_STAMP)
+
+# npm ci installs exactly the lock file; Debian's nodejs and npm only when missing.
+$(TOOLS_STAMP): tools/package.json tools/package-lock.json
+	@command -v npm >/dev/null || apt-get install -y nodejs npm
+	cd tools && npm ci --ignore-scripts --no-audit --no-fund
+	touch $@
 
 # A guest that defines neither main nor run (at the start of a line) has
 # only actions: build it as a WASI reactor, so libc starts once, in the
@@ -53,10 +67,10 @@ bench-guests: $(BENCH_GUEST_WASM)
 run: guests
 	$(VENV)/bin/rusmd --config $(EXAMPLE)/rusm.toml
 
-test: $(STAMP)
+test: $(STAMP) $(TOOLS_STAMP)
 	$(PY) -m pytest -m "not slow"
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(TOOLS_STAMP)
 	$(PY) -m pytest -m slow
 
 lint: $(STAMP)
@@ -73,4 +87,4 @@ bench-deps:
 	@command -v wrk >/dev/null || apt-get install -y wrk
 
 clean:
-	rm -rf $(VENV) $(EXAMPLE)/wasm .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(EXAMPLE)/wasm tools/node_modules .pytest_cache .mypy_cache .ruff_cache

@@ -6,7 +6,8 @@ the daemon's main process must never load lmdb).
 
 ``rusmd check`` validates the manifest, then resolves every component's
 artifact and compiles it in the compile child, warming the AOT cache the
-daemon will load from; ``--config-only`` stops after the manifest.
+daemon will load from, and says for each reactor whether its start-up was
+pre-initialised (and why not); ``--config-only`` stops after the manifest.
 
 ``rusmd kv get|set|list|rm`` reads and writes the manifest's ``[node]
 store`` directly, for a node that is not running (``rusmctl kv`` asks a
@@ -40,6 +41,7 @@ from rusmd.main.compile import compile_blocking, jobs_for
 from rusmd.main.loop import MainProcess
 from rusmd.store import kv_command as kv_cli
 from rusmd.wasm.cache import default_cache_dir
+from rusmd.wasm.preinit import OFF, PREINITIALIZED, SKIPPED
 
 DEFAULT_CONFIG = "rusm.toml"
 _CONFIG = f"the manifest (default ./{DEFAULT_CONFIG})"
@@ -173,10 +175,12 @@ def check(args: argparse.Namespace) -> int:
 def check_artifacts(manifest: Manifest) -> dict[str, ArtifactStatus]:
     """Resolve and compile every component (warming the cache); each one's status.
 
-    Long compiles print progress lines on stderr.
+    Long compiles print progress lines on stderr, and so does a warning of
+    the compile step (a missing Wizer).
     """
     app_dir = Path(manifest.app_dir)
     jobs, failures = jobs_for(manifest)
+    warnings: list[str] = []
     results = compile_blocking(
         jobs,
         default_cache_dir(app_dir, os.environ),
@@ -184,7 +188,10 @@ def check_artifacts(manifest: Manifest) -> dict[str, ArtifactStatus]:
         memory_mb=manifest.node.compile_memory_mb,
         log=Logger(LogLevel.OFF, lambda _record: None),
         progress=lambda line: print(line, file=sys.stderr, flush=True),
+        warnings=warnings,
     )
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     shown = {job.name: _shown(Path(job.path), app_dir) for job in jobs}
     statuses: dict[str, ArtifactStatus] = {}
     for name in manifest.components:
@@ -196,8 +203,20 @@ def check_artifacts(manifest: Manifest) -> dict[str, ArtifactStatus]:
             seconds=result.seconds,
             cwasm=result.cwasm,
             error=result.reason,
+            preinit=preinit_text(result.preinit),
         )
     return statuses
+
+
+def preinit_text(preinit: str) -> str:
+    """The compile child's ``preinit`` value as ``check`` shows it."""
+    if preinit == PREINITIALIZED:
+        return "pre-initialized"
+    if preinit == OFF:
+        return "not pre-initialized (pre-initialize = false)"
+    if preinit.startswith(SKIPPED):
+        return f"not pre-initialized: {preinit.removeprefix(SKIPPED)}"
+    return preinit
 
 
 def route_problems(

@@ -273,6 +273,9 @@ class Component(msgspec.Struct, frozen=True, kw_only=True):
             it is quarantined. Optional; defaults to 3.
         period_s: The window for ``intensity``, in seconds. Optional;
             defaults to 5.
+        pre_initialize: A reactor's start-up runs once, at compile time,
+            and every instance starts from the memory it left. Optional;
+            defaults to True.
     """
 
     name: str
@@ -283,6 +286,7 @@ class Component(msgspec.Struct, frozen=True, kw_only=True):
     restart: str = "permanent"
     intensity: int = 3
     period_s: int = 5
+    pre_initialize: bool = True
 
 
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):

@@ -31,6 +31,9 @@ class ArtifactStatus:
         seconds: Compile time (0 for a cache hit).
         cwasm: The cache entry's path ("" on failure).
         error: Why it cannot run, without the ``component <name>:`` prefix.
+        preinit: For a reactor, whether its start-up was pre-initialised
+            (``pre-initialized``, ``not pre-initialized: <why>``); "" for a
+            module without a start-up.
     """
 
     artifact: str
@@ -39,13 +42,16 @@ class ArtifactStatus:
     seconds: float = 0.0
     cwasm: str = ""
     error: str = ""
+    preinit: str = ""
 
     def summary(self) -> str:
-        """``wasm/api.wasm ok (cached)``, ``wasm/api.wasm compiled in 0.4 s`` or the error."""
+        """``wasm/api.wasm ok (cached)``, ``wasm/api.wasm compiled in 0.4 s`` or the error,
+        then ``, pre-initialized`` or ``, not pre-initialized: <why>`` for a reactor."""
         if not self.ok:
             return f"error: {self.error}"
         outcome = "ok (cached)" if self.cached else f"compiled in {self.seconds:.1f} s"
-        return f"{self.artifact} {outcome}"
+        preinit = f", {self.preinit}" if self.preinit else ""
+        return f"{self.artifact} {outcome}{preinit}"
 
 
 def render_text(

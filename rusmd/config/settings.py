@@ -470,6 +470,17 @@ COMPONENT = Section(
             default=5,
             range=(1, 3600),
         ),
+        Setting(
+            "pre-initialize",
+            Kind.BOOLEAN,
+            "Reactors only (a module that exports `_initialize`, not `_start`): run its "
+            "start-up (libc, C constructors) once, when it is compiled, and give every fresh "
+            "instance the memory it left, instead of running it in each instance. A start-up "
+            "that calls an import (environment, files, clock, randomness, a `rusm` function) "
+            "is not snapshotted and runs per instance; the compile log says why. Needs Wizer "
+            "(`make tools`); `false` runs the start-up per instance.",
+            default=True,
+        ),
     ),
 )
 

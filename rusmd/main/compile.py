@@ -18,6 +18,13 @@ compile limits on every ``tick``:
   before it started any module fails all its remaining jobs, so every
   restart makes progress.
 
+Before compiling a reactor the child pre-initialises it with Wizer
+(``rusmd.wasm.preinit``), within the same limits. What that came to is
+each result's ``preinit``; the run logs a reactor that was not
+pre-initialised at ``info`` (``compile web: not pre-initialized: its
+_initialize calls the import …``) and, once, at ``warn``, a Wizer it
+could not find, with how to install it.
+
 Every child is signalled and reaped through a pidfd, so no signal or
 wait ever reaches a recycled pid. In the daemon, the main process's
 ``Reaper`` (``rusmd.main.reaper``) collects every child with
@@ -61,6 +68,7 @@ from rusmd.config.model import Manifest
 from rusmd.log import Logger
 from rusmd.main.reaper import Reaper, describe_exit, wait_status
 from rusmd.wasm.artifacts import ArtifactError, resolve_artifact
+from rusmd.wasm.preinit import PREINITIALIZED, SKIPPED
 
 COMPILER_MODULE = "rusmd.wasm.compiler"
 # Importing the compile child's modules takes well under a second; a child
@@ -105,10 +113,13 @@ class CompileJob:
     Attributes:
         name: The component name.
         path: Absolute path of its resolved artifact.
+        pre_initialize: Its ``pre-initialize`` setting. Optional; defaults
+            to True.
     """
 
     name: str
     path: str
+    pre_initialize: bool = True
 
 
 @dataclass(frozen=True)
@@ -123,6 +134,9 @@ class CompileResult:
         cached: True when the entry was already in the cache.
         seconds: Compile time (0 for a cache hit).
         error: Why it failed, naming the component (``component api: …``).
+        preinit: For a reactor, what pre-initialisation came to, as the
+            compile child says it: ``pre-initialized``, ``off`` or
+            ``skipped: <why>``; "" for a module without a start-up.
     """
 
     name: str
@@ -132,6 +146,7 @@ class CompileResult:
     cached: bool = False
     seconds: float = 0.0
     error: str = ""
+    preinit: str = ""
 
     @property
     def reason(self) -> str:
@@ -167,7 +182,9 @@ def jobs_for(manifest: Manifest) -> tuple[list[CompileJob], dict[str, CompileRes
         except ArtifactError as exc:
             failures[name] = failed(name, str(exc))
             continue
-        jobs.append(CompileJob(name=name, path=str(artifact.path)))
+        jobs.append(
+            CompileJob(name=name, path=str(artifact.path), pre_initialize=component.pre_initialize)
+        )
     return jobs, failures
 
 
@@ -210,6 +227,7 @@ class CompileRun:
 
     Attributes:
         results: One result per job so far, by component name.
+        warnings: What the children warned of (a missing Wizer), each once.
         on_fd_change: Called ``(old_fd, None)`` before the pipe ``fileno()``
             returned is closed and ``(None, new_fd)`` after a new one opens.
     """
@@ -233,6 +251,7 @@ class CompileRun:
         self.clock = clock
         self.reaper = reaper
         self.results: dict[str, CompileResult] = {}
+        self.warnings: list[str] = []
         self.on_fd_change: Callable[[int | None, int | None], None] | None = None
         self._child: _Child | None = None
         self._exiting: list[_Child] = []
@@ -364,7 +383,12 @@ class CompileRun:
             return
         document = {
             "cache_dir": str(self.cache_dir),
-            "components": [{"name": job.name, "path": job.path} for job in jobs],
+            "components": [
+                {"name": job.name, "path": job.path, "pre_initialize": job.pre_initialize}
+                for job in jobs
+            ],
+            "timeout_s": self.timeout_s,
+            "memory_mb": self.memory_mb,
             "parent_pid": os.getpid(),
         }
         stdin_fd = os.memfd_create("rusmd-compile-job", os.MFD_CLOEXEC)
@@ -496,6 +520,9 @@ class CompileRun:
                 if job.name not in self.results:
                     self._fail(job.name, "the compile child finished without reporting on it")
             return
+        if kind == "warning":
+            self._warn(str(event.get("message", "")))
+            return
         name = event.get("component")
         if not isinstance(name, str) or name not in {job.name for job in child.jobs}:
             self.log.warn(f"compile: ignored an event for an unknown component: {line[:200]!r}")
@@ -504,8 +531,9 @@ class CompileRun:
             child.current, child.current_since, child.compiling = name, self.clock(), False
             child.current_bytes = _int(event.get("bytes"))
             self._sizes[name] = child.current_bytes
-        elif kind == "compiling":
-            # The limit is per phase: reading and hashing the file, then compiling.
+        elif kind in ("preinit", "compiling"):
+            # The limit is per phase: reading and hashing the file, running
+            # the start-up in Wizer, then compiling.
             child.compiling, child.current_since = True, self.clock()
         elif kind in ("hit", "compiled", "error"):
             self._on_outcome(child, name, kind, event)
@@ -518,26 +546,47 @@ class CompileRun:
             self._record(failed(name, message))
             return
         cwasm, digest = str(event.get("cwasm", "")), str(event.get("digest", ""))
+        preinit = str(event.get("preinit") or "")
         if kind == "hit":
-            self._record(CompileResult(name=name, ok=True, cwasm=cwasm, digest=digest, cached=True))
+            self._record(
+                CompileResult(
+                    name=name, ok=True, cwasm=cwasm, digest=digest, cached=True, preinit=preinit
+                )
+            )
             return
         seconds = float(event.get("seconds") or 0.0)
         if event.get("problem"):
             self.log.warn(f"compile {name}: cache entry {event['problem']}; rebuilt")
-        self._record(CompileResult(name=name, ok=True, cwasm=cwasm, digest=digest, seconds=seconds))
+        self._record(
+            CompileResult(
+                name=name, ok=True, cwasm=cwasm, digest=digest, seconds=seconds, preinit=preinit
+            )
+        )
 
     def _fail(self, name: str, why: str) -> None:
         self._record(failed(name, f"component {name}: {why}"))
 
+    def _warn(self, message: str) -> None:
+        # Each child of a run finds Wizer missing again; the operator hears it once.
+        if message and message not in self.warnings:
+            self.warnings.append(message)
+            self.log.warn(f"compile: {message}")
+
     def _record(self, result: CompileResult) -> None:
         self.results[result.name] = result
+        done = ", pre-initialized" if result.preinit == PREINITIALIZED else ""
         if not result.ok:
             self.log.error(f"compile {result.name}: {result.reason}")
         elif result.cached:
-            self.log.debug(f"compile {result.name}: cache hit")
+            self.log.debug(f"compile {result.name}: cache hit{done}")
         else:
             size = format_size(self._sizes.get(result.name, 0))
-            self.log.info(f"compile {result.name}: compiled in {result.seconds:.2f} s ({size})")
+            self.log.info(
+                f"compile {result.name}: compiled in {result.seconds:.2f} s ({size}){done}"
+            )
+        if result.ok and result.preinit.startswith(SKIPPED):
+            why = result.preinit.removeprefix(SKIPPED)
+            self.log.info(f"compile {result.name}: not pre-initialized: {why}")
 
     # ── process plumbing ────────────────────────────────────────────────
 
@@ -693,12 +742,14 @@ def compile_blocking(
     memory_mb: int,
     log: Logger,
     progress: Callable[[str], None] | None = None,
+    warnings: list[str] | None = None,
 ) -> dict[str, CompileResult]:
     """Run a ``CompileRun`` to the end with its own selector; the results by name.
 
     Args:
         progress: Receives human lines for long compiles (``compiling api
             (8.1 MB)…``, ``  api: 3.0 s…``, ``  api: compiled in 4.2 s``).
+        warnings: Gets the run's warnings appended (a missing Wizer).
     """
     run = CompileRun(jobs, cache_dir, timeout_s=timeout_s, memory_mb=memory_mb, log=log)
     reporter = _Progress(progress) if progress is not None else None
@@ -727,4 +778,6 @@ def compile_blocking(
                 run.cancel()
     if reporter is not None:
         reporter.update(run)
+    if warnings is not None:
+        warnings.extend(run.warnings)
     return dict(run.results)

@@ -1,9 +1,10 @@
 """The wasm host: engine, AOT cache, the ``rusm`` ABI, capabilities, processes.
 
 Runs in: worker (every module that loads wasmtime), the compile child
-(``compiler``), and any process for the pure-data modules (``settings``,
-``abi``, ``artifacts``, ``cache``). The main process imports only the
-pure-data modules: it never loads wasmtime.
+(``compiler``, ``preinit``), and any process for the pure-data modules
+(``settings``, ``abi``, ``artifacts``, ``cache``). The main process
+imports only the pure-data modules and ``preinit``'s constants: it never
+loads wasmtime.
 
 The modules, lowest first: each imports only modules listed before it.
 
@@ -11,6 +12,7 @@ The modules, lowest first: each imports only modules listed before it.
 - ``settings``     engine settings and version facts (part of the cache key).
 - ``artifacts``    what a ``.cwasm`` file is and why one may be unusable.
 - ``cache``        the AOT cache of compiled modules.
+- ``preinit``      a reactor's start-up run once by Wizer, before compiling.
 - ``engine``       wasmtime engines (the pooling allocator, its limits).
 - ``compiler``     the compile child (``python -m rusmd.wasm.compiler``).
 - ``capi``         wasmtime's C API bound to keep the GIL; ``pid_of``, ``export``.

@@ -10,7 +10,9 @@ into a directory only it can write:
 - The directory is created mode 0700 (its missing parents too) and is
   refused when another user owns it or it is group- or other-writable.
 - An entry is ``<key>.cwasm`` plus a sidecar ``<key>.json``
-  ``{"size", "blake2b", "wasmtime", "fingerprint", "source", "created"}``.
+  ``{"size", "blake2b", "wasmtime", "fingerprint", "source", "created",
+  "preinit"}`` (``preinit``: what pre-initialisation came to, reported
+  again on a hit; older sidecars without it stay valid).
   Both are written to a private temporary file (``O_EXCL``, mode 0600),
   fsynced and renamed into place, the sidecar last: a crash leaves either
   no entry or a whole one, never a half-written file under a final name.
@@ -21,7 +23,11 @@ into a directory only it can write:
 
 The key is sha256 over the engine fingerprint and the module bytes: the
 fingerprint covers the wasmtime version, ``ENGINE_SETTINGS`` and
-``abi.ABI_VERSION``, so an upgrade never loads stale machine code.
+``abi.ABI_VERSION``, so an upgrade never loads stale machine code. A
+module that is pre-initialised (``rusmd.wasm.preinit``) adds the
+snapshot's other inputs, Wizer's version and flags: a changed
+``pre-initialize`` setting or a Wizer upgrade compiles again, while the
+key of a module compiled as it is stays what it always was.
 """
 
 from __future__ import annotations
@@ -64,11 +70,15 @@ class CacheEntry:
         path: Absolute path of the ``.cwasm`` file.
         digest: blake2b hex digest of its bytes (what ``verify`` checks).
         size: Its size in bytes.
+        preinit: What pre-initialisation came to, as the compile event
+            says it (``pre-initialized``, ``skipped: …``). Optional;
+            defaults to "" (not recorded).
     """
 
     path: Path
     digest: str
     size: int
+    preinit: str = ""
 
 
 def file_digest(path: str | Path) -> str:
@@ -130,11 +140,21 @@ class CompileCache:
         _check_private_dir(self.directory)
         self._sweep_stale_tmp()
 
-    def key(self, wasm: bytes) -> str:
-        """The entry key of a module: sha256 hex over the engine fingerprint and its bytes."""
+    def key(self, wasm: bytes, preinit: str = "") -> str:
+        """The entry key of a module: sha256 hex over the engine fingerprint and its bytes.
+
+        Args:
+            wasm: The module as the artifact holds it.
+            preinit: The snapshot's other inputs (``preinit.snapshot_inputs``)
+                when the module is pre-initialised before compiling. Optional;
+                defaults to "" (compiled as it is: the key is unchanged).
+        """
         hasher = hashlib.sha256()
         hasher.update(self.fingerprint.encode())
         hasher.update(b"\0")
+        if preinit:
+            hasher.update(f"preinit {preinit}".encode())
+            hasher.update(b"\0")
         hasher.update(wasm)
         return hasher.hexdigest()
 
@@ -164,13 +184,15 @@ class CompileCache:
             self._remove(key)
         return entry
 
-    def store(self, key: str, data: bytes, source: str) -> CacheEntry:
+    def store(self, key: str, data: bytes, source: str, preinit: str = "") -> CacheEntry:
         """Write ``data`` as the entry of ``key``, atomically; the sidecar last.
 
         Args:
             key: From ``key``.
             data: The serialized module.
             source: The artifact it was compiled from (recorded, for operators).
+            preinit: What pre-initialisation came to (reported again on a
+                hit). Optional; defaults to "".
 
         Raises:
             CacheError: The directory could not be written (full disk,
@@ -184,6 +206,7 @@ class CompileCache:
             "fingerprint": self.fingerprint,
             "source": source,
             "created": time.time(),
+            "preinit": preinit,
         }
         try:
             # An old sidecar must never vouch for the new file, even briefly.
@@ -197,7 +220,7 @@ class CompileCache:
             raise CacheError(
                 f"cannot write the compile cache {self.directory}: {exc.strerror or exc}"
             ) from None
-        return CacheEntry(path=self.cwasm_path(key), digest=digest, size=len(data))
+        return CacheEntry(path=self.cwasm_path(key), digest=digest, size=len(data), preinit=preinit)
 
     # ── internals ───────────────────────────────────────────────────────
 
@@ -225,7 +248,13 @@ class CompileCache:
             return None, f"cannot be read ({exc.strerror or exc})"
         if digest != meta["blake2b"]:
             return None, "is corrupt (its blake2b digest does not match the sidecar)"
-        return CacheEntry(path=cwasm, digest=digest, size=info.st_size), ""
+        preinit = meta.get("preinit")
+        return CacheEntry(
+            path=cwasm,
+            digest=digest,
+            size=info.st_size,
+            preinit=preinit if isinstance(preinit, str) else "",
+        ), ""
 
     def _read_sidecar(self, sidecar: Path) -> tuple[dict[str, object] | None, str]:
         try:

@@ -9,24 +9,37 @@ the main process (which must not load wasmtime) nor in a worker.
 Protocol. stdin carries one JSON job::
 
     {"cache_dir": "/var/cache/rusmd",
-     "components": [{"name": "api", "path": "/etc/rusm/wasm/api.wasm"}],
+     "components": [{"name": "api", "path": "/etc/rusm/wasm/api.wasm",
+                     "pre_initialize": true}],
+     "timeout_s": 60, "memory_mb": 2048,
      "parent_pid": 1234}
 
-(``parent_pid`` is optional: when given, the child dies with that parent.)
-For each component, in order, stdout gets JSON lines, each flushed:
+(``parent_pid`` is optional: when given, the child dies with that parent.
+``pre_initialize`` defaults to true; ``timeout_s`` and ``memory_mb``, the
+``[node]`` compile limits, to 60 and 2048: they bound Wizer, see
+``rusmd.wasm.preinit``.) For each component, in order, stdout gets JSON
+lines, each flushed:
 
 - ``{"event": "start", "component", "bytes"}`` before the file is read;
+- ``{"event": "preinit", "component"}`` on a cache miss of a reactor to
+  pre-initialise, once the engine is ready and just before Wizer runs;
 - ``{"event": "compiling", "component"}`` on a cache miss, once the
   engine is ready and just before compiling (with ``"problem"`` when a bad
   cache entry was found and removed); the supervisor's per-module clock
-  restarts here, so loading wasmtime never counts against a module;
+  restarts at each of these two, so loading wasmtime never counts against
+  a module, and the start-up and the compile each get the whole limit;
 - then exactly one of
   ``{"event": "hit", "component", "cwasm", "digest", "key"}``,
   ``{"event": "compiled", "component", "cwasm", "digest", "key", "seconds"}``
   (again with ``"problem"`` when it replaced a bad entry), or
-  ``{"event": "error", "component", "message"}``;
+  ``{"event": "error", "component", "message"}``. ``hit`` and ``compiled``
+  carry ``"preinit"`` for a reactor: ``pre-initialized``, ``off``
+  (``pre-initialize = false``) or ``skipped: <why>`` (the original was
+  compiled; its start-up runs per request).
 
-and finally ``{"event": "done"}``. Exit status 0; a job that is not valid
+Once, before the first component that needs Wizer when it cannot be
+found: ``{"event": "warning", "message"}``, saying how to install it.
+Finally ``{"event": "done"}``. Exit status 0; a job that is not valid
 JSON is reported on stderr with exit status 2.
 """
 
@@ -39,18 +52,23 @@ import re
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from rusmd.errors import EX_OK, EX_USAGE
 from rusmd.wasm.artifacts import header_problem
-from rusmd.wasm.cache import CacheError, CompileCache
+from rusmd.wasm.cache import CacheEntry, CacheError, CompileCache
+from rusmd.wasm.preinit import PREINITIALIZED, SKIPPED, SNAPSHOT_TIME_SHARE, Preinit
 
 # The compile child yields the CPU to workers serving requests.
 NICE_INCREMENT = 10
 # A wasmtime error is a chain of causes; one line of it is enough for a log.
 MAX_MESSAGE_CHARS = 400
 PR_SET_PDEATHSIG = 1
+# The [node] compile limits, when a job does not say (the manifest's defaults).
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MEMORY_MB = 2048
 # wasmtime numbers a chain of several causes: "0: ...", "1: ...".
 _CAUSE_NUMBER = re.compile(r"^\d+: ")
 
@@ -111,21 +129,54 @@ def summarize_wasmtime_error(text: str) -> str:
     return summary
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One component of the job."""
+
+    name: str
+    path: str
+    pre_initialize: bool
+
+
+@dataclass
+class _Context:
+    """What every component of one job shares."""
+
+    cache: CompileCache
+    compiler: _Compiler
+    events: _Events
+    preinit: Preinit
+    timeout_s: float
+    memory_mb: int
+
+
 def run_job(job: dict[str, Any], events: _Events) -> None:
     """Compile or look up every component of ``job``, reporting each."""
-    components = [(str(c["name"]), str(c["path"])) for c in job["components"]]
+    components = [
+        _Job(str(c["name"]), str(c["path"]), bool(c.get("pre_initialize", True)))
+        for c in job["components"]
+    ]
     try:
         cache = CompileCache(Path(job["cache_dir"]))
     except CacheError as exc:
-        for name, _path in components:
+        for component in components:
+            name = component.name
             events.emit("error", component=name, message=f"component {name}: {exc}")
         return
-    compiler = _Compiler()
-    for name, path in components:
-        _one(cache, compiler, events, name, path)
+    context = _Context(
+        cache=cache,
+        compiler=_Compiler(),
+        events=events,
+        preinit=Preinit(os.environ, lambda text: events.emit("warning", message=text)),
+        timeout_s=float(job.get("timeout_s", DEFAULT_TIMEOUT_S)),
+        memory_mb=int(job.get("memory_mb", DEFAULT_MEMORY_MB)),
+    )
+    for component in components:
+        _one(context, component)
 
 
-def _one(cache: CompileCache, compiler: _Compiler, events: _Events, name: str, path: str) -> None:
+def _one(context: _Context, job: _Job) -> None:
+    events, name, path = context.events, job.name, job.path
     try:
         size = os.stat(path).st_size
         events.emit("start", component=name, bytes=size)
@@ -139,34 +190,80 @@ def _one(cache: CompileCache, compiler: _Compiler, events: _Events, name: str, p
     if problem:
         events.emit("error", component=name, message=f"component {name}: {path} {problem}")
         return
-    key = cache.key(data)
-    entry = cache.lookup(key)
+    plan = context.preinit.plan(data, job.pre_initialize)
+    key = context.cache.key(data, plan.inputs)
+    entry = context.cache.lookup(key)
     if entry is not None:
-        events.emit("hit", component=name, cwasm=str(entry.path), digest=entry.digest, key=key)
+        # A snapshot's outcome is the entry's; otherwise the plan says why there is none.
+        preinit = entry.preinit if plan.inputs else plan.note
+        _report(events, "hit", name, entry, key=key, preinit=preinit)
         return
-    extra = {"problem": cache.last_problem} if cache.last_problem else {}
-    compiler.prepare()
+    extra = {"problem": context.cache.last_problem} if context.cache.last_problem else {}
+    context.compiler.prepare()
+    if plan.inputs:
+        _build_snapshot(context, job, data, key, extra)
+    else:
+        _build(context, job, (data, data), key=key, preinit=plan.note, extra=extra)
+
+
+def _build_snapshot(
+    context: _Context, job: _Job, data: bytes, key: str, extra: dict[str, str]
+) -> None:
+    """Pre-initialise ``data`` with Wizer, then compile the snapshot (or, failing, ``data``)."""
+    context.events.emit("preinit", component=job.name)
+    shot = context.preinit.snapshot(
+        data,
+        timeout_s=context.timeout_s * SNAPSHOT_TIME_SHARE,
+        memory_bytes=context.memory_mb << 20,
+    )
+    if shot.wasm:
+        _build(context, job, (shot.wasm, data), key=key, preinit=PREINITIALIZED, extra=extra)
+        return
+    if not shot.lasting:
+        # A kill at a limit depends on the machine's load: keep the original
+        # under its own key, so the next compile tries the snapshot again.
+        key = context.cache.key(data)
+    _build(context, job, (data, data), key=key, preinit=SKIPPED + shot.reason, extra=extra)
+
+
+def _build(
+    context: _Context,
+    job: _Job,
+    modules: tuple[bytes, bytes],
+    *,
+    key: str,
+    preinit: str,
+    extra: dict[str, str],
+) -> None:
+    """Compile ``modules[0]`` (falling back to the original ``modules[1]``), store, report."""
+    events, name, path = context.events, job.name, job.path
+    wasm, original = modules
     events.emit("compiling", component=name, **extra)
     started = time.monotonic()
-    serialized, reason = compiler.compile(data)
+    serialized, reason = context.compiler.compile(wasm)
+    if reason and wasm is not original:
+        preinit = f"{SKIPPED}wasmtime refused the snapshot: {reason}"
+        serialized, reason = context.compiler.compile(original)
     seconds = time.monotonic() - started
     if reason:
         events.emit("error", component=name, message=f"component {name}: {path}: {reason}")
         return
     try:
-        entry = cache.store(key, serialized, source=path)
+        entry = context.cache.store(key, serialized, source=path, preinit=preinit)
     except CacheError as exc:
         events.emit("error", component=name, message=f"component {name}: {exc}")
         return
-    events.emit(
-        "compiled",
-        component=name,
-        cwasm=str(entry.path),
-        digest=entry.digest,
-        key=key,
-        seconds=round(seconds, 3),
-        **extra,
-    )
+    more = {"seconds": round(seconds, 3), **extra}
+    _report(events, "compiled", name, entry, key=key, preinit=preinit, **more)
+
+
+def _report(
+    events: _Events, kind: str, name: str, entry: CacheEntry, *, key: str, preinit: str, **more: Any
+) -> None:
+    fields: dict[str, Any] = {"cwasm": str(entry.path), "digest": entry.digest, "key": key}
+    if preinit:
+        fields["preinit"] = preinit
+    events.emit(kind, component=name, **fields, **more)
 
 
 def _parse_job(raw: bytes) -> dict[str, Any]:
@@ -176,10 +273,20 @@ def _parse_job(raw: bytes) -> dict[str, Any]:
         raise ValueError("the job needs a string 'cache_dir'")
     components = job.get("components")
     if not isinstance(components, list) or not all(
-        isinstance(c, dict) and isinstance(c.get("name"), str) and isinstance(c.get("path"), str)
+        isinstance(c, dict)
+        and isinstance(c.get("name"), str)
+        and isinstance(c.get("path"), str)
+        and isinstance(c.get("pre_initialize", True), bool)
         for c in components
     ):
-        raise ValueError("the job needs 'components': a list of objects with name and path")
+        raise ValueError(
+            "the job needs 'components': a list of objects with name, path "
+            "and optionally pre_initialize (a boolean)"
+        )
+    for limit in ("timeout_s", "memory_mb"):
+        value = job.get(limit, 1)
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise ValueError(f"the job's {limit!r} must be a positive number")
     return job
 
 

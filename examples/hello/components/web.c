@@ -3,9 +3,10 @@
  * (sdk/c/rusm.h; the reference is docs/abi.md, "Serving").
  *
  * It defines neither main nor run, so `make guests` builds it as a WASI
- * reactor: for each request rusmd makes a fresh instance, calls its
- * _initialize (libc's start-up), then the route's action. Nothing
- * survives between requests, which GET /count shows.
+ * reactor. Its _initialize (libc's start-up) runs once, when rusmd
+ * compiles it (pre-initialisation); for each request rusmd makes a fresh
+ * instance of the result and calls the route's action. Nothing survives
+ * between requests, which GET /count shows.
  *
  * greet asks the resident greeter with rusm_call, and ticks sleeps
  * between events. Those imports may block, so every action of this

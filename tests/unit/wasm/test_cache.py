@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -37,6 +38,51 @@ def test_key_is_hex_sha256_and_changes_with_the_module_bytes(tmp_path: Path) -> 
     assert int(key, 16) >= 0
     assert cache.key(MODULE) == key
     assert cache.key(MODULE + b"\x00") != key
+
+
+def test_key_of_a_module_compiled_as_it_is_is_what_it_always_was(tmp_path: Path) -> None:
+    cache = CompileCache(tmp_path / "cache")
+
+    # Entries written before pre-initialisation existed stay valid.
+    expected = hashlib.sha256(engine_fingerprint().encode() + b"\0" + MODULE).hexdigest()
+    assert cache.key(MODULE) == expected
+    assert cache.key(MODULE, "") == expected
+
+
+def test_key_changes_with_pre_initialisation_and_with_wizers_version(tmp_path: Path) -> None:
+    cache = CompileCache(tmp_path / "cache")
+
+    as_is = cache.key(MODULE)
+    snapshot = cache.key(MODULE, "wizer 10.0.0 --init-func _initialize")
+    upgraded = cache.key(MODULE, "wizer 10.0.1 --init-func _initialize")
+
+    assert len({as_is, snapshot, upgraded}) == 3
+    assert cache.key(MODULE, "wizer 10.0.0 --init-func _initialize") == snapshot
+
+
+def test_lookup_reports_what_pre_initialisation_came_to(tmp_path: Path) -> None:
+    cache = CompileCache(tmp_path / "cache")
+    key = cache.key(MODULE, "wizer 10.0.0 --init-func _initialize")
+    cache.store(key, CWASM, source="/app/wasm/api.wasm", preinit="pre-initialized")
+
+    entry = cache.lookup(key)
+
+    assert entry is not None
+    assert entry.preinit == "pre-initialized"
+
+
+def test_sidecar_without_preinit_is_still_a_valid_entry(tmp_path: Path) -> None:
+    cache, key = stored(tmp_path)
+    sidecar = cache.sidecar_path(key)
+    meta = json.loads(sidecar.read_bytes())
+    del meta["preinit"]
+    sidecar.write_text(json.dumps(meta))
+
+    entry = cache.lookup(key)
+
+    assert entry is not None
+    assert entry.preinit == ""
+    assert cache.last_problem == ""
 
 
 def test_store_writes_a_private_cwasm_and_its_sidecar_and_no_temporary_files(
