@@ -20,8 +20,11 @@ from collections.abc import Callable
 from rusmd.abi import PID_STRIDE, ErrorCode, make_pid
 from rusmd.errors import SpawnError
 
-# Ask the main process for more pid serials when fewer than this remain.
-LEASE_LOW_WATER = 1024
+# Ask the main process for more pid serials when fewer than this remain:
+# more than one turn of the worker's loop uses before the lease it asked
+# for can be read (a turn serves a request of each of thousands of
+# connections); a request that finds no pid left gets 503.
+LEASE_LOW_WATER = 16384
 
 
 class PidLeases:
