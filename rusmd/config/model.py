@@ -114,8 +114,8 @@ class Serve(msgspec.Struct, frozen=True, kw_only=True):
         source: Where the handler's JS bundle comes from (``https://…``,
             ``url:…`` or ``kv:<bucket>/<key>``). Optional; defaults to None.
         max_connections: Open connections per worker on this listener; past
-            it a new connection gets 503 with Retry-After and is closed.
-            Optional; defaults to 1000.
+            it a new connection gets 503 with Retry-After at once and a clean
+            close. Optional; defaults to 4096.
         max_url_bytes: Length of the request target; past it 414.
             Optional; defaults to 8192.
         max_header_bytes: Total bytes of the request's header names and
@@ -152,7 +152,7 @@ class Serve(msgspec.Struct, frozen=True, kw_only=True):
     routes: tuple[Route, ...] = ()
     name: str | None = None
     source: str | None = None
-    max_connections: int = 1000
+    max_connections: int = 4096
     max_url_bytes: int = 8192
     max_header_bytes: int = 16384
     max_headers: int = 100

@@ -69,7 +69,15 @@ from rusmd.log import (
 )
 from rusmd.main.commands import dispatch
 from rusmd.main.compile import CompileResult, CompileRun, jobs_for
-from rusmd.main.listeners import Listener, close_listeners, open_listeners
+from rusmd.main.listeners import (
+    Listener,
+    backlog_warnings,
+    close_listeners,
+    fit_open_files,
+    open_files_warnings,
+    open_listeners,
+    read_somaxconn,
+)
 from rusmd.main.pool import WorkerPool, WorkerState
 from rusmd.main.queries import Queries
 from rusmd.main.reaper import Reaper
@@ -179,6 +187,7 @@ class MainProcess:
         for warning in self.manifest.warnings:
             self.log.warn(f"config: {warning}")  # the text `rusmd check` prints
         self.listeners = open_listeners(self.manifest.serve, os.environ)
+        self._fit_limits(self.manifest)
         self.control.open()
         self.pool = WorkerPool(
             self.manifest,
@@ -347,6 +356,7 @@ class MainProcess:
         self.log.threshold = manifest.log.level
         self.listeners = listeners
         self.pool.listeners = [listener.sock for listener in listeners]
+        self._fit_limits(manifest)
         if manifest.node.profile != self.profile and self.overrides.profile is None:
             self.set_profile(manifest.node.profile)
         self.pool.roll(manifest, images)
@@ -598,6 +608,15 @@ class MainProcess:
         result = [current.get(address) or by_address[address] for address in wanted]
         close_listeners([old for address, old in current.items() if address not in wanted])
         return result
+
+    def _fit_limits(self, manifest: Manifest) -> None:
+        """Before workers fork: the open-files limit their connections need, and the backlog."""
+        raised = fit_open_files(manifest.serve)
+        if raised:
+            self.log.info(raised)
+        serve = manifest.serve
+        for warning in open_files_warnings(serve) + backlog_warnings(serve, read_somaxconn()):
+            self.log.warn(warning)
 
     def _enqueue_signal(self, signum: int, _frame: object) -> None:
         self.signals.append(signum)

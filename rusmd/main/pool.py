@@ -83,8 +83,10 @@ READY_TIMEOUT_S = 10.0
 HEARTBEAT_TIMEOUT_S = 5.0
 # How long a worker may drain after Stop before it is killed.
 WORKER_SHUTDOWN_S = 10.0
-# Pid serials handed to a worker at once; it asks for more when low. A
-# slot's serials only grow, so no pid is reused during the node's life.
+# Pid serials handed to a worker at once; it asks for more when low
+# (wasm.pids.LEASE_LOW_WATER, which this must exceed). A slot's serials only
+# grow, so no pid is reused during the node's life; at ~10,000 requests/s a
+# worker asks every few seconds.
 PID_LEASE_SIZE = 65536
 
 

@@ -3,13 +3,14 @@
 Runs in: worker, on its I/O thread (uvloop).
 
 Every worker accepts on the listen sockets the main process bound (the
-kernel hands each connection to one of them). Per request on an http
-listener the route table picks ``component#action`` and the wasm host
-runs the action in a fresh instance: inline on this thread when the
-module imports nothing that may wait, else as a process on a guest
-thread whose exit comes back here. An sse route always runs as a
-process for the stream's life; a ws listener runs its component's entry
-as one process per connection.
+kernel hands each connection to one of them; ``acceptor`` takes many in
+one turn of the loop and answers one past ``max-connections``). Per
+request on an http listener the route table picks ``component#action``
+and the wasm host runs the action in a fresh instance: inline on this
+thread when the module imports nothing that may wait, else as a process
+on a guest thread whose exit comes back here. An sse route always runs
+as a process for the stream's life; a ws listener runs its component's
+entry as one process per connection.
 
 What the client sees when things go wrong:
 
@@ -37,6 +38,7 @@ from rusmd.config.model import Protocol, Serve
 from rusmd.config.routes import Match, MethodNotAllowed, NotFound, Route, RouteTable
 from rusmd.errors import SpawnError
 from rusmd.log import Logger
+from rusmd.serving.acceptor import Acceptor, TurnedAway
 from rusmd.serving.http import HttpConnection, Reject, simple_response
 from rusmd.serving.ws import WsConnection
 from rusmd.wasm.exchange import Exchange, Request
@@ -48,9 +50,6 @@ if TYPE_CHECKING:
 # How often deadlines (header/body/idle timeouts) and SSE heartbeats are
 # checked: a timeout fires up to this much late.
 SWEEP_INTERVAL_S = 0.25
-# Pending connections each worker's accept queue may hold (the kernel's
-# backlog is the main process's; this is what uvloop passes to listen()).
-ACCEPT_BACKLOG = 1024
 # Resolved (method, path) pairs each listener remembers: the route walk
 # (split, percent-decode, trie) is skipped for repeated paths; the bound
 # keeps a client sending endless distinct paths from growing it.
@@ -102,8 +101,10 @@ class ListenerRuntime:
             Route(r.method, r.path, r.component, r.action) for r in config.routes
         )
         self.connections: set[Any] = set()
+        # Connections past max-connections, answered 503 and closing cleanly.
+        self.turned_away: set[TurnedAway] = set()
         self.draining = False
-        self.server: asyncio.AbstractServer | None = None
+        self.acceptor: Acceptor | None = None
         self.budget_ms = int(config.timeout_s * 1000)
         self.retry = f"retry-after: {config.retry_after_s}\r\n".encode()
         self._unavailable: set[str] = set()
@@ -117,14 +118,15 @@ class ListenerRuntime:
         self._loading: dict[int, tuple[Callable[[], None], asyncio.TimerHandle]] = {}
         self._next_wait = 0
 
-    async def start(self, sock: Any) -> None:
+    def start(self, sock: Any) -> None:
         """Accept on the inherited listen socket."""
         factory: Callable[[], asyncio.Protocol]
         if self.protocol is Protocol.WS:
             factory = lambda: WsConnection(self)  # noqa: E731
         else:
             factory = lambda: HttpConnection(self)  # noqa: E731
-        self.server = await self.loop.create_server(factory, sock=sock, backlog=ACCEPT_BACKLOG)
+        self.acceptor = Acceptor(self.loop, sock, factory, self.log.warn)
+        self.acceptor.start()
 
     # ── requests ────────────────────────────────────────────────────────
 
@@ -160,8 +162,8 @@ class ListenerRuntime:
         if inline:
             try:
                 report = self.inline.serve(component, action, exchange)
-            except SpawnError as exc:  # no pid left until the next lease arrives
-                self._refused(conn, exchange, exc)
+            except SpawnError as exc:  # no pid for it (the next lease is late)
+                self._not_started(conn, exchange, exc)
                 return
             self.complete(conn, exchange, report)
             return
@@ -205,15 +207,15 @@ class ListenerRuntime:
                 name, entry=action, exchange=exchange, on_exit=exited, quiet=True, fiber=True
             )
         except SpawnError as exc:
-            self._refused(conn, exchange, exc)
+            self._not_started(conn, exchange, exc)
             return
         if self.mode is Protocol.HTTP:
             exchange.timer = self.loop.call_later(
                 self.config.timeout_s, self._out_of_time, exchange
             )
 
-    def _refused(self, conn: HttpConnection, exchange: Exchange, exc: SpawnError) -> None:
-        """No process for the request (a limit, no pid left): 503, the connection kept."""
+    def _not_started(self, conn: HttpConnection, exchange: Exchange, exc: SpawnError) -> None:
+        """The handler could not start (a limit, a component unavailable): 503."""
         conn.current = None
         self.log.warn(f"{self.protocol} {exchange.request.method} {exchange.request.path}: {exc}")
         extra = self.retry if exc.code in (ErrorCode.LIMIT, ErrorCode.UNAVAILABLE) else b""
@@ -360,9 +362,12 @@ class ListenerRuntime:
             self.log.info(f"{self.protocol} refused → {reject.status} ({reject.why})")
 
     def overloaded(self, transport: Any) -> None:
-        """A connection past max-connections (or during a drain): 503 and close."""
-        transport.write(simple_response(503, "service unavailable", close=True, extra=self.retry))
-        transport.close()
+        """A connection past max-connections (or during a drain): 503 and close.
+
+        The 503 goes out at once; the close is clean (``TurnedAway``).
+        """
+        answer = simple_response(503, "service unavailable", close=True, extra=self.retry)
+        TurnedAway(self.turned_away, time.monotonic()).take(transport, answer)
         if self.log.info_on:
             self.log.info(f"{self.protocol} connection → 503 (max-connections)")
 
@@ -375,6 +380,8 @@ class ListenerRuntime:
 
     def sweep(self, now: float) -> None:
         """Deadlines and heartbeats."""
+        for away in list(self.turned_away):
+            away.expire(now)
         heartbeat = self.config.heartbeat_s
         for conn in list(self.connections):
             conn.expire(now)
@@ -389,8 +396,8 @@ class ListenerRuntime:
     def drain(self) -> None:
         """Stop accepting; in-flight requests finish, idle connections close."""
         self.draining = True
-        if self.server is not None:
-            self.server.close()
+        if self.acceptor is not None:
+            self.acceptor.close()
         for conn in list(self.connections):
             conn.drain()
 
@@ -423,7 +430,7 @@ class Server:
     async def start(self) -> None:
         """Start accepting on every listener."""
         for listener, sock in zip(self.listeners, self.sockets, strict=False):
-            await listener.start(sock)
+            listener.start(sock)
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
 
     def _sweep(self) -> None:

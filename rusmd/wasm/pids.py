@@ -21,9 +21,9 @@ from rusmd.abi import PID_STRIDE, ErrorCode, make_pid
 from rusmd.errors import SpawnError
 
 # Ask the main process for more pid serials when fewer than this remain:
-# the reply comes through the worker's loop, which may first serve a whole
-# burst of inline requests (one pid each), so the low water is well above
-# what a thousand connections' pipelined requests take in one loop turn.
+# more than one turn of the worker's loop uses before the lease it asked
+# for can be read (a turn serves a request of each of thousands of
+# connections); a request that finds no pid left gets 503.
 LEASE_LOW_WATER = 16384
 
 

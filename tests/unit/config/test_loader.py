@@ -420,7 +420,7 @@ def test_listener_limits_take_their_defaults_when_omitted(tmp_path: Path) -> Non
         listener.max_body_bytes,
         listener.max_message_bytes,
         listener.retry_after_s,
-    ) == (1000, 8192, 16384, 100, 1048576, 1048576, 1)
+    ) == (4096, 8192, 16384, 100, 1048576, 1048576, 1)
     assert (
         listener.header_timeout_s,
         listener.body_timeout_s,
