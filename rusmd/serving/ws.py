@@ -18,11 +18,23 @@ answered by the library; the host pings every ``heartbeat-s``. Once both
 the socket and the process are gone, the connection lets go of its
 exchange and of its protocol's parser, so reference counting frees it at
 once (a burst of sockets is not left for the cycle collector).
+
+The common frames take a shorter path than the library's generic one,
+with the same result. A read made only of whole, unfragmented, masked
+text and binary frames within ``max-message-bytes`` (what a client
+sends, one message a frame) is unmasked and delivered here, while the
+protocol is open and its parser holds nothing; anything else (a control
+frame, a fragment, a frame cut across reads, an oversized or malformed
+one) and the rest of that read go to the library's parser. A process's
+messages go out as unmasked frames made here (server frames have no
+mask, and no extension is ever negotiated), appended to the protocol's
+output in order with its own frames (pongs, the close).
 """
 
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +44,11 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+
+try:  # the library's own C unmasking, as its parser uses
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover (a build without the extension)
+    from websockets.utils import apply_mask
 
 from rusmd.abi import MAX_EVENT_BYTES, ErrorCode, ExitReason, Kind, WsKind
 from rusmd.actors.table import Envelope
@@ -54,6 +71,26 @@ MAX_CLOSE_REASON_BYTES = 123
 # Status codes a guest may close with.
 _GUEST_CLOSE_CODES = frozenset({1000}) | frozenset(range(3000, 5000))
 _WRITABLE_POLL_S = 0.1
+# Bound once: an enum member read through its class costs ~0.1 µs, and
+# these are read for every message.
+_OPEN = State.OPEN
+_TEXT, _BINARY = WsKind.TEXT, WsKind.BINARY
+_FRAME = Kind.FRAME
+_OK, _LIMIT, _CLOSED = ErrorCode.OK, ErrorCode.LIMIT, ErrorCode.CLOSED
+_INVALID, _TOOBIG = ErrorCode.INVALID, ErrorCode.TOOBIG
+_monotonic = time.monotonic
+# A server frame's head: FIN and the opcode, then the unmasked length
+# (RFC 6455 §5.2): in the second byte below 126, else 126 and 16 bits, or
+# 127 and 64 bits.
+_FIN_TEXT, _FIN_BINARY = 0x80 | Opcode.TEXT, 0x80 | Opcode.BINARY
+_HEAD_16 = struct.Struct("!BBH")
+_HEAD_64 = struct.Struct("!BBQ")
+# The parts of the library's protocol the frame fast path reads
+# (``WsConnection._whole_frames``); without them every frame takes the
+# library's parser.
+_FAST_FRAMES = all(
+    hasattr(ServerProtocol(), name) for name in ("current_size", "reader", "writes", "extensions")
+)
 
 
 class WsListener(Protocol):
@@ -116,19 +153,19 @@ class WsExchange:
         parks it until then), and its frame goes out at once.
         """
         if self.closed:
-            return ErrorCode.CLOSED
-        if kind not in (WsKind.TEXT, WsKind.BINARY):
-            return ErrorCode.INVALID
+            return _CLOSED
+        if kind != _TEXT and kind != _BINARY:  # noqa: PLR1714 (two compares beat a set here)
+            return _INVALID
         if len(data) > MAX_EVENT_BYTES:
-            return ErrorCode.TOOBIG
-        if kind == WsKind.TEXT:
+            return _TOOBIG
+        if kind == _TEXT:
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError:
-                return ErrorCode.INVALID
+                return _INVALID
         if threading.get_ident() == self.loop_thread:
-            self.conn.send_messages([(kind, data)])
-            return ErrorCode.OK
+            self.conn.send_message(kind, data)
+            return _OK
         while not self.writable.wait(_WRITABLE_POLL_S):
             if self.closed:
                 return ErrorCode.CLOSED
@@ -171,6 +208,8 @@ class WsConnection(asyncio.Protocol):
         self.listener = listener
         self.limits = listener.config
         self.protocol = ServerProtocol(max_size=listener.config.max_message_bytes)
+        # Whole frames skip the library's parser (``_whole_frames``).
+        self.fast = _FAST_FRAMES
         self.transport: Any = None
         self.exchange: WsExchange | None = None
         self.current = None  # no HTTP exchange: the sweep's heartbeat skips it
@@ -200,14 +239,26 @@ class WsConnection(asyncio.Protocol):
         self.deadline = time.monotonic() + self.limits.header_timeout_s
 
     def data_received(self, data: bytes) -> None:
-        self.last_seen = time.monotonic()
-        self.protocol.receive_data(data)
-        for event in self.protocol.events_received():
+        self.last_seen = _monotonic()
+        protocol = self.protocol
+        if (
+            self.fast
+            and self.exchange is not None
+            and protocol.state is _OPEN
+            and protocol.current_size is None
+            and not protocol.reader.buffer
+        ):
+            data = self._whole_frames(data)
+            if not data:
+                return
+        protocol.receive_data(data)
+        for event in protocol.events_received():
             if isinstance(event, WsRequest):
                 self._handshake(event)
             elif isinstance(event, Frame):
                 self._frame(event)
-        self._flush()
+        if protocol.writes:
+            self._flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
@@ -326,6 +377,45 @@ class WsConnection(asyncio.Protocol):
         if code == ErrorCode.LIMIT:
             self.protocol.fail(1013, "mailbox full")
 
+    def _whole_frames(self, data: bytes) -> bytes:
+        """Deliver the whole single-frame messages ``data`` starts with; return the rest.
+
+        Called while the protocol is open and its parser holds nothing. A
+        frame is taken here only when the library's parser would take it
+        the same way: FIN set, no reserved bit, text or binary, masked, its
+        length in 7 or 16 bits and within ``max-message-bytes``, all of it
+        in ``data``. At the first frame that is not, the rest is returned
+        for the parser, which then sees the stream exactly where it would
+        have been.
+        """
+        limit = self.limits.max_message_bytes
+        deliver = self.listener.host.actors.deliver
+        pid = self.exchange.pid if self.exchange is not None else 0
+        end = len(data)
+        at = 0
+        while end - at >= 6:
+            head = data[at]
+            if head != _FIN_TEXT and head != _FIN_BINARY:  # noqa: PLR1714 (two compares beat a set here)
+                break
+            length = data[at + 1] ^ 0x80  # the mask bit set: 0-127; unset: 128 and up
+            if length < 126:
+                start = at + 6
+            elif length == 126 and end - at >= 8:
+                length = data[at + 2] << 8 | data[at + 3]
+                start = at + 8
+            else:
+                break
+            stop = start + length
+            if length > limit or stop > end:
+                break
+            payload = apply_mask(data[start:stop], data[start - 4 : start])
+            kind = _TEXT if head == _FIN_TEXT else _BINARY
+            at = stop
+            if deliver(pid, Envelope(_FRAME, 0, 0, kind, payload)) == _LIMIT:
+                self.protocol.fail(1013, "mailbox full")
+                break  # what follows goes to the parser, which now discards it
+        return data[at:] if at else data
+
     def _tell_closed(self, code: int) -> None:
         exchange = self.exchange
         if exchange is None or self.exited:
@@ -380,14 +470,31 @@ class WsConnection(asyncio.Protocol):
     # ── I/O thread sends ────────────────────────────────────────────────
 
     def send_messages(self, frames: list[tuple[int, bytes]]) -> None:
-        """Send frames a process queued, then write them in one go."""
-        if self.protocol.state is not State.OPEN:
-            return
+        """Send messages a process queued (kind, data), then write them in one go."""
         for kind, data in frames:
-            if kind == WsKind.TEXT:
-                self.protocol.send_text(data)
+            self.send_message(kind, data)
+
+    def send_message(self, kind: int, data: bytes) -> None:
+        """Send one message of the process as one unmasked frame, at the iteration's end."""
+        protocol = self.protocol
+        if protocol.state is not _OPEN:
+            return
+        if not self.fast:
+            if kind == _TEXT:
+                protocol.send_text(data)
             else:
-                self.protocol.send_binary(data)
+                protocol.send_binary(data)
+            self._flush()
+            return
+        head = _FIN_TEXT if kind == _TEXT else _FIN_BINARY
+        length = len(data)
+        if length < 126:
+            frame = b"%c%c%b" % (head, length, data)
+        elif length < 65536:
+            frame = _HEAD_16.pack(head, 126, length) + data
+        else:
+            frame = _HEAD_64.pack(head, 127, length) + data
+        protocol.writes.append(frame)
         self._flush()
 
     def close_with(self, code: int, reason: str) -> None:
@@ -411,12 +518,16 @@ class WsConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        for data in self.protocol.data_to_send():
-            if data:
-                transport.write(data)
-            else:
-                transport.close()
-                return
+        writes = self.protocol.data_to_send()
+        if not writes:
+            return
+        if b"" not in writes:  # no end of stream: all of it in one write
+            transport.write(writes[0] if len(writes) == 1 else b"".join(writes))
+            return
+        before = writes[: writes.index(b"")]
+        if before:
+            transport.write(b"".join(before))
+        transport.close()
 
     # ── time and drain ──────────────────────────────────────────────────
 

@@ -70,6 +70,12 @@ def _writable() -> threading.Event:
 _ALWAYS_WRITABLE = _writable()
 # Bound once: an enum member read through its class costs ~0.1 µs.
 _OK = ErrorCode.OK
+_CLOSED, _INVALID, _TOOBIG = ErrorCode.CLOSED, ErrorCode.INVALID, ErrorCode.TOOBIG
+# Line ends, as the byte values ``in`` looks for: ``b"\n" in data`` first tries
+# the bytes as an integer and pays for the exception (~0.3 µs an event).
+_LF, _CR = ord("\n"), ord("\r")
+# ``data: `` and the blank line after it: an unnamed event's bytes besides its data.
+_DATA_FRAMING_BYTES = len(b"data: \n\n")
 
 
 def status_line(status: int) -> bytes:
@@ -397,22 +403,24 @@ class Exchange:
     def sse_event(self, name: bytes, data: bytes) -> ErrorCode:
         """``rusm.sse_event``: one event on the stream (the head goes first)."""
         if self.closed:
-            return ErrorCode.CLOSED
-        if b"\r" in name or b"\n" in name:
-            return ErrorCode.INVALID
+            return _CLOSED
+        if name and (_LF in name or _CR in name):
+            return _INVALID
         if len(data) > MAX_EVENT_BYTES:
-            return ErrorCode.TOOBIG
-        event = b"event: " + name + b"\n" if name else b""
-        for line in data.replace(b"\r\n", b"\n").split(b"\n"):
-            event += b"data: " + line + b"\n"
-        event += b"\n"
-        out = b""
+            return _TOOBIG
+        if _LF in data or _CR in data:  # a data line each
+            data = b"\ndata: ".join(data.replace(b"\r\n", b"\n").split(b"\n"))
+        if name:
+            event = b"event: %b\ndata: %b\n\n" % (name, data)
+            chunk = b"%x\r\n%b\r\n" % (len(event), event)
+        else:  # the common event, framed as its chunk in one piece
+            chunk = b"%x\r\ndata: %b\n\n\r\n" % (len(data) + _DATA_FRAMING_BYTES, data)
         if not self.started:
             self.started = True
             self.status = 200
-            out = SSE_HEAD + DATE.line() + b"\r\n"
-        self._send(out + b"%x\r\n%b\r\n" % (len(event), event))
-        return ErrorCode.OK
+            chunk = SSE_HEAD + DATE.line() + b"\r\n" + chunk
+        self._send(chunk)
+        return _OK
 
     def heartbeat(self) -> None:
         """An idle SSE stream's keep-alive comment (I/O thread)."""

@@ -20,16 +20,24 @@ thread runs the guest until one of these happens:
 
 In the last case the loop polls it again soon. In the others it is
 *parked* until its mailbox has a message, its ``recv`` times out, the
-socket drains, or it is told to stop (the actor's waker schedules a
-poll). A parked fiber that is stopped is never resumed: its future is
-dropped, which unwinds its stack. Nothing passes between threads for a
-message, and a WebSocket round trip is one poll.
+socket drains, or it is told to stop (the actor's waker queues it; the
+fibers woken during one loop iteration run in one callback at its end).
+A parked fiber that is stopped is never resumed: its future is dropped,
+which unwinds its stack. Nothing passes between threads for a message,
+and a WebSocket round trip is one poll.
 
 ``recv`` and the serving writes are wasmtime *async* host functions in
-these modules' linker: the host callback either finishes at once (a
-message is there, the socket is writable) or hands wasmtime a
-continuation that the next polls ask until it can finish. Every other
-import is the same synchronous callback a threaded process calls.
+these modules' linker; every other import is the same synchronous
+callback a threaded process calls. The async callback either finishes
+at once (a message is there, the socket is writable) or parks: it hands
+wasmtime a continuation that every poll asks whether the call is over.
+The continuation answers from C, never entering Python: its callback is
+libc's ``strlen`` and its argument a byte the fiber owns, 0 while the
+call waits and 1 once it may go on. The scheduler finishes a parked
+call itself (the message written into guest memory, the result set)
+and only then sets the byte and polls, so a resumed call costs the
+poll alone. A call that finishes at once gets a continuation over a
+byte that is always 1.
 """
 
 from __future__ import annotations
@@ -37,18 +45,19 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import enum
+import struct
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 from wasmtime import _ffi as ffi
 
-from rusmd.abi import HEADER_BYTES, ErrorCode, ExitReason
-from rusmd.actors.table import ActorTable, Stopped
+from rusmd.abi import HEADER_BYTES, HEADER_FORMAT, MAX_EVENT_BYTES, ErrorCode, ExitReason
+from rusmd.actors.table import ActorTable, Envelope, Stopped
 from rusmd.wasm import capi
 from rusmd.wasm.abi import FUNCTIONS
-from rusmd.wasm.calls import write_received
 from rusmd.wasm.capi import export, pid_of
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
 from rusmd.wasm.process import ExitReport, Process, ProcessState
@@ -66,21 +75,15 @@ _poll = capi.raw("wasmtime_call_future_poll", ctypes.c_bool, release_gil=True)
 _delete_future = capi.raw("wasmtime_call_future_delete", None)
 _export_get = capi.export_get_raw
 _caller_context = capi.caller_context_raw
-
-
-class Continuation(ctypes.Structure):
-    """``wasmtime_async_continuation_t``: asked on each poll until it returns true."""
-
-    _fields_ = (
-        ("callback", ctypes.c_void_p),
-        ("env", ctypes.c_void_p),
-        ("finalizer", ctypes.c_void_p),
-    )
-
+# A memory's size and base as plain integers (``memory`` binds the same).
+_data_size = capi.raw("wasmtime_memory_data_size", ctypes.c_size_t)
+_data = capi.raw("wasmtime_memory_data", ctypes.c_void_p)
 
 # An async host callback: (env, caller, args, nargs, results, nresults,
-# trap_ret, continuation_ret). Its values are ``wasmtime_val_t``: 32
-# bytes each, the kind at 0 and the value at 8.
+# trap_ret, continuation_ret), every pointer a plain integer (ctypes would
+# make an object of each). Its values are ``wasmtime_val_t``: 32 bytes
+# each, the kind at 0 and the value at 8; the continuation is
+# ``wasmtime_async_continuation_t``: callback, env, finalizer.
 AsyncCallback = ctypes.CFUNCTYPE(
     None,
     ctypes.c_void_p,
@@ -90,24 +93,39 @@ AsyncCallback = ctypes.CFUNCTYPE(
     ctypes.c_void_p,
     ctypes.c_size_t,
     ctypes.c_void_p,
-    ctypes.POINTER(Continuation),
+    ctypes.c_void_p,
 )
-_ContinuationCallback = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p)
 _VAL_BYTES = ctypes.sizeof(ffi.wasmtime_val_t)
-_VAL_OF = ffi.wasmtime_val_t.of.offset
+_VAL_OF: int = ffi.wasmtime_val_t.of.offset
+
+
+def _i32_index(k: int) -> int:
+    """Where value ``k``'s i32 is in a values array read as int32s."""
+    return (k * _VAL_BYTES + _VAL_OF) // 4
+
+
+_A0, _A1, _A2, _A3 = (_i32_index(k) for k in range(4))
 _I32 = 0  # WASMTIME_I32
+_U32 = 0xFFFFFFFF
+# libc's strlen is every continuation's callback. wasmtime passes it the
+# continuation's env: the address of a byte followed by a NUL, so it
+# returns that byte (0 or 1), which is what a C function declared to
+# return bool leaves in the return register. A parked call's byte is its
+# fiber's ``flag``; a call that finished at once points at ``_ALWAYS``.
+_STRLEN = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value
+_ALWAYS = (ctypes.c_uint8 * 2)(1, 0)
+_ALWAYS_ADDRESS = ctypes.addressof(_ALWAYS)
+_HEADER = struct.Struct(HEADER_FORMAT)
+# Bound once: an enum member read through its class costs ~0.1 µs.
+_OK = ErrorCode.OK
+_TIMEOUT = ErrorCode.TIMEOUT
+_INVALID = ErrorCode.INVALID
+_RUNNING = ProcessState.RUNNING
+_WAITING = ProcessState.WAITING
+_monotonic = time.monotonic
 # Serving functions that wait while the client reads too slowly: async on
 # a fiber (the fiber parks), as a thread they wait on the exchange.
 WRITERS = ("ws_send", "sse_event", "write", "flush")
-
-
-def _arg(args: int, index: int) -> int:
-    return ctypes.c_int32.from_address(args + index * _VAL_BYTES + _VAL_OF).value
-
-
-def _set_result(results: int, value: int) -> None:
-    ctypes.c_uint8.from_address(results).value = _I32
-    ctypes.c_int32.from_address(results + _VAL_OF).value = value
 
 
 class Phase(enum.Enum):
@@ -140,30 +158,31 @@ class Fiber:
         self.error = ctypes.c_void_p()
         # Parked in an async host call whose continuation is not ready.
         self.parked = False
-        # What the parked call needs to finish: a ready test and the finish.
-        self.ready: Callable[[], bool] = _never
-        self.finish: Callable[[], bool] = _never
+        # What its parked call's continuation answers (the strlen of it):
+        # 0 while it waits, 1 once the scheduler finished the call.
+        self.flag = (ctypes.c_uint8 * 2)()
+        self.flag_address = ctypes.addressof(self.flag)
+        # How a parked serving write finishes (True once it did); None
+        # for ``recv``, whose arguments are kept below.
+        self.finish: Callable[[], bool] | None = None
+        self.header = 0
+        self.buf = 0
+        self.cap = 0
+        self.result_at = 0  # the call's result value (a ``wasmtime_val_t``)
         self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.scheduled = False
         self.ended = False
-        # Its parked call finished during the last poll: wasmtime hands
-        # back once more before the guest runs on, so poll again at once.
-        self.resumed = False
+        # Its memory as a memoryview, made again when its size changes (a
+        # grow is the only thing that can move it).
+        self.view = memoryview(bytearray())
+        self.view_size = -1
 
     def refs(self) -> tuple[Any, Any]:
         """The trap and error out-slots, cleared, as a future's last two arguments."""
         self.trap.value = None
         self.error.value = None
         return ctypes.byref(self.trap), ctypes.byref(self.error)
-
-
-def _never() -> bool:
-    return False
-
-
-def _finished_at_once(_env: int | None) -> bool:
-    return True
 
 
 class FiberHost(Protocol):
@@ -190,17 +209,28 @@ class FiberScheduler:
         self, host: FiberHost, loop: asyncio.AbstractEventLoop, serve_calls: ServeCalls
     ) -> None:
         self.host = host
+        self.table = host.actors
         self.loop = loop
         self.serve_calls = serve_calls
         self.thread = threading.get_ident()
         self.fibers: dict[int, Fiber] = {}
-        self._continue = _ContinuationCallback(self._continuation)
-        self._continue_address = ctypes.cast(self._continue, ctypes.c_void_p).value
-        self._done = _ContinuationCallback(_finished_at_once)
-        self._done_address = ctypes.cast(self._done, ctypes.c_void_p).value
-        self.callbacks = {"recv": self._async_callback("recv", self._recv)}
+        # Fibers woken on this thread since the loop last ran them.
+        self._woken: list[Fiber] = []
+        # Re-pointed at a call's values (int32s) and continuation (two
+        # pointers) to read and write them in place: cheaper than a ctypes
+        # object per access. Only the I/O thread uses them.
+        self._i32 = ctypes.POINTER(ctypes.c_int32)()
+        self._i32_at = ctypes.c_size_t.from_buffer(self._i32)
+        self._u64 = ctypes.POINTER(ctypes.c_uint64)()
+        self._u64_at = ctypes.c_size_t.from_buffer(self._u64)
+        self.callbacks = {
+            "recv": self._async_callback("recv", self._recv),
+            "ws_send": self._async_callback("ws_send", self._ws_send),
+            "sse_event": self._async_callback("sse_event", self._sse_event),
+        }
         for name in WRITERS:
-            self.callbacks[name] = self._async_callback(name, self._writer(name))
+            if name not in self.callbacks:
+                self.callbacks[name] = self._async_callback(name, self._writer(name))
         # The fiber being polled (async host calls come from it: polls never nest).
         self.current: Fiber | None = None
 
@@ -213,9 +243,22 @@ class FiberScheduler:
     def wake(self, pid: int) -> None:
         """Poll ``pid``'s fiber soon: a message, a stop, or the socket drained."""
         fiber = self.fibers.get(pid)
-        if fiber is not None and not fiber.scheduled and not fiber.ended:
-            fiber.scheduled = True
+        if fiber is not None:
+            self._wake(fiber)
+
+    def _wake(self, fiber: Fiber) -> None:
+        if fiber.scheduled or fiber.ended:
+            return
+        fiber.scheduled = True
+        if threading.get_ident() != self.thread:
             self._soon(self._run, fiber)
+            return
+        # The fibers woken during one loop iteration (a read's messages to
+        # several connections) run in one callback after it.
+        woken = self._woken
+        woken.append(fiber)
+        if len(woken) == 1 and not self.loop.is_closed():
+            self.loop.call_soon(self._run_woken)
 
     def _soon(self, job: Callable[..., None], *args: Any) -> None:
         if self.loop.is_closed():
@@ -226,6 +269,12 @@ class FiberScheduler:
             self.loop.call_soon_threadsafe(job, *args)
 
     # ── the I/O thread ──────────────────────────────────────────────────
+
+    def _run_woken(self) -> None:
+        woken, self._woken = self._woken, []
+        for fiber in woken:
+            if fiber.scheduled:  # else something ran it meanwhile
+                self._run(fiber)
 
     def _start(self, process: Process) -> None:
         host = self.host
@@ -239,8 +288,7 @@ class FiberScheduler:
         process.fiber = fiber
         self.fibers[process.pid] = fiber
         if process.actor is not None:
-            pid = process.pid
-            process.actor.waker = lambda: self.wake(pid)
+            process.actor.waker = partial(self._wake, fiber)
         name = process.entry or (component.shape.entry if component.shape else "")
         if process.entry:
             results = component.action(name)
@@ -269,28 +317,32 @@ class FiberScheduler:
         """Poll ``fiber`` until it parks, yields or ends."""
         fiber.scheduled = False
         process = fiber.process
+        resumed = False
         while not fiber.ended:
             if process.stop_reason:
                 self._end(fiber, ExitReport(process.stop_reason, process.stop_detail))
                 return
             if fiber.parked:
-                if not self._can_finish(fiber):
-                    self._arm(fiber)
-                    return
-                process.state = ProcessState.RUNNING
-                process.call_started_tick = self.host.ticks  # time parked is not CPU time
+                if not self._resume(fiber):
+                    if not process.stop_reason:
+                        self._arm(fiber)
+                        return
+                    continue
+                resumed = True
             self.current = fiber
-            fiber.resumed = False
             try:
                 done = _poll(fiber.future)
             finally:
                 self.current = None
             if not done:
-                if fiber.resumed and not fiber.parked:
-                    continue
                 if fiber.parked:
-                    process.state = ProcessState.WAITING
+                    process.state = _WAITING
                     self._arm(fiber)
+                elif resumed:
+                    # Its epoch deadline passed while it was parked, so it
+                    # yielded as soon as it went on: it has used no tick yet.
+                    resumed = False
+                    continue
                 else:  # it used up a tick: let the loop run, then carry on
                     fiber.scheduled = True
                     self.loop.call_soon(self._run, fiber)
@@ -302,17 +354,43 @@ class FiberScheduler:
                 self._end(fiber, report)
                 return
 
-    def _can_finish(self, fiber: Fiber) -> bool:
-        """Whether polling the parked fiber would let its host call finish."""
-        if fiber.ready():
-            return True
-        return fiber.deadline is not None and time.monotonic() >= fiber.deadline
+    def _resume(self, fiber: Fiber) -> bool:
+        """Finish the parked fiber's host call if it can now; True if it did.
+
+        A stop found meanwhile (or a host error) sets the process's stop
+        reason instead: the fiber is never resumed.
+        """
+        process = fiber.process
+        try:
+            finished = self._finish_recv(fiber) if fiber.finish is None else fiber.finish()
+        except Stopped as exc:
+            self._stopping(process, exc.reason)
+            return False
+        except BadPointer as exc:
+            process.crash = str(exc)
+            self._stopping(process, ExitReason.CRASHED, process.crash)
+            return False
+        except Exception as exc:
+            process.crash = f"host error in a parked call: {type(exc).__name__}: {exc}"
+            self._stopping(process, ExitReason.CRASHED, process.crash)
+            return False
+        if not finished:
+            return False
+        fiber.parked = False
+        fiber.flag[0] = 1
+        fiber.deadline = None
+        if fiber.timer is not None:
+            fiber.timer.cancel()
+            fiber.timer = None
+        process.state = _RUNNING
+        process.call_started_tick = self.host.ticks  # time parked is not CPU time
+        return True
 
     def _arm(self, fiber: Fiber) -> None:
         """Wake a parked fiber at its deadline (once)."""
         if fiber.deadline is None or fiber.timer is not None:
             return
-        delay = max(0.0, fiber.deadline - time.monotonic())
+        delay = max(0.0, fiber.deadline - _monotonic())
         fiber.timer = self.loop.call_later(delay, self._timed_out, fiber)
 
     def _timed_out(self, fiber: Fiber) -> None:
@@ -396,57 +474,31 @@ class FiberScheduler:
             _delete_future(fiber.future)
             fiber.future = None
         self.fibers.pop(fiber.process.pid, None)
+        # Its memory goes with its store: nothing may read it through the view.
+        fiber.view, fiber.view_size = memoryview(bytearray()), -1
         self.host.finish(fiber.process, report, fiber.store)
         # Nothing polls it again: untie it from its process. The two point at
-        # each other (and its parked call's closures at both), and a cycle
+        # each other (and its parked call's closure at both), and a cycle
         # waits for the cycle collector, which reaches long-lived objects
         # late; untied, the process, its actor, exchange and connection are
         # freed as soon as the last reference goes.
-        fiber.ready = fiber.finish = _never
+        fiber.finish = None
         fiber.process.fiber = None
 
     # ── async host functions (inside a poll, I/O thread) ────────────────
 
-    def _park(self, fiber: Fiber, ready: Callable[[], bool], finish: Callable[[], bool]) -> None:
-        fiber.parked = True
-        fiber.ready = ready
-        fiber.finish = finish
-
-    def _continuation(self, env: int | None) -> bool:
-        """Asked by each poll of a parked host call: finish it now if it can."""
-        fiber = self.fibers.get(env or 0)
-        if fiber is None or fiber.ended:
-            return False
-        try:
-            if fiber.finish():
-                fiber.parked = False
-                fiber.resumed = True
-                fiber.deadline = None
-                if fiber.timer is not None:
-                    fiber.timer.cancel()
-                    fiber.timer = None
-                return True
-            return False
-        except Stopped as exc:  # never resume it: the next run ends it
-            self._stop(fiber, exc.reason)
-            return False
-        except BaseException as exc:
-            fiber.process.crash = f"host error in a parked call: {type(exc).__name__}: {exc}"
-            self._stop(fiber, ExitReason.CRASHED, fiber.process.crash)
-            return False
-
-    def _stop(self, fiber: Fiber, reason: ExitReason, detail: str = "") -> None:
-        process = fiber.process
+    def _stopping(self, process: Process, reason: ExitReason, detail: str = "") -> None:
         if not process.stop_reason:
             process.stop_reason = reason
             process.stop_detail = detail
+
+    def _stop(self, fiber: Fiber, reason: ExitReason, detail: str = "") -> None:
+        self._stopping(fiber.process, reason, detail)
         fiber.scheduled = True
         self.loop.call_soon(self._run, fiber)
 
-    def _enter(self, caller: int, name: str, trap_ret: int) -> Fiber | None:
-        """The calling process's fiber, or None with a trap set."""
-        if self.current is not None:
-            return self.current
+    def _caller_fiber(self, caller: int, name: str, trap_ret: int) -> Fiber | None:
+        """The calling process's fiber found from its store, or None with a trap set."""
         context = _caller_context(ctypes.c_void_p(caller))
         fiber = self.fibers.get(pid_of(context))
         if fiber is None:
@@ -455,15 +507,13 @@ class FiberScheduler:
             )
         return fiber
 
-    def _finished(self, cont: Any) -> None:
-        """A host call that finished at once: its continuation says so on the first poll."""
-        cont[0].callback = self._done_address
-        cont[0].env = None
-
-    def _async_callback(self, name: str, body: Callable[[Fiber, int, int, Any], None]) -> Any:
-        """The async host callback of ``rusm.name``: ``body(fiber, args, results,
-        continuation)`` for the calling fiber. A bad pointer or a host error
-        traps the guest, as on a thread."""
+    def _async_callback(self, name: str, body: Callable[[Fiber, int, int], None]) -> Any:
+        """The async host callback of ``rusm.name``: ``body(fiber, args, results)``
+        for the calling fiber, which either sets the result or parks the fiber
+        (``_park``). A bad pointer or a host error traps the guest, as on a
+        thread."""
+        continue_at = self._u64_at
+        continuation = self._u64
 
         def callback(
             _env: int | None,
@@ -473,17 +523,19 @@ class FiberScheduler:
             results: int,
             _nresults: int,
             trap_ret: int,
-            cont: Any,
+            cont: int,
         ) -> None:
-            fiber = None
-            # wasmtime wants a continuation even when the call traps: by
-            # default the call is over at the first poll; a body that
-            # waits replaces it.
-            self._finished(cont)
+            # wasmtime wants a continuation even when the call traps: the
+            # call is over at the first poll unless the body parked it.
+            ready_at = _ALWAYS_ADDRESS
+            fiber = self.current
             try:
-                fiber = self._enter(caller, name, trap_ret)
+                if fiber is None:
+                    fiber = self._caller_fiber(caller, name, trap_ret)
                 if fiber is not None:
-                    body(fiber, args, results, cont)
+                    body(fiber, args, results)
+                    if fiber.parked:
+                        ready_at = fiber.flag_address
             except BadPointer as exc:
                 if fiber is not None:
                     fiber.process.crash = str(exc)
@@ -493,76 +545,209 @@ class FiberScheduler:
                     fiber.process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
                 trap = new_trap(f"host error in rusm.{name}")
                 ctypes.c_void_p.from_address(trap_ret).value = trap
+            continue_at.value = cont
+            continuation[0] = _STRLEN
+            continuation[1] = ready_at
 
         return AsyncCallback(callback)
 
-    def _wait(
-        self, fiber: Fiber, cont: Any, ready: Callable[[], bool], finish: Callable[[], bool]
-    ) -> None:
-        """Park ``fiber`` in its host call until ``finish()`` (asked when ``ready()``) succeeds."""
-        self._park(fiber, ready, finish)
-        cont[0].callback = self._continue_address
-        cont[0].env = fiber.process.pid
+    def _values(self, address: int) -> Any:
+        """The int32s at ``address`` (a call's values): value ``k``'s i32 at ``_A{k}``."""
+        self._i32_at.value = address
+        return self._i32
 
-    def _recv(self, fiber: Fiber, args: int, results: int, cont: Any) -> None:
-        """``rusm.recv(header, buf, cap, timeout_ms)`` on a fiber."""
-        process = fiber.process
-        header, buf, cap, timeout_ms = (_arg(args, k) for k in range(4))
-        memory = process.memory
+    def _set_result(self, result_at: int, value: int) -> None:
+        self._i32_at.value = result_at
+        i32 = self._i32
+        i32[0] = _I32  # the kind, and the padding after it
+        i32[_A0] = value
+
+    def _park(self, fiber: Fiber, finish: Callable[[], bool] | None) -> None:
+        """Park ``fiber`` in its host call until ``finish()`` (``recv``'s when None) succeeds."""
+        fiber.parked = True
+        fiber.finish = finish
+        fiber.flag[0] = 0
+
+    def _view(self, fiber: Fiber, function: str) -> tuple[memoryview, int]:
+        """The calling fiber's memory as a memoryview, and its size."""
+        memory = fiber.process.memory
         if memory is None:
-            raise BadPointer("rusm.recv: the module exports no memory")
-        size = memory.size()
-        check_range("recv", header, HEADER_BYTES, size)
-        check_range("recv", buf, cap, size)
+            raise BadPointer(f"rusm.{function}: the module exports no memory")
+        size: int = _data_size(memory.context, memory.ref)
+        if size != fiber.view_size:
+            fiber.view = _memory_view(memory, size)
+            fiber.view_size = size
+        return fiber.view, size
+
+    # ── recv ────────────────────────────────────────────────────────────
+
+    def _recv(self, fiber: Fiber, args: int, results: int) -> None:
+        """``rusm.recv(header, buf, cap, timeout_ms)`` on a fiber."""
+        i32 = self._i32
+        self._i32_at.value = args
+        header, buf, cap, timeout_ms = i32[_A0], i32[_A1], i32[_A2], i32[_A3]
+        _view, size = self._view(fiber, "recv")
+        header, buf, cap = header & _U32, buf & _U32, cap & _U32
+        if header + HEADER_BYTES > size:
+            check_range("recv", header, HEADER_BYTES, size)
+        if buf + cap > size:
+            check_range("recv", buf, cap, size)
         if timeout_ms < -1:
-            _set_result(results, ErrorCode.INVALID)
-            self._finished(cont)
+            self._set_result(results, _INVALID)
             return
-        actor = process.actor
+        actor = fiber.process.actor
         assert actor is not None
-        table = self.host.actors
-        fiber.deadline = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
+        fiber.header, fiber.buf, fiber.cap, fiber.result_at = header, buf, cap, results
+        fiber.deadline = None if timeout_ms < 0 else _monotonic() + timeout_ms / 1000
+        if actor.stop:  # never resumed: the run it schedules ends it
+            self._park(fiber, None)
+            self._stop(fiber, actor.stop)
+        elif not (actor.mailbox or fiber.deadline is not None) or not self._finish_recv(fiber):
+            self._park(fiber, None)
 
-        def finish() -> bool:
-            code, envelope = table.receive(actor, 0, cap)
-            if envelope is None:
-                if fiber.deadline is not None and time.monotonic() >= fiber.deadline:
-                    _set_result(results, ErrorCode.TIMEOUT)
-                    return True
-                return False
-            _set_result(results, write_received(memory, header, buf, code, envelope))
+    def _finish_recv(self, fiber: Fiber) -> bool:
+        """Take the next message into the guest's buffers, or time out; False to wait on.
+
+        Raises:
+            Stopped: The process was told to stop.
+        """
+        actor = fiber.process.actor
+        assert actor is not None
+        if actor.mailbox or actor.stop:
+            code, envelope = self.table.take(actor, fiber.cap)
+            if envelope is not None:
+                self._set_result(fiber.result_at, self._write_received(fiber, code, envelope))
+                return True
+        if fiber.deadline is not None and _monotonic() >= fiber.deadline:
+            self._set_result(fiber.result_at, _TIMEOUT)
             return True
+        return False
 
-        self._wait(fiber, cont, lambda: bool(actor.mailbox) or bool(actor.stop), finish)
+    def _write_received(self, fiber: Fiber, code: int, envelope: Envelope) -> int:
+        """The message's header (and payload, if taken) into the guest: ``recv``'s result.
 
-    def _writer(self, name: str) -> Callable[[Fiber, int, int, Any], None]:
-        """The async form of serving function ``name`` (``WRITERS``): it waits,
-        parked, while the client's socket is backed up, then runs as usual."""
+        The ranges were checked when the call came, and a memory never shrinks.
+        """
+        view, _size = self._view(fiber, "recv")
+        payload = envelope.payload
+        length = len(payload)
+        header = fiber.header
+        view[header : header + HEADER_BYTES] = _HEADER.pack(
+            envelope.kind, envelope.reason, envelope.sender, envelope.ref, length, 0
+        )
+        if code != _OK:
+            return code
+        if length:
+            view[fiber.buf : fiber.buf + length] = payload
+        return length
+
+    # ── the serving writes ──────────────────────────────────────────────
+
+    def _ws_send(self, fiber: Fiber, args: int, results: int) -> None:
+        """``rusm.ws_send(kind, ptr, len)``: its frame goes out once the socket takes it."""
+        i32 = self._i32
+        self._i32_at.value = args
+        kind, ptr, length = i32[_A0], i32[_A1] & _U32, i32[_A2] & _U32
+        view, size = self._view(fiber, "ws_send")
+        if ptr + length > size:
+            check_range("ws_send", ptr, length, size)
+        process = fiber.process
+        if _blocked(process.exchange):
+            self._park_write(fiber, partial(self._ws_send_later, fiber, results, kind, ptr, length))
+            return
+        code = self.serve_calls.ws_send_data(process, kind, _payload(view, ptr, length))
+        self._i32_at.value = results
+        i32[0] = _I32  # the result's kind, and the padding after it
+        i32[_A0] = code
+
+    def _ws_send_later(self, fiber: Fiber, results: int, kind: int, ptr: int, length: int) -> bool:
+        if _blocked(fiber.process.exchange):
+            return False
+        view, _size = self._view(fiber, "ws_send")
+        data = _payload(view, ptr, length)
+        self._set_result(results, self.serve_calls.ws_send_data(fiber.process, kind, data))
+        return True
+
+    def _sse_event(self, fiber: Fiber, args: int, results: int) -> None:
+        """``rusm.sse_event(name, name_len, data, data_len)``: once the socket takes it."""
+        i32 = self._i32
+        self._i32_at.value = args
+        name_ptr, name_len = i32[_A0] & _U32, i32[_A1] & _U32
+        ptr, length = i32[_A2] & _U32, i32[_A3] & _U32
+        view, size = self._view(fiber, "sse_event")
+        if name_ptr + name_len > size:
+            check_range("sse_event", name_ptr, name_len, size)
+        if ptr + length > size:
+            check_range("sse_event", ptr, length, size)
+        process = fiber.process
+        if _blocked(process.exchange):
+            later = partial(self._sse_event_later, fiber, results, name_ptr, name_len, ptr, length)
+            self._park_write(fiber, later)
+            return
+        name = view[name_ptr : name_ptr + name_len].tobytes() if name_len else b""
+        code = self.serve_calls.sse_event_data(process, name, _payload(view, ptr, length))
+        self._i32_at.value = results
+        i32[0] = _I32  # the result's kind, and the padding after it
+        i32[_A0] = code
+
+    def _sse_event_later(  # noqa: PLR0917 (the parked call's arguments)
+        self, fiber: Fiber, results: int, name_ptr: int, name_len: int, ptr: int, length: int
+    ) -> bool:
+        if _blocked(fiber.process.exchange):
+            return False
+        view, _size = self._view(fiber, "sse_event")
+        name = view[name_ptr : name_ptr + name_len].tobytes() if name_len else b""
+        data = _payload(view, ptr, length)
+        self._set_result(results, self.serve_calls.sse_event_data(fiber.process, name, data))
+        return True
+
+    def _writer(self, name: str) -> Callable[[Fiber, int, int], None]:
+        """The async form of serving function ``name`` (``write``, ``flush``): it
+        waits, parked, while the client's socket is backed up, then runs as usual."""
         implementation = getattr(self.serve_calls, name)
-        count = len(FUNCTIONS[name].params)
+        indexes = [_i32_index(k) for k in range(len(FUNCTIONS[name].params))]
 
-        def body(fiber: Fiber, args: int, results: int, cont: Any) -> None:
+        def body(fiber: Fiber, args: int, results: int) -> None:
             process = fiber.process
+            given = self._values(args)
             values = capi.Values()
-            for k in range(count):
-                values[k].i32 = _arg(args, k)
-            exchange = process.exchange
-            writable = getattr(exchange, "writable", None)
-
-            def ready() -> bool:
-                return writable is None or writable.is_set() or bool(exchange.closed)
+            for k, index in enumerate(indexes):
+                values[k].i32 = given[index]
 
             def finish() -> bool:
-                if not ready():
+                if _blocked(process.exchange):
                     return False
                 implementation(process, values)
-                _set_result(results, values[0].i32)
+                self._set_result(results, values[0].i32)
                 return True
 
-            if finish():
-                self._finished(cont)
-                return
-            fiber.deadline = None
-            self._wait(fiber, cont, ready, finish)
+            if not finish():
+                self._park_write(fiber, finish)
 
         return body
+
+    def _park_write(self, fiber: Fiber, finish: Callable[[], bool]) -> None:
+        """Park ``fiber`` in a serving write until the socket drains (or the client leaves)."""
+        fiber.deadline = None
+        self._park(fiber, finish)
+
+
+def _blocked(exchange: Any) -> bool:
+    """Whether a serving write must wait: the socket is full and the client still there."""
+    writable = getattr(exchange, "writable", None)
+    return writable is not None and not writable.is_set() and not exchange.closed
+
+
+def _payload(view: memoryview, ptr: int, length: int) -> bytes | None:
+    """An event or frame's bytes (the range is checked); None past MAX_EVENT_BYTES."""
+    if length > MAX_EVENT_BYTES:
+        return None
+    return view[ptr : ptr + length].tobytes() if length else b""
+
+
+def _memory_view(memory: GuestMemory, size: int) -> memoryview:
+    """``size`` bytes of ``memory`` as a writable memoryview of unsigned bytes."""
+    if not size:
+        return memoryview(bytearray())
+    base = _data(memory.context, memory.ref)
+    return memoryview((ctypes.c_uint8 * size).from_address(base)).cast("B")

@@ -1,7 +1,7 @@
 """The serving half of the ``rusm`` host functions: request, respond, SSE, WebSocket.
 
 Runs in: worker, on the thread of the calling handler (the I/O thread for
-an inline HTTP handler, else the process's guest thread).
+an inline HTTP handler or a fiber, else the process's guest thread).
 
 Each function checks its pointers against the caller's memory (a bad one
 crashes the caller alone) and acts on the caller's exchange: the request
@@ -25,8 +25,10 @@ Impl = Callable[[Process, Any], None]
 # Enum members bound once: reading one through its class runs the enum
 # type's attribute hook (~0.1 µs), and these are read on every request.
 _WS = Protocol.WS
+_SSE = Protocol.SSE
 _UNAVAILABLE = ErrorCode.UNAVAILABLE
 _memmove = ctypes.memmove
+_TOOBIG = ErrorCode.TOOBIG
 
 
 class ServeCalls:
@@ -137,23 +139,37 @@ class ServeCalls:
     def sse_event(self, process: Process, values: Any) -> None:
         name = self._read(process, "sse_event", values[0].i32, values[1].i32)
         data = self._payload(process, "sse_event", values[2].i32, values[3].i32)
-        exchange = self._exchange(process, Protocol.SSE)
-        if exchange is None:
-            values[0].i32 = ErrorCode.UNAVAILABLE
-        elif data is None:
-            values[0].i32 = ErrorCode.TOOBIG
-        else:
-            values[0].i32 = exchange.sse_event(name, data)
+        values[0].i32 = self.sse_event_data(process, name, data)
+
+    def sse_event_data(self, process: Process, name: bytes, data: bytes | None) -> int:
+        """``rusm.sse_event`` once its bytes are read (``data`` None: past MAX_EVENT_BYTES).
+
+        A fiber reads them itself (``fibers``) and calls this.
+        """
+        exchange = process.exchange
+        if exchange is None or exchange.mode is not _SSE:
+            return _UNAVAILABLE
+        if data is None:
+            return _TOOBIG
+        code: int = exchange.sse_event(name, data)
+        return code
 
     def ws_send(self, process: Process, values: Any) -> None:
         data = self._payload(process, "ws_send", values[1].i32, values[2].i32)
-        exchange = self._exchange(process, Protocol.WS)
-        if exchange is None:
-            values[0].i32 = ErrorCode.UNAVAILABLE
-        elif data is None:
-            values[0].i32 = ErrorCode.TOOBIG
-        else:
-            values[0].i32 = exchange.ws_send(values[0].i32, data)
+        values[0].i32 = self.ws_send_data(process, values[0].i32, data)
+
+    def ws_send_data(self, process: Process, kind: int, data: bytes | None) -> int:
+        """``rusm.ws_send`` once its bytes are read (``data`` None: past MAX_EVENT_BYTES).
+
+        A fiber reads them itself (``fibers``) and calls this.
+        """
+        exchange = process.exchange
+        if exchange is None or exchange.mode is not _WS:
+            return _UNAVAILABLE
+        if data is None:
+            return _TOOBIG
+        code: int = exchange.ws_send(kind, data)
+        return code
 
     def ws_close(self, process: Process, values: Any) -> None:
         code = values[0].i32
