@@ -86,11 +86,9 @@ _FIN_TEXT, _FIN_BINARY = 0x80 | Opcode.TEXT, 0x80 | Opcode.BINARY
 _HEAD_16 = struct.Struct("!BBH")
 _HEAD_64 = struct.Struct("!BBQ")
 # The parts of the library's protocol the frame fast path reads
-# (``WsConnection._whole_frames``); without them every frame takes the
-# library's parser.
-_FAST_FRAMES = all(
-    hasattr(ServerProtocol(), name) for name in ("current_size", "reader", "writes", "extensions")
-)
+# (``WsConnection._whole_frames``; releases before 15 name the first
+# ``cur_size``); without them every frame takes the library's parser.
+_FAST_FRAMES = all(hasattr(ServerProtocol(), name) for name in ("current_size", "reader"))
 
 
 class WsListener(Protocol):
@@ -207,6 +205,8 @@ class WsConnection(asyncio.Protocol):
     def __init__(self, listener: WsListener) -> None:
         self.listener = listener
         self.limits = listener.config
+        # No extension is offered, so none is ever negotiated: frames go out
+        # as they are (``send_message`` makes them itself).
         self.protocol = ServerProtocol(max_size=listener.config.max_message_bytes)
         # Whole frames skip the library's parser (``_whole_frames``).
         self.fast = _FAST_FRAMES
@@ -479,13 +479,6 @@ class WsConnection(asyncio.Protocol):
         protocol = self.protocol
         if protocol.state is not _OPEN:
             return
-        if not self.fast:
-            if kind == _TEXT:
-                protocol.send_text(data)
-            else:
-                protocol.send_binary(data)
-            self._flush()
-            return
         head = _FIN_TEXT if kind == _TEXT else _FIN_BINARY
         length = len(data)
         if length < 126:
@@ -495,7 +488,9 @@ class WsConnection(asyncio.Protocol):
         else:
             frame = _HEAD_64.pack(head, 127, length) + data
         protocol.writes.append(frame)
-        self._flush()
+        if not self.flush_pending:  # as ``_flush``, inline
+            self.flush_pending = True
+            self.listener.defer(self)
 
     def close_with(self, code: int, reason: str) -> None:
         if self.protocol.state is State.OPEN:
@@ -518,9 +513,11 @@ class WsConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return
-        writes = self.protocol.data_to_send()
+        protocol = self.protocol
+        writes = protocol.writes  # as ``data_to_send``, which this takes over
         if not writes:
             return
+        protocol.writes = []
         if b"" not in writes:  # no end of stream: all of it in one write
             transport.write(writes[0] if len(writes) == 1 else b"".join(writes))
             return

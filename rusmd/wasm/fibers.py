@@ -55,7 +55,7 @@ from typing import Any, Protocol
 from wasmtime import _ffi as ffi
 
 from rusmd.abi import HEADER_BYTES, HEADER_FORMAT, MAX_EVENT_BYTES, ErrorCode, ExitReason
-from rusmd.actors.table import ActorTable, Envelope, Stopped
+from rusmd.actors.table import ActorTable, Stopped
 from rusmd.wasm import capi
 from rusmd.wasm.abi import FUNCTIONS
 from rusmd.wasm.capi import export, pid_of
@@ -106,7 +106,7 @@ def _i32_index(k: int) -> int:
 
 _A0, _A1, _A2, _A3 = (_i32_index(k) for k in range(4))
 _I32 = 0  # WASMTIME_I32
-_U32 = 0xFFFFFFFF
+_I32_MAX = (1 << 31) - 1
 # libc's strlen is every continuation's callback. wasmtime passes it the
 # continuation's env: the address of a byte followed by a NUL, so it
 # returns that byte (0 or 1), which is what a C function declared to
@@ -221,6 +221,8 @@ class FiberScheduler:
         # object per access. Only the I/O thread uses them.
         self._i32 = ctypes.POINTER(ctypes.c_int32)()
         self._i32_at = ctypes.c_size_t.from_buffer(self._i32)
+        self._u32 = ctypes.POINTER(ctypes.c_uint32)()  # the same values as wasm's unsigned
+        self._u32_at = ctypes.c_size_t.from_buffer(self._u32)
         self._u64 = ctypes.POINTER(ctypes.c_uint64)()
         self._u64_at = ctypes.c_size_t.from_buffer(self._u64)
         self.callbacks = {
@@ -325,7 +327,8 @@ class FiberScheduler:
             if fiber.parked:
                 if not self._resume(fiber):
                     if not process.stop_reason:
-                        self._arm(fiber)
+                        if fiber.deadline is not None:
+                            self._arm(fiber)
                         return
                     continue
                 resumed = True
@@ -337,7 +340,8 @@ class FiberScheduler:
             if not done:
                 if fiber.parked:
                     process.state = _WAITING
-                    self._arm(fiber)
+                    if fiber.deadline is not None:
+                        self._arm(fiber)
                 elif resumed:
                     # Its epoch deadline passed while it was parked, so it
                     # yielded as soon as it went on: it has used no tick yet.
@@ -387,7 +391,7 @@ class FiberScheduler:
         return True
 
     def _arm(self, fiber: Fiber) -> None:
-        """Wake a parked fiber at its deadline (once)."""
+        """Wake a parked fiber at its deadline (once); it has one."""
         if fiber.deadline is None or fiber.timer is not None:
             return
         delay = max(0.0, fiber.deadline - _monotonic())
@@ -583,11 +587,12 @@ class FiberScheduler:
 
     def _recv(self, fiber: Fiber, args: int, results: int) -> None:
         """``rusm.recv(header, buf, cap, timeout_ms)`` on a fiber."""
-        i32 = self._i32
-        self._i32_at.value = args
-        header, buf, cap, timeout_ms = i32[_A0], i32[_A1], i32[_A2], i32[_A3]
+        u32 = self._u32
+        self._u32_at.value = args
+        header, buf, cap, timeout_ms = u32[_A0], u32[_A1], u32[_A2], u32[_A3]
+        if timeout_ms > _I32_MAX:  # the one signed argument
+            timeout_ms -= 1 << 32
         _view, size = self._view(fiber, "recv")
-        header, buf, cap = header & _U32, buf & _U32, cap & _U32
         if header + HEADER_BYTES > size:
             check_range("recv", header, HEADER_BYTES, size)
         if buf + cap > size:
@@ -603,10 +608,17 @@ class FiberScheduler:
             self._park(fiber, None)
             self._stop(fiber, actor.stop)
         elif not (actor.mailbox or fiber.deadline is not None) or not self._finish_recv(fiber):
-            self._park(fiber, None)
+            fiber.parked = True  # as ``_park``, inline: the usual end of a round trip
+            fiber.finish = None
+            fiber.flag[0] = 0
 
     def _finish_recv(self, fiber: Fiber) -> bool:
         """Take the next message into the guest's buffers, or time out; False to wait on.
+
+        The message's header goes in, and its payload if it fits (else it
+        stays in the mailbox: TOOBIG), through the view of the memory made
+        when the call came: the ranges were checked against it, and a guest
+        waiting in a call cannot grow its memory.
 
         Raises:
             Stopped: The process was told to stop.
@@ -616,48 +628,44 @@ class FiberScheduler:
         if actor.mailbox or actor.stop:
             code, envelope = self.table.take(actor, fiber.cap)
             if envelope is not None:
-                self._set_result(fiber.result_at, self._write_received(fiber, code, envelope))
+                view = fiber.view
+                payload = envelope.payload
+                length = len(payload)
+                header = fiber.header
+                view[header : header + HEADER_BYTES] = _HEADER.pack(
+                    envelope.kind, envelope.reason, envelope.sender, envelope.ref, length, 0
+                )
+                if code == _OK:
+                    view[fiber.buf : fiber.buf + length] = payload
+                    code = length
+                self._set_result(fiber.result_at, code)
                 return True
         if fiber.deadline is not None and _monotonic() >= fiber.deadline:
             self._set_result(fiber.result_at, _TIMEOUT)
             return True
         return False
 
-    def _write_received(self, fiber: Fiber, code: int, envelope: Envelope) -> int:
-        """The message's header (and payload, if taken) into the guest: ``recv``'s result.
-
-        The ranges were checked when the call came, and a memory never shrinks.
-        """
-        view, _size = self._view(fiber, "recv")
-        payload = envelope.payload
-        length = len(payload)
-        header = fiber.header
-        view[header : header + HEADER_BYTES] = _HEADER.pack(
-            envelope.kind, envelope.reason, envelope.sender, envelope.ref, length, 0
-        )
-        if code != _OK:
-            return code
-        if length:
-            view[fiber.buf : fiber.buf + length] = payload
-        return length
-
     # ── the serving writes ──────────────────────────────────────────────
 
     def _ws_send(self, fiber: Fiber, args: int, results: int) -> None:
         """``rusm.ws_send(kind, ptr, len)``: its frame goes out once the socket takes it."""
-        i32 = self._i32
-        self._i32_at.value = args
-        kind, ptr, length = i32[_A0], i32[_A1] & _U32, i32[_A2] & _U32
+        u32 = self._u32
+        self._u32_at.value = args
+        kind, ptr, length = u32[_A0], u32[_A1], u32[_A2]
         view, size = self._view(fiber, "ws_send")
         if ptr + length > size:
             check_range("ws_send", ptr, length, size)
         process = fiber.process
-        if _blocked(process.exchange):
+        exchange = process.exchange
+        writable = getattr(exchange, "writable", None)  # as ``_blocked``, inline
+        if writable is not None and not writable.is_set() and not exchange.closed:
             self._park_write(fiber, partial(self._ws_send_later, fiber, results, kind, ptr, length))
             return
-        code = self.serve_calls.ws_send_data(process, kind, _payload(view, ptr, length))
-        self._i32_at.value = results
-        i32[0] = _I32  # the result's kind, and the padding after it
+        data = view[ptr : ptr + length].tobytes() if length <= MAX_EVENT_BYTES else None
+        code = self.serve_calls.ws_send_data(process, kind, data)
+        self._i32_at.value = results  # as ``_set_result``, inline
+        i32 = self._i32
+        i32[0] = _I32
         i32[_A0] = code
 
     def _ws_send_later(self, fiber: Fiber, results: int, kind: int, ptr: int, length: int) -> bool:
@@ -670,24 +678,27 @@ class FiberScheduler:
 
     def _sse_event(self, fiber: Fiber, args: int, results: int) -> None:
         """``rusm.sse_event(name, name_len, data, data_len)``: once the socket takes it."""
-        i32 = self._i32
-        self._i32_at.value = args
-        name_ptr, name_len = i32[_A0] & _U32, i32[_A1] & _U32
-        ptr, length = i32[_A2] & _U32, i32[_A3] & _U32
+        u32 = self._u32
+        self._u32_at.value = args
+        name_ptr, name_len, ptr, length = u32[_A0], u32[_A1], u32[_A2], u32[_A3]
         view, size = self._view(fiber, "sse_event")
         if name_ptr + name_len > size:
             check_range("sse_event", name_ptr, name_len, size)
         if ptr + length > size:
             check_range("sse_event", ptr, length, size)
         process = fiber.process
-        if _blocked(process.exchange):
+        exchange = process.exchange
+        writable = getattr(exchange, "writable", None)  # as ``_blocked``, inline
+        if writable is not None and not writable.is_set() and not exchange.closed:
             later = partial(self._sse_event_later, fiber, results, name_ptr, name_len, ptr, length)
             self._park_write(fiber, later)
             return
         name = view[name_ptr : name_ptr + name_len].tobytes() if name_len else b""
-        code = self.serve_calls.sse_event_data(process, name, _payload(view, ptr, length))
-        self._i32_at.value = results
-        i32[0] = _I32  # the result's kind, and the padding after it
+        data = view[ptr : ptr + length].tobytes() if length <= MAX_EVENT_BYTES else None
+        code = self.serve_calls.sse_event_data(process, name, data)
+        self._i32_at.value = results  # as ``_set_result``, inline
+        i32 = self._i32
+        i32[0] = _I32
         i32[_A0] = code
 
     def _sse_event_later(  # noqa: PLR0917 (the parked call's arguments)

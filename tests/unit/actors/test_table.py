@@ -130,6 +130,22 @@ def test_a_timeout_loses_no_message_and_a_small_buffer_keeps_it(fake: Fake) -> N
     assert take(table, b).payload == b"0123456789"
 
 
+def test_take_never_waits_keeps_what_does_not_fit_and_sees_a_stop(fake: Fake) -> None:
+    table = fake.table()
+    a, b = add(table, 1), add(table, 2)
+    assert table.take(b, 16) == (ErrorCode.TIMEOUT, None)  # empty: at once, no wait
+    table.send(a.pid, b.pid, b"0123456789")
+    code, envelope = table.take(b, 4)
+    assert code == ErrorCode.TOOBIG and envelope is not None and len(b.mailbox) == 1
+    code, envelope = table.take(b, 10)
+    assert code == ErrorCode.OK and envelope is not None and envelope.payload == b"0123456789"
+    assert not b.mailbox and b.user_messages == 0 and b.received == 1
+    table.send(a.pid, b.pid, b"after")
+    table.kill(b.pid, ExitReason.KILLED, "by a test")
+    with pytest.raises(Stopped):
+        table.take(b, 16)
+
+
 def test_a_parked_receive_wakes_for_a_message_from_another_thread(fake: Fake) -> None:
     table = fake.table()
     a, b = add(table, 1), add(table, 2)

@@ -30,6 +30,7 @@ import uvloop
 import wasmtime
 from websockets.frames import Close, Frame, Opcode
 
+from rusmd.abi import ErrorCode, WsKind
 from rusmd.channel import ComponentImage
 from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel, Protocol, Serve
@@ -50,6 +51,10 @@ UPGRADE = (
     b"Sec-WebSocket-Version: 13\r\n\r\n"
 )
 LIMITS = Serve(protocol=Protocol.WS, listen="127.0.0.1:8082", name="echo")
+# A max-message-bytes that a 64-bit frame length stays within and a test can pass.
+FRAME_LIMITS = Serve(
+    protocol=Protocol.WS, listen="127.0.0.1:8082", name="echo", max_message_bytes=100_000
+)
 # Bound on turning the loop until something due now has happened.
 WAIT_S = 5.0
 
@@ -78,11 +83,18 @@ class FakeTransport:
 
 
 class FakeActors:
-    def __init__(self) -> None:
+    """A mailbox that takes ``room`` messages (no bound by default), then answers LIMIT."""
+
+    def __init__(self, room: int | None = None) -> None:
         self.kinds: list[int] = []
+        self.taken: list[tuple[int, int, bytes]] = []  # (kind, reason, payload) in order
+        self.room = room
 
     def deliver(self, pid: int, envelope: Any) -> int:
         self.kinds.append(envelope.kind)
+        if self.room is not None and len(self.taken) >= self.room:
+            return ErrorCode.LIMIT
+        self.taken.append((envelope.kind, envelope.reason, envelope.payload))
         return 0
 
 
@@ -119,8 +131,8 @@ class FakeLog:
 class FakeListener:
     """What ``WsConnection`` uses of ``ListenerRuntime``; deferred writes go out at once."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.config = LIMITS
+    def __init__(self, loop: asyncio.AbstractEventLoop, config: Serve = LIMITS) -> None:
+        self.config = config
         self.loop = loop
         self.host = FakeHost()
         self.log = FakeLog()
@@ -204,6 +216,90 @@ def test_ws_connection_whose_process_outlives_the_grace_period_is_stopped(
     assert listener.host.killed == [PID]
 
 
+def masked(opcode: Opcode, data: bytes, *, fin: bool = True) -> bytes:
+    """A client frame (masked) that may be a fragment."""
+    return Frame(opcode, data, fin).serialize(mask=True)
+
+
+TEXT = masked(Opcode.TEXT, b"hello")
+BINARY_300_DATA = bytes(range(256)) + b"x" * 44
+BINARY_300 = masked(Opcode.BINARY, BINARY_300_DATA)  # a 16-bit length
+EMPTY = masked(Opcode.TEXT, b"")
+# What the parser refuses: unmasked (1002), a reserved bit (1002), over the limit (1009).
+UNMASKED = Frame(Opcode.TEXT, b"bare").serialize(mask=False)
+RESERVED_BIT = bytes([TEXT[0] | 0x40]) + TEXT[1:]
+TOO_BIG = masked(Opcode.BINARY, b"z" * 100_001)
+# Client reads, as uvloop hands them over: each list is one connection's.
+READS: dict[str, list[bytes]] = {
+    "three frames in one read": [TEXT + BINARY_300 + EMPTY],
+    "a frame cut in its header and its payload": [TEXT[:1], TEXT[1:4], TEXT[4:] + BINARY_300],
+    "a ping between two messages": [TEXT + masked(Opcode.PING, b"p") + BINARY_300],
+    "a fragmented message then a whole one": [
+        masked(Opcode.TEXT, b"frag", fin=False) + masked(Opcode.CONT, b"ment") + TEXT
+    ],
+    "a 64-bit length": [masked(Opcode.BINARY, b"y" * 70_000) + TEXT],
+    "an unmasked frame after a good one": [TEXT + UNMASKED + TEXT],
+    "a reserved bit": [TEXT + RESERVED_BIT + TEXT],
+    "a frame over max-message-bytes": [TEXT + TOO_BIG + TEXT],
+    "the client's close after a message": [TEXT + CLIENT_CLOSE],
+    "a message after the close": [CLIENT_CLOSE + TEXT],
+}
+
+
+def serve_reads(
+    loop: asyncio.AbstractEventLoop, reads: list[bytes], *, fast: bool, room: int | None = None
+) -> tuple[list[tuple[int, int, bytes]], bytes, bool]:
+    """Feed ``reads`` to a connection: (messages delivered, bytes written, closed)."""
+    listener = FakeListener(loop, FRAME_LIMITS)
+    listener.host.actors = FakeActors(room)
+    conn, transport = open_connection(listener, loop)
+    conn.fast = fast
+    upgrade_answer = transport.sent
+    for data in reads:
+        conn.data_received(data)
+        turn(loop)
+    return listener.host.actors.taken, transport.sent[len(upgrade_answer) :], transport.closed
+
+
+@pytest.mark.parametrize("case", sorted(READS))
+def test_ws_frames_reach_the_mailbox_as_the_library_parser_would_deliver_them(
+    loop: asyncio.AbstractEventLoop, case: str
+) -> None:
+    fast = serve_reads(loop, READS[case], fast=True)
+    parsed = serve_reads(loop, READS[case], fast=False)
+    assert fast == parsed
+    assert fast[0], "every case delivers something"
+
+
+def test_ws_frames_past_a_full_mailbox_are_dropped_and_the_socket_closes_1013(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    reads = [TEXT + BINARY_300 + TEXT + EMPTY]
+    for fast in (True, False):
+        taken, sent, closed = serve_reads(loop, reads, fast=fast, room=2)
+        assert [payload for _kind, _reason, payload in taken] == [b"hello", BINARY_300_DATA]
+        assert (
+            Frame(Opcode.CLOSE, Close(1013, "mailbox full").serialize()).serialize(mask=False)
+            in sent
+        )
+        assert closed
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65_535, 65_536])
+@pytest.mark.parametrize("kind", [WsKind.TEXT, WsKind.BINARY])
+def test_ws_message_goes_out_as_the_frame_the_library_would_make(
+    loop: asyncio.AbstractEventLoop, size: int, kind: WsKind
+) -> None:
+    listener = FakeListener(loop)
+    conn, transport = open_connection(listener, loop)
+    before = len(transport.sent)
+    data = b"a" * size
+    conn.send_message(kind, data)
+    turn(loop)
+    opcode = Opcode.TEXT if kind == WsKind.TEXT else Opcode.BINARY
+    assert transport.sent[before:] == Frame(opcode, data).serialize(mask=False)
+
+
 # ── with the real host ──────────────────────────────────────────────────
 
 ECHOES = {
@@ -274,3 +370,25 @@ def test_ws_connection_and_its_process_are_freed_without_the_cycle_collector(
         turn_until(loop, lambda: not alive(), on_timeout=alive)
     finally:
         gc.enable()
+
+
+def test_ws_process_echoes_every_message_in_order_whole_or_cut_across_reads(
+    real_listener: ListenerRuntime, loop: asyncio.AbstractEventLoop
+) -> None:
+    conn, transport = open_connection(real_listener, loop)
+    start = len(transport.sent)
+    messages = [f"m{n}".encode() * (n % 7 + 1) for n in range(40)]
+    burst = b"".join(client_frame(Opcode.TEXT, m) for m in messages[:30])
+    conn.data_received(burst)  # thirty messages in one read
+    rest = b"".join(client_frame(Opcode.BINARY, m) for m in messages[30:])
+    for at in range(0, len(rest), 5):  # ten more, five bytes a read
+        conn.data_received(rest[at : at + 5])
+    expected = b"".join(
+        Frame(Opcode.TEXT if n < 30 else Opcode.BINARY, m).serialize(mask=False)
+        for n, m in enumerate(messages)
+    )
+    turn_until(loop, lambda: len(transport.sent) - start >= len(expected))
+    assert transport.sent[start:] == expected
+    conn.data_received(CLIENT_CLOSE)
+    turn_until(loop, lambda: transport.closed)
+    conn.connection_lost(None)

@@ -221,6 +221,27 @@ def test_sse_events_split_data_lines_and_the_head_goes_first() -> None:
     assert body.endswith(b"0\r\n\r\n")
 
 
+@pytest.mark.parametrize(
+    ("name", "data", "event"),
+    [
+        (b"", b"0123456789abcdef", b"data: 0123456789abcdef\n\n"),
+        (b"", b"", b"data: \n\n"),
+        (b"tick", b"1", b"event: tick\ndata: 1\n\n"),
+        (b"", b"a\r\nb\nc", b"data: a\ndata: b\ndata: c\n\n"),
+        (b"", b"a\n", b"data: a\ndata: \n\n"),
+        (b"x", b"\r\n\r\n", b"event: x\ndata: \ndata: \ndata: \n\n"),
+    ],
+)
+def test_sse_event_is_one_chunk_with_a_data_line_per_line_of_its_data(
+    name: bytes, data: bytes, event: bytes
+) -> None:
+    sink = ListSink()
+    ex = exchange(sink, mode=Protocol.SSE)
+    assert ex.sse_event(b"", b"first") == 0  # the head goes out with the first event
+    assert ex.sse_event(name, data) == 0
+    assert sink.sent[-1] == b"%x\r\n%b\r\n" % (len(event), event)
+
+
 def test_sse_event_name_with_a_newline_is_invalid() -> None:
     ex = exchange(ListSink(), mode=Protocol.SSE)
     assert ex.sse_event(b"a\nb", b"x") == ErrorCode.INVALID
