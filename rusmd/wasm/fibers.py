@@ -56,6 +56,7 @@ from wasmtime import _ffi as ffi
 
 from rusmd.abi import HEADER_BYTES, HEADER_FORMAT, MAX_EVENT_BYTES, ErrorCode, ExitReason
 from rusmd.actors.table import ActorTable, Stopped
+from rusmd.config import model
 from rusmd.wasm import capi
 from rusmd.wasm.abi import FUNCTIONS
 from rusmd.wasm.capi import export, pid_of
@@ -121,6 +122,7 @@ _OK = ErrorCode.OK
 _TIMEOUT = ErrorCode.TIMEOUT
 _INVALID = ErrorCode.INVALID
 _RUNNING = ProcessState.RUNNING
+_WS, _SSE = model.Protocol.WS, model.Protocol.SSE
 _WAITING = ProcessState.WAITING
 _monotonic = time.monotonic
 # Serving functions that wait while the client reads too slowly: async on
@@ -661,8 +663,11 @@ class FiberScheduler:
         if writable is not None and not writable.is_set() and not exchange.closed:
             self._park_write(fiber, partial(self._ws_send_later, fiber, results, kind, ptr, length))
             return
-        data = view[ptr : ptr + length].tobytes() if length <= MAX_EVENT_BYTES else None
-        code = self.serve_calls.ws_send_data(process, kind, data)
+        if exchange is not None and exchange.mode is _WS and length <= MAX_EVENT_BYTES:
+            code = exchange.ws_send(kind, view[ptr : ptr + length].tobytes())
+        else:  # as ``ws_send_data`` does it, which the common case above skips
+            data = view[ptr : ptr + length].tobytes() if length <= MAX_EVENT_BYTES else None
+            code = self.serve_calls.ws_send_data(process, kind, data)
         self._i32_at.value = results  # as ``_set_result``, inline
         i32 = self._i32
         i32[0] = _I32
@@ -694,8 +699,11 @@ class FiberScheduler:
             self._park_write(fiber, later)
             return
         name = view[name_ptr : name_ptr + name_len].tobytes() if name_len else b""
-        data = view[ptr : ptr + length].tobytes() if length <= MAX_EVENT_BYTES else None
-        code = self.serve_calls.sse_event_data(process, name, data)
+        if exchange is not None and exchange.mode is _SSE and length <= MAX_EVENT_BYTES:
+            code = exchange.sse_event(name, view[ptr : ptr + length].tobytes())
+        else:  # as ``sse_event_data`` does it, which the common case above skips
+            data = view[ptr : ptr + length].tobytes() if length <= MAX_EVENT_BYTES else None
+            code = self.serve_calls.sse_event_data(process, name, data)
         self._i32_at.value = results  # as ``_set_result``, inline
         i32 = self._i32
         i32[0] = _I32
