@@ -424,7 +424,10 @@ class ActorTable:
                 self.call_soon(target.native, envelope)
             else:
                 target.mailbox.append(envelope)
-                target.wake()
+                if target._cond is not None:  # as ``Actor.wake``, inline
+                    target._cond.notify_all()
+                if target.waker is not None:
+                    target.waker()
             return _OK
 
     def send(self, sender: int, to: int, payload: bytes) -> int:

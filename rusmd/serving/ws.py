@@ -83,6 +83,7 @@ _monotonic = time.monotonic
 # (RFC 6455 §5.2): in the second byte below 126, else 126 and 16 bits, or
 # 127 and 64 bits.
 _FIN_TEXT, _FIN_BINARY = 0x80 | Opcode.TEXT, 0x80 | Opcode.BINARY
+_FIN_DATA = (_FIN_TEXT, _FIN_BINARY)
 _HEAD_16 = struct.Struct("!BBH")
 _HEAD_64 = struct.Struct("!BBQ")
 # The parts of the library's protocol the frame fast path reads
@@ -210,6 +211,8 @@ class WsConnection(asyncio.Protocol):
         self.protocol = ServerProtocol(max_size=listener.config.max_message_bytes)
         # Whole frames skip the library's parser (``_whole_frames``).
         self.fast = _FAST_FRAMES
+        # A payload shorter than this has a 7-bit length and is within the limit.
+        self.short_payload_below = min(126, listener.config.max_message_bytes + 1)
         self.transport: Any = None
         self.exchange: WsExchange | None = None
         self.current = None  # no HTTP exchange: the sweep's heartbeat skips it
@@ -392,10 +395,19 @@ class WsConnection(asyncio.Protocol):
         deliver = self.listener.host.actors.deliver
         pid = self.exchange.pid if self.exchange is not None else 0
         end = len(data)
+        head = data[0]
+        if (
+            head in _FIN_DATA and end >= 6 and data[1] - 0x80 == end - 6 < self.short_payload_below
+        ):  # the usual read: one masked message with a 7-bit length, and nothing else
+            kind = _TEXT if head == _FIN_TEXT else _BINARY
+            payload = apply_mask(data[6:], data[2:6])
+            if deliver(pid, Envelope(_FRAME, 0, 0, kind, payload)) == _LIMIT:
+                self.protocol.fail(1013, "mailbox full")
+            return b""
         at = 0
         while end - at >= 6:
             head = data[at]
-            if head != _FIN_TEXT and head != _FIN_BINARY:  # noqa: PLR1714 (two compares beat a set here)
+            if head not in _FIN_DATA:
                 break
             length = data[at + 1] ^ 0x80  # the mask bit set: 0-127; unset: 128 and up
             if length < 126:

@@ -231,6 +231,7 @@ RESERVED_BIT = bytes([TEXT[0] | 0x40]) + TEXT[1:]
 TOO_BIG = masked(Opcode.BINARY, b"z" * 100_001)
 # Client reads, as uvloop hands them over: each list is one connection's.
 READS: dict[str, list[bytes]] = {
+    "one message a read": [TEXT, EMPTY, masked(Opcode.BINARY, b"b" * 125), TEXT],
     "three frames in one read": [TEXT + BINARY_300 + EMPTY],
     "a frame cut in its header and its payload": [TEXT[:1], TEXT[1:4], TEXT[4:] + BINARY_300],
     "a ping between two messages": [TEXT + masked(Opcode.PING, b"p") + BINARY_300],
