@@ -92,6 +92,10 @@ _HEAD_64 = struct.Struct("!BBQ")
 _FAST_FRAMES = all(hasattr(ServerProtocol(), name) for name in ("current_size", "reader"))
 
 
+def _never_handed(_pid: int, _envelope: Envelope) -> bool:
+    return False
+
+
 class WsListener(Protocol):
     """What a connection uses of its listener (``server.ListenerRuntime``)."""
 
@@ -213,6 +217,11 @@ class WsConnection(asyncio.Protocol):
         self.fast = _FAST_FRAMES
         # A payload shorter than this has a 7-bit length and is within the limit.
         self.short_payload_below = min(126, listener.config.max_message_bytes + 1)
+        # A message straight into a fiber waiting in recv (``FiberScheduler.hand``).
+        fibers = getattr(listener.host, "fibers", None)
+        self.hand: Callable[[int, Envelope], bool] = (
+            fibers.hand if fibers is not None else _never_handed
+        )
         self.transport: Any = None
         self.exchange: WsExchange | None = None
         self.current = None  # no HTTP exchange: the sweep's heartbeat skips it
@@ -374,9 +383,10 @@ class WsConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is None:
             return
-        code = self.listener.host.actors.deliver(
-            exchange.pid, Envelope(Kind.FRAME, 0, 0, self.parts_kind, payload)
-        )
+        envelope = Envelope(Kind.FRAME, 0, 0, self.parts_kind, payload)
+        if self.hand(exchange.pid, envelope):
+            return
+        code = self.listener.host.actors.deliver(exchange.pid, envelope)
         if code == ErrorCode.LIMIT:
             self.protocol.fail(1013, "mailbox full")
 
@@ -400,8 +410,8 @@ class WsConnection(asyncio.Protocol):
             head in _FIN_DATA and end >= 6 and data[1] - 0x80 == end - 6 < self.short_payload_below
         ):  # the usual read: one masked message with a 7-bit length, and nothing else
             kind = _TEXT if head == _FIN_TEXT else _BINARY
-            payload = apply_mask(data[6:], data[2:6])
-            if deliver(pid, Envelope(_FRAME, 0, 0, kind, payload)) == _LIMIT:
+            envelope = Envelope(_FRAME, 0, 0, kind, apply_mask(data[6:], data[2:6]))
+            if not self.hand(pid, envelope) and deliver(pid, envelope) == _LIMIT:
                 self.protocol.fail(1013, "mailbox full")
             return b""
         at = 0
@@ -423,7 +433,8 @@ class WsConnection(asyncio.Protocol):
             payload = apply_mask(data[start:stop], data[start - 4 : start])
             kind = _TEXT if head == _FIN_TEXT else _BINARY
             at = stop
-            if deliver(pid, Envelope(_FRAME, 0, 0, kind, payload)) == _LIMIT:
+            envelope = Envelope(_FRAME, 0, 0, kind, payload)
+            if not self.hand(pid, envelope) and deliver(pid, envelope) == _LIMIT:
                 self.protocol.fail(1013, "mailbox full")
                 break  # what follows goes to the parser, which now discards it
         return data[at:] if at else data

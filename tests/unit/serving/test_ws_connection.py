@@ -393,3 +393,18 @@ def test_ws_process_echoes_every_message_in_order_whole_or_cut_across_reads(
     conn.data_received(CLIENT_CLOSE)
     turn_until(loop, lambda: transport.closed)
     conn.connection_lost(None)
+
+
+def test_ws_message_larger_than_the_waiting_buffer_is_toobig_and_the_echo_guest_ends(
+    real_listener: ListenerRuntime, loop: asyncio.AbstractEventLoop
+) -> None:
+    conn, transport = open_connection(real_listener, loop)
+    conn.data_received(client_frame(Opcode.TEXT, b"small"))
+    turn_until(loop, lambda: transport.sent.endswith(b"\x81\x05small"))
+    # Over the guest's 4096-byte buffer: its recv says TOOBIG and it returns,
+    # a normal exit, so the socket closes with 1000.
+    conn.data_received(client_frame(Opcode.BINARY, b"x" * 5000))
+    turn_until(loop, lambda: transport.closed)
+    closing = Frame(Opcode.CLOSE, Close(1000, "").serialize()).serialize(mask=False)
+    assert transport.sent.endswith(closing)
+    conn.connection_lost(None)
