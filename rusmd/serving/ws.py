@@ -25,7 +25,10 @@ text and binary frames within ``max-message-bytes`` (what a client
 sends, one message a frame) is unmasked and delivered here, while the
 protocol is open and its parser holds nothing; anything else (a control
 frame, a fragment, a frame cut across reads, an oversized or malformed
-one) and the rest of that read go to the library's parser. A process's
+one) and the rest of that read go to the library's parser. A message
+for a process that waits in ``rusm.recv`` as a fiber, with nothing
+queued before it, goes straight into its buffers
+(``FiberScheduler.hand``); any other goes to its mailbox. A process's
 messages go out as unmasked frames made here (server frames have no
 mask, and no extension is ever negotiated), appended to the protocol's
 output in order with its own frames (pongs, the close).
@@ -405,6 +408,8 @@ class WsConnection(asyncio.Protocol):
         deliver = self.listener.host.actors.deliver
         pid = self.exchange.pid if self.exchange is not None else 0
         end = len(data)
+        if not end:
+            return data
         head = data[0]
         if (
             head in _FIN_DATA and end >= 6 and data[1] - 0x80 == end - 6 < self.short_payload_below
