@@ -10,7 +10,7 @@ takes them (``python -m bench http --help``).
 import sys
 from collections.abc import Callable
 
-from bench import actors, http, http_inproc, kv, soak, wasm_host, worker_restart
+from bench import actors, http, http_inproc, kv, soak, streams_inproc, wasm_host, worker_restart
 
 SCENARIOS: dict[str, Callable[[], int]] = {
     "worker-restart": worker_restart.main,
@@ -18,6 +18,7 @@ SCENARIOS: dict[str, Callable[[], int]] = {
     "actors": actors.main,
     "http": http.main,
     "http-inproc": http_inproc.main,
+    "streams-inproc": streams_inproc.main,
     "kv": kv.main,
     "soak": soak.main,
 }

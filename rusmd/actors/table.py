@@ -424,8 +424,26 @@ class ActorTable:
                 self.call_soon(target.native, envelope)
             else:
                 target.mailbox.append(envelope)
-                target.wake()
+                if target._cond is not None:  # as ``Actor.wake``, inline
+                    target._cond.notify_all()
+                if target.waker is not None:
+                    target.waker()
             return _OK
+
+    def took_over(self, actor: Actor, length: int, cap: int) -> bool:
+        """Count a host-made message of ``length`` bytes as delivered and received at once.
+
+        For a process waiting in ``recv`` that takes it without the mailbox
+        (a fiber, ``FiberScheduler.hand``): only while nothing is queued
+        before it, the process is not stopping and the message fits
+        ``cap``; False otherwise, and it goes through ``deliver``.
+        """
+        with self.lock:
+            if actor.mailbox or actor.stop or length > cap:
+                return False
+            self.delivered += 1
+            actor.received += 1
+            return True
 
     def send(self, sender: int, to: int, payload: bytes) -> int:
         """``rusm.send``: OK, NOPROC (known dead), LIMIT (full local mailbox)."""

@@ -25,7 +25,10 @@ text and binary frames within ``max-message-bytes`` (what a client
 sends, one message a frame) is unmasked and delivered here, while the
 protocol is open and its parser holds nothing; anything else (a control
 frame, a fragment, a frame cut across reads, an oversized or malformed
-one) and the rest of that read go to the library's parser. A process's
+one) and the rest of that read go to the library's parser. A message
+for a process that waits in ``rusm.recv`` as a fiber, with nothing
+queued before it, goes straight into its buffers
+(``FiberScheduler.hand``); any other goes to its mailbox. A process's
 messages go out as unmasked frames made here (server frames have no
 mask, and no extension is ever negotiated), appended to the protocol's
 output in order with its own frames (pongs, the close).
@@ -83,12 +86,17 @@ _monotonic = time.monotonic
 # (RFC 6455 §5.2): in the second byte below 126, else 126 and 16 bits, or
 # 127 and 64 bits.
 _FIN_TEXT, _FIN_BINARY = 0x80 | Opcode.TEXT, 0x80 | Opcode.BINARY
+_FIN_DATA = (_FIN_TEXT, _FIN_BINARY)
 _HEAD_16 = struct.Struct("!BBH")
 _HEAD_64 = struct.Struct("!BBQ")
 # The parts of the library's protocol the frame fast path reads
 # (``WsConnection._whole_frames``; releases before 15 name the first
 # ``cur_size``); without them every frame takes the library's parser.
 _FAST_FRAMES = all(hasattr(ServerProtocol(), name) for name in ("current_size", "reader"))
+
+
+def _never_handed(_pid: int, _envelope: Envelope) -> bool:
+    return False
 
 
 class WsListener(Protocol):
@@ -210,6 +218,13 @@ class WsConnection(asyncio.Protocol):
         self.protocol = ServerProtocol(max_size=listener.config.max_message_bytes)
         # Whole frames skip the library's parser (``_whole_frames``).
         self.fast = _FAST_FRAMES
+        # A payload shorter than this has a 7-bit length and is within the limit.
+        self.short_payload_below = min(126, listener.config.max_message_bytes + 1)
+        # A message straight into a fiber waiting in recv (``FiberScheduler.hand``).
+        fibers = getattr(listener.host, "fibers", None)
+        self.hand: Callable[[int, Envelope], bool] = (
+            fibers.hand if fibers is not None else _never_handed
+        )
         self.transport: Any = None
         self.exchange: WsExchange | None = None
         self.current = None  # no HTTP exchange: the sweep's heartbeat skips it
@@ -371,9 +386,10 @@ class WsConnection(asyncio.Protocol):
         exchange = self.exchange
         if exchange is None:
             return
-        code = self.listener.host.actors.deliver(
-            exchange.pid, Envelope(Kind.FRAME, 0, 0, self.parts_kind, payload)
-        )
+        envelope = Envelope(Kind.FRAME, 0, 0, self.parts_kind, payload)
+        if self.hand(exchange.pid, envelope):
+            return
+        code = self.listener.host.actors.deliver(exchange.pid, envelope)
         if code == ErrorCode.LIMIT:
             self.protocol.fail(1013, "mailbox full")
 
@@ -392,10 +408,21 @@ class WsConnection(asyncio.Protocol):
         deliver = self.listener.host.actors.deliver
         pid = self.exchange.pid if self.exchange is not None else 0
         end = len(data)
+        if not end:
+            return data
+        head = data[0]
+        if (
+            head in _FIN_DATA and end >= 6 and data[1] - 0x80 == end - 6 < self.short_payload_below
+        ):  # the usual read: one masked message with a 7-bit length, and nothing else
+            kind = _TEXT if head == _FIN_TEXT else _BINARY
+            envelope = Envelope(_FRAME, 0, 0, kind, apply_mask(data[6:], data[2:6]))
+            if not self.hand(pid, envelope) and deliver(pid, envelope) == _LIMIT:
+                self.protocol.fail(1013, "mailbox full")
+            return b""
         at = 0
         while end - at >= 6:
             head = data[at]
-            if head != _FIN_TEXT and head != _FIN_BINARY:  # noqa: PLR1714 (two compares beat a set here)
+            if head not in _FIN_DATA:
                 break
             length = data[at + 1] ^ 0x80  # the mask bit set: 0-127; unset: 128 and up
             if length < 126:
@@ -411,7 +438,8 @@ class WsConnection(asyncio.Protocol):
             payload = apply_mask(data[start:stop], data[start - 4 : start])
             kind = _TEXT if head == _FIN_TEXT else _BINARY
             at = stop
-            if deliver(pid, Envelope(_FRAME, 0, 0, kind, payload)) == _LIMIT:
+            envelope = Envelope(_FRAME, 0, 0, kind, payload)
+            if not self.hand(pid, envelope) and deliver(pid, envelope) == _LIMIT:
                 self.protocol.fail(1013, "mailbox full")
                 break  # what follows goes to the parser, which now discards it
         return data[at:] if at else data

@@ -74,6 +74,7 @@ _CLOSED, _INVALID, _TOOBIG = ErrorCode.CLOSED, ErrorCode.INVALID, ErrorCode.TOOB
 # Line ends, as the byte values ``in`` looks for: ``b"\n" in data`` first tries
 # the bytes as an integer and pays for the exception (~0.3 µs an event).
 _LF, _CR = ord("\n"), ord("\r")
+_monotonic = time.monotonic
 # ``data: `` and the blank line after it: an unnamed event's bytes besides its data.
 _DATA_FRAMING_BYTES = len(b"data: \n\n")
 
@@ -419,7 +420,11 @@ class Exchange:
             self.started = True
             self.status = 200
             chunk = SSE_HEAD + DATE.line() + b"\r\n" + chunk
-        self._send(chunk)
+        if self.inline:  # as ``_send``, inline: a stream sends thousands of these
+            self.last_write = _monotonic()
+            self.sink.send(chunk)
+        else:
+            self._send(chunk)
         return _OK
 
     def heartbeat(self) -> None:

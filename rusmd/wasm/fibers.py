@@ -37,7 +37,9 @@ call waits and 1 once it may go on. The scheduler finishes a parked
 call itself (the message written into guest memory, the result set)
 and only then sets the byte and polls, so a resumed call costs the
 poll alone. A call that finishes at once gets a continuation over a
-byte that is always 1.
+byte that is always 1. A WebSocket frame for a fiber waiting in
+``recv`` with nothing queued goes straight into its buffers (``hand``):
+no trip through the mailbox.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ from typing import Any, Protocol
 from wasmtime import _ffi as ffi
 
 from rusmd.abi import HEADER_BYTES, HEADER_FORMAT, MAX_EVENT_BYTES, ErrorCode, ExitReason
-from rusmd.actors.table import ActorTable, Stopped
+from rusmd.actors.table import ActorTable, Envelope, Stopped
+from rusmd.config import model
 from rusmd.wasm import capi
 from rusmd.wasm.abi import FUNCTIONS
 from rusmd.wasm.capi import export, pid_of
@@ -121,6 +124,7 @@ _OK = ErrorCode.OK
 _TIMEOUT = ErrorCode.TIMEOUT
 _INVALID = ErrorCode.INVALID
 _RUNNING = ProcessState.RUNNING
+_WS, _SSE = model.Protocol.WS, model.Protocol.SSE
 _WAITING = ProcessState.WAITING
 _monotonic = time.monotonic
 # Serving functions that wait while the client reads too slowly: async on
@@ -169,6 +173,8 @@ class Fiber:
         self.buf = 0
         self.cap = 0
         self.result_at = 0  # the call's result value (a ``wasmtime_val_t``)
+        # Its parked recv was given a message (``hand``): it goes on when polled.
+        self.handed = False
         self.deadline: float | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.scheduled = False
@@ -366,7 +372,11 @@ class FiberScheduler:
         """
         process = fiber.process
         try:
-            finished = self._finish_recv(fiber) if fiber.finish is None else fiber.finish()
+            if fiber.handed:  # ``hand`` finished its recv already
+                fiber.handed = False
+                finished = True
+            else:
+                finished = self._finish_recv(fiber) if fiber.finish is None else fiber.finish()
         except Stopped as exc:
             self._stopping(process, exc.reason)
             return False
@@ -628,22 +638,53 @@ class FiberScheduler:
         if actor.mailbox or actor.stop:
             code, envelope = self.table.take(actor, fiber.cap)
             if envelope is not None:
-                view = fiber.view
-                payload = envelope.payload
-                length = len(payload)
-                header = fiber.header
-                view[header : header + HEADER_BYTES] = _HEADER.pack(
-                    envelope.kind, envelope.reason, envelope.sender, envelope.ref, length, 0
-                )
-                if code == _OK:
-                    view[fiber.buf : fiber.buf + length] = payload
-                    code = length
-                self._set_result(fiber.result_at, code)
+                self._put(fiber, code, envelope)
                 return True
         if fiber.deadline is not None and _monotonic() >= fiber.deadline:
             self._set_result(fiber.result_at, _TIMEOUT)
             return True
         return False
+
+    def _put(self, fiber: Fiber, code: int, envelope: Envelope) -> None:
+        """Write a received message into the parked ``recv``'s buffers and set its result.
+
+        The header goes in, and the payload if it was taken (``code`` OK;
+        else it stays in the mailbox: TOOBIG).
+        """
+        view = fiber.view
+        payload = envelope.payload
+        length = len(payload)
+        header = fiber.header
+        view[header : header + HEADER_BYTES] = _HEADER.pack(
+            envelope.kind, envelope.reason, envelope.sender, envelope.ref, length, 0
+        )
+        if code == _OK:
+            view[fiber.buf : fiber.buf + length] = payload
+            code = length
+        self._i32_at.value = fiber.result_at  # as ``_set_result``, inline
+        i32 = self._i32
+        i32[0] = _I32
+        i32[_A0] = code
+
+    def hand(self, pid: int, envelope: Envelope) -> bool:
+        """Give a message straight to ``pid``'s fiber if it waits in ``recv`` (I/O thread).
+
+        Only while nothing is queued before it (its mailbox is empty), the
+        process is not stopping and the message fits the waiting buffer:
+        then the message is written into the guest's buffers at once, as
+        its ``recv`` would, and the fiber is woken. False otherwise: the
+        message goes to the mailbox the usual way (``ActorTable.deliver``).
+        """
+        fiber = self.fibers.get(pid)
+        if fiber is None or not fiber.parked or fiber.finish is not None or fiber.handed:
+            return False
+        actor = fiber.process.actor
+        if actor is None or not self.table.took_over(actor, len(envelope.payload), fiber.cap):
+            return False
+        self._put(fiber, _OK, envelope)
+        fiber.handed = True
+        self._wake(fiber)
+        return True
 
     # ── the serving writes ──────────────────────────────────────────────
 
@@ -661,8 +702,11 @@ class FiberScheduler:
         if writable is not None and not writable.is_set() and not exchange.closed:
             self._park_write(fiber, partial(self._ws_send_later, fiber, results, kind, ptr, length))
             return
-        data = view[ptr : ptr + length].tobytes() if length <= MAX_EVENT_BYTES else None
-        code = self.serve_calls.ws_send_data(process, kind, data)
+        if exchange is not None and exchange.mode is _WS and length <= MAX_EVENT_BYTES:
+            code = exchange.ws_send(kind, view[ptr : ptr + length].tobytes())
+        else:  # as ``ws_send_data`` does it, which the common case above skips
+            data = view[ptr : ptr + length].tobytes() if length <= MAX_EVENT_BYTES else None
+            code = self.serve_calls.ws_send_data(process, kind, data)
         self._i32_at.value = results  # as ``_set_result``, inline
         i32 = self._i32
         i32[0] = _I32
@@ -694,8 +738,11 @@ class FiberScheduler:
             self._park_write(fiber, later)
             return
         name = view[name_ptr : name_ptr + name_len].tobytes() if name_len else b""
-        data = view[ptr : ptr + length].tobytes() if length <= MAX_EVENT_BYTES else None
-        code = self.serve_calls.sse_event_data(process, name, data)
+        if exchange is not None and exchange.mode is _SSE and length <= MAX_EVENT_BYTES:
+            code = exchange.sse_event(name, view[ptr : ptr + length].tobytes())
+        else:  # as ``sse_event_data`` does it, which the common case above skips
+            data = view[ptr : ptr + length].tobytes() if length <= MAX_EVENT_BYTES else None
+            code = self.serve_calls.sse_event_data(process, name, data)
         self._i32_at.value = results  # as ``_set_result``, inline
         i32 = self._i32
         i32[0] = _I32

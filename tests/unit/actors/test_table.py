@@ -146,6 +146,20 @@ def test_take_never_waits_keeps_what_does_not_fit_and_sees_a_stop(fake: Fake) ->
         table.take(b, 16)
 
 
+def test_took_over_only_when_nothing_is_queued_it_fits_and_no_stop(fake: Fake) -> None:
+    table = fake.table()
+    a, b = add(table, 1), add(table, 2)
+    assert table.took_over(b, 10, 10)
+    assert b.received == 1 and table.delivered == 1 and not b.mailbox
+    assert not table.took_over(b, 11, 10)  # over the waiting buffer: the mailbox says TOOBIG
+    table.send(a.pid, b.pid, b"first")
+    assert not table.took_over(b, 1, 10)  # behind a queued message: in order, through the mailbox
+    take(table, b)
+    table.kill(b.pid, ExitReason.KILLED, "by a test")
+    assert not table.took_over(b, 1, 10)
+    assert b.received == 2
+
+
 def test_a_parked_receive_wakes_for_a_message_from_another_thread(fake: Fake) -> None:
     table = fake.table()
     a, b = add(table, 1), add(table, 2)

@@ -231,6 +231,7 @@ RESERVED_BIT = bytes([TEXT[0] | 0x40]) + TEXT[1:]
 TOO_BIG = masked(Opcode.BINARY, b"z" * 100_001)
 # Client reads, as uvloop hands them over: each list is one connection's.
 READS: dict[str, list[bytes]] = {
+    "one message a read": [TEXT, EMPTY, masked(Opcode.BINARY, b"b" * 125), TEXT],
     "three frames in one read": [TEXT + BINARY_300 + EMPTY],
     "a frame cut in its header and its payload": [TEXT[:1], TEXT[1:4], TEXT[4:] + BINARY_300],
     "a ping between two messages": [TEXT + masked(Opcode.PING, b"p") + BINARY_300],
@@ -391,4 +392,19 @@ def test_ws_process_echoes_every_message_in_order_whole_or_cut_across_reads(
     assert transport.sent[start:] == expected
     conn.data_received(CLIENT_CLOSE)
     turn_until(loop, lambda: transport.closed)
+    conn.connection_lost(None)
+
+
+def test_ws_message_larger_than_the_waiting_buffer_is_toobig_and_the_echo_guest_ends(
+    real_listener: ListenerRuntime, loop: asyncio.AbstractEventLoop
+) -> None:
+    conn, transport = open_connection(real_listener, loop)
+    conn.data_received(client_frame(Opcode.TEXT, b"small"))
+    turn_until(loop, lambda: transport.sent.endswith(b"\x81\x05small"))
+    # Over the guest's 4096-byte buffer: its recv says TOOBIG and it returns,
+    # a normal exit, so the socket closes with 1000.
+    conn.data_received(client_frame(Opcode.BINARY, b"x" * 5000))
+    turn_until(loop, lambda: transport.closed)
+    closing = Frame(Opcode.CLOSE, Close(1000, "").serialize()).serialize(mask=False)
+    assert transport.sent.endswith(closing)
     conn.connection_lost(None)
