@@ -46,7 +46,12 @@ from rusmd.serving.http import HttpConnection
 from rusmd.serving.server import ListenerRuntime
 from rusmd.wasm import capi
 from rusmd.wasm.cache import CompileCache
-from rusmd.wasm.engine import compile_engine, worker_engine
+from rusmd.wasm.engine import (
+    compile_engine,
+    dirty_page_scan,
+    inline_keep_resident,
+    worker_engine,
+)
 from rusmd.wasm.exchange import Exchange, Request
 from rusmd.wasm.host import WasmHost
 
@@ -137,7 +142,9 @@ def _rusm(app: Path) -> tuple[Callable[[int], None], Callable[[int], None], _Tra
 
 def _floor() -> Callable[[int], None]:
     """Bare wasmtime: instantiate, look up, call (no-op ``respond``), 16 to a store."""
-    engine = worker_engine(64 << 20, 64).engine
+    # Kept resident as the host's inline pool keeps it.
+    keep = inline_keep_resident((), scan=dirty_page_scan())
+    engine = worker_engine(64 << 20, 64, keep).engine
     linker = wasmtime.Linker(engine)
 
     def respond(_env: Any, _caller: Any, address: int, _count: int) -> int:

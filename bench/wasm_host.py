@@ -43,7 +43,13 @@ from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel
 from rusmd.log import Logger
 from rusmd.wasm.cache import CompileCache
-from rusmd.wasm.engine import compile_engine, make_config, worker_engine
+from rusmd.wasm.engine import (
+    compile_engine,
+    dirty_page_scan,
+    inline_keep_resident,
+    make_config,
+    worker_engine,
+)
 from rusmd.wasm.host import WasmHost
 
 TRIALS = 5
@@ -131,7 +137,8 @@ def _plain_instantiate(engine: wasmtime.Engine, pre: wasmtime.InstancePre) -> fl
 
 def instantiate() -> None:
     wasm = wasmtime.wat2wasm(EMPTY)
-    pooled = worker_engine(16 << 20).engine
+    keep = inline_keep_resident((), scan=dirty_page_scan())  # as the inline pool keeps it
+    pooled = worker_engine(16 << 20, keep_resident_bytes=keep).engine
     default = wasmtime.Engine(make_config())
     pres = {}
     for label, engine in (("pooling", pooled), ("default", default)):

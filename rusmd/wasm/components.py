@@ -8,7 +8,10 @@ sends each worker the images (``ComponentImage``). Loading one checks
 its digest again (the file may have changed on disk since), deserializes
 it into the processes' engine, checks its imports against its profile
 (``linking``) and prepares its instantiation; a module that may serve
-inline or on a fiber gets the extra instantiations those need. A
+on a fiber gets the extra instantiation that needs, and one that may
+serve inline gets its instantiation in the inline pool's engine
+(``load_inline``, a second step: that engine is sized from what the
+first found). A
 component that cannot load keeps its error: spawning it fails with it.
 """
 
@@ -39,8 +42,6 @@ class ComponentLoader:
         engine: The processes' engine.
         linkers: Its linkers (with the async ones a fiber needs when
             ``fibers``).
-        inline_engine: The inline pool's engine.
-        inline_linkers: Its linkers.
         fibers: This worker runs processes as fibers (it has an I/O loop).
     """
 
@@ -52,8 +53,6 @@ class ComponentLoader:
         *,
         engine: wasmtime.Engine,
         linkers: LinkerSet,
-        inline_engine: wasmtime.Engine,
-        inline_linkers: LinkerSet,
         fibers: bool,
     ) -> None:
         self.manifest = manifest
@@ -61,8 +60,6 @@ class ComponentLoader:
         self.log = log
         self.engine = engine
         self.linkers = linkers
-        self.inline_engine = inline_engine
-        self.inline_linkers = inline_linkers
         self.fibers = fibers
 
     def load(self, images: list[ComponentImage]) -> dict[str, LoadedComponent]:
@@ -99,11 +96,6 @@ class ComponentLoader:
             loaded.pre = linker.instantiate_pre(module)
             loaded.module = module
             loaded.inline = loaded.shape.inline
-            if loaded.inline:
-                inline_module = wasmtime.Module.deserialize_file(self.inline_engine, image.cwasm)
-                inline_linker = self.inline_linkers.linker(loaded.grants)
-                loaded.inline_pre = inline_linker.instantiate_pre(inline_module)
-                loaded.inline_pre_ptr = loaded.inline_pre.ptr()
             if loaded.shape.fiber and self.fibers:
                 fiber_linker = self.linkers.linker(loaded.grants, fiber=True)
                 loaded.fiber_pre = fiber_linker.instantiate_pre(module)
@@ -113,6 +105,30 @@ class ComponentLoader:
         except wasmtime.WasmtimeError as exc:
             loaded.error = f"component {component.name}: {first_line(str(exc))}"
         return loaded
+
+    def load_inline(
+        self,
+        loaded: dict[str, LoadedComponent],
+        images: list[ComponentImage],
+        engine: wasmtime.Engine,
+        linkers: LinkerSet,
+    ) -> None:
+        """Prepare the inline instantiation of each loaded inline component.
+
+        A second step after ``load``: the inline pool's engine is sized from
+        what ``load`` found (``engine.inline_keep_resident``).
+        """
+        for image in images:
+            component = loaded.get(image.name)
+            if component is None or not component.inline or component.error:
+                continue
+            try:
+                module = wasmtime.Module.deserialize_file(engine, image.cwasm)
+                component.inline_pre = linkers.linker(component.grants).instantiate_pre(module)
+                component.inline_pre_ptr = component.inline_pre.ptr()
+            except wasmtime.WasmtimeError as exc:
+                component.inline = False
+                component.error = f"component {component.name}: {first_line(str(exc))}"
 
 
 def set_wasi(context: Any, component: LoadedComponent) -> str:

@@ -7,7 +7,7 @@ slots are reserved up front, so instantiating is a slot handout rather
 than an mmap (about 2x faster; see docs/benchmarks.md). Two per worker:
 one for processes, whose freed slots give their pages back to the
 kernel, and a small one for the inline handlers' instances, whose freed
-slots stay resident for the next request (``KEEP_RESIDENT_BYTES``). If
+slots stay resident for the next request (``inline_keep_resident``). If
 the address space cannot be reserved (a tight ``ulimit -v``, an exotic
 kernel) the worker falls back to the on-demand allocator and says so in
 a warning. The compile child uses the on-demand allocator: compiled code
@@ -17,8 +17,11 @@ does not depend on the allocator, so its ``.cwasm`` loads in any engine.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import mmap
 import os
+import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import wasmtime
@@ -35,14 +38,29 @@ POOL_SLOTS = 1000
 # (``fibers``). The probe asks for a margin on top.
 _FIBER_STACK_BYTES = (2 << 20) + (4 << 10)
 _SLOT_RESERVATION_BYTES = (4 << 30) + (32 << 20) + _FIBER_STACK_BYTES
-# Bytes of each freed memory (and table) slot wasmtime zeroes in place
-# rather than handing back to the kernel. A released page costs a page
-# fault on the next instance's first touch, a kept one a memset: for the
-# small handlers that serve most requests (a page or two of stack and
-# data) keeping them resident cut a fresh instance's cost by a quarter
-# (docs/benchmarks.md, "Serving"). Only the inline handlers' pool keeps
-# them: its few slots are reused request after request.
-KEEP_RESIDENT_BYTES = 128 << 10
+# The inline pool's freed slots are reset in place, not handed back to
+# the kernel: a released page costs a page fault on the next instance's
+# first touch, a kept one a copy or a memset. How many bytes a slot keeps
+# (its "keep resident") is sized by ``inline_keep_resident``:
+#
+# - On Linux 6.7 and later wasmtime asks the kernel which pages the
+#   instance wrote (the ``PAGEMAP_SCAN`` ioctl) and resets only those, up
+#   to the keep-resident bytes; the rest of the slot is untouched. What a
+#   request touches is then measured at every reset, and a generous cap
+#   costs nothing for a handler that writes less: the cap only bounds the
+#   memory each slot may pin (``inline.INLINE_STORE_INSTANCES`` slots).
+# - Without it, wasmtime zeroes the first keep-resident bytes of every
+#   freed slot, written or not, so the pool keeps what its handlers start
+#   with: the largest inline module's initial memory (for a pre-initialised
+#   C handler, its stack, data and the heap its start-up made), measured
+#   when the components load (``WasmHost.load``).
+#
+# 64 KiB (one wasm page) at least; 1 MiB at most: past it, zeroing a
+# slot a handler barely touched costs more than the page faults it saves
+# (a 4 KiB page fault is about 0.5 µs, zeroing 1 MiB about 20 µs).
+INLINE_KEEP_RESIDENT_MIN_BYTES = 64 << 10
+INLINE_KEEP_RESIDENT_MAX_BYTES = 1 << 20
+_HOST_PAGE = mmap.PAGESIZE
 # The same for the processes' pool: none. A slot stays resident until it
 # is reused, and wasmtime reuses the slots a module used last, so every
 # slot a burst of processes touched (1,000 WebSockets at once, say) would
@@ -98,7 +116,7 @@ def compile_engine() -> wasmtime.Engine:
 
 
 def worker_engine(
-    max_memory_bytes: int, slots: int = POOL_SLOTS, keep_resident_bytes: int = KEEP_RESIDENT_BYTES
+    max_memory_bytes: int, slots: int = POOL_SLOTS, keep_resident_bytes: int = 0
 ) -> EngineInfo:
     """A pooling engine sized for ``slots`` instances of up to ``max_memory_bytes``.
 
@@ -137,6 +155,48 @@ def worker_engine(
     finally:
         ffi.wasmtime_pooling_allocation_config_delete(pool)
     return EngineInfo(wasmtime.Engine(config), pooling=True, pool_slots=slots)
+
+
+def inline_keep_resident(initial_memory_bytes: Iterable[int], *, scan: bool) -> int:
+    """Bytes each freed slot of the inline pool keeps resident (see above).
+
+    Args:
+        initial_memory_bytes: The inline modules' initial memory sizes.
+        scan: The kernel reports which pages an instance wrote
+            (``dirty_page_scan``): only those are reset.
+    """
+    if scan:
+        return INLINE_KEEP_RESIDENT_MAX_BYTES
+    largest = max(initial_memory_bytes, default=INLINE_KEEP_RESIDENT_MIN_BYTES)
+    pages = -(-largest // _HOST_PAGE)
+    kept = max(pages * _HOST_PAGE, INLINE_KEEP_RESIDENT_MIN_BYTES)
+    return min(kept, INLINE_KEEP_RESIDENT_MAX_BYTES)
+
+
+# ``PAGEMAP_SCAN`` (Linux 6.7): ``_IOWR('f', 16, struct pm_scan_arg)``, whose
+# twelve u64 fields make 96 bytes. Probed as wasmtime probes it: one scan
+# of an empty range, every category, one page at most.
+_PM_SCAN_ARG = struct.Struct("<12Q")
+_PAGEMAP_SCAN = (3 << 30) | (_PM_SCAN_ARG.size << 16) | (ord("f") << 8) | 16
+_ALL_CATEGORIES = 0xFF
+
+
+def dirty_page_scan() -> bool:
+    """Whether the kernel tells which pages were written (wasmtime then resets only those)."""
+    # size, flags, start, end, walk_end, vec, vec_len, max_pages, then the masks.
+    fields = (_PM_SCAN_ARG.size, 0, 0, 0, 0, 0, 0, 1, 0, _ALL_CATEGORIES, 0, 0)
+    arg = bytearray(_PM_SCAN_ARG.pack(*fields))
+    try:
+        fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.ioctl(fd, _PAGEMAP_SCAN, arg)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
 
 
 def _probe_reservation(size: int) -> str:

@@ -69,6 +69,8 @@ from rusmd.wasm.engine import (
     POOL_SLOTS,
     PROCESS_KEEP_RESIDENT_BYTES,
     EngineInfo,
+    dirty_page_scan,
+    inline_keep_resident,
     worker_engine,
 )
 from rusmd.wasm.fibers import FiberScheduler
@@ -146,7 +148,13 @@ class WasmHost:
         # Inline instances come from a small pool of their own, whose freed
         # slots stay resident: its few slots serve request after request,
         # while a process's slot gives its pages back when the process ends.
-        self.inline_engine_info = worker_engine(largest << 20, INLINE_STORE_INSTANCES)
+        # How much each keeps is sized again when components load (``load``).
+        self._max_memory_bytes = largest << 20
+        self.dirty_scan = dirty_page_scan()
+        self.inline_keep_resident = inline_keep_resident((), scan=self.dirty_scan)
+        self.inline_engine_info = worker_engine(
+            self._max_memory_bytes, INLINE_STORE_INSTANCES, self.inline_keep_resident
+        )
         self.max_processes = max_processes or (pool_slots if self.engine_info.pooling else 1000)
         self.components: dict[str, LoadedComponent] = {}
         self.loaded = False  # the first ``load`` has run: a missing component is not coming
@@ -188,7 +196,7 @@ class WasmHost:
         # wasmtime calls them by address: they live as long as the host.
         self._callbacks = callbacks
         self._epoch_callback = _EpochCallback(self._on_epoch)
-        inline_engine = self.inline_engine_info.engine
+        self.inline_linkers = LinkerSet(self.inline_engine_info.engine, callbacks)
         self.loader = ComponentLoader(
             manifest,
             environment,
@@ -199,8 +207,6 @@ class WasmHost:
                 callbacks,
                 self.fibers.callbacks if self.fibers is not None else None,
             ),
-            inline_engine=inline_engine,
-            inline_linkers=LinkerSet(inline_engine, callbacks),
             fibers=self.fibers is not None,
         )
         self._ticker = threading.Thread(target=self._tick, name="epoch", daemon=True)
@@ -214,8 +220,30 @@ class WasmHost:
     # ── components and pids ─────────────────────────────────────────────
 
     def load(self, images: list[ComponentImage]) -> None:
-        """(Re)load components from the compile step's images."""
-        self.components = self.loader.load(images)
+        """(Re)load components from the compile step's images (loop thread).
+
+        Without the kernel's dirty-page scan the inline pool keeps resident
+        what its largest inline module starts with (``inline_keep_resident``):
+        when that changes, the pool is made again, between two requests
+        (inline requests run on this thread too).
+        """
+        components = self.loader.load(images)
+        keep = inline_keep_resident(
+            (c.shape.initial_memory_bytes for c in components.values() if c.inline and c.shape),
+            scan=self.dirty_scan,
+        )
+        if keep != self.inline_keep_resident:
+            self.inline_keep_resident = keep
+            self.inline_engine_info = worker_engine(
+                self._max_memory_bytes, INLINE_STORE_INSTANCES, keep
+            )
+            self.inline_linkers = LinkerSet(self.inline_engine_info.engine, self._callbacks)
+            self.inline.use_engine(self.inline_engine_info.engine.ptr())
+            self.log.debug(f"worker {self.slot}: inline slots keep {keep >> 10} KiB resident")
+        self.loader.load_inline(
+            components, images, self.inline_engine_info.engine, self.inline_linkers
+        )
+        self.components = components
         self.loaded = True
 
     def add_lease(self, start: int, end: int) -> None:
@@ -437,6 +465,7 @@ class WasmHost:
             "spawned": self.spawned + self.inline.spawned,
             "exits": exits,
             "pooling": self.engine_info.pooling,
+            "inline_keep_resident_bytes": self.inline_keep_resident,
         }
 
     def shutdown(self, timeout_s: float) -> None:
@@ -573,11 +602,11 @@ class WasmHost:
     def _tick(self) -> None:
         interval = EPOCH_TICK_MS / 1000
         engine = self.engine.ptr()
-        inline_engine = self.inline.engine
         while not self._halted.wait(interval):
             self.ticks += 1
             capi.engine_increment_epoch(engine)
-            capi.engine_increment_epoch(inline_engine)
+            # Read each tick: a load may have made the inline pool again.
+            capi.engine_increment_epoch(self.inline.engine)
             self.runners.nudge()
 
     def _on_epoch(self, context: Any, _data: Any, delta: Any, kind: Any) -> int:

@@ -374,6 +374,11 @@ class InlinePath:
         ctypes.memset(ctypes.addressof(self.trap), 0, ctypes.sizeof(self.trap))
         return taken
 
+    def use_engine(self, engine: Any) -> None:
+        """Make the next instances in ``engine`` (a raw pointer): the pool was made again."""
+        self.reset()
+        self.engine = engine
+
     def reset(self) -> None:
         """Drop the store and every instance in it."""
         if self.store is not None:

@@ -65,6 +65,9 @@ class ModuleShape:
             processes may run as fibers on the I/O thread.
         has_initialize: True if it exports ``_initialize`` (a WASI reactor),
             called on each fresh instance before an action or ``run``.
+        initial_memory_bytes: Its exported memory's initial size (0 without
+            one): for a pre-initialised module, the stack, data and heap
+            its start-up left.
     """
 
     entry: str
@@ -75,6 +78,7 @@ class ModuleShape:
     inline: bool = False
     has_initialize: bool = False
     fiber: bool = False
+    initial_memory_bytes: int = 0
 
 
 def takes_pointers(name: str) -> bool:
@@ -175,6 +179,7 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
         inline=not waits,
         has_initialize=has_initialize,
         fiber=fiber,
+        initial_memory_bytes=_initial_memory_bytes(module),
     )
 
 
@@ -200,6 +205,14 @@ def _entry(component: str, module: wasmtime.Module) -> tuple[str, int, bool, boo
                 )
             return name, len(results), has_memory, has_initialize
     return "", 0, has_memory, has_initialize
+
+
+def _initial_memory_bytes(module: wasmtime.Module) -> int:
+    """The initial size of the module's exported ``memory`` in bytes (0 without one)."""
+    kind = next((e.type for e in module.exports if e.name == "memory"), None)
+    if not isinstance(kind, wasmtime.MemoryType):
+        return 0
+    return int(kind.limits.min) << kind.page_size_log2
 
 
 def _signature(params: list[str], results: list[str]) -> str:
