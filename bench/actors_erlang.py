@@ -140,5 +140,7 @@ class Erlang:
 
     def label(self, schedulers: int) -> str:
         """How a row names this VM: ``erl +S 1`` and, once known, its OTP release."""
+        if self.problem:
+            return "no Erlang"
         release = f", OTP {self.release}" if self.release else ""
         return f"erl +S {schedulers}{release}"

@@ -32,6 +32,7 @@ afterwards; when it cannot, it says so and the census meets the limit.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -40,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -61,13 +62,19 @@ CHUNK = 1000
 # Bounds, so a census always ends by itself: no chunk parks for this long,
 # the spawns as a whole, the drain, and the child altogether.
 STALL_S = 5.0
-SPAWN_BUDGET_S = 180.0
+SPAWN_BUDGET_S = 120.0
 SHUTDOWN_TIMEOUT_S = 120.0
 CHILD_TIMEOUT_S = SPAWN_BUDGET_S + SHUTDOWN_TIMEOUT_S + 60.0
+# Tasks (threads) the census leaves free below kernel.pid_max and
+# kernel.threads-max, machine-wide: a census of a thread per process would
+# otherwise take every pid, and every other program on the machine would
+# fail to fork or start a thread until it ends.
+PID_HEADROOM = 4096
 # Maps a parked process may take at most (6 with a guest thread each),
 # when sizing vm.max_map_count for the census.
 MAPS_PER_PROCESS = 8
 MAX_MAP_COUNT = Path("/proc/sys/vm/max_map_count")
+KERNEL = Path("/proc/sys/kernel")
 # The baseline threads' stack size: that of a guest thread when every
 # process had one (16 MiB), kept so the baseline stays one figure.
 THREAD_STACK_BYTES = 16 << 20
@@ -83,8 +90,29 @@ def _maps() -> int:
         return sum(1 for _ in file)
 
 
-def _progress(**fields: Any) -> None:
+def _progress(fields: dict[str, Any]) -> None:
     print(json.dumps({"progress": fields}), flush=True)
+
+
+def _tasks_left() -> int:
+    """Threads the machine may still start before ``PID_HEADROOM`` (``/proc/loadavg``'s total)."""
+    tasks = int(Path("/proc/loadavg").read_text().split()[3].split("/")[1])
+    limits = [
+        int(_read(Path(f"/proc/sys/kernel/{name}")) or 0) for name in ("pid_max", "threads-max")
+    ]
+    return min(limits) - PID_HEADROOM - tasks
+
+
+def _headroom(chunk: int) -> str:
+    """Why starting ``chunk`` more threads would crowd the machine, or ""."""
+    left = _tasks_left()
+    if left >= chunk:
+        return ""
+    return (
+        f"{max(0, left):,} threads left before the machine's pid/thread limits less "
+        f"{PID_HEADROOM:,} kept free for other programs (kernel.pid_max "
+        f"{_read(KERNEL / 'pid_max')}, kernel.threads-max {_read(KERNEL / 'threads-max')})"
+    )
 
 
 # ── the children ────────────────────────────────────────────────────────
@@ -108,29 +136,29 @@ def idle_rss(count: int) -> dict[str, Any]:
         # One process first: module code, runner, first store pages are not per-process.
         host.spawn("idle")
         _wait_parked(host, 1)
-        before = {"rss_before": _rss(), "maps_before": _maps()}
-        result.update(before, threads_before=threading.active_count())
+        result.update(rss_before=_rss(), maps_before=_maps())
         started = time.perf_counter()
         stop = ""
         while not stop and len(host.processes) < count:
-            stop = _spawn_chunk(host, min(CHUNK, count - len(host.processes)))
+            chunk = min(CHUNK, count - len(host.processes))
+            # A process may hold a thread: leave the machine its pids.
+            stop = _headroom(chunk) or _spawn_chunk(host, chunk)
             parked = _wait_parked(host, len(host.processes))
             elapsed = time.perf_counter() - started
             if not stop and parked < len(host.processes):
                 stop = _stall(host, parked, worker.records)
             if not stop and elapsed > SPAWN_BUDGET_S:
                 stop = f"the spawn budget of {SPAWN_BUDGET_S:.0f} s was used up"
-            _progress(parked=parked, rss=_rss(), maps=_maps(), spawn_s=round(elapsed, 3), **before)
+            result.update(parked=parked, spawn_s=elapsed, stop=stop, rss_after=_rss(), maps=_maps())
+            _progress(result)
         result.update(
-            spawn_s=time.perf_counter() - started,
             parked=_count_parked(host),
-            stop=stop,
-            rss_after=_rss(),
-            maps=_maps(),
             threads_after=threading.active_count(),
             os_threads_after=psutil.Process().num_threads(),
             crashed=host.exits.get("crashed", 0),
         )
+        # Everything but the drain, in case the drain outlives the child's bound.
+        _progress(result)
         started = time.perf_counter()
         host.shutdown(SHUTDOWN_TIMEOUT_S)
         result["shutdown_s"] = time.perf_counter() - started
@@ -157,6 +185,7 @@ def _wait_parked(host: WasmHost, count: int) -> int:
     """Wait until ``count`` processes wait in recv, or nothing changes for ``STALL_S``."""
     last, last_change = -1, time.monotonic()
     while True:
+        looked = time.perf_counter()
         parked = _count_parked(host)
         if parked >= count:
             return parked
@@ -164,7 +193,10 @@ def _wait_parked(host: WasmHost, count: int) -> int:
             last, last_change = parked, time.monotonic()
         elif time.monotonic() - last_change > STALL_S:
             return parked
-        time.sleep(0.01)
+        # A look walks every process under the GIL the guests need too:
+        # at tens of thousands of processes, looking every 10 ms would
+        # slow the spawns it waits for. Look at most a fifth of the time.
+        time.sleep(max(0.01, 4 * (time.perf_counter() - looked)))
 
 
 def _stall(host: WasmHost, parked: int, records: list[Any]) -> str:
@@ -198,23 +230,16 @@ def thread_rss(count: int) -> dict[str, Any]:
     stop = ""
     began = time.perf_counter()
     while not stop and len(threads) < count:
-        for _ in range(min(CHUNK, count - len(threads))):
-            thread = threading.Thread(target=park, daemon=True)
-            try:
-                thread.start()
-            except RuntimeError as exc:
-                stop = f"thread start raised {exc}"
-                break
-            started.acquire()
-            threads.append(thread)
-        _progress(parked=len(threads), rss=_rss(), maps=_maps())
-    result.update(
-        spawn_s=time.perf_counter() - began,
-        parked=len(threads),
-        stop=stop,
-        rss_after=_rss(),
-        maps=_maps(),
-    )
+        chunk = min(CHUNK, count - len(threads))
+        stop = _headroom(chunk) or _start_parked(threads, chunk, park, started)
+        result.update(
+            parked=len(threads),
+            spawn_s=time.perf_counter() - began,
+            stop=stop,
+            rss_after=_rss(),
+            maps=_maps(),
+        )
+        _progress(result)
     began = time.perf_counter()
     gate.set()
     for thread in threads:
@@ -222,6 +247,24 @@ def thread_rss(count: int) -> dict[str, Any]:
     result["shutdown_s"] = time.perf_counter() - began
     result["left"] = sum(1 for t in threads if t.is_alive())
     return result
+
+
+def _start_parked(
+    threads: list[threading.Thread],
+    chunk: int,
+    park: Callable[[], None],
+    started: threading.Semaphore,
+) -> str:
+    """Start ``chunk`` more parked threads; why not all of them, or ""."""
+    for _ in range(chunk):
+        thread = threading.Thread(target=park, daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as exc:
+            return f"thread start raised {exc}"
+        started.acquire()
+        threads.append(thread)
+    return ""
 
 
 CENSUS = {"idle-rss": idle_rss, "thread-rss": thread_rss}
@@ -273,11 +316,14 @@ def census(mode: str, count: int) -> tuple[dict[str, Any], str]:
         stdout, stderr = _text(exc.stdout), _text(exc.stderr)
         failure = f"killed after {CHILD_TIMEOUT_S:.0f} s"
     lines = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
-    if lines and "progress" not in lines[-1] and not failure:
+    tail = " | ".join(stderr.strip().splitlines()[-3:])
+    if lines and "progress" not in lines[-1]:
+        # The census is complete; a child that then fails to exit cleanly
+        # (daemon threads at interpreter exit) only earns a note.
+        lines[-1]["exit"] = f"{failure}: {tail}" if failure else ""
         return lines[-1], ""
     last: dict[str, Any] = lines[-1]["progress"] if lines else {}
-    tail = stderr.strip().splitlines()[-3:]
-    return last, f"{mode} {failure or 'printed no census'}: {' | '.join(tail)}"
+    return last, f"{mode} {failure or 'printed no census'}: {tail}"
 
 
 def _exit_text(code: int) -> str:
@@ -300,78 +346,102 @@ def idle_processes(count: int, erlang: Erlang) -> None:
         rusm, rusm_failed = census("idle-rss", count)
         base, base_failed = census("thread-rss", count)
     erl = erlang.idle(count)
-    if rusm_failed:
-        note(f"rusm's census failed: {rusm_failed}")
-        if rusm:
-            added = max(1, rusm["parked"] - 1)
+    if "rss_after" not in rusm:
+        note(f"rusm's census failed before it parked anything: {rusm_failed}")
+    else:
+        _idle_rows(rusm, base, erl, label=f"{erlang.label(1)}, parked in receive")
+        _how_far("rusm", rusm, rusm_failed)
+        if rusm.get("pooling"):
+            note(f"  {rusm['pool_slots']:,} pool slots")
+        elif "pooling" in rusm:
+            note(f"  on-demand allocation: {rusm['fallback'] or 'no pool'}")
+        if "os_threads_after" in rusm:
             note(
-                f"its last progress: {rusm['parked']:,} parked in {rusm['spawn_s']:.1f} s, "
-                f"{(rusm['rss'] - rusm['rss_before']) / added / 1024:.1f} KiB of RSS and "
-                f"{(rusm['maps'] - rusm['maps_before']) / added:.1f} maps each"
+                f"  {rusm['threads_after']:,} threads ({rusm['os_threads_after']:,} in the "
+                f"kernel's count), {rusm.get('crashed', 0):,} crashed"
             )
-        note(limit)
-        return
-    added = max(1, rusm["parked"] - 1)
-    base_added = max(1, base.get("parked", 1) - 1) if not base_failed else 0
-    erl_ok = isinstance(erl, dict)
-    _idle_rows(rusm, added, base, base_added, erl, erl_label=erlang.label(1))
-    if rusm["pooling"]:
-        pool = f"{rusm['pool_slots']:,} pool slots"
-    else:
-        pool = f"on-demand allocation ({rusm['fallback'] or 'no pool'})"
-    note(
-        f"rusm parked {rusm['parked']:,} of {rusm['wanted']:,} in {rusm['spawn_s']:.1f} s with "
-        f"{rusm['threads_after']:,} threads ({rusm['os_threads_after']:,} in the kernel's count), "
-        f"{pool}; {rusm['left']} processes left after the drain"
-    )
-    note(f"rusm stopped: {rusm['stop'] or 'no, all parked'}")
-    if base_failed:
-        note(f"baseline census failed: {base_failed}")
-    else:
-        note(f"threads: {base['parked']:,} of {base['wanted']:,}; stopped: {base['stop'] or 'no'}")
-    if not erl_ok:
+    _how_far("threads", base, base_failed)
+    if isinstance(erl, str):
         note(f"Erlang: {erl}")
     note(limit)
-    _limits(rusm, added)
+    if "rss_after" in rusm:
+        _limits(rusm)
+
+
+def _how_far(who: str, census: dict[str, Any], failed: str) -> None:
+    """How many parked, why the census stopped, how the drain went."""
+    if "parked" not in census:
+        note(f"{who}: census failed: {failed}")
+        return
+    note(
+        f"{who}: {census['parked']:,} of {census['wanted']:,} parked in "
+        f"{census['spawn_s']:.1f} s; stopped: {census['stop'] or 'no, all parked'}"
+    )
+    if "shutdown_s" in census:
+        note(f"  stopped them all in {census['shutdown_s']:.1f} s, {census['left']:,} left")
+    if failed or census.get("exit"):
+        note(f"  the census child failed: {failed or census['exit']}")
+
+
+def _per(census: dict[str, Any], name: str) -> float | None:
+    """The growth of ``rss`` or ``maps`` per parked process past the first (None if unmeasured)."""
+    after = census.get("rss_after" if name == "rss" else "maps")
+    if after is None or census.get("parked", 0) < 2:
+        return None
+    growth: float = (after - census[f"{name}_before"]) / (census["parked"] - 1)
+    return growth
 
 
 def _idle_rows(
-    rusm: dict[str, Any],
-    added: int,
-    base: dict[str, Any],
-    base_added: int,
-    erl: dict[str, Any] | str,
-    *,
-    erl_label: str,
+    rusm: dict[str, Any], base: dict[str, Any], erl: dict[str, Any] | str, *, label: str
 ) -> None:
     parked = f"{rusm['parked']:,} parked"
-    what = f"{base.get('parked', 0):,} threads on an Event; {erl_label}"
-    per = (rusm["rss_after"] - rusm["rss_before"]) / added / 1024
-    base_per = (base["rss_after"] - base["rss_before"]) / base_added / 1024 if base_added else None
-    erl_per: float | str = erl["rss_bytes"] / erl["n"] / 1024 if isinstance(erl, dict) else "–"
-    row(f"RSS per idle process ({parked})", "KiB", per, base_per, erl_per, notes=what)
+    notes = f"{base.get('parked', 0):,} threads on an Event; {label}"
+    base_rss = _per(base, "rss")
+    erl_kib: float | str = "–"
+    erl_maps: float | str = "–"
+    erl_stop: float | str = "–"
+    if isinstance(erl, dict):
+        erl_kib = erl["rss_bytes"] / erl["n"] / 1024
+        erl_maps = erl["maps"] / erl["n"]
+        erl_stop = erl["stop_ns"] / 1e9
+    row(
+        f"RSS per idle process ({parked})",
+        "KiB",
+        (_per(rusm, "rss") or 0.0) / 1024,
+        None if base_rss is None else base_rss / 1024,
+        erl_kib,
+        notes=notes,
+    )
     if isinstance(erl, dict):
         note(
             f"(Erlang: erlang:memory(processes) {erl['processes_bytes'] / erl['n'] / 1024:.2f} "
-            f"KiB each, process_info memory {erl['process_info_bytes']:,} bytes)"
+            f"KiB each, process_info memory {erl['process_info_bytes']:,} bytes, "
+            f"{erl['maps']} maps in all)"
         )
-    maps = (rusm["maps"] - rusm["maps_before"]) / added
-    base_maps = (base["maps"] - base["maps_before"]) / base_added if base_added else None
-    erl_maps: float | str = erl["maps"] / erl["n"] if isinstance(erl, dict) else "–"
-    row(f"memory maps per idle process ({parked})", "maps", maps, base_maps, erl_maps, notes=what)
-    stop = rusm["shutdown_s"]
-    base_stop = base["shutdown_s"] if base_added else None
-    erl_stop: float | str = erl["stop_ns"] / 1e9 if isinstance(erl, dict) else "–"
-    row(f"stopping them all ({parked})", "s", stop, base_stop, erl_stop, notes=what)
+    maps = _per(rusm, "maps") or 0.0
+    row(
+        f"memory maps per idle process ({parked})",
+        "maps",
+        maps,
+        _per(base, "maps"),
+        erl_maps,
+        notes=notes,
+    )
+    if "shutdown_s" not in rusm:
+        note(f"stopping them all ({parked}): the drain did not end within the census's bound")
+        return
+    stop, base_stop = rusm["shutdown_s"], base.get("shutdown_s")
+    row(f"stopping them all ({parked})", "s", stop, base_stop, erl_stop, notes=notes)
 
 
-def _limits(rusm: dict[str, Any], added: int) -> None:
+def _limits(rusm: dict[str, Any]) -> None:
     """How far the count could go on this machine, limit by limit."""
-    per = max(1.0, (rusm["rss_after"] - rusm["rss_before"]) / added)
-    maps = (rusm["maps"] - rusm["maps_before"]) / added
+    per = max(1.0, _per(rusm, "rss") or 0.0)
+    maps = _per(rusm, "maps") or 0.0
     max_maps = int(_read(MAX_MAP_COUNT) or 0)
-    pid_max = int(_read(Path("/proc/sys/kernel/pid_max")) or 0)
-    threads_max = int(_read(Path("/proc/sys/kernel/threads-max")) or 0)
+    pid_max = int(_read(KERNEL / "pid_max") or 0)
+    threads_max = int(_read(KERNEL / "threads-max") or 0)
     nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
     memory = psutil.virtual_memory().total
     note("how far the count goes:")
@@ -400,3 +470,6 @@ if __name__ == "__main__":
         print(f"usage: python -m bench.actors_idle {{{'|'.join(CENSUS)}}} COUNT", file=sys.stderr)
         sys.exit(2)
     print(json.dumps(CENSUS[sys.argv[1]](int(sys.argv[2]))), flush=True)
+    # The census is out. Guest threads a drain did not end would hold the
+    # interpreter's exit for ever; the kernel frees all of it at once.
+    os._exit(0)
