@@ -51,6 +51,7 @@ for a rate, worse for a time or a size).
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -58,7 +59,7 @@ from pathlib import Path
 from bench import actors_erlang
 from bench.actors_daemon import across_workers
 from bench.actors_erlang import Erlang
-from bench.actors_idle import IDLE, idle_processes
+from bench.actors_idle import IDLE, census_main, idle_processes
 from bench.actors_plain import PipePeer, thread_call, thread_flood, thread_round_trip
 from bench.actors_table import (
     CALLS,
@@ -241,3 +242,9 @@ def _run(build: Path, chosen: set[str], erlang: Erlang, pipe: PipePeer | None, i
         across_workers(guests["bench"], pipe, erlang)
     if "idle" in chosen:
         idle_processes(idle, erlang)
+
+
+if __name__ == "__main__":
+    # ``python -m bench.actors idle-rss|thread-rss COUNT``, the census
+    # commands the older figures in docs/benchmarks.md name.
+    census_main(sys.argv[1:])

@@ -465,11 +465,16 @@ def _read(path: Path) -> str:
         return ""
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in CENSUS or not sys.argv[2].isdigit():
+def census_main(argv: list[str]) -> None:
+    """``MODE COUNT``: run one census, print it, end the process."""
+    if len(argv) != 2 or argv[0] not in CENSUS or not argv[1].isdigit():
         print(f"usage: python -m bench.actors_idle {{{'|'.join(CENSUS)}}} COUNT", file=sys.stderr)
         sys.exit(2)
-    print(json.dumps(CENSUS[sys.argv[1]](int(sys.argv[2]))), flush=True)
+    print(json.dumps(CENSUS[argv[0]](int(argv[1]))), flush=True)
     # The census is out. Guest threads a drain did not end would hold the
     # interpreter's exit for ever; the kernel frees all of it at once.
     os._exit(0)
+
+
+if __name__ == "__main__":
+    census_main(sys.argv[1:])

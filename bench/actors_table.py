@@ -119,7 +119,8 @@ def _num(value: float) -> str:
 
 
 def _ratio(rusm: float, other: float | str | None) -> str:
-    if not isinstance(other, float | int) or other == 0:
+    # A figure printed as 0.00 (Erlang's maps per process) gives no ratio worth reading.
+    if not isinstance(other, float | int) or abs(other) < 0.005:
         return "–"
     return f"{rusm / other:.3g}"
 
