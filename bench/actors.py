@@ -76,6 +76,7 @@ from bench.actors_table import (
 from bench.actors_worker import LINE_TIMEOUT_S, Worker, modules, ns_per
 from bench.wasm_host import plain_spawn_trial
 
+# How long each restart trial counts restarts (Erlang's too).
 RESTART_WINDOW_S = 2.0
 SECTIONS = ("spawn", "one-worker", "restarts", "daemon", "idle")
 """Every section, in the order a run takes them."""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+# Trials of each timed figure; odd, so the median is one of them.
 TRIALS = 3
 # The counts of rusm's figures and their baselines (Erlang's are in
 # bench.actors_erlang): enough for a trial of a few tenths of a second.
@@ -25,6 +26,7 @@ SPAWNS = 3000
 ROUND_TRIPS = 2000
 CALLS = 2000
 FLOOD = 20_000
+# The figure column's width: the longest figure name fits.
 WHAT_WIDTH = 44
 PAD = " " * WHAT_WIDTH
 
