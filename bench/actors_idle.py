@@ -155,6 +155,8 @@ def idle_rss(count: int) -> dict[str, Any]:
             _progress(result)
         result.update(
             parked=_count_parked(host),
+            # How the parked processes run: on fibers of the loop, or a guest thread each.
+            fibers=sum(1 for p in list(host.processes.values()) if getattr(p, "fiber", None)),
             threads_after=threading.active_count(),
             os_threads_after=psutil.Process().num_threads(),
             crashed=host.exits.get("crashed", 0),
@@ -360,8 +362,9 @@ def idle_processes(count: int, erlang: Erlang) -> None:
             note(f"  on-demand allocation: {rusm['fallback'] or 'no pool'}")
         if "os_threads_after" in rusm:
             note(
-                f"  {rusm['threads_after']:,} threads ({rusm['os_threads_after']:,} in the "
-                f"kernel's count), {rusm.get('crashed', 0):,} crashed"
+                f"  {rusm['fibers']:,} processes on fibers, {rusm['threads_after']:,} threads "
+                f"({rusm['os_threads_after']:,} in the kernel's count), "
+                f"{rusm.get('crashed', 0):,} crashed"
             )
     _how_far("threads", base, base_failed)
     note(limit)
@@ -406,7 +409,7 @@ def _idle_rows(
     if isinstance(erl, dict):
         erl_kib = erl["rss_bytes"] / erl["n"] / 1024
         erl_maps = erl["maps"] / erl["n"]
-        erl_stop = erl["stop_ns"] / 1e9
+        erl_stop = erl["stop_ns"] / 1e6
     row(
         f"RSS per idle process ({parked})",
         "KiB",
@@ -433,8 +436,9 @@ def _idle_rows(
     if "shutdown_s" not in rusm:
         note(f"stopping them all ({parked}): the drain did not end within the census's bound")
         return
-    stop, base_stop = rusm["shutdown_s"], base.get("shutdown_s")
-    row(f"stopping them all ({parked})", "s", stop, base_stop, erl_stop, notes=notes)
+    stop, base_stop = rusm["shutdown_s"] * 1000, base.get("shutdown_s")
+    base_ms = None if base_stop is None else base_stop * 1000
+    row(f"stopping them all ({parked})", "ms", stop, base_ms, erl_stop, notes=notes)
 
 
 def _limits(rusm: dict[str, Any]) -> None:
