@@ -59,7 +59,8 @@ from pathlib import Path
 from bench import actors_erlang
 from bench.actors_daemon import across_workers
 from bench.actors_erlang import Erlang
-from bench.actors_idle import IDLE, census_main, idle_processes
+from bench.actors_idle import census_main
+from bench.actors_idle_report import IDLE, idle_processes
 from bench.actors_plain import PipePeer, thread_call, thread_flood, thread_round_trip
 from bench.actors_table import (
     CALLS,
