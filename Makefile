@@ -82,9 +82,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench
 
-# wrk drives the HTTP benchmark (bench/http.py); Debian's package, installed only when missing.
+# wrk drives the HTTP benchmark (bench/http.py); Erlang/OTP runs beside the
+# actors benchmark (bench/actors_erlang.py: erl and erlc). Debian's packages,
+# installed only when missing.
 bench-deps:
 	@command -v wrk >/dev/null || apt-get install -y wrk
+	@command -v erl >/dev/null && command -v erlc >/dev/null || apt-get install -y erlang-base
 
 clean:
 	rm -rf $(VENV) $(EXAMPLE)/wasm tools/node_modules .pytest_cache .mypy_cache .ruff_cache

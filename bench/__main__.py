@@ -25,6 +25,7 @@ SCENARIOS: dict[str, Callable[[], int]] = {
 """Benchmark name → its entry point. Each prints rusm beside its baseline."""
 
 WITH_OPTIONS: dict[str, Callable[[list[str]], int]] = {
+    "actors": actors.main,
     "http": http.main,
     "kv": kv.main,
     "soak": soak.main,

@@ -12,14 +12,18 @@
  * the time it took on the WASI monotonic clock (clock_gettime):
  *
  *   pingpong PID N  N times: send "p" to PID, wait for "P"
- *                   -> `pingpong n=N ns=T`
+ *                   -> `pingpong n=N ns=T p50=.. p90=.. p99=.. max=..`
  *   calls PID N     N times: rusm_call(PID, "c")
- *                   -> `calls n=N ns=T`
+ *                   -> `calls n=N ns=T p50=.. p90=.. p99=.. max=..`
  *   flood PID N     N messages "f" to PID as fast as it takes them, with at
  *                   most WINDOW sent and not yet acknowledged (a mailbox
  *                   holds RUSM_MAILBOX_LIMIT user messages; past that they
  *                   are dropped), until all N are acknowledged
  *                   -> `flood n=N ns=T`
+ *
+ * T is the whole command's time; p50 to max are the percentiles of the
+ * single round trips, each timed on its own (up to MAX_TIMED of them: the
+ * rest count in T only).
  *
  * A failing rusm call logs `failed <op> <code>` and ends the command.
  * Built at bench time with tests/guests/build.py against sdk/c/rusm.h.
@@ -32,6 +36,9 @@
 #define ACK_EVERY 500
 #define WINDOW 4000
 #define BUF_BYTES 256
+/* The round trips a command times one by one: 8 bytes each, taken from the
+ * heap only by the process that runs the command. */
+#define MAX_TIMED 1000000
 
 static char buf[BUF_BYTES];
 static char reply[16];
@@ -84,35 +91,73 @@ static int32_t await_byte(char want) {
     }
 }
 
+static int compare_ns(const void *a, const void *b) {
+    int64_t left = *(const int64_t *)a, right = *(const int64_t *)b;
+    return (left > right) - (left < right);
+}
+
+/* Room for the times of up to `rounds` round trips (NULL if none is left). */
+static int64_t *timings(int64_t rounds) {
+    return malloc((size_t)(rounds < MAX_TIMED ? rounds : MAX_TIMED) * sizeof(int64_t));
+}
+
+/* Log `OP n=N ns=T p50=.. p90=.. p99=.. max=..` and free the times. */
+static void report(const char *op, int64_t rounds, int64_t total, int64_t *times) {
+    int64_t timed = rounds < MAX_TIMED ? rounds : MAX_TIMED;
+    int64_t p50 = 0, p90 = 0, p99 = 0, max = 0;
+    if (times != NULL && timed > 0) {
+        qsort(times, (size_t)timed, sizeof(int64_t), compare_ns);
+        p50 = times[timed / 2];
+        p90 = times[timed * 9 / 10];
+        p99 = times[timed * 99 / 100];
+        max = times[timed - 1];
+    }
+    free(times);
+    rusm_logf(RUSM_LOG_INFO, "%s n=%lld ns=%lld p50=%lld p90=%lld p99=%lld max=%lld", op,
+              (long long)rounds, (long long)total, (long long)p50, (long long)p90,
+              (long long)p99, (long long)max);
+}
+
 static void pingpong(rusm_pid_t pid, int64_t rounds) {
+    int64_t *times = timings(rounds);
     int64_t start = now_ns();
     for (int64_t i = 0; i < rounds; i++) {
+        int64_t sent = now_ns();
         int32_t code = rusm_send(pid, "p", 1);
         if (code < 0) {
             failed("send", code);
+            free(times);
             return;
         }
         code = await_byte('P');
         if (code < 0) {
             failed("recv", code);
+            free(times);
             return;
         }
+        if (times != NULL && i < MAX_TIMED) {
+            times[i] = now_ns() - sent;
+        }
     }
-    rusm_logf(RUSM_LOG_INFO, "pingpong n=%lld ns=%lld", (long long)rounds,
-              (long long)(now_ns() - start));
+    report("pingpong", rounds, now_ns() - start, times);
 }
 
 static void calls(rusm_pid_t pid, int64_t rounds) {
+    int64_t *times = timings(rounds);
     int64_t start = now_ns();
     for (int64_t i = 0; i < rounds; i++) {
+        int64_t called = now_ns();
         int32_t code = rusm_call(pid, "c", 1, reply, sizeof reply, RUSM_FOREVER);
         if (code != 1) {
             failed("call", code);
+            free(times);
             return;
         }
+        if (times != NULL && i < MAX_TIMED) {
+            times[i] = now_ns() - called;
+        }
     }
-    rusm_logf(RUSM_LOG_INFO, "calls n=%lld ns=%lld", (long long)rounds,
-              (long long)(now_ns() - start));
+    report("calls", rounds, now_ns() - start, times);
 }
 
 static void flood(rusm_pid_t pid, int64_t count) {

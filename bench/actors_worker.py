@@ -1,0 +1,226 @@
+"""An in-process worker for the actors benchmark: a real ``WasmHost`` and its actor table.
+
+Runs in: a benchmark process of its own (``python -m bench actors``) and
+the idle census's child processes (``python -m bench.actors_idle``).
+
+``Worker`` plays one worker: a real ``WasmHost`` (its actor table,
+processes, epoch ticker and modules from the real AOT cache) with the
+actor table's jobs run in order on a loop thread of its own, as the
+worker's event loop runs them. Its log records are kept, so the
+benchmark waits for a guest's ``ready`` or result line.
+"""
+
+from __future__ import annotations
+
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import wasmtime
+
+from rusmd.actors.table import ActorTable
+from rusmd.channel import ComponentImage
+from rusmd.config import Overrides, load_environment, load_manifest
+from rusmd.config.model import LogLevel
+from rusmd.log import Logger, LogRecord
+from rusmd.wasm.cache import CompileCache
+from rusmd.wasm.engine import compile_engine
+from rusmd.wasm.host import WasmHost
+from tests.guests.build import build_c_guest
+
+# Bounds, so the run always ends by itself.
+LINE_TIMEOUT_S = 60.0
+SHUTDOWN_TIMEOUT_S = 60.0
+
+GUEST_SOURCE = Path(__file__).resolve().parent / "guests" / "actors.c"
+EMPTY = '(module (memory (export "memory") 1) (func (export "run")))'
+CRASHER = """(module
+  (import "rusm" "exit" (func $exit (param i32)))
+  (func (export "run") (call $exit (i32.const 1))))"""
+IDLE_GUEST = """(module
+  (import "rusm" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "run")
+    (drop (call $recv (i32.const 0) (i32.const 64) (i32.const 64) (i32.const -1)))))"""
+SPEC = (
+    '{"strategy":"one_for_one","intensity":1000000,"period_s":1,'
+    '"children":[{"component":"crasher","restart":"permanent","shutdown_ms":"brutal_kill"}]}'
+)
+_SPEC_WAT = SPEC.replace('"', '\\"')
+SUPERVISING = f"""(module
+  (import "rusm" "supervise" (func $supervise (param i32 i32) (result i64)))
+  (import "rusm" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "{_SPEC_WAT}")
+  (func (export "run")
+    (drop (call $supervise (i32.const 1024) (i32.const {len(SPEC)})))
+    (drop (call $recv (i32.const 0) (i32.const 64) (i32.const 64) (i32.const -1)))))"""
+MANIFEST = """
+[capabilities.bench]
+max-memory-mb = 16
+max-cpu-ms = 60000
+[capabilities.boss]
+allow-spawn = true
+max-memory-mb = 16
+[components.bench]
+capability = "bench"
+[components.crasher]
+capability = "bench"
+[components.empty]
+capability = "bench"
+[components.idle]
+capability = "bench"
+[components.sup]
+capability = "boss"
+"""
+
+
+class _Loop:
+    """The worker's loop thread as the actor table sees it: one thread, jobs in order."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="loop", daemon=True)
+        self._thread.start()
+
+    def call_soon(self, job: Callable[..., None], *args: Any) -> None:
+        self._jobs.put((job, args))
+
+    def call_later(self, delay_s: float, job: Callable[[], None]) -> None:
+        timer = threading.Timer(delay_s, self.call_soon, (job,))
+        timer.daemon = True
+        timer.start()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+        self._thread.join(5.0)
+
+    def _run(self) -> None:
+        while (item := self._jobs.get()) is not None:
+            job, args = item
+            try:
+                job(*args)
+            except Exception as exc:
+                print(f"loop job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+
+
+class Worker:
+    """A real ``WasmHost`` in this process, its actor table on a loop thread, its log."""
+
+    def __init__(
+        self,
+        app: Path,
+        wasm: dict[str, bytes],
+        *,
+        pool_slots: int | None = None,
+        max_processes: int | None = None,
+        level: LogLevel = LogLevel.INFO,
+    ) -> None:
+        (app / "rusm.toml").write_text(MANIFEST)
+        environment = load_environment(app)
+        manifest = load_manifest(str(app / "rusm.toml"), Overrides(), environment)
+        self.records: list[LogRecord] = []
+        self.changed = threading.Condition()
+        self.exited = threading.Event()
+        self.loop = _Loop()
+        table = ActorTable(
+            0,
+            remote=lambda _slot, _sig: False,
+            to_main=lambda _message: None,
+            call_soon=self.loop.call_soon,
+            call_later=self.loop.call_later,
+        )
+        extra: dict[str, Any] = {} if pool_slots is None else {"pool_slots": pool_slots}
+        self.host = WasmHost(
+            manifest,
+            0,
+            Logger(level, self._sink),
+            environment,
+            request_lease=lambda: None,
+            actors=table,
+            max_processes=max_processes,
+            **extra,
+        )
+        self.host.add_lease(1, 100_000_000)
+        cache = CompileCache(app / "cache")
+        engine = compile_engine()
+        images = []
+        for name, module in wasm.items():
+            compiled = bytes(wasmtime.Module(engine, module).serialize())
+            entry = cache.store(cache.key(module), compiled, name)
+            images.append(ComponentImage(name=name, cwasm=str(entry.path), digest=entry.digest))
+        self.host.load(images)
+
+    def _sink(self, record: LogRecord) -> None:
+        if record.text.startswith("exit crasher#"):
+            self.exited.set()
+            return  # thousands of them; only the event matters
+        with self.changed:
+            self.records.append(record)
+            self.changed.notify_all()
+
+    def line(self, source: str, prefix: str, after: int = 0) -> str:
+        """Wait for a record of ``source`` starting with ``prefix`` (from index ``after``)."""
+        deadline = time.monotonic() + LINE_TIMEOUT_S
+        with self.changed:
+            while True:
+                for record in self.records[after:]:
+                    if record.source == source and record.text.startswith(prefix):
+                        return record.text
+                    if record.source == source and record.text.startswith("failed"):
+                        raise RuntimeError(f"{source}: {record.text}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"{source} did not log {prefix!r}")
+                self.changed.wait(remaining)
+
+    def spawn_ready(self, name: str) -> int:
+        pid = self.host.spawn(name)
+        self.line(f"{name}#{pid}", f"ready {pid}")
+        return pid
+
+    def measure(self, driver: int, op: str, peer: int, count: int) -> dict[str, int]:
+        """The fields of the line ``driver`` logs after running ``op`` ``count`` times."""
+        after = len(self.records)
+        self.host.actors.send(0, driver, f"{op} {peer} {count}".encode())
+        return fields(self.line(f"bench#{driver}", f"{op} n=", after))
+
+    def wait_empty(self, timeout_s: float = LINE_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.host.processes and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def close(self) -> None:
+        self.host.shutdown(SHUTDOWN_TIMEOUT_S)
+        self.loop.close()
+
+
+def fields(line: str) -> dict[str, int]:
+    """``op n=N ns=T ...`` as ``{"n": N, "ns": T, ...}``."""
+    return {key: int(value) for key, value in (w.split("=", 1) for w in line.split()[1:])}
+
+
+def ns_per(line_fields: dict[str, int]) -> float:
+    """ns per operation of a guest's result line."""
+    return line_fields["ns"] / line_fields["n"]
+
+
+def wat(text: str) -> bytes:
+    return bytes(wasmtime.wat2wasm(text))
+
+
+def modules(build: Path) -> dict[str, bytes]:
+    guest = build_c_guest(GUEST_SOURCE, build / "actors.wasm")
+    return {
+        "bench": guest.read_bytes(),
+        "empty": wat(EMPTY),
+        "crasher": wat(CRASHER),
+        "idle": wat(IDLE_GUEST),
+        "sup": wat(SUPERVISING),
+    }
