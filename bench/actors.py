@@ -61,10 +61,11 @@ from bench.worker_restart import _free_port, request, wait_all_ready
 from rusmd.actors.table import ActorTable
 from rusmd.channel import ComponentImage
 from rusmd.config import Overrides, load_environment, load_manifest
-from rusmd.config.model import LogLevel
+from rusmd.config.model import LogLevel, Node
 from rusmd.log import Logger, LogRecord
 from rusmd.wasm.cache import CompileCache
-from rusmd.wasm.engine import POOL_SLOTS, compile_engine
+from rusmd.wasm.capacity import manifest_layout
+from rusmd.wasm.engine import compile_engine
 from rusmd.wasm.host import WasmHost
 from rusmd.wasm.process import ProcessState
 from tests.guests.build import build_c_guest
@@ -188,7 +189,9 @@ class Worker:
         max_processes: int | None = None,
         level: LogLevel = LogLevel.INFO,
     ) -> None:
-        (app / "rusm.toml").write_text(MANIFEST)
+        # The manifest's process limit chooses the memory layout (``capacity``).
+        node = "" if max_processes is None else f"[node]\nmax-processes = {max_processes}\n"
+        (app / "rusm.toml").write_text(node + MANIFEST)
         environment = load_environment(app)
         manifest = load_manifest(str(app / "rusm.toml"), Overrides(), environment)
         self.records: list[LogRecord] = []
@@ -214,8 +217,9 @@ class Worker:
             **extra,
         )
         self.host.add_lease(1, 100_000_000)
-        cache = CompileCache(app / "cache")
-        engine = compile_engine()
+        layout = manifest_layout(manifest)
+        cache = CompileCache(app / "cache", layout)
+        engine = compile_engine(layout)
         images = []
         for name, module in wasm.items():
             compiled = bytes(wasmtime.Module(engine, module).serialize())
@@ -820,7 +824,10 @@ def idle_processes() -> None:
         f"{int(_read('/proc/sys/kernel/threads-max') or 0):,} (all OS processes together), "
         f"ulimit -u {'unlimited' if nproc == resource.RLIM_INFINITY else f'{nproc:,}'}"
     )
-    print(f"{pad}   pool slots: {POOL_SLOTS:,} per worker in the daemon (here: {IDLE:,})")
+    print(
+        f"{pad}   pool slots: [node].max-processes, {Node().max_processes:,} per worker by "
+        f"default (here: {IDLE:,})"
+    )
 
 
 def _read(path: str) -> str:

@@ -26,9 +26,12 @@ from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel
 from rusmd.log import Logger, LogRecord
 from rusmd.wasm.cache import CompileCache
-from rusmd.wasm.engine import POOL_SLOTS, compile_engine
+from rusmd.wasm.engine import compile_engine
 from rusmd.wasm.host import WasmHost
 
+# Pool slots of a test host: a worker's size before the pool followed
+# [node].max-processes, so a test's host reserves what it always did.
+POOL_SLOTS = 1000
 # How long a process may take to exit: a guest thread on a loaded
 # two-core machine; only a process that never exits reaches it.
 EXIT_TIMEOUT_S = 20.0
