@@ -18,7 +18,7 @@ bound it besides memory:
   only the largest heap of the manifest's profiles (a power of two, at
   least ``COMPACT_MIN_RESERVATION_BYTES``) plus a ``COMPACT_GUARD_BYTES``
   guard, and compiled code checks each access against that reservation
-  (measured: about 40% more instructions in a memory-bound C guest; see
+  (measured: about a quarter more instructions in a memory-bound C guest; see
   docs/benchmarks.md, "Capacity"). More processes than the budget holds
   even then are refused with a warning.
 - *Memory maps.* The kernel caps the mappings of one process at
