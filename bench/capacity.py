@@ -38,7 +38,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import uvloop
 import wasmtime
 
@@ -144,6 +143,9 @@ def parked(count: int, max_processes: int) -> dict[str, Any]:
         while host.processes and time.monotonic() < deadline:
             loop.run_until_complete(asyncio.sleep(0.001))
         stop_s = time.perf_counter() - started
+        loop.run_until_complete(asyncio.sleep(0.2))
+        gc.collect()
+        rss_stopped = _rss_by_kind()
         added = count - 1
         return {
             "count": count,
@@ -156,10 +158,13 @@ def parked(count: int, max_processes: int) -> dict[str, Any]:
                 kind: (rss_after.get(kind, 0) - rss_before.get(kind, 0)) / added
                 for kind in sorted(set(rss_before) | set(rss_after))
             },
+            "rss_kib_kept_per_process": {
+                kind: (rss_stopped.get(kind, 0) - rss_before.get(kind, 0)) / added
+                for kind in sorted(set(rss_before) | set(rss_stopped))
+            },
             "spawn_s": spawn_s,
             "stop_s": stop_s,
             "left": len(host.processes),
-            "rss_mib": psutil.Process().memory_info().rss >> 20,
         }
 
 
@@ -232,6 +237,12 @@ def _report(result: dict[str, Any]) -> None:
     for kind, kib in result["rss_kib_per_process"].items():
         print(f"    {kind:40} {kib:6.1f} KiB")
     print(f"  stopping them all: {result['stop_s']:.2f} s ({result['left']} left)")
+    kept = result["rss_kib_kept_per_process"]
+    print(
+        f"  still resident once they are gone: {sum(kept.values()):.1f} KiB per process stopped ("
+        + ", ".join(f"{kind} {kib:.1f}" for kind, kib in kept.items() if abs(kib) >= 0.05)
+        + ")"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

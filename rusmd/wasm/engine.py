@@ -140,6 +140,10 @@ def worker_engine(
             pool, keep_resident_bytes
         )
         ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, keep_resident_bytes)
+        # No async_stack_keep_resident: wasmtime applies it only with
+        # async_stack_zeroing, which the C API does not expose, so a freed
+        # fiber stack keeps the pages its process touched (8 KiB for one
+        # parked in recv) until a new fiber takes the slot.
         ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
     finally:
         ffi.wasmtime_pooling_allocation_config_delete(pool)
