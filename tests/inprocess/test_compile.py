@@ -508,3 +508,16 @@ def test_compile_child_refuses_a_bad_job_with_exit_2(app_dir: Path) -> None:
     assert result.returncode == 2
     assert result.stdout == b""
     assert b"bad job on stdin" in result.stderr
+
+
+@pytest.mark.parametrize("layout", [[1 << 30], [-1, 0], ["4G", 0], [True, 0]])
+def test_compile_child_refuses_a_job_with_a_bad_memory_layout(
+    app_dir: Path, layout: list[object]
+) -> None:
+    job = {"cache_dir": str(app_dir / "cache"), "components": [], "memory_layout": layout}
+
+    result = run_child(json.dumps(job).encode())
+
+    assert result.returncode == 2
+    assert result.stdout == b""
+    assert b"'memory_layout' must be [reservation bytes, guard bytes]" in result.stderr
