@@ -10,7 +10,17 @@ takes them (``python -m bench http --help``).
 import sys
 from collections.abc import Callable
 
-from bench import actors, http, http_inproc, kv, soak, streams_inproc, wasm_host, worker_restart
+from bench import (
+    actors,
+    capacity,
+    http,
+    http_inproc,
+    kv,
+    soak,
+    streams_inproc,
+    wasm_host,
+    worker_restart,
+)
 
 SCENARIOS: dict[str, Callable[[], int]] = {
     "worker-restart": worker_restart.main,
@@ -21,6 +31,7 @@ SCENARIOS: dict[str, Callable[[], int]] = {
     "streams-inproc": streams_inproc.main,
     "kv": kv.main,
     "soak": soak.main,
+    "capacity": capacity.main,
 }
 """Benchmark name → its entry point. Each prints rusm beside its baseline."""
 
@@ -29,6 +40,7 @@ WITH_OPTIONS: dict[str, Callable[[list[str]], int]] = {
     "http": http.main,
     "kv": kv.main,
     "soak": soak.main,
+    "capacity": capacity.main,
 }
 """The benchmarks that take options, and their entry points."""
 

@@ -28,6 +28,7 @@ from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel
 from rusmd.log import Logger, LogRecord
 from rusmd.wasm.cache import CompileCache
+from rusmd.wasm.capacity import manifest_layout
 from rusmd.wasm.engine import compile_engine
 from rusmd.wasm.host import WasmHost
 from tests.guests.build import build_c_guest
@@ -122,7 +123,9 @@ class Worker:
         max_processes: int | None = None,
         level: LogLevel = LogLevel.INFO,
     ) -> None:
-        (app / "rusm.toml").write_text(MANIFEST)
+        # The manifest's process limit chooses the memory layout (``capacity``).
+        node = "" if max_processes is None else f"[node]\nmax-processes = {max_processes}\n"
+        (app / "rusm.toml").write_text(node + MANIFEST)
         environment = load_environment(app)
         manifest = load_manifest(str(app / "rusm.toml"), Overrides(), environment)
         self.records: list[LogRecord] = []
@@ -148,8 +151,9 @@ class Worker:
             **extra,
         )
         self.host.add_lease(1, 100_000_000)
-        cache = CompileCache(app / "cache")
-        engine = compile_engine()
+        layout = manifest_layout(manifest)
+        cache = CompileCache(app / "cache", layout)
+        engine = compile_engine(layout)
         images = []
         for name, module in wasm.items():
             compiled = bytes(wasmtime.Module(engine, module).serialize())

@@ -41,6 +41,7 @@ from rusmd.main.compile import compile_blocking, jobs_for
 from rusmd.main.loop import MainProcess
 from rusmd.store import kv_command as kv_cli
 from rusmd.wasm.cache import default_cache_dir
+from rusmd.wasm.capacity import manifest_layout
 from rusmd.wasm.preinit import OFF, PREINITIALIZED, SKIPPED
 
 DEFAULT_CONFIG = "rusm.toml"
@@ -187,6 +188,7 @@ def check_artifacts(manifest: Manifest) -> dict[str, ArtifactStatus]:
         timeout_s=manifest.node.compile_timeout_s,
         memory_mb=manifest.node.compile_memory_mb,
         log=Logger(LogLevel.OFF, lambda _record: None),
+        layout=manifest_layout(manifest),
         progress=lambda line: print(line, file=sys.stderr, flush=True),
         warnings=warnings,
     )
@@ -248,7 +250,7 @@ def route_problems(
             where = ("serve", index, "name")
             uses.setdefault(serve.name, []).append((where, "name", SINGLE_ACTION))
     _values, lines = parse(Path(config).read_text(encoding="utf-8"))
-    engine = compile_engine()
+    engine = compile_engine(manifest_layout(manifest))
     problems = []
     for name, wanted in sorted(uses.items()):
         status = artifacts.get(name)

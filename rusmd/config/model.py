@@ -65,6 +65,8 @@ class Node(msgspec.Struct, frozen=True, kw_only=True):
             compile child is killed past it). Optional; defaults to 60.
         compile_memory_mb: Resident-memory limit of the compile child.
             Optional; defaults to 2048.
+        max_processes: Processes one worker may hold at once; sizes its
+            instance pool. Optional; defaults to 8000.
     """
 
     listen: str = "127.0.0.1:4000"
@@ -73,6 +75,7 @@ class Node(msgspec.Struct, frozen=True, kw_only=True):
     store: str | None = None
     compile_timeout_s: int = 60
     compile_memory_mb: int = 2048
+    max_processes: int = 8000
 
 
 class Log(msgspec.Struct, frozen=True, kw_only=True):

@@ -173,6 +173,22 @@ NODE = Section(
             default=2048,
             range=(64, 65536),
         ),
+        # Each process a worker may hold reserves address space and memory
+        # maps up front (docs/operations.md, "Capacity"): the ceiling keeps a
+        # typo from asking for a pool no x86-64 address space can hold.
+        Setting(
+            "max-processes",
+            Kind.INTEGER,
+            "Processes one worker may hold at once (residents, spawned children, supervisor "
+            "children, WebSocket and SSE connections, non-inline HTTP handlers); it sizes the "
+            "worker's instance pool. A spawn past it fails with `limit`. Above about 16,000 "
+            "each process's memory reservation shrinks to the largest `max-memory-mb` and guest "
+            "memory accesses are bounds-checked; past what `vm.max_map_count` or the address "
+            "space can back, the worker holds fewer and logs a warning (docs/operations.md, "
+            '"Capacity").',
+            default=8000,
+            range=(1, 1_000_000),
+        ),
     ),
 )
 

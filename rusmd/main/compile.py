@@ -69,6 +69,7 @@ from rusmd.log import Logger
 from rusmd.main.reaper import Reaper, describe_exit, wait_status
 from rusmd.wasm.artifacts import ArtifactError, resolve_artifact
 from rusmd.wasm.preinit import PREINITIALIZED, SKIPPED
+from rusmd.wasm.settings import FULL_LAYOUT, MemoryLayout
 
 COMPILER_MODULE = "rusmd.wasm.compiler"
 # Importing the compile child's modules takes well under a second; a child
@@ -220,6 +221,8 @@ class CompileRun:
         timeout_s: ``[node].compile-timeout-s``: wall-clock limit per module.
         memory_mb: ``[node].compile-memory-mb``: the child's resident-memory limit.
         log: Where ``compile <name>: …`` lines go.
+        layout: The memory layout to compile for (``capacity.manifest_layout``).
+            Optional; defaults to ``FULL_LAYOUT``.
         clock: Monotonic seconds; injected by tests.
         reaper: The main process's reaper, which claims each child.
             Optional; defaults to None (the run is its children's only
@@ -240,10 +243,12 @@ class CompileRun:
         timeout_s: float,
         memory_mb: int,
         log: Logger,
+        layout: MemoryLayout = FULL_LAYOUT,
         clock: Callable[[], float] = time.monotonic,
         reaper: Reaper | None = None,
     ) -> None:
         self.jobs = list(jobs)
+        self.layout = layout
         self.cache_dir = Path(cache_dir).absolute()
         self.timeout_s = timeout_s
         self.memory_mb = memory_mb
@@ -389,6 +394,7 @@ class CompileRun:
             ],
             "timeout_s": self.timeout_s,
             "memory_mb": self.memory_mb,
+            "memory_layout": [self.layout.reservation_bytes, self.layout.guard_bytes],
             "parent_pid": os.getpid(),
         }
         stdin_fd = os.memfd_create("rusmd-compile-job", os.MFD_CLOEXEC)
@@ -741,6 +747,7 @@ def compile_blocking(
     timeout_s: float,
     memory_mb: int,
     log: Logger,
+    layout: MemoryLayout = FULL_LAYOUT,
     progress: Callable[[str], None] | None = None,
     warnings: list[str] | None = None,
 ) -> dict[str, CompileResult]:
@@ -751,7 +758,9 @@ def compile_blocking(
             (8.1 MB)…``, ``  api: 3.0 s…``, ``  api: compiled in 4.2 s``).
         warnings: Gets the run's warnings appended (a missing Wizer).
     """
-    run = CompileRun(jobs, cache_dir, timeout_s=timeout_s, memory_mb=memory_mb, log=log)
+    run = CompileRun(
+        jobs, cache_dir, timeout_s=timeout_s, memory_mb=memory_mb, log=log, layout=layout
+    )
     reporter = _Progress(progress) if progress is not None else None
     with selectors.DefaultSelector() as selector:
 

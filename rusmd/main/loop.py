@@ -84,6 +84,7 @@ from rusmd.main.reaper import Reaper
 from rusmd.main.residents import Registry, Residents
 from rusmd.main.systemd import Notifier
 from rusmd.wasm.cache import default_cache_dir
+from rusmd.wasm.capacity import manifest_layout
 
 # How long SIGTERM lets workers drain before they are killed; below
 # systemd's TimeoutStopSec in the shipped unit.
@@ -380,6 +381,7 @@ class MainProcess:
             timeout_s=manifest.node.compile_timeout_s,
             memory_mb=manifest.node.compile_memory_mb,
             log=self.log,
+            layout=manifest_layout(manifest),
             reaper=self.reaper,
         )
         self.compiling = _Compiling(run, failed, done)

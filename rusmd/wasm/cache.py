@@ -22,7 +22,7 @@ into a directory only it can write:
   exact file right before deserializing it.
 
 The key is sha256 over the engine fingerprint and the module bytes: the
-fingerprint covers the wasmtime version, ``ENGINE_SETTINGS`` and
+fingerprint covers the wasmtime version, ``ENGINE_SETTINGS``, the memory layout and
 ``abi.ABI_VERSION``, so an upgrade never loads stale machine code. A
 module that is pre-initialised (``rusmd.wasm.preinit``) adds the
 snapshot's other inputs, Wizer's version and flags: a changed
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rusmd.errors import RusmError
-from rusmd.wasm.settings import engine_fingerprint, wasmtime_version
+from rusmd.wasm.settings import FULL_LAYOUT, MemoryLayout, engine_fingerprint, wasmtime_version
 
 CWASM_SUFFIX = ".cwasm"
 SIDECAR_SUFFIX = ".json"
@@ -120,6 +120,8 @@ class CompileCache:
 
     Args:
         directory: The cache directory; created mode 0700 when missing.
+        layout: The memory layout the entries are compiled for (part of
+            the key). Optional; defaults to ``FULL_LAYOUT``.
 
     Raises:
         CacheError: The directory cannot be created, another user owns it,
@@ -132,9 +134,9 @@ class CompileCache:
             "cache entry": ``is corrupt (size 1234, expected 5678)``.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, layout: MemoryLayout = FULL_LAYOUT) -> None:
         self.directory = Path(directory).absolute()
-        self.fingerprint = engine_fingerprint()
+        self.fingerprint = engine_fingerprint(layout)
         self.last_problem = ""
         _make_private_dirs(self.directory)
         _check_private_dir(self.directory)

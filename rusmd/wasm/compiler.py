@@ -12,9 +12,13 @@ Protocol. stdin carries one JSON job::
      "components": [{"name": "api", "path": "/etc/rusm/wasm/api.wasm",
                      "pre_initialize": true}],
      "timeout_s": 60, "memory_mb": 2048,
+     "memory_layout": [4294967296, 33554432],
      "parent_pid": 1234}
 
 (``parent_pid`` is optional: when given, the child dies with that parent.
+``memory_layout``, the reservation and guard bytes of every linear memory
+(``capacity.manifest_layout``), defaults to ``settings.FULL_LAYOUT``; it
+is part of the cache key.
 ``pre_initialize`` defaults to true; ``timeout_s`` and ``memory_mb``, the
 ``[node]`` compile limits, to 60 and 2048: they bound Wizer, see
 ``rusmd.wasm.preinit``.) For each component, in order, stdout gets JSON
@@ -60,6 +64,7 @@ from rusmd.errors import EX_OK, EX_USAGE
 from rusmd.wasm.artifacts import header_problem
 from rusmd.wasm.cache import CacheEntry, CacheError, CompileCache
 from rusmd.wasm.preinit import PREINITIALIZED, SKIPPED, SNAPSHOT_TIME_SHARE, Preinit
+from rusmd.wasm.settings import FULL_LAYOUT, MemoryLayout
 
 # The compile child yields the CPU to workers serving requests.
 NICE_INCREMENT = 10
@@ -69,6 +74,8 @@ PR_SET_PDEATHSIG = 1
 # The [node] compile limits, when a job does not say (the manifest's defaults).
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MEMORY_MB = 2048
+# The memory layout of a job that names none.
+_FULL = [FULL_LAYOUT.reservation_bytes, FULL_LAYOUT.guard_bytes]
 # wasmtime numbers a chain of several causes: "0: ...", "1: ...".
 _CAUSE_NUMBER = re.compile(r"^\d+: ")
 
@@ -89,8 +96,9 @@ class _Events:
 class _Compiler:
     """Loads wasmtime on the first miss: an all-hits run never does."""
 
-    def __init__(self) -> None:
+    def __init__(self, layout: MemoryLayout) -> None:
         self._engine: Any = None
+        self._layout = layout
 
     def prepare(self) -> None:
         """Import wasmtime and build the engine (before the module's clock starts)."""
@@ -99,7 +107,7 @@ class _Compiler:
             # loads wasmtime, which an all-hits run never needs.
             from rusmd.wasm.engine import compile_engine
 
-            self._engine = compile_engine()
+            self._engine = compile_engine(self._layout)
 
     def compile(self, data: bytes) -> tuple[bytes, str]:
         """The serialized module, or b"" and wasmtime's reason."""
@@ -156,8 +164,9 @@ def run_job(job: dict[str, Any], events: _Events) -> None:
         _Job(str(c["name"]), str(c["path"]), bool(c.get("pre_initialize", True)))
         for c in job["components"]
     ]
+    layout = MemoryLayout(*job.get("memory_layout", _FULL))
     try:
-        cache = CompileCache(Path(job["cache_dir"]))
+        cache = CompileCache(Path(job["cache_dir"]), layout)
     except CacheError as exc:
         for component in components:
             name = component.name
@@ -165,7 +174,7 @@ def run_job(job: dict[str, Any], events: _Events) -> None:
         return
     context = _Context(
         cache=cache,
-        compiler=_Compiler(),
+        compiler=_Compiler(layout),
         events=events,
         preinit=Preinit(os.environ, lambda text: events.emit("warning", message=text)),
         timeout_s=float(job.get("timeout_s", DEFAULT_TIMEOUT_S)),
@@ -283,6 +292,13 @@ def _parse_job(raw: bytes) -> dict[str, Any]:
             "the job needs 'components': a list of objects with name, path "
             "and optionally pre_initialize (a boolean)"
         )
+    layout = job.get("memory_layout", _FULL)
+    if not (
+        isinstance(layout, list)
+        and len(layout) == 2
+        and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in layout)
+    ):
+        raise ValueError("the job's 'memory_layout' must be [reservation bytes, guard bytes]")
     for limit in ("timeout_s", "memory_mb"):
         value = job.get(limit, 1)
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:

@@ -11,7 +11,9 @@ slots stay resident for the next request (``inline_keep_resident``). If
 the address space cannot be reserved (a tight ``ulimit -v``, an exotic
 kernel) the worker falls back to the on-demand allocator and says so in
 a warning. The compile child uses the on-demand allocator: compiled code
-does not depend on the allocator, so its ``.cwasm`` loads in any engine.
+does not depend on the allocator, only on the ``MemoryLayout``, which the
+compile child and both of a worker's engines share (``capacity``), so its
+``.cwasm`` loads in either.
 """
 
 from __future__ import annotations
@@ -27,17 +29,9 @@ from dataclasses import dataclass
 import wasmtime
 from wasmtime import _ffi as ffi
 
-from rusmd.wasm.settings import ENGINE_SETTINGS
+from rusmd.wasm.capacity import slot_bytes
+from rusmd.wasm.settings import ENGINE_SETTINGS, FULL_LAYOUT, MemoryLayout
 
-# Live instances (= memories = tables, one each per process) one worker's
-# pool holds; a spawn past it fails with LIMIT.
-POOL_SLOTS = 1000
-# What wasmtime reserves per pool slot on x86-64: a 4 GiB memory
-# reservation plus a 32 MiB guard, and a fiber stack (wasmtime's default
-# async stack, 2 MiB, plus its guard page) for a process run as a fiber
-# (``fibers``). The probe asks for a margin on top.
-_FIBER_STACK_BYTES = (2 << 20) + (4 << 10)
-_SLOT_RESERVATION_BYTES = (4 << 30) + (32 << 20) + _FIBER_STACK_BYTES
 # The inline pool's freed slots are reset in place, not handed back to
 # the kernel: a released page costs a page fault on the next instance's
 # first touch, a kept one a copy or a memset. How many bytes a slot keeps
@@ -71,7 +65,10 @@ PROCESS_KEEP_RESIDENT_BYTES = 0
 # Per-table element cap of every store (a process's, the inline path's);
 # a module declaring more fails to instantiate.
 MAX_TABLE_ELEMENTS = 100_000
-_PROBE_MARGIN = 1.25
+# The probe asks for this much more than the slots add up to: wasmtime's
+# pools add guard regions before and after each slab and align them. Kept
+# small: the largest hole a worker has is about 85 TiB (``capacity``).
+_PROBE_MARGIN = 1.1
 # Linux values; the stdlib mmap module does not export these two.
 _PROT_NONE = 0
 _MAP_NORESERVE = 0x4000
@@ -95,9 +92,14 @@ class EngineInfo:
     fallback_reason: str = ""
 
 
-def make_config() -> wasmtime.Config:
-    """A Config with exactly ``ENGINE_SETTINGS``."""
+def make_config(layout: MemoryLayout = FULL_LAYOUT) -> wasmtime.Config:
+    """A Config with exactly ``ENGINE_SETTINGS`` and ``layout``."""
     config = wasmtime.Config()
+    ffi.wasmtime_config_memory_reservation_set(config.ptr(), layout.reservation_bytes)
+    ffi.wasmtime_config_memory_guard_size_set(config.ptr(), layout.guard_bytes)
+    async_stack = ENGINE_SETTINGS["async_stack_size"]
+    assert isinstance(async_stack, int)
+    ffi.wasmtime_config_async_stack_size_set(config.ptr(), async_stack)
     config.epoch_interruption = bool(ENGINE_SETTINGS["epoch_interruption"])
     config.parallel_compilation = bool(ENGINE_SETTINGS["parallel_compilation"])
     stack = ENGINE_SETTINGS["max_wasm_stack"]
@@ -110,34 +112,39 @@ def make_config() -> wasmtime.Config:
     return config
 
 
-def compile_engine() -> wasmtime.Engine:
+def compile_engine(layout: MemoryLayout = FULL_LAYOUT) -> wasmtime.Engine:
     """The compile child's engine (on-demand allocator)."""
-    return wasmtime.Engine(make_config())
+    return wasmtime.Engine(make_config(layout))
 
 
 def worker_engine(
-    max_memory_bytes: int, slots: int = POOL_SLOTS, keep_resident_bytes: int = 0
+    max_memory_bytes: int,
+    slots: int,
+    keep_resident_bytes: int = 0,
+    layout: MemoryLayout = FULL_LAYOUT,
 ) -> EngineInfo:
     """A pooling engine sized for ``slots`` instances of up to ``max_memory_bytes``.
 
     A freed slot keeps ``keep_resident_bytes`` of its memory and table
     resident (zeroed in place) and hands the rest back to the kernel.
+    ``slots`` must already fit ``vm.max_map_count`` (``capacity.plan``):
+    wasmtime aborts the process when making the pool runs out of maps.
 
     Falls back to the on-demand allocator when the pool cannot be reserved:
     wasmtime's C API aborts the process if its pool mapping fails, so the
     address space is probed first with a PROT_NONE reservation of the
     same size.
     """
-    needed = int(slots * _SLOT_RESERVATION_BYTES * _PROBE_MARGIN)
+    needed = int(slots * slot_bytes(layout, max_memory_bytes) * _PROBE_MARGIN)
     problem = _probe_reservation(needed)
     if problem:
         return EngineInfo(
-            wasmtime.Engine(make_config()),
+            wasmtime.Engine(make_config(layout)),
             pooling=False,
             pool_slots=0,
             fallback_reason=f"cannot reserve {needed >> 30} GiB of address space ({problem})",
         )
-    config = make_config()
+    config = make_config(layout)
     pool = ffi.wasmtime_pooling_allocation_config_new()
     try:
         ffi.wasmtime_pooling_allocation_config_total_core_instances_set(pool, slots)
@@ -151,6 +158,10 @@ def worker_engine(
             pool, keep_resident_bytes
         )
         ffi.wasmtime_pooling_allocation_config_table_keep_resident_set(pool, keep_resident_bytes)
+        # No async_stack_keep_resident: wasmtime applies it only with
+        # async_stack_zeroing, which the C API does not expose, so a freed
+        # fiber stack keeps the pages its process touched (8 KiB for one
+        # parked in recv) until a new fiber takes the slot.
         ffi.wasmtime_pooling_allocation_strategy_set(config.ptr(), pool)
     finally:
         ffi.wasmtime_pooling_allocation_config_delete(pool)

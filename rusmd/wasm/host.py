@@ -62,11 +62,11 @@ from rusmd.log import Logger
 from rusmd.wasm import capi
 from rusmd.wasm.callbacks import CoreCalls, host_callbacks
 from rusmd.wasm.calls import ActorCalls
+from rusmd.wasm.capacity import largest_heap_bytes, manifest_layout, plan, read_kernel
 from rusmd.wasm.capi import NULL_FINALIZER, export, pid_of
 from rusmd.wasm.components import ComponentLoader, set_wasi
 from rusmd.wasm.engine import (
     MAX_TABLE_ELEMENTS,
-    POOL_SLOTS,
     PROCESS_KEEP_RESIDENT_BYTES,
     EngineInfo,
     dirty_page_scan,
@@ -113,12 +113,15 @@ class WasmHost:
         log: A logger safe to call from any thread.
         environment: Env values for granted keys (process env, then .env).
         request_lease: Called (from any thread) when pid serials run low.
-        max_processes: Processes alive at once on this worker.
+        max_processes: Processes alive at once on this worker. Optional;
+            defaults to the pool's slots.
         actors: The worker's actor table; a local-only one when omitted
             (in-process use: no mesh, no main process).
         on_watched_exit: Told (any thread) when a watched process exits.
-        pool_slots: Instance slots of the pooling allocator (the process
-            limit when ``max_processes`` is not given).
+        pool_slots: Instance slots of the pooling allocator. Optional;
+            defaults to ``[node].max-processes``; either way no more than
+            ``vm.max_map_count`` and the address space back
+            (``capacity.plan``, which says why in a warning).
         loop: The worker's event loop, when it has one: serving processes
             may then run as fibers on its thread (``fibers``).
     """
@@ -134,28 +137,32 @@ class WasmHost:
         max_processes: int | None = None,
         actors: ActorTable | None = None,
         on_watched_exit: Callable[[ProcessExit], None] | None = None,
-        pool_slots: int = POOL_SLOTS,
+        pool_slots: int | None = None,
         loop: Any = None,
     ) -> None:
         self.manifest = manifest
         self.slot = slot
         self.log = log
-        largest = max([c.profile.max_memory_mb for c in manifest.components.values()] or [64])
+        heap_bytes = largest_heap_bytes(manifest)
+        layout = manifest_layout(manifest)
+        wanted = pool_slots or max_processes or manifest.node.max_processes
+        self.capacity = plan(slot, wanted, layout, heap_bytes, read_kernel())
         self.engine_info: EngineInfo = worker_engine(
-            largest << 20, pool_slots, PROCESS_KEEP_RESIDENT_BYTES
+            heap_bytes, self.capacity.slots, PROCESS_KEEP_RESIDENT_BYTES, layout
         )
         self.engine = self.engine_info.engine
         # Inline instances come from a small pool of their own, whose freed
         # slots stay resident: its few slots serve request after request,
         # while a process's slot gives its pages back when the process ends.
         # How much each keeps is sized again when components load (``load``).
-        self._max_memory_bytes = largest << 20
+        self._heap_bytes = heap_bytes
+        self._layout = layout
         self.dirty_scan = dirty_page_scan()
         self.inline_keep_resident = inline_keep_resident((), scan=self.dirty_scan)
         self.inline_engine_info = worker_engine(
-            self._max_memory_bytes, INLINE_STORE_INSTANCES, self.inline_keep_resident
+            heap_bytes, INLINE_STORE_INSTANCES, self.inline_keep_resident, layout
         )
-        self.max_processes = max_processes or (pool_slots if self.engine_info.pooling else 1000)
+        self.max_processes = max_processes or self.capacity.slots
         self.components: dict[str, LoadedComponent] = {}
         self.loaded = False  # the first ``load`` has run: a missing component is not coming
         self.processes: dict[int, Process] = {}
@@ -211,6 +218,8 @@ class WasmHost:
         )
         self._ticker = threading.Thread(target=self._tick, name="epoch", daemon=True)
         self._ticker.start()
+        if self.capacity.warning:
+            self.log.warn(f"limits: {self.capacity.warning}")
         if not self.engine_info.pooling:
             self.log.warn(
                 f"worker {slot}: pooling allocator unavailable, using on-demand allocation "
@@ -235,7 +244,7 @@ class WasmHost:
         if keep != self.inline_keep_resident:
             self.inline_keep_resident = keep
             self.inline_engine_info = worker_engine(
-                self._max_memory_bytes, INLINE_STORE_INSTANCES, keep
+                self._heap_bytes, INLINE_STORE_INSTANCES, keep, self._layout
             )
             self.inline_linkers = LinkerSet(self.inline_engine_info.engine, self._callbacks)
             self.inline.use_engine(self.inline_engine_info.engine.ptr())
@@ -299,7 +308,8 @@ class WasmHost:
             )
         if len(self.processes) >= self.max_processes:
             raise SpawnError(
-                f"worker {self.slot} is at its process limit ({self.max_processes})",
+                f"worker {self.slot} is at its process limit ({self.max_processes}; "
+                "[node].max-processes sizes it)",
                 ErrorCode.LIMIT,
             )
         pid = self.pids.allocate()

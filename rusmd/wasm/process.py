@@ -150,7 +150,10 @@ class LoadedComponent:
         return answer
 
 
-@dataclass
+# Slots: a worker holds up to [node].max-processes of these at once, and
+# a __dict__ per record costs about 56 bytes more (320 against 264). The
+# weakref slot: tests watch a record being freed without the collector.
+@dataclass(slots=True, weakref_slot=True)
 class Process:
     """One wasm process on this worker."""
 

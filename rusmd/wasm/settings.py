@@ -4,15 +4,19 @@ Runs in: any (pure data; the main process reads it without loading wasmtime).
 
 The AOT cache key is built from the module bytes plus everything that
 changes the machine code wasmtime emits or the host it links against:
-the wasmtime version, ``ENGINE_SETTINGS`` and ``abi.ABI_VERSION``. The
-compile child and the workers build their engines from the same table,
-so a cached ``.cwasm`` always matches the engine that loads it.
+the wasmtime version, ``ENGINE_SETTINGS``, the ``MemoryLayout`` and
+``abi.ABI_VERSION``. The compile child and the workers build their
+engines from the same table and the same layout (derived from the
+manifest by ``capacity.manifest_layout``), so a cached ``.cwasm`` always
+matches the engine that loads it; wasmtime itself refuses a module
+compiled for another memory reservation or guard.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from importlib import metadata
 
 from rusmd.wasm.abi import ABI_VERSION
@@ -32,7 +36,35 @@ ENGINE_SETTINGS: dict[str, object] = {
     "wasm_threads": False,
     "wasm_memory64": False,
     "cranelift_opt_level": "speed",
+    # A fiber's stack: wasm frames (``max_wasm_stack``, which it must exceed)
+    # plus the host callbacks, which run Python on it. wasmtime's default;
+    # only the pages a process touches are resident.
+    "async_stack_size": 2 << 20,
 }
+
+
+@dataclass(frozen=True)
+class MemoryLayout:
+    """The address space each linear memory reserves; compiled into the code.
+
+    wasmtime leaves a memory access unchecked only when reservation plus
+    guard covers every address a wasm32 access can form (4 GiB plus its
+    offset); with less, each access is checked against the reservation.
+    A module compiled for one layout does not load into an engine of
+    another.
+
+    Attributes:
+        reservation_bytes: Address space reserved per linear memory; no
+            memory grows past it.
+        guard_bytes: Inaccessible bytes after each reservation.
+    """
+
+    reservation_bytes: int
+    guard_bytes: int
+
+
+# wasmtime's own x86-64 defaults: every access unchecked.
+FULL_LAYOUT = MemoryLayout(reservation_bytes=4 << 30, guard_bytes=32 << 20)
 
 # Ticks of the per-worker epoch clock; CPU budgets are counted in these.
 EPOCH_TICK_MS = 10
@@ -43,10 +75,15 @@ def wasmtime_version() -> str:
     return metadata.version("wasmtime")
 
 
-def engine_fingerprint() -> str:
-    """A short digest of the engine settings, the wasmtime version and the ABI version."""
+def engine_fingerprint(layout: MemoryLayout = FULL_LAYOUT) -> str:
+    """A short digest of the engine settings and layout, the wasmtime and ABI versions."""
     document = json.dumps(
-        {"settings": ENGINE_SETTINGS, "wasmtime": wasmtime_version(), "abi": ABI_VERSION},
+        {
+            "settings": ENGINE_SETTINGS,
+            "memory": [layout.reservation_bytes, layout.guard_bytes],
+            "wasmtime": wasmtime_version(),
+            "abi": ABI_VERSION,
+        },
         sort_keys=True,
     )
     return hashlib.sha256(document.encode()).hexdigest()[:16]

@@ -26,6 +26,8 @@ from rusmd.wasm.process import ExitReport, Process
 
 # One line of wasmtime's text backtrace: ``  0:  0x1a2b - module!function``.
 _TRACE_LINE = re.compile(r"^\d+:\s+(0x[0-9a-f]+) - (.+)$")
+# How wasmtime words an exhausted pool (instances, memories, tables, fibers).
+_POOL_FULL = "maximum concurrent limit of "
 
 
 def new_trap(message: str) -> int:
@@ -78,6 +80,10 @@ def failure(process: Process, error: Any, trap: Any, where: str) -> ExitReport:
     if trap:
         detail = f"trap: {detail}"
     if where == "instantiate" and not frames:
+        if detail.startswith(_POOL_FULL):
+            # wasmtime's pool ran out although the process limit let the
+            # spawn through (a limit set above the pool's slots).
+            detail = f"the worker's process pool is full ({detail}; [node].max-processes sizes it)"
         detail = f"cannot instantiate: {detail}"
     cap = process.component.capability.max_memory_mb << 20
     if process.memory_bytes and process.memory_bytes + (64 << 10) > cap:

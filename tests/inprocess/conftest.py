@@ -26,9 +26,13 @@ from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel
 from rusmd.log import Logger, LogRecord
 from rusmd.wasm.cache import CompileCache
-from rusmd.wasm.engine import POOL_SLOTS, compile_engine
+from rusmd.wasm.capacity import manifest_layout
+from rusmd.wasm.engine import compile_engine
 from rusmd.wasm.host import WasmHost
 
+# Pool slots of a test host: a worker's size before the pool followed
+# [node].max-processes, so a test's host reserves what it always did.
+POOL_SLOTS = 1000
 # How long a process may take to exit: a guest thread on a loaded
 # two-core machine; only a process that never exits reaches it.
 EXIT_TIMEOUT_S = 20.0
@@ -44,8 +48,11 @@ class Host:
             pids). Optional; defaults to 7.
         lease_end: The host starts with the pid serials ``[1, lease_end)``.
             Optional; defaults to 1,000,000.
-        pool_slots: Instances the pooling allocator holds. Optional;
-            defaults to the host's own default.
+        pool_slots: Instances the pooling allocator holds (None: as the
+            manifest's ``max-processes`` says). Optional; defaults to
+            ``POOL_SLOTS``.
+        max_processes: The host's process limit. Optional; defaults to
+            the pool's slots.
     """
 
     def __init__(
@@ -55,7 +62,8 @@ class Host:
         *,
         slot: int = 7,
         lease_end: int = 1_000_000,
-        pool_slots: int = POOL_SLOTS,
+        pool_slots: int | None = POOL_SLOTS,
+        max_processes: int | None = None,
     ) -> None:
         (app / "rusm.toml").write_text(manifest_text)
         self.app = app
@@ -63,8 +71,9 @@ class Host:
         self.records: list[LogRecord] = []
         # When the host asked for another pid lease (monotonic times).
         self.lease_requests: list[float] = []
-        self.cache = CompileCache(app / ".rusm" / "cache")
-        self.engine = compile_engine()
+        layout = manifest_layout(self.manifest)
+        self.cache = CompileCache(app / ".rusm" / "cache", layout)
+        self.engine = compile_engine(layout)
         self.host = WasmHost(
             self.manifest,
             slot,
@@ -72,6 +81,7 @@ class Host:
             load_environment(app),
             request_lease=lambda: self.lease_requests.append(time.monotonic()),
             pool_slots=pool_slots,
+            max_processes=max_processes,
         )
         self.host.add_lease(1, lease_end)
 

@@ -105,6 +105,32 @@ def test_cached_module_loads_in_a_wasmtime_engine_built_from_the_same_settings(
     assert run(store) == 42
 
 
+def test_a_compact_layout_reaches_the_compile_child_and_its_module_loads_only_there(
+    app_dir: Path, records: Records
+) -> None:
+    from rusmd.wasm.capacity import layout_for
+    from rusmd.wasm.engine import compile_engine
+
+    compact = layout_for(100_000, 64 << 20)
+    job = write_wasm(app_dir, "api", wasmtime.wat2wasm(HELLO_WAT))
+    log = Logger(LogLevel.DEBUG, records)
+    result = compile_blocking(
+        [job], app_dir / "cache", timeout_s=60, memory_mb=2048, log=log, layout=compact
+    )["api"]
+
+    engine = compile_engine(compact)
+    store = wasmtime.Store(engine)
+    store.set_epoch_deadline(1)
+    module = wasmtime.Module.deserialize_file(engine, result.cwasm)
+    run = wasmtime.Instance(store, module, []).exports(store)["run"]
+    assert isinstance(run, wasmtime.Func)
+    assert run(store) == 42
+    with pytest.raises(wasmtime.WasmtimeError, match="memory reservation"):
+        wasmtime.Module.deserialize_file(compile_engine(), result.cwasm)
+    full = compile_blocking([job], app_dir / "cache", timeout_s=60, memory_mb=2048, log=log)["api"]
+    assert full.cwasm != result.cwasm
+
+
 def test_truncated_cache_entry_is_rebuilt_with_a_warning(app_dir: Path, records: Records) -> None:
     job = write_wasm(app_dir, "api", wasmtime.wat2wasm(HELLO_WAT))
     cache = app_dir / "cache"
@@ -482,3 +508,16 @@ def test_compile_child_refuses_a_bad_job_with_exit_2(app_dir: Path) -> None:
     assert result.returncode == 2
     assert result.stdout == b""
     assert b"bad job on stdin" in result.stderr
+
+
+@pytest.mark.parametrize("layout", [[1 << 30], [-1, 0], ["4G", 0], [True, 0]])
+def test_compile_child_refuses_a_job_with_a_bad_memory_layout(
+    app_dir: Path, layout: list[object]
+) -> None:
+    job = {"cache_dir": str(app_dir / "cache"), "components": [], "memory_layout": layout}
+
+    result = run_child(json.dumps(job).encode())
+
+    assert result.returncode == 2
+    assert result.stdout == b""
+    assert b"'memory_layout' must be [reservation bytes, guard bytes]" in result.stderr

@@ -358,6 +358,36 @@ def test_a_granted_spawn_runs_the_child_under_its_own_profile(
     assert child[0].endswith(" mem=64M")  # hello's own profile, not the parent's
 
 
+def test_a_full_worker_refuses_spawns_with_limit_naming_worker_and_setting(
+    app: App, one_worker: Callable[..., Daemon]
+) -> None:
+    write_app(
+        app,
+        "[capabilities.parent]\nallow-spawn = true\n"
+        '[components.limiter]\ncapability = "parent"\n[components.sleeper]\n',
+        guests=["limiter", "sleeper"],
+    )
+    text = app.manifest.read_text()
+    app.manifest.write_text(text.replace("[log]", "max-processes = 2\n[log]", 1))
+    daemon = one_worker()
+    worker_pid = daemon.workers()[0]["pid"]
+    first = spawn(daemon, "sleeper")["label"]
+    spawn(daemon, "sleeper")
+
+    refused = daemon.ctl("spawn", "sleeper")
+
+    assert refused.returncode == EX_REFUSED
+    assert "worker 0 is at its process limit (2; [node].max-processes sizes it)" in (refused.stderr)
+    assert daemon.ctl("kill", first).returncode == EX_OK
+    daemon.wait_for(lines_with(daemon, f"exit {first} killed"), SETTLE_S, "the kill")
+    limiter = spawn(daemon, "limiter")["label"]
+    daemon.wait_for(lines_with(daemon, f"exit {limiter} normal"), SETTLE_S, "the limiter")
+    assert f"{limiter} info spawn refused: limit" in texts(daemon)
+    assert sorted(row["component"] for row in processes(daemon).values()) == ["sleeper"]
+    assert spawn(daemon, "sleeper")["label"].startswith("sleeper#")
+    assert daemon.workers()[0]["pid"] == worker_pid
+
+
 # ── CPU ─────────────────────────────────────────────────────────────────
 
 
