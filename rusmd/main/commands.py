@@ -183,6 +183,41 @@ def _status(daemon: MainProcess) -> dict[str, Any]:
     }
 
 
+def stats(daemon: MainProcess, _args: dict[str, Any], conn: Connection) -> _Deferred:
+    """The status document, each ready worker's counters, and the restarts and quarantines.
+
+    What the node endpoint's snapshots and ``/metrics`` are made of: the
+    workers answer the ``meters`` query (counters only, nothing walked),
+    main adds the counts it keeps itself. A worker that does not answer
+    within ``STORE_STATS_TIMEOUT_S`` is listed in ``unanswered``.
+    """
+    pool = _pool(daemon)
+    result = _status(daemon)
+    result["main"] = {
+        "worker_restarts": sum(history.restarts for history in pool.history.values()),
+        "worker_quarantines": pool.quarantines,
+        "resident_restarts": sum(row["restarts"] for row in result["residents"]),
+        "resident_quarantines": daemon.residents.quarantines,
+        "reloads": daemon.reloads,
+    }
+    slots = sorted(slot for slot, h in pool.workers.items() if str(h.state) == "ready")
+
+    def done(answers: dict[int, Answer | None]) -> None:
+        meters: list[dict[str, Any]] = []
+        unanswered: list[int] = []
+        for slot, answer in sorted(answers.items()):
+            if answer is None or not answer.ok:
+                unanswered.append(slot)
+            else:
+                meters.append(answer.result)
+        _reply(daemon, conn, {**result, "meters": meters, "unanswered": unanswered})
+
+    daemon.queries.ask(
+        slots, "meters", {}, _guarded(daemon, conn, "stats", done), STORE_STATS_TIMEOUT_S
+    )
+    return DEFERRED
+
+
 def list_processes(daemon: MainProcess, _args: dict[str, Any], conn: Connection) -> _Deferred:
     """The wasm processes: component#pid, worker, state, memory."""
     pool = _pool(daemon)
@@ -362,6 +397,7 @@ HANDLERS: dict[str, Handler] = {
     "stop": stop,
     "profile": profile,
     "logs": logs,
+    "stats": stats,
     "kv": kv,
 }
 _UNMATCHED = sorted(set(HANDLERS) ^ set(COMMANDS))
