@@ -140,13 +140,21 @@ def status(
     return DEFERRED
 
 
-def _status(daemon: MainProcess) -> dict[str, Any]:
+def _status(daemon: MainProcess, *, usage: bool = True) -> dict[str, Any]:
+    """The status document; without ``usage`` the workers' CPU % and RSS are left out.
+
+    ``stats`` leaves them out: the workers report their own CPU time and
+    RSS there, and its frequent polls would reset the CPU % baseline that
+    ``status`` measures from.
+    """
     pool = _pool(daemon)
     now = time.monotonic()
     in_window = pool.restarts_in_window()
     for stale in set(_process_cache) - set(pool.by_pid):
         del _process_cache[stale]  # a restarted worker must not leave its entry behind
-    workers = [_worker_row(pool.workers[slot], pool, now) for slot in sorted(pool.workers)]
+    workers = [
+        _worker_row(pool.workers[slot], pool, now, usage=usage) for slot in sorted(pool.workers)
+    ]
     for slot, until in sorted(pool.quarantined.items()):
         history = pool.history.get(slot)
         workers.append(
@@ -192,7 +200,7 @@ def stats(daemon: MainProcess, _args: dict[str, Any], conn: Connection) -> _Defe
     within ``STORE_STATS_TIMEOUT_S`` is listed in ``unanswered``.
     """
     pool = _pool(daemon)
-    result = _status(daemon)
+    result = _status(daemon, usage=False)
     result["main"] = {
         "worker_restarts": sum(history.restarts for history in pool.history.values()),
         "worker_quarantines": pool.quarantines,
@@ -514,9 +522,11 @@ def _reply(daemon: MainProcess, conn: Connection, result: dict[str, Any]) -> Non
     daemon.control.send(conn, {"ok": True, "result": result})
 
 
-def _worker_row(handle: WorkerHandle, pool: Any, now: float) -> dict[str, Any]:
+def _worker_row(
+    handle: WorkerHandle, pool: Any, now: float, *, usage: bool = True
+) -> dict[str, Any]:
     history = pool.history.get(handle.slot)
-    cpu_percent, rss_bytes = _usage(handle.pid)
+    cpu_percent, rss_bytes = _usage(handle.pid) if usage else (None, None)
     return {
         "slot": handle.slot,
         "pid": handle.pid,

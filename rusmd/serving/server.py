@@ -452,7 +452,7 @@ class Server:
             listener.components_loaded()
 
     def meters(self) -> list[dict[str, Any]]:
-        """Each listener's request counts and durations, for the worker's ``stats`` answer."""
+        """Each http and sse listener's request counts and durations, for ``meters``."""
         return [
             {
                 "listener": listener.config.listen,
@@ -461,6 +461,7 @@ class Server:
                 **listener.meter.export(),
             }
             for listener in self.listeners
+            if listener.protocol is not Protocol.WS  # a ws connection is no request
         ]
 
     def connections(self) -> int:
