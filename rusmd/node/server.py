@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import os
 import signal
@@ -146,6 +147,9 @@ class Endpoint:
             return response
         path = urlsplit(request.path).path
         upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        refusal = self._foreign(request, upgrade)
+        if refusal:
+            return _text(403, "Forbidden", refusal)
         if path == "/attach":
             if upgrade:
                 return None
@@ -158,6 +162,26 @@ class Endpoint:
             return _json(503, "Service Unavailable", {"error": str(exc)})
         except ControlRefused as exc:
             return _json(503, "Service Unavailable", {"error": str(exc), "code": exc.code})
+
+    def _foreign(self, request: Request, upgrade: bool) -> str:
+        """Why a request from a web page elsewhere is refused ("" when it is not).
+
+        A browser lets any site open a WebSocket to 127.0.0.1, and a DNS
+        name rebound to 127.0.0.1 makes even plain GETs readable to it:
+        without a token, only requests addressed to a loopback host pass;
+        and an attach whose ``Origin`` is another host is refused always
+        (it could switch the profile).
+        """
+        host = request.headers.get("Host", "")
+        if not self.token and not loopback_host(host):
+            return (
+                f"this node answers only requests addressed to a loopback host, not {host!r} "
+                "(set [node] auth-token-env to serve others)"
+            )
+        origin = request.headers.get("Origin")
+        if upgrade and origin is not None and urlsplit(origin).netloc != host:
+            return f"an attach from a page of {origin} is refused (not this node's page)"
+        return ""
 
     async def _get(self, path: str, target: str) -> Response:
         if path in ("/", "/index.html"):
@@ -313,6 +337,17 @@ async def _watch_parent(parent_pid: int, stop: asyncio.Future[None]) -> None:
         await asyncio.sleep(PARENT_CHECK_S)
     if not stop.done():
         stop.set_result(None)
+
+
+def loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names a loopback address (``localhost``, 127/8, ``[::1]``)."""
+    name = urlsplit(f"//{host}").hostname or ""
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _lines(target: str) -> int | None:

@@ -118,6 +118,27 @@ def test_unknown_page_is_404_and_attach_without_upgrade_is_426(
     assert get(daemon, "/static/../../etc/passwd")[0] == 404
 
 
+def test_other_sites_pages_are_refused_without_a_token(node_daemon: Callable[..., Daemon]) -> None:
+    daemon = node_daemon()
+    port = daemon.app.node_port
+    rebound = get(daemon, "/api/logs", {"Host": f"attacker.example:{port}"})
+    assert rebound[0] == 403 and b"addressed to a loopback host" in rebound[1]
+    assert get(daemon, "/api/status", {"Host": f"localhost:{port}"})[0] == 200
+    address = f"ws://127.0.0.1:{port}/attach"
+    with (
+        pytest.raises(InvalidStatus) as refused,
+        connect(
+            address,
+            origin="http://attacker.example",
+            open_timeout=10,  # type: ignore[arg-type]
+        ),
+    ):
+        pass
+    assert refused.value.response.status_code == 403
+    with connect(address, origin=f"http://127.0.0.1:{port}", open_timeout=10) as same:  # type: ignore[arg-type]
+        assert json.loads(same.recv(timeout=10))["type"] == "hello"
+
+
 # ── /metrics ────────────────────────────────────────────────────────────
 
 
