@@ -64,28 +64,45 @@ def status_class(status: int) -> str:
 
 
 class RequestMeter:
-    """One listener's answered requests: counts by (method class, status class), durations.
+    """One listener's answered requests: counts by (method, status), durations.
+
+    ``record`` runs once per answered request on the worker's loop, inline
+    path included, so it does the least it can: one dict count keyed by
+    the raw (method, status) pair and one histogram bucket, written out
+    rather than through ``Histogram.observe``. The pairs are folded into
+    method and status classes by ``export``. Their number is bounded:
+    httptools accepts only the methods it knows, and a status is 100–599.
 
     Attributes:
-        counts: ``"GET 2xx"`` → requests answered so.
+        counts: ``(method, status)`` → requests answered so.
         duration: Every answered request's time from dispatch to answer.
     """
 
-    __slots__ = ("counts", "duration")
+    __slots__ = ("buckets", "counts", "duration")
 
     def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
+        self.counts: dict[tuple[str, int], int] = {}
         self.duration = Histogram()
+        self.buckets = self.duration.buckets
 
     def record(self, method: str, status: int, seconds: float) -> None:
         """One answered request."""
-        key = f"{method if method in METHOD_CLASSES else OTHER_METHOD} {status_class(status)}"
-        self.counts[key] = self.counts.get(key, 0) + 1
-        self.duration.observe(seconds)
+        counts = self.counts
+        key = (method, status)
+        counts[key] = counts.get(key, 0) + 1
+        self.buckets[bisect_left(BOUNDS_S, seconds)] += 1
+        duration = self.duration
+        duration.count += 1
+        duration.sum_s += seconds
 
     def export(self) -> dict[str, Any]:
-        """A plain copy for a ``stats`` answer."""
-        return {"counts": dict(self.counts), "duration": self.duration.export()}
+        """A plain copy for a ``stats`` answer: counts as ``"GET 2xx"`` → requests."""
+        classes: dict[str, int] = {}
+        for (method, status), count in list(self.counts.items()):
+            name = method if method in METHOD_CLASSES else OTHER_METHOD
+            key = f"{name} {status_class(status)}"
+            classes[key] = classes.get(key, 0) + count
+        return {"counts": classes, "duration": self.duration.export()}
 
 
 def add_buckets(into: list[int], other: list[int]) -> None:

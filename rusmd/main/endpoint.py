@@ -45,10 +45,9 @@ from rusmd.config import load_environment
 from rusmd.config.model import LogLevel, Manifest
 from rusmd.log import Logger
 from rusmd.main.reaper import Reaper, describe_exit
+from rusmd.node.auth import TOKEN_VARIABLE
 
 ENDPOINT_MODULE = "rusmd.node"
-# The variable the child reads its token from.
-TOKEN_VARIABLE = "RUSM_NODE_TOKEN"
 # Restart backoff: a child that cannot bind (the port is taken) must not
 # spin the main loop, and should come back soon once the port is free.
 RESTART_MIN_S = 1.0

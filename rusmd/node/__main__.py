@@ -20,9 +20,9 @@ import os
 import signal
 import sys
 
+from rusmd.node.auth import TOKEN_VARIABLE
 from rusmd.node.server import Endpoint
 
-TOKEN_VARIABLE = "RUSM_NODE_TOKEN"
 _PR_SET_PDEATHSIG = 1
 
 

@@ -100,12 +100,27 @@ class Ticker:
         self.build = build
         self.clients: set[AttachClient] = set()
         self.seq = 0
+        self.attached = asyncio.Event()  # set while a client is attached
+
+    def add(self, client: AttachClient) -> None:
+        """A client attached: it gets the next tick's frame."""
+        self.clients.add(client)
+        self.attached.set()
+
+    def discard(self, client: AttachClient) -> None:
+        """A client left."""
+        self.clients.discard(client)
+        if not self.clients:
+            self.attached.clear()
 
     async def run(self) -> None:
-        """Tick until cancelled."""
+        """Tick until cancelled; with nobody attached, wait without waking."""
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
+            if not self.clients:
+                await self.attached.wait()
+                next_at = loop.time()
             next_at += self.interval_s
             delay = next_at - loop.time()
             if delay < -self.interval_s:
@@ -153,7 +168,7 @@ async def serve_client(
     """Run one attached client until it leaves: hello, snapshots, its commands."""
     client.reply(hello)
     sender = asyncio.ensure_future(client.send_loop())
-    ticker.clients.add(client)
+    ticker.add(client)
     try:
         async for message in client.connection:
             if isinstance(message, bytes) or len(message) > MAX_CLIENT_FRAME_BYTES:
@@ -163,7 +178,7 @@ async def serve_client(
     except ConnectionClosed:
         pass
     finally:
-        ticker.clients.discard(client)
+        ticker.discard(client)
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
             await sender

@@ -19,6 +19,9 @@ from urllib.parse import parse_qs, urlsplit
 # An Authorization header or query longer than this is not a token we
 # issued; it is not worth decoding.
 MAX_TOKEN_BYTES = 4096
+# The environment variable the main process hands the endpoint its token in
+# (not the command line: ``ps`` shows that to every user).
+TOKEN_VARIABLE = "RUSM_NODE_TOKEN"
 
 
 def offered_token(path: str, authorization: str | None) -> str | None:
