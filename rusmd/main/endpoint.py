@@ -155,7 +155,7 @@ class NodeEndpoint:
         self.proc = proc
         self.started_at = self.clock()
         self.on_fd_change(None, proc.stderr.fileno())
-        self.log.info(f"node endpoint: pid {proc.pid} serving on {node.listen}")
+        self.log.info(f"node endpoint: pid {proc.pid} starting on {node.listen}")
 
     def tick(self) -> None:
         """Start the child again once its backoff has passed."""
