@@ -24,7 +24,7 @@ from websockets.sync.client import connect
 
 from rusmd.config.model import Profile
 from rusmd.config.sizing import worker_count
-from tests.integration.conftest import App, Daemon
+from tests.integration.conftest import App, Daemon, all_ready, free_port
 from tests.integration.httpkit import fetch, write_http_app
 from tests.integration.nodekit import (
     ENDPOINT_TIMEOUT_S,
@@ -298,6 +298,27 @@ def test_taken_port_is_logged_and_retried_without_stopping_the_daemon(
     assert fetch(app.serve_port, "GET", "/").status == 200
     squatter.close()
     wait_endpoint(daemon)
+
+
+def test_reload_that_moves_the_endpoint_restarts_it_on_the_new_port(
+    app: App, node_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = node_daemon()
+    first = endpoint_pid(daemon)
+    unchanged = daemon.ctl("reload")
+    assert unchanged.returncode == 0, unchanged.stderr
+    daemon.wait_for(lambda: all_ready(daemon.status()), ENDPOINT_TIMEOUT_S, "the roll")
+    assert endpoint_pid(daemon) == first  # same listen, rate and token: left running
+    old_port = app.node_port
+    app.node_port = free_port()
+    write_http_app(app)
+    result = daemon.ctl("reload")
+    assert result.returncode == 0, result.stderr
+    wait_endpoint(daemon)  # on the new port
+    assert endpoint_pid(daemon) != first
+    assert "node endpoint: settings changed; restarting it" in daemon.read_log()
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", old_port), timeout=5):
+        pass
 
 
 def test_endpoint_stops_with_the_daemon(node_daemon: Callable[..., Daemon]) -> None:
