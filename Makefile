@@ -15,7 +15,7 @@ GUEST_SRC := $(wildcard examples/*/components/*.c)
 GUEST_WASM := $(foreach src,$(GUEST_SRC),$(dir $(patsubst %/,%,$(dir $(src))))wasm/$(notdir $(src:.c=.wasm)))
 BENCH_GUEST_WASM := $(patsubst %.c,%.wasm,$(wildcard bench/guests/*.c))
 
-.PHONY: run test test-slow lint guests bench-guests bench bench-deps venv clean
+.PHONY: run test test-slow lint guests bench-guests bench bench-deps browser venv clean
 
 venv: $(STAMP)
 
@@ -67,11 +67,18 @@ bench-guests: $(BENCH_GUEST_WASM)
 run: guests
 	$(VENV)/bin/rusmd --config $(EXAMPLE)/rusm.toml
 
-test: $(STAMP) $(TOOLS_STAMP)
+test: $(STAMP) $(TOOLS_STAMP) browser
 	$(PY) -m pytest -m "not slow"
 
-test-slow: $(STAMP) $(TOOLS_STAMP)
+test-slow: $(STAMP) $(TOOLS_STAMP) browser
 	$(PY) -m pytest -m slow
+
+# The dashboard test drives Debian's headless Chromium through its
+# chromedriver (selenium comes with the dev extras); installed only when
+# missing, never a browser download.
+browser:
+	@(command -v chromium && command -v chromedriver) >/dev/null || \
+		apt-get install -y chromium chromium-driver
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check rusmd rusmctl tests bench

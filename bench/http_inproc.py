@@ -27,6 +27,7 @@ bare wasmtime cost the request costs.
 from __future__ import annotations
 
 import ctypes
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -228,3 +229,21 @@ def main() -> int:
             print(f"  the last response was not 200 'hello world': {transport.last[:80]!r}")
             return 1
     return 0
+
+
+def count_requests(count: int) -> int:
+    """Serve 500 warm-up requests then ``count`` more, timing nothing.
+
+    ``python -m bench.http_inproc COUNT`` under ``valgrind --tool=callgrind``
+    counts instructions; a run with COUNT 0 subtracted from one with COUNT N
+    is N requests' worth (``docs/benchmarks.md``, "The node endpoint").
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        whole, _inline, transport = _rusm(Path(tmp))
+        whole(500)
+        whole(count)
+        return 0 if transport.last.endswith(b"hello world") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(count_requests(int(sys.argv[1])))

@@ -6,7 +6,8 @@ The OS processes: the *main process* (``main``) loads the manifest, forks
 the workers and supervises them, and answers ``rusmctl`` on the control
 socket; each *worker* (``worker``) runs one event loop that serves the
 listeners and hosts many wasm *processes* (``wasm``, ``actors``); a
-*compile child* turns components into AOT images. Every module's
+*compile child* turns components into AOT images; the *node endpoint*
+(``node``) is a child that serves the dashboard and ``/metrics``. Every module's
 docstring says which of them it runs in.
 
 The layers, lowest first. A module imports only from its own package and
@@ -19,15 +20,17 @@ one, and on any import cycle:
 3. ``supervision``  OTP supervisor semantics as pure decision logic.
 4. ``config``       the manifest (``rusm.toml``): load, validate, resolve; routes.
 5. ``log``          log records, levels, per-process line budgets, the writers.
-6. ``channel``      frames between the main process and the workers.
-7. ``control``      the control socket: its protocol (shared with ``rusmctl``), its server.
-8. ``store``        the node's durable key-value store (LMDB) and the ``kv`` command line.
-9. ``actors``       mailboxes, links, monitors, names, timers, guest supervisors.
-10. ``wasm``        the wasm host: engine, AOT cache, the ABI's calls, processes.
-11. ``serving``     HTTP, SSE and WebSocket listeners on a worker's loop.
-12. ``worker``      the forked worker: its loop, its channel to main, the mesh.
-13. ``main``        the main process: fork, reap, signals, systemd, the commands.
-14. ``cli``         the ``rusmd`` command line.
+6. ``meter``        request counters and latency histograms, shared by workers and the endpoint.
+7. ``channel``      frames between the main process and the workers.
+8. ``control``      the control socket: its protocol (shared with ``rusmctl``), its server.
+9. ``store``        the node's durable key-value store (LMDB) and the ``kv`` command line.
+10. ``actors``      mailboxes, links, monitors, names, timers, guest supervisors.
+11. ``wasm``        the wasm host: engine, AOT cache, the ABI's calls, processes.
+12. ``serving``     HTTP, SSE and WebSocket listeners on a worker's loop.
+13. ``worker``      the forked worker: its loop, its channel to main, the mesh.
+14. ``node``        the node endpoint: dashboard, attach stream, JSON API, ``/metrics``.
+15. ``main``        the main process: fork, reap, signals, systemd, the commands.
+16. ``cli``         the ``rusmd`` command line.
 """
 
 __version__ = "0.1.0"

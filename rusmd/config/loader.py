@@ -17,6 +17,7 @@ raised once as a ``ConfigError``, one line each:
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -175,7 +176,41 @@ class _Builder:
             self.problems.errors.extend(flags.problems.errors)
         if overrides.profile is not None:
             node = structs.replace(node, profile=overrides.profile)
+        self._check_endpoint_auth(node)
         return node
+
+    def _check_endpoint_auth(self, node: Node) -> None:
+        """A node endpoint off loopback needs a token: it can change the pool and read logs."""
+        where = ("node", "auth-token-env")
+        name = node.auth_token_env
+        if name is not None and not _ENV_KEY.match(name):
+            self.problems.error(
+                where, ("node",), f"'auth-token-env' {name!r} is not an environment variable name"
+            )
+            return
+        if name is None:
+            if not is_loopback(node.listen):
+                self.problems.error(
+                    ("node", "listen"),
+                    ("node",),
+                    f"'listen' address {node.listen} is not loopback; the node endpoint can "
+                    "change the worker pool and read the logs, so set [node] auth-token-env to "
+                    "the name of an environment variable holding a token (or listen on "
+                    "127.0.0.1)",
+                )
+            return
+        if self.environment is not None and not self.environment.get(name):
+            unset = (
+                f"'auth-token-env' names {name}, which is set neither in the environment nor "
+                ".env (or is empty)"
+            )
+            if is_loopback(node.listen):
+                # Fails closed: the endpoint then answers 401 to everything.
+                self.problems.warn(
+                    where, ("node",), f"{unset}; the node endpoint will answer 401 to every request"
+                )
+            else:
+                self.problems.error(where, ("node",), unset)
 
     def _log(self, table: TableReader | None) -> Log:
         if table is None:
@@ -461,6 +496,17 @@ class _Builder:
     def _resolve(self, path: str) -> Path:
         candidate = Path(path).expanduser()
         return candidate if candidate.is_absolute() else self.app_dir / candidate
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``host:port`` binds a loopback interface only (``localhost``, 127/8, ``[::1]``)."""
+    host = address.rpartition(":")[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name other than localhost may resolve anywhere
 
 
 def address_problem(address: str) -> str:

@@ -59,6 +59,9 @@ class Node(msgspec.Struct, frozen=True, kw_only=True):
             Optional; defaults to ``"127.0.0.1:4000"``.
         profile: Worker-count dial. Optional; defaults to ``balanced``.
         ticks_per_second: Snapshot rate, 10–60. Optional; defaults to 20.
+        auth_token_env: Name of the environment variable holding the node
+            endpoint's token; required for a non-loopback ``listen``.
+            Optional; defaults to None (no token: loopback only).
         store: Absolute path of the LMDB store file, resolved against the
             app dir. Optional; defaults to None (no store).
         compile_timeout_s: Wall-clock limit on compiling one module (the
@@ -72,6 +75,7 @@ class Node(msgspec.Struct, frozen=True, kw_only=True):
     listen: str = "127.0.0.1:4000"
     profile: Profile = Profile.BALANCED
     ticks_per_second: int = 20
+    auth_token_env: str | None = None
     store: str | None = None
     compile_timeout_s: int = 60
     compile_memory_mb: int = 2048

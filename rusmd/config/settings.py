@@ -152,6 +152,14 @@ NODE = Section(
             range=(10, 60),
         ),
         Setting(
+            "auth-token-env",
+            Kind.STRING,
+            "Name of the environment variable (set in the environment or the app's `.env`) "
+            "holding the node endpoint's token. With it, the page, the API, the attach stream "
+            "and `/metrics` answer 401 without `Authorization: Bearer <token>` (or `?token=`). "
+            "Required when `listen` is not a loopback address.",
+        ),
+        Setting(
             "store",
             Kind.STRING,
             "Path of the node's durable key-value store (one LMDB file), resolved against the "

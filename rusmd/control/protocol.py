@@ -118,6 +118,10 @@ COMMANDS: dict[str, CommandInfo] = {
         ),
         CommandInfo("logs", "recent log lines; -f follows", streams=True),
         CommandInfo(
+            "stats",
+            "the node's counters: requests, spawns, exits, restarts, store; what /metrics shows",
+        ),
+        CommandInfo(
             "kv",
             "the node store: get, set, list or rm a key (kv get BUCKET KEY, ...)",
         ),

@@ -140,13 +140,21 @@ def status(
     return DEFERRED
 
 
-def _status(daemon: MainProcess) -> dict[str, Any]:
+def _status(daemon: MainProcess, *, usage: bool = True) -> dict[str, Any]:
+    """The status document; without ``usage`` the workers' CPU % and RSS are left out.
+
+    ``stats`` leaves them out: the workers report their own CPU time and
+    RSS there, and its frequent polls would reset the CPU % baseline that
+    ``status`` measures from.
+    """
     pool = _pool(daemon)
     now = time.monotonic()
     in_window = pool.restarts_in_window()
     for stale in set(_process_cache) - set(pool.by_pid):
         del _process_cache[stale]  # a restarted worker must not leave its entry behind
-    workers = [_worker_row(pool.workers[slot], pool, now) for slot in sorted(pool.workers)]
+    workers = [
+        _worker_row(pool.workers[slot], pool, now, usage=usage) for slot in sorted(pool.workers)
+    ]
     for slot, until in sorted(pool.quarantined.items()):
         history = pool.history.get(slot)
         workers.append(
@@ -181,6 +189,41 @@ def _status(daemon: MainProcess) -> dict[str, Any]:
         "components": daemon.component_states(),
         "residents": daemon.residents.rows(),
     }
+
+
+def stats(daemon: MainProcess, _args: dict[str, Any], conn: Connection) -> _Deferred:
+    """The status document, each ready worker's counters, and the restarts and quarantines.
+
+    What the node endpoint's snapshots and ``/metrics`` are made of: the
+    workers answer the ``meters`` query (counters only, nothing walked),
+    main adds the counts it keeps itself. A worker that does not answer
+    within ``STORE_STATS_TIMEOUT_S`` is listed in ``unanswered``.
+    """
+    pool = _pool(daemon)
+    result = _status(daemon, usage=False)
+    result["main"] = {
+        "worker_restarts": sum(history.restarts for history in pool.history.values()),
+        "worker_quarantines": pool.quarantines,
+        "resident_restarts": sum(row["restarts"] for row in result["residents"]),
+        "resident_quarantines": daemon.residents.quarantines,
+        "reloads": daemon.reloads,
+    }
+    slots = sorted(slot for slot, h in pool.workers.items() if str(h.state) == "ready")
+
+    def done(answers: dict[int, Answer | None]) -> None:
+        meters: list[dict[str, Any]] = []
+        unanswered: list[int] = []
+        for slot, answer in sorted(answers.items()):
+            if answer is None or not answer.ok:
+                unanswered.append(slot)
+            else:
+                meters.append(answer.result)
+        _reply(daemon, conn, {**result, "meters": meters, "unanswered": unanswered})
+
+    daemon.queries.ask(
+        slots, "meters", {}, _guarded(daemon, conn, "stats", done), STORE_STATS_TIMEOUT_S
+    )
+    return DEFERRED
 
 
 def list_processes(daemon: MainProcess, _args: dict[str, Any], conn: Connection) -> _Deferred:
@@ -362,6 +405,7 @@ HANDLERS: dict[str, Handler] = {
     "stop": stop,
     "profile": profile,
     "logs": logs,
+    "stats": stats,
     "kv": kv,
 }
 _UNMATCHED = sorted(set(HANDLERS) ^ set(COMMANDS))
@@ -478,9 +522,11 @@ def _reply(daemon: MainProcess, conn: Connection, result: dict[str, Any]) -> Non
     daemon.control.send(conn, {"ok": True, "result": result})
 
 
-def _worker_row(handle: WorkerHandle, pool: Any, now: float) -> dict[str, Any]:
+def _worker_row(
+    handle: WorkerHandle, pool: Any, now: float, *, usage: bool = True
+) -> dict[str, Any]:
     history = pool.history.get(handle.slot)
-    cpu_percent, rss_bytes = _usage(handle.pid)
+    cpu_percent, rss_bytes = _usage(handle.pid) if usage else (None, None)
     return {
         "slot": handle.slot,
         "pid": handle.pid,

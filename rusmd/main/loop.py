@@ -69,6 +69,7 @@ from rusmd.log import (
 )
 from rusmd.main.commands import dispatch
 from rusmd.main.compile import CompileResult, CompileRun, jobs_for
+from rusmd.main.endpoint import NodeEndpoint
 from rusmd.main.listeners import (
     Listener,
     backlog_warnings,
@@ -172,6 +173,9 @@ class MainProcess:
             registry=self.registry,
         )
         self.compiling: _Compiling | None = None
+        self.endpoint = NodeEndpoint(
+            manifest, socket_path, self.log, self.reaper, on_fd_change=self._follow_endpoint_fd
+        )
         self.compile_results: dict[str, CompileResult] = {}
         self.residents_spawned = False
         self._next_worker = 0
@@ -199,6 +203,7 @@ class MainProcess:
             reaper=self.reaper,
         )
         self.pool.start()
+        self.endpoint.start()
         self.start_compile(self.manifest, self._boot_components)
         try:
             while True:
@@ -207,6 +212,7 @@ class MainProcess:
                 self.reaper.reap()
                 self.pool.tick()
                 self.compile_step()
+                self.endpoint.tick()
                 self.queries.tick()
                 self.spawn_residents()
                 self.residents.tick()
@@ -289,6 +295,7 @@ class MainProcess:
                 self.compile_step()
             return
         self.state = DaemonState.DRAINING
+        self.endpoint.stop()
         self.residents.stop()
         self.notifier.stopping()
         self.log.info(f"stop: {why}; draining {len(self.pool.workers)} worker(s)")
@@ -361,6 +368,7 @@ class MainProcess:
         if manifest.node.profile != self.profile and self.overrides.profile is None:
             self.set_profile(manifest.node.profile)
         self.pool.roll(manifest, images)
+        self.endpoint.configure(manifest)
         self.notifier.ready(self.status_line())
         self.log.info(
             f"reload: {self.config_path} accepted; rolling {len(self.pool.workers)} worker(s)"
@@ -460,6 +468,19 @@ class MainProcess:
         if new is not None and compiling is not None:
             run = compiling.run
             self.selector.register(new, selectors.EVENT_READ, lambda _ev: run.on_readable())
+
+    def _follow_endpoint_fd(self, old: int | None, new: int | None) -> None:
+        """The node endpoint child's stderr pipe opened or is about to close."""
+        if old is not None:
+            try:
+                self.selector.unregister(old)
+            except (KeyError, ValueError, OSError):
+                pass
+        if new is not None:
+            self.selector.register(new, selectors.EVENT_READ, self._endpoint_readable)
+
+    def _endpoint_readable(self, _events: int) -> None:
+        self.endpoint.on_readable()
 
     # ── the pool's events ───────────────────────────────────────────────
 
@@ -638,6 +659,7 @@ class MainProcess:
         if self.compiling is not None:
             self.compiling.run.cancel()
             self.compiling = None
+        self.endpoint.close()
         self.control.close()
         close_listeners(self.listeners)
         signal.set_wakeup_fd(-1)

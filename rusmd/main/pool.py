@@ -212,6 +212,7 @@ class WorkerPool:
         self.by_channel: dict[Channel, WorkerHandle] = {}
         self.history: dict[int, SlotHistory] = {}
         self.quarantined: dict[int, float] = {}
+        self.quarantines = 0  # times a slot was quarantined, for /metrics
         self.target = count
         self.rolling: list[int] = []
         self.rolling_pending: set[int] = set()
@@ -364,6 +365,7 @@ class WorkerPool:
             elif isinstance(action, Quarantine):
                 slot = _slot_of(action.id)
                 self.quarantined[slot] = action.until
+                self.quarantines += 1
                 delay_s = max(0.0, action.until - self.clock())
                 self.log.error(
                     f"supervisor report: worker {slot} crashed too often; "

@@ -152,6 +152,7 @@ class Residents:
         self.by_pid: dict[int, Resident] = {}
         self.started = False
         self.stopping = False
+        self.quarantines = 0  # times a resident was quarantined, for /metrics
         self.manifest = manifest
 
     def start(self, runnable: set[str]) -> None:
@@ -270,6 +271,7 @@ class Residents:
             elif isinstance(action, Quarantine):
                 resident.state = "quarantined"
                 resident.quarantine_until = action.until
+                self.quarantines += 1
                 delay_s = max(0.0, action.until - self.clock())
                 self.log.error(
                     f"supervisor report: resident {resident.name} crashed too often; "

@@ -176,6 +176,7 @@ class HttpConnection(asyncio.Protocol):
         "current",
         "dead",
         "deadline",
+        "dispatched_at",
         "draining",
         "head_seen",
         "header_bytes",
@@ -217,6 +218,7 @@ class HttpConnection(asyncio.Protocol):
         self.phase = Phase.IDLE
         self.deadline = 0.0
         self.idle_since = 0.0
+        self.dispatched_at = 0.0  # the request in flight's start, for the duration histogram
         self.head_seen = 0
         self.lingering = False  # half-closed: drop input, then close
         self.paused = False  # reading paused (queue full, backlog, refusal)

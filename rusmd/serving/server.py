@@ -38,6 +38,7 @@ from rusmd.config.model import Protocol, Serve
 from rusmd.config.routes import Match, MethodNotAllowed, NotFound, Route, RouteTable
 from rusmd.errors import SpawnError
 from rusmd.log import Logger
+from rusmd.meter import RequestMeter
 from rusmd.serving.acceptor import Acceptor, TurnedAway
 from rusmd.serving.http import HttpConnection, Reject, simple_response
 from rusmd.serving.ws import WsConnection
@@ -57,6 +58,7 @@ RESOLVED_CACHE_SIZE = 4096
 # The action a routes-less http listener's ``name`` component serves.
 SINGLE_ACTION = "fetch"
 _SSE = Protocol.SSE
+_clock = time.perf_counter
 
 
 def _action_status(report: ExitReport, exchange: Exchange) -> tuple[int, str]:
@@ -117,6 +119,8 @@ class ListenerRuntime:
         # run once they load, or at the listener's timeout-s; in arrival order.
         self._loading: dict[int, tuple[Callable[[], None], asyncio.TimerHandle]] = {}
         self._next_wait = 0
+        # What the node endpoint's /metrics and dashboard count for this listener.
+        self.meter = RequestMeter()
 
     def start(self, sock: Any) -> None:
         """Accept on the inherited listen socket."""
@@ -132,6 +136,7 @@ class ListenerRuntime:
 
     def dispatch(self, conn: HttpConnection, request: Request) -> None:
         """Serve one request of ``conn`` (it calls back ``conn.answered``)."""
+        conn.dispatched_at = _clock()
         if self.single is None:
             method, path = request.method, request.path
             target = self._resolved.get((method, path)) or self._resolve(method, path)
@@ -269,6 +274,7 @@ class ListenerRuntime:
                     head_only=exchange.head_only,
                 )
             )
+        self.meter.record(request.method, status, _clock() - conn.dispatched_at)
         if self.log.info_on:  # the access line, as ``access`` writes it
             self.log.info(f"{self.protocol} {request.method} {request.path} → {status}")
         conn.answered()
@@ -307,6 +313,7 @@ class ListenerRuntime:
                 head_only=request.method == "HEAD",
             )
         )
+        self.meter.record(request.method, status, _clock() - conn.dispatched_at)
         self.access(request.method, request.path, status)
         conn.answered()
 
@@ -443,6 +450,19 @@ class Server:
         """The worker loaded its components: listeners serve what waited for them."""
         for listener in self.listeners:
             listener.components_loaded()
+
+    def meters(self) -> list[dict[str, Any]]:
+        """Each http and sse listener's request counts and durations, for ``meters``."""
+        return [
+            {
+                "listener": listener.config.listen,
+                "protocol": str(listener.protocol),
+                "connections": len(listener.connections),
+                **listener.meter.export(),
+            }
+            for listener in self.listeners
+            if listener.protocol is not Protocol.WS  # a ws connection is no request
+        ]
 
     def connections(self) -> int:
         """Open connections on every listener."""

@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ import lmdb
 
 from rusmd.abi import ErrorCode
 from rusmd.errors import RusmError
+from rusmd.meter import Histogram
 
 # LMDB's compiled-in key limit, all of it available to each bucket's keys.
 MAX_KEY_BYTES = 511
@@ -203,6 +205,11 @@ class KvStore:
         self._gate = _Gate()
         self.commits = 0
         self.writes = 0
+        # Guest threads bump it without a lock: a rare lost count is the
+        # price of not taking one on the hot read path.
+        self.reads = 0
+        # Time from a write transaction's start to its durable commit.
+        self.commit_duration = Histogram()
         self.map_grown = 0
 
     def close(self) -> None:
@@ -280,6 +287,7 @@ class KvStore:
 
     def get(self, bucket: bytes, key: bytes) -> bytes | None:
         """The value of ``key`` in ``bucket``, or None."""
+        self.reads += 1
         db = self._dbs.get(bucket) or self._existing(bucket)
         if db is None:
             return None
@@ -373,6 +381,7 @@ class KvStore:
     def _apply_once(self, writes: list[Write]) -> list[ErrorCode]:
         results: list[ErrorCode] = []
         opened: dict[bytes, Any] = {}
+        started = time.perf_counter()
         txn = self.env.begin(write=True)
         try:
             for write in writes:
@@ -381,6 +390,7 @@ class KvStore:
         except BaseException:
             txn.abort()
             raise
+        self.commit_duration.observe(time.perf_counter() - started)
         self._dbs.update(opened)
         self.commits += 1
         self.writes += len(writes)
@@ -404,6 +414,15 @@ class KvStore:
 
     # ── stats ───────────────────────────────────────────────────────────
 
+    def counters(self) -> dict[str, Any]:
+        """What this process did to the store: commits, writes, reads, commit latency."""
+        return {
+            "commits": self.commits,
+            "writes": self.writes,
+            "reads": self.reads,
+            "commit_duration": self.commit_duration.export(),
+        }
+
     def stats(self) -> dict[str, Any]:
         """File and map size, buckets, entries, readers, commits."""
         info = self.env.info()
@@ -423,7 +442,6 @@ class KvStore:
             "entries": entries,
             "readers": info["num_readers"],
             "max_readers": info["max_readers"],
-            "commits": self.commits,
-            "writes": self.writes,
+            **self.counters(),
             "map_grown": self.map_grown,
         }

@@ -75,6 +75,7 @@ from rusmd.wasm.host import WasmHost
 from rusmd.worker.boot import WorkerBoot
 from rusmd.worker.heap import HeapTrimmer, glibc_trim
 from rusmd.worker.kv_queries import QueryError, run_kv
+from rusmd.worker.meters import worker_meters
 
 # How often a worker proves its loop turns over; the main process allows
 # several missed beats before it acts.
@@ -302,6 +303,12 @@ class WorkerRuntime:
                 return Answer(id=query.id, ok=True, result={"sent": pid, "label": process.label})
             host.kill(pid, ExitReason.KILLED, "killed by the operator")
             return Answer(id=query.id, ok=True, result={"killed": pid, "label": process.label})
+        if query.op == "meters":
+            return Answer(
+                id=query.id,
+                ok=True,
+                result=worker_meters(self.slot, host, self.actors, self.server),
+            )
         if query.op == "stats":
             stats = host.stats()
             if host.store is not None:

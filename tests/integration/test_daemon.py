@@ -527,7 +527,10 @@ def test_worker_kills_leave_no_zombie_and_no_descriptor_behind(daemon: Daemon) -
 
     children = psutil.Process(daemon.pid).children()
     assert [c for c in children if c.status() == psutil.STATUS_ZOMBIE] == []
-    assert len(children) == target
+    # The workers and the node endpoint (``python -m rusmd.node``), nothing else.
+    endpoints = [c for c in children if "rusmd.node" in c.cmdline()]
+    assert len(endpoints) == 1
+    assert len(children) == target + 1
     daemon.wait_for(
         lambda: fd_count(daemon.pid) == baseline,
         10.0,

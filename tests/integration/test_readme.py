@@ -223,6 +223,9 @@ def readme_checks(daemon: Daemon) -> dict[str, Callable[[Outcome], None]]:
         "'ws://127.0.0.1:8082/'); ws.send('hi'); print(ws.recv()); ws.close()\"": (
             lambda out: printed(out, "hi\n")
         ),
+        "curl 127.0.0.1:4000/metrics": lambda out: answered(
+            out, 200, b"# HELP rusm_http_requests_total ", prefix=True
+        ),
         ".venv/bin/rusmd check --config path/to/rusm.toml": checks_the_example,
         ".venv/bin/rusmd check --config path/to/rusm.toml --json": checks_the_example_as_json,
     }

@@ -340,6 +340,7 @@ def test_every_verb_without_json_prints_text_never_json(
     run("kill", spawned)
     run("profile")
     run("logs", "-n", "5")
+    run("stats")
     run("restart", "worker.0")
     daemon.wait_for(rolled(worker_pid), SETTLE_S, "worker 0 restarted")
     restarted_pid = daemon.workers()[0]["pid"]

@@ -1,0 +1,15 @@
+"""The node endpoint: dashboard, attach stream, JSON API and ``/metrics`` on ``[node] listen``.
+
+Runs in: node endpoint (``python -m rusmd.node``, a child the main
+process starts and restarts; ``rusmd.main.endpoint`` says why a child).
+
+The layout, in the order data flows:
+
+- ``control``   an asyncio client of the control socket (what ``rusmctl`` speaks).
+- ``snapshot``  polls ``stats`` and turns two polls into rates, percentiles
+  and the attach stream's ``snapshot`` frames.
+- ``metrics``   the Prometheus collector over the latest poll.
+- ``auth``      the token check, one for every path.
+- ``server``    the one port: HTTP routes, the WebSocket attach stream, the ticker.
+- ``static/``   the dashboard page and its vendored chart library (uPlot).
+"""
