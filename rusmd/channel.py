@@ -264,6 +264,10 @@ class Channel:
         # Bytes queued and not yet written: a sender that must not grow the
         # queue without bound (log frames) checks it first.
         self.queued_bytes = 0
+        # Bytes ever queued and ever written: stream offsets, so a sender
+        # can tell which of its frames the kernel has handed to the peer.
+        self.enqueued_bytes = 0
+        self.written_bytes = 0
 
     def fileno(self) -> int:
         """The socket's fd, for selectors and ``loop.add_reader``."""
@@ -290,6 +294,7 @@ class Channel:
         payload = _encoder.encode(message)
         self._outbox.append((_LENGTH.pack(len(payload)) + payload, list(fds or []), close_fds))
         self.queued_bytes += _LENGTH.size + len(payload)
+        self.enqueued_bytes += _LENGTH.size + len(payload)
         self.write_ready()
 
     def write_ready(self) -> None:
@@ -311,6 +316,7 @@ class Channel:
                 for fd in fds:
                     _close_quietly(fd)
             self.queued_bytes -= sent
+            self.written_bytes += sent
             if sent == len(data):
                 self._outbox.popleft()
             else:
