@@ -80,6 +80,9 @@ class Outbox:
         self._lock = threading.Lock()
         self._queued: dict[int, list[Sig]] = {}
         self._bytes: dict[int, int] = {}
+        # Bytes taken by the flush under way and not yet handed to their
+        # channel: still part of the backlog while they are encoded.
+        self._flushing: dict[int, int] = {}
         self._scheduled = False
 
     def put(self, slot: int, sig: Sig) -> None:
@@ -98,16 +101,23 @@ class Outbox:
         self._schedule()
 
     def queued_bytes(self, slot: int) -> int:
-        """Bytes queued for ``slot`` and not yet taken (a racy read is fine: a bound)."""
-        return self._bytes.get(slot, 0)
+        """Bytes queued for ``slot`` and not yet in its channel (a racy read is fine: a bound)."""
+        return self._bytes.get(slot, 0) + self._flushing.get(slot, 0)
 
     def take(self) -> dict[int, list[Sig]]:
-        """Everything queued, per peer in queue order; the next ``put`` schedules again."""
+        """Everything queued, per peer in queue order; the next ``put`` schedules again.
+
+        The bytes taken still count for their peer until ``handed(slot)``.
+        """
         with self._lock:
             queued, self._queued = self._queued, {}
-            self._bytes = {}
+            self._flushing, self._bytes = self._bytes, {}
             self._scheduled = False
         return queued
+
+    def handed(self, slot: int) -> None:
+        """What ``take`` gave for ``slot`` is in its channel now (or dropped)."""
+        self._flushing.pop(slot, None)
 
 
 def pack(sigs: list[Sig], to_shm: Callable[[bytes], int]) -> Iterator[tuple[Signals, list[int]]]:
@@ -235,6 +245,7 @@ class Mesh:
         for slot, sigs in self.outbox.take().items():
             peer = self.peers.get(slot)
             if peer is None or peer.channel.closed:
+                self.outbox.handed(slot)
                 for sig in sigs:
                     self._undeliverable(sig)
                 continue
@@ -245,6 +256,7 @@ class Mesh:
                     with peer.shm_lock:
                         peer.shm_in_flight.append((peer.channel.enqueued_bytes, shm))
                         peer.shm_bytes += shm
+            self.outbox.handed(slot)
 
     def _shm_unread(self, peer: _Peer) -> int:
         """Shared-memory bytes sent to ``peer`` whose frames it has not read yet.
