@@ -16,6 +16,7 @@ import array
 import os
 import socket
 import struct
+import threading
 from collections import deque
 from typing import Any
 
@@ -240,6 +241,7 @@ Message = (
 )
 
 _encoder = msgspec.msgpack.Encoder()
+_read_buffers = threading.local()
 _decoder = msgspec.msgpack.Decoder(Message)
 
 
@@ -331,22 +333,23 @@ class Channel:
                 one that does not decode. The owner unregisters the socket
                 from its loop, then calls ``close``.
         """
+        chunk = _read_buffer()
         while True:
             try:
-                data, ancillary, _flags, _addr = self.sock.recvmsg(
-                    READ_CHUNK_BYTES, socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
+                size, ancillary, _flags, _addr = self.sock.recvmsg_into(
+                    [chunk], socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
                 )
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 raise ChannelClosed(f"read failed: {exc.strerror}") from None
             self._take_fds(ancillary)
-            if not data:
+            if not size:
                 if self._inbox:
                     raise ChannelClosed("peer closed mid-frame")
                 raise ChannelClosed("peer closed")
-            self._inbox += data
-            if len(data) < READ_CHUNK_BYTES:
+            self._inbox += chunk[:size]
+            if size < READ_CHUNK_BYTES:
                 break
         return self._decode_frames()
 
@@ -382,20 +385,37 @@ class Channel:
         messages: list[Message] = []
         offset = 0
         inbox = self._inbox
-        while len(inbox) - offset >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(inbox, offset)
-            if length > MAX_FRAME_BYTES:
-                raise ChannelClosed(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
-            end = offset + _LENGTH.size + length
-            if len(inbox) < end:
-                break
-            try:
-                messages.append(_decoder.decode(inbox[offset + _LENGTH.size : end]))
-            except msgspec.DecodeError as exc:
-                raise ChannelClosed(f"undecodable frame: {exc}") from None
-            offset = end
+        # Frames decode from a view (no copy of each); it is released before
+        # the inbox is cut, which a live view would forbid.
+        with memoryview(inbox) as view:
+            while len(inbox) - offset >= _LENGTH.size:
+                (length,) = _LENGTH.unpack_from(inbox, offset)
+                if length > MAX_FRAME_BYTES:
+                    raise ChannelClosed(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+                end = offset + _LENGTH.size + length
+                if len(inbox) < end:
+                    break
+                try:
+                    messages.append(_decoder.decode(view[offset + _LENGTH.size : end]))
+                except msgspec.DecodeError as exc:
+                    raise ChannelClosed(f"undecodable frame: {exc}") from None
+                offset = end
         del inbox[:offset]
         return messages
+
+
+def _read_buffer() -> memoryview:
+    """This thread's read buffer, shared by its channels (a thread reads one at a time).
+
+    ``recvmsg`` would allocate READ_CHUNK_BYTES for every read (which the
+    allocator maps and unmaps each time); a buffer per channel would keep
+    that much resident for each of them.
+    """
+    try:
+        view: memoryview = _read_buffers.view
+    except AttributeError:
+        view = _read_buffers.view = memoryview(bytearray(READ_CHUNK_BYTES))
+    return view
 
 
 def _close_quietly(fd: int) -> None:

@@ -21,8 +21,8 @@ Large payloads. One over ``SHM_THRESHOLD_BYTES`` travels in a
 shared-memory file (memfd) passed with its frame (SCM_RIGHTS), one
 descriptor per such signal, in order; the frame carries its size.
 
-Receiving. One read takes every frame the socket holds; each frame's
-signals are delivered in one pass under the actor table's lock
+Receiving. One read takes every frame the socket holds; their signals
+are delivered in one pass under the actor table's lock
 (``ActorTable.deliver_batch``), which wakes each receiver once.
 
 The bound. A peer that stops reading (a stopped or wedged worker: the
@@ -73,16 +73,19 @@ class Outbox:
     Args:
         schedule: Arrange for the owner's flush to run once on the loop
             thread (any thread); called for the first signal after a ``take``.
+
+    Attributes:
+        pending: Bytes queued per peer slot since the last ``take``.
+        flushing: Bytes the flush under way took per peer slot, until
+            ``handed``: still part of the backlog while they are encoded.
     """
 
     def __init__(self, schedule: Callable[[], None]) -> None:
         self._schedule = schedule
         self._lock = threading.Lock()
         self._queued: dict[int, list[Sig]] = {}
-        self._bytes: dict[int, int] = {}
-        # Bytes taken by the flush under way and not yet handed to their
-        # channel: still part of the backlog while they are encoded.
-        self._flushing: dict[int, int] = {}
+        self.pending: dict[int, int] = {}
+        self.flushing: dict[int, int] = {}
         self._scheduled = False
 
     def put(self, slot: int, sig: Sig) -> None:
@@ -91,10 +94,10 @@ class Outbox:
             queued = self._queued.get(slot)
             if queued is None:
                 self._queued[slot] = [sig]
-                self._bytes[slot] = len(sig.payload) + SIG_OVERHEAD_BYTES
+                self.pending[slot] = len(sig.payload) + SIG_OVERHEAD_BYTES
             else:
                 queued.append(sig)
-                self._bytes[slot] += len(sig.payload) + SIG_OVERHEAD_BYTES
+                self.pending[slot] += len(sig.payload) + SIG_OVERHEAD_BYTES
             if self._scheduled:
                 return
             self._scheduled = True
@@ -102,7 +105,7 @@ class Outbox:
 
     def queued_bytes(self, slot: int) -> int:
         """Bytes queued for ``slot`` and not yet in its channel (a racy read is fine: a bound)."""
-        return self._bytes.get(slot, 0) + self._flushing.get(slot, 0)
+        return self.pending.get(slot, 0) + self.flushing.get(slot, 0)
 
     def take(self) -> dict[int, list[Sig]]:
         """Everything queued, per peer in queue order; the next ``put`` schedules again.
@@ -111,13 +114,13 @@ class Outbox:
         """
         with self._lock:
             queued, self._queued = self._queued, {}
-            self._flushing, self._bytes = self._bytes, {}
+            self.flushing, self.pending = self.pending, {}
             self._scheduled = False
         return queued
 
     def handed(self, slot: int) -> None:
         """What ``take`` gave for ``slot`` is in its channel now (or dropped)."""
-        self._flushing.pop(slot, None)
+        self.flushing.pop(slot, None)
 
 
 def pack(sigs: list[Sig], to_shm: Callable[[bytes], int]) -> Iterator[tuple[Signals, list[int]]]:
@@ -126,6 +129,12 @@ def pack(sigs: list[Sig], to_shm: Callable[[bytes], int]) -> Iterator[tuple[Sign
     A payload over ``SHM_THRESHOLD_BYTES`` goes to ``to_shm`` (which
     returns a descriptor); its signal carries the size instead.
     """
+    if not sigs:
+        return
+    lengths = [len(sig.payload) for sig in sigs]
+    if max(lengths) <= SHM_THRESHOLD_BYTES and sum(lengths) <= MAX_BATCH_BYTES:
+        yield Signals(batch=sigs), []  # the common case: one frame as it is
+        return
     batch: list[Sig] = []
     fds: list[int] = []
     size = 0
@@ -235,7 +244,10 @@ class Mesh:
         peer = self.peers.get(slot)
         if peer is None:
             return False
-        backlog = self.outbox.queued_bytes(slot) + peer.channel.queued_bytes
+        # As ``Outbox.queued_bytes``, inline: this runs for every message sent.
+        outbox = self.outbox
+        backlog = outbox.pending.get(slot, 0) + outbox.flushing.get(slot, 0)
+        backlog += peer.channel.queued_bytes
         if peer.shm_bytes:
             backlog += self._shm_unread(peer)
         return backlog >= MAX_PEER_BACKLOG_BYTES
@@ -315,12 +327,16 @@ class Mesh:
         except ChannelClosed:
             self._drop(slot, peer)
             return
+        # Every frame of the read in one delivery: a receiver is woken once.
+        sigs: list[Sig] = []
         for message in messages:
             if isinstance(message, Signals):
                 take = lambda size: _from_memfd(channel.take_fd(), size)  # noqa: E731
-                self._deliver(unpack(message.batch, take, self._report_lost))
+                sigs += unpack(message.batch, take, self._report_lost)
             elif isinstance(message, MeshHello) and message.slot == slot:
                 peer.verified = True
+        if sigs:
+            self._deliver(sigs)
 
     def _report_lost(self, sig: Sig, exc: Exception) -> None:
         self._lost(f"lost a large message from #{sig.sender} to #{sig.to}: {exc}")
