@@ -16,7 +16,6 @@ import array
 import os
 import socket
 import struct
-import threading
 from collections import deque
 from typing import Any
 
@@ -142,8 +141,11 @@ class Answer(msgspec.Struct, tag="answer", frozen=True, kw_only=True):
     code: int = 0
 
 
-class Sig(msgspec.Struct, array_like=True, frozen=True):
+class Sig(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """One signal between two processes (see ``rusmd.actors.signals``).
+
+    It holds only ints and bytes, so the cycle collector need not track
+    it: one is made for every message, and tracked ones bring collections.
 
     Attributes:
         op: ``rusmd.actors.signals.Op``.
@@ -241,7 +243,6 @@ Message = (
 )
 
 _encoder = msgspec.msgpack.Encoder()
-_read_buffers = threading.local()
 _decoder = msgspec.msgpack.Decoder(Message)
 
 
@@ -333,23 +334,22 @@ class Channel:
                 one that does not decode. The owner unregisters the socket
                 from its loop, then calls ``close``.
         """
-        chunk = _read_buffer()
         while True:
             try:
-                size, ancillary, _flags, _addr = self.sock.recvmsg_into(
-                    [chunk], socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
+                data, ancillary, _flags, _addr = self.sock.recvmsg(
+                    READ_CHUNK_BYTES, socket.CMSG_SPACE(MAX_FDS_PER_READ * 4)
                 )
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
                 raise ChannelClosed(f"read failed: {exc.strerror}") from None
             self._take_fds(ancillary)
-            if not size:
+            if not data:
                 if self._inbox:
                     raise ChannelClosed("peer closed mid-frame")
                 raise ChannelClosed("peer closed")
-            self._inbox += chunk[:size]
-            if size < READ_CHUNK_BYTES:
+            self._inbox += data
+            if len(data) < READ_CHUNK_BYTES:
                 break
         return self._decode_frames()
 
@@ -385,37 +385,20 @@ class Channel:
         messages: list[Message] = []
         offset = 0
         inbox = self._inbox
-        # Frames decode from a view (no copy of each); it is released before
-        # the inbox is cut, which a live view would forbid.
-        with memoryview(inbox) as view:
-            while len(inbox) - offset >= _LENGTH.size:
-                (length,) = _LENGTH.unpack_from(inbox, offset)
-                if length > MAX_FRAME_BYTES:
-                    raise ChannelClosed(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
-                end = offset + _LENGTH.size + length
-                if len(inbox) < end:
-                    break
-                try:
-                    messages.append(_decoder.decode(view[offset + _LENGTH.size : end]))
-                except msgspec.DecodeError as exc:
-                    raise ChannelClosed(f"undecodable frame: {exc}") from None
-                offset = end
+        while len(inbox) - offset >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(inbox, offset)
+            if length > MAX_FRAME_BYTES:
+                raise ChannelClosed(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+            end = offset + _LENGTH.size + length
+            if len(inbox) < end:
+                break
+            try:
+                messages.append(_decoder.decode(inbox[offset + _LENGTH.size : end]))
+            except msgspec.DecodeError as exc:
+                raise ChannelClosed(f"undecodable frame: {exc}") from None
+            offset = end
         del inbox[:offset]
         return messages
-
-
-def _read_buffer() -> memoryview:
-    """This thread's read buffer, shared by its channels (a thread reads one at a time).
-
-    ``recvmsg`` would allocate READ_CHUNK_BYTES for every read (which the
-    allocator maps and unmaps each time); a buffer per channel would keep
-    that much resident for each of them.
-    """
-    try:
-        view: memoryview = _read_buffers.view
-    except AttributeError:
-        view = _read_buffers.view = memoryview(bytearray(READ_CHUNK_BYTES))
-    return view
 
 
 def _close_quietly(fd: int) -> None:
