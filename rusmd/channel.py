@@ -87,6 +87,16 @@ class MeshHello(msgspec.Struct, tag="mesh_hello", frozen=True):
     pid: int
 
 
+class MeshRead(msgspec.Struct, tag="mesh_read", frozen=True):
+    """Worker → worker over the mesh: shared-memory payloads of ``size`` bytes were read.
+
+    The sender counts the payload files it passed until their reader says
+    so: they hold memory the socket's own bound does not see.
+    """
+
+    size: int
+
+
 class ComponentImage(msgspec.Struct, frozen=True, kw_only=True):
     """One component as the compile step left it.
 
@@ -228,6 +238,7 @@ Message = (
     | Stop
     | MeshPeer
     | MeshHello
+    | MeshRead
     | Components
     | PidLease
     | LeaseRequest
@@ -267,10 +278,6 @@ class Channel:
         # Bytes queued and not yet written: a sender that must not grow the
         # queue without bound (log frames) checks it first.
         self.queued_bytes = 0
-        # Bytes ever queued and ever written: stream offsets, so a sender
-        # can tell which of its frames the kernel has handed to the peer.
-        self.enqueued_bytes = 0
-        self.written_bytes = 0
 
     def fileno(self) -> int:
         """The socket's fd, for selectors and ``loop.add_reader``."""
@@ -297,7 +304,6 @@ class Channel:
         payload = _encoder.encode(message)
         self._outbox.append((_LENGTH.pack(len(payload)) + payload, list(fds or []), close_fds))
         self.queued_bytes += _LENGTH.size + len(payload)
-        self.enqueued_bytes += _LENGTH.size + len(payload)
         self.write_ready()
 
     def write_ready(self) -> None:
@@ -319,7 +325,6 @@ class Channel:
                 for fd in fds:
                     _close_quietly(fd)
             self.queued_bytes -= sent
-            self.written_bytes += sent
             if sent == len(data):
                 self._outbox.popleft()
             else:

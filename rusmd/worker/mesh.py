@@ -30,7 +30,8 @@ main process kills it after its heartbeats stop) must not make this
 worker buffer without bound, and the loop never waits for it. Past
 ``MAX_PEER_BACKLOG_BYTES`` queued for a peer (in the queue, in the
 channel's unsent frames, and in shared-memory payloads the peer has not
-yet read), user signals to it (message, call, timer) are refused: the
+yet said it read: it answers each read that took some with
+``MeshRead``), user signals to it (message, call, timer) are refused: the
 sender gets ``LIMIT`` and the message is dropped and counted, as for a
 full mailbox. Exits, downs, links, monitors and replies are never
 refused (a process holds a bounded number of links and monitors).
@@ -39,15 +40,21 @@ refused (a process holds a bounded number of links and monitors).
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import os
 import socket
-import termios
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator
 
-from rusmd.channel import MAX_FDS_PER_READ, Channel, ChannelClosed, MeshHello, Message, Sig, Signals
+from rusmd.channel import (
+    MAX_FDS_PER_READ,
+    Channel,
+    ChannelClosed,
+    MeshHello,
+    MeshRead,
+    Message,
+    Sig,
+    Signals,
+)
 
 # Payloads larger than this cross to another worker in a shared-memory
 # file (memfd) passed with the frame instead of inside it: copying a large
@@ -164,6 +171,7 @@ def unpack(
 
     ``take_shm(size)`` reads the frame's next payload file; a signal
     whose file cannot be read is reported to ``lost`` and left out.
+    A frame without payload files comes back as the same list.
     """
     if not any(sig.shm for sig in batch):
         return batch
@@ -187,12 +195,9 @@ class _Peer:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.verified = False
-        # Shared-memory payloads sent and maybe not yet read by the peer:
-        # (stream offset of the end of their frame, bytes), oldest first.
-        self.shm_in_flight: deque[tuple[int, int]] = deque()
+        # Shared-memory payload bytes sent and not yet reported read by the
+        # peer (``MeshRead``); only the loop thread changes it.
         self.shm_bytes = 0
-        # The loop adds to them, any sender's bound check prunes them.
-        self.shm_lock = threading.Lock()
 
 
 class Mesh:
@@ -247,9 +252,7 @@ class Mesh:
         # As ``Outbox.queued_bytes``, inline: this runs for every message sent.
         outbox = self.outbox
         backlog = outbox.pending.get(slot, 0) + outbox.flushing.get(slot, 0)
-        backlog += peer.channel.queued_bytes
-        if peer.shm_bytes:
-            backlog += self._shm_unread(peer)
+        backlog += peer.channel.queued_bytes + peer.shm_bytes
         return backlog >= MAX_PEER_BACKLOG_BYTES
 
     def flush(self) -> None:
@@ -262,33 +265,10 @@ class Mesh:
                     self._undeliverable(sig)
                 continue
             for frame, fds in pack(sigs, _to_memfd):
-                self._send(peer, frame, fds)
                 if fds:
-                    shm = sum(sig.shm for sig in frame.batch)
-                    with peer.shm_lock:
-                        peer.shm_in_flight.append((peer.channel.enqueued_bytes, shm))
-                        peer.shm_bytes += shm
+                    peer.shm_bytes += sum(sig.shm for sig in frame.batch)
+                self._send(peer, frame, fds)
             self.outbox.handed(slot)
-
-    def _shm_unread(self, peer: _Peer) -> int:
-        """Shared-memory bytes sent to ``peer`` whose frames it has not read yet.
-
-        The kernel counts what the peer has not read (SIOCOUTQ, in buffer
-        sizes, so an overestimate); frames that ended before that point
-        have been read, and their payload files are the peer's to free.
-        """
-        channel = peer.channel
-        try:
-            raw = fcntl.ioctl(channel.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-        except OSError:
-            return peer.shm_bytes
-        unread = int.from_bytes(raw, "little", signed=True)
-        read_up_to = channel.written_bytes - unread
-        with peer.shm_lock:
-            flight = peer.shm_in_flight
-            while flight and flight[0][0] <= read_up_to:
-                peer.shm_bytes -= flight.popleft()[1]
-            return peer.shm_bytes
 
     def _send(self, peer: _Peer, message: Message, fds: list[int] | None = None) -> None:
         channel = peer.channel
@@ -329,12 +309,21 @@ class Mesh:
             return
         # Every frame of the read in one delivery: a receiver is woken once.
         sigs: list[Sig] = []
+        shm_read = 0
         for message in messages:
             if isinstance(message, Signals):
                 take = lambda size: _from_memfd(channel.take_fd(), size)  # noqa: E731
-                sigs += unpack(message.batch, take, self._report_lost)
+                unpacked = unpack(message.batch, take, self._report_lost)
+                if unpacked is not message.batch:  # it carried payload files
+                    shm_read += sum(sig.shm for sig in message.batch)
+                sigs += unpacked
+            elif isinstance(message, MeshRead):
+                peer.shm_bytes = max(0, peer.shm_bytes - message.size)
             elif isinstance(message, MeshHello) and message.slot == slot:
                 peer.verified = True
+        if shm_read:
+            # Their files are closed: the sender may count them as gone.
+            self._send(peer, MeshRead(size=shm_read))
         if sigs:
             self._deliver(sigs)
 
