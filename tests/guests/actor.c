@@ -20,6 +20,7 @@
 #include "rusm.h"
 
 #include <stdlib.h>
+#include <time.h>
 
 #define BUF_BYTES (256 * 1024)
 
@@ -182,9 +183,17 @@ static void pingpong(rusm_pid_t pid, int64_t rounds) {
     result("pingpong", rounds);
 }
 
+static int64_t monotonic_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 /* `stream PID N BIG EVERY`: N messages `pong <i>` to PID as fast as they go,
- * every EVERY-th (i % EVERY == 0, EVERY > 0) padded with '.' to BIG bytes. */
-static void stream(rusm_pid_t pid, int64_t count, int64_t big, int64_t every) {
+ * every EVERY-th (i % EVERY == 0, EVERY > 0) padded with '.' to BIG bytes;
+ * with for_ms > 0, it also stops once that many ms have passed. */
+static void stream(rusm_pid_t pid, int64_t count, int64_t big, int64_t every, int64_t for_ms) {
+    int64_t deadline = monotonic_ms() + for_ms;
     char *data = malloc(big > 64 ? (size_t)big : 64);
     if (data == NULL) {
         result("stream", -1);
@@ -210,6 +219,9 @@ static void stream(rusm_pid_t pid, int64_t count, int64_t big, int64_t every) {
             noproc++;
         } else {
             other++;
+        }
+        if (for_ms > 0 && i % 256 == 255 && monotonic_ms() >= deadline) {
+            break;
         }
     }
     free(data);
@@ -299,7 +311,11 @@ static void run_command(char *line, rusm_pid_t from) {
         rusm_pid_t pid = number(&rest);
         int64_t count = number(&rest);
         int64_t big = number(&rest);
-        stream(pid, count, big, number(&rest));
+        stream(pid, count, big, number(&rest), 0);
+    } else if (strcmp(op, "stream_for") == 0) {
+        rusm_pid_t pid = number(&rest);
+        int64_t ms = number(&rest);
+        stream(pid, INT64_MAX, 0, 0, ms > 0 ? ms : 1);
     } else if (strcmp(op, "quiet") == 0) {
         int old = quiet;
         quiet = (int)number(&rest);
