@@ -87,6 +87,16 @@ class MeshHello(msgspec.Struct, tag="mesh_hello", frozen=True):
     pid: int
 
 
+class MeshRead(msgspec.Struct, tag="mesh_read", frozen=True):
+    """Worker → worker over the mesh: shared-memory payloads of ``size`` bytes were read.
+
+    The sender counts the payload files it passed until their reader says
+    so: they hold memory the socket's own bound does not see.
+    """
+
+    size: int
+
+
 class ComponentImage(msgspec.Struct, frozen=True, kw_only=True):
     """One component as the compile step left it.
 
@@ -141,8 +151,11 @@ class Answer(msgspec.Struct, tag="answer", frozen=True, kw_only=True):
     code: int = 0
 
 
-class Sig(msgspec.Struct, array_like=True, frozen=True):
+class Sig(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """One signal between two processes (see ``rusmd.actors.signals``).
+
+    It holds only ints and bytes, so the cycle collector need not track
+    it: one is made for every message, and tracked ones bring collections.
 
     Attributes:
         op: ``rusmd.actors.signals.Op``.
@@ -225,6 +238,7 @@ Message = (
     | Stop
     | MeshPeer
     | MeshHello
+    | MeshRead
     | Components
     | PidLease
     | LeaseRequest

@@ -39,7 +39,15 @@ from typing import Any
 
 import msgspec
 
-from rusmd.abi import MAILBOX_LIMIT, MAX_TIMERS_PER_PROCESS, ErrorCode, ExitReason, Kind, slot_of
+from rusmd.abi import (
+    MAILBOX_LIMIT,
+    MAX_TIMERS_PER_PROCESS,
+    PID_STRIDE,
+    ErrorCode,
+    ExitReason,
+    Kind,
+    slot_of,
+)
 from rusmd.actors.signals import Op
 from rusmd.channel import Message, NameClaim, NameDrop, NameReply, Names, Sig
 from rusmd.errors import RusmError
@@ -53,7 +61,7 @@ PROBE_PID_BASE = (1 << 50) * 1000
 # Labels of exited processes remembered for log lines.
 GONE_LABELS_KEPT = 1024
 
-_USER_OPS = {Op.SEND: Kind.MESSAGE, Op.CALL: Kind.CALL, Op.TIMER: Kind.TIMER}
+_USER_OPS: dict[int, Kind] = {Op.SEND: Kind.MESSAGE, Op.CALL: Kind.CALL, Op.TIMER: Kind.TIMER}
 _USER_KINDS = frozenset({Kind.MESSAGE, Kind.CALL, Kind.TIMER, Kind.FRAME})
 # Bound once: an enum member read through its class costs ~0.1 µs, and
 # these are read for every message a WebSocket delivers.
@@ -170,6 +178,9 @@ class ActorTable:
         slot: This worker's slot.
         remote: Queue a signal for another worker (any thread); False when
             no live worker holds that slot.
+        remote_backlogged: True when so much waits for another worker
+            (it stopped reading) that user signals to it are refused with
+            LIMIT (any thread). Optional; defaults to never.
         to_main: Send a message to the main process (any thread).
         call_soon: Run a callable on the loop thread (any thread).
         call_later: Run a callable on the loop thread after a delay (any thread).
@@ -185,9 +196,11 @@ class ActorTable:
         call_soon: Callable[..., None],
         call_later: Callable[[float, Callable[[], None]], None],
         mailbox_limit: int = MAILBOX_LIMIT,
+        remote_backlogged: Callable[[int], bool] = lambda _slot: False,
     ) -> None:
         self.slot = slot
         self.remote = remote
+        self.remote_backlogged = remote_backlogged
         self.to_main = to_main
         self.call_soon = call_soon
         self.call_later = call_later
@@ -203,6 +216,8 @@ class ActorTable:
         self._claim_ids = itertools.count(1)
         self.delivered = 0
         self.dropped = 0
+        # While ``deliver_batch`` runs: receivers to wake once it is done.
+        self._woken: dict[Actor, None] | None = None
         # The host's view of one local process, for PROBE with info.
         self.info_of: Callable[[int], dict[str, Any] | None] = lambda _pid: None
 
@@ -293,14 +308,43 @@ class ActorTable:
     # ── signals ─────────────────────────────────────────────────────────
 
     def signal(self, sig: Sig) -> int:
-        """Route one signal by its target pid; an ``ErrorCode`` for local targets."""
-        if slot_of(sig.to) == self.slot:
+        """Route one signal by its target pid; an ``ErrorCode`` for local targets.
+
+        For another worker's target: OK once queued, NOPROC when no worker
+        holds its slot, LIMIT (a user signal, dropped and counted) when
+        that worker has stopped taking what is sent to it.
+        """
+        slot = sig.to % PID_STRIDE  # as ``slot_of``, inline: this runs for every message
+        if slot == self.slot:
             with self.lock:
                 return self._handle(sig)
-        if self.remote(slot_of(sig.to), sig):
-            return ErrorCode.OK
+        if sig.op in _USER_OPS and self.remote_backlogged(slot):
+            with self.lock:
+                self.dropped += 1
+            return _LIMIT
+        if self.remote(slot, sig):
+            return _OK
         self.undeliverable(sig)
-        return ErrorCode.NOPROC
+        return _NOPROC
+
+    def deliver_batch(self, sigs: list[Sig]) -> None:
+        """Signals from another worker, in order, under one hold of the lock.
+
+        Each receiver is woken once, after the whole batch: a process woken
+        at its first message would only wait again for the lock.
+        """
+        slot = self.slot
+        with self.lock:
+            woken: dict[Actor, None] = {}
+            self._woken = woken
+            try:
+                for sig in sigs:
+                    if sig.to % PID_STRIDE == slot:  # as ``slot_of``, inline
+                        self._handle(sig)
+            finally:
+                self._woken = None
+            for actor in woken:
+                actor.wake()
 
     def undeliverable(self, sig: Sig) -> None:
         """A signal whose target's worker is gone: answer for the dead target."""
@@ -332,7 +376,7 @@ class ActorTable:
                 self.dropped += 1
                 return ErrorCode.LIMIT
             target.user_messages += 1
-            self._enqueue(target, Envelope(_USER_OPS[Op(op)], sig.sender, sig.ref, 0, sig.payload))
+            self._enqueue(target, Envelope(_USER_OPS[op], sig.sender, sig.ref, 0, sig.payload))
         elif op in (Op.REPLY, Op.ALIVE):
             if target.awaiting == sig.ref:
                 target.reply = Envelope(Kind.MESSAGE, sig.sender, sig.ref, sig.reason, sig.payload)
@@ -375,7 +419,10 @@ class ActorTable:
             self.call_soon(target.native, envelope)
             return
         target.mailbox.append(envelope)
-        target.wake()
+        if self._woken is not None:
+            self._woken[target] = None
+        else:
+            target.wake()
 
     def _stop(self, actor: Actor, reason: ExitReason, detail: str) -> None:
         if actor.stop:

@@ -8,9 +8,8 @@ kills a worker whose heartbeats stop (a wedged loop, SIGSTOP). ``Stop``
 or SIGTERM start a drain: in-flight work finishes up to the timeout,
 then the loop ends and the worker exits 0.
 
-The mesh: one channel to every sibling worker, inherited at fork or
-handed over later by the main process (``MeshPeer`` + a descriptor).
-Each side says ``MeshHello`` first; a peer counts once its hello arrived.
+The mesh (``mesh``): one channel to every sibling worker; signals for
+another worker's processes leave in one frame per peer per loop turn.
 
 Wasm processes: the worker's ``WasmHost`` runs them on guest threads.
 The main process sends the compiled components (``Components``), pid
@@ -40,7 +39,7 @@ from typing import Any
 import lmdb
 import uvloop
 
-from rusmd.abi import ErrorCode, ExitReason, slot_of
+from rusmd.abi import ErrorCode, ExitReason
 from rusmd.actors.table import ActorTable
 from rusmd.channel import (
     Answer,
@@ -51,7 +50,6 @@ from rusmd.channel import (
     LeaseRequest,
     Loaded,
     Log,
-    MeshHello,
     MeshPeer,
     Message,
     NameReply,
@@ -60,7 +58,6 @@ from rusmd.channel import (
     Query,
     Ready,
     Sig,
-    Signals,
     Stop,
     WorkerDown,
 )
@@ -75,6 +72,7 @@ from rusmd.wasm.host import WasmHost
 from rusmd.worker.boot import WorkerBoot
 from rusmd.worker.heap import HeapTrimmer, glibc_trim
 from rusmd.worker.kv_queries import QueryError, run_kv
+from rusmd.worker.mesh import Mesh
 from rusmd.worker.meters import worker_meters
 
 # How often a worker proves its loop turns over; the main process allows
@@ -82,11 +80,6 @@ from rusmd.worker.meters import worker_meters
 HEARTBEAT_INTERVAL_S = 1.0
 # A drain ordered by SIGTERM alone (not by main) gets this long.
 DEFAULT_DRAIN_S = 10.0
-# Payloads larger than this cross to another worker in a shared-memory
-# file (memfd) passed with the frame instead of inside it.
-SHM_THRESHOLD_BYTES = 64 << 10
-# Payload bytes in one mesh frame at most (frames stay far below the cap).
-MAX_BATCH_BYTES = 4 << 20
 # Bytes queued on the channel to main past which log lines are dropped (and
 # counted) instead of queued: a main process that reads slowly must not
 # make a worker buffer its log without bound; the loop never waits for it.
@@ -102,8 +95,6 @@ class WorkerRuntime:
         self.loop = uvloop.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.channel = Channel(boot.channel)
-        self.peers: dict[int, Channel] = {}
-        self.verified_peers: set[int] = set()
         self.done: asyncio.Future[int] = self.loop.create_future()
         self._draining = False
         level = boot.manifest.log.level if boot.manifest else LogLevel.OFF
@@ -113,12 +104,19 @@ class WorkerRuntime:
         self.logs_dropped = 0
         self.host: WasmHost | None = None
         self.heap = HeapTrimmer(glibc_trim())
-        self._outbox: dict[int, list[Sig]] = {}
-        self._outbox_lock = threading.Lock()
-        self._flush_scheduled = False
+        self.mesh = Mesh(
+            self.slot,
+            self.loop,
+            schedule_flush=self._call_soon,
+            # The table is made next: it sends through the mesh.
+            deliver=self._deliver_signals,
+            undeliverable=self._undeliverable,
+            lost=lambda text: self.log.error(f"worker {self.slot}: {text}"),
+        )
         self.actors = ActorTable(
             self.slot,
-            remote=self._remote,
+            remote=self.mesh.queue,
+            remote_backlogged=self.mesh.backlogged,
             to_main=self._send_main_any_thread,
             call_soon=self._call_soon,
             call_later=self._call_later,
@@ -164,7 +162,7 @@ class WorkerRuntime:
         self.loop.add_reader(self.channel.fileno(), self._on_main)
         self.loop.add_signal_handler(signal.SIGTERM, self.begin_stop, DEFAULT_DRAIN_S)
         for slot, sock in self.boot.mesh.items():
-            self._add_peer(slot, sock)
+            self.mesh.add_peer(slot, sock, os.getpid())
         if self.server is not None:
             self.loop.run_until_complete(self.server.start())
         loaded = self.host is None or self.host.loaded
@@ -210,9 +208,7 @@ class WorkerRuntime:
         if self.host is not None:
             # Once a burst of processes is over, its heap pages go back.
             self.heap.check(sum(self.host.stats()["exits"].values()), processes)
-        self._send_main(
-            Heartbeat(slot=self.slot, peers=sorted(self.verified_peers), processes=processes)
-        )
+        self._send_main(Heartbeat(slot=self.slot, peers=self.mesh.verified, processes=processes))
         self.loop.call_later(HEARTBEAT_INTERVAL_S, self._heartbeat)
 
     def _on_main(self) -> None:
@@ -232,7 +228,7 @@ class WorkerRuntime:
             self.begin_stop(message.timeout_s)
         elif isinstance(message, MeshPeer):
             fd = self.channel.take_fd()
-            self._add_peer(message.slot, socket.socket(fileno=fd))
+            self.mesh.add_peer(message.slot, socket.socket(fileno=fd), os.getpid())
         elif isinstance(message, Components) and self.host is not None:
             self.host.load(message.images)
             if self.server is not None:
@@ -337,90 +333,11 @@ class WorkerRuntime:
             answer = Answer(id=query.id, ok=False, error=f"worker error: {exc}", code=EX_REFUSED)
         self._send_main_any_thread(answer)
 
-    def _add_peer(self, slot: int, sock: socket.socket) -> None:
-        old = self.peers.pop(slot, None)
-        if old is not None:
-            self._forget(old)
-        self.verified_peers.discard(slot)
-        peer = Channel(sock)
-        self.peers[slot] = peer
-        self.loop.add_reader(peer.fileno(), self._on_peer, slot, peer)
-        self._send(peer, MeshHello(slot=self.slot, pid=os.getpid()))
+    def _deliver_signals(self, sigs: list[Sig]) -> None:
+        self.actors.deliver_batch(sigs)
 
-    def _on_peer(self, slot: int, peer: Channel) -> None:
-        try:
-            messages = peer.read_ready()
-        except ChannelClosed:
-            self._drop_peer(slot, peer)
-            return
-        for message in messages:
-            if isinstance(message, Signals):
-                self._deliver(peer, message.batch)
-            elif isinstance(message, MeshHello) and message.slot == slot:
-                self.verified_peers.add(slot)
-
-    # ── signals between workers ─────────────────────────────────────────
-
-    def _remote(self, slot: int, sig: Sig) -> bool:
-        """Queue a signal for worker ``slot`` (any thread); False if it has no worker."""
-        if slot not in self.peers:
-            return False
-        with self._outbox_lock:
-            self._outbox.setdefault(slot, []).append(sig)
-            if self._flush_scheduled:
-                return True
-            self._flush_scheduled = True
-        self._call_soon(self._flush_outbox)
-        return True
-
-    def _flush_outbox(self) -> None:
-        with self._outbox_lock:
-            boxes, self._outbox = self._outbox, {}
-            self._flush_scheduled = False
-        for slot, sigs in boxes.items():
-            peer = self.peers.get(slot)
-            if peer is None or peer.closed:
-                for sig in sigs:
-                    self.actors.undeliverable(sig)
-                continue
-            batch: list[Sig] = []
-            fds: list[int] = []
-            size = 0
-            for queued in sigs:
-                sig = queued
-                if len(sig.payload) > SHM_THRESHOLD_BYTES:
-                    fds.append(_to_memfd(sig.payload))
-                    sig = Sig(
-                        sig.op, sig.to, sig.sender, sig.ref, sig.reason, b"", len(sig.payload)
-                    )
-                batch.append(sig)
-                size += len(sig.payload)
-                if size >= MAX_BATCH_BYTES:
-                    self._send(peer, Signals(batch=batch), fds)
-                    batch, fds, size = [], [], 0
-            if batch:
-                self._send(peer, Signals(batch=batch), fds)
-
-    def _deliver(self, peer: Channel, batch: list[Sig]) -> None:
-        """Signals from another worker, for processes of this one."""
-        with self.actors.lock:
-            for received in batch:
-                sig = received
-                if sig.shm:
-                    try:
-                        sig = Sig(
-                            sig.op,
-                            sig.to,
-                            sig.sender,
-                            sig.ref,
-                            sig.reason,
-                            _from_memfd(peer.take_fd(), sig.shm),
-                        )
-                    except (ChannelClosed, OSError) as exc:
-                        self.log.error(f"worker {self.slot}: lost a large message: {exc}")
-                        continue
-                if slot_of(sig.to) == self.slot:
-                    self.actors.signal(sig)
+    def _undeliverable(self, sig: Sig) -> None:
+        self.actors.undeliverable(sig)
 
     def _call_soon(self, job: Any, *args: Any) -> None:
         """Run ``job`` on the loop thread, later (any thread)."""
@@ -444,12 +361,6 @@ class WorkerRuntime:
         else:
             self._call_soon(self._send_main, message)
 
-    def _drop_peer(self, slot: int, peer: Channel) -> None:
-        if self.peers.get(slot) is peer:
-            del self.peers[slot]
-            self.verified_peers.discard(slot)
-        self._forget(peer)
-
     def _forget(self, channel: Channel) -> None:
         if not channel.closed:
             self.loop.remove_reader(channel.fileno())
@@ -459,9 +370,9 @@ class WorkerRuntime:
     def _send_main(self, message: Message) -> None:
         self._send(self.channel, message)
 
-    def _send(self, channel: Channel, message: Message, fds: list[int] | None = None) -> None:
+    def _send(self, channel: Channel, message: Message) -> None:
         try:
-            channel.send(message, fds, close_fds=bool(fds))
+            channel.send(message)
         except ChannelClosed:
             return
         if channel.wants_write:
@@ -511,41 +422,15 @@ class WorkerRuntime:
             # Writes already queued are committed; the environment itself is
             # left to the exit (a guest thread may still be inside a read).
             self.host.committer.close()
-        for channel in [self.channel, *self.peers.values()]:
-            if not channel.closed:
-                try:
-                    channel.sock.setblocking(True)
-                    channel.write_ready()
-                except (ChannelClosed, OSError):
-                    pass
-                channel.close()
+        self.mesh.close()
+        if not self.channel.closed:
+            try:
+                self.channel.sock.setblocking(True)
+                self.channel.write_ready()
+            except (ChannelClosed, OSError):
+                pass
+            self.channel.close()
         self.loop.close()
-
-
-def _to_memfd(payload: bytes) -> int:
-    """A shared-memory file holding ``payload`` (the receiver reads it once)."""
-    fd = os.memfd_create("rusm-message", os.MFD_CLOEXEC)
-    view = memoryview(payload)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-    return fd
-
-
-def _from_memfd(fd: int, size: int) -> bytes:
-    """Read and close a payload file sent by another worker."""
-    try:
-        chunks: list[bytes] = []
-        offset = 0
-        while offset < size:
-            chunk = os.pread(fd, size - offset, offset)
-            if not chunk:
-                raise OSError(f"payload file ended at {offset} of {size} bytes")
-            chunks.append(chunk)
-            offset += len(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def _no_process(args: dict[str, Any]) -> str:

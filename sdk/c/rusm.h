@@ -246,7 +246,8 @@ int32_t rusm_set_label(const char *text, size_t len);
  * RUSM_OK (a receiver on another worker: delivered asynchronously, and
  * dropped if it has exited), RUSM_ERR_NOPROC (the pid is known dead; the
  * message is dropped), RUSM_ERR_LIMIT (the receiver is on the caller's
- * worker and its mailbox is full; dropped), RUSM_ERR_TOOBIG (len over
+ * worker and its mailbox is full, or on another worker that has 16 MiB
+ * waiting for it already; dropped), RUSM_ERR_TOOBIG (len over
  * RUSM_MAX_MESSAGE_BYTES).
  * Wasm: rusm.send (i64 pid, i32 ptr, i32 len) -> (i32). Needs: always. */
 __attribute__((import_module("rusm"), import_name("send")))
@@ -269,7 +270,8 @@ int32_t rusm_recv(rusm_header *header, void *buf, size_t buf_cap, int32_t timeou
  * the reply's size; only buf_cap bytes of it are written into buf (like
  * snprintf). Returns RUSM_ERR_NOPROC when the callee is dead or dies
  * before replying, RUSM_ERR_TIMEOUT (a later reply is discarded),
- * RUSM_ERR_LIMIT (the callee's mailbox is full), RUSM_ERR_TOOBIG, or
+ * RUSM_ERR_LIMIT (the callee's mailbox is full, or its worker has 16 MiB
+ * waiting for it already), RUSM_ERR_TOOBIG, or
  * RUSM_ERR_INVALID (pid is the caller's own, or timeout_ms < -1).
  * Wasm: rusm.call (i64 pid, i32 req_ptr, i32 req_len, i32 buf_ptr, i32 buf_cap,
  * i32 timeout_ms) -> (i32). Needs: always. */

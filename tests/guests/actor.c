@@ -20,6 +20,7 @@
 #include "rusm.h"
 
 #include <stdlib.h>
+#include <time.h>
 
 #define BUF_BYTES (256 * 1024)
 
@@ -28,6 +29,38 @@ static char request[BUF_BYTES];   /* the payload as a NUL-terminated string */
 static char command[BUF_BYTES];   /* the same, cut into words */
 static char answer[BUF_BYTES];    /* what `call` got back; info JSON; this actor's reply */
 static rusm_pid_t pids[1024];     /* rusm_list */
+static int quiet;                 /* `quiet 1`: messages are counted, not described */
+static int64_t stream_taken;      /* `pong <i>` messages taken while quiet */
+static int64_t stream_last = -1;  /* the last `pong <i>` index taken while quiet */
+static int64_t stream_disorder;   /* `pong <i>` taken while quiet with i not above the last */
+static int64_t stream_big;        /* padded `pong <i>` taken while quiet */
+static int64_t stream_bad;        /* padded ones whose padding was not all '.' */
+
+/* Check a `pong <i>[ ....]` message of a `stream` (taken while quiet). */
+static void check_stream(const char *data, int32_t size) {
+    if (size < 6 || memcmp(data, "pong ", 5) != 0) {
+        return;
+    }
+    int64_t index = 0;
+    int32_t at = 5;
+    while (at < size && data[at] >= '0' && data[at] <= '9') {
+        index = index * 10 + (data[at++] - '0');
+    }
+    stream_taken++;
+    if (index <= stream_last) {
+        stream_disorder++;
+    }
+    stream_last = index;
+    if (at < size) {
+        stream_big++;
+        for (int32_t i = at + 1; i < size; i++) {
+            if (data[i] != '.') {
+                stream_bad++;
+                break;
+            }
+        }
+    }
+}
 
 /* The next space-separated word at *cursor, NUL-terminated in place. */
 static char *word(char **cursor) {
@@ -150,6 +183,52 @@ static void pingpong(rusm_pid_t pid, int64_t rounds) {
     result("pingpong", rounds);
 }
 
+static int64_t monotonic_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* `stream PID N BIG EVERY`: N messages `pong <i>` to PID as fast as they go,
+ * every EVERY-th (i % EVERY == 0, EVERY > 0) padded with '.' to BIG bytes;
+ * with for_ms > 0, it also stops once that many ms have passed. */
+static void stream(rusm_pid_t pid, int64_t count, int64_t big, int64_t every, int64_t for_ms) {
+    int64_t deadline = monotonic_ms() + for_ms;
+    char *data = malloc(big > 64 ? (size_t)big : 64);
+    if (data == NULL) {
+        result("stream", -1);
+        return;
+    }
+    if (big > 64) {
+        memset(data, '.', (size_t)big);
+    }
+    int64_t ok = 0, limit = 0, noproc = 0, other = 0;
+    for (int64_t i = 0; i < count; i++) {
+        int len = snprintf(data, 64, "pong %lld", (long long)i);
+        size_t size = (size_t)len;
+        if (every > 0 && i % every == 0 && big > len) {
+            data[len] = ' ';
+            size = (size_t)big;
+        }
+        int32_t sent = rusm_send(pid, data, size);
+        if (sent == 0) {
+            ok++;
+        } else if (sent == RUSM_ERR_LIMIT) {
+            limit++;
+        } else if (sent == RUSM_ERR_NOPROC) {
+            noproc++;
+        } else {
+            other++;
+        }
+        if (for_ms > 0 && i % 256 == 255 && monotonic_ms() >= deadline) {
+            break;
+        }
+    }
+    free(data);
+    rusm_logf(RUSM_LOG_INFO, "result stream=%lld limit=%lld noproc=%lld other=%lld",
+              (long long)ok, (long long)limit, (long long)noproc, (long long)other);
+}
+
 /* Run one command; from is the sender of the message that carried it. */
 static void run_command(char *line, rusm_pid_t from) {
     size_t len = strlen(line);
@@ -228,6 +307,23 @@ static void run_command(char *line, rusm_pid_t from) {
         pingpong(pid, number(&rest));
     } else if (strcmp(op, "self") == 0) {
         result(op, rusm_self());
+    } else if (strcmp(op, "stream") == 0) {
+        rusm_pid_t pid = number(&rest);
+        int64_t count = number(&rest);
+        int64_t big = number(&rest);
+        stream(pid, count, big, number(&rest), 0);
+    } else if (strcmp(op, "stream_for") == 0) {
+        rusm_pid_t pid = number(&rest);
+        int64_t ms = number(&rest);
+        stream(pid, INT64_MAX, 0, 0, ms > 0 ? ms : 1);
+    } else if (strcmp(op, "quiet") == 0) {
+        int old = quiet;
+        quiet = (int)number(&rest);
+        result(op, old);
+    } else if (strcmp(op, "received") == 0) {
+        rusm_logf(RUSM_LOG_INFO, "result received=%lld disorder=%lld big=%lld bad=%lld",
+                  (long long)stream_taken, (long long)stream_disorder,
+                  (long long)stream_big, (long long)stream_bad);
     } else {
         for (size_t i = 0; i < len; i++) { /* undo word(): the whole line again */
             line[i] = line[i] == '\0' ? ' ' : line[i];
@@ -246,7 +342,11 @@ RUSM_EXPORT(run) void run(void) {
             rusm_logf(RUSM_LOG_INFO, "recv failed %d", size);
             rusm_exit(2);
         }
-        describe(&header, data, size);
+        if (!quiet || header.kind != RUSM_KIND_MESSAGE) {
+            describe(&header, data, size);
+        } else {
+            check_stream(data, size);
+        }
         if (header.kind == RUSM_KIND_MESSAGE || header.kind == RUSM_KIND_CALL) {
             size_t len = (size_t)size < sizeof request - 1 ? (size_t)size : sizeof request - 1;
             memcpy(request, data, len);

@@ -34,6 +34,7 @@ from rusmd.channel import (
     Log,
     MeshHello,
     MeshPeer,
+    MeshRead,
     Message,
     NameClaim,
     NameDrop,
@@ -60,6 +61,7 @@ EXAMPLES: list[Message] = [
     Stop(timeout_s=2.5),
     MeshPeer(slot=3),
     MeshHello(slot=3, pid=999),
+    MeshRead(size=70_000),
     Components(
         images=[
             ComponentImage(name="api", cwasm="/cache/ab.cwasm", digest="ab12"),

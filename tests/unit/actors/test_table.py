@@ -338,3 +338,43 @@ def test_register_holds_when_the_broadcast_arrives_before_the_reply(fake: Fake) 
     assert results == [ErrorCode.OK]
     assert table.whereis("svc") == a.pid and a.names == {"svc"}
     assert not [m for m in fake.main if isinstance(m, NameDrop)]
+
+
+def test_a_batch_from_another_worker_is_delivered_in_order_waking_each_receiver_once(
+    fake: Fake,
+) -> None:
+    table = fake.table(limit=100)
+    a, b = add(table, 1), add(table, 2)
+    wakes: list[int] = []
+    a.waker = lambda: wakes.append(a.pid)
+    b.waker = lambda: wakes.append(b.pid)
+    far = pid(9, slot=4)
+    batch = [Sig(Op.SEND, (a, b)[i % 2].pid, far, payload=bytes([i])) for i in range(10)]
+    table.deliver_batch(batch)
+    assert sorted(wakes) == sorted([a.pid, b.pid])
+    assert [e.payload for e in a.mailbox] == [bytes([i]) for i in range(0, 10, 2)]
+    assert [e.payload for e in b.mailbox] == [bytes([i]) for i in range(1, 10, 2)]
+    # Outside a batch, every message wakes its receiver as before.
+    table.send(far, a.pid, b"again")
+    assert wakes.count(a.pid) == 2
+
+
+def test_user_signals_to_a_backlogged_worker_get_limit_and_the_rest_still_go(
+    fake: Fake,
+) -> None:
+    table = ActorTable(
+        SLOT,
+        remote=lambda _slot, sig: fake.remote.append(sig) is None,
+        remote_backlogged=lambda slot: slot == 4,
+        to_main=fake.main.append,
+        call_soon=lambda job, *args: job(*args),
+        call_later=lambda delay, job: fake.later.append((delay, job)),
+    )
+    a = add(table, 1)
+    far = pid(8, slot=4)
+    assert table.send(a.pid, far, b"x") == ErrorCode.LIMIT
+    assert table.call(a, far, b"c", 1.0) == (ErrorCode.LIMIT, b"")
+    assert table.link(a, far) == ErrorCode.OK
+    assert table.dropped == 2
+    # The call's monitor and its removal, and the link, still went out.
+    assert [s.op for s in fake.remote] == [Op.MONITOR, Op.DEMONITOR, Op.LINK]
