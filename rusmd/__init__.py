@@ -27,7 +27,8 @@ one, and on any import cycle:
 11. ``serving``     HTTP, SSE and WebSocket listeners on a worker's loop.
 12. ``worker``      the forked worker: its loop, its channel to main, the mesh.
 13. ``main``        the main process: fork, reap, signals, systemd, the commands.
-14. ``cli``         the ``rusmd`` command line.
+14. ``guest``       guest authoring: ``rusmd build``, ``new`` and ``dev``; the C SDK's path.
+15. ``cli``         the ``rusmd`` command line.
 """
 
 __version__ = "0.1.0"

@@ -13,6 +13,10 @@ pre-initialised (and why not); ``--config-only`` stops after the manifest.
 store`` directly, for a node that is not running (``rusmctl kv`` asks a
 running one); its arguments and output are ``rusmctl kv``'s.
 
+``rusmd build`` compiles ``components/<name>/*.c`` into ``wasm/<name>.wasm``
+(``rusmd.guest.builder``), only what changed; it exits 65 (EX_DATAERR)
+when a source does not compile.
+
 Exit codes follow sysexits: 0 ok, 2 usage, 3 (kv) no such key, 78
 (EX_CONFIG) for an invalid manifest, a component that cannot run, or (kv)
 a manifest that sets no store, 69 (EX_UNAVAILABLE) for a part that cannot
@@ -35,7 +39,16 @@ from rusmd.config.document import parse
 from rusmd.config.model import LogLevel, Profile, Protocol
 from rusmd.config.render import ArtifactStatus, render_errors_json, render_json, render_text
 from rusmd.config.sizing import usable_cores
-from rusmd.errors import EX_CONFIG, EX_OK, EX_UNAVAILABLE, ConfigError, ConfigProblem, RusmError
+from rusmd.errors import (
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_OK,
+    EX_UNAVAILABLE,
+    ConfigError,
+    ConfigProblem,
+    RusmError,
+)
+from rusmd.guest.builder import BuildError, build_app, report_line
 from rusmd.log import Logger
 from rusmd.main.compile import compile_blocking, jobs_for
 from rusmd.main.loop import MainProcess
@@ -79,7 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate the manifest alone; skip the components' artifacts",
     )
     _add_kv_parser(commands)
+    _add_guest_parsers(commands)
     return parser
+
+
+def _add_guest_parsers(commands: Any) -> None:
+    summary = "compile components/<name>/*.c into wasm/<name>.wasm (only what changed)"
+    build = commands.add_parser("build", help=summary, description=summary)
+    build.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=_CONFIG)
+    build.add_argument("--force", action="store_true", help="rebuild even up-to-date modules")
+    build.add_argument("names", nargs="*", metavar="NAME", help="only these components")
 
 
 def _add_kv_parser(commands: Any) -> None:
@@ -125,6 +147,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check(args)
     if args.command == "kv":
         return kv(args)
+    if args.command == "build":
+        return build(args)
     return run(args)
 
 
@@ -303,6 +327,24 @@ def _kv_fail(message: str, code: int, as_json: bool) -> int:
         print(json.dumps({"ok": False, "error": message, "code": code}))
     print(f"rusmd: {message}", file=sys.stderr)
     return code
+
+
+def build(args: argparse.Namespace) -> int:
+    """``rusmd build``: compile the app's components; exit 0, or 65 if one fails."""
+    app_dir = Path(args.config or DEFAULT_CONFIG).absolute().parent
+    try:
+        results = build_app(app_dir, force=args.force, names=frozenset(args.names or ()) or None)
+    except BuildError as exc:
+        print(f"rusmd: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    for result in results:
+        if result.messages:
+            print(result.messages, file=sys.stderr)
+        print(report_line(result), file=sys.stdout if result.ok else sys.stderr, flush=True)
+    if not results:
+        print(f"rusmd: {app_dir / 'components'}: no component to build", file=sys.stderr)
+        return EX_CONFIG
+    return EX_OK if all(result.ok for result in results) else EX_DATAERR
 
 
 def run(args: argparse.Namespace) -> int:

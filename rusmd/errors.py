@@ -25,6 +25,8 @@ EX_UNAVAILABLE = os.EX_UNAVAILABLE
 EX_SOFTWARE = os.EX_SOFTWARE
 EX_NOPERM = os.EX_NOPERM
 EX_CONFIG = os.EX_CONFIG
+# A guest's source does not compile (rusmd build, rusmd dev).
+EX_DATAERR = os.EX_DATAERR
 
 
 class RusmError(Exception):
