@@ -15,7 +15,9 @@ running one); its arguments and output are ``rusmctl kv``'s.
 
 ``rusmd build`` compiles ``components/<name>/*.c`` into ``wasm/<name>.wasm``
 (``rusmd.guest.builder``), only what changed; it exits 65 (EX_DATAERR)
-when a source does not compile.
+when a source does not compile. ``rusmd new NAME`` writes a new app
+(``rusmd.guest.scaffold``); it exits 73 (EX_CANTCREAT) for a bad name or a
+directory that is not empty.
 
 Exit codes follow sysexits: 0 ok, 2 usage, 3 (kv) no such key, 78
 (EX_CONFIG) for an invalid manifest, a component that cannot run, or (kv)
@@ -40,6 +42,7 @@ from rusmd.config.model import LogLevel, Profile, Protocol
 from rusmd.config.render import ArtifactStatus, render_errors_json, render_json, render_text
 from rusmd.config.sizing import usable_cores
 from rusmd.errors import (
+    EX_CANTCREAT,
     EX_CONFIG,
     EX_DATAERR,
     EX_OK,
@@ -49,6 +52,7 @@ from rusmd.errors import (
     RusmError,
 )
 from rusmd.guest.builder import BuildError, build_app, report_line
+from rusmd.guest.scaffold import DEFAULT_NODE_PORT, DEFAULT_PORT, Lang, ScaffoldError, create_app
 from rusmd.log import Logger
 from rusmd.main.compile import compile_blocking, jobs_for
 from rusmd.main.loop import MainProcess
@@ -102,6 +106,17 @@ def _add_guest_parsers(commands: Any) -> None:
     build.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=_CONFIG)
     build.add_argument("--force", action="store_true", help="rebuild even up-to-date modules")
     build.add_argument("names", nargs="*", metavar="NAME", help="only these components")
+    summary = "write a new app NAME/ (rusm.toml, components/NAME/NAME.c, README) that serves as is"
+    new = commands.add_parser("new", help=summary, description=summary)
+    new.add_argument("name", metavar="NAME", help="the app's directory and its component's name")
+    new.add_argument(
+        "--protocol", choices=[p.value for p in Protocol], default="http", help="default http"
+    )
+    new.add_argument("--lang", choices=[lang.value for lang in Lang], default="c", help="c")
+    new.add_argument("--port", type=kv_cli.positive_int, default=DEFAULT_PORT, help="listener")
+    new.add_argument(
+        "--node-port", type=kv_cli.positive_int, default=DEFAULT_NODE_PORT, help="[node].listen"
+    )
 
 
 def _add_kv_parser(commands: Any) -> None:
@@ -149,6 +164,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return kv(args)
     if args.command == "build":
         return build(args)
+    if args.command == "new":
+        return new(args)
     return run(args)
 
 
@@ -345,6 +362,20 @@ def build(args: argparse.Namespace) -> int:
         print(f"rusmd: {app_dir / 'components'}: no component to build", file=sys.stderr)
         return EX_CONFIG
     return EX_OK if all(result.ok for result in results) else EX_DATAERR
+
+
+def new(args: argparse.Namespace) -> int:
+    """``rusmd new``: scaffold an app directory; exit 0, or 73 when it cannot be written."""
+    target = Path(args.name)
+    try:
+        create_app(
+            target, args.protocol, lang=Lang(args.lang), port=args.port, node_port=args.node_port
+        )
+    except ScaffoldError as exc:
+        print(f"rusmd: {exc}", file=sys.stderr)
+        return EX_CANTCREAT
+    print(f"created {target}/: cd {target} && rusmd build && rusmd")
+    return EX_OK
 
 
 def run(args: argparse.Namespace) -> int:

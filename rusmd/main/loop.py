@@ -53,7 +53,7 @@ from rusmd.channel import (
     WorkerDown,
 )
 from rusmd.config import Overrides, load_environment, load_manifest
-from rusmd.config.model import LogLevel, Manifest, Profile
+from rusmd.config.model import LogLevel, Manifest, Profile, Protocol
 from rusmd.config.sizing import usable_cores, worker_count
 from rusmd.control.server import ControlServer
 from rusmd.errors import ConfigError, RusmError
@@ -257,10 +257,21 @@ class MainProcess:
                 # gets the line at the configured level like any other.
                 self.notifier.ready(line)
                 self.log.info(line)
+                for url_line in self.url_lines():
+                    self.log.info(url_line)
             else:
                 # Past the level threshold: at level off (the default) a
                 # silent daemon looks hung. Through emit, the one writer.
-                self.emit(LogRecord(time.time(), RUNTIME_SOURCE, LogLevel.INFO.value, line))
+                for shown in (line, *self.url_lines()):
+                    self.emit(LogRecord(time.time(), RUNTIME_SOURCE, LogLevel.INFO.value, shown))
+
+    def url_lines(self) -> list[str]:
+        """``serving <url>`` for each listener: what to open or ``curl`` once ready."""
+        lines = []
+        for entry in self.manifest.serve:
+            scheme = "ws" if entry.protocol is Protocol.WS else "http"
+            lines.append(f"serving {entry.protocol} at {scheme}://{entry.listen}/")
+        return lines
 
     def ping_watchdog(self) -> None:
         """WATCHDOG=1 from the loop itself: a stuck loop stops the pings."""
