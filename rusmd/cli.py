@@ -17,7 +17,9 @@ running one); its arguments and output are ``rusmctl kv``'s.
 (``rusmd.guest.builder``), only what changed; it exits 65 (EX_DATAERR)
 when a source does not compile. ``rusmd new NAME`` writes a new app
 (``rusmd.guest.scaffold``); it exits 73 (EX_CANTCREAT) for a bad name or a
-directory that is not empty.
+directory that is not empty. ``rusmd dev`` runs the daemon as its child
+and rebuilds and upgrades what changes (``rusmd.guest.dev``); it exits
+with the daemon's code.
 
 Exit codes follow sysexits: 0 ok, 2 usage, 3 (kv) no such key, 78
 (EX_CONFIG) for an invalid manifest, a component that cannot run, or (kv)
@@ -106,6 +108,9 @@ def _add_guest_parsers(commands: Any) -> None:
     build.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=_CONFIG)
     build.add_argument("--force", action="store_true", help="rebuild even up-to-date modules")
     build.add_argument("names", nargs="*", metavar="NAME", help="only these components")
+    summary = "serve the app; rebuild and upgrade a component on every saved change"
+    dev = commands.add_parser("dev", help=summary, description=summary)
+    _add_manifest_flags(dev)
     summary = "write a new app NAME/ (rusm.toml, components/NAME/NAME.c, README) that serves as is"
     new = commands.add_parser("new", help=summary, description=summary)
     new.add_argument("name", metavar="NAME", help="the app's directory and its component's name")
@@ -166,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return build(args)
     if args.command == "new":
         return new(args)
+    if args.command == "dev":
+        return dev(args)
     return run(args)
 
 
@@ -376,6 +383,31 @@ def new(args: argparse.Namespace) -> int:
         return EX_CANTCREAT
     print(f"created {target}/: cd {target} && rusmd build && rusmd")
     return EX_OK
+
+
+def dev(args: argparse.Namespace) -> int:
+    """``rusmd dev``: build, run the daemon as a child, rebuild and upgrade on changes."""
+    # Imported here only: watchfiles (and its notify thread) belongs to the
+    # dev parent; the daemon's main process, which runs this module, never
+    # loads it.
+    from rusmd.guest.dev import DevSession, run_dev
+
+    try:
+        config, _overrides, _environment, manifest = load(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EX_CONFIG
+    app_dir = Path(manifest.app_dir).resolve()
+    socket_path = Path(args.socket) if args.socket else default_socket_path(str(app_dir))
+    passed = [("--listen", args.listen), ("--profile", args.profile), ("--cpus", args.cpus)]
+    daemon_args = [part for flag, value in passed if value for part in (flag, str(value))]
+    daemon_args += ["--log-format", args.log_format]
+    residents = frozenset(name for name, spec in manifest.components.items() if spec.resident)
+    session = DevSession(
+        app_dir, Path(config).resolve(), socket_path.absolute(), daemon_args, residents
+    )
+    return run_dev(session)
 
 
 def run(args: argparse.Namespace) -> int:
