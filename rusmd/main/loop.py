@@ -258,13 +258,14 @@ class MainProcess:
                 # gets the line at the configured level like any other.
                 self.notifier.ready(line)
                 self.log.info(line)
-                for url_line in self.url_lines():
-                    self.log.info(url_line)
             else:
                 # Past the level threshold: at level off (the default) a
                 # silent daemon looks hung. Through emit, the one writer.
-                for shown in (line, *self.url_lines()):
-                    self.emit(LogRecord(time.time(), RUNTIME_SOURCE, LogLevel.INFO.value, shown))
+                self.emit(LogRecord(time.time(), RUNTIME_SOURCE, LogLevel.INFO.value, line))
+            # At the level threshold: at level off the ready line stays the
+            # only line (it names the listeners); `rusmd new` apps log info.
+            for url_line in self.url_lines():
+                self.log.info(url_line)
 
     def url_lines(self) -> list[str]:
         """``serving <url>`` for each listener: what to open or ``curl`` once ready."""
