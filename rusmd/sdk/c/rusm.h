@@ -1,6 +1,9 @@
 /* rusm.h — the C SDK for rusm guests: the `rusm` import module, ABI version 2.
  *
- * A single header: include it and build a wasip1 module, for example
+ * A single header, shipped inside the rusm package: `rusmd build` compiles
+ * the C files of components/<name>/ into wasm/<name>.wasm with it on the
+ * include path (docs/writing-c.md). By hand, include it and build a wasip1
+ * module, for example
  *
  *     python -m ziglang cc --target=wasm32-wasi -O2 -s \
  *         -Wl,-z,stack-size=65536 -I rusmd/sdk/c -o wasm/hello.wasm hello.c
