@@ -25,8 +25,12 @@ What a change does:
   upgraded twice.
 - ``rusm.toml``: ``reload`` (the manifest is re-read and the workers roll).
 
-``rusmd dev`` exits with the daemon's exit code; SIGINT or SIGTERM stops
-the daemon (SIGTERM: it drains) and then this process.
+``rusmd dev`` exits with the daemon's exit code; SIGINT (Ctrl-C) or
+SIGTERM stops the daemon (a SIGTERM: it drains) and then this process.
+The daemon has a session of its own so that Ctrl-C reaches only this
+process and the daemon gets one signal, not two (a second one would skip
+its drain); a ``rusmd dev`` killed with SIGKILL therefore leaves the
+daemon running (``rusmctl stop`` ends it).
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 import pytest
 
 from rusmd.guest.builder import COMPILE_TIMEOUT_S
@@ -121,16 +122,24 @@ def dev(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> Iterator[De
     try:
         yield run
     finally:
+        # The daemon runs in a session of its own (Ctrl-C reaches only
+        # rusmd dev, which stops it): its group is killed on its own.
+        groups = [proc.pid]
+        try:
+            groups += [child.pid for child in psutil.Process(proc.pid).children()]
+        except psutil.NoSuchProcess:
+            pass
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 pass
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        for group in groups:
+            try:
+                os.killpg(group, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         proc.wait()
 
 
