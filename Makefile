@@ -51,16 +51,16 @@ exec_model = $(if $(shell grep -lE '$(ENTRY_RE)' $(1)),,-mexec-model=reactor)
 
 # examples/<app>/components/<name>.c -> examples/<app>/wasm/<name>.wasm
 .SECONDEXPANSION:
-examples/%.wasm: examples/$$(subst /wasm/,/components/,$$*).c sdk/c/rusm.h $(STAMP)
+examples/%.wasm: examples/$$(subst /wasm/,/components/,$$*).c rusmd/sdk/c/rusm.h $(STAMP)
 	@mkdir -p $(dir $@)
-	$(ZIGCC) $(call exec_model,$<) -I sdk/c -o $@ $<
+	$(ZIGCC) $(call exec_model,$<) -I rusmd/sdk/c -o $@ $<
 
 # bench/guests/<name>.c -> bench/guests/<name>.wasm: the C guests of the
 # benchmarks, with the examples' flags. No $(STAMP) prerequisite: the
 # benchmark runs this from inside the venv, and a pyproject.toml newer than
 # the stamp must not reinstall the venv under a running benchmark.
-bench/guests/%.wasm: bench/guests/%.c sdk/c/rusm.h
-	$(ZIGCC) $(call exec_model,$<) -I sdk/c -o $@ $<
+bench/guests/%.wasm: bench/guests/%.c rusmd/sdk/c/rusm.h
+	$(ZIGCC) $(call exec_model,$<) -I rusmd/sdk/c -o $@ $<
 
 bench-guests: $(BENCH_GUEST_WASM)
 

@@ -233,10 +233,19 @@ def _print_result(command: str, result: dict[str, Any], as_json: bool) -> None:
             _print_log(record, False)
     elif command == "profile":
         print(f"profile {result['profile']}: {result['workers_target']} worker(s)")
+    elif command == "upgrade":
+        _print_upgrade(result)
     elif "message" in result:
         print(result["message"])
     else:
         _print_fields(result)
+
+
+def _print_upgrade(result: dict[str, Any]) -> None:
+    changed = ", ".join(result["changed"])
+    print(f"upgraded {changed}" if changed else "upgrade: no component's code changed")
+    for name, error in sorted(result["failed"].items()):
+        print(f"{name}: not upgraded (the running code stays): {error}")
 
 
 def _print_info(result: dict[str, Any]) -> None:

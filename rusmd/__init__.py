@@ -30,7 +30,8 @@ one, and on any import cycle:
 13. ``worker``      the forked worker: its loop, its channel to main, the mesh.
 14. ``node``        the node endpoint: dashboard, attach stream, JSON API, ``/metrics``.
 15. ``main``        the main process: fork, reap, signals, systemd, the commands.
-16. ``cli``         the ``rusmd`` command line.
+16. ``guest``       guest authoring: ``rusmd build``, ``new`` and ``dev``; the C SDK's path.
+17. ``cli``         the ``rusmd`` command line.
 """
 
 __version__ = "0.1.0"

@@ -5,7 +5,7 @@ import — the store, the actors, serving, the worker and the main process
 use these without reaching up into ``rusmd.wasm``).
 
 What guests see of the host and what crosses between rusm's processes:
-the numbers in ``docs/abi.md`` and ``sdk/c/rusm.h`` (a test checks that
+the numbers in ``docs/abi.md`` and ``rusmd/sdk/c/rusm.h`` (a test checks that
 they agree). The import table itself (each host function, its signature
 and the grant it needs) is ``rusmd.wasm.abi``.
 """

@@ -13,6 +13,14 @@ pre-initialised (and why not); ``--config-only`` stops after the manifest.
 store`` directly, for a node that is not running (``rusmctl kv`` asks a
 running one); its arguments and output are ``rusmctl kv``'s.
 
+``rusmd build`` compiles ``components/<name>/*.c`` into ``wasm/<name>.wasm``
+(``rusmd.guest.builder``), only what changed; it exits 65 (EX_DATAERR)
+when a source does not compile. ``rusmd new NAME`` writes a new app
+(``rusmd.guest.scaffold``); it exits 73 (EX_CANTCREAT) for a bad name or a
+directory that is not empty. ``rusmd dev`` runs the daemon as its child
+and rebuilds and upgrades what changes (``rusmd.guest.dev``); it exits
+with the daemon's code.
+
 Exit codes follow sysexits: 0 ok, 2 usage, 3 (kv) no such key, 78
 (EX_CONFIG) for an invalid manifest, a component that cannot run, or (kv)
 a manifest that sets no store, 69 (EX_UNAVAILABLE) for a part that cannot
@@ -35,7 +43,18 @@ from rusmd.config.document import parse
 from rusmd.config.model import LogLevel, Profile, Protocol
 from rusmd.config.render import ArtifactStatus, render_errors_json, render_json, render_text
 from rusmd.config.sizing import usable_cores
-from rusmd.errors import EX_CONFIG, EX_OK, EX_UNAVAILABLE, ConfigError, ConfigProblem, RusmError
+from rusmd.errors import (
+    EX_CANTCREAT,
+    EX_CONFIG,
+    EX_DATAERR,
+    EX_OK,
+    EX_UNAVAILABLE,
+    ConfigError,
+    ConfigProblem,
+    RusmError,
+)
+from rusmd.guest.builder import BuildError, build_app, report_line
+from rusmd.guest.scaffold import DEFAULT_NODE_PORT, DEFAULT_PORT, Lang, ScaffoldError, create_app
 from rusmd.log import Logger
 from rusmd.main.compile import compile_blocking, jobs_for
 from rusmd.main.loop import MainProcess
@@ -79,7 +98,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="validate the manifest alone; skip the components' artifacts",
     )
     _add_kv_parser(commands)
+    _add_guest_parsers(commands)
     return parser
+
+
+def _add_guest_parsers(commands: Any) -> None:
+    summary = "compile components/<name>/*.c into wasm/<name>.wasm (only what changed)"
+    build = commands.add_parser("build", help=summary, description=summary)
+    build.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=_CONFIG)
+    build.add_argument("--force", action="store_true", help="rebuild even up-to-date modules")
+    build.add_argument("names", nargs="*", metavar="NAME", help="only these components")
+    summary = "serve the app; rebuild and upgrade a component on every saved change"
+    dev = commands.add_parser("dev", help=summary, description=summary)
+    _add_manifest_flags(dev)
+    summary = "write a new app NAME/ (rusm.toml, components/NAME/NAME.c, README) that serves as is"
+    new = commands.add_parser("new", help=summary, description=summary)
+    new.add_argument("name", metavar="NAME", help="the app's directory and its component's name")
+    new.add_argument(
+        "--protocol", choices=[p.value for p in Protocol], default="http", help="default http"
+    )
+    new.add_argument("--lang", choices=[lang.value for lang in Lang], default="c", help="c")
+    new.add_argument("--port", type=kv_cli.positive_int, default=DEFAULT_PORT, help="listener")
+    new.add_argument(
+        "--node-port", type=kv_cli.positive_int, default=DEFAULT_NODE_PORT, help="[node].listen"
+    )
 
 
 def _add_kv_parser(commands: Any) -> None:
@@ -125,6 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return check(args)
     if args.command == "kv":
         return kv(args)
+    if args.command == "build":
+        return build(args)
+    if args.command == "new":
+        return new(args)
+    if args.command == "dev":
+        return dev(args)
     return run(args)
 
 
@@ -303,6 +351,63 @@ def _kv_fail(message: str, code: int, as_json: bool) -> int:
         print(json.dumps({"ok": False, "error": message, "code": code}))
     print(f"rusmd: {message}", file=sys.stderr)
     return code
+
+
+def build(args: argparse.Namespace) -> int:
+    """``rusmd build``: compile the app's components; exit 0, or 65 if one fails."""
+    app_dir = Path(args.config or DEFAULT_CONFIG).absolute().parent
+    try:
+        results = build_app(app_dir, force=args.force, names=frozenset(args.names or ()) or None)
+    except BuildError as exc:
+        print(f"rusmd: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    for result in results:
+        if result.messages:
+            print(result.messages, file=sys.stderr)
+        print(report_line(result), file=sys.stdout if result.ok else sys.stderr, flush=True)
+    if not results:
+        print(f"rusmd: {app_dir / 'components'}: no component to build", file=sys.stderr)
+        return EX_CONFIG
+    return EX_OK if all(result.ok for result in results) else EX_DATAERR
+
+
+def new(args: argparse.Namespace) -> int:
+    """``rusmd new``: scaffold an app directory; exit 0, or 73 when it cannot be written."""
+    target = Path(args.name)
+    try:
+        create_app(
+            target, args.protocol, lang=Lang(args.lang), port=args.port, node_port=args.node_port
+        )
+    except ScaffoldError as exc:
+        print(f"rusmd: {exc}", file=sys.stderr)
+        return EX_CANTCREAT
+    print(f"created {target}/: cd {target} && rusmd build && rusmd")
+    return EX_OK
+
+
+def dev(args: argparse.Namespace) -> int:
+    """``rusmd dev``: build, run the daemon as a child, rebuild and upgrade on changes."""
+    # Imported here only: watchfiles (and its notify thread) belongs to the
+    # dev parent; the daemon's main process, which runs this module, never
+    # loads it.
+    from rusmd.guest.dev import DevSession, run_dev
+
+    try:
+        config, _overrides, _environment, manifest = load(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EX_CONFIG
+    app_dir = Path(manifest.app_dir).resolve()
+    socket_path = Path(args.socket) if args.socket else default_socket_path(str(app_dir))
+    passed = [("--listen", args.listen), ("--profile", args.profile), ("--cpus", args.cpus)]
+    daemon_args = [part for flag, value in passed if value for part in (flag, str(value))]
+    daemon_args += ["--log-format", args.log_format]
+    residents = frozenset(name for name, spec in manifest.components.items() if spec.resident)
+    session = DevSession(
+        app_dir, Path(config).resolve(), socket_path.absolute(), daemon_args, residents
+    )
+    return run_dev(session)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -25,6 +25,10 @@ EX_UNAVAILABLE = os.EX_UNAVAILABLE
 EX_SOFTWARE = os.EX_SOFTWARE
 EX_NOPERM = os.EX_NOPERM
 EX_CONFIG = os.EX_CONFIG
+# A guest's source does not compile (rusmd build, rusmd dev).
+EX_DATAERR = os.EX_DATAERR
+# rusmd new: the app directory exists and is not empty, or cannot be named so.
+EX_CANTCREAT = os.EX_CANTCREAT
 
 
 class RusmError(Exception):

@@ -26,7 +26,7 @@
  * rest count in T only).
  *
  * A failing rusm call logs `failed <op> <code>` and ends the command.
- * Built at bench time with tests/guests/build.py against sdk/c/rusm.h.
+ * Built at bench time with tests/guests/build.py against rusmd/sdk/c/rusm.h.
  */
 #include "rusm.h"
 

@@ -110,6 +110,10 @@ COMMANDS: dict[str, CommandInfo] = {
             (("what", "worker.N or workers", True),),
         ),
         CommandInfo("reload", "re-read the manifest; roll the workers if it is valid"),
+        CommandInfo(
+            "upgrade",
+            "recompile the components' modules; load changed ones into the running workers",
+        ),
         CommandInfo("stop", "drain and stop the daemon"),
         CommandInfo(
             "profile",

@@ -328,6 +328,24 @@ def reload(daemon: MainProcess, _args: dict[str, Any], conn: Connection) -> _Def
     return DEFERRED
 
 
+def upgrade(daemon: MainProcess, _args: dict[str, Any], conn: Connection) -> _Deferred:
+    """Recompile the running manifest's modules; hand changed ones to the workers, no roll.
+
+    Workers, listeners and running processes stay; new processes run the
+    new code. A component that no longer compiles keeps its running code
+    and is listed under ``failed`` (``rusmd dev`` sends this after a build).
+    """
+
+    def answer(ok: bool, result: dict[str, Any]) -> None:
+        if ok:
+            _reply(daemon, conn, result)
+        else:
+            daemon.control.send(conn, {"ok": False, "error": result["error"], "code": EX_REFUSED})
+
+    daemon.upgrade(answer)
+    return DEFERRED
+
+
 def stop(daemon: MainProcess, _args: dict[str, Any], _conn: Connection) -> dict[str, Any]:
     """Drain the workers and stop the daemon (exit 0)."""
     daemon.begin_drain("rusmctl stop")
@@ -402,6 +420,7 @@ HANDLERS: dict[str, Handler] = {
     "send": send,
     "restart": restart,
     "reload": reload,
+    "upgrade": upgrade,
     "stop": stop,
     "profile": profile,
     "logs": logs,

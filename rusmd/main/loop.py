@@ -53,7 +53,7 @@ from rusmd.channel import (
     WorkerDown,
 )
 from rusmd.config import Overrides, load_environment, load_manifest
-from rusmd.config.model import LogLevel, Manifest, Profile
+from rusmd.config.model import LogLevel, Manifest, Profile, Protocol
 from rusmd.config.sizing import usable_cores, worker_count
 from rusmd.control.server import ControlServer
 from rusmd.errors import ConfigError, RusmError
@@ -105,6 +105,7 @@ class DaemonState(enum.StrEnum):
 
 CompileDone = Callable[[list[ComponentImage], dict[str, CompileResult]], None]
 ReloadReply = Callable[[bool, str], None]
+UpgradeReply = Callable[[bool, dict[str, Any]], None]
 
 
 class _Compiling:
@@ -267,6 +268,18 @@ class MainProcess:
                 # Past the level threshold: at level off (the default) a
                 # silent daemon looks hung. Through emit, the one writer.
                 self.emit(LogRecord(time.time(), RUNTIME_SOURCE, LogLevel.INFO.value, line))
+            # At the level threshold: at level off the ready line stays the
+            # only line (it names the listeners); `rusmd new` apps log info.
+            for url_line in self.url_lines():
+                self.log.info(url_line)
+
+    def url_lines(self) -> list[str]:
+        """``serving <url>`` for each listener: what to open or ``curl`` once ready."""
+        lines = []
+        for entry in self.manifest.serve:
+            scheme = "ws" if entry.protocol is Protocol.WS else "http"
+            lines.append(f"serving {entry.protocol} at {scheme}://{entry.listen}/")
+        return lines
 
     def ping_watchdog(self) -> None:
         """WATCHDOG=1 from the loop itself: a stuck loop stops the pings."""
@@ -374,6 +387,49 @@ class MainProcess:
             f"reload: {self.config_path} accepted; rolling {len(self.pool.workers)} worker(s)"
         )
         answer(True, f"reloaded {self.config_path}; rolling the workers one at a time")
+
+    def upgrade(self, reply: UpgradeReply) -> None:
+        """Recompile the running manifest's components; load the changed ones in place.
+
+        No worker is replaced and the manifest is not re-read: listeners,
+        connections, worker pids and running processes stay; a process
+        spawned afterwards (a handler's next request) runs the new code. A
+        component that no longer compiles keeps its running version and is
+        named in ``failed``. ``reply`` gets (ok, result) with ``changed``,
+        the components whose code differs, and ``failed`` (name → error).
+        """
+        if self.state is DaemonState.DRAINING or self.pool is None:
+            reply(False, {"error": "the daemon is stopping or still starting"})
+            return
+        if self.compiling is not None:
+            reply(False, {"error": "a compile is already running (start-up or reload); retry"})
+            return
+
+        def compiled(_images: list[ComponentImage], results: dict[str, CompileResult]) -> None:
+            self._finish_upgrade(results, reply)
+
+        self.start_compile(self.manifest, compiled)
+
+    def _finish_upgrade(self, results: dict[str, CompileResult], reply: UpgradeReply) -> None:
+        if self.state is DaemonState.DRAINING or self.pool is None:
+            reply(False, {"error": "the daemon is stopping"})
+            return
+        old = self.compile_results
+        failed = {name: result.reason for name, result in results.items() if not result.ok}
+        merged = {
+            name: old[name] if not result.ok and name in old and old[name].ok else result
+            for name, result in results.items()
+        }
+        changed = sorted(
+            name
+            for name, result in merged.items()
+            if result.ok and (name not in old or old[name].digest != result.digest)
+        )
+        if changed:
+            self.compile_results = merged
+            self.pool.set_components([result.image() for result in merged.values()])
+            self.log.info(f"upgrade: loaded {', '.join(changed)} into the running workers")
+        reply(True, {"changed": changed, "failed": failed})
 
     # ── components ──────────────────────────────────────────────────────
 

@@ -4,7 +4,7 @@ Runs in: any (pure data: the worker links from it, ``rusmd check`` and the
 docs read it, the main process may import it).
 
 This table is the contract with guest authors; ``docs/abi.md`` and
-``sdk/c/rusm.h`` follow it, and a test checks that they agree. Each
+``rusmd/sdk/c/rusm.h`` follow it, and a test checks that they agree. Each
 function names the capability grant it needs: a function whose grant the
 component's profile lacks is not linked, and a module that imports it is
 refused at spawn with ``capability denied`` before any guest code runs.

@@ -3,7 +3,7 @@
  * Integration tests drive the actor runtime through it: a test sends a
  * process of this guest a command as a message (`rusmctl send`) or as a
  * call, and reads what happened from the platform log. Built with
- * tests/guests/build.py against sdk/c/rusm.h.
+ * tests/guests/build.py against rusmd/sdk/c/rusm.h.
  *
  * It logs `ready <pid>`, then loops on rusm_recv. Each message gets one
  * info line describing it (`got message ...`, `got call ...`, `got exit

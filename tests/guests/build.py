@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SDK = ROOT / "sdk" / "c"
+SDK = ROOT / "rusmd" / "sdk" / "c"
 GUESTS = ROOT / "tests" / "guests"
 # A cold zig cache builds wasi-libc first (tens of seconds on 2 cores).
 COMPILE_TIMEOUT_S = 300

@@ -347,6 +347,8 @@ def test_every_verb_without_json_prints_text_never_json(
     run("kill", str(restarted_pid))
     daemon.wait_for(rolled(restarted_pid), SETTLE_S, "worker 0 replaced")
     replaced_pid = daemon.workers()[0]["pid"]
+    run("upgrade")
+    assert daemon.workers()[0]["pid"] == replaced_pid, "an upgrade replaces no worker"
     run("reload")
     daemon.wait_for(rolled(replaced_pid), SETTLE_S, "the reload's roll")
     run("stop")

@@ -1,6 +1,6 @@
 /* The example's WebSocket component: rusm.toml's ws listener names it, so
  * after each upgrade rusmd spawns one process of it for the connection,
- * built with `make guests` against the C SDK (sdk/c/rusm.h; the reference
+ * built with `make guests` against the C SDK (rusmd/sdk/c/rusm.h; the reference
  * is docs/abi.md, "Serving").
  *
  * The client's messages arrive in the mailbox as RUSM_KIND_FRAME (reason:

@@ -1,5 +1,5 @@
 /* The example guest: a resident service, built with `make guests` against
- * the C SDK (sdk/c/rusm.h; the reference is docs/abi.md).
+ * the C SDK (rusmd/sdk/c/rusm.h; the reference is docs/abi.md).
  *
  * rusm.toml makes it resident, so rusmd spawns it at boot, registers it
  * under its component name `hello`, and restarts it (fresh state, new

@@ -1,6 +1,6 @@
 /* The example's handler component: the actions behind the HTTP and SSE
  * routes in rusm.toml, built with `make guests` against the C SDK
- * (sdk/c/rusm.h; the reference is docs/abi.md, "Serving").
+ * (rusmd/sdk/c/rusm.h; the reference is docs/abi.md, "Serving").
  *
  * It defines neither main nor run, so `make guests` builds it as a WASI
  * reactor. Its _initialize (libc's start-up) runs once, when rusmd

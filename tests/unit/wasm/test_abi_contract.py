@@ -1,4 +1,4 @@
-"""The guest ABI contract: docs/abi.md, sdk/c/rusm.h and the example agree with abi.py.
+"""The guest ABI contract: docs/abi.md, rusmd/sdk/c/rusm.h and the example agree with abi.py.
 
 Runs in: any (the C guests are compiled with the pinned ``ziglang`` dev
 dependency into tmp_path; wasmtime only reads the resulting modules).
@@ -435,7 +435,7 @@ def cell_value(value: object) -> str:
     return str(value)
 
 
-# ── sdk/c/rusm.h ────────────────────────────────────────────────────────────
+# ── rusmd/sdk/c/rusm.h ────────────────────────────────────────────────────────────
 
 
 def test_header_declares_each_abi_import_exactly_once() -> None:

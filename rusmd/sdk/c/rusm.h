@@ -1,9 +1,12 @@
 /* rusm.h — the C SDK for rusm guests: the `rusm` import module, ABI version 2.
  *
- * A single header: include it and build a wasip1 module, for example
+ * A single header, shipped inside the rusm package: `rusmd build` compiles
+ * the C files of components/<name>/ into wasm/<name>.wasm with it on the
+ * include path (docs/writing-c.md). By hand, include it and build a wasip1
+ * module, for example
  *
  *     python -m ziglang cc --target=wasm32-wasi -O2 -s \
- *         -Wl,-z,stack-size=65536 -I sdk/c -o wasm/hello.wasm hello.c
+ *         -Wl,-z,stack-size=65536 -I rusmd/sdk/c -o wasm/hello.wasm hello.c
  *
  * The reference is docs/abi.md; rusmd/abi.py and rusmd/wasm/abi.py are the
  * source of truth and tests/unit/wasm/test_abi_contract.py keeps this file in
@@ -966,6 +969,442 @@ static inline const char *rusm_strerror(int code) {
     default:
         return code >= 0 ? "ok" : "unknown error";
     }
+}
+
+/* ── Request helpers ──────────────────────────────────────────────────── */
+
+/* The request's method ("GET", "POST", ...), its path (without the query,
+ * still percent-encoded) and its raw query string (without the '?'; "" for
+ * none), into buf as NUL-terminated strings: as rusm_request_str.
+ * Needs: always. */
+static inline int32_t rusm_method(char *buf, size_t buf_cap) {
+    return rusm_request_str(RUSM_REQ_METHOD, NULL, buf, buf_cap);
+}
+static inline int32_t rusm_path(char *buf, size_t buf_cap) {
+    return rusm_request_str(RUSM_REQ_PATH, NULL, buf, buf_cap);
+}
+static inline int32_t rusm_query(char *buf, size_t buf_cap) {
+    return rusm_request_str(RUSM_REQ_QUERY, NULL, buf, buf_cap);
+}
+
+/* Whether the request's method is method (a NUL-terminated name, e.g.
+ * "POST"): 1 or 0 (0 also when there is no request). Needs: always. */
+static inline int rusm_method_is(const char *method) {
+    char have[16];
+    return rusm_method(have, sizeof have) >= 0 && strcmp(have, method) == 0;
+}
+
+/* The request body's bytes into buf, not NUL-terminated. Returns the
+ * body's whole size: only buf_cap bytes of it are written when it is
+ * larger (like snprintf; rusm_body(NULL, 0) asks for the size), or
+ * RUSM_ERR_UNAVAILABLE when the caller serves no request. Needs: always. */
+static inline int32_t rusm_body(void *buf, size_t buf_cap) {
+    return rusm_request(RUSM_REQ_BODY, NULL, 0, buf, buf_cap);
+}
+
+/* The request body into buf as a NUL-terminated string (a JSON or form
+ * body, say): its length, or RUSM_ERR_TOOBIG when it does not fit with its
+ * NUL (buf is then ""). A body with a NUL byte in it reads as text up to
+ * that byte; use rusm_body for bytes. Needs: always. */
+static inline int32_t rusm_body_str(char *buf, size_t buf_cap) {
+    return rusm_request_str(RUSM_REQ_BODY, NULL, buf, buf_cap);
+}
+
+/* Answer with a NUL-terminated JSON document as "application/json".
+ * Needs: always. */
+static inline int32_t rusm_respond_json(int32_t status, const char *json) {
+    return rusm_respond_str(status, "Content-Type: application/json", json);
+}
+
+/* ── JSON ─────────────────────────────────────────────────────────────── */
+
+/* Write text (len bytes of UTF-8) into out as a JSON string: quoted, with
+ * '"', '\\' and control characters escaped (\n, \t, \u00XX ...), and a NUL
+ * after it. Returns the length written without the NUL, or
+ * RUSM_ERR_TOOBIG when it does not fit (out is then ""). Bytes above 0x7F
+ * are copied as they are: pass UTF-8. Imports nothing. */
+static inline int32_t rusm_json_escape(char *out, size_t out_cap, const char *text, size_t len) {
+    static const char hex[] = "0123456789abcdef";
+    size_t at = 0;
+    if (out_cap == 0) {
+        return RUSM_ERR_TOOBIG;
+    }
+    for (size_t i = 0; i <= len + 1; i++) {
+        char piece[6];
+        size_t piece_len = 1;
+        if (i == 0 || i == len + 1) {
+            piece[0] = '"';
+        } else {
+            unsigned char c = (unsigned char)text[i - 1];
+            piece[0] = (char)c;
+            if (c == '"' || c == '\\') {
+                piece[0] = '\\';
+                piece[1] = (char)c;
+                piece_len = 2;
+            } else if (c == '\n' || c == '\r' || c == '\t') {
+                piece[0] = '\\';
+                piece[1] = c == '\n' ? 'n' : c == '\r' ? 'r' : 't';
+                piece_len = 2;
+            } else if (c < 0x20 || c == 0x7F) {
+                memcpy(piece, "\\u00", 4);
+                piece[4] = hex[c >> 4];
+                piece[5] = hex[c & 0xF];
+                piece_len = 6;
+            }
+        }
+        if (out_cap - at <= piece_len) {
+            out[0] = '\0';
+            return RUSM_ERR_TOOBIG;
+        }
+        memcpy(out + at, piece, piece_len);
+        at += piece_len;
+    }
+    out[at] = '\0';
+    return (int32_t)at;
+}
+
+/* Objects and arrays a rusm_json builder may nest. */
+#define RUSM_JSON_MAX_DEPTH 32
+
+/* A JSON builder writing into a caller's buffer. Commas are placed for
+ * you; keys go before each member of an object:
+ *
+ *     char out[256];
+ *     rusm_json j;
+ *     rusm_json_init(&j, out, sizeof out);
+ *     rusm_json_object(&j);
+ *     rusm_json_key(&j, "name");  rusm_json_str(&j, name);
+ *     rusm_json_key(&j, "count"); rusm_json_int(&j, 3);
+ *     rusm_json_object_end(&j);
+ *     if (rusm_json_finish(&j) >= 0) rusm_respond_json(200, out);
+ *
+ * The first failure sticks (later calls do nothing) and rusm_json_finish
+ * reports it: RUSM_ERR_TOOBIG when the buffer is full, RUSM_ERR_INVALID for
+ * misuse (a key outside an object, an end without its start, nesting past
+ * RUSM_JSON_MAX_DEPTH). Imports nothing. */
+typedef struct rusm_json {
+    char *buf;
+    size_t cap;
+    size_t len;
+    int32_t error;      /* RUSM_OK until something fails */
+    uint32_t depth;     /* open objects and arrays */
+    uint32_t objects;   /* bit d: the container at depth d is an object */
+    uint32_t members;   /* bit d: the container at depth d has a member */
+    int after_key;      /* a key was written; its value comes next */
+} rusm_json;
+
+/* Start building into buf (buf_cap bytes; the result is NUL-terminated). */
+static inline void rusm_json_init(rusm_json *j, char *buf, size_t buf_cap) {
+    memset(j, 0, sizeof *j);
+    j->buf = buf;
+    j->cap = buf_cap;
+    j->error = buf_cap == 0 ? RUSM_ERR_TOOBIG : RUSM_OK;
+    if (buf_cap != 0) {
+        buf[0] = '\0';
+    }
+}
+
+static inline void rusm_internal_json_put(rusm_json *j, const char *text, size_t len) {
+    if (j->error != RUSM_OK) {
+        return;
+    }
+    if (j->cap - j->len <= len) {
+        j->error = RUSM_ERR_TOOBIG;
+        return;
+    }
+    memcpy(j->buf + j->len, text, len);
+    j->len += len;
+    j->buf[j->len] = '\0';
+}
+
+/* Before a value: a comma after the previous member; a value inside an
+ * object must follow its key. */
+static inline void rusm_internal_json_value(rusm_json *j) {
+    if (j->error != RUSM_OK || j->depth == 0) {
+        return;
+    }
+    uint32_t bit = 1u << (j->depth - 1);
+    if (j->objects & bit) {
+        if (!j->after_key) {
+            j->error = RUSM_ERR_INVALID;
+        }
+        j->after_key = 0;
+        return;
+    }
+    if (j->members & bit) {
+        rusm_internal_json_put(j, ",", 1);
+    }
+    j->members |= bit;
+}
+
+static inline void rusm_internal_json_open(rusm_json *j, int object) {
+    rusm_internal_json_value(j);
+    if (j->error == RUSM_OK && j->depth == RUSM_JSON_MAX_DEPTH) {
+        j->error = RUSM_ERR_INVALID;
+    }
+    rusm_internal_json_put(j, object ? "{" : "[", 1);
+    if (j->error != RUSM_OK) {
+        return;
+    }
+    uint32_t bit = 1u << j->depth;
+    j->objects = object ? j->objects | bit : j->objects & ~bit;
+    j->members &= ~bit;
+    j->depth++;
+}
+
+static inline void rusm_internal_json_close(rusm_json *j, int object) {
+    if (j->error != RUSM_OK) {
+        return;
+    }
+    uint32_t bit = j->depth == 0 ? 0 : 1u << (j->depth - 1);
+    if (j->depth == 0 || j->after_key || !!(j->objects & bit) != !!object) {
+        j->error = RUSM_ERR_INVALID;
+        return;
+    }
+    rusm_internal_json_put(j, object ? "}" : "]", 1);
+    j->depth--;
+}
+
+/* Open and close an object ({...}) or an array ([...]). */
+static inline void rusm_json_object(rusm_json *j) { rusm_internal_json_open(j, 1); }
+static inline void rusm_json_object_end(rusm_json *j) { rusm_internal_json_close(j, 1); }
+static inline void rusm_json_array(rusm_json *j) { rusm_internal_json_open(j, 0); }
+static inline void rusm_json_array_end(rusm_json *j) { rusm_internal_json_close(j, 0); }
+
+/* A string value, len bytes of UTF-8 at text, escaped. */
+static inline void rusm_json_string(rusm_json *j, const char *text, size_t len) {
+    rusm_internal_json_value(j);
+    if (j->error != RUSM_OK) {
+        return;
+    }
+    int32_t n = rusm_json_escape(j->buf + j->len, j->cap - j->len, text, len);
+    if (n < 0) {
+        j->buf[j->len] = '\0';
+        j->error = n;
+        return;
+    }
+    j->len += (size_t)n;
+}
+
+/* A string value from a NUL-terminated string. */
+static inline void rusm_json_str(rusm_json *j, const char *text) {
+    rusm_json_string(j, text, strlen(text));
+}
+
+/* The next member's key in the current object (a NUL-terminated string). */
+static inline void rusm_json_key(rusm_json *j, const char *key) {
+    if (j->error != RUSM_OK) {
+        return;
+    }
+    if (j->depth == 0 || !(j->objects & (1u << (j->depth - 1))) || j->after_key) {
+        j->error = RUSM_ERR_INVALID;
+        return;
+    }
+    uint32_t bit = 1u << (j->depth - 1);
+    if (j->members & bit) {
+        rusm_internal_json_put(j, ",", 1);
+    }
+    j->members |= bit;
+    j->after_key = 1;
+    if (j->error != RUSM_OK) {
+        return;
+    }
+    int32_t n = rusm_json_escape(j->buf + j->len, j->cap - j->len, key, strlen(key));
+    if (n < 0) {
+        j->buf[j->len] = '\0';
+        j->error = n;
+        return;
+    }
+    j->len += (size_t)n;
+    rusm_internal_json_put(j, ":", 1);
+}
+
+/* An integer, true/false, or null value. */
+static inline void rusm_json_int(rusm_json *j, int64_t value) {
+    char digits[24];
+    int n = snprintf(digits, sizeof digits, "%lld", (long long)value);
+    rusm_internal_json_value(j);
+    rusm_internal_json_put(j, digits, (size_t)n);
+}
+static inline void rusm_json_bool(rusm_json *j, int value) {
+    rusm_internal_json_value(j);
+    rusm_internal_json_put(j, value ? "true" : "false", value ? 4 : 5);
+}
+static inline void rusm_json_null(rusm_json *j) {
+    rusm_internal_json_value(j);
+    rusm_internal_json_put(j, "null", 4);
+}
+
+/* Text already in JSON form (a number with a fraction, a document built
+ * elsewhere), written as one value as it is. */
+static inline void rusm_json_raw(rusm_json *j, const char *json) {
+    rusm_internal_json_value(j);
+    rusm_internal_json_put(j, json, strlen(json));
+}
+
+/* The document's length (the buffer holds it NUL-terminated), or the first
+ * failure: RUSM_ERR_TOOBIG, or RUSM_ERR_INVALID (misuse, or an object or
+ * array still open). */
+static inline int32_t rusm_json_finish(const rusm_json *j) {
+    if (j->error != RUSM_OK) {
+        return j->error;
+    }
+    return j->depth != 0 || j->after_key ? RUSM_ERR_INVALID : (int32_t)j->len;
+}
+
+/* ── Message encoding ─────────────────────────────────────────────────── */
+
+/* A small encoding for actor messages (rusm_send, rusm_call, rusm_reply):
+ * fields back to back, each a tag byte, a little-endian u32 length, then
+ * that many bytes. Tags are the application's own (a field number, or a
+ * letter); a reader skips tags it does not know, so a message can grow.
+ *
+ *     unsigned char msg[64];
+ *     rusm_msg m;
+ *     rusm_msg_init(&m, msg, sizeof msg);
+ *     rusm_msg_put_str(&m, 'o', "add");
+ *     rusm_msg_put_i64(&m, 'n', 5);
+ *     if (rusm_msg_finish(&m) >= 0) rusm_send(pid, msg, m.len);
+ *
+ * and on the receiving side rusm_msg_get_i64(payload, size, 'n', &n).
+ * Imports nothing. */
+#define RUSM_MSG_FIELD_HEADER_BYTES 5
+
+/* A message being written; the first failure sticks (RUSM_ERR_TOOBIG). */
+typedef struct rusm_msg {
+    unsigned char *buf;
+    size_t cap;
+    size_t len;
+    int32_t error;
+} rusm_msg;
+
+/* Start a message in buf (buf_cap bytes). */
+static inline void rusm_msg_init(rusm_msg *m, void *buf, size_t buf_cap) {
+    m->buf = (unsigned char *)buf;
+    m->cap = buf_cap;
+    m->len = 0;
+    m->error = RUSM_OK;
+}
+
+/* Append field tag with len bytes at data. */
+static inline void rusm_msg_put(rusm_msg *m, uint8_t tag, const void *data, size_t len) {
+    if (m->error != RUSM_OK) {
+        return;
+    }
+    if (len > UINT32_MAX || m->cap - m->len < RUSM_MSG_FIELD_HEADER_BYTES ||
+        m->cap - m->len - RUSM_MSG_FIELD_HEADER_BYTES < len) {
+        m->error = RUSM_ERR_TOOBIG;
+        return;
+    }
+    unsigned char *at = m->buf + m->len;
+    at[0] = tag;
+    for (int i = 0; i < 4; i++) {
+        at[1 + i] = (unsigned char)((len >> (8 * i)) & 0xFF);
+    }
+    if (len != 0) {
+        memcpy(at + RUSM_MSG_FIELD_HEADER_BYTES, data, len);
+    }
+    m->len += RUSM_MSG_FIELD_HEADER_BYTES + len;
+}
+
+/* Append a NUL-terminated string (without its NUL), or a signed 64-bit
+ * integer (8 bytes, little-endian). */
+static inline void rusm_msg_put_str(rusm_msg *m, uint8_t tag, const char *text) {
+    rusm_msg_put(m, tag, text, strlen(text));
+}
+static inline void rusm_msg_put_i64(rusm_msg *m, uint8_t tag, int64_t value) {
+    unsigned char bytes[8];
+    for (int i = 0; i < 8; i++) {
+        bytes[i] = (unsigned char)(((uint64_t)value >> (8 * i)) & 0xFF);
+    }
+    rusm_msg_put(m, tag, bytes, sizeof bytes);
+}
+
+/* The message's length, or RUSM_ERR_TOOBIG when a field did not fit. */
+static inline int32_t rusm_msg_finish(const rusm_msg *m) {
+    return m->error != RUSM_OK ? m->error : (int32_t)m->len;
+}
+
+/* Step through the fields of a received message (len bytes at msg).
+ * *offset starts at 0. Returns 1 and sets *tag, *data (inside msg) and
+ * *data_len for the next field; 0 at the end; RUSM_ERR_INVALID when the
+ * bytes left are not a whole field (a truncated or foreign message). */
+static inline int rusm_msg_next(const void *msg, size_t len, size_t *offset, uint8_t *tag,
+                                const void **data, size_t *data_len) {
+    const unsigned char *bytes = (const unsigned char *)msg;
+    if (*offset >= len) {
+        return 0;
+    }
+    if (len - *offset < RUSM_MSG_FIELD_HEADER_BYTES) {
+        return RUSM_ERR_INVALID;
+    }
+    const unsigned char *at = bytes + *offset;
+    size_t size = (size_t)at[1] | (size_t)at[2] << 8 | (size_t)at[3] << 16 | (size_t)at[4] << 24;
+    if (len - *offset - RUSM_MSG_FIELD_HEADER_BYTES < size) {
+        return RUSM_ERR_INVALID;
+    }
+    *tag = at[0];
+    *data = at + RUSM_MSG_FIELD_HEADER_BYTES;
+    *data_len = size;
+    *offset += RUSM_MSG_FIELD_HEADER_BYTES + size;
+    return 1;
+}
+
+/* The first field tagged tag: its size (and *data inside msg), or
+ * RUSM_ERR_NOTFOUND, or RUSM_ERR_INVALID for a malformed message. */
+static inline int32_t rusm_msg_get(const void *msg, size_t len, uint8_t tag, const void **data) {
+    size_t offset = 0, size = 0;
+    uint8_t have = 0;
+    const void *at = NULL;
+    int step;
+    while ((step = rusm_msg_next(msg, len, &offset, &have, &at, &size)) == 1) {
+        if (have == tag) {
+            *data = at;
+            return size > INT32_MAX ? RUSM_ERR_TOOBIG : (int32_t)size;
+        }
+    }
+    return step < 0 ? RUSM_ERR_INVALID : RUSM_ERR_NOTFOUND;
+}
+
+/* The field tagged tag as a NUL-terminated string in buf: its length,
+ * RUSM_ERR_TOOBIG (buf is then ""), or rusm_msg_get's error. */
+static inline int32_t rusm_msg_get_str(const void *msg, size_t len, uint8_t tag, char *buf,
+                                       size_t buf_cap) {
+    const void *data = NULL;
+    int32_t n = rusm_msg_get(msg, len, tag, &data);
+    if (buf_cap != 0) {
+        buf[0] = '\0';
+    }
+    if (n < 0) {
+        return n;
+    }
+    if ((size_t)n >= buf_cap) {
+        return RUSM_ERR_TOOBIG;
+    }
+    memcpy(buf, data, (size_t)n);
+    buf[n] = '\0';
+    return n;
+}
+
+/* The field tagged tag as a signed 64-bit integer (written by
+ * rusm_msg_put_i64): RUSM_OK, RUSM_ERR_INVALID when it is not 8 bytes, or
+ * rusm_msg_get's error. */
+static inline int32_t rusm_msg_get_i64(const void *msg, size_t len, uint8_t tag, int64_t *value) {
+    const void *data = NULL;
+    int32_t n = rusm_msg_get(msg, len, tag, &data);
+    if (n < 0) {
+        return n;
+    }
+    if (n != 8) {
+        return RUSM_ERR_INVALID;
+    }
+    const unsigned char *bytes = (const unsigned char *)data;
+    uint64_t bits = 0;
+    for (int i = 0; i < 8; i++) {
+        bits |= (uint64_t)bytes[i] << (8 * i);
+    }
+    *value = (int64_t)bits;
+    return RUSM_OK;
 }
 
 #ifdef __cplusplus
