@@ -37,11 +37,9 @@ class ComponentLoader:
         environment: Env values for granted keys.
         log: The worker's logger.
         engine: The processes' engine.
-        linkers: Its linkers (with the async ones a fiber needs when
-            ``fibers``).
+        linkers: Its linkers (with the async ones a fiber needs).
         inline_engine: The inline pool's engine.
         inline_linkers: Its linkers.
-        fibers: This worker runs processes as fibers (it has an I/O loop).
     """
 
     def __init__(
@@ -54,7 +52,6 @@ class ComponentLoader:
         linkers: LinkerSet,
         inline_engine: wasmtime.Engine,
         inline_linkers: LinkerSet,
-        fibers: bool,
     ) -> None:
         self.manifest = manifest
         self.environment = environment
@@ -63,7 +60,6 @@ class ComponentLoader:
         self.linkers = linkers
         self.inline_engine = inline_engine
         self.inline_linkers = inline_linkers
-        self.fibers = fibers
 
     def load(self, images: list[ComponentImage]) -> dict[str, LoadedComponent]:
         """The manifest's components from the compile step's images, by name."""
@@ -104,7 +100,7 @@ class ComponentLoader:
                 inline_linker = self.inline_linkers.linker(loaded.grants)
                 loaded.inline_pre = inline_linker.instantiate_pre(inline_module)
                 loaded.inline_pre_ptr = loaded.inline_pre.ptr()
-            if loaded.shape.fiber and self.fibers:
+            if loaded.shape.fiber:
                 fiber_linker = self.linkers.linker(loaded.grants, fiber=True)
                 loaded.fiber_pre = fiber_linker.instantiate_pre(module)
                 loaded.fiber_pre_ptr = loaded.fiber_pre.ptr()

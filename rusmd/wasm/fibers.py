@@ -1,37 +1,47 @@
-"""Serving processes (WebSocket, SSE, HTTP) as wasmtime fibers on the I/O thread.
+"""The scheduler: every wasm process a wasmtime fiber on its worker's loop thread.
 
-Runs in: worker, on its I/O thread (uvloop); ``FiberScheduler.start`` and
-``wake`` may be called from any thread.
+Runs in: worker, on its loop thread (uvloop); ``FiberScheduler.start``
+and ``wake`` may be called from any thread.
 
-A process that serves a WebSocket, an SSE stream or an HTTP request
-(one not served inline), of a component whose imports never wait except
-in ``rusm.recv`` and the serving writes (``ModuleShape.fiber``), runs on
-a fiber rather than a guest thread.
-``wasmtime_func_call_async`` returns a future; polling it on the I/O
+Every process (residents, spawned children, supervisor children, call
+targets, HTTP handlers not served inline, SSE streams, WebSocket
+connections) runs on a fiber, except one whose module imports a WASI
+function that blocks its thread (``abi.WASI_BLOCKING``): that one keeps
+a guest thread (``runners``; docs/abi.md names the cases).
+``wasmtime_func_call_async`` returns a future; polling it on the loop
 thread runs the guest until one of these happens:
 
 - it returns or traps (the process ends);
-- it waits in ``rusm.recv`` on an empty mailbox, or in a serving write
-  (``ws_send``, ``sse_event``, ``write``, ``flush``) while the client
-  reads slowly;
+- it waits in a host call that can wait: ``rusm.recv``, ``call``,
+  ``sleep``, ``register``, ``is_alive`` and ``info`` on another worker's
+  pid, the kv writes (until their commit), a serving write while the
+  client reads slowly (``fiber_calls``, ``fiber_writes``);
 - it uses up an epoch tick: its deadline yields rather than traps, so a
-  busy guest hands the loop back every tick (``EPOCH_TICK_MS``) and its
-  CPU budget is counted as on a thread.
+  busy guest hands the loop back every tick (``EPOCH_TICK_MS``) and
+  goes to the back of the run queue (the loop's ready callbacks): no
+  process and no socket waits more than about a tick behind it.
 
 In the last case the loop polls it again soon. In the others it is
-*parked* until its mailbox has a message, its ``recv`` times out, the
-socket drains, or it is told to stop (the actor's waker queues it; the
-fibers woken during one loop iteration run in one callback at its end).
-A parked fiber that is stopped is never resumed: its future is dropped,
-which unwinds its stack. Nothing passes between threads for a message,
-and a WebSocket round trip is one poll.
+*parked* until what it waits for comes (a message, a reply, a commit,
+the socket drains), its timer fires (a loop timer), or it is told to
+stop (the actor's waker queues it; the fibers woken during one loop
+iteration run in one callback at its end). A parked fiber that is
+stopped is never resumed: its future is dropped, which unwinds its
+stack, and what its call left behind (a monitor, a name claim) is
+undone. Nothing passes between threads for a message between two local
+processes, and a round trip is two polls.
 
-``recv`` and the serving writes are wasmtime *async* host functions in
-these modules' linker; every other import is the same synchronous
-callback a threaded process calls. The async callback either finishes
-at once (a message is there, the socket is writable) or parks: it hands
-wasmtime a continuation that every poll asks whether the call is over.
-The continuation answers from C, never entering Python: its callback is
+Each poll is timed: a process's ``cpu_ms`` and ``polls`` (its
+reductions) show in ``rusmctl list``. Before a poll, a fiber whose last
+run was an epoch ago gets a fresh deadline, so it runs a whole tick
+before it yields, however long it waited.
+
+The waiting host calls are wasmtime *async* host functions in these
+modules' linker; every other import is the same synchronous callback a
+threaded process calls. The async callback either finishes at once (a
+message is there, the socket is writable) or parks: it hands wasmtime a
+continuation that every poll asks whether the call is over. The
+continuation answers from C, never entering Python: its callback is
 libc's ``strlen`` and its argument a byte the fiber owns, 0 while the
 call waits and 1 once it may go on. The scheduler finishes a parked
 call itself (the message written into guest memory, the result set)
@@ -56,15 +66,13 @@ from typing import Any, Protocol
 
 from wasmtime import _ffi as ffi
 
-from rusmd.abi import HEADER_BYTES, HEADER_FORMAT, MAX_EVENT_BYTES, ErrorCode, ExitReason
+from rusmd.abi import HEADER_BYTES, HEADER_FORMAT, ErrorCode, ExitReason
 from rusmd.actors.table import ActorTable, Envelope, Stopped
-from rusmd.config import model
+from rusmd.log import Logger
 from rusmd.wasm import capi
-from rusmd.wasm.abi import FUNCTIONS
 from rusmd.wasm.capi import export, pid_of
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
-from rusmd.wasm.process import ExitReport, Process, ProcessState
-from rusmd.wasm.serve_calls import ServeCalls
+from rusmd.wasm.process import Exit, ExitReport, Process, ProcessState
 from rusmd.wasm.traps import failure, new_trap
 
 # wasmtime's async C API, bound raw (``capi.raw``). Polling runs guest
@@ -81,6 +89,8 @@ _caller_context = capi.caller_context_raw
 # A memory's size and base as plain integers (``memory`` binds the same).
 _data_size = capi.raw("wasmtime_memory_data_size", ctypes.c_size_t)
 _data = capi.raw("wasmtime_memory_data", ctypes.c_void_p)
+_set_deadline = capi.raw("wasmtime_context_set_epoch_deadline", None)
+_ONE_TICK = ctypes.c_uint64(1)
 
 # An async host callback: (env, caller, args, nargs, results, nresults,
 # trap_ret, continuation_ret), every pointer a plain integer (ctypes would
@@ -102,12 +112,16 @@ _VAL_BYTES = ctypes.sizeof(ffi.wasmtime_val_t)
 _VAL_OF: int = ffi.wasmtime_val_t.of.offset
 
 
-def _i32_index(k: int) -> int:
+def i32_index(k: int) -> int:
     """Where value ``k``'s i32 is in a values array read as int32s."""
     return (k * _VAL_BYTES + _VAL_OF) // 4
 
 
-_A0, _A1, _A2, _A3 = (_i32_index(k) for k in range(4))
+# Where the i32s of values 0-3 are (``FiberScheduler.u32``, ``values``).
+A0, A1, A2, A3 = _A0, _A1, _A2, _A3 = [i32_index(k) for k in range(4)]
+# A call's values as ``wasmtime_val_t`` structs (``value.of.i64``); the
+# longest waiting call has 6.
+ValArgs = ffi.wasmtime_val_t * 8
 _I32 = 0  # WASMTIME_I32
 _I32_MAX = (1 << 31) - 1
 # libc's strlen is every continuation's callback. wasmtime passes it the
@@ -124,12 +138,11 @@ _OK = ErrorCode.OK
 _TIMEOUT = ErrorCode.TIMEOUT
 _INVALID = ErrorCode.INVALID
 _RUNNING = ProcessState.RUNNING
-_WS, _SSE = model.Protocol.WS, model.Protocol.SSE
 _WAITING = ProcessState.WAITING
 _monotonic = time.monotonic
-# Serving functions that wait while the client reads too slowly: async on
-# a fiber (the fiber parks), as a thread they wait on the exchange.
-WRITERS = ("ws_send", "sse_event", "write", "flush")
+_clock_ns = time.perf_counter_ns
+# A parked call's body: (fiber, args address, results address).
+Body = Callable[["Fiber", int, int], None]
 
 
 class Phase(enum.Enum):
@@ -166,9 +179,12 @@ class Fiber:
         # 0 while it waits, 1 once the scheduler finished the call.
         self.flag = (ctypes.c_uint8 * 2)()
         self.flag_address = ctypes.addressof(self.flag)
-        # How a parked serving write finishes (True once it did); None
-        # for ``recv``, whose arguments are kept below.
+        # How its parked call finishes (True once it did); None for
+        # ``recv``, whose arguments are kept below.
         self.finish: Callable[[], bool] | None = None
+        # What undoes its parked call if it is stopped instead (a call's
+        # monitor, a name claim); None when there is nothing to undo.
+        self.cancel: Callable[[], None] | None = None
         self.header = 0
         self.buf = 0
         self.cap = 0
@@ -179,6 +195,9 @@ class Fiber:
         self.timer: asyncio.TimerHandle | None = None
         self.scheduled = False
         self.ended = False
+        # The host's tick when it last ran: a fiber that waited longer gets
+        # a fresh epoch deadline before its next poll.
+        self.last_tick = -1
         # Its memory as a memoryview, made again when its size changes (a
         # grow is the only thing that can move it).
         self.view = memoryview(bytearray())
@@ -196,6 +215,7 @@ class FiberHost(Protocol):
 
     ticks: int
     actors: ActorTable
+    log: Logger
 
     def new_process_store(self, process: Process) -> tuple[Any, ExitReport | None]: ...
 
@@ -207,40 +227,39 @@ class FiberScheduler:
 
     Args:
         host: The worker's host (its process table, actors and exits).
-        loop: The worker's loop; the scheduler must be made on its thread.
-        serve_calls: The serving host functions (the writers run them).
+        loop: The worker's loop.
+        thread: The ident of the loop's thread. Optional; defaults to the
+            calling thread's (the scheduler is then made on it).
     """
 
     def __init__(
-        self, host: FiberHost, loop: asyncio.AbstractEventLoop, serve_calls: ServeCalls
+        self, host: FiberHost, loop: asyncio.AbstractEventLoop, thread: int | None = None
     ) -> None:
         self.host = host
         self.table = host.actors
         self.loop = loop
-        self.serve_calls = serve_calls
-        self.thread = threading.get_ident()
+        self.thread = threading.get_ident() if thread is None else thread
         self.fibers: dict[int, Fiber] = {}
         # Fibers woken on this thread since the loop last ran them.
         self._woken: list[Fiber] = []
         # Re-pointed at a call's values (int32s) and continuation (two
         # pointers) to read and write them in place: cheaper than a ctypes
-        # object per access. Only the I/O thread uses them.
+        # object per access. Only the loop thread uses them.
         self._i32 = ctypes.POINTER(ctypes.c_int32)()
         self._i32_at = ctypes.c_size_t.from_buffer(self._i32)
         self._u32 = ctypes.POINTER(ctypes.c_uint32)()  # the same values as wasm's unsigned
         self._u32_at = ctypes.c_size_t.from_buffer(self._u32)
         self._u64 = ctypes.POINTER(ctypes.c_uint64)()
         self._u64_at = ctypes.c_size_t.from_buffer(self._u64)
-        self.callbacks = {
-            "recv": self._async_callback("recv", self._recv),
-            "ws_send": self._async_callback("ws_send", self._ws_send),
-            "sse_event": self._async_callback("sse_event", self._sse_event),
-        }
-        for name in WRITERS:
-            if name not in self.callbacks:
-                self.callbacks[name] = self._async_callback(name, self._writer(name))
+        # The async host functions by name (``define`` adds the others).
+        self.callbacks = {"recv": self._async_callback("recv", self._recv)}
         # The fiber being polled (async host calls come from it: polls never nest).
         self.current: Fiber | None = None
+
+    def define(self, bodies: dict[str, Body]) -> None:
+        """Make each body the async host function of its name (before any linking)."""
+        for name, body in bodies.items():
+            self.callbacks[name] = self._async_callback(name, body)
 
     # ── any thread ──────────────────────────────────────────────────────
 
@@ -253,6 +272,10 @@ class FiberScheduler:
         fiber = self.fibers.get(pid)
         if fiber is not None:
             self._wake(fiber)
+
+    def wake_fiber(self, fiber: Fiber) -> None:
+        """Poll ``fiber`` soon (what its parked call waits for may have come)."""
+        self._wake(fiber)
 
     def _wake(self, fiber: Fiber) -> None:
         if fiber.scheduled or fiber.ended:
@@ -276,7 +299,7 @@ class FiberScheduler:
         else:
             self.loop.call_soon_threadsafe(job, *args)
 
-    # ── the I/O thread ──────────────────────────────────────────────────
+    # ── the loop thread ────────────────────────────────────────────────────
 
     def _run_woken(self) -> None:
         woken, self._woken = self._woken, []
@@ -310,7 +333,7 @@ class FiberScheduler:
         if run_on_loop is not None:
             run_on_loop()
         process.state = ProcessState.RUNNING
-        process.call_started_tick = host.ticks
+        process.busy_ticks = 0
         fiber.future = ctypes.c_void_p(
             _instantiate_async(
                 component.fiber_pre_ptr,
@@ -325,35 +348,37 @@ class FiberScheduler:
         """Poll ``fiber`` until it parks, yields or ends."""
         fiber.scheduled = False
         process = fiber.process
-        resumed = False
         while not fiber.ended:
             if process.stop_reason:
                 self._end(fiber, ExitReport(process.stop_reason, process.stop_detail))
                 return
-            if fiber.parked:
-                if not self._resume(fiber):
-                    if not process.stop_reason:
-                        if fiber.deadline is not None:
-                            self._arm(fiber)
-                        return
+            if fiber.parked and not self._resume(fiber):
+                if process.stop_reason:
                     continue
-                resumed = True
+                if fiber.deadline is not None:
+                    self._arm(fiber)
+                return
+            ticks = self.host.ticks
+            if fiber.last_tick != ticks:
+                # The epoch moved on since it last ran: a whole tick from now
+                # before it yields, not a yield at once for time it waited.
+                fiber.last_tick = ticks
+                _set_deadline(fiber.raw_context, _ONE_TICK)
             self.current = fiber
+            started = _clock_ns()
             try:
                 done = _poll(fiber.future)
             finally:
                 self.current = None
+                process.cpu_ns += _clock_ns() - started
+                process.polls += 1
             if not done:
                 if fiber.parked:
-                    process.state = _WAITING
+                    if process.state is _RUNNING:
+                        process.state = _WAITING
                     if fiber.deadline is not None:
                         self._arm(fiber)
-                elif resumed:
-                    # Its epoch deadline passed while it was parked, so it
-                    # yielded as soon as it went on: it has used no tick yet.
-                    resumed = False
-                    continue
-                else:  # it used up a tick: let the loop run, then carry on
+                else:  # it used up a tick: the loop's other work first, then it again
                     fiber.scheduled = True
                     self.loop.call_soon(self._run, fiber)
                 return
@@ -391,13 +416,14 @@ class FiberScheduler:
         if not finished:
             return False
         fiber.parked = False
+        fiber.cancel = None
         fiber.flag[0] = 1
         fiber.deadline = None
         if fiber.timer is not None:
             fiber.timer.cancel()
             fiber.timer = None
         process.state = _RUNNING
-        process.call_started_tick = self.host.ticks  # time parked is not CPU time
+        process.busy_ticks = 0  # its CPU budget is per stretch between waits
         return True
 
     def _arm(self, fiber: Fiber) -> None:
@@ -417,6 +443,8 @@ class FiberScheduler:
         process = fiber.process
         error_at, trap_at = fiber.error.value, fiber.trap.value
         if error_at or trap_at:
+            if process.memory is not None:  # a crash near its cap says so
+                process.memory_bytes = process.memory.size()
             where = fiber.entry if fiber.phase is Phase.CALL else fiber.phase.value
             return failure(
                 process,
@@ -464,7 +492,7 @@ class FiberScheduler:
             ctypes.byref(fiber.item),
         ):
             return False
-        fiber.process.call_started_tick = self.host.ticks
+        fiber.process.busy_ticks = 0
         fiber.future = ctypes.c_void_p(
             _call_async(
                 fiber.raw_context,
@@ -487,6 +515,12 @@ class FiberScheduler:
         if fiber.future is not None:
             _delete_future(fiber.future)
             fiber.future = None
+        cancel, fiber.cancel = fiber.cancel, None
+        if cancel is not None:
+            try:
+                cancel()
+            except Exception as exc:  # a host bug must not keep the process alive
+                self.host.log.error(f"{fiber.process.label}: undoing its parked call: {exc!r}")
         self.fibers.pop(fiber.process.pid, None)
         # Its memory goes with its store: nothing may read it through the view.
         fiber.view, fiber.view_size = memoryview(bytearray()), -1
@@ -499,7 +533,7 @@ class FiberScheduler:
         fiber.finish = None
         fiber.process.fiber = None
 
-    # ── async host functions (inside a poll, I/O thread) ────────────────
+    # ── async host functions (inside a poll, loop thread) ───────────────
 
     def _stopping(self, process: Process, reason: ExitReason, detail: str = "") -> None:
         if not process.stop_reason:
@@ -524,7 +558,7 @@ class FiberScheduler:
     def _async_callback(self, name: str, body: Callable[[Fiber, int, int], None]) -> Any:
         """The async host callback of ``rusm.name``: ``body(fiber, args, results)``
         for the calling fiber, which either sets the result or parks the fiber
-        (``_park``). A bad pointer or a host error traps the guest, as on a
+        (``park``). A bad pointer or a host error traps the guest, as on a
         thread."""
         continue_at = self._u64_at
         continuation = self._u64
@@ -554,6 +588,8 @@ class FiberScheduler:
                 if fiber is not None:
                     fiber.process.crash = str(exc)
                 ctypes.c_void_p.from_address(trap_ret).value = new_trap(str(exc))
+            except Exit as exc:
+                ctypes.c_void_p.from_address(trap_ret).value = new_trap(str(exc))
             except BaseException as exc:
                 if fiber is not None:
                     fiber.process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
@@ -565,24 +601,57 @@ class FiberScheduler:
 
         return AsyncCallback(callback)
 
-    def _values(self, address: int) -> Any:
-        """The int32s at ``address`` (a call's values): value ``k``'s i32 at ``_A{k}``."""
+    def values(self, address: int) -> Any:
+        """The int32s at ``address`` (a call's values): value ``k``'s i32 at ``A{k}``.
+
+        The same object every call (re-pointed): read it before the next call.
+        """
         self._i32_at.value = address
         return self._i32
 
-    def _set_result(self, result_at: int, value: int) -> None:
+    def u32(self, address: int) -> Any:
+        """As ``values``, the int32s read as wasm's unsigned."""
+        self._u32_at.value = address
+        return self._u32
+
+    def set_result(self, result_at: int, value: int) -> None:
+        """Make a call's i32 result ``value``."""
         self._i32_at.value = result_at
         i32 = self._i32
         i32[0] = _I32  # the kind, and the padding after it
         i32[_A0] = value
 
-    def _park(self, fiber: Fiber, finish: Callable[[], bool] | None) -> None:
-        """Park ``fiber`` in its host call until ``finish()`` (``recv``'s when None) succeeds."""
+    def park(
+        self,
+        fiber: Fiber,
+        finish: Callable[[], bool] | None,
+        *,
+        deadline: float | None = None,
+        cancel: Callable[[], None] | None = None,
+        state: ProcessState = _WAITING,
+    ) -> None:
+        """Park ``fiber`` in its host call until ``finish()`` (``recv``'s when None) succeeds.
+
+        Args:
+            fiber: The calling fiber (inside its async host call).
+            finish: Called on the loop thread each time the fiber is woken
+                (and at ``deadline``): finishes the call (its result set) and
+                returns True, or returns False to wait on.
+            deadline: When ``finish`` must be asked again though nothing
+                woke the fiber (a monotonic time); None for no timer.
+            cancel: Undoes the call if the fiber is stopped while parked.
+            state: What ``rusmctl list`` shows meanwhile.
+        """
         fiber.parked = True
         fiber.finish = finish
+        fiber.cancel = cancel
+        fiber.deadline = deadline
         fiber.flag[0] = 0
+        fiber.process.state = state
+        if fiber.process.actor is not None and fiber.process.actor.stop:
+            self._stop(fiber, fiber.process.actor.stop)
 
-    def _view(self, fiber: Fiber, function: str) -> tuple[memoryview, int]:
+    def view(self, fiber: Fiber, function: str) -> tuple[memoryview, int]:
         """The calling fiber's memory as a memoryview, and its size."""
         memory = fiber.process.memory
         if memory is None:
@@ -602,23 +671,22 @@ class FiberScheduler:
         header, buf, cap, timeout_ms = u32[_A0], u32[_A1], u32[_A2], u32[_A3]
         if timeout_ms > _I32_MAX:  # the one signed argument
             timeout_ms -= 1 << 32
-        _view, size = self._view(fiber, "recv")
+        _view, size = self.view(fiber, "recv")
         if header + HEADER_BYTES > size:
             check_range("recv", header, HEADER_BYTES, size)
         if buf + cap > size:
             check_range("recv", buf, cap, size)
         if timeout_ms < -1:
-            self._set_result(results, _INVALID)
+            self.set_result(results, _INVALID)
             return
         actor = fiber.process.actor
         assert actor is not None
         fiber.header, fiber.buf, fiber.cap, fiber.result_at = header, buf, cap, results
         fiber.deadline = None if timeout_ms < 0 else _monotonic() + timeout_ms / 1000
-        if actor.stop:  # never resumed: the run it schedules ends it
-            self._park(fiber, None)
-            self._stop(fiber, actor.stop)
+        if actor.stop:  # never resumed: the run ``park`` schedules ends it
+            self.park(fiber, None, deadline=fiber.deadline)
         elif not (actor.mailbox or fiber.deadline is not None) or not self._finish_recv(fiber):
-            fiber.parked = True  # as ``_park``, inline: the usual end of a round trip
+            fiber.parked = True  # as ``park``, inline: the usual end of a round trip
             fiber.finish = None
             fiber.flag[0] = 0
 
@@ -641,7 +709,7 @@ class FiberScheduler:
                 self._put(fiber, code, envelope)
                 return True
         if fiber.deadline is not None and _monotonic() >= fiber.deadline:
-            self._set_result(fiber.result_at, _TIMEOUT)
+            self.set_result(fiber.result_at, _TIMEOUT)
             return True
         return False
 
@@ -685,122 +753,6 @@ class FiberScheduler:
         fiber.handed = True
         self._wake(fiber)
         return True
-
-    # ── the serving writes ──────────────────────────────────────────────
-
-    def _ws_send(self, fiber: Fiber, args: int, results: int) -> None:
-        """``rusm.ws_send(kind, ptr, len)``: its frame goes out once the socket takes it."""
-        u32 = self._u32
-        self._u32_at.value = args
-        kind, ptr, length = u32[_A0], u32[_A1], u32[_A2]
-        view, size = self._view(fiber, "ws_send")
-        if ptr + length > size:
-            check_range("ws_send", ptr, length, size)
-        process = fiber.process
-        exchange = process.exchange
-        writable = getattr(exchange, "writable", None)  # as ``_blocked``, inline
-        if writable is not None and not writable.is_set() and not exchange.closed:
-            self._park_write(fiber, partial(self._ws_send_later, fiber, results, kind, ptr, length))
-            return
-        if exchange is not None and exchange.mode is _WS and length <= MAX_EVENT_BYTES:
-            code = exchange.ws_send(kind, view[ptr : ptr + length].tobytes())
-        else:  # as ``ws_send_data`` does it, which the common case above skips
-            data = view[ptr : ptr + length].tobytes() if length <= MAX_EVENT_BYTES else None
-            code = self.serve_calls.ws_send_data(process, kind, data)
-        self._i32_at.value = results  # as ``_set_result``, inline
-        i32 = self._i32
-        i32[0] = _I32
-        i32[_A0] = code
-
-    def _ws_send_later(self, fiber: Fiber, results: int, kind: int, ptr: int, length: int) -> bool:
-        if _blocked(fiber.process.exchange):
-            return False
-        view, _size = self._view(fiber, "ws_send")
-        data = _payload(view, ptr, length)
-        self._set_result(results, self.serve_calls.ws_send_data(fiber.process, kind, data))
-        return True
-
-    def _sse_event(self, fiber: Fiber, args: int, results: int) -> None:
-        """``rusm.sse_event(name, name_len, data, data_len)``: once the socket takes it."""
-        u32 = self._u32
-        self._u32_at.value = args
-        name_ptr, name_len, ptr, length = u32[_A0], u32[_A1], u32[_A2], u32[_A3]
-        view, size = self._view(fiber, "sse_event")
-        if name_ptr + name_len > size:
-            check_range("sse_event", name_ptr, name_len, size)
-        if ptr + length > size:
-            check_range("sse_event", ptr, length, size)
-        process = fiber.process
-        exchange = process.exchange
-        writable = getattr(exchange, "writable", None)  # as ``_blocked``, inline
-        if writable is not None and not writable.is_set() and not exchange.closed:
-            later = partial(self._sse_event_later, fiber, results, name_ptr, name_len, ptr, length)
-            self._park_write(fiber, later)
-            return
-        name = view[name_ptr : name_ptr + name_len].tobytes() if name_len else b""
-        if exchange is not None and exchange.mode is _SSE and length <= MAX_EVENT_BYTES:
-            code = exchange.sse_event(name, view[ptr : ptr + length].tobytes())
-        else:  # as ``sse_event_data`` does it, which the common case above skips
-            data = view[ptr : ptr + length].tobytes() if length <= MAX_EVENT_BYTES else None
-            code = self.serve_calls.sse_event_data(process, name, data)
-        self._i32_at.value = results  # as ``_set_result``, inline
-        i32 = self._i32
-        i32[0] = _I32
-        i32[_A0] = code
-
-    def _sse_event_later(  # noqa: PLR0917 (the parked call's arguments)
-        self, fiber: Fiber, results: int, name_ptr: int, name_len: int, ptr: int, length: int
-    ) -> bool:
-        if _blocked(fiber.process.exchange):
-            return False
-        view, _size = self._view(fiber, "sse_event")
-        name = view[name_ptr : name_ptr + name_len].tobytes() if name_len else b""
-        data = _payload(view, ptr, length)
-        self._set_result(results, self.serve_calls.sse_event_data(fiber.process, name, data))
-        return True
-
-    def _writer(self, name: str) -> Callable[[Fiber, int, int], None]:
-        """The async form of serving function ``name`` (``write``, ``flush``): it
-        waits, parked, while the client's socket is backed up, then runs as usual."""
-        implementation = getattr(self.serve_calls, name)
-        indexes = [_i32_index(k) for k in range(len(FUNCTIONS[name].params))]
-
-        def body(fiber: Fiber, args: int, results: int) -> None:
-            process = fiber.process
-            given = self._values(args)
-            values = capi.Values()
-            for k, index in enumerate(indexes):
-                values[k].i32 = given[index]
-
-            def finish() -> bool:
-                if _blocked(process.exchange):
-                    return False
-                implementation(process, values)
-                self._set_result(results, values[0].i32)
-                return True
-
-            if not finish():
-                self._park_write(fiber, finish)
-
-        return body
-
-    def _park_write(self, fiber: Fiber, finish: Callable[[], bool]) -> None:
-        """Park ``fiber`` in a serving write until the socket drains (or the client leaves)."""
-        fiber.deadline = None
-        self._park(fiber, finish)
-
-
-def _blocked(exchange: Any) -> bool:
-    """Whether a serving write must wait: the socket is full and the client still there."""
-    writable = getattr(exchange, "writable", None)
-    return writable is not None and not writable.is_set() and not exchange.closed
-
-
-def _payload(view: memoryview, ptr: int, length: int) -> bytes | None:
-    """An event or frame's bytes (the range is checked); None past MAX_EVENT_BYTES."""
-    if length > MAX_EVENT_BYTES:
-        return None
-    return view[ptr : ptr + length].tobytes() if length else b""
 
 
 def _memory_view(memory: GuestMemory, size: int) -> memoryview:

@@ -1,8 +1,11 @@
 """The wasm host of one worker: components, processes, CPU and memory limits.
 
 Runs in: worker. Control methods (``load``, ``spawn``, ``kill``,
-``list``, ``info``, ``shutdown``) are called on the worker's event-loop
-thread; each process runs on a guest thread of its own, and the ``rusm``
+``list``, ``info``) are called on the worker's event-loop thread
+(``shutdown`` from a thread beside it, while the loop ends the
+processes). Every process runs as a fiber on the loop thread
+(``fibers``), except one whose module imports a WASI call that blocks
+its thread: that one runs on a guest thread (``runners``). The ``rusm``
 host functions run on the thread of the process that calls them.
 
 A process is one wasmtime store plus one instance of its component's
@@ -21,16 +24,19 @@ CPU: one ticker thread per worker advances the epochs of its engines
 (the processes' and the inline pool's, ``engine``) every
 ``EPOCH_TICK_MS``; each store's epoch callback runs once per tick while
 its guest runs, counts the ticks of the current call against
-``max-cpu-ms``, refreshes the memory figure ``rusmctl list`` shows, and
-ends the process when it is killed. A guest blocked in a host call
-(``rusm.sleep``) is woken by a kill instead.
+``max-cpu-ms`` (on a fiber, the ticks it was seen running since it last
+waited; on a thread, the ticks since), refreshes the memory figure
+``rusmctl list`` shows, makes a fiber yield the loop, and ends the
+process when it is killed. A fiber parked in a host call is ended by a
+kill at once (its future dropped); a thread blocked in one is woken.
 
 ``WasmHost`` keeps the process table and the processes' life (spawn,
 run, finish, kill, the epoch ticker) and assembles the rest, each a
 module of its own: pid leases (``pids``), loading components
 (``components``), the inline HTTP path (``inline``), the host functions
-(``callbacks``, ``calls``, ``serve_calls``, ``kv_calls``) and the fibers
-(``fibers``). The parts that call back into the host take it as a
+(``callbacks``, ``calls``, ``serve_calls``, ``kv_calls``), the scheduler
+(``fibers``) and its async host functions (``fiber_calls``,
+``fiber_writes``). The parts that call back into the host take it as a
 ``Protocol`` of what they use; none of them imports this module.
 
 The hot paths use wasmtime's C API through ``wasmtime._ffi`` directly
@@ -41,6 +47,7 @@ never raise: an error becomes a trap for the calling process only.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
 import os
@@ -71,6 +78,8 @@ from rusmd.wasm.engine import (
     EngineInfo,
     worker_engine,
 )
+from rusmd.wasm.fiber_calls import FiberCalls
+from rusmd.wasm.fiber_writes import ServingWrites
 from rusmd.wasm.fibers import FiberScheduler
 from rusmd.wasm.inline import INLINE_STORE_INSTANCES, InlinePath
 from rusmd.wasm.kv_calls import KvCalls
@@ -117,8 +126,10 @@ class WasmHost:
         on_watched_exit: Told (any thread) when a watched process exits.
         pool_slots: Instance slots of the pooling allocator (the process
             limit when ``max_processes`` is not given).
-        loop: The worker's event loop, when it has one: serving processes
-            may then run as fibers on its thread (``fibers``).
+        loop: The worker's event loop; the host must then be made on its
+            thread. Optional: without one (in-process use: tests,
+            benchmarks) the host starts a loop of its own on a thread named
+            ``rusm-loop``, and its fibers run there; ``shutdown`` stops it.
     """
 
     def __init__(
@@ -161,7 +172,12 @@ class WasmHost:
         # processes being stopped need its ticks to notice (a guest between
         # host calls is only interrupted at an epoch).
         self._halted = threading.Event()
-        self.actors = actors or _local_table(slot)
+        self._own_loop: OwnLoop | None = None
+        if loop is None:
+            self._own_loop = OwnLoop()
+            loop = self._own_loop.loop
+        self.loop = loop
+        self.actors = actors or _local_table(slot, loop)
         self.actors.info_of = self.local_info
         self.on_watched_exit = on_watched_exit
         # The node store (set by the worker after it opened it), or why not.
@@ -171,15 +187,20 @@ class WasmHost:
         self.inline = InlinePath(self, self.inline_engine_info.engine.ptr(), self.pids, slot, log)
         self.serve_calls = ServeCalls(log)
         threading.stack_size(GUEST_THREAD_STACK_BYTES)
+        # Only for processes whose module imports a WASI call that blocks.
         self.runners = RunnerPool(self.max_processes)
-        # WebSocket processes as fibers on the loop's thread (made on it).
-        self.fibers = FiberScheduler(self, loop, self.serve_calls) if loop is not None else None
+        thread = self._own_loop.thread_id if self._own_loop is not None else None
+        self.fibers = FiberScheduler(self, loop, thread)
+        actor_calls = ActorCalls(self)
+        kv_calls = KvCalls(self)
+        self.fibers.define(FiberCalls(self.fibers, self, actor_calls, kv_calls).bodies())
+        self.fibers.define(ServingWrites(self.fibers, self.serve_calls).bodies())
         callbacks = host_callbacks(
             {
                 **CoreCalls(self).implementations(),
-                **ActorCalls(self).implementations(),
+                **actor_calls.implementations(),
                 **self.serve_calls.implementations(),
-                **KvCalls(self).implementations(),
+                **kv_calls.implementations(),
             },
             self.processes,
             self.inline,
@@ -194,14 +215,9 @@ class WasmHost:
             environment,
             log,
             engine=self.engine,
-            linkers=LinkerSet(
-                self.engine,
-                callbacks,
-                self.fibers.callbacks if self.fibers is not None else None,
-            ),
+            linkers=LinkerSet(self.engine, callbacks, self.fibers.callbacks),
             inline_engine=inline_engine,
             inline_linkers=LinkerSet(inline_engine, callbacks),
-            fibers=self.fibers is not None,
         )
         self._ticker = threading.Thread(target=self._tick, name="epoch", daemon=True)
         self._ticker.start()
@@ -235,7 +251,6 @@ class WasmHost:
         exchange: Any = None,
         on_exit: Callable[[ExitReport], None] | None = None,
         quiet: bool = False,
-        fiber: bool = False,
     ) -> int:
         """Start a process of component ``name``; return its pid.
 
@@ -248,8 +263,9 @@ class WasmHost:
             exchange: The request or connection the process serves.
             on_exit: Called (guest thread) with its exit report.
             quiet: Keep its spawn and normal exit out of the log.
-            fiber: Run it as a fiber on the I/O thread if its component can
-                (``ModuleShape.fiber``), else on a guest thread as usual.
+
+        It runs as a fiber on the loop thread, unless its module imports a
+        WASI call that blocks (``ModuleShape.fiber``): then on a guest thread.
 
         Raises:
             SpawnError: No such component, it cannot run, or the worker is full.
@@ -290,7 +306,7 @@ class WasmHost:
         self._enter(process, link_to=parent if link else None)
         if not quiet:
             self.log.debug(f"spawn {process.label} {component.capability.grants()}")
-        if fiber and component.fiber_pre_ptr and self.fibers is not None:
+        if component.fiber_pre_ptr:
             self.fibers.start(process)
         else:
             self.runners.submit(lambda: self._run(process))
@@ -450,6 +466,8 @@ class WasmHost:
         self.runners.close()
         if not self.processes:
             self._halted.set()
+            if self._own_loop is not None:
+                self._own_loop.stop()
 
     def _row(self, process: Process, now: float) -> dict[str, Any]:
         row = {
@@ -460,6 +478,8 @@ class WasmHost:
             "state": str(process.state),
             "runs": "fiber" if process.fiber is not None else "thread",
             "memory_bytes": process.memory_bytes,
+            "cpu_ms": round(process.cpu_ms(), 3),
+            "polls": process.polls,
             "uptime_s": round(now - process.started_at, 3),
         }
         row.update(self.actors.describe(process.pid))
@@ -581,38 +601,72 @@ class WasmHost:
             self.runners.nudge()
 
     def _on_epoch(self, context: Any, _data: Any, delta: Any, kind: Any) -> int:
-        """Runs on the guest thread once per tick while its wasm runs."""
+        """Runs once per tick while a process's wasm runs (its thread, or the loop's)."""
         try:
             process = self.processes.get(pid_of(context))
+            fiber = False
             if process is not None:
+                fiber = process.fiber is not None
                 if process.memory is not None:
                     process.memory_bytes = process.memory.size()
                 if process.stop_reason:
                     return new_error(process.stop_reason)
-                used_ms = (self.ticks - process.call_started_tick) * EPOCH_TICK_MS
+                process.busy_ticks += 1
+                if fiber:
+                    # Ticks it was seen running since it last waited.
+                    used_ms = process.busy_ticks * EPOCH_TICK_MS
+                else:
+                    process.cpu_ticks += 1
+                    used_ms = (self.ticks - process.call_started_tick) * EPOCH_TICK_MS
                 if used_ms > process.component.capability.max_cpu_ms:
                     process.cpu_exceeded = True
                     return new_error("cpu limit")
             delta[0] = 1
             # A fiber gives the loop back every tick (WASMTIME_UPDATE_DEADLINE_YIELD).
-            kind[0] = 1 if process is not None and process.fiber is not None else 0
+            kind[0] = 1 if fiber else 0
             return 0
         except BaseException:
             return new_error("host error in epoch callback")
 
 
-def _local_table(slot: int) -> ActorTable:
+def _local_table(slot: int, loop: asyncio.AbstractEventLoop) -> ActorTable:
     """An actor table for a host without a worker around it (in-process use)."""
 
+    def call_soon(job: Callable[..., None], *args: Any) -> None:
+        loop.call_soon_threadsafe(job, *args)
+
     def call_later(delay_s: float, job: Callable[[], None]) -> None:
-        timer = threading.Timer(delay_s, job)
-        timer.daemon = True
-        timer.start()
+        loop.call_soon_threadsafe(loop.call_later, delay_s, job)
 
     return ActorTable(
         slot,
         remote=lambda _slot, _sig: False,
         to_main=lambda _message: None,
-        call_soon=lambda job, *args: threading.Thread(target=job, args=args, daemon=True).start(),
+        call_soon=call_soon,
         call_later=call_later,
     )
+
+
+class OwnLoop:
+    """The event loop of a host made without one, running on a thread of its own."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self.thread_id = 0
+
+        def run() -> None:
+            self.thread_id = threading.get_ident()
+            asyncio.set_event_loop(self.loop)
+            self.loop.call_soon(started.set)
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name="rusm-loop", daemon=True)
+        self.thread.start()
+        started.wait()
+
+    def stop(self) -> None:
+        """Stop the loop (its thread then ends); callbacks queued after it are dropped."""
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5.0)

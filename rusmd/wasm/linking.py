@@ -32,7 +32,6 @@ from rusmd.wasm import capi
 from rusmd.wasm.abi import (
     ABI_MODULE,
     ABI_VERSION,
-    FIBER_FUNCTIONS,
     FUNCTIONS,
     INLINE_FUNCTIONS,
     WASI_BLOCKING,
@@ -60,9 +59,9 @@ class ModuleShape:
         has_memory: True if it exports ``memory``.
         inline: True if it imports nothing that may wait, so a request
             handler of it may run on the worker's I/O thread.
-        fiber: True if it imports nothing that may wait but ``recv`` and
-            the serving writes (``FIBER_FUNCTIONS``), so its serving
-            processes may run as fibers on the I/O thread.
+        fiber: True unless it imports a WASI call that blocks its thread
+            (``WASI_BLOCKING``): its processes run as fibers on the loop
+            thread, else each on a guest thread.
         has_initialize: True if it exports ``_initialize`` (a WASI reactor),
             called on each fresh instance before an action or ``run``.
     """
@@ -122,6 +121,7 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
     """
     uses_wasi = False
     waits = False
+    wasi_blocks = False
     rusm_imports: list[str] = []
     for item in module.imports:
         where = f"{item.module}.{item.name}"
@@ -129,7 +129,8 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
             if not isinstance(item.type, wasmtime.FuncType):
                 raise LinkError(f"component {component} imports {where}, which is not a function")
             uses_wasi = True
-            waits = waits or item.name in WASI_BLOCKING
+            wasi_blocks = wasi_blocks or item.name in WASI_BLOCKING
+            waits = waits or wasi_blocks
             continue
         if item.module != ABI_MODULE:
             raise LinkError(
@@ -158,7 +159,7 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
             )
         rusm_imports.append(name)
     entry, results, has_memory, has_initialize = _entry(component, module)
-    fiber = not waits and all(name in FIBER_FUNCTIONS for name in rusm_imports)
+    fiber = not wasi_blocks
     waits = waits or any(name not in INLINE_FUNCTIONS for name in rusm_imports)
     reading = [name for name in rusm_imports if takes_pointers(name)]
     if reading and not has_memory:
