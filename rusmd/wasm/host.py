@@ -56,6 +56,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import uvloop
 from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 
@@ -651,7 +652,7 @@ class OwnLoop:
     """The event loop of a host made without one, running on a thread of its own."""
 
     def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = uvloop.new_event_loop()  # as a worker's
         started = threading.Event()
         self.thread_id = 0
 
