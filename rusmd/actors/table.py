@@ -45,7 +45,15 @@ from typing import Any
 
 import msgspec
 
-from rusmd.abi import MAILBOX_LIMIT, MAX_TIMERS_PER_PROCESS, ErrorCode, ExitReason, Kind, slot_of
+from rusmd.abi import (
+    MAILBOX_LIMIT,
+    MAX_TIMERS_PER_PROCESS,
+    PID_STRIDE,
+    ErrorCode,
+    ExitReason,
+    Kind,
+    slot_of,
+)
 from rusmd.actors.signals import Op
 from rusmd.channel import Message, NameClaim, NameDrop, NameReply, Names, Sig
 from rusmd.errors import RusmError
@@ -65,6 +73,7 @@ _USER_KINDS = frozenset({Kind.MESSAGE, Kind.CALL, Kind.TIMER, Kind.FRAME})
 # these are read for every message a WebSocket delivers.
 _OK, _LIMIT, _NOPROC = ErrorCode.OK, ErrorCode.LIMIT, ErrorCode.NOPROC
 _TOOBIG, _TIMEOUT = ErrorCode.TOOBIG, ErrorCode.TIMEOUT
+_MESSAGE = Kind.MESSAGE
 
 
 class Stopped(RusmError):
@@ -131,6 +140,9 @@ class Actor:
     # Called by ``wake`` for a process that waits as a fiber, not on the
     # condition (it schedules the fiber's next poll; any thread).
     waker: Callable[[], None] | None = None
+    # Takes a message straight into a fiber waiting in ``recv`` with an
+    # empty mailbox, if it can (True); its scheduler sets it.
+    hand: Callable[[Envelope], bool] | None = None
     _cond: threading.Condition | None = None
     _waiting: int = 0
 
@@ -250,6 +262,7 @@ class ActorTable:
             # these would tie the two in a cycle the cycle collector frees late.
             actor.kill = _removed
             actor.waker = None
+            actor.hand = None
             if not (actor.links or actor.watchers or actor.monitors or actor.names):
                 for ref in actor.timers:
                     self.timers.pop(ref, None)
@@ -455,8 +468,37 @@ class ActorTable:
             return True
 
     def send(self, sender: int, to: int, payload: bytes) -> int:
-        """``rusm.send``: OK, NOPROC (known dead), LIMIT (full local mailbox)."""
-        return self.signal(Sig(Op.SEND, to, sender, payload=payload))
+        """``rusm.send``: OK, NOPROC (known dead), LIMIT (full local mailbox).
+
+        A send to a local process is ``_handle``'s SEND inline (no signal
+        made): the hot path of every message between two processes.
+        """
+        if to % PID_STRIDE != self.slot:  # as ``slot_of``, inline
+            return self.signal(Sig(Op.SEND, to, sender, payload=payload))
+        with self.lock:
+            target = self.actors.get(to)
+            if target is None:
+                self.dropped += 1
+                return _NOPROC
+            if target.user_messages >= self.mailbox_limit:
+                target.dropped += 1
+                self.dropped += 1
+                return _LIMIT
+            envelope = Envelope(_MESSAGE, sender, 0, 0, payload)
+            self.delivered += 1
+            if target.hand is not None and not target.mailbox and target.hand(envelope):
+                target.received += 1  # taken at once, as ``took_over``
+                return _OK
+            target.user_messages += 1
+            if target.native is not None:
+                self.call_soon(target.native, envelope)
+                return _OK
+            target.mailbox.append(envelope)
+            if target._cond is not None:  # as ``Actor.wake``, inline
+                target._cond.notify_all()
+            if target.waker is not None:
+                target.waker()
+            return _OK
 
     def receive(
         self, actor: Actor, timeout_s: float | None, cap: int

@@ -33,12 +33,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from rusmd.abi import ErrorCode, slot_of
+from rusmd.abi import MAX_MESSAGE_BYTES, ErrorCode, slot_of
 from rusmd.actors.table import NAME_CLAIM_TIMEOUT_S, PROBE_TIMEOUT_S, Claim
 from rusmd.store.kv import Write
 from rusmd.wasm import capi
 from rusmd.wasm.calls import ActorCalls
-from rusmd.wasm.fibers import Body, Fiber, FiberScheduler, ValArgs
+from rusmd.wasm.fibers import Body, Fiber, FiberScheduler, SyncBody, ValArgs
 from rusmd.wasm.kv_calls import KvCalls
 from rusmd.wasm.memory import check_range
 from rusmd.wasm.process import Process, ProcessState
@@ -89,7 +89,24 @@ class FiberCalls:
             "kv_batch": self._kv_write(kv.prepare_batch),
         }
 
-    # ── sleep, call ─────────────────────────────────────────────────────
+    def sync_bodies(self) -> dict[str, SyncBody]:
+        """Host function name → synchronous body (``FiberScheduler.define_sync``)."""
+        return {"send": self.send}
+
+    # ── send, sleep, call ───────────────────────────────────────────────
+
+    def send(self, fiber: Fiber, address: int) -> None:
+        """``rusm.send(to, ptr, len)`` from a fiber: as the threaded one, through its view."""
+        to = self.fibers.raw_i64(address)[0]
+        u32 = self.fibers.raw_u32(address)
+        ptr, length = u32[4], u32[8]
+        view, size = self.fibers.view(fiber, "send")
+        if ptr + length > size:
+            check_range("send", ptr, length, size)
+        code: int = _TOOBIG
+        if length <= MAX_MESSAGE_BYTES:
+            code = self.table.send(fiber.process.pid, to, view[ptr : ptr + length].tobytes())
+        u32[0] = code & 0xFFFFFFFF  # the i32 result, in place
 
     def sleep(self, fiber: Fiber, args: int, results: int) -> None:
         """``rusm.sleep(ms)``: parked until a loop timer fires."""

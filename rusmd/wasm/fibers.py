@@ -133,6 +133,7 @@ _STRLEN = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value
 _ALWAYS = (ctypes.c_uint8 * 2)(1, 0)
 _ALWAYS_ADDRESS = ctypes.addressof(_ALWAYS)
 _HEADER = struct.Struct(HEADER_FORMAT)
+_NO_VIEW = memoryview(b"")
 # Bound once: an enum member read through its class costs ~0.1 µs.
 _OK = ErrorCode.OK
 _TIMEOUT = ErrorCode.TIMEOUT
@@ -143,6 +144,8 @@ _monotonic = time.monotonic
 _clock_ns = time.perf_counter_ns
 # A parked call's body: (fiber, args address, results address).
 Body = Callable[["Fiber", int, int], None]
+# A fiber's synchronous call's body: (fiber, values address).
+SyncBody = Callable[["Fiber", int], None]
 
 
 class Phase(enum.Enum):
@@ -169,10 +172,6 @@ class Fiber:
         self.entry = ""
         self.entry_results = 0
         self.instance = ffi.wasmtime_instance_t()
-        self.item = ffi.wasmtime_extern_t()
-        self.results = (ffi.wasmtime_val_t * 1)()
-        self.trap = ctypes.c_void_p()
-        self.error = ctypes.c_void_p()
         # Parked in an async host call whose continuation is not ready.
         self.parked = False
         # What its parked call's continuation answers (the strlen of it):
@@ -200,14 +199,8 @@ class Fiber:
         self.last_tick = -1
         # Its memory as a memoryview, made again when its size changes (a
         # grow is the only thing that can move it).
-        self.view = memoryview(bytearray())
+        self.view = _NO_VIEW
         self.view_size = -1
-
-    def refs(self) -> tuple[Any, Any]:
-        """The trap and error out-slots, cleared, as a future's last two arguments."""
-        self.trap.value = None
-        self.error.value = None
-        return ctypes.byref(self.trap), ctypes.byref(self.error)
 
 
 class FiberHost(Protocol):
@@ -242,6 +235,7 @@ class FiberScheduler:
         self.fibers: dict[int, Fiber] = {}
         # Fibers woken on this thread since the loop last ran them.
         self._woken: list[Fiber] = []
+        self._running_woken = False
         # Re-pointed at a call's values (int32s) and continuation (two
         # pointers) to read and write them in place: cheaper than a ctypes
         # object per access. Only the loop thread uses them.
@@ -251,8 +245,22 @@ class FiberScheduler:
         self._u32_at = ctypes.c_size_t.from_buffer(self._u32)
         self._u64 = ctypes.POINTER(ctypes.c_uint64)()
         self._u64_at = ctypes.c_size_t.from_buffer(self._u64)
+        # Where a future writes how it ended (its trap, its error, the
+        # entry's result) and an export is looked up: one set for all fibers,
+        # since a future writes them only as it completes, inside its own
+        # poll, and ``_next`` reads (and clears) them right after that poll.
+        self._item = ffi.wasmtime_extern_t()
+        self._results = (ffi.wasmtime_val_t * 1)()
+        self._trap = ctypes.c_void_p()
+        self._error = ctypes.c_void_p()
+        self._out = (ctypes.byref(self._trap), ctypes.byref(self._error))
+        self._i64 = ctypes.POINTER(ctypes.c_int64)()
+        self._i64_at = ctypes.c_size_t.from_buffer(self._i64)
         # The async host functions by name (``define`` adds the others).
         self.callbacks = {"recv": self._async_callback("recv", self._recv)}
+        # Synchronous host functions of fibers' own (``define_sync``): the
+        # hottest calls, which read the caller from ``current``.
+        self.sync_callbacks: dict[str, Any] = {}
         # The fiber being polled (async host calls come from it: polls never nest).
         self.current: Fiber | None = None
 
@@ -260,6 +268,16 @@ class FiberScheduler:
         """Make each body the async host function of its name (before any linking)."""
         for name, body in bodies.items():
             self.callbacks[name] = self._async_callback(name, body)
+
+    def define_sync(self, bodies: dict[str, SyncBody]) -> None:
+        """Make each body the fibers' synchronous host function of its name.
+
+        ``body(fiber, values)`` gets the call's raw values' address
+        (``wasmtime_val_raw_t``, 16 bytes each: read them with ``raw_u32``
+        and ``raw_i64``) and sets the result in place; it never waits.
+        """
+        for name, body in bodies.items():
+            self.sync_callbacks[name] = self._sync_callback(name, body)
 
     # ── any thread ──────────────────────────────────────────────────────
 
@@ -285,10 +303,12 @@ class FiberScheduler:
             self._soon(self._run, fiber)
             return
         # The fibers woken during one loop iteration (a read's messages to
-        # several connections) run in one callback after it.
+        # several connections) run in one callback after it; those woken
+        # while it runs them (one process's message to another) run in it
+        # too, for up to a tick (``_run_woken``).
         woken = self._woken
         woken.append(fiber)
-        if len(woken) == 1 and not self.loop.is_closed():
+        if len(woken) == 1 and not self._running_woken and not self.loop.is_closed():
             self.loop.call_soon(self._run_woken)
 
     def _soon(self, job: Callable[..., None], *args: Any) -> None:
@@ -302,10 +322,28 @@ class FiberScheduler:
     # ── the loop thread ────────────────────────────────────────────────────
 
     def _run_woken(self) -> None:
-        woken, self._woken = self._woken, []
-        for fiber in woken:
-            if fiber.scheduled:  # else something ran it meanwhile
-                self._run(fiber)
+        """Run the woken fibers, and those they wake, until none is left or a tick passed.
+
+        The run queue between two processes of this worker is this list,
+        not the loop's: a message from one to another costs no loop
+        callback. After a tick the rest waits behind the loop's own work
+        (its sockets, timers and fibers that used up their tick), so none
+        of that waits more than about a tick.
+        """
+        self._running_woken = True
+        started = self.host.ticks
+        try:
+            while self._woken:
+                woken, self._woken = self._woken, []
+                for fiber in woken:
+                    if fiber.scheduled:  # else something ran it meanwhile
+                        self._run(fiber)
+                if self.host.ticks != started:
+                    break
+        finally:
+            self._running_woken = False
+            if self._woken and not self.loop.is_closed():
+                self.loop.call_soon(self._run_woken)
 
     def _start(self, process: Process) -> None:
         host = self.host
@@ -320,6 +358,7 @@ class FiberScheduler:
         self.fibers[process.pid] = fiber
         if process.actor is not None:
             process.actor.waker = partial(self._wake, fiber)
+            process.actor.hand = partial(self._hand_to, fiber)
         name = process.entry or (component.shape.entry if component.shape else "")
         if process.entry:
             results = component.action(name)
@@ -339,7 +378,7 @@ class FiberScheduler:
                 component.fiber_pre_ptr,
                 fiber.raw_context,
                 ctypes.byref(fiber.instance),
-                *fiber.refs(),
+                *self._out,
             )
         )
         self._run(fiber)
@@ -441,7 +480,9 @@ class FiberScheduler:
     def _next(self, fiber: Fiber) -> ExitReport | None:
         """The current phase finished: start the next one; the report once it ended."""
         process = fiber.process
-        error_at, trap_at = fiber.error.value, fiber.trap.value
+        error_at, trap_at = self._error.value, self._trap.value
+        if error_at or trap_at:
+            self._error.value = self._trap.value = None
         if error_at or trap_at:
             if process.memory is not None:  # a crash near its cap says so
                 process.memory_bytes = process.memory.size()
@@ -476,9 +517,9 @@ class FiberScheduler:
             return None
         if process.memory is not None:
             process.memory_bytes = process.memory.size()
-        if fiber.entry_results and fiber.results[0].of.i32 != 0:
+        if fiber.entry_results and self._results[0].of.i32 != 0:
             return ExitReport(
-                ExitReason.CRASHED, f"{fiber.entry} returned {fiber.results[0].of.i32}"
+                ExitReason.CRASHED, f"{fiber.entry} returned {self._results[0].of.i32}"
             )
         return ExitReport(ExitReason.NORMAL)
 
@@ -489,19 +530,19 @@ class FiberScheduler:
             ctypes.byref(fiber.instance),
             name,
             ctypes.c_size_t(len(name)),
-            ctypes.byref(fiber.item),
+            ctypes.byref(self._item),
         ):
             return False
         fiber.process.busy_ticks = 0
         fiber.future = ctypes.c_void_p(
             _call_async(
                 fiber.raw_context,
-                ctypes.byref(fiber.item.of.func),
+                ctypes.byref(self._item.of.func),
                 None,
                 ctypes.c_size_t(0),
-                fiber.results,
+                self._results,
                 ctypes.c_size_t(results),
-                *fiber.refs(),
+                *self._out,
             )
         )
         return True
@@ -523,7 +564,7 @@ class FiberScheduler:
                 self.host.log.error(f"{fiber.process.label}: undoing its parked call: {exc!r}")
         self.fibers.pop(fiber.process.pid, None)
         # Its memory goes with its store: nothing may read it through the view.
-        fiber.view, fiber.view_size = memoryview(bytearray()), -1
+        fiber.view, fiber.view_size = _NO_VIEW, -1
         self.host.finish(fiber.process, report, fiber.store)
         # Nothing polls it again: untie it from its process. The two point at
         # each other (and its parked call's closure at both), and a cycle
@@ -600,6 +641,37 @@ class FiberScheduler:
             continuation[1] = ready_at
 
         return AsyncCallback(callback)
+
+    def _sync_callback(self, name: str, body: SyncBody) -> Any:
+        """The unchecked host callback of ``rusm.name`` for fibers (see ``define_sync``)."""
+
+        def callback(_env: Any, _caller: int, address: int, _count: int) -> int:
+            fiber = self.current
+            if fiber is None:  # only a fiber's poll calls into its linker's functions
+                return new_trap(f"rusm.{name}: calling process is unknown")
+            try:
+                body(fiber, address)
+                return 0
+            except BadPointer as exc:
+                fiber.process.crash = str(exc)
+                return new_trap(str(exc))
+            except Exit as exc:
+                return new_trap(str(exc))
+            except BaseException as exc:
+                fiber.process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
+                return new_trap(f"host error in rusm.{name}")
+
+        return ctypes.cast(capi.HostCallback(callback), ffi.wasmtime_func_unchecked_callback_t)
+
+    def raw_u32(self, address: int) -> Any:
+        """A synchronous call's raw values as uint32s: value ``k``'s at ``4 * k``."""
+        self._u32_at.value = address
+        return self._u32
+
+    def raw_i64(self, address: int) -> Any:
+        """A synchronous call's raw values as int64s: value ``k``'s at ``2 * k``."""
+        self._i64_at.value = address
+        return self._i64
 
     def values(self, address: int) -> Any:
         """The int32s at ``address`` (a call's values): value ``k``'s i32 at ``A{k}``.
@@ -748,6 +820,26 @@ class FiberScheduler:
             return False
         actor = fiber.process.actor
         if actor is None or not self.table.took_over(actor, len(envelope.payload), fiber.cap):
+            return False
+        self._put(fiber, _OK, envelope)
+        fiber.handed = True
+        self._wake(fiber)
+        return True
+
+    def _hand_to(self, fiber: Fiber, envelope: Envelope) -> bool:
+        """``Actor.hand``: a message straight into ``fiber``'s waiting ``recv`` (table lock held).
+
+        Only on the loop thread (the buffers are written with its scratch
+        pointers), while the fiber waits in ``recv`` with nothing handed yet
+        and the message fits: then as ``hand``, and the fiber is woken.
+        """
+        if (
+            not fiber.parked
+            or fiber.finish is not None
+            or fiber.handed
+            or len(envelope.payload) > fiber.cap
+            or threading.get_ident() != self.thread
+        ):
             return False
         self._put(fiber, _OK, envelope)
         fiber.handed = True

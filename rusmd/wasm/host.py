@@ -64,7 +64,7 @@ from rusmd.abi import ErrorCode, ExitReason, slot_of
 from rusmd.actors.table import ActorTable
 from rusmd.channel import ComponentImage, ProcessExit
 from rusmd.config.environment import Environment
-from rusmd.config.model import BUILTIN_CAPABILITIES, BuiltinCapability, Manifest
+from rusmd.config.model import BUILTIN_CAPABILITIES, BuiltinCapability, LogLevel, Manifest
 from rusmd.errors import SpawnError
 from rusmd.log import Logger
 from rusmd.wasm import capi
@@ -194,7 +194,9 @@ class WasmHost:
         self.fibers = FiberScheduler(self, loop, thread)
         actor_calls = ActorCalls(self)
         kv_calls = KvCalls(self)
-        self.fibers.define(FiberCalls(self.fibers, self, actor_calls, kv_calls).bodies())
+        fiber_calls = FiberCalls(self.fibers, self, actor_calls, kv_calls)
+        self.fibers.define(fiber_calls.bodies())
+        self.fibers.define_sync(fiber_calls.sync_bodies())
         self.fibers.define(ServingWrites(self.fibers, self.serve_calls).bodies())
         callbacks = host_callbacks(
             {
@@ -206,6 +208,7 @@ class WasmHost:
             self.processes,
             self.inline,
             raw=ServeCalls.RAW,
+            fibers=self.fibers,
         )
         # wasmtime calls them by address: they live as long as the host.
         self._callbacks = callbacks
@@ -216,7 +219,9 @@ class WasmHost:
             environment,
             log,
             engine=self.engine,
-            linkers=LinkerSet(self.engine, callbacks, self.fibers.callbacks),
+            linkers=LinkerSet(
+                self.engine, callbacks, self.fibers.callbacks, self.fibers.sync_callbacks
+            ),
             inline_engine=inline_engine,
             inline_linkers=LinkerSet(inline_engine, callbacks),
         )
@@ -305,7 +310,7 @@ class WasmHost:
             quiet=quiet,
         )
         self._enter(process, link_to=parent if link else None)
-        if not quiet:
+        if not quiet and self.log.enabled(LogLevel.DEBUG):
             self.log.debug(f"spawn {process.label} {component.capability.grants()}")
         if component.fiber_pre_ptr:
             self.fibers.start(process)

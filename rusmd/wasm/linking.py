@@ -216,6 +216,9 @@ class LinkerSet:
     Args:
         engine: The worker's engine.
         callbacks: The raw host callback for each ``rusm`` function name.
+        async_callbacks: A fiber's linker's async functions, by name.
+        fiber_callbacks: A fiber's linker's own synchronous callbacks, by
+            name (for the others it has ``callbacks``').
     """
 
     def __init__(
@@ -223,10 +226,12 @@ class LinkerSet:
         engine: wasmtime.Engine,
         callbacks: dict[str, HostCallback],
         async_callbacks: dict[str, Any] | None = None,
+        fiber_callbacks: dict[str, HostCallback] | None = None,
     ) -> None:
         self.engine = engine
         self.callbacks = callbacks
         self.async_callbacks = async_callbacks or {}
+        self.fiber_callbacks = fiber_callbacks or {}
         self._linkers: dict[tuple[frozenset[Grant], bool], wasmtime.Linker] = {}
         self._types: dict[str, wasmtime.FuncType] = {}
 
@@ -256,6 +261,9 @@ class LinkerSet:
                         ctypes.cast(address, ctypes.POINTER(ffi.wasmtime_error_t))
                     )
                 continue
+            callback = self.callbacks[name]
+            if fiber:
+                callback = self.fiber_callbacks.get(name, callback)
             error = ffi.wasmtime_linker_define_func_unchecked(
                 linker.ptr(),
                 module,
@@ -263,7 +271,7 @@ class LinkerSet:
                 encoded,
                 len(encoded),
                 func_type.ptr(),
-                self.callbacks[name],
+                callback,
                 None,
                 _NO_FINALIZER,
             )

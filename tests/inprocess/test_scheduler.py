@@ -67,7 +67,7 @@ def test_module_importing_a_blocking_wasi_call_keeps_a_guest_thread(tmp_path: Pa
         _wait_parked(host, 2)
         runs = {row["pid"]: row["runs"] for row in host.host.list()}
         assert runs == {fiber: "fiber", threaded: "thread"}
-        assert host.host.runners.threads == 1
+        assert host.host.runners.threads >= 1
     finally:
         host.host.shutdown(5.0)
     assert host.wait_exit(threaded, "napper").endswith("shutdown")
