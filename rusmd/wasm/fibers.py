@@ -60,6 +60,7 @@ import enum
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
@@ -236,6 +237,9 @@ class FiberScheduler:
         # Fibers woken on this thread since the loop last ran them.
         self._woken: list[Fiber] = []
         self._running_woken = False
+        # Jobs other threads queued for the loop (``_soon``).
+        self._inbox: deque[tuple[Callable[[Any], None], Any]] = deque()
+        self._inbox_armed = False
         # Re-pointed at a call's values (int32s) and continuation (two
         # pointers) to read and write them in place: cheaper than a ctypes
         # object per access. Only the loop thread uses them.
@@ -311,13 +315,30 @@ class FiberScheduler:
         if len(woken) == 1 and not self._running_woken and not self.loop.is_closed():
             self.loop.call_soon(self._run_woken)
 
-    def _soon(self, job: Callable[..., None], *args: Any) -> None:
+    def _soon(self, job: Callable[[Any], None], arg: Any) -> None:
         if self.loop.is_closed():
             return
         if threading.get_ident() == self.thread:
-            self.loop.call_soon(job, *args)
-        else:
-            self.loop.call_soon_threadsafe(job, *args)
+            self.loop.call_soon(job, arg)
+            return
+        # From another thread (a control call, a guest thread, the kv
+        # writer): through the inbox, which wakes the loop once for all
+        # that came meanwhile rather than once each (a wake-up is a
+        # syscall and a GIL hand-off).
+        self._inbox.append((job, arg))
+        if not self._inbox_armed:
+            self._inbox_armed = True
+            self.loop.call_soon_threadsafe(self._drain_inbox)
+
+    def _drain_inbox(self) -> None:
+        self._inbox_armed = False  # before draining: a job queued after is not missed
+        inbox = self._inbox
+        while inbox:
+            job, arg = inbox.popleft()
+            try:
+                job(arg)
+            except Exception as exc:  # a host bug costs its job, not the jobs behind it
+                self.host.log.error(f"scheduler: {getattr(job, '__name__', job)}: {exc!r}")
 
     # ── the loop thread ────────────────────────────────────────────────────
 
