@@ -221,12 +221,17 @@ def test_sigterm_stops_every_parked_fiber_within_the_drain(one_worker: Daemon) -
 def test_list_shows_each_process_cpu_and_polls(one_worker: Daemon) -> None:
     actors = Actors(one_worker)
     busy, idle = actors.spawn("actor"), actors.spawn("actor")
-    polls_before = listed(one_worker)[busy]["polls"]
+    before = listed(one_worker)
     for n in range(20):
         actors.result(busy, "actor", "self", f"self {n}")
     rows = listed(one_worker)
-    assert rows[busy]["polls"] >= polls_before + 20
-    assert rows[busy]["cpu_ms"] > rows[idle]["cpu_ms"] >= 0
+    assert rows[busy]["polls"] >= before[busy]["polls"] + 20
+    assert rows[busy]["cpu_ms"] > before[busy]["cpu_ms"] > 0
+    # The other one waited in recv all along: no turn, no CPU.
+    assert (rows[idle]["polls"], rows[idle]["cpu_ms"]) == (
+        before[idle]["polls"],
+        before[idle]["cpu_ms"],
+    )
     assert rows[busy]["runs"] == "fiber"
     text = one_worker.ctl("list").stdout
     assert "CPU" in text.splitlines()[0]
