@@ -4,25 +4,21 @@ Runs in: a benchmark process of its own (``python -m bench actors``) and
 the idle census's child processes (``python -m bench.actors_idle``).
 
 ``Worker`` plays one worker: a real ``WasmHost`` (its actor table,
-processes, epoch ticker and modules from the real AOT cache) with the
-actor table's jobs run in order on a loop thread of its own, as the
-worker's event loop runs them. Its log records are kept, so the
+processes, epoch ticker and modules from the real AOT cache) on the loop
+the host starts on a thread of its own (``rusm-loop``), where its fibers
+and its actor table's jobs run, as on a worker's event loop. Its log records are kept, so the
 benchmark waits for a guest's ``ready`` or result line.
 """
 
 from __future__ import annotations
 
-import queue
-import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import wasmtime
 
-from rusmd.actors.table import ActorTable
 from rusmd.channel import ComponentImage
 from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel
@@ -80,39 +76,8 @@ capability = "boss"
 """
 
 
-class _Loop:
-    """The worker's loop thread as the actor table sees it: one thread, jobs in order."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = (
-            queue.SimpleQueue()
-        )
-        self._thread = threading.Thread(target=self._run, name="loop", daemon=True)
-        self._thread.start()
-
-    def call_soon(self, job: Callable[..., None], *args: Any) -> None:
-        self._jobs.put((job, args))
-
-    def call_later(self, delay_s: float, job: Callable[[], None]) -> None:
-        timer = threading.Timer(delay_s, self.call_soon, (job,))
-        timer.daemon = True
-        timer.start()
-
-    def close(self) -> None:
-        self._jobs.put(None)
-        self._thread.join(5.0)
-
-    def _run(self) -> None:
-        while (item := self._jobs.get()) is not None:
-            job, args = item
-            try:
-                job(*args)
-            except Exception as exc:
-                print(f"loop job failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-
-
 class Worker:
-    """A real ``WasmHost`` in this process, its actor table on a loop thread, its log."""
+    """A real ``WasmHost`` in this process (fibers and actors on the loop it starts), its log."""
 
     def __init__(
         self,
@@ -131,14 +96,6 @@ class Worker:
         self.records: list[LogRecord] = []
         self.changed = threading.Condition()
         self.exited = threading.Event()
-        self.loop = _Loop()
-        table = ActorTable(
-            0,
-            remote=lambda _slot, _sig: False,
-            to_main=lambda _message: None,
-            call_soon=self.loop.call_soon,
-            call_later=self.loop.call_later,
-        )
         extra: dict[str, Any] = {} if pool_slots is None else {"pool_slots": pool_slots}
         self.host = WasmHost(
             manifest,
@@ -146,7 +103,6 @@ class Worker:
             Logger(level, self._sink),
             environment,
             request_lease=lambda: None,
-            actors=table,
             max_processes=max_processes,
             **extra,
         )
@@ -202,7 +158,6 @@ class Worker:
 
     def close(self) -> None:
         self.host.shutdown(SHUTDOWN_TIMEOUT_S)
-        self.loop.close()
 
 
 def fields(line: str) -> dict[str, int]:

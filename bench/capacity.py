@@ -122,13 +122,13 @@ def parked(count: int, max_processes: int) -> dict[str, Any]:
         host.load([ComponentImage(name="idle", cwasm=str(entry.path), digest=entry.digest)])
         count = min(count, host.max_processes)
         # The first process pays for what all share (module code, first pages).
-        host.spawn("idle", fiber=True, quiet=True)
+        host.spawn("idle", quiet=True)
         loop.run_until_complete(asyncio.sleep(0.05))
         gc.collect()
         maps_before, rss_before = _maps(), _rss_by_kind()
         started = time.perf_counter()
         for index in range(1, count):
-            host.spawn("idle", fiber=True, quiet=True)
+            host.spawn("idle", quiet=True)
             if index % SPAWN_BATCH == 0:
                 loop.run_until_complete(asyncio.sleep(0))
         loop.run_until_complete(asyncio.sleep(0.2))

@@ -39,7 +39,7 @@ import uvloop
 
 from bench.http import parse_wrk, wrk
 from bench.http_servers import RusmApp, rusmd, write_app
-from rusmd.control.protocol import FrameReader, encode_frame
+from rusmd.control.protocol import MAX_REPLY_BYTES, FrameReader, encode_frame
 
 ROUNDS = 10
 SOCKETS = 1000
@@ -72,7 +72,7 @@ def control(app: RusmApp, command: str) -> dict[str, Any]:
         conn.settimeout(WAIT_S)
         conn.connect(str(app.directory / ".rusm" / "rusmd.sock"))
         conn.sendall(encode_frame({"command": command, "args": {}}))
-        reader = FrameReader()
+        reader = FrameReader(MAX_REPLY_BYTES)
         while True:
             data = conn.recv(65536)
             if not data:

@@ -32,7 +32,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rusmd.control.protocol import COMMANDS, FrameReader, ProtocolError, encode_frame
+from rusmd.control.protocol import (
+    COMMANDS,
+    MAX_REPLY_BYTES,
+    FrameReader,
+    ProtocolError,
+    encode_frame,
+)
 from rusmd.errors import EX_NOPERM, EX_OK, EX_REFUSED, EX_UNAVAILABLE
 from rusmd.store import kv_command as kv
 
@@ -188,7 +194,7 @@ class FrameStream:
 
     def __init__(self, conn: socket.socket) -> None:
         self.conn = conn
-        self.reader = FrameReader()
+        self.reader = FrameReader(MAX_REPLY_BYTES)
         self.pending: list[dict[str, Any]] = []
 
     def next(self) -> dict[str, Any]:
@@ -371,14 +377,15 @@ def _print_list(result: dict[str, Any]) -> None:
         print("no wasm processes")
         return
     print(
-        f"{'PROCESS':<28}{'WORKER':<8}{'STATE':<10}{'MEMORY':<10}{'UPTIME':<8}"
+        f"{'PROCESS':<28}{'WORKER':<8}{'STATE':<10}{'MEMORY':<10}{'CPU':<10}{'UPTIME':<8}"
         f"{'MBOX':<6}{'NAME':<16}{'LINKS':<20}MONITORS"
     )
     for process in processes:
         name = f"{process['component']}#{process['pid']}"
         print(
             f"{name:<28}{process['worker']:<8}{process['state']:<10}"
-            f"{_size(process['memory_bytes']):<10}{_duration(process['uptime_s']):<8}"
+            f"{_size(process['memory_bytes']):<10}{_cpu(process.get('cpu_ms', 0)):<10}"
+            f"{_duration(process['uptime_s']):<8}"
             f"{process.get('mailbox', 0):<6}{','.join(process.get('names', [])) or '-':<16}"
             f"{_pids(process.get('links', [])):<20}{_pids(process.get('monitors', []))}"
         )
@@ -412,6 +419,17 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds // 60}m"
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def _cpu(ms: float) -> str:
+    """CPU time a process used: 0.4ms, 12ms, 3.2s, 41m."""
+    if ms < 10:
+        return f"{ms:.1f}ms"
+    if ms < 10_000:
+        return f"{ms:.0f}ms"
+    if ms < 600_000:
+        return f"{ms / 1000:.1f}s"
+    return f"{ms / 60_000:.0f}m"
 
 
 def _size(count: int) -> str:

@@ -1,14 +1,20 @@
 """The actor table of one worker: mailboxes, links, monitors, names, timers.
 
-Runs in: worker. Every method is safe from any thread: guest threads
-call it from host functions, the loop thread with signals from other
-workers and from the main process.
+Runs in: worker. Every method is safe from any thread: the loop thread
+calls it from the host functions of fibers (every process but those
+that keep a guest thread) and with signals from other workers and from
+the main process; guest threads from their host functions.
 
 One lock guards the whole table (every actor's links, monitors, mailbox
 and the name replica): signals are short, and one lock makes an exit and
-the signals it sends one atomic step. A process parked in ``receive`` or
-``call`` waits on a condition of that lock: no CPU, no polling; a
-message, a reply, a down or a kill wakes it.
+the signals it sends one atomic step; on the loop thread nobody else
+takes it but the few guest threads. A fiber waiting for a message, a
+reply or a name parks: a delivery appends to its mailbox and calls its
+actor's ``waker``, which schedules it on the loop (the ``*_begin`` /
+``*_answer`` / ``*_end`` halves of ``call``, ``register`` and ``probe``
+are for it). A guest thread parked in ``receive`` or ``call`` waits on a
+condition of the lock instead: no CPU, no polling; a message, a reply, a
+down or a kill wakes it.
 
 Routing is by pid alone: ``slot_of(pid)`` names the worker. A signal to a
 local pid is handled at once; one to another worker goes to ``remote``
@@ -67,6 +73,7 @@ _USER_KINDS = frozenset({Kind.MESSAGE, Kind.CALL, Kind.TIMER, Kind.FRAME})
 # these are read for every message a WebSocket delivers.
 _OK, _LIMIT, _NOPROC = ErrorCode.OK, ErrorCode.LIMIT, ErrorCode.NOPROC
 _TOOBIG, _TIMEOUT = ErrorCode.TOOBIG, ErrorCode.TIMEOUT
+_MESSAGE = Kind.MESSAGE
 
 
 class Stopped(RusmError):
@@ -133,6 +140,9 @@ class Actor:
     # Called by ``wake`` for a process that waits as a fiber, not on the
     # condition (it schedules the fiber's next poll; any thread).
     waker: Callable[[], None] | None = None
+    # Takes a message straight into a fiber waiting in ``recv`` with an
+    # empty mailbox, if it can (True); its scheduler sets it.
+    hand: Callable[[Envelope], bool] | None = None
     _cond: threading.Condition | None = None
     _waiting: int = 0
 
@@ -157,9 +167,12 @@ class Actor:
 
 
 @dataclass
-class _Claim:
+class Claim:
+    """A name ``rusm.register`` asked the main process for, and its answer."""
+
     actor: Actor
     name: str
+    req: int
     answer: NameReply | None = None
     abandoned: bool = False
 
@@ -209,7 +222,7 @@ class ActorTable:
         self.actors: dict[int, Actor] = {}
         self.names: dict[str, int] = {}
         self.timers: dict[int, _Timer] = {}
-        self._claims: dict[int, _Claim] = {}
+        self._claims: dict[int, Claim] = {}
         # Labels of processes that just exited, for the exit lines of their links.
         self._gone_labels: dict[int, str] = {}
         self._refs = itertools.count(1)
@@ -256,6 +269,7 @@ class ActorTable:
             # these would tie the two in a cycle the cycle collector frees late.
             actor.kill = _removed
             actor.waker = None
+            actor.hand = None
             if not (actor.links or actor.watchers or actor.monitors or actor.names):
                 for ref in actor.timers:
                     self.timers.pop(ref, None)
@@ -493,8 +507,37 @@ class ActorTable:
             return True
 
     def send(self, sender: int, to: int, payload: bytes) -> int:
-        """``rusm.send``: OK, NOPROC (known dead), LIMIT (full local mailbox)."""
-        return self.signal(Sig(Op.SEND, to, sender, payload=payload))
+        """``rusm.send``: OK, NOPROC (known dead), LIMIT (full local mailbox).
+
+        A send to a local process is ``_handle``'s SEND inline (no signal
+        made): the hot path of every message between two processes.
+        """
+        if to % PID_STRIDE != self.slot:  # as ``slot_of``, inline
+            return self.signal(Sig(Op.SEND, to, sender, payload=payload))
+        with self.lock:
+            target = self.actors.get(to)
+            if target is None:
+                self.dropped += 1
+                return _NOPROC
+            if target.user_messages >= self.mailbox_limit:
+                target.dropped += 1
+                self.dropped += 1
+                return _LIMIT
+            envelope = Envelope(_MESSAGE, sender, 0, 0, payload)
+            self.delivered += 1
+            if target.hand is not None and not target.mailbox and target.hand(envelope):
+                target.received += 1  # taken at once, as ``took_over``
+                return _OK
+            target.user_messages += 1
+            if target.native is not None:
+                self.call_soon(target.native, envelope)
+                return _OK
+            target.mailbox.append(envelope)
+            if target._cond is not None:  # as ``Actor.wake``, inline
+                target._cond.notify_all()
+            if target.waker is not None:
+                target.waker()
+            return _OK
 
     def receive(
         self, actor: Actor, timeout_s: float | None, cap: int
@@ -546,37 +589,82 @@ class ActorTable:
             Stopped: The caller was told to stop while it waited.
         """
         with self.lock:
+            code, ref = self.call_begin(actor, to, payload)
+            if code == _LIMIT:
+                return _LIMIT, b""
+            try:
+                answered = _wait_for(actor, lambda: self.call_answer(actor) is not None, timeout_s)
+                if not answered:
+                    return _TIMEOUT, b""
+                answer = self.call_answer(actor)
+                assert answer is not None
+                return answer
+            finally:
+                self.call_end(actor, to, ref)
+
+    def call_begin(self, actor: Actor, to: int, payload: bytes) -> tuple[int, int]:
+        """Start ``rusm.call``: monitor ``to``, send it the request; (code, call ref).
+
+        The code is LIMIT when ``to``'s mailbox is full (the call is over,
+        nothing to end), else OK: wait until ``call_answer`` has one (a
+        reply or the callee's down wakes the caller), then ``call_end``.
+        """
+        with self.lock:
             ref = self.new_ref()
             actor.awaiting = ref
             actor.reply = None
             actor.callee_down = False
             actor.monitors[ref] = to
             self.signal(Sig(Op.MONITOR, to, actor.pid, ref))
-            code = ErrorCode.OK
+            code: int = _OK
             if not actor.callee_down:
-                code = ErrorCode(self.signal(Sig(Op.CALL, to, actor.pid, ref, payload=payload)))
-            try:
-                if code == ErrorCode.LIMIT:
-                    return ErrorCode.LIMIT, b""
-                answered = _wait_for(
-                    actor, lambda: actor.reply is not None or actor.callee_down, timeout_s
-                )
-                if not answered:
-                    return ErrorCode.TIMEOUT, b""
-                if actor.reply is not None:
-                    return ErrorCode.OK, actor.reply.payload
-                return ErrorCode.NOPROC, b""
-            finally:
+                code = self.signal(Sig(Op.CALL, to, actor.pid, ref, payload=payload))
+            if code == _LIMIT:
+                self.call_end(actor, to, ref)
+                return _LIMIT, ref
+            return _OK, ref
+
+    @staticmethod
+    def call_answer(actor: Actor) -> tuple[int, bytes] | None:
+        """How the call ``actor`` waits for ended: (OK, reply), (NOPROC, b""); None yet."""
+        reply = actor.reply
+        if reply is not None:
+            return _OK, reply.payload
+        if actor.callee_down:
+            return _NOPROC, b""
+        return None
+
+    def call_end(self, actor: Actor, to: int, ref: int) -> None:
+        """The call ``ref`` to ``to`` is over (answered, timed out or abandoned)."""
+        with self.lock:
+            if actor.awaiting == ref:
                 actor.awaiting = 0
                 actor.reply = None
-                if actor.monitors.pop(ref, None) is not None:
-                    self.signal(Sig(Op.DEMONITOR, to, actor.pid, ref))
+            if actor.monitors.pop(ref, None) is not None:
+                self.signal(Sig(Op.DEMONITOR, to, actor.pid, ref))
 
     def probe(self, pid: int, *, want_info: bool) -> tuple[bool, bytes]:
         """Ask another worker whether ``pid`` is alive (and for its info).
 
         Runs on the asking guest's thread with a private waiter, so it
         needs no process of its own; an unreachable worker means dead.
+        """
+        waiter = self.probe_begin(pid, want_info=want_info)
+        if waiter is None:
+            return False, b""
+        with self.lock:
+            try:
+                ready = lambda: waiter.reply is not None  # noqa: E731
+                _wait_for(waiter, ready, PROBE_TIMEOUT_S, stoppable=False)
+            finally:
+                answer = self.probe_end(waiter)
+        return answer
+
+    def probe_begin(self, pid: int, *, want_info: bool) -> Actor | None:
+        """Send the question of ``probe``; its private waiter, or None when it cannot leave.
+
+        The answer wakes the waiter (its ``waker``, its condition); read it
+        with ``probe_end``, once it came or after ``PROBE_TIMEOUT_S``.
         """
         waiter = Actor(0, "probe", lambda _r, _d: None, self.lock)
         ref = self.new_ref()
@@ -586,13 +674,16 @@ class ActorTable:
         waiter.pid = key
         with self.lock:
             self.actors[key] = waiter
-            try:
-                sent = self.remote(slot_of(pid), Sig(Op.PROBE, pid, key, ref, int(want_info)))
-                if sent:
-                    ready = lambda: waiter.reply is not None  # noqa: E731
-                    _wait_for(waiter, ready, PROBE_TIMEOUT_S, stoppable=False)
-            finally:
-                del self.actors[key]
+            if self.remote(slot_of(pid), Sig(Op.PROBE, pid, key, ref, int(want_info))):
+                return waiter
+            del self.actors[key]
+        return None
+
+    def probe_end(self, waiter: Actor) -> tuple[bool, bytes]:
+        """The answer a ``probe_begin`` waiter got: (alive, info); (False, b"") for none."""
+        with self.lock:
+            self.actors.pop(waiter.pid, None)
+            waiter.waker = None
         reply = waiter.reply
         if reply is None or reply.reason != 1:
             return False, b""
@@ -697,22 +788,44 @@ class ActorTable:
         Raises:
             Stopped: The caller was told to stop while it waited.
         """
-        with self.lock:
-            if actor.names or name in self.names:
-                return ErrorCode.EXISTS
-            req = next(self._claim_ids)
-            claim = _Claim(actor, name)
-            self._claims[req] = claim
-        self.to_main(NameClaim(req=req, name=name, pid=actor.pid))
+        claim = self.register_begin(actor, name)
+        if not isinstance(claim, Claim):
+            return claim
         with self.lock:
             try:
                 if not _wait_for(actor, lambda: claim.answer is not None, NAME_CLAIM_TIMEOUT_S):
                     return ErrorCode.UNAVAILABLE
             finally:
                 if claim.answer is None:
-                    claim.abandoned = True
-                else:
-                    del self._claims[req]
+                    self.register_abandon(claim)
+        return self.register_answer(claim)
+
+    def register_begin(self, actor: Actor, name: str) -> Claim | int:
+        """Ask the main process for ``name``: the claim, or EXISTS at once.
+
+        The answer wakes ``actor``; once ``claim.answer`` is set,
+        ``register_answer`` finishes the call. A caller that stops waiting
+        first (timeout, stop) calls ``register_abandon``.
+        """
+        with self.lock:
+            if actor.names or name in self.names:
+                return ErrorCode.EXISTS
+            req = next(self._claim_ids)
+            claim = Claim(actor, name, req)
+            self._claims[req] = claim
+        self.to_main(NameClaim(req=req, name=name, pid=actor.pid))
+        return claim
+
+    def register_abandon(self, claim: Claim) -> None:
+        """Nobody waits for ``claim`` any more: a late grant is given back."""
+        with self.lock:
+            claim.abandoned = True
+
+    def register_answer(self, claim: Claim) -> int:
+        """``rusm.register``'s result once ``claim`` was answered."""
+        actor, name = claim.actor, claim.name
+        with self.lock:
+            self._claims.pop(claim.req, None)
             answer = claim.answer
             if answer is None or not answer.ok:
                 return ErrorCode.EXISTS

@@ -33,6 +33,10 @@ from rusmd.errors import RusmError
 # is garbage or an attempt to make the main process buffer memory, so it is
 # refused.
 MAX_FRAME_BYTES = 2 << 20
+# Replies come from the daemon, not from a client, and one can be large: a
+# `list` costs about 300 bytes a process, and a worker may hold tens of
+# thousands. A client's reader still caps what it buffers.
+MAX_REPLY_BYTES = 64 << 20
 
 # Brackets a frame may nest. A request is two levels deep (the frame and
 # its args); JSON's decoder recurses once per level, so a frame of 100,000
@@ -156,19 +160,26 @@ def nested_too_deep(payload: bytes, limit: int = MAX_NESTING_DEPTH) -> bool:
     return bool(structure)
 
 
-def encode_frame(document: dict[str, Any]) -> bytes:
-    """One frame: length prefix plus compact JSON."""
+def encode_frame(document: dict[str, Any], limit: int = MAX_FRAME_BYTES) -> bytes:
+    """One frame: length prefix plus compact JSON (a reply may take ``MAX_REPLY_BYTES``)."""
     payload = json.dumps(document, separators=(",", ":")).encode()
-    if len(payload) > MAX_FRAME_BYTES:
-        raise ProtocolError(f"frame of {len(payload)} bytes exceeds {MAX_FRAME_BYTES}")
+    if len(payload) > limit:
+        raise ProtocolError(f"frame of {len(payload)} bytes exceeds {limit}")
     return _LENGTH.pack(len(payload)) + payload
 
 
 class FrameReader:
-    """Splits a byte stream into JSON objects, enforcing the frame and depth caps."""
+    """Splits a byte stream into JSON objects, enforcing the frame and depth caps.
 
-    def __init__(self) -> None:
+    Args:
+        limit: The largest frame accepted: ``MAX_FRAME_BYTES`` for requests
+            (the daemon reading a client), ``MAX_REPLY_BYTES`` for a client
+            reading replies. Optional; defaults to ``MAX_FRAME_BYTES``.
+    """
+
+    def __init__(self, limit: int = MAX_FRAME_BYTES) -> None:
         self._buffer = bytearray()
+        self.limit = limit
 
     def feed(self, data: bytes) -> list[dict[str, Any]]:
         """Add bytes; return every complete frame's object.
@@ -181,8 +192,8 @@ class FrameReader:
         documents: list[dict[str, Any]] = []
         while len(self._buffer) >= _LENGTH.size:
             (length,) = _LENGTH.unpack_from(self._buffer)
-            if length > MAX_FRAME_BYTES:
-                raise ProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME_BYTES}")
+            if length > self.limit:
+                raise ProtocolError(f"frame of {length} bytes exceeds {self.limit}")
             end = _LENGTH.size + length
             if len(self._buffer) < end:
                 break

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rusmd.control.protocol import FrameReader, ProtocolError, encode_frame
+from rusmd.control.protocol import MAX_REPLY_BYTES, FrameReader, ProtocolError, encode_frame
 from rusmd.errors import EX_NOPERM, EX_REFUSED, RusmError
 
 # Open control connections at once: rusmctl opens one per command, so more
@@ -47,8 +47,9 @@ FIRST_FRAME_TIMEOUT_S = 5.0
 # A client that says nothing for this long is gone; streaming ones are exempt.
 IDLE_TIMEOUT_S = 300.0
 # Output queued for one slow client before it is dropped (a `logs -f` that
-# never reads must not grow the main process without bound).
-MAX_PENDING_OUTPUT_BYTES = 8 << 20
+# never reads must not grow the main process without bound): the largest
+# reply and 8 MiB more.
+MAX_PENDING_OUTPUT_BYTES = MAX_REPLY_BYTES + (8 << 20)
 # Out of descriptors, the listening socket stays readable with nothing it
 # can accept: it leaves the selector for this long, so the main loop does
 # not spin on it, then is tried again.
@@ -159,7 +160,7 @@ class ControlServer:
         if connection.awaiting:
             connection.awaiting -= 1
         try:
-            frame = encode_frame(document)
+            frame = encode_frame(document, MAX_REPLY_BYTES)
         except (ProtocolError, TypeError, ValueError, RecursionError) as exc:
             # A reply too big for a frame, or one holding something JSON
             # cannot carry: the client hears why instead of the loop dying.

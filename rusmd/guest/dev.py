@@ -49,7 +49,7 @@ from typing import Any
 
 import watchfiles
 
-from rusmd.control.protocol import FrameReader, encode_frame
+from rusmd.control.protocol import MAX_REPLY_BYTES, FrameReader, encode_frame
 from rusmd.guest.builder import BuildError, BuildResult, build_app, find_components, report_line
 
 # One control request: the daemon answers upgrade once its compile child is
@@ -85,7 +85,7 @@ def control_request(socket_path: Path, command: str, **args: Any) -> dict[str, A
             conn.settimeout(REQUEST_TIMEOUT_S)
             conn.connect(str(socket_path))
             conn.sendall(encode_frame({"command": command, "args": args}))
-            reader = FrameReader()
+            reader = FrameReader(MAX_REPLY_BYTES)
             while True:
                 data = conn.recv(65536)
                 if not data:

@@ -15,7 +15,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from rusmd.control.protocol import FrameReader, ProtocolError, encode_frame
+from rusmd.control.protocol import MAX_REPLY_BYTES, FrameReader, ProtocolError, encode_frame
 
 # The main process answers every command within a second or so (a worker
 # query waits at most its own timeout); past this the endpoint reports it
@@ -75,7 +75,7 @@ class ControlClient:
         reader, writer = await asyncio.open_unix_connection(str(self.path))
         try:
             writer.write(encode_frame({"command": command, "args": args}))
-            frames = FrameReader()
+            frames = FrameReader(MAX_REPLY_BYTES)
             while True:
                 data = await reader.read(READ_BYTES)
                 if not data:

@@ -209,7 +209,7 @@ class ListenerRuntime:
 
         try:
             exchange.pid = self.host.spawn(
-                name, entry=action, exchange=exchange, on_exit=exited, quiet=True, fiber=True
+                name, entry=action, exchange=exchange, on_exit=exited, quiet=True
             )
         except SpawnError as exc:
             self._not_started(conn, exchange, exc)

@@ -349,7 +349,7 @@ class WsConnection(asyncio.Protocol):
 
         try:
             exchange.pid = self.listener.host.spawn(
-                name, exchange=exchange, on_exit=exited, quiet=True, fiber=True
+                name, exchange=exchange, on_exit=exited, quiet=True
             )
         except SpawnError as exc:
             self.listener.log.warn(f"ws GET {self.path}: {exc}")

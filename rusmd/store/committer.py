@@ -1,7 +1,8 @@
 """Group commit: a worker's one writer thread, shared by every guest that writes.
 
 Runs in: worker (its ``kv-writer`` thread; ``write`` is called from guest
-threads and the control handler).
+threads and the control handler, ``submit`` from the loop thread for a
+fiber, which parks instead of waiting).
 
 LMDB has one writer at a time and each durable commit costs an fsync
 (milliseconds on a real disk). Writes wait here in a queue; the writer
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 
 import lmdb
 
@@ -34,12 +36,13 @@ CLOSE_TIMEOUT_S = 10.0
 
 
 class _Pending:
-    __slots__ = ("done", "result", "write")
+    __slots__ = ("done", "notify", "result", "write")
 
-    def __init__(self, write: Write) -> None:
+    def __init__(self, write: Write, notify: Callable[[ErrorCode], None] | None = None) -> None:
         self.write = write
         self.done = threading.Event()
         self.result = ErrorCode.UNAVAILABLE
+        self.notify = notify
 
 
 class GroupCommitter:
@@ -70,6 +73,19 @@ class GroupCommitter:
         pending.done.wait()
         return pending.result
 
+    def submit(self, write: Write, notify: Callable[[ErrorCode], None]) -> bool:
+        """Queue ``write``; ``notify(result)`` runs on the writer thread once it is durable.
+
+        False (and no call) when the committer is closed: the write is refused.
+        """
+        pending = _Pending(write, notify)
+        with self._cond:
+            if self._closed:
+                return False
+            self._queue.append(pending)
+            self._cond.notify()
+        return True
+
     def close(self) -> None:
         """Commit what is queued, then stop the thread."""
         with self._cond:
@@ -91,6 +107,11 @@ class GroupCommitter:
             for pending, result in zip(batch, results, strict=True):
                 pending.result = result
                 pending.done.set()
+                if pending.notify is not None:
+                    try:
+                        pending.notify(result)
+                    except Exception as exc:  # a waiter's bug must not stop the writer
+                        self.log.error(f"store {self.store.path}: write notice: {exc!r}")
 
     def _commit(self, batch: list[_Pending]) -> list[ErrorCode]:
         try:

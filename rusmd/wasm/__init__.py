@@ -17,7 +17,7 @@ The modules, lowest first: each imports only modules listed before it.
 - ``compiler``     the compile child (``python -m rusmd.wasm.compiler``).
 - ``capi``         wasmtime's C API bound to keep the GIL; ``pid_of``, ``export``.
 - ``memory``       bounds-checked reads and writes of guest memory.
-- ``runners``      the guest threads processes run on.
+- ``runners``      guest threads, for processes whose module imports a blocking WASI call.
 - ``linking``      a module's imports checked against its profile; the linkers.
 - ``process``      the records: ``LoadedComponent``, ``Process``, ``ExitReport``.
 - ``traps``        traps and errors: made for wasmtime, read back into exit reports.
@@ -29,10 +29,12 @@ The modules, lowest first: each imports only modules listed before it.
 - ``serve_calls``  the serving host functions (request, respond, SSE, WebSocket).
 - ``kv_calls``     the store's host functions.
 - ``callbacks``    the C callback of every host function; the core functions.
-- ``fibers``       serving processes as fibers on the I/O thread.
+- ``fibers``       the scheduler: every process a fiber on the loop thread.
+- ``fiber_calls``  the waiting actor and kv calls as a fiber makes them (it parks).
+- ``fiber_writes`` the serving writes as a fiber makes them (parked while the client is slow).
 - ``host``         ``WasmHost``: the process table and lifecycle; assembles the rest.
 
 The parts below ``host`` that need it (``calls``, ``kv_calls``,
-``fibers``, ``callbacks``, ``inline``) take it as a ``Protocol`` of what
+``fibers``, ``fiber_calls``, ``callbacks``, ``inline``) take it as a ``Protocol`` of what
 they use; ``host`` is imported only from above (the worker, serving).
 """

@@ -117,12 +117,11 @@ INLINE_FUNCTIONS = frozenset(
         "kv_list",
     }
 )
-# Functions a serving process (WebSocket, SSE, HTTP) may import and still
-# run as a fiber on the I/O thread (``rusmd/wasm/fibers.py``): ``recv`` and
-# the serving writes park the fiber instead of a thread; nothing else waits.
-FIBER_FUNCTIONS = INLINE_FUNCTIONS | frozenset({"recv", "send", "ws_send", "ws_close", "sse_event"})
-# WASI imports that may wait (sleep, stdin): a handler importing one runs
-# on a guest thread.
+# WASI imports that block the calling thread (wasmtime's WASI calls are
+# synchronous): a sleep, stdin, a yield. A module importing one runs each
+# process on a guest thread of its own, never as a fiber on the loop
+# (docs/abi.md, "Where a process runs"); a handler importing one never
+# runs inline.
 WASI_BLOCKING = frozenset({"poll_oneoff", "fd_read", "sched_yield"})
 
 FUNCTIONS: dict[str, HostFunction] = {

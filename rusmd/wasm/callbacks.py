@@ -1,7 +1,7 @@
 """The ``rusm`` host functions' C callbacks, and the core functions: self, log, exit, sleep, spawn.
 
-Runs in: worker, on the thread of the calling process: its guest
-thread, or the I/O thread for an inline handler or a fiber.
+Runs in: worker, on the thread of the calling process: the loop thread
+for a fiber or an inline handler, else its guest thread.
 
 Every ``rusm`` function reaches Python through one raw callback
 (``host_callbacks``) that finds the calling process, looks up its memory
@@ -50,11 +50,19 @@ _caller_context = capi.caller_context_raw
 _MEMORY = (b"memory", ctypes.c_size_t(6))
 
 
+class Polling(Protocol):
+    """The fiber scheduler as the callbacks see it: which fiber its thread polls."""
+
+    thread: int
+    current: Any  # a ``fibers.Fiber`` (its ``process``), or None between polls
+
+
 def host_callbacks(
     implementations: dict[str, Impl],
     processes: dict[int, Process],
     inline: InlinePath,
     raw: Collection[str] = (),
+    fibers: Polling | None = None,
 ) -> dict[str, Any]:
     """The C callback of every ``rusm`` function, by name.
 
@@ -63,10 +71,11 @@ def host_callbacks(
         processes: The worker's process table (the calling process is found in it).
         inline: The inline path (its current process calls from the I/O thread).
         raw: The functions whose implementations read their values in place.
+        fibers: The fiber scheduler (the fiber it polls calls from its thread).
     """
     assert set(implementations) == set(abi.FUNCTIONS), "every ABI function is implemented"
     return {
-        name: host_callback(name, impl, processes, inline, raw=name in raw)
+        name: host_callback(name, impl, processes, inline, raw=name in raw, fibers=fibers)
         for name, impl in implementations.items()
     }
 
@@ -78,6 +87,7 @@ def host_callback(
     inline: InlinePath,
     *,
     raw: bool = False,
+    fibers: Polling | None = None,
 ) -> Any:
     """The C callback for host function ``name``.
 
@@ -108,6 +118,16 @@ def host_callback(
                     impl(process, inline_args)
                 else:
                     impl(process, values_at(address))
+                return 0
+            fiber = fibers.current if fibers is not None else None
+            if (
+                fiber is not None
+                and fiber.process.memory is not None
+                and (fibers is not None and fibers.thread == get_ident())
+            ):
+                # The fiber being polled on the loop thread: no lookup by its store.
+                process = fiber.process
+                impl(process, args_at(address) if raw else values_at(address))
                 return 0
             context = _caller_context(ctypes.c_void_p(caller))
             process = processes.get(pid_of(context))

@@ -1,6 +1,9 @@
 """The actor half of the ``rusm`` host functions: messages, links, names, timers.
 
-Runs in: worker, on the guest thread of the calling process.
+Runs in: worker, on the thread of the calling process: the loop thread
+for a fiber (whose waiting calls are ``fiber_calls``' async forms, which
+read their arguments with the helpers here), its guest thread for a
+process that keeps one.
 
 Each function reads its arguments from the raw value array, checks every
 pointer and length against the caller's memory (a bad one crashes the
@@ -97,21 +100,23 @@ class ActorCalls:
 
     # ── helpers ─────────────────────────────────────────────────────────
 
-    def _memory(self, process: Process, function: str) -> GuestMemory:
+    def memory_of(self, process: Process, function: str) -> GuestMemory:
+        """The caller's memory (a module without one crashes the caller)."""
         if process.memory is None:
             raise BadPointer(f"rusm.{function}: the module exports no memory")
         return process.memory
 
-    def _bytes(self, process: Process, function: str, ptr: int, length: int) -> bytes | None:
+    def read_bytes(self, process: Process, function: str, ptr: int, length: int) -> bytes | None:
         """Guest bytes, or None when over the message size limit (range checked first)."""
-        memory = self._memory(process, function)
+        memory = self.memory_of(process, function)
         check_range(function, ptr, length, memory.size())
         if length > MAX_MESSAGE_BYTES:
             return None
         return memory.read(function, ptr, length)
 
-    def _name(self, process: Process, function: str, ptr: int, length: int) -> str | None:
-        memory = self._memory(process, function)
+    def read_name(self, process: Process, function: str, ptr: int, length: int) -> str | None:
+        """A process or registry name from guest memory, or None when it is not one."""
+        memory = self.memory_of(process, function)
         check_range(function, ptr, length, memory.size())
         if not 0 < length <= MAX_NAME_BYTES:
             return None
@@ -120,7 +125,7 @@ class ActorCalls:
         except UnicodeDecodeError:
             return None
 
-    def _allowed(self, process: Process, target: int, function: str) -> bool:
+    def allowed(self, process: Process, target: int, function: str) -> bool:
         """May ``process`` act on ``target``? (itself always; others with the grant)"""
         if target == process.pid or process.component.capability.allow_process_control:
             return True
@@ -162,7 +167,7 @@ class ActorCalls:
 
     def send(self, process: Process, values: Any) -> None:
         to, ptr, length = values[0].i64, values[1].i32, values[2].i32
-        data = self._bytes(process, "send", ptr, length)
+        data = self.read_bytes(process, "send", ptr, length)
         if data is None:
             values[0].i32 = ErrorCode.TOOBIG
             return
@@ -175,7 +180,7 @@ class ActorCalls:
             values[2].i32,
             values[3].i32,
         )
-        memory = self._memory(process, "recv")
+        memory = self.memory_of(process, "recv")
         size = memory.size()
         check_range("recv", header, HEADER_BYTES, size)
         check_range("recv", buf, cap, size)
@@ -204,9 +209,9 @@ class ActorCalls:
             values[4].i32,
             values[5].i32,
         )
-        memory = self._memory(process, "call")
+        memory = self.memory_of(process, "call")
         check_range("call", buf, cap, memory.size())
-        data = self._bytes(process, "call", req, req_len)
+        data = self.read_bytes(process, "call", req, req_len)
         if data is None:
             values[0].i32 = ErrorCode.TOOBIG
             return
@@ -232,7 +237,7 @@ class ActorCalls:
 
     def reply(self, process: Process, values: Any) -> None:
         to, ref, ptr, length = values[0].i64, values[1].i64, values[2].i32, values[3].i32
-        data = self._bytes(process, "reply", ptr, length)
+        data = self.read_bytes(process, "reply", ptr, length)
         if data is None:
             values[0].i32 = ErrorCode.TOOBIG
             return
@@ -242,7 +247,7 @@ class ActorCalls:
     # ── names ───────────────────────────────────────────────────────────
 
     def register(self, process: Process, values: Any) -> None:
-        name = self._name(process, "register", values[0].i32, values[1].i32)
+        name = self.read_name(process, "register", values[0].i32, values[1].i32)
         if name is None:
             values[0].i32 = ErrorCode.INVALID
             return
@@ -256,18 +261,18 @@ class ActorCalls:
             self._unblock(process, blocked)
 
     def unregister(self, process: Process, values: Any) -> None:
-        name = self._name(process, "unregister", values[0].i32, values[1].i32)
+        name = self.read_name(process, "unregister", values[0].i32, values[1].i32)
         if name is None:
             values[0].i32 = ErrorCode.INVALID
             return
         assert process.actor is not None
         code = self.table.unregister(process.actor, name)
         if code == ErrorCode.DENIED:
-            self._allowed(process, self.table.whereis(name) or 0, "unregister")
+            self.allowed(process, self.table.whereis(name) or 0, "unregister")
         values[0].i32 = code
 
     def whereis(self, process: Process, values: Any) -> None:
-        name = self._name(process, "whereis", values[0].i32, values[1].i32)
+        name = self.read_name(process, "whereis", values[0].i32, values[1].i32)
         if name is None:
             values[0].i64 = ErrorCode.INVALID
             return
@@ -308,7 +313,7 @@ class ActorCalls:
             process.stop_reason = ExitReason.of_code(reason)
             process.stop_detail = "exit_signal to itself"
             raise Exit(process.stop_reason)
-        if not self._allowed(process, target, "exit_signal"):
+        if not self.allowed(process, target, "exit_signal"):
             values[0].i32 = ErrorCode.DENIED
             return
         assert process.actor is not None
@@ -320,7 +325,7 @@ class ActorCalls:
             process.stop_reason = ExitReason.KILLED
             process.stop_detail = "killed itself"
             raise Exit(ExitReason.KILLED)
-        if not self._allowed(process, target, "kill"):
+        if not self.allowed(process, target, "kill"):
             values[0].i32 = ErrorCode.DENIED
             return
         assert process.actor is not None
@@ -328,7 +333,7 @@ class ActorCalls:
 
     def is_alive(self, process: Process, values: Any) -> None:
         target = values[0].i64
-        if not self._allowed(process, target, "is_alive"):
+        if not self.allowed(process, target, "is_alive"):
             values[0].i32 = ErrorCode.DENIED
             return
         blocked = self._block(process, int(slot_of(target) != self.host.slot))
@@ -340,7 +345,7 @@ class ActorCalls:
 
     def list(self, process: Process, values: Any) -> None:
         buf, most = values[0].i32, values[1].i32
-        memory = self._memory(process, "list")
+        memory = self.memory_of(process, "list")
         if most < 0 or most > (1 << 24):
             values[0].i32 = ErrorCode.INVALID
             return
@@ -355,9 +360,9 @@ class ActorCalls:
 
     def info(self, process: Process, values: Any) -> None:
         target, buf, cap = values[0].i64, values[1].i32, values[2].i32
-        memory = self._memory(process, "info")
+        memory = self.memory_of(process, "info")
         check_range("info", buf, cap, memory.size())
-        if not self._allowed(process, target, "info"):
+        if not self.allowed(process, target, "info"):
             values[0].i32 = ErrorCode.DENIED
             return
         blocked = self._block(process, int(slot_of(target) != self.host.slot))
@@ -376,7 +381,7 @@ class ActorCalls:
 
     def send_after(self, process: Process, values: Any) -> None:
         to, ms, ptr, length = values[0].i64, values[1].i32, values[2].i32, values[3].i32
-        data = self._bytes(process, "send_after", ptr, length)
+        data = self.read_bytes(process, "send_after", ptr, length)
         if data is None:
             values[0].i64 = ErrorCode.TOOBIG
             return
@@ -392,7 +397,7 @@ class ActorCalls:
 
     def set_label(self, process: Process, values: Any) -> None:
         ptr, length = values[0].i32, values[1].i32
-        memory = self._memory(process, "set_label")
+        memory = self.memory_of(process, "set_label")
         check_range("set_label", ptr, length, memory.size())
         if length > MAX_LABEL_BYTES:
             values[0].i32 = ErrorCode.TOOBIG
@@ -409,7 +414,7 @@ class ActorCalls:
     # ── spawning ────────────────────────────────────────────────────────
 
     def spawn_link(self, process: Process, values: Any) -> None:
-        name = self._name(process, "spawn_link", values[0].i32, values[1].i32)
+        name = self.read_name(process, "spawn_link", values[0].i32, values[1].i32)
         if name is None:
             values[0].i64 = ErrorCode.INVALID
             return
@@ -421,7 +426,7 @@ class ActorCalls:
             values[0].i64 = exc.code
 
     def supervise(self, process: Process, values: Any) -> None:
-        data = self._bytes(process, "supervise", values[0].i32, values[1].i32)
+        data = self.read_bytes(process, "supervise", values[0].i32, values[1].i32)
         if data is None:
             values[0].i64 = ErrorCode.TOOBIG
             return

@@ -40,9 +40,7 @@ class ComponentLoader:
         environment: Env values for granted keys.
         log: The worker's logger.
         engine: The processes' engine.
-        linkers: Its linkers (with the async ones a fiber needs when
-            ``fibers``).
-        fibers: This worker runs processes as fibers (it has an I/O loop).
+        linkers: Its linkers (with the async ones a fiber needs).
     """
 
     def __init__(
@@ -53,14 +51,12 @@ class ComponentLoader:
         *,
         engine: wasmtime.Engine,
         linkers: LinkerSet,
-        fibers: bool,
     ) -> None:
         self.manifest = manifest
         self.environment = environment
         self.log = log
         self.engine = engine
         self.linkers = linkers
-        self.fibers = fibers
 
     def load(self, images: list[ComponentImage]) -> dict[str, LoadedComponent]:
         """The manifest's components from the compile step's images, by name."""
@@ -96,7 +92,7 @@ class ComponentLoader:
             loaded.pre = linker.instantiate_pre(module)
             loaded.module = module
             loaded.inline = loaded.shape.inline
-            if loaded.shape.fiber and self.fibers:
+            if loaded.shape.fiber:
                 fiber_linker = self.linkers.linker(loaded.grants, fiber=True)
                 loaded.fiber_pre = fiber_linker.instantiate_pre(module)
                 loaded.fiber_pre_ptr = loaded.fiber_pre.ptr()

@@ -1,37 +1,47 @@
-"""Serving processes (WebSocket, SSE, HTTP) as wasmtime fibers on the I/O thread.
+"""The scheduler: every wasm process a wasmtime fiber on its worker's loop thread.
 
-Runs in: worker, on its I/O thread (uvloop); ``FiberScheduler.start`` and
-``wake`` may be called from any thread.
+Runs in: worker, on its loop thread (uvloop); ``FiberScheduler.start``
+and ``wake`` may be called from any thread.
 
-A process that serves a WebSocket, an SSE stream or an HTTP request
-(one not served inline), of a component whose imports never wait except
-in ``rusm.recv`` and the serving writes (``ModuleShape.fiber``), runs on
-a fiber rather than a guest thread.
-``wasmtime_func_call_async`` returns a future; polling it on the I/O
+Every process (residents, spawned children, supervisor children, call
+targets, HTTP handlers not served inline, SSE streams, WebSocket
+connections) runs on a fiber, except one whose module imports a WASI
+function that blocks its thread (``abi.WASI_BLOCKING``): that one keeps
+a guest thread (``runners``; docs/abi.md names the cases).
+``wasmtime_func_call_async`` returns a future; polling it on the loop
 thread runs the guest until one of these happens:
 
 - it returns or traps (the process ends);
-- it waits in ``rusm.recv`` on an empty mailbox, or in a serving write
-  (``ws_send``, ``sse_event``, ``write``, ``flush``) while the client
-  reads slowly;
+- it waits in a host call that can wait: ``rusm.recv``, ``call``,
+  ``sleep``, ``register``, ``is_alive`` and ``info`` on another worker's
+  pid, the kv writes (until their commit), a serving write while the
+  client reads slowly (``fiber_calls``, ``fiber_writes``);
 - it uses up an epoch tick: its deadline yields rather than traps, so a
-  busy guest hands the loop back every tick (``EPOCH_TICK_MS``) and its
-  CPU budget is counted as on a thread.
+  busy guest hands the loop back every tick (``EPOCH_TICK_MS``) and
+  goes to the back of the run queue (the loop's ready callbacks): no
+  process and no socket waits more than about a tick behind it.
 
 In the last case the loop polls it again soon. In the others it is
-*parked* until its mailbox has a message, its ``recv`` times out, the
-socket drains, or it is told to stop (the actor's waker queues it; the
-fibers woken during one loop iteration run in one callback at its end).
-A parked fiber that is stopped is never resumed: its future is dropped,
-which unwinds its stack. Nothing passes between threads for a message,
-and a WebSocket round trip is one poll.
+*parked* until what it waits for comes (a message, a reply, a commit,
+the socket drains), its timer fires (a loop timer), or it is told to
+stop (the actor's waker queues it; the fibers woken during one loop
+iteration run in one callback at its end). A parked fiber that is
+stopped is never resumed: its future is dropped, which unwinds its
+stack, and what its call left behind (a monitor, a name claim) is
+undone. Nothing passes between threads for a message between two local
+processes, and a round trip is two polls.
 
-``recv`` and the serving writes are wasmtime *async* host functions in
-these modules' linker; every other import is the same synchronous
-callback a threaded process calls. The async callback either finishes
-at once (a message is there, the socket is writable) or parks: it hands
-wasmtime a continuation that every poll asks whether the call is over.
-The continuation answers from C, never entering Python: its callback is
+Each poll is timed: a process's ``cpu_ms`` and ``polls`` (its
+reductions) show in ``rusmctl list``. Before a poll, a fiber whose last
+run was an epoch ago gets a fresh deadline, so it runs a whole tick
+before it yields, however long it waited.
+
+The waiting host calls are wasmtime *async* host functions in these
+modules' linker; every other import is the same synchronous callback a
+threaded process calls. The async callback either finishes at once (a
+message is there, the socket is writable) or parks: it hands wasmtime a
+continuation that every poll asks whether the call is over. The
+continuation answers from C, never entering Python: its callback is
 libc's ``strlen`` and its argument a byte the fiber owns, 0 while the
 call waits and 1 once it may go on. The scheduler finishes a parked
 call itself (the message written into guest memory, the result set)
@@ -50,21 +60,20 @@ import enum
 import struct
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Protocol
 
 from wasmtime import _ffi as ffi
 
-from rusmd.abi import HEADER_BYTES, HEADER_FORMAT, MAX_EVENT_BYTES, ErrorCode, ExitReason
+from rusmd.abi import HEADER_BYTES, HEADER_FORMAT, ErrorCode, ExitReason
 from rusmd.actors.table import ActorTable, Envelope, Stopped
-from rusmd.config import model
+from rusmd.log import Logger
 from rusmd.wasm import capi
-from rusmd.wasm.abi import FUNCTIONS
 from rusmd.wasm.capi import export, pid_of
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
-from rusmd.wasm.process import ExitReport, Process, ProcessState
-from rusmd.wasm.serve_calls import ServeCalls
+from rusmd.wasm.process import Exit, ExitReport, Process, ProcessState
 from rusmd.wasm.traps import failure, new_trap
 
 # wasmtime's async C API, bound raw (``capi.raw``). Polling runs guest
@@ -81,6 +90,8 @@ _caller_context = capi.caller_context_raw
 # A memory's size and base as plain integers (``memory`` binds the same).
 _data_size = capi.raw("wasmtime_memory_data_size", ctypes.c_size_t)
 _data = capi.raw("wasmtime_memory_data", ctypes.c_void_p)
+_set_deadline = capi.raw("wasmtime_context_set_epoch_deadline", None)
+_ONE_TICK = ctypes.c_uint64(1)
 
 # An async host callback: (env, caller, args, nargs, results, nresults,
 # trap_ret, continuation_ret), every pointer a plain integer (ctypes would
@@ -102,12 +113,16 @@ _VAL_BYTES = ctypes.sizeof(ffi.wasmtime_val_t)
 _VAL_OF: int = ffi.wasmtime_val_t.of.offset
 
 
-def _i32_index(k: int) -> int:
+def i32_index(k: int) -> int:
     """Where value ``k``'s i32 is in a values array read as int32s."""
     return (k * _VAL_BYTES + _VAL_OF) // 4
 
 
-_A0, _A1, _A2, _A3 = (_i32_index(k) for k in range(4))
+# Where the i32s of values 0-3 are (``FiberScheduler.u32``, ``values``).
+A0, A1, A2, A3 = _A0, _A1, _A2, _A3 = [i32_index(k) for k in range(4)]
+# A call's values as ``wasmtime_val_t`` structs (``value.of.i64``); the
+# longest waiting call has 6.
+ValArgs = ffi.wasmtime_val_t * 8
 _I32 = 0  # WASMTIME_I32
 _I32_MAX = (1 << 31) - 1
 # libc's strlen is every continuation's callback. wasmtime passes it the
@@ -119,17 +134,19 @@ _STRLEN = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value
 _ALWAYS = (ctypes.c_uint8 * 2)(1, 0)
 _ALWAYS_ADDRESS = ctypes.addressof(_ALWAYS)
 _HEADER = struct.Struct(HEADER_FORMAT)
+_NO_VIEW = memoryview(b"")
 # Bound once: an enum member read through its class costs ~0.1 µs.
 _OK = ErrorCode.OK
 _TIMEOUT = ErrorCode.TIMEOUT
 _INVALID = ErrorCode.INVALID
 _RUNNING = ProcessState.RUNNING
-_WS, _SSE = model.Protocol.WS, model.Protocol.SSE
 _WAITING = ProcessState.WAITING
 _monotonic = time.monotonic
-# Serving functions that wait while the client reads too slowly: async on
-# a fiber (the fiber parks), as a thread they wait on the exchange.
-WRITERS = ("ws_send", "sse_event", "write", "flush")
+_clock_ns = time.perf_counter_ns
+# A parked call's body: (fiber, args address, results address).
+Body = Callable[["Fiber", int, int], None]
+# A fiber's synchronous call's body: (fiber, values address).
+SyncBody = Callable[["Fiber", int], None]
 
 
 class Phase(enum.Enum):
@@ -156,19 +173,18 @@ class Fiber:
         self.entry = ""
         self.entry_results = 0
         self.instance = ffi.wasmtime_instance_t()
-        self.item = ffi.wasmtime_extern_t()
-        self.results = (ffi.wasmtime_val_t * 1)()
-        self.trap = ctypes.c_void_p()
-        self.error = ctypes.c_void_p()
         # Parked in an async host call whose continuation is not ready.
         self.parked = False
         # What its parked call's continuation answers (the strlen of it):
         # 0 while it waits, 1 once the scheduler finished the call.
         self.flag = (ctypes.c_uint8 * 2)()
         self.flag_address = ctypes.addressof(self.flag)
-        # How a parked serving write finishes (True once it did); None
-        # for ``recv``, whose arguments are kept below.
+        # How its parked call finishes (True once it did); None for
+        # ``recv``, whose arguments are kept below.
         self.finish: Callable[[], bool] | None = None
+        # What undoes its parked call if it is stopped instead (a call's
+        # monitor, a name claim); None when there is nothing to undo.
+        self.cancel: Callable[[], None] | None = None
         self.header = 0
         self.buf = 0
         self.cap = 0
@@ -179,16 +195,13 @@ class Fiber:
         self.timer: asyncio.TimerHandle | None = None
         self.scheduled = False
         self.ended = False
+        # The host's tick when it last ran: a fiber that waited longer gets
+        # a fresh epoch deadline before its next poll.
+        self.last_tick = -1
         # Its memory as a memoryview, made again when its size changes (a
         # grow is the only thing that can move it).
-        self.view = memoryview(bytearray())
+        self.view = _NO_VIEW
         self.view_size = -1
-
-    def refs(self) -> tuple[Any, Any]:
-        """The trap and error out-slots, cleared, as a future's last two arguments."""
-        self.trap.value = None
-        self.error.value = None
-        return ctypes.byref(self.trap), ctypes.byref(self.error)
 
 
 class FiberHost(Protocol):
@@ -196,6 +209,7 @@ class FiberHost(Protocol):
 
     ticks: int
     actors: ActorTable
+    log: Logger
 
     def new_process_store(self, process: Process) -> tuple[Any, ExitReport | None]: ...
 
@@ -207,40 +221,67 @@ class FiberScheduler:
 
     Args:
         host: The worker's host (its process table, actors and exits).
-        loop: The worker's loop; the scheduler must be made on its thread.
-        serve_calls: The serving host functions (the writers run them).
+        loop: The worker's loop.
+        thread: The ident of the loop's thread. Optional; defaults to the
+            calling thread's (the scheduler is then made on it).
     """
 
     def __init__(
-        self, host: FiberHost, loop: asyncio.AbstractEventLoop, serve_calls: ServeCalls
+        self, host: FiberHost, loop: asyncio.AbstractEventLoop, thread: int | None = None
     ) -> None:
         self.host = host
         self.table = host.actors
         self.loop = loop
-        self.serve_calls = serve_calls
-        self.thread = threading.get_ident()
+        self.thread = threading.get_ident() if thread is None else thread
         self.fibers: dict[int, Fiber] = {}
         # Fibers woken on this thread since the loop last ran them.
         self._woken: list[Fiber] = []
+        self._running_woken = False
+        # Jobs other threads queued for the loop (``_soon``).
+        self._inbox: deque[tuple[Callable[[Any], None], Any]] = deque()
+        self._inbox_armed = False
         # Re-pointed at a call's values (int32s) and continuation (two
         # pointers) to read and write them in place: cheaper than a ctypes
-        # object per access. Only the I/O thread uses them.
+        # object per access. Only the loop thread uses them.
         self._i32 = ctypes.POINTER(ctypes.c_int32)()
         self._i32_at = ctypes.c_size_t.from_buffer(self._i32)
         self._u32 = ctypes.POINTER(ctypes.c_uint32)()  # the same values as wasm's unsigned
         self._u32_at = ctypes.c_size_t.from_buffer(self._u32)
         self._u64 = ctypes.POINTER(ctypes.c_uint64)()
         self._u64_at = ctypes.c_size_t.from_buffer(self._u64)
-        self.callbacks = {
-            "recv": self._async_callback("recv", self._recv),
-            "ws_send": self._async_callback("ws_send", self._ws_send),
-            "sse_event": self._async_callback("sse_event", self._sse_event),
-        }
-        for name in WRITERS:
-            if name not in self.callbacks:
-                self.callbacks[name] = self._async_callback(name, self._writer(name))
+        # Where a future writes how it ended (its trap, its error, the
+        # entry's result) and an export is looked up: one set for all fibers,
+        # since a future writes them only as it completes, inside its own
+        # poll, and ``_next`` reads (and clears) them right after that poll.
+        self._item = ffi.wasmtime_extern_t()
+        self._results = (ffi.wasmtime_val_t * 1)()
+        self._trap = ctypes.c_void_p()
+        self._error = ctypes.c_void_p()
+        self._out = (ctypes.byref(self._trap), ctypes.byref(self._error))
+        self._i64 = ctypes.POINTER(ctypes.c_int64)()
+        self._i64_at = ctypes.c_size_t.from_buffer(self._i64)
+        # The async host functions by name (``define`` adds the others).
+        self.callbacks = {"recv": self._async_callback("recv", self._recv)}
+        # Synchronous host functions of fibers' own (``define_sync``): the
+        # hottest calls, which read the caller from ``current``.
+        self.sync_callbacks: dict[str, Any] = {}
         # The fiber being polled (async host calls come from it: polls never nest).
         self.current: Fiber | None = None
+
+    def define(self, bodies: dict[str, Body]) -> None:
+        """Make each body the async host function of its name (before any linking)."""
+        for name, body in bodies.items():
+            self.callbacks[name] = self._async_callback(name, body)
+
+    def define_sync(self, bodies: dict[str, SyncBody]) -> None:
+        """Make each body the fibers' synchronous host function of its name.
+
+        ``body(fiber, values)`` gets the call's raw values' address
+        (``wasmtime_val_raw_t``, 16 bytes each: read them with ``raw_u32``
+        and ``raw_i64``) and sets the result in place; it never waits.
+        """
+        for name, body in bodies.items():
+            self.sync_callbacks[name] = self._sync_callback(name, body)
 
     # ── any thread ──────────────────────────────────────────────────────
 
@@ -254,6 +295,10 @@ class FiberScheduler:
         if fiber is not None:
             self._wake(fiber)
 
+    def wake_fiber(self, fiber: Fiber) -> None:
+        """Poll ``fiber`` soon (what its parked call waits for may have come)."""
+        self._wake(fiber)
+
     def _wake(self, fiber: Fiber) -> None:
         if fiber.scheduled or fiber.ended:
             return
@@ -262,27 +307,64 @@ class FiberScheduler:
             self._soon(self._run, fiber)
             return
         # The fibers woken during one loop iteration (a read's messages to
-        # several connections) run in one callback after it.
+        # several connections) run in one callback after it; those woken
+        # while it runs them (one process's message to another) run in it
+        # too, for up to a tick (``_run_woken``).
         woken = self._woken
         woken.append(fiber)
-        if len(woken) == 1 and not self.loop.is_closed():
+        if len(woken) == 1 and not self._running_woken and not self.loop.is_closed():
             self.loop.call_soon(self._run_woken)
 
-    def _soon(self, job: Callable[..., None], *args: Any) -> None:
+    def _soon(self, job: Callable[[Any], None], arg: Any) -> None:
         if self.loop.is_closed():
             return
         if threading.get_ident() == self.thread:
-            self.loop.call_soon(job, *args)
-        else:
-            self.loop.call_soon_threadsafe(job, *args)
+            self.loop.call_soon(job, arg)
+            return
+        # From another thread (a control call, a guest thread, the kv
+        # writer): through the inbox, which wakes the loop once for all
+        # that came meanwhile rather than once each (a wake-up is a
+        # syscall and a GIL hand-off).
+        self._inbox.append((job, arg))
+        if not self._inbox_armed:
+            self._inbox_armed = True
+            self.loop.call_soon_threadsafe(self._drain_inbox)
 
-    # ── the I/O thread ──────────────────────────────────────────────────
+    def _drain_inbox(self) -> None:
+        self._inbox_armed = False  # before draining: a job queued after is not missed
+        inbox = self._inbox
+        while inbox:
+            job, arg = inbox.popleft()
+            try:
+                job(arg)
+            except Exception as exc:  # a host bug costs its job, not the jobs behind it
+                self.host.log.error(f"scheduler: {getattr(job, '__name__', job)}: {exc!r}")
+
+    # ── the loop thread ────────────────────────────────────────────────────
 
     def _run_woken(self) -> None:
-        woken, self._woken = self._woken, []
-        for fiber in woken:
-            if fiber.scheduled:  # else something ran it meanwhile
-                self._run(fiber)
+        """Run the woken fibers, and those they wake, until none is left or a tick passed.
+
+        The run queue between two processes of this worker is this list,
+        not the loop's: a message from one to another costs no loop
+        callback. After a tick the rest waits behind the loop's own work
+        (its sockets, timers and fibers that used up their tick), so none
+        of that waits more than about a tick.
+        """
+        self._running_woken = True
+        started = self.host.ticks
+        try:
+            while self._woken:
+                woken, self._woken = self._woken, []
+                for fiber in woken:
+                    if fiber.scheduled:  # else something ran it meanwhile
+                        self._run(fiber)
+                if self.host.ticks != started:
+                    break
+        finally:
+            self._running_woken = False
+            if self._woken and not self.loop.is_closed():
+                self.loop.call_soon(self._run_woken)
 
     def _start(self, process: Process) -> None:
         host = self.host
@@ -297,6 +379,7 @@ class FiberScheduler:
         self.fibers[process.pid] = fiber
         if process.actor is not None:
             process.actor.waker = partial(self._wake, fiber)
+            process.actor.hand = partial(self._hand_to, fiber)
         name = process.entry or (component.shape.entry if component.shape else "")
         if process.entry:
             results = component.action(name)
@@ -310,13 +393,13 @@ class FiberScheduler:
         if run_on_loop is not None:
             run_on_loop()
         process.state = ProcessState.RUNNING
-        process.call_started_tick = host.ticks
+        process.busy_ticks = 0
         fiber.future = ctypes.c_void_p(
             _instantiate_async(
                 component.fiber_pre_ptr,
                 fiber.raw_context,
                 ctypes.byref(fiber.instance),
-                *fiber.refs(),
+                *self._out,
             )
         )
         self._run(fiber)
@@ -325,35 +408,37 @@ class FiberScheduler:
         """Poll ``fiber`` until it parks, yields or ends."""
         fiber.scheduled = False
         process = fiber.process
-        resumed = False
         while not fiber.ended:
             if process.stop_reason:
                 self._end(fiber, ExitReport(process.stop_reason, process.stop_detail))
                 return
-            if fiber.parked:
-                if not self._resume(fiber):
-                    if not process.stop_reason:
-                        if fiber.deadline is not None:
-                            self._arm(fiber)
-                        return
+            if fiber.parked and not self._resume(fiber):
+                if process.stop_reason:
                     continue
-                resumed = True
+                if fiber.deadline is not None:
+                    self._arm(fiber)
+                return
+            ticks = self.host.ticks
+            if fiber.last_tick != ticks:
+                # The epoch moved on since it last ran: a whole tick from now
+                # before it yields, not a yield at once for time it waited.
+                fiber.last_tick = ticks
+                _set_deadline(fiber.raw_context, _ONE_TICK)
             self.current = fiber
+            started = _clock_ns()
             try:
                 done = _poll(fiber.future)
             finally:
                 self.current = None
+                process.cpu_ns += _clock_ns() - started
+                process.polls += 1
             if not done:
                 if fiber.parked:
-                    process.state = _WAITING
+                    if process.state is _RUNNING:
+                        process.state = _WAITING
                     if fiber.deadline is not None:
                         self._arm(fiber)
-                elif resumed:
-                    # Its epoch deadline passed while it was parked, so it
-                    # yielded as soon as it went on: it has used no tick yet.
-                    resumed = False
-                    continue
-                else:  # it used up a tick: let the loop run, then carry on
+                else:  # it used up a tick: the loop's other work first, then it again
                     fiber.scheduled = True
                     self.loop.call_soon(self._run, fiber)
                 return
@@ -391,13 +476,14 @@ class FiberScheduler:
         if not finished:
             return False
         fiber.parked = False
+        fiber.cancel = None
         fiber.flag[0] = 1
         fiber.deadline = None
         if fiber.timer is not None:
             fiber.timer.cancel()
             fiber.timer = None
         process.state = _RUNNING
-        process.call_started_tick = self.host.ticks  # time parked is not CPU time
+        process.busy_ticks = 0  # its CPU budget is per stretch between waits
         return True
 
     def _arm(self, fiber: Fiber) -> None:
@@ -415,8 +501,12 @@ class FiberScheduler:
     def _next(self, fiber: Fiber) -> ExitReport | None:
         """The current phase finished: start the next one; the report once it ended."""
         process = fiber.process
-        error_at, trap_at = fiber.error.value, fiber.trap.value
+        error_at, trap_at = self._error.value, self._trap.value
         if error_at or trap_at:
+            self._error.value = self._trap.value = None
+        if error_at or trap_at:
+            if process.memory is not None:  # a crash near its cap says so
+                process.memory_bytes = process.memory.size()
             where = fiber.entry if fiber.phase is Phase.CALL else fiber.phase.value
             return failure(
                 process,
@@ -448,9 +538,9 @@ class FiberScheduler:
             return None
         if process.memory is not None:
             process.memory_bytes = process.memory.size()
-        if fiber.entry_results and fiber.results[0].of.i32 != 0:
+        if fiber.entry_results and self._results[0].of.i32 != 0:
             return ExitReport(
-                ExitReason.CRASHED, f"{fiber.entry} returned {fiber.results[0].of.i32}"
+                ExitReason.CRASHED, f"{fiber.entry} returned {self._results[0].of.i32}"
             )
         return ExitReport(ExitReason.NORMAL)
 
@@ -461,19 +551,19 @@ class FiberScheduler:
             ctypes.byref(fiber.instance),
             name,
             ctypes.c_size_t(len(name)),
-            ctypes.byref(fiber.item),
+            ctypes.byref(self._item),
         ):
             return False
-        fiber.process.call_started_tick = self.host.ticks
+        fiber.process.busy_ticks = 0
         fiber.future = ctypes.c_void_p(
             _call_async(
                 fiber.raw_context,
-                ctypes.byref(fiber.item.of.func),
+                ctypes.byref(self._item.of.func),
                 None,
                 ctypes.c_size_t(0),
-                fiber.results,
+                self._results,
                 ctypes.c_size_t(results),
-                *fiber.refs(),
+                *self._out,
             )
         )
         return True
@@ -487,9 +577,15 @@ class FiberScheduler:
         if fiber.future is not None:
             _delete_future(fiber.future)
             fiber.future = None
+        cancel, fiber.cancel = fiber.cancel, None
+        if cancel is not None:
+            try:
+                cancel()
+            except Exception as exc:  # a host bug must not keep the process alive
+                self.host.log.error(f"{fiber.process.label}: undoing its parked call: {exc!r}")
         self.fibers.pop(fiber.process.pid, None)
         # Its memory goes with its store: nothing may read it through the view.
-        fiber.view, fiber.view_size = memoryview(bytearray()), -1
+        fiber.view, fiber.view_size = _NO_VIEW, -1
         self.host.finish(fiber.process, report, fiber.store)
         # Nothing polls it again: untie it from its process. The two point at
         # each other (and its parked call's closure at both), and a cycle
@@ -499,7 +595,7 @@ class FiberScheduler:
         fiber.finish = None
         fiber.process.fiber = None
 
-    # ── async host functions (inside a poll, I/O thread) ────────────────
+    # ── async host functions (inside a poll, loop thread) ───────────────
 
     def _stopping(self, process: Process, reason: ExitReason, detail: str = "") -> None:
         if not process.stop_reason:
@@ -524,7 +620,7 @@ class FiberScheduler:
     def _async_callback(self, name: str, body: Callable[[Fiber, int, int], None]) -> Any:
         """The async host callback of ``rusm.name``: ``body(fiber, args, results)``
         for the calling fiber, which either sets the result or parks the fiber
-        (``_park``). A bad pointer or a host error traps the guest, as on a
+        (``park``). A bad pointer or a host error traps the guest, as on a
         thread."""
         continue_at = self._u64_at
         continuation = self._u64
@@ -554,6 +650,8 @@ class FiberScheduler:
                 if fiber is not None:
                     fiber.process.crash = str(exc)
                 ctypes.c_void_p.from_address(trap_ret).value = new_trap(str(exc))
+            except Exit as exc:
+                ctypes.c_void_p.from_address(trap_ret).value = new_trap(str(exc))
             except BaseException as exc:
                 if fiber is not None:
                     fiber.process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
@@ -565,24 +663,88 @@ class FiberScheduler:
 
         return AsyncCallback(callback)
 
-    def _values(self, address: int) -> Any:
-        """The int32s at ``address`` (a call's values): value ``k``'s i32 at ``_A{k}``."""
+    def _sync_callback(self, name: str, body: SyncBody) -> Any:
+        """The unchecked host callback of ``rusm.name`` for fibers (see ``define_sync``)."""
+
+        def callback(_env: Any, _caller: int, address: int, _count: int) -> int:
+            fiber = self.current
+            if fiber is None:  # only a fiber's poll calls into its linker's functions
+                return new_trap(f"rusm.{name}: calling process is unknown")
+            try:
+                body(fiber, address)
+                return 0
+            except BadPointer as exc:
+                fiber.process.crash = str(exc)
+                return new_trap(str(exc))
+            except Exit as exc:
+                return new_trap(str(exc))
+            except BaseException as exc:
+                fiber.process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
+                return new_trap(f"host error in rusm.{name}")
+
+        return ctypes.cast(capi.HostCallback(callback), ffi.wasmtime_func_unchecked_callback_t)
+
+    def raw_u32(self, address: int) -> Any:
+        """A synchronous call's raw values as uint32s: value ``k``'s at ``4 * k``."""
+        self._u32_at.value = address
+        return self._u32
+
+    def raw_i64(self, address: int) -> Any:
+        """A synchronous call's raw values as int64s: value ``k``'s at ``2 * k``."""
+        self._i64_at.value = address
+        return self._i64
+
+    def values(self, address: int) -> Any:
+        """The int32s at ``address`` (a call's values): value ``k``'s i32 at ``A{k}``.
+
+        The same object every call (re-pointed): read it before the next call.
+        """
         self._i32_at.value = address
         return self._i32
 
-    def _set_result(self, result_at: int, value: int) -> None:
+    def u32(self, address: int) -> Any:
+        """As ``values``, the int32s read as wasm's unsigned."""
+        self._u32_at.value = address
+        return self._u32
+
+    def set_result(self, result_at: int, value: int) -> None:
+        """Make a call's i32 result ``value``."""
         self._i32_at.value = result_at
         i32 = self._i32
         i32[0] = _I32  # the kind, and the padding after it
         i32[_A0] = value
 
-    def _park(self, fiber: Fiber, finish: Callable[[], bool] | None) -> None:
-        """Park ``fiber`` in its host call until ``finish()`` (``recv``'s when None) succeeds."""
+    def park(
+        self,
+        fiber: Fiber,
+        finish: Callable[[], bool] | None,
+        *,
+        deadline: float | None = None,
+        cancel: Callable[[], None] | None = None,
+        state: ProcessState = _WAITING,
+    ) -> None:
+        """Park ``fiber`` in its host call until ``finish()`` (``recv``'s when None) succeeds.
+
+        Args:
+            fiber: The calling fiber (inside its async host call).
+            finish: Called on the loop thread each time the fiber is woken
+                (and at ``deadline``): finishes the call (its result set) and
+                returns True, or returns False to wait on.
+            deadline: When ``finish`` must be asked again though nothing
+                woke the fiber (a monotonic time); None for no timer.
+            cancel: Undoes the call if the fiber is stopped while parked.
+            state: What ``rusmctl list`` shows meanwhile.
+        """
         fiber.parked = True
         fiber.finish = finish
+        fiber.cancel = cancel
+        fiber.deadline = deadline
         fiber.flag[0] = 0
+        fiber.process.state = state
+        if fiber.process.actor is not None and fiber.process.actor.stop:
+            self._stop(fiber, fiber.process.actor.stop)
 
-    def _view(self, fiber: Fiber, function: str) -> tuple[memoryview, int]:
+    def view(self, fiber: Fiber, function: str) -> tuple[memoryview, int]:
         """The calling fiber's memory as a memoryview, and its size."""
         memory = fiber.process.memory
         if memory is None:
@@ -602,23 +764,22 @@ class FiberScheduler:
         header, buf, cap, timeout_ms = u32[_A0], u32[_A1], u32[_A2], u32[_A3]
         if timeout_ms > _I32_MAX:  # the one signed argument
             timeout_ms -= 1 << 32
-        _view, size = self._view(fiber, "recv")
+        _view, size = self.view(fiber, "recv")
         if header + HEADER_BYTES > size:
             check_range("recv", header, HEADER_BYTES, size)
         if buf + cap > size:
             check_range("recv", buf, cap, size)
         if timeout_ms < -1:
-            self._set_result(results, _INVALID)
+            self.set_result(results, _INVALID)
             return
         actor = fiber.process.actor
         assert actor is not None
         fiber.header, fiber.buf, fiber.cap, fiber.result_at = header, buf, cap, results
         fiber.deadline = None if timeout_ms < 0 else _monotonic() + timeout_ms / 1000
-        if actor.stop:  # never resumed: the run it schedules ends it
-            self._park(fiber, None)
-            self._stop(fiber, actor.stop)
+        if actor.stop:  # never resumed: the run ``park`` schedules ends it
+            self.park(fiber, None, deadline=fiber.deadline)
         elif not (actor.mailbox or fiber.deadline is not None) or not self._finish_recv(fiber):
-            fiber.parked = True  # as ``_park``, inline: the usual end of a round trip
+            fiber.parked = True  # as ``park``, inline: the usual end of a round trip
             fiber.finish = None
             fiber.flag[0] = 0
 
@@ -641,7 +802,7 @@ class FiberScheduler:
                 self._put(fiber, code, envelope)
                 return True
         if fiber.deadline is not None and _monotonic() >= fiber.deadline:
-            self._set_result(fiber.result_at, _TIMEOUT)
+            self.set_result(fiber.result_at, _TIMEOUT)
             return True
         return False
 
@@ -686,121 +847,25 @@ class FiberScheduler:
         self._wake(fiber)
         return True
 
-    # ── the serving writes ──────────────────────────────────────────────
+    def _hand_to(self, fiber: Fiber, envelope: Envelope) -> bool:
+        """``Actor.hand``: a message straight into ``fiber``'s waiting ``recv`` (table lock held).
 
-    def _ws_send(self, fiber: Fiber, args: int, results: int) -> None:
-        """``rusm.ws_send(kind, ptr, len)``: its frame goes out once the socket takes it."""
-        u32 = self._u32
-        self._u32_at.value = args
-        kind, ptr, length = u32[_A0], u32[_A1], u32[_A2]
-        view, size = self._view(fiber, "ws_send")
-        if ptr + length > size:
-            check_range("ws_send", ptr, length, size)
-        process = fiber.process
-        exchange = process.exchange
-        writable = getattr(exchange, "writable", None)  # as ``_blocked``, inline
-        if writable is not None and not writable.is_set() and not exchange.closed:
-            self._park_write(fiber, partial(self._ws_send_later, fiber, results, kind, ptr, length))
-            return
-        if exchange is not None and exchange.mode is _WS and length <= MAX_EVENT_BYTES:
-            code = exchange.ws_send(kind, view[ptr : ptr + length].tobytes())
-        else:  # as ``ws_send_data`` does it, which the common case above skips
-            data = view[ptr : ptr + length].tobytes() if length <= MAX_EVENT_BYTES else None
-            code = self.serve_calls.ws_send_data(process, kind, data)
-        self._i32_at.value = results  # as ``_set_result``, inline
-        i32 = self._i32
-        i32[0] = _I32
-        i32[_A0] = code
-
-    def _ws_send_later(self, fiber: Fiber, results: int, kind: int, ptr: int, length: int) -> bool:
-        if _blocked(fiber.process.exchange):
+        Only on the loop thread (the buffers are written with its scratch
+        pointers), while the fiber waits in ``recv`` with nothing handed yet
+        and the message fits: then as ``hand``, and the fiber is woken.
+        """
+        if (
+            not fiber.parked
+            or fiber.finish is not None
+            or fiber.handed
+            or len(envelope.payload) > fiber.cap
+            or threading.get_ident() != self.thread
+        ):
             return False
-        view, _size = self._view(fiber, "ws_send")
-        data = _payload(view, ptr, length)
-        self._set_result(results, self.serve_calls.ws_send_data(fiber.process, kind, data))
+        self._put(fiber, _OK, envelope)
+        fiber.handed = True
+        self._wake(fiber)
         return True
-
-    def _sse_event(self, fiber: Fiber, args: int, results: int) -> None:
-        """``rusm.sse_event(name, name_len, data, data_len)``: once the socket takes it."""
-        u32 = self._u32
-        self._u32_at.value = args
-        name_ptr, name_len, ptr, length = u32[_A0], u32[_A1], u32[_A2], u32[_A3]
-        view, size = self._view(fiber, "sse_event")
-        if name_ptr + name_len > size:
-            check_range("sse_event", name_ptr, name_len, size)
-        if ptr + length > size:
-            check_range("sse_event", ptr, length, size)
-        process = fiber.process
-        exchange = process.exchange
-        writable = getattr(exchange, "writable", None)  # as ``_blocked``, inline
-        if writable is not None and not writable.is_set() and not exchange.closed:
-            later = partial(self._sse_event_later, fiber, results, name_ptr, name_len, ptr, length)
-            self._park_write(fiber, later)
-            return
-        name = view[name_ptr : name_ptr + name_len].tobytes() if name_len else b""
-        if exchange is not None and exchange.mode is _SSE and length <= MAX_EVENT_BYTES:
-            code = exchange.sse_event(name, view[ptr : ptr + length].tobytes())
-        else:  # as ``sse_event_data`` does it, which the common case above skips
-            data = view[ptr : ptr + length].tobytes() if length <= MAX_EVENT_BYTES else None
-            code = self.serve_calls.sse_event_data(process, name, data)
-        self._i32_at.value = results  # as ``_set_result``, inline
-        i32 = self._i32
-        i32[0] = _I32
-        i32[_A0] = code
-
-    def _sse_event_later(  # noqa: PLR0917 (the parked call's arguments)
-        self, fiber: Fiber, results: int, name_ptr: int, name_len: int, ptr: int, length: int
-    ) -> bool:
-        if _blocked(fiber.process.exchange):
-            return False
-        view, _size = self._view(fiber, "sse_event")
-        name = view[name_ptr : name_ptr + name_len].tobytes() if name_len else b""
-        data = _payload(view, ptr, length)
-        self._set_result(results, self.serve_calls.sse_event_data(fiber.process, name, data))
-        return True
-
-    def _writer(self, name: str) -> Callable[[Fiber, int, int], None]:
-        """The async form of serving function ``name`` (``write``, ``flush``): it
-        waits, parked, while the client's socket is backed up, then runs as usual."""
-        implementation = getattr(self.serve_calls, name)
-        indexes = [_i32_index(k) for k in range(len(FUNCTIONS[name].params))]
-
-        def body(fiber: Fiber, args: int, results: int) -> None:
-            process = fiber.process
-            given = self._values(args)
-            values = capi.Values()
-            for k, index in enumerate(indexes):
-                values[k].i32 = given[index]
-
-            def finish() -> bool:
-                if _blocked(process.exchange):
-                    return False
-                implementation(process, values)
-                self._set_result(results, values[0].i32)
-                return True
-
-            if not finish():
-                self._park_write(fiber, finish)
-
-        return body
-
-    def _park_write(self, fiber: Fiber, finish: Callable[[], bool]) -> None:
-        """Park ``fiber`` in a serving write until the socket drains (or the client leaves)."""
-        fiber.deadline = None
-        self._park(fiber, finish)
-
-
-def _blocked(exchange: Any) -> bool:
-    """Whether a serving write must wait: the socket is full and the client still there."""
-    writable = getattr(exchange, "writable", None)
-    return writable is not None and not writable.is_set() and not exchange.closed
-
-
-def _payload(view: memoryview, ptr: int, length: int) -> bytes | None:
-    """An event or frame's bytes (the range is checked); None past MAX_EVENT_BYTES."""
-    if length > MAX_EVENT_BYTES:
-        return None
-    return view[ptr : ptr + length].tobytes() if length else b""
 
 
 def _memory_view(memory: GuestMemory, size: int) -> memoryview:

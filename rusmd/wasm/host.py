@@ -1,8 +1,11 @@
 """The wasm host of one worker: components, processes, CPU and memory limits.
 
 Runs in: worker. Control methods (``load``, ``spawn``, ``kill``,
-``list``, ``info``, ``shutdown``) are called on the worker's event-loop
-thread; each process runs on a guest thread of its own, and the ``rusm``
+``list``, ``info``) are called on the worker's event-loop thread
+(``shutdown`` from a thread beside it, while the loop ends the
+processes). Every process runs as a fiber on the loop thread
+(``fibers``), except one whose module imports a WASI call that blocks
+its thread: that one runs on a guest thread (``runners``). The ``rusm``
 host functions run on the thread of the process that calls them.
 
 A process is one wasmtime store plus one instance of its component's
@@ -21,16 +24,19 @@ CPU: one ticker thread per worker advances the epochs of its engines
 (the processes' and the inline pool's, ``engine``) every
 ``EPOCH_TICK_MS``; each store's epoch callback runs once per tick while
 its guest runs, counts the ticks of the current call against
-``max-cpu-ms``, refreshes the memory figure ``rusmctl list`` shows, and
-ends the process when it is killed. A guest blocked in a host call
-(``rusm.sleep``) is woken by a kill instead.
+``max-cpu-ms`` (on a fiber, the ticks it was seen running since it last
+waited; on a thread, the ticks since), refreshes the memory figure
+``rusmctl list`` shows, makes a fiber yield the loop, and ends the
+process when it is killed. A fiber parked in a host call is ended by a
+kill at once (its future dropped); a thread blocked in one is woken.
 
 ``WasmHost`` keeps the process table and the processes' life (spawn,
 run, finish, kill, the epoch ticker) and assembles the rest, each a
 module of its own: pid leases (``pids``), loading components
 (``components``), the inline HTTP path (``inline``), the host functions
-(``callbacks``, ``calls``, ``serve_calls``, ``kv_calls``) and the fibers
-(``fibers``). The parts that call back into the host take it as a
+(``callbacks``, ``calls``, ``serve_calls``, ``kv_calls``), the scheduler
+(``fibers``) and its async host functions (``fiber_calls``,
+``fiber_writes``). The parts that call back into the host take it as a
 ``Protocol`` of what they use; none of them imports this module.
 
 The hot paths use wasmtime's C API through ``wasmtime._ffi`` directly
@@ -41,6 +47,7 @@ never raise: an error becomes a trap for the calling process only.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import json
 import os
@@ -49,6 +56,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import uvloop
 from wasmtime import _bindings
 from wasmtime import _ffi as ffi
 
@@ -56,7 +64,7 @@ from rusmd.abi import ErrorCode, ExitReason, slot_of
 from rusmd.actors.table import ActorTable
 from rusmd.channel import ComponentImage, ProcessExit
 from rusmd.config.environment import Environment
-from rusmd.config.model import BUILTIN_CAPABILITIES, BuiltinCapability, Manifest
+from rusmd.config.model import BUILTIN_CAPABILITIES, BuiltinCapability, LogLevel, Manifest
 from rusmd.errors import SpawnError
 from rusmd.log import Logger
 from rusmd.wasm import capi
@@ -73,6 +81,8 @@ from rusmd.wasm.engine import (
     inline_keep_resident,
     worker_engine,
 )
+from rusmd.wasm.fiber_calls import FiberCalls
+from rusmd.wasm.fiber_writes import ServingWrites
 from rusmd.wasm.fibers import FiberScheduler
 from rusmd.wasm.inline import INLINE_STORE_INSTANCES, InlinePath
 from rusmd.wasm.kv_calls import KvCalls
@@ -122,8 +132,10 @@ class WasmHost:
             defaults to ``[node].max-processes``; either way no more than
             ``vm.max_map_count`` and the address space back
             (``capacity.plan``, which says why in a warning).
-        loop: The worker's event loop, when it has one: serving processes
-            may then run as fibers on its thread (``fibers``).
+        loop: The worker's event loop; the host must then be made on its
+            thread. Optional: without one (in-process use: tests,
+            benchmarks) the host starts a loop of its own on a thread named
+            ``rusm-loop``, and its fibers run there; ``shutdown`` stops it.
     """
 
     def __init__(
@@ -143,10 +155,86 @@ class WasmHost:
         self.manifest = manifest
         self.slot = slot
         self.log = log
-        heap_bytes = largest_heap_bytes(manifest)
-        layout = manifest_layout(manifest)
-        wanted = pool_slots or max_processes or manifest.node.max_processes
-        self.capacity = plan(slot, wanted, layout, heap_bytes, read_kernel())
+        self._size_engines(pool_slots or max_processes or manifest.node.max_processes)
+        self.max_processes = max_processes or self.capacity.slots
+        self.components: dict[str, LoadedComponent] = {}
+        self.loaded = False  # the first ``load`` has run: a missing component is not coming
+        self.processes: dict[int, Process] = {}
+        self.spawned = 0
+        self.exits: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.pids = PidLeases(slot, request_lease)
+        self.ticks = 0
+        self._stopping = threading.Event()
+        # Set once shutdown is over: the ticker runs until then, since the
+        # processes being stopped need its ticks to notice (a guest between
+        # host calls is only interrupted at an epoch).
+        self._halted = threading.Event()
+        self._own_loop: OwnLoop | None = None
+        if loop is None:
+            self._own_loop = OwnLoop()
+            loop = self._own_loop.loop
+        self.loop = loop
+        self.actors = actors or _local_table(slot, loop)
+        self.actors.info_of = self.local_info
+        self.on_watched_exit = on_watched_exit
+        # The node store (set by the worker after it opened it), or why not.
+        self.store: KvStore | None = None
+        self.committer: GroupCommitter | None = None
+        self.store_error = ""
+        self.inline = InlinePath(self, self.inline_engine_info.engine.ptr(), self.pids, slot, log)
+        self.serve_calls = ServeCalls(log)
+        threading.stack_size(GUEST_THREAD_STACK_BYTES)
+        # Only for processes whose module imports a WASI call that blocks.
+        self.runners = RunnerPool(self.max_processes)
+        thread = self._own_loop.thread_id if self._own_loop is not None else None
+        self.fibers = FiberScheduler(self, loop, thread)
+        actor_calls = ActorCalls(self)
+        kv_calls = KvCalls(self)
+        fiber_calls = FiberCalls(self.fibers, self, actor_calls, kv_calls)
+        self.fibers.define(fiber_calls.bodies())
+        self.fibers.define_sync(fiber_calls.sync_bodies())
+        self.fibers.define(ServingWrites(self.fibers, self.serve_calls).bodies())
+        callbacks = host_callbacks(
+            {
+                **CoreCalls(self).implementations(),
+                **actor_calls.implementations(),
+                **self.serve_calls.implementations(),
+                **kv_calls.implementations(),
+            },
+            self.processes,
+            self.inline,
+            raw=ServeCalls.RAW,
+            fibers=self.fibers,
+        )
+        # wasmtime calls them by address: they live as long as the host.
+        self._callbacks = callbacks
+        self._epoch_callback = _EpochCallback(self._on_epoch)
+        self.inline_linkers = LinkerSet(self.inline_engine_info.engine, callbacks)
+        self.loader = ComponentLoader(
+            manifest,
+            environment,
+            log,
+            engine=self.engine,
+            linkers=LinkerSet(
+                self.engine, callbacks, self.fibers.callbacks, self.fibers.sync_callbacks
+            ),
+        )
+        self._ticker = threading.Thread(target=self._tick, name="epoch", daemon=True)
+        self._ticker.start()
+        if self.capacity.warning:
+            self.log.warn(f"limits: {self.capacity.warning}")
+        if not self.engine_info.pooling:
+            self.log.warn(
+                f"worker {slot}: pooling allocator unavailable, using on-demand allocation "
+                f"({self.engine_info.fallback_reason})"
+            )
+
+    def _size_engines(self, wanted: int) -> None:
+        """The processes' pool (``wanted`` slots, as the kernel backs) and the inline pool."""
+        heap_bytes = largest_heap_bytes(self.manifest)
+        layout = manifest_layout(self.manifest)
+        self.capacity = plan(self.slot, wanted, layout, heap_bytes, read_kernel())
         self.engine_info: EngineInfo = worker_engine(
             heap_bytes, self.capacity.slots, PROCESS_KEEP_RESIDENT_BYTES, layout
         )
@@ -162,69 +250,6 @@ class WasmHost:
         self.inline_engine_info = worker_engine(
             heap_bytes, INLINE_STORE_INSTANCES, self.inline_keep_resident, layout
         )
-        self.max_processes = max_processes or self.capacity.slots
-        self.components: dict[str, LoadedComponent] = {}
-        self.loaded = False  # the first ``load`` has run: a missing component is not coming
-        self.processes: dict[int, Process] = {}
-        self.spawned = 0
-        self.exits: dict[str, int] = {}
-        self._lock = threading.Lock()
-        self.pids = PidLeases(slot, request_lease)
-        self.ticks = 0
-        self._stopping = threading.Event()
-        # Set once shutdown is over: the ticker runs until then, since the
-        # processes being stopped need its ticks to notice (a guest between
-        # host calls is only interrupted at an epoch).
-        self._halted = threading.Event()
-        self.actors = actors or _local_table(slot)
-        self.actors.info_of = self.local_info
-        self.on_watched_exit = on_watched_exit
-        # The node store (set by the worker after it opened it), or why not.
-        self.store: KvStore | None = None
-        self.committer: GroupCommitter | None = None
-        self.store_error = ""
-        self.inline = InlinePath(self, self.inline_engine_info.engine.ptr(), self.pids, slot, log)
-        self.serve_calls = ServeCalls(log)
-        threading.stack_size(GUEST_THREAD_STACK_BYTES)
-        self.runners = RunnerPool(self.max_processes)
-        # WebSocket processes as fibers on the loop's thread (made on it).
-        self.fibers = FiberScheduler(self, loop, self.serve_calls) if loop is not None else None
-        callbacks = host_callbacks(
-            {
-                **CoreCalls(self).implementations(),
-                **ActorCalls(self).implementations(),
-                **self.serve_calls.implementations(),
-                **KvCalls(self).implementations(),
-            },
-            self.processes,
-            self.inline,
-            raw=ServeCalls.RAW,
-        )
-        # wasmtime calls them by address: they live as long as the host.
-        self._callbacks = callbacks
-        self._epoch_callback = _EpochCallback(self._on_epoch)
-        self.inline_linkers = LinkerSet(self.inline_engine_info.engine, callbacks)
-        self.loader = ComponentLoader(
-            manifest,
-            environment,
-            log,
-            engine=self.engine,
-            linkers=LinkerSet(
-                self.engine,
-                callbacks,
-                self.fibers.callbacks if self.fibers is not None else None,
-            ),
-            fibers=self.fibers is not None,
-        )
-        self._ticker = threading.Thread(target=self._tick, name="epoch", daemon=True)
-        self._ticker.start()
-        if self.capacity.warning:
-            self.log.warn(f"limits: {self.capacity.warning}")
-        if not self.engine_info.pooling:
-            self.log.warn(
-                f"worker {slot}: pooling allocator unavailable, using on-demand allocation "
-                f"({self.engine_info.fallback_reason})"
-            )
 
     # ── components and pids ─────────────────────────────────────────────
 
@@ -272,7 +297,6 @@ class WasmHost:
         exchange: Any = None,
         on_exit: Callable[[ExitReport], None] | None = None,
         quiet: bool = False,
-        fiber: bool = False,
     ) -> int:
         """Start a process of component ``name``; return its pid.
 
@@ -285,8 +309,9 @@ class WasmHost:
             exchange: The request or connection the process serves.
             on_exit: Called (guest thread) with its exit report.
             quiet: Keep its spawn and normal exit out of the log.
-            fiber: Run it as a fiber on the I/O thread if its component can
-                (``ModuleShape.fiber``), else on a guest thread as usual.
+
+        It runs as a fiber on the loop thread, unless its module imports a
+        WASI call that blocks (``ModuleShape.fiber``): then on a guest thread.
 
         Raises:
             SpawnError: No such component, it cannot run, or the worker is full.
@@ -326,9 +351,9 @@ class WasmHost:
             quiet=quiet,
         )
         self._enter(process, link_to=parent if link else None)
-        if not quiet:
+        if not quiet and self.log.enabled(LogLevel.DEBUG):
             self.log.debug(f"spawn {process.label} {component.capability.grants()}")
-        if fiber and component.fiber_pre_ptr and self.fibers is not None:
+        if component.fiber_pre_ptr:
             self.fibers.start(process)
         else:
             self.runners.submit(lambda: self._run(process))
@@ -489,6 +514,8 @@ class WasmHost:
         self.runners.close()
         if not self.processes:
             self._halted.set()
+            if self._own_loop is not None:
+                self._own_loop.stop()
 
     def _row(self, process: Process, now: float) -> dict[str, Any]:
         row = {
@@ -499,6 +526,8 @@ class WasmHost:
             "state": str(process.state),
             "runs": "fiber" if process.fiber is not None else "thread",
             "memory_bytes": process.memory_bytes,
+            "cpu_ms": round(process.cpu_ms(), 3),
+            "polls": process.polls,
             "uptime_s": round(now - process.started_at, 3),
         }
         row.update(self.actors.describe(process.pid))
@@ -620,38 +649,72 @@ class WasmHost:
             self.runners.nudge()
 
     def _on_epoch(self, context: Any, _data: Any, delta: Any, kind: Any) -> int:
-        """Runs on the guest thread once per tick while its wasm runs."""
+        """Runs once per tick while a process's wasm runs (its thread, or the loop's)."""
         try:
             process = self.processes.get(pid_of(context))
+            fiber = False
             if process is not None:
+                fiber = process.fiber is not None
                 if process.memory is not None:
                     process.memory_bytes = process.memory.size()
                 if process.stop_reason:
                     return new_error(process.stop_reason)
-                used_ms = (self.ticks - process.call_started_tick) * EPOCH_TICK_MS
+                process.busy_ticks += 1
+                if fiber:
+                    # Ticks it was seen running since it last waited.
+                    used_ms = process.busy_ticks * EPOCH_TICK_MS
+                else:
+                    process.cpu_ticks += 1
+                    used_ms = (self.ticks - process.call_started_tick) * EPOCH_TICK_MS
                 if used_ms > process.component.capability.max_cpu_ms:
                     process.cpu_exceeded = True
                     return new_error("cpu limit")
             delta[0] = 1
             # A fiber gives the loop back every tick (WASMTIME_UPDATE_DEADLINE_YIELD).
-            kind[0] = 1 if process is not None and process.fiber is not None else 0
+            kind[0] = 1 if fiber else 0
             return 0
         except BaseException:
             return new_error("host error in epoch callback")
 
 
-def _local_table(slot: int) -> ActorTable:
+def _local_table(slot: int, loop: asyncio.AbstractEventLoop) -> ActorTable:
     """An actor table for a host without a worker around it (in-process use)."""
 
+    def call_soon(job: Callable[..., None], *args: Any) -> None:
+        loop.call_soon_threadsafe(job, *args)
+
     def call_later(delay_s: float, job: Callable[[], None]) -> None:
-        timer = threading.Timer(delay_s, job)
-        timer.daemon = True
-        timer.start()
+        loop.call_soon_threadsafe(loop.call_later, delay_s, job)
 
     return ActorTable(
         slot,
         remote=lambda _slot, _sig: False,
         to_main=lambda _message: None,
-        call_soon=lambda job, *args: threading.Thread(target=job, args=args, daemon=True).start(),
+        call_soon=call_soon,
         call_later=call_later,
     )
+
+
+class OwnLoop:
+    """The event loop of a host made without one, running on a thread of its own."""
+
+    def __init__(self) -> None:
+        self.loop = uvloop.new_event_loop()  # as a worker's
+        started = threading.Event()
+        self.thread_id = 0
+
+        def run() -> None:
+            self.thread_id = threading.get_ident()
+            asyncio.set_event_loop(self.loop)
+            self.loop.call_soon(started.set)
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, name="rusm-loop", daemon=True)
+        self.thread.start()
+        started.wait()
+
+    def stop(self) -> None:
+        """Stop the loop (its thread then ends); callbacks queued after it are dropped."""
+        if not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5.0)

@@ -1,7 +1,9 @@
 """The kv half of the ``rusm`` host functions: get, exists, set, delete, batch, list.
 
-Runs in: worker, on the calling process's guest thread (a module that
-imports a kv function never runs inline on the I/O thread).
+Runs in: worker, on the thread of the calling process: the loop thread
+for a fiber (whose writes park it: ``waits``), its guest thread for a
+process that keeps one. A module that imports a kv write never runs
+inline on the I/O thread.
 
 Every kv function is linked for every profile and checks the grant per
 call: without ``allow-storage`` the guest gets DENIED, on a node without
@@ -161,7 +163,8 @@ class KvCalls:
             return self._refused(process, function, exc)
         return store, bucket, key
 
-    def _committer(self) -> GroupCommitter:
+    def committer(self) -> GroupCommitter:
+        """The worker's group committer (there is one whenever there is a store)."""
         committer = self.host.committer
         assert committer is not None  # set whenever the store is
         return committer
@@ -244,32 +247,44 @@ class KvCalls:
     # ── writes ──────────────────────────────────────────────────────────
 
     def kv_set(self, process: Process, values: Any) -> None:
+        self._finish_write(process, values, self.prepare_set(process, values))
+
+    def kv_delete(self, process: Process, values: Any) -> None:
+        self._finish_write(process, values, self.prepare_delete(process, values))
+
+    def kv_batch(self, process: Process, values: Any) -> None:
+        self._finish_write(process, values, self.prepare_batch(process, values))
+
+    def _finish_write(self, process: Process, values: Any, write: Write | ErrorCode) -> None:
+        if isinstance(write, Write):
+            write = self._write(process, self.committer(), write)
+        values[0].i32 = write
+
+    def prepare_set(self, process: Process, values: Any) -> Write | ErrorCode:
+        """``kv_set``'s write, or the result the guest gets at once."""
         memory = self._memory(process, "kv_set")
         value_ptr, value_len = values[4].i32, values[5].i32
         check_range("kv_set", value_ptr, value_len, memory.size())
         target = self._target(process, "kv_set", values)
         if isinstance(target, ErrorCode):
-            values[0].i32 = target
-            return
+            return target
         _store, bucket, key = target
         if as_u32(value_len) > MAX_VALUE_BYTES:
             too_big = f"value of {as_u32(value_len)} bytes: the limit is {MAX_VALUE_BYTES}"
-            values[0].i32 = self._refused(process, "kv_set", KvError(ErrorCode.TOOBIG, too_big))
-            return
+            return self._refused(process, "kv_set", KvError(ErrorCode.TOOBIG, too_big))
         value = memory.read("kv_set", value_ptr, value_len)
-        write = Write(bucket, ((Op.SET, key, value),))
-        values[0].i32 = self._write(process, self._committer(), write)
+        return Write(bucket, ((Op.SET, key, value),))
 
-    def kv_delete(self, process: Process, values: Any) -> None:
+    def prepare_delete(self, process: Process, values: Any) -> Write | ErrorCode:
+        """``kv_delete``'s write, or the result the guest gets at once."""
         target = self._target(process, "kv_delete", values)
         if isinstance(target, ErrorCode):
-            values[0].i32 = target
-            return
+            return target
         _store, bucket, key = target
-        write = Write(bucket, ((Op.DELETE, key, b""),), report_missing=True)
-        values[0].i32 = self._write(process, self._committer(), write)
+        return Write(bucket, ((Op.DELETE, key, b""),), report_missing=True)
 
-    def kv_batch(self, process: Process, values: Any) -> None:
+    def prepare_batch(self, process: Process, values: Any) -> Write | ErrorCode:
+        """``kv_batch``'s write, or the result the guest gets at once (OK for no ops)."""
         memory = self._memory(process, "kv_batch")
         bucket_ptr, bucket_len = values[0].i32, values[1].i32
         ops_ptr, ops_len = values[2].i32, values[3].i32
@@ -278,27 +293,23 @@ class KvCalls:
         check_range("kv_batch", ops_ptr, ops_len, size)
         store = self._store(process, "kv_batch")
         if isinstance(store, ErrorCode):
-            values[0].i32 = store
-            return
+            return store
         if ops_len & 0xFFFFFFFF > MAX_KV_BATCH_BYTES:
-            values[0].i32 = self._refused(
+            return self._refused(
                 process,
                 "kv_batch",
                 KvError(ErrorCode.TOOBIG, f"batch over {MAX_KV_BATCH_BYTES} bytes"),
             )
-            return
         bucket = memory.read("kv_batch", bucket_ptr, bucket_len)
         data = memory.read("kv_batch", ops_ptr, ops_len)
         try:
             check_bucket(bucket)
             ops = parse_batch(data)
         except KvError as exc:
-            values[0].i32 = self._refused(process, "kv_batch", exc)
-            return
+            return self._refused(process, "kv_batch", exc)
         if not ops:
-            values[0].i32 = ErrorCode.OK
-            return
-        values[0].i32 = self._write(process, self._committer(), Write(bucket, ops))
+            return ErrorCode.OK
+        return Write(bucket, ops)
 
 
 def parse_batch(data: bytes) -> tuple[tuple[int, bytes, bytes], ...]:

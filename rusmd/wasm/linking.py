@@ -32,7 +32,6 @@ from rusmd.wasm import capi
 from rusmd.wasm.abi import (
     ABI_MODULE,
     ABI_VERSION,
-    FIBER_FUNCTIONS,
     FUNCTIONS,
     INLINE_FUNCTIONS,
     WASI_BLOCKING,
@@ -60,9 +59,9 @@ class ModuleShape:
         has_memory: True if it exports ``memory``.
         inline: True if it imports nothing that may wait, so a request
             handler of it may run on the worker's I/O thread.
-        fiber: True if it imports nothing that may wait but ``recv`` and
-            the serving writes (``FIBER_FUNCTIONS``), so its serving
-            processes may run as fibers on the I/O thread.
+        fiber: True unless it imports a WASI call that blocks its thread
+            (``WASI_BLOCKING``): its processes run as fibers on the loop
+            thread, else each on a guest thread.
         has_initialize: True if it exports ``_initialize`` (a WASI reactor),
             called on each fresh instance before an action or ``run``.
         initial_memory_bytes: Its exported memory's initial size (0 without
@@ -126,6 +125,7 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
     """
     uses_wasi = False
     waits = False
+    wasi_blocks = False
     rusm_imports: list[str] = []
     for item in module.imports:
         where = f"{item.module}.{item.name}"
@@ -133,7 +133,8 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
             if not isinstance(item.type, wasmtime.FuncType):
                 raise LinkError(f"component {component} imports {where}, which is not a function")
             uses_wasi = True
-            waits = waits or item.name in WASI_BLOCKING
+            wasi_blocks = wasi_blocks or item.name in WASI_BLOCKING
+            waits = waits or wasi_blocks
             continue
         if item.module != ABI_MODULE:
             raise LinkError(
@@ -162,7 +163,7 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
             )
         rusm_imports.append(name)
     entry, results, has_memory, has_initialize = _entry(component, module)
-    fiber = not waits and all(name in FIBER_FUNCTIONS for name in rusm_imports)
+    fiber = not wasi_blocks
     waits = waits or any(name not in INLINE_FUNCTIONS for name in rusm_imports)
     reading = [name for name in rusm_imports if takes_pointers(name)]
     if reading and not has_memory:
@@ -228,6 +229,9 @@ class LinkerSet:
     Args:
         engine: The worker's engine.
         callbacks: The raw host callback for each ``rusm`` function name.
+        async_callbacks: A fiber's linker's async functions, by name.
+        fiber_callbacks: A fiber's linker's own synchronous callbacks, by
+            name (for the others it has ``callbacks``').
     """
 
     def __init__(
@@ -235,10 +239,12 @@ class LinkerSet:
         engine: wasmtime.Engine,
         callbacks: dict[str, HostCallback],
         async_callbacks: dict[str, Any] | None = None,
+        fiber_callbacks: dict[str, HostCallback] | None = None,
     ) -> None:
         self.engine = engine
         self.callbacks = callbacks
         self.async_callbacks = async_callbacks or {}
+        self.fiber_callbacks = fiber_callbacks or {}
         self._linkers: dict[tuple[frozenset[Grant], bool], wasmtime.Linker] = {}
         self._types: dict[str, wasmtime.FuncType] = {}
 
@@ -268,6 +274,9 @@ class LinkerSet:
                         ctypes.cast(address, ctypes.POINTER(ffi.wasmtime_error_t))
                     )
                 continue
+            callback = self.callbacks[name]
+            if fiber:
+                callback = self.fiber_callbacks.get(name, callback)
             error = ffi.wasmtime_linker_define_func_unchecked(
                 linker.ptr(),
                 module,
@@ -275,7 +284,7 @@ class LinkerSet:
                 encoded,
                 len(encoded),
                 func_type.ptr(),
-                self.callbacks[name],
+                callback,
                 None,
                 _NO_FINALIZER,
             )

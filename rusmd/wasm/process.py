@@ -33,6 +33,7 @@ from rusmd.log import LineBudget, Logger, suppressed_line
 from rusmd.wasm.abi import Grant
 from rusmd.wasm.linking import ModuleShape, action_results
 from rusmd.wasm.memory import GuestMemory
+from rusmd.wasm.settings import EPOCH_TICK_MS
 
 
 class ProcessState(enum.StrEnum):
@@ -173,8 +174,15 @@ class Process:
     watched: bool = False
     # A host-native process (a supervisor) instead of a wasm instance.
     native: Any = None
-    # Owned by the guest thread.
+    # Owned by the thread it runs on (its guest thread, or the loop's).
     call_started_tick: int = 0
+    # Epoch ticks it was seen running since it last waited (its CPU budget
+    # on a fiber) and in all (its CPU on a guest thread).
+    busy_ticks: int = 0
+    cpu_ticks: int = 0
+    # Its fiber's polls (its reductions) and the time they took.
+    polls: int = 0
+    cpu_ns: int = 0
     memory: GuestMemory | None = None
     crash: str = ""
     exit_code: int | None = None
@@ -195,6 +203,10 @@ class Process:
     def label(self) -> str:
         """``component#pid``, as the log and ``rusmctl list`` show it."""
         return f"{self.component.name}#{self.pid}"
+
+    def cpu_ms(self) -> float:
+        """CPU its guest used: its polls' time on a fiber, its ticks on a thread."""
+        return self.cpu_ns / 1e6 + self.cpu_ticks * EPOCH_TICK_MS
 
 
 @dataclass(frozen=True)

@@ -2,9 +2,11 @@
 
 Runs in: worker.
 
-Each wasm process runs on a thread of its own while it runs, because a
-process blocked inside a host call (``rusm.sleep``, later ``receive``)
-keeps its wasm stack on that thread. Starting a thread per spawn would
+Processes run as fibers on the loop thread (``fibers``), except those
+whose module imports a WASI call that blocks the thread (``poll_oneoff``,
+``fd_read``, ``sched_yield``: wasmtime's WASI calls are synchronous).
+Each of those runs on a thread of its own while it runs, because a
+process blocked inside a call keeps its wasm stack on that thread. Starting a thread per spawn would
 make a burst of short processes cost a thread start each (and thousands
 of 16 MiB stacks), so the pool keeps ``base`` runners busy from a queue
 and starts another thread only when work waits and every runner is

@@ -4,10 +4,10 @@ Runs in: tests.
 
 It echoes each message (``recv`` kind 5, FRAME) with its type until the
 client's close (kind 6, CLOSED), from a buffer at 64 in a memory of
-``pages`` pages. The fiber variant imports nothing that may wait, so it
-runs as a fiber on the worker's I/O thread; the thread variant imports
-``rusm.sleep`` (and naps 0 ms before each echo), so it runs on a guest
-thread.
+``pages`` pages. The fiber variant runs as a fiber on the worker's I/O
+thread; the thread variant imports ``rusm.sleep`` (and naps 0 ms before
+each echo) and WASI's ``poll_oneoff``, a call that blocks its thread
+(unused), so it runs on a guest thread.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ def ws_echo_wat(*, threaded: bool, pages: int = 1) -> str:
     """The echo module: on a guest thread (``threaded``) or as a fiber."""
     if threaded:
         return _TEMPLATE.format(
-            sleep_import='(import "rusm" "sleep" (func $sleep (param i32) (result i32)))',
+            sleep_import='(import "rusm" "sleep" (func $sleep (param i32) (result i32)))\n'
+            '  (import "wasi_snapshot_preview1" "poll_oneoff"'
+            " (func $poll (param i32 i32 i32 i32) (result i32)))",
             nap="(drop (call $sleep (i32.const 0)))",
             pages=pages,
         )

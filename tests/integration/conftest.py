@@ -28,7 +28,7 @@ import psutil
 import pytest
 
 from rusmd.config.model import Profile
-from rusmd.control.protocol import FrameReader, encode_frame
+from rusmd.control.protocol import MAX_REPLY_BYTES, FrameReader, encode_frame
 
 T = TypeVar("T")
 
@@ -123,7 +123,7 @@ def request_socket(path: Path, document: dict[str, Any]) -> dict[str, Any]:
 
 def read_frame(conn: socket.socket) -> dict[str, Any]:
     """The next frame on ``conn``; EOFError when the daemon hangs up first."""
-    reader = FrameReader()
+    reader = FrameReader(MAX_REPLY_BYTES)
     while True:
         data = conn.recv(65536)
         if not data:

@@ -72,8 +72,12 @@ ITOA = """
 """
 
 # The sse actions. recv's header is at 0 (kind at 0), payloads at 1024.
+# It imports a WASI call that blocks its thread (unused): its processes
+# keep a guest thread each, beside ``RELAY_WAT``'s fibers.
 STREAM_WAT = f"""
 (module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
   (import "rusm" "self" (func $self (result i64)))
   (import "rusm" "sleep" (func $sleep (param i32) (result i32)))
   (import "rusm" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
@@ -131,8 +135,8 @@ STREAM_WAT = f"""
 )
 """
 
-# An sse component that runs as a fiber (it imports nothing that waits but
-# recv): ``relay`` sends its pid, then each MESSAGE as a ``message`` event;
+# An sse component whose processes run as fibers (no WASI call that blocks):
+# ``relay`` sends its pid, then each MESSAGE as a ``message`` event;
 # ``burst`` sends 2000 numbered events and returns.
 RELAY_WAT = f"""
 (module
@@ -170,7 +174,8 @@ RELAY_WAT = f"""
 # (close code in ref, at 16). Besides echoing it answers ``spin`` by
 # looping forever and ``nap`` with ``timeout`` once a 50 ms recv timed out.
 # Its imports (a WASI clock among them) let it run as a fiber on the I/O thread; ``NAPPER_WAT`` (the
-# same echo, with a ``rusm.sleep`` before each reply) runs on a thread.
+# same echo, with a ``rusm.sleep`` before each reply, importing WASI's
+# blocking ``poll_oneoff``) runs on a thread.
 ECHO_WAT = f"""
 (module
   (import "wasi_snapshot_preview1" "clock_time_get"
@@ -270,6 +275,8 @@ ECHO_WAT = f"""
 
 NAPPER_WAT = """
 (module
+  (import "wasi_snapshot_preview1" "poll_oneoff"
+    (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
   (import "rusm" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
   (import "rusm" "sleep" (func $sleep (param i32) (result i32)))
   (import "rusm" "ws_send" (func $ws_send (param i32 i32 i32) (result i32)))

@@ -14,6 +14,7 @@ from rusmd.control.protocol import (
     COMMANDS,
     MAX_FRAME_BYTES,
     MAX_NESTING_DEPTH,
+    MAX_REPLY_BYTES,
     FrameReader,
     ProtocolError,
     encode_frame,
@@ -152,3 +153,14 @@ def test_commands_are_keyed_by_their_own_names_and_each_has_help() -> None:
         for arg, help_text, _required in info.args:
             assert arg.isidentifier() and help_text, (name, arg)
     assert [name for name, info in COMMANDS.items() if info.streams] == ["logs"]
+
+
+def test_a_reply_may_outgrow_a_request_frame_but_not_the_reply_cap() -> None:
+    # A `list` of thousands of processes: larger than any request may be.
+    reply = {"ok": True, "rows": ["x" * 1000] * (MAX_FRAME_BYTES // 1000 + 10)}
+    frame = encode_frame(reply, MAX_REPLY_BYTES)
+    assert FrameReader(MAX_REPLY_BYTES).feed(frame) == [reply]
+    with pytest.raises(ProtocolError, match=str(MAX_FRAME_BYTES)):
+        FrameReader().feed(frame)  # the daemon reading a client refuses it
+    with pytest.raises(ProtocolError, match=str(MAX_FRAME_BYTES)):
+        encode_frame(reply)
