@@ -1,0 +1,476 @@
+"""The eight benchmark scenarios: what each drives on a live node, and what it counts.
+
+Runs in: node endpoint, on its event loop, or the ``rusmd bench``
+command's process, on its own loop.
+
+A scenario drives the node as a client would: over the control socket
+(``spawn``, ``kill``, ``info``, as ``rusmctl`` does) and over the
+manifest's own listeners (HTTP, SSE, WebSocket), against the components
+of the scenario app (``rusmd.node.scenario_app``). ``Target.discover``
+reads the node's manifest (the path ``status`` names) to find where
+each route is served; a scenario whose components or routes the node
+does not have is refused with what is missing.
+
+Every figure includes the client's side (the driver is Python on one
+asyncio loop): these scenarios show the node under a load and compare
+runs with each other; ``python -m bench`` measures against baselines
+with wrk and in-guest clocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+
+from rusmd.abi import slot_of
+from rusmd.config import load_manifest
+from rusmd.config.model import Protocol
+from rusmd.errors import RusmError
+from rusmd.node.control import ControlClient, ControlRefused, ControlUnavailable
+from rusmd.node.scenario_app import BURST_EVENTS, PING_TRIPS, ROUTES
+from rusmd.node.scenarios import Driver, Lane, Outcome, Scenario, ScenarioError
+
+# One request, stream or round trip of a scenario: past this the
+# operation counts as failed (the run goes on).
+OPERATION_TIMEOUT_S = 10.0
+# A response head or an SSE stream larger than this is not the scenario
+# app's; the client stops reading rather than buffer it.
+MAX_RESPONSE_BYTES = 1 << 16
+# How long fault-recovery waits for the resident to come back.
+RECOVERY_TIMEOUT_S = 10.0
+WS_MESSAGE = "x" * 32
+
+
+@dataclass
+class Target:
+    """A running node as the scenarios see it: its control socket and its routes."""
+
+    control: ControlClient
+    routes: dict[str, tuple[str, int]] = field(default_factory=dict)  # path → (host, port)
+    ws: dict[str, tuple[str, int]] = field(default_factory=dict)  # component → (host, port)
+    components: set[str] = field(default_factory=set)
+    workers: int = 1
+
+    @classmethod
+    async def discover(cls, control: ControlClient) -> Target:
+        """Ask the node for its status and read its manifest's listeners."""
+        try:
+            status = await control.request("status")
+        except (ControlUnavailable, ControlRefused) as exc:
+            raise ScenarioError(f"the node does not answer: {exc}") from None
+        daemon = status.get("daemon", {})
+        try:
+            # A few KB read once per run: not worth a thread.
+            manifest = load_manifest(str(daemon.get("config", "")))
+        except (RusmError, OSError) as exc:
+            raise ScenarioError(f"cannot read the node's manifest: {exc}") from None
+        target = cls(control, components=set(manifest.components))
+        target.workers = sum(1 for row in status.get("workers", []) if row.get("pid"))
+        for serve in manifest.serve:
+            host, _, port = serve.listen.rpartition(":")
+            address = (_connectable(host.strip("[]")), int(port))
+            if serve.protocol is Protocol.WS and serve.name:
+                target.ws[serve.name] = address
+            for route in serve.routes:
+                key = (str(serve.protocol), route.component, route.action)
+                if ROUTES.get(key) == route.path:
+                    target.routes[route.path] = address
+        return target
+
+    def route(self, protocol: str, component: str, action: str) -> tuple[str, int, str]:
+        """(host, port, path) of a scenario route, or ScenarioError naming it."""
+        path = ROUTES[(protocol, component, action)]
+        if path not in self.routes:
+            raise ScenarioError(
+                f"this node does not serve {protocol.upper()} GET {path} -> {component}#{action}"
+            )
+        return (*self.routes[path], path)
+
+    def need(self, *components: str) -> None:
+        """ScenarioError naming the components this node does not have."""
+        missing = [name for name in components if name not in self.components]
+        if missing:
+            raise ScenarioError(f"this node has no component {', '.join(missing)}")
+
+
+def _connectable(host: str) -> str:
+    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+
+
+class HttpClient:
+    """One keep-alive HTTP/1.1 connection that GETs a path and reads the whole answer."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def get(self, path: str) -> tuple[int, bytes]:
+        """``GET path``: (status, body); reconnects after a close."""
+        try:
+            return await asyncio.wait_for(self._get(path), OPERATION_TIMEOUT_S)
+        except BaseException:
+            self.close()
+            raise
+
+    async def _get(self, path: str) -> tuple[int, bytes]:
+        if self.writer is None or self.reader is None:
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        reader, writer = self.reader, self.writer
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n\r\n".encode())
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if "content-length" in headers:
+            body = await reader.readexactly(int(headers["content-length"]))
+        else:
+            body = await self._chunked(reader)
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, body
+
+    async def _chunked(self, reader: asyncio.StreamReader) -> bytes:
+        body = b""
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
+            if size == 0:
+                await reader.readuntil(b"\r\n")
+                return body
+            body += (await reader.readexactly(size + 2))[:-2]
+            if len(body) > MAX_RESPONSE_BYTES:
+                raise ValueError(f"a response of {self.host}:{self.port} is over 64 KiB")
+
+    def close(self) -> None:
+        """Drop the connection (the next ``get`` opens another)."""
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+async def _expect_ok(client: HttpClient, path: str) -> bytes:
+    status, body = await client.get(path)
+    if status != 200:
+        raise ScenarioError(f"GET {path} answered {status}: {body[:200].decode(errors='replace')}")
+    return body
+
+
+class _Http(Driver):
+    """``lanes`` keep-alive connections, each GETting ``path`` back to back."""
+
+    lanes = 8
+
+    def __init__(self, target: Target, component: str, action: str) -> None:
+        target.need(component)
+        self.host, self.port, self.path = target.route("http", component, action)
+        self.clients: list[HttpClient] = []
+
+    async def start(self) -> list[Lane]:
+        self.clients = [HttpClient(self.host, self.port) for _ in range(self.lanes)]
+        await _expect_ok(self.clients[0], self.path)  # fails early, with why
+        return [self._lane(client) for client in self.clients]
+
+    def _lane(self, client: HttpClient) -> Lane:
+        async def one() -> Outcome:
+            await _expect_ok(client, self.path)
+            return 1, None, ""
+
+        return one
+
+    async def finish(self) -> dict[str, Any]:
+        for client in self.clients:
+            client.close()
+        return {"lanes": len(self.clients)}
+
+
+class HttpThroughput(_Http):
+    """GET /sc/hello on 8 keep-alive connections."""
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target, "sc_http", "hello")
+
+
+class KvStorm(_Http):
+    """GET /sc/kv: each request one kv_set that returns after its commit."""
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target, "sc_kv", "kv")
+
+
+class Fairness(_Http):
+    """HTTP on 4 connections while a spinning process runs on every worker."""
+
+    lanes = 4
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target, "sc_http", "hello")
+        target.need("sc_spin")
+        self.control = target.control
+        self.spinners = max(1, target.workers)
+        self.pids: list[int] = []
+
+    async def start(self) -> list[Lane]:
+        for _ in range(self.spinners):
+            reply = await self.control.request("spawn", name="sc_spin")
+            self.pids.append(int(reply["pid"]))
+        return await super().start()
+
+    async def finish(self) -> dict[str, Any]:
+        extra = await super().finish()
+        for pid in self.pids:
+            try:
+                await self.control.request("kill", pid=f"#{pid}")
+            except ControlRefused:
+                pass  # its CPU budget already ended it
+        return {**extra, "spinners": len(self.pids)}
+
+
+class PingPong(_Http):
+    """GET /sc/ping: the handler makes 100 calls to the resident sc_pong."""
+
+    lanes = 4
+
+    def __init__(self, target: Target) -> None:
+        super().__init__(target, "sc_ping", "ping")
+        target.need("sc_pong")
+        self.control = target.control
+        self.pong_slot = -1
+
+    async def start(self) -> list[Lane]:
+        info = await self.control.request("info", pid="sc_pong")
+        self.pong_slot = int(info["process"]["worker"])
+        return await super().start()
+
+    def _lane(self, client: HttpClient) -> Lane:
+        async def batch() -> Outcome:
+            began = time.monotonic_ns()
+            body = await _expect_ok(client, self.path)
+            per_trip = (time.monotonic_ns() - began) // PING_TRIPS
+            same = slot_of(int(body)) == self.pong_slot
+            return PING_TRIPS, per_trip, "same_worker" if same else "across_workers"
+
+        return batch
+
+
+class SpawnStorm(Driver):
+    """``spawn sc_quick`` over the control socket, 4 requests at a time."""
+
+    def __init__(self, target: Target) -> None:
+        target.need("sc_quick")
+        self.control = target.control
+
+    async def start(self) -> list[Lane]:
+        return [self._spawn] * 4
+
+    async def _spawn(self) -> Outcome:
+        try:
+            await self.control.request("spawn", name="sc_quick")
+        except (ControlRefused, ControlUnavailable) as exc:
+            raise ScenarioError(f"spawn sc_quick: {exc}") from None
+        return 1, None, ""
+
+
+class FaultRecovery(Driver):
+    """Kill the resident sc_victim; time until its supervisor has a new one registered."""
+
+    def __init__(self, target: Target) -> None:
+        target.need("sc_victim")
+        self.control = target.control
+
+    async def start(self) -> list[Lane]:
+        await self._pid()
+        return [self._once]
+
+    async def _pid(self) -> int:
+        try:
+            info = await self.control.request("info", pid="sc_victim")
+        except ControlRefused:
+            return 0  # not registered: between its exit and its restart
+        return int(info["process"]["pid"])
+
+    async def _once(self) -> Outcome:
+        before = await self._pid()
+        if not before:
+            raise ScenarioError("sc_victim is not running (quarantined?)")
+        began = time.monotonic_ns()
+        await self.control.request("kill", pid=f"#{before}")
+        deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            now = await self._pid()
+            if now and now != before:
+                return 1, time.monotonic_ns() - began, ""
+        raise ScenarioError(f"sc_victim did not come back within {RECOVERY_TIMEOUT_S:g} s")
+
+
+class WsEcho(Driver):
+    """A 32-byte text message to sc_echo and its echo, on 4 connections."""
+
+    def __init__(self, target: Target) -> None:
+        target.need("sc_echo")
+        if "sc_echo" not in target.ws:
+            raise ScenarioError("this node has no WebSocket listener for sc_echo")
+        self.host, self.port = target.ws["sc_echo"]
+        self.connections: list[ClientConnection] = []
+
+    async def start(self) -> list[Lane]:
+        for _ in range(4):
+            uri = f"ws://{self.host}:{self.port}/"
+            self.connections.append(await connect(uri, compression=None, open_timeout=10))
+        return [self._lane(connection) for connection in self.connections]
+
+    def _lane(self, connection: ClientConnection) -> Lane:
+        async def trip() -> Outcome:
+            await connection.send(WS_MESSAGE)
+            answer = await asyncio.wait_for(connection.recv(), OPERATION_TIMEOUT_S)
+            if answer != WS_MESSAGE:
+                raise ValueError(f"sc_echo answered {str(answer)[:40]!r}")
+            return 1, None, ""
+
+        return trip
+
+    async def finish(self) -> dict[str, Any]:
+        for connection in self.connections:
+            await connection.close()
+        return {"lanes": len(self.connections)}
+
+
+class SseFanout(Driver):
+    """8 clients at once, each opening /sc/burst and reading its 100 events."""
+
+    def __init__(self, target: Target) -> None:
+        target.need("sc_sse")
+        self.host, self.port, self.path = target.route("sse", "sc_sse", "burst")
+
+    async def start(self) -> list[Lane]:
+        return [self._stream] * 8
+
+    async def _stream(self) -> Outcome:
+        return await asyncio.wait_for(self._read(), OPERATION_TIMEOUT_S)
+
+    async def _read(self) -> Outcome:
+        reader, writer = await asyncio.open_connection(self.host, self.port)
+        try:
+            writer.write(f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
+            seen = b""
+            while seen.count(b"data: tick") < BURST_EVENTS:
+                data = await reader.read(MAX_RESPONSE_BYTES)
+                if not data:
+                    break
+                seen += data
+                if len(seen) > MAX_RESPONSE_BYTES:
+                    raise ValueError(f"{self.path} sent more than its {BURST_EVENTS} events")
+            events = seen.count(b"data: tick")
+            if events < BURST_EVENTS:
+                raise ScenarioError(f"{self.path} ended after {events} of {BURST_EVENTS} events")
+            return events, None, ""
+        finally:
+            writer.close()
+
+
+SCENARIOS = {
+    scenario.name: scenario
+    for scenario in (
+        Scenario(
+            "spawn-storm",
+            "processes spawned by `spawn sc_quick` over the control socket (4 at a time); "
+            "latency: the spawn request's round trip",
+            "spawns",
+            "component sc_quick",
+            SpawnStorm,
+        ),
+        Scenario(
+            "ping-pong",
+            "call/reply round trips from an HTTP handler to the resident sc_pong, "
+            f"{PING_TRIPS} a request on 4 connections, split by whether the handler ran on "
+            "sc_pong's worker (same_worker) or another (across_workers); "
+            "latency: the mean round trip of each batch, HTTP included",
+            "round trips",
+            "components sc_ping and sc_pong, GET /sc/ping on an HTTP listener",
+            PingPong,
+        ),
+        Scenario(
+            "fault-recovery",
+            "kills of the resident sc_victim, each waited out until its supervisor has "
+            "registered a new one; latency: from the kill to the new pid answering `info`",
+            "recoveries",
+            "resident component sc_victim",
+            FaultRecovery,
+        ),
+        Scenario(
+            "fairness",
+            "HTTP requests (GET /sc/hello, 4 connections) served while one sc_spin process "
+            "spins forever on every worker; latency: each request's round trip",
+            "requests",
+            "components sc_spin and sc_http, GET /sc/hello on an HTTP listener",
+            Fairness,
+        ),
+        Scenario(
+            "http-throughput",
+            "HTTP requests GET /sc/hello (`hello world`) on 8 keep-alive connections; "
+            "latency: each request's round trip",
+            "requests",
+            "component sc_http, GET /sc/hello on an HTTP listener",
+            HttpThroughput,
+        ),
+        Scenario(
+            "ws-echo",
+            "WebSocket round trips of a 32-byte text message to sc_echo on 4 connections; "
+            "latency: each round trip",
+            "round trips",
+            "component sc_echo on a WebSocket listener",
+            WsEcho,
+        ),
+        Scenario(
+            "sse-fanout",
+            f"SSE events received by 8 concurrent clients, each stream {BURST_EVENTS} events "
+            "of sc_sse#burst; latency: one stream from connect to its last event",
+            "events",
+            "component sc_sse, GET /sc/burst on an SSE listener",
+            SseFanout,
+        ),
+        Scenario(
+            "kv-storm",
+            "store writes: GET /sc/kv runs one kv_set that returns after its commit, "
+            "8 connections; latency: each request's round trip",
+            "writes",
+            "component sc_kv with storage, GET /sc/kv on an HTTP listener, [node] store",
+            KvStorm,
+        ),
+    )
+}
+"""Every scenario by name, in the order the dashboard lists them."""
+
+
+def describe() -> list[dict[str, str]]:
+    """Name, what it counts and what it needs, for ``hello`` and ``--help``."""
+    return [
+        {"name": s.name, "counts": s.counts, "unit": s.unit, "needs": s.needs}
+        for s in SCENARIOS.values()
+    ]
+
+
+async def prepare(name: str, socket_path: Path) -> tuple[Scenario, Driver]:
+    """The scenario ``name`` and its driver for the node at ``socket_path``.
+
+    Raises:
+        ScenarioError: No such scenario, or the node cannot run it (and why).
+    """
+    scenario = SCENARIOS.get(name)
+    if scenario is None:
+        raise ScenarioError(f"unknown scenario {name!r} (valid: {', '.join(SCENARIOS)})")
+    target = await Target.discover(ControlClient(socket_path))
+    try:
+        return scenario, scenario.driver(target)
+    except ScenarioError as exc:
+        raise ScenarioError(
+            f"scenario {name} is not available on this node: {exc} "
+            f"(it needs {scenario.needs}; `rusmd bench {name}` runs it on an app that has them)"
+        ) from None
