@@ -466,11 +466,11 @@ async def prepare(name: str, socket_path: Path) -> tuple[Scenario, Driver]:
     scenario = SCENARIOS.get(name)
     if scenario is None:
         raise ScenarioError(f"unknown scenario {name!r} (valid: {', '.join(SCENARIOS)})")
-    target = await Target.discover(ControlClient(socket_path))
     try:
+        target = await Target.discover(ControlClient(socket_path))
         return scenario, scenario.driver(target)
     except ScenarioError as exc:
         raise ScenarioError(
-            f"scenario {name} is not available on this node: {exc} "
+            f"scenario {name!r} not available on this node: {exc} "
             f"(it needs {scenario.needs}; `rusmd bench {name}` runs it on an app that has them)"
         ) from None
