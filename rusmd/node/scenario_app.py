@@ -35,9 +35,11 @@ from pathlib import Path
 PING_TRIPS = 100
 # Events one ``GET /sc/burst`` stream carries before it ends.
 BURST_EVENTS = 100
-# The spinner's CPU budget (ms): longer than any scenario runs, so the
-# budget never ends a spinner mid-run (the driver kills them after).
-SPIN_CPU_MS = 3_600_000
+# The spinner's CPU budget (ms): a little longer than the longest run
+# (MAX_SECONDS), so the budget never ends a spinner mid-run (the driver
+# kills them after) and one left behind by a driver that died spins no
+# longer than that.
+SPIN_CPU_MS = 620_000
 # fault-recovery kills its resident as fast as it comes back: an
 # intensity of 1,000 restarts a second (the most the manifest allows)
 # keeps it from being quarantined at the rate one driver kills it.

@@ -6,10 +6,9 @@ command's process, on its own loop.
 A scenario drives the node as a client would: over the control socket
 (``spawn``, ``kill``, ``info``, as ``rusmctl`` does) and over the
 manifest's own listeners (HTTP, SSE, WebSocket), against the components
-of the scenario app (``rusmd.node.scenario_app``). ``Target.discover``
-reads the node's manifest (the path ``status`` names) to find where
-each route is served; a scenario whose components or routes the node
-does not have is refused with what is missing.
+of the scenario app (``rusmd.node.scenario_app``), found on the node by
+``rusmd.node.scenario_target.Target``; a scenario whose components or
+routes the node does not have is refused with what is missing.
 
 Every figure includes the client's side (the driver is Python on one
 asyncio loop): these scenarios show the node under a load and compare
@@ -21,139 +20,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
 from rusmd.abi import slot_of
-from rusmd.config import load_manifest
-from rusmd.config.model import Protocol
-from rusmd.errors import RusmError
 from rusmd.node.control import ControlClient, ControlRefused, ControlUnavailable
-from rusmd.node.scenario_app import BURST_EVENTS, PING_TRIPS, ROUTES
+from rusmd.node.scenario_app import BURST_EVENTS, PING_TRIPS
+from rusmd.node.scenario_target import (
+    MAX_RESPONSE_BYTES,
+    OPERATION_TIMEOUT_S,
+    HttpClient,
+    Target,
+)
 from rusmd.node.scenarios import Driver, Lane, Outcome, Scenario, ScenarioError
 
-# One request, stream or round trip of a scenario: past this the
-# operation counts as failed (the run goes on).
-OPERATION_TIMEOUT_S = 10.0
-# A response head or an SSE stream larger than this is not the scenario
-# app's; the client stops reading rather than buffer it.
-MAX_RESPONSE_BYTES = 1 << 16
 # How long fault-recovery waits for the resident to come back.
 RECOVERY_TIMEOUT_S = 10.0
 WS_MESSAGE = "x" * 32
-
-
-@dataclass
-class Target:
-    """A running node as the scenarios see it: its control socket and its routes."""
-
-    control: ControlClient
-    routes: dict[str, tuple[str, int]] = field(default_factory=dict)  # path → (host, port)
-    ws: dict[str, tuple[str, int]] = field(default_factory=dict)  # component → (host, port)
-    components: set[str] = field(default_factory=set)
-    workers: int = 1
-
-    @classmethod
-    async def discover(cls, control: ControlClient) -> Target:
-        """Ask the node for its status and read its manifest's listeners."""
-        try:
-            status = await control.request("status")
-        except (ControlUnavailable, ControlRefused) as exc:
-            raise ScenarioError(f"the node does not answer: {exc}") from None
-        daemon = status.get("daemon", {})
-        try:
-            # A few KB read once per run: not worth a thread.
-            manifest = load_manifest(str(daemon.get("config", "")))
-        except (RusmError, OSError) as exc:
-            raise ScenarioError(f"cannot read the node's manifest: {exc}") from None
-        target = cls(control, components=set(manifest.components))
-        target.workers = sum(1 for row in status.get("workers", []) if row.get("pid"))
-        for serve in manifest.serve:
-            host, _, port = serve.listen.rpartition(":")
-            address = (_connectable(host.strip("[]")), int(port))
-            if serve.protocol is Protocol.WS and serve.name:
-                target.ws[serve.name] = address
-            for route in serve.routes:
-                key = (str(serve.protocol), route.component, route.action)
-                if ROUTES.get(key) == route.path:
-                    target.routes[route.path] = address
-        return target
-
-    def route(self, protocol: str, component: str, action: str) -> tuple[str, int, str]:
-        """(host, port, path) of a scenario route, or ScenarioError naming it."""
-        path = ROUTES[(protocol, component, action)]
-        if path not in self.routes:
-            raise ScenarioError(
-                f"this node does not serve {protocol.upper()} GET {path} -> {component}#{action}"
-            )
-        return (*self.routes[path], path)
-
-    def need(self, *components: str) -> None:
-        """ScenarioError naming the components this node does not have."""
-        missing = [name for name in components if name not in self.components]
-        if missing:
-            raise ScenarioError(f"this node has no component {', '.join(missing)}")
-
-
-def _connectable(host: str) -> str:
-    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-
-
-class HttpClient:
-    """One keep-alive HTTP/1.1 connection that GETs a path and reads the whole answer."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.reader: asyncio.StreamReader | None = None
-        self.writer: asyncio.StreamWriter | None = None
-
-    async def get(self, path: str) -> tuple[int, bytes]:
-        """``GET path``: (status, body); reconnects after a close."""
-        try:
-            return await asyncio.wait_for(self._get(path), OPERATION_TIMEOUT_S)
-        except BaseException:
-            self.close()
-            raise
-
-    async def _get(self, path: str) -> tuple[int, bytes]:
-        if self.writer is None or self.reader is None:
-            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        reader, writer = self.reader, self.writer
-        writer.write(f"GET {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split(" ", 2)[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if "content-length" in headers:
-            body = await reader.readexactly(int(headers["content-length"]))
-        else:
-            body = await self._chunked(reader)
-        if headers.get("connection", "").lower() == "close":
-            self.close()
-        return status, body
-
-    async def _chunked(self, reader: asyncio.StreamReader) -> bytes:
-        body = b""
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            if size == 0:
-                await reader.readuntil(b"\r\n")
-                return body
-            body += (await reader.readexactly(size + 2))[:-2]
-            if len(body) > MAX_RESPONSE_BYTES:
-                raise ValueError(f"a response of {self.host}:{self.port} is over 64 KiB")
-
-    def close(self) -> None:
-        """Drop the connection (the next ``get`` opens another)."""
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
+# fairness spawns until every worker has a spinner; the daemon places
+# spawns itself, so it may take a few tries, but never more than this.
+SPAWN_ATTEMPTS_PER_WORKER = 8
 
 
 async def _expect_ok(client: HttpClient, path: str) -> bytes:
@@ -216,21 +104,36 @@ class Fairness(_Http):
         self.control = target.control
         self.spinners = max(1, target.workers)
         self.pids: list[int] = []
+        self.workers_spinning = 0
 
     async def start(self) -> list[Lane]:
-        for _ in range(self.spinners):
+        # The daemon picks the worker of a spawn: spawn until every worker
+        # has one, killing a spinner that lands where one already spins.
+        spinning: set[int] = set()
+        for _ in range(SPAWN_ATTEMPTS_PER_WORKER * self.spinners):
+            if len(spinning) == self.spinners:
+                break
             reply = await self.control.request("spawn", name="sc_spin")
-            self.pids.append(int(reply["pid"]))
+            pid = int(reply["pid"])
+            self.pids.append(pid)
+            if slot_of(pid) in spinning:
+                await self._kill(pid)
+            spinning.add(slot_of(pid))
+        self.workers_spinning = len(spinning)
         return await super().start()
+
+    async def _kill(self, pid: int) -> None:
+        try:
+            await self.control.request("kill", pid=f"#{pid}")
+        except ControlRefused:
+            pass  # gone already (its CPU budget ended it)
+        self.pids.remove(pid)
 
     async def finish(self) -> dict[str, Any]:
         extra = await super().finish()
-        for pid in self.pids:
-            try:
-                await self.control.request("kill", pid=f"#{pid}")
-            except ControlRefused:
-                pass  # its CPU budget already ended it
-        return {**extra, "spinners": len(self.pids)}
+        for pid in list(self.pids):
+            await self._kill(pid)
+        return {**extra, "workers_spinning": self.workers_spinning}
 
 
 class PingPong(_Http):

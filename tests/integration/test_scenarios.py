@@ -92,7 +92,7 @@ def test_every_scenario_counts_with_percentiles(scenario_daemon: Daemon, name: s
         assert set(result["parts"]) <= {"same_worker", "across_workers"}
         assert sum(part["count"] for part in result["parts"].values()) == result["count"]
     if name == "fairness":
-        assert result["spinners"] == 2  # one per worker
+        assert result["workers_spinning"] == 2  # one spinner on each worker
     # every scenario cleans up: no spinner or stray process is left running
     listing = scenario_daemon.request("list")["result"]["processes"]
     assert not [p for p in listing if p["component"] in ("sc_spin", "sc_quick")], listing
