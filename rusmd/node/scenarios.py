@@ -162,6 +162,7 @@ class Run:
     _started: float = 0.0
     _measured_from: float = 0.0
     _last_tick: tuple[float, int] = (0.0, 0)
+    _last_rate: float = 0.0
 
     def __post_init__(self) -> None:
         self.seconds = min(max(self.seconds, 0.1), MAX_SECONDS)
@@ -240,10 +241,14 @@ class Run:
     def frame(self, now: float) -> dict[str, Any]:
         """The live ``scenario`` frame: rate over the last tick, percentiles so far."""
         since, units = self._last_tick
-        rate = 0.0
-        if now > since and now > self._measured_from:
-            rate = (self.recorder.units - units) / (now - max(since, self._measured_from))
+        rate = self._last_rate
+        interval = now - max(since, self._measured_from)
+        # An interval shorter than half a tick (the first one after the
+        # warm-up can be a few ms) would make a wild rate: keep the last.
+        if interval >= self.tick_s / 2:
+            rate = (self.recorder.units - units) / interval
             self._last_tick = (now, self.recorder.units)
+            self._last_rate = rate
         figures = self.recorder.figures(max(0.0, now - self._measured_from))
         latency = figures["latency_us"]
         return {
