@@ -154,7 +154,11 @@ def section(
             "the default profile)",
             "",
             "Driven by a Python client on the same machine, so each figure includes the "
-            "client's side; docs/operations.md says what each scenario counts.",
+            "client's side; docs/operations.md says what each scenario counts. The client, "
+            "one asyncio loop on one core, bounds the request scenarios (http-throughput, "
+            "ws-echo, kv-storm, fairness): the node's own capacity is in the wrk and "
+            "websockets figures above, not here. What the scenarios add is the node under "
+            "each load as the dashboard shows it, and runs to compare with each other.",
             "",
             scenarios,
             "",
