@@ -154,11 +154,12 @@ def section(
             "the default profile)",
             "",
             "Driven by a Python client on the same machine, so each figure includes the "
-            "client's side; docs/operations.md says what each scenario counts. The client, "
-            "one asyncio loop on one core, bounds the request scenarios (http-throughput, "
-            "ws-echo, kv-storm, fairness): the node's own capacity is in the wrk and "
-            "websockets figures above, not here. What the scenarios add is the node under "
-            "each load as the dashboard shows it, and runs to compare with each other.",
+            "client's side; docs/operations.md says what each scenario counts. The client "
+            "(one asyncio loop, a handful of connections) shares the cores with the node, "
+            "so the request scenarios (http-throughput, ws-echo, kv-storm, fairness) are "
+            "not the node's capacity: that is in the wrk and websockets rows above. The "
+            "scenarios show the node under each load as the dashboard does, and compare "
+            "runs with each other.",
             "",
             scenarios,
             "",
