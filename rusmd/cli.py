@@ -94,7 +94,7 @@ def _add_bench_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "bench",
         help=summary,
-        description=f"{summary} (docs/benchmarks.md says what each counts).",
+        description=f"{summary} (docs/operations.md says what each counts).",
     )
     parser.add_argument(
         "scenario",
@@ -176,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # and must not load the scenario drivers' websockets client.
         from rusmd.node.bench_command import bench
 
-        return bench(args.scenario, args.seconds, args.profile, args.json)
+        return bench(args.scenario, args.seconds, args.profile, args.json, args.cpus)
     return run(args)
 
 

@@ -52,14 +52,27 @@ def _free_port() -> int:
         return port
 
 
-def bench(scenario: str, seconds: float, profile: str | None, as_json: bool) -> int:
-    """Run ``scenario`` on a fresh daemon; print its result; the exit code."""
+def bench(
+    scenario: str, seconds: float, profile: str | None, as_json: bool, cpus: int | None = None
+) -> int:
+    """Run ``scenario`` on a fresh daemon; print its result; the exit code.
+
+    Args:
+        scenario: Its name.
+        seconds: How long, warm-up included.
+        profile: The daemon's ``--profile``, or None for the manifest's.
+        as_json: Print the result as one JSON document.
+        cpus: The daemon's ``--cpus`` (size the profile as if N cores were
+            usable), or None for the machine's.
+    """
     with tempfile.TemporaryDirectory(prefix="rusm-bench-") as directory:
         app = Path(directory)
         write_app(app, (_free_port(), _free_port(), _free_port(), _free_port()))
         command = [sys.executable, "-m", "rusmd", "--config", "rusm.toml"]
         if profile:
             command += ["--profile", profile]
+        if cpus:
+            command += ["--cpus", str(cpus)]
         with (app / "rusmd.log").open("wb") as log:
             daemon = subprocess.Popen(
                 command, cwd=app, stdout=log, stderr=log, start_new_session=True
