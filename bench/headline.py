@@ -85,10 +85,8 @@ def _run(command: list[str]) -> str:
 def _scenarios(seconds: float) -> tuple[str, list[dict[str, Any]]]:
     rows: list[dict[str, Any]] = []
     for name in SCENARIO_NAMES:
-        text = _run(
-            [sys.executable, "-m", "rusmd", *SCENARIO_DAEMON, "bench", name]
-            + ["--seconds", f"{seconds:g}", "--json"]
-        )
+        flags = ["--seconds", f"{seconds:g}", "--json"]
+        text = _run([sys.executable, "-m", "rusmd", *SCENARIO_DAEMON, "bench", name, *flags])
         try:
             rows.append(json.loads(text))
         except ValueError:
