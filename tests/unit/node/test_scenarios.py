@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+from rusmd.node.runs import Runs
 from rusmd.node.scenario_app import SCENARIO_NAMES
 from rusmd.node.scenario_drivers import SCENARIOS
-from rusmd.node.scenarios import Driver, Lane, Outcome, Recorder, Run, Scenario
+from rusmd.node.scenarios import (
+    Driver,
+    Lane,
+    Outcome,
+    Recorder,
+    Run,
+    Scenario,
+    ScenarioError,
+)
 
 
 class Sleeper(Driver):
@@ -85,3 +95,22 @@ def test_stop_ends_a_run_early() -> None:
 
     result = asyncio.run(go())
     assert result["state"] == "stopped" and result["measured_s"] < 60
+
+
+def test_runs_refuse_bad_arguments_naming_them() -> None:
+    async def refusals() -> list[str]:
+        runs = Runs(Path("/nonexistent/rusmd.sock"), 60, lambda _frame: None)
+        texts = []
+        for name, seconds in ((None, 5), ("ping-pong", "5"), ("ping-pong", 0), ("dance", 5)):
+            try:
+                await runs.start(name, seconds)
+            except ScenarioError as exc:
+                texts.append(str(exc))
+        assert runs.current is None  # nothing started
+        return texts
+
+    texts = asyncio.run(refusals())
+    assert texts[0] == "run needs a scenario name"
+    assert texts[1] == "seconds must be a number, not '5'"
+    assert texts[2] == "seconds must be from 0.1 to 600, not 0"
+    assert texts[3].startswith("unknown scenario 'dance' (valid: spawn-storm, ping-pong,")
