@@ -86,8 +86,11 @@ lint: $(STAMP)
 	$(VENV)/bin/mypy
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit/test_layers.py
 
-bench: $(STAMP)
-	$(PY) -m bench
+# The headline benchmarks beside their baselines (uvicorn, websockets,
+# Erlang/OTP) and every node scenario; writes the generated section of
+# docs/benchmarks.md. `python -m bench` runs every benchmark instead.
+bench: $(STAMP) bench-deps
+	$(PY) -m bench headline
 
 # wrk drives the HTTP benchmark (bench/http.py); Erlang/OTP runs beside the
 # actors benchmark (bench/actors_erlang.py: erl and erlc). Debian's packages,

@@ -2,7 +2,9 @@
 
 Runs in: a benchmark process of its own.
 
-``python -m bench [NAME ...]`` runs the named benchmarks (default: all);
+``python -m bench [NAME ...]`` runs the named benchmarks (default: all
+but ``headline``, which runs ``http`` and ``actors`` again beside the
+node scenarios and writes docs/benchmarks.md: ``make bench``);
 ``python -m bench NAME --flag ...`` passes options to one benchmark that
 takes them (``python -m bench http --help``).
 """
@@ -13,6 +15,7 @@ from collections.abc import Callable
 from bench import (
     actors,
     capacity,
+    headline,
     http,
     http_inproc,
     kv,
@@ -32,6 +35,7 @@ SCENARIOS: dict[str, Callable[[], int]] = {
     "kv": kv.main,
     "soak": soak.main,
     "capacity": capacity.main,
+    "headline": headline.main,
 }
 """Benchmark name → its entry point. Each prints rusm beside its baseline."""
 
@@ -41,6 +45,7 @@ WITH_OPTIONS: dict[str, Callable[[list[str]], int]] = {
     "kv": kv.main,
     "soak": soak.main,
     "capacity": capacity.main,
+    "headline": headline.main,
 }
 """The benchmarks that take options, and their entry points."""
 
@@ -48,7 +53,8 @@ WITH_OPTIONS: dict[str, Callable[[list[str]], int]] = {
 def main(argv: list[str]) -> int:
     """Run the named benchmarks (default: all), or one with its options."""
     flag = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
-    names, options = argv[:flag] or list(SCENARIOS), argv[flag:]
+    everything = [name for name in SCENARIOS if name != "headline"]
+    names, options = argv[:flag] or everything, argv[flag:]
     unknown = [name for name in names if name not in SCENARIOS]
     if unknown:
         print(f"bench: unknown {', '.join(unknown)} (valid: {', '.join(SCENARIOS)})")

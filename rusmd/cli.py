@@ -9,6 +9,11 @@ artifact and compiles it in the compile child, warming the AOT cache the
 daemon will load from, and says for each reactor whether its start-up was
 pre-initialised (and why not); ``--config-only`` stops after the manifest.
 
+``rusmd bench SCENARIO`` starts a daemon of its own on a temporary app
+of the scenarios' components, runs one benchmark scenario against it and
+prints its rate and latency (``rusmd.node.bench_command``; loaded only
+when it runs).
+
 ``rusmd kv get|set|list|rm`` reads and writes the manifest's ``[node]
 store`` directly, for a node that is not running (``rusmctl kv`` asks a
 running one); its arguments and output are ``rusmctl kv``'s.
@@ -58,6 +63,7 @@ from rusmd.guest.scaffold import DEFAULT_NODE_PORT, DEFAULT_PORT, Lang, Scaffold
 from rusmd.log import Logger
 from rusmd.main.compile import compile_blocking, jobs_for
 from rusmd.main.loop import MainProcess
+from rusmd.node.scenario_app import DEFAULT_SECONDS, MAX_SECONDS, SCENARIO_NAMES
 from rusmd.store import kv_command as kv_cli
 from rusmd.wasm.cache import default_cache_dir
 from rusmd.wasm.capacity import manifest_layout
@@ -99,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_kv_parser(commands)
     _add_guest_parsers(commands)
+    _add_bench_parser(commands)
     return parser
 
 
@@ -122,6 +129,45 @@ def _add_guest_parsers(commands: Any) -> None:
     new.add_argument(
         "--node-port", type=kv_cli.positive_int, default=DEFAULT_NODE_PORT, help="[node].listen"
     )
+
+
+def _add_bench_parser(commands: Any) -> None:
+    summary = "run a benchmark scenario on a daemon of its own; print its rate and latency"
+    parser = commands.add_parser(
+        "bench",
+        help=summary,
+        description=f"{summary} (docs/operations.md says what each counts).",
+    )
+    parser.add_argument(
+        "scenario",
+        choices=SCENARIO_NAMES,
+        metavar="SCENARIO",
+        help=f"one of {', '.join(SCENARIO_NAMES)}",
+    )
+    parser.add_argument(
+        "--seconds",
+        type=_bench_seconds,
+        default=DEFAULT_SECONDS,
+        help=f"how long, warm-up included (default {DEFAULT_SECONDS:g}, at most {MAX_SECONDS:g})",
+    )
+    # SUPPRESS: rusmd's own --profile (before the subcommand) is the same flag.
+    parser.add_argument(
+        "--profile",
+        choices=[p.value for p in Profile],
+        default=argparse.SUPPRESS,
+        help="the daemon's profile (default balanced; max for more than one worker)",
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def _bench_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seconds must be a number, not {text!r}") from None
+    if not 0.1 <= value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"--seconds must be from 0.1 to {MAX_SECONDS:g}")
+    return value
 
 
 def _add_kv_parser(commands: Any) -> None:
@@ -173,6 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return new(args)
     if args.command == "dev":
         return dev(args)
+    if args.command == "bench":
+        # Here, not at the top: the daemon's main process imports this module
+        # and must not load the scenario drivers' websockets client.
+        from rusmd.node.bench_command import bench
+
+        return bench(args.scenario, args.seconds, args.profile, args.json, args.cpus)
     return run(args)
 
 

@@ -10,6 +10,12 @@ The layout, in the order data flows:
   and the attach stream's ``snapshot`` frames.
 - ``metrics``   the Prometheus collector over the latest poll.
 - ``auth``      the token check, one for every path.
+- ``scenario_app``     the benchmark scenarios' guests (WAT) and manifest.
+- ``scenarios``        one timed scenario run: lanes, warm-up, HDR histogram, frames.
+- ``scenario_target``  where a node serves the scenario routes; the HTTP client.
+- ``scenario_drivers`` the eight scenarios.
+- ``runs``      the attach stream's scenario runs (one at a time).
 - ``server``    the one port: HTTP routes, the WebSocket attach stream, the ticker.
+- ``bench_command``    ``rusmd bench``: a daemon of its own on the scenario app, one run.
 - ``static/``   the dashboard page and its vendored chart library (uPlot).
 """

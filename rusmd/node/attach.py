@@ -19,8 +19,12 @@ What a client may send (JSON text frames), and the answers:
   through the ``profile`` control command; answered with a ``result``.
 - ``{"type": "set_detail", "on": true}``: adds the process table
   (capped, with the total) to this client's snapshots.
-- ``{"type": "run", "scenario": …}`` / ``{"type": "stop"}``: benchmark
-  scenarios are not built yet; answered with an ``error`` saying so.
+- ``{"type": "run", "scenario": "ping-pong", "seconds": 5}``: starts a
+  benchmark scenario against this node (``rusmd.node.runs``); answered
+  with a ``result`` at once, or an ``error`` saying why it cannot run.
+  While it runs every client gets a ``scenario`` frame a tick, and a
+  last one with the ``result``.
+- ``{"type": "stop"}``: ends the running scenario early.
 
 A ``result``/``error`` answer is queued apart from snapshots and never
 skipped (up to ``MAX_QUEUED_REPLIES``; past that the oldest goes).
@@ -39,6 +43,8 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from rusmd.config.model import Profile
+from rusmd.node.runs import Runs
+from rusmd.node.scenarios import ScenarioError
 
 # Replies waiting for a client that does not read; a client sending many
 # commands and reading none cannot grow the endpoint past this.
@@ -163,7 +169,7 @@ class Ticker:
 
 
 async def serve_client(
-    client: AttachClient, ticker: Ticker, hello: dict[str, Any], command: Command
+    client: AttachClient, ticker: Ticker, hello: dict[str, Any], command: Command, runs: Runs
 ) -> None:
     """Run one attached client until it leaves: hello, snapshots, its commands."""
     client.reply(hello)
@@ -174,7 +180,7 @@ async def serve_client(
             if isinstance(message, bytes) or len(message) > MAX_CLIENT_FRAME_BYTES:
                 client.reply(_error("", "send JSON text frames of at most 4096 bytes"))
                 continue
-            await handle_message(client, message, command)
+            await handle_message(client, message, command, runs)
     except ConnectionClosed:
         pass
     finally:
@@ -184,7 +190,7 @@ async def serve_client(
             await sender
 
 
-async def handle_message(client: AttachClient, message: str, command: Command) -> None:
+async def handle_message(client: AttachClient, message: str, command: Command, runs: Runs) -> None:
     """One client command: see the module docstring."""
     try:
         document = json.loads(message)
@@ -211,11 +217,15 @@ async def handle_message(client: AttachClient, message: str, command: Command) -
             return
         client.reply({"type": "result", "op": kind, "ok": True, **result})
     elif kind in ("run", "stop"):
-        name = document.get("scenario")
-        what = f"scenario {name!r}" if name else "scenarios"
-        client.reply(
-            _error(kind, f"{what} not available: this node has no benchmark scenarios yet")
-        )
+        try:
+            if kind == "run":
+                result = await runs.start(document.get("scenario"), document.get("seconds"))
+            else:
+                result = runs.stop()
+        except ScenarioError as exc:
+            client.reply(_error(kind, str(exc)))
+            return
+        client.reply({"type": "result", "op": kind, "ok": True, **result})
     else:
         client.reply(
             _error(

@@ -57,6 +57,8 @@ from rusmd.node.attach import AttachClient, Ticker, serve_client
 from rusmd.node.auth import authorized
 from rusmd.node.control import ControlClient, ControlRefused, ControlUnavailable
 from rusmd.node.metrics import NodeCollector
+from rusmd.node.runs import Runs
+from rusmd.node.scenario_drivers import describe
 from rusmd.node.snapshot import Tracker
 
 # `/api/logs` returns at most this many records (the main process keeps a
@@ -130,6 +132,7 @@ class Endpoint:
         self.control = ControlClient(Path(socket_path))
         self.tracker = Tracker()
         self.ticker = Ticker(ticks, self._snapshot)
+        self.runs = Runs(Path(socket_path), ticks, self._broadcast)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(NodeCollector(self.tracker))
         self._poll_wake = asyncio.Event()
@@ -223,7 +226,12 @@ class Endpoint:
         client = AttachClient(connection)
         self._poll_wake.set()
         hello = await self._hello()
-        await serve_client(client, self.ticker, hello, self._command)
+        await serve_client(client, self.ticker, hello, self._command, self.runs)
+
+    def _broadcast(self, frame: dict[str, Any]) -> None:
+        """A scenario frame to every attached client, beside its snapshots."""
+        for client in self.ticker.clients:
+            client.reply(frame)
 
     async def _command(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
         result = await self.control.request(command, **args)
@@ -252,7 +260,7 @@ class Endpoint:
                 {"name": profile.value, "workers": worker_count(profile, cores)}
                 for profile in Profile
             ],
-            "scenarios": [],
+            "scenarios": describe(),
             "capacity": {
                 "usable_cores": cores,
                 "workers_target": daemon.get("workers_target"),
@@ -328,6 +336,7 @@ class Endpoint:
             try:
                 await stop
             finally:
+                await self.runs.close()  # a running scenario kills its spinners
                 for task in tasks:
                     task.cancel()
 

@@ -1,4 +1,4 @@
-"""The dashboard in a real headless Chromium: live worker rows, the profile switch, restarts.
+"""The dashboard in a real headless Chromium: worker rows, the profile switch, restarts, scenarios.
 
 Runs in: any (the test process drives Debian's ``chromium`` through its
 ``chromedriver`` with selenium; ``make test`` installs both when
@@ -20,12 +20,14 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.select import Select
 
 from rusmd.config.model import Profile
 from rusmd.config.sizing import worker_count
 from tests.integration.conftest import App, Daemon
 from tests.integration.httpkit import fetch, write_http_app
 from tests.integration.nodekit import endpoint_pid, wait_endpoint
+from tests.integration.test_scenarios import scenario_app, wait_components
 
 CPUS = 8
 # Page loads, forks and reconnects on a loaded two-core machine.
@@ -143,4 +145,58 @@ def test_dashboard_shows_workers_switches_profile_and_shows_a_restart(
     screenshot = tmp_path / "dashboard.png"
     assert browser.save_screenshot(str(screenshot))
     assert screenshot.stat().st_size > 10_000
+    print(f"dashboard screenshot: {screenshot}")
+
+
+def text(browser: WebDriver, element_id: str) -> str:
+    """An element's text as the page set it (the panel's heading is shown upper-case)."""
+    return str(browser.find_element(By.ID, element_id).get_attribute("textContent"))
+
+
+def scenario_rate(browser: WebDriver) -> float:
+    """The scenario panel's rate as a number (0 while it shows none)."""
+    text = browser.find_element(By.ID, "sc-rate").text.replace(",", "")
+    try:
+        return float(text)
+    except ValueError:
+        return 0.0
+
+
+def test_dashboard_runs_a_scenario_and_shows_its_live_rate(
+    app: App, start_daemon: Callable[..., Daemon], browser: WebDriver, tmp_path: Path
+) -> None:
+    scenario_app(app)
+    daemon = start_daemon(cpus=CPUS)
+    wait_components(daemon)
+    wait_endpoint(daemon)
+    browser.get(f"http://127.0.0.1:{app.node_port}/")
+    daemon.wait_for(lambda: state(browser) == "live", PAGE_TIMEOUT_S, "the page to attach")
+    daemon.wait_for(
+        lambda: browser.find_elements(By.CSS_SELECTOR, '#scenario option[value="ws-echo"]'),
+        PAGE_TIMEOUT_S,
+        "the scenario list",
+    )
+    Select(browser.find_element(By.ID, "scenario")).select_by_value("ws-echo")
+    seconds = browser.find_element(By.ID, "seconds")
+    seconds.clear()
+    seconds.send_keys("4")
+    browser.find_element(By.ID, "run").click()
+
+    def live_rate() -> bool:
+        running = text(browser, "sc-state") == "running"
+        return running and scenario_rate(browser) > 0
+
+    daemon.wait_for(live_rate, PAGE_TIMEOUT_S, "a live non-zero rate in the scenario panel")
+    assert text(browser, "sc-name") == "ws-echo"
+    assert "started for 4 s" in browser.find_element(By.ID, "message").text
+    daemon.wait_for(
+        lambda: text(browser, "sc-state") == "done",
+        PAGE_TIMEOUT_S,
+        "the run to end",
+    )
+    assert scenario_rate(browser) > 0  # the whole run's rate
+    p50, _p95, _p99 = browser.find_element(By.ID, "sc-latency").text.replace(",", "").split(" · ")
+    assert float(p50) > 0
+    screenshot = tmp_path / "dashboard-scenario.png"
+    assert browser.save_screenshot(str(screenshot))
     print(f"dashboard screenshot: {screenshot}")

@@ -24,6 +24,7 @@ from websockets.sync.client import connect
 
 from rusmd.config.model import Profile
 from rusmd.config.sizing import worker_count
+from rusmd.node.scenario_app import SCENARIO_NAMES
 from tests.integration.conftest import App, Daemon, all_ready, free_port
 from tests.integration.httpkit import fetch, write_http_app
 from tests.integration.nodekit import (
@@ -350,7 +351,8 @@ def test_attach_says_hello_then_streams_snapshots_of_the_workers(
     hello = daemon.wait_for(lambda: client.latest("hello"), ENDPOINT_TIMEOUT_S, "hello")
     assert hello["node"]["ticks_per_second"] == 20
     assert [p["name"] for p in hello["profiles"]] == [p.value for p in Profile]
-    assert hello["profile"] == "light" and hello["scenarios"] == []
+    assert hello["profile"] == "light"
+    assert [s["name"] for s in hello["scenarios"]] == list(SCENARIO_NAMES)
     assert hello["capacity"]["workers_target"] == worker_count(Profile.LIGHT, CPUS)
     snapshot = daemon.wait_for(client.latest, ENDPOINT_TIMEOUT_S, "a snapshot")
     pids = sorted(w["pid"] for w in daemon.status()["workers"])

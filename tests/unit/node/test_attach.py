@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 from rusmd.node.attach import AttachClient, Ticker, handle_message
+from rusmd.node.runs import Runs
 
 
 class FakeConnection:
@@ -85,6 +87,7 @@ def test_commands_answer_clearly() -> None:
 
     async def run() -> list[dict[str, Any]]:
         client = AttachClient(FakeConnection())  # type: ignore[arg-type]
+        runs = Runs(Path("/nonexistent/rusmd.sock"), 20, client.reply)
         for message in (
             '{"type": "set_profile", "profile": "huge"}',
             '{"type": "run", "scenario": "ping-pong"}',
@@ -94,13 +97,14 @@ def test_commands_answer_clearly() -> None:
             "nonsense",
             '{"kind": "no type"}',
         ):
-            await handle_message(client, message, refuse)
+            await handle_message(client, message, refuse, runs)
         return [json.loads(frame) for frame in client.replies]
 
     replies = asyncio.run(run())
     assert "unknown profile 'huge' (valid: light, balanced, max)" in replies[0]["error"]
     assert "scenario 'ping-pong' not available" in replies[1]["error"]
-    assert "scenarios not available" in replies[2]["error"]
+    assert "no such file" in replies[1]["error"].lower()  # says why: the node did not answer
+    assert replies[2]["error"] == "nothing to stop: no scenario is running"
     assert replies[3] == {"type": "result", "op": "set_detail", "ok": True, "on": True}
     assert replies[4]["error"] == "a command is a JSON object with a 'type'"
     assert replies[5]["error"] == "not JSON"

@@ -1,0 +1,288 @@
+"""Benchmark scenarios: one timed run against a live node, its histogram, its live frames.
+
+Runs in: node endpoint, on its event loop (a run from the attach
+stream), or the ``rusmd bench`` command's process, on its own loop.
+
+A scenario (``rusmd.node.scenario_drivers``) gives a few *lanes*: async
+operations that run back to back, each lane on its own, as many at once
+as the scenario has lanes. ``Run`` times every operation on the
+monotonic clock, discards those that end inside the warm-up, and
+records the rest in an HDR histogram (``hdrhistogram``: 3 significant
+digits from 1 ns to a minute; no sorted list of samples). An operation
+says how many *units* it did (a request, an event, a round trip), which
+make the rate; its latency is the operation's own time unless the
+scenario gives another (ping-pong: the mean round trip of its batch).
+
+The run stops by itself after its seconds, or on ``stop``; an operation
+in flight when it ends is awaited up to ``DRAIN_TIMEOUT_S`` and then
+cancelled. A lane whose operation fails pauses ``ERROR_PAUSE_S`` before
+trying again, so a broken target costs a few requests a second, and a
+run that only fails ends with the first error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hdrh.histogram import HdrHistogram
+
+from rusmd.node.scenario_app import DEFAULT_SECONDS, MAX_SECONDS
+
+# The warm-up: this share of the run, at most MAX_WARMUP_S.
+WARMUP_SHARE = 0.2
+MAX_WARMUP_S = 2.0
+# An operation still running when the run ends gets this long to finish
+# (its own timeouts are shorter) before it is cancelled.
+DRAIN_TIMEOUT_S = 10.0
+# A lane whose operation failed waits this long before the next one, so a
+# broken target is not hammered in a tight loop.
+ERROR_PAUSE_S = 0.05
+# Failures with no success at all after which the run gives up early.
+MAX_ERRORS_WITHOUT_SUCCESS = 20
+# The histogram's range (ns) and precision: a minute at 3 significant digits.
+HISTOGRAM_MAX_NS = 60_000_000_000
+HISTOGRAM_DIGITS = 3
+PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+
+
+class RunState(enum.StrEnum):
+    """Where a run is, as a ``scenario`` frame spells it."""
+
+    WARMUP = "warmup"
+    RUNNING = "running"
+    DONE = "done"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+# (units done, latency in ns or None for the operation's own time, part or "")
+Outcome = tuple[int, int | None, str]
+Lane = Callable[[], Awaitable[Outcome]]
+
+
+class ScenarioError(Exception):
+    """A scenario cannot run against this node (what is missing, or what failed)."""
+
+
+class Recorder:
+    """Units and an HDR latency histogram (ns) for the measured part of a run."""
+
+    def __init__(self) -> None:
+        self.histogram = HdrHistogram(1, HISTOGRAM_MAX_NS, HISTOGRAM_DIGITS)
+        self.units = 0
+        self.operations = 0
+
+    def record(self, units: int, latency_ns: int) -> None:
+        """One operation."""
+        self.units += units
+        self.operations += 1
+        self.histogram.record_value(min(max(1, latency_ns), HISTOGRAM_MAX_NS))
+
+    def figures(self, seconds: float) -> dict[str, Any]:
+        """Count, rate a second over ``seconds``, latency percentiles in µs."""
+        histogram = self.histogram
+        latency: dict[str, float] = {}
+        if self.operations:
+            for pct in PERCENTILES:
+                latency[f"p{pct:g}"] = _us(histogram.get_value_at_percentile(pct))
+            latency["max"] = _us(histogram.get_max_value())
+            latency["mean"] = _us(histogram.get_mean_value())
+        return {
+            "count": self.units,
+            "operations": self.operations,
+            "rate_per_s": round(self.units / seconds, 1) if seconds > 0 else 0.0,
+            "latency_us": latency,
+        }
+
+
+def _us(ns: float) -> float:
+    return round(ns / 1000.0, 1)
+
+
+@dataclass
+class Scenario:
+    """A scenario's name, what it counts, and how to build its driver.
+
+    Attributes:
+        name: As ``rusmd bench`` and the ``run`` command take it.
+        counts: One sentence: what a unit is and what the latency times.
+        unit: The unit's name in the plural ("requests").
+        needs: What the node must have, in words, for the "not available" answer.
+        driver: ``Target`` → a ``Driver``.
+    """
+
+    name: str
+    counts: str
+    unit: str
+    needs: str
+    driver: Callable[[Any], Driver]
+
+
+class Driver:
+    """A scenario's lanes, with set-up and clean-up around them."""
+
+    async def start(self) -> list[Lane]:
+        """Prepare the node (spawn, connect); the lanes to run."""
+        raise NotImplementedError
+
+    async def finish(self) -> dict[str, Any]:
+        """Undo ``start`` (close, kill); extra fields for the result."""
+        return {}
+
+
+@dataclass
+class Run:
+    """One run of ``scenario`` for ``seconds`` (warm-up included).
+
+    Args:
+        scenario: What to run.
+        driver: Its driver, built for the target node.
+        seconds: How long, warm-up included (at most ``MAX_SECONDS``).
+        on_tick: Called with a ``scenario`` frame every ``tick_s`` and at the end.
+        tick_s: Frame interval.
+    """
+
+    scenario: Scenario
+    driver: Driver
+    seconds: float = DEFAULT_SECONDS
+    on_tick: Callable[[dict[str, Any]], None] | None = None
+    tick_s: float = 0.5
+    state: RunState = RunState.WARMUP
+    recorder: Recorder = field(default_factory=Recorder)
+    parts: dict[str, Recorder] = field(default_factory=dict)
+    errors: int = 0
+    first_error: str = ""
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _started: float = 0.0
+    _measured_from: float = 0.0
+    _last_tick: tuple[float, int] = (0.0, 0)
+    _last_rate: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.seconds = min(max(self.seconds, 0.1), MAX_SECONDS)
+        self.warmup_s = min(self.seconds * WARMUP_SHARE, MAX_WARMUP_S)
+
+    def stop(self) -> None:
+        """End the run early (its result says ``stopped``)."""
+        if self.state in (RunState.WARMUP, RunState.RUNNING):
+            self.state = RunState.STOPPED
+        self._stop.set()
+
+    async def run(self) -> dict[str, Any]:
+        """Run to the end; the result document (also the last frame's ``result``)."""
+        lanes = await self.driver.start()
+        self._started = time.monotonic()
+        self._measured_from = self._started + self.warmup_s
+        self._last_tick = (self._measured_from, 0)
+        tasks = [asyncio.ensure_future(self._lane(lane)) for lane in lanes]
+        ticker = asyncio.ensure_future(self._ticker())
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.seconds)
+        finally:
+            ended = time.monotonic()
+            self._stop.set()
+            ticker.cancel()
+            _done, pending = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT_S)
+            for task in pending:
+                task.cancel()
+            extra = await self.driver.finish()
+        if self.state in (RunState.WARMUP, RunState.RUNNING):
+            self.state = RunState.DONE
+        if not self.recorder.operations and self.first_error:
+            self.state = RunState.FAILED
+        result = self.result(ended, extra)
+        self._emit({**self.frame(ended), "result": result})
+        return result
+
+    async def _lane(self, lane: Lane) -> None:
+        stop = self._stop
+        while not stop.is_set():
+            began = time.monotonic_ns()
+            try:
+                units, latency_ns, part = await lane()
+            except Exception as exc:  # any failure of one operation is counted; the run goes on
+                self._failed(exc)
+                await asyncio.sleep(ERROR_PAUSE_S)
+                continue
+            ended = time.monotonic_ns()
+            if ended / 1e9 < self._measured_from or stop.is_set():
+                continue  # warm-up, or past the end: not counted
+            latency = latency_ns if latency_ns is not None else ended - began
+            self.recorder.record(units, latency)
+            if part:
+                self.parts.setdefault(part, Recorder()).record(units, latency)
+
+    def _failed(self, exc: BaseException) -> None:
+        self.errors += 1
+        if not self.first_error:
+            self.first_error = f"{type(exc).__name__}: {exc}"
+        if self.errors >= MAX_ERRORS_WITHOUT_SUCCESS and not self.recorder.operations:
+            self._stop.set()
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_s)
+            now = time.monotonic()
+            if self.state is RunState.WARMUP and now >= self._measured_from:
+                self.state = RunState.RUNNING
+            self._emit(self.frame(now))
+
+    def _emit(self, frame: dict[str, Any]) -> None:
+        if self.on_tick is not None:
+            self.on_tick(frame)
+
+    def frame(self, now: float) -> dict[str, Any]:
+        """The live ``scenario`` frame: rate over the last tick, percentiles so far."""
+        since, units = self._last_tick
+        rate = self._last_rate
+        interval = now - max(since, self._measured_from)
+        # An interval shorter than half a tick (the first one after the
+        # warm-up can be a few ms) would make a wild rate: keep the last.
+        if interval >= self.tick_s / 2:
+            rate = (self.recorder.units - units) / interval
+            self._last_tick = (now, self.recorder.units)
+            self._last_rate = rate
+        figures = self.recorder.figures(max(0.0, now - self._measured_from))
+        latency = figures["latency_us"]
+        return {
+            "type": "scenario",
+            "scenario": self.scenario.name,
+            "state": str(self.state),
+            "unit": self.scenario.unit,
+            "elapsed_s": round(now - self._started, 3),
+            "seconds": self.seconds,
+            "warmup_s": self.warmup_s,
+            "rate": round(rate, 1),
+            "count": figures["count"],
+            "p50_us": latency.get("p50"),
+            "p95_us": latency.get("p95"),
+            "p99_us": latency.get("p99"),
+            "errors": self.errors,
+        }
+
+    def result(self, ended: float, extra: dict[str, Any]) -> dict[str, Any]:
+        """The run's document: what it counts, its figures, its parts, its errors."""
+        measured = max(0.0, min(ended, self._started + self.seconds) - self._measured_from)
+        return {
+            "scenario": self.scenario.name,
+            "counts": self.scenario.counts,
+            "unit": self.scenario.unit,
+            "state": str(self.state),
+            "seconds": self.seconds,
+            "warmup_s": round(self.warmup_s, 3),
+            "measured_s": round(measured, 3),
+            **self.recorder.figures(measured),
+            "parts": {
+                name: recorder.figures(measured) for name, recorder in sorted(self.parts.items())
+            },
+            "errors": self.errors,
+            "first_error": self.first_error,
+            **extra,
+        }

@@ -1,0 +1,166 @@
+"""Benchmark scenarios against the real daemon: headless, from the attach stream, ``rusmd bench``.
+
+Runs in: the test process, against ``rusmd`` daemons on the scenario
+app (``rusmd.node.scenario_app``: WAT guests compiled at run time).
+
+Each scenario runs for about a second against one shared daemon (two
+workers) and must count something, with latency percentiles in order;
+a run from the attach stream must send ``scenario`` frames with a
+non-zero rate and a last one with the result; ``rusmd bench
+spawn-storm --json`` must print one document with a rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rusmd.node.scenario_app import SCENARIO_NAMES, write_app
+from rusmd.node.scenario_drivers import prepare
+from rusmd.node.scenarios import Run
+from tests.integration.conftest import App, Daemon, free_port
+from tests.integration.nodekit import Attached, wait_endpoint
+
+# A daemon start, a compile of nine small guests and a run, on a loaded
+# two-core machine.
+SETUP_TIMEOUT_S = 60.0
+BENCH_TIMEOUT_S = 180.0
+REPO = Path(__file__).resolve().parents[2]
+
+
+def scenario_app(app: App) -> None:
+    """Write the scenario app over ``app``'s manifest, on its ports."""
+    write_app(app.directory, (app.node_port, app.serve_port, free_port(), free_port()))
+
+
+def wait_components(daemon: Daemon) -> None:
+    """Until every component is compiled and every resident runs."""
+
+    def ready() -> bool:
+        status = daemon.status()
+        return all(c["state"] == "ready" for c in status["components"]) and all(
+            r["state"] == "running" for r in status["residents"]
+        )
+
+    daemon.wait_for(ready, SETUP_TIMEOUT_S, "the scenario app's components and residents")
+
+
+@pytest.fixture(scope="module")
+def scenario_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    app = App(tmp_path_factory.mktemp("app"), free_port(), free_port())
+    scenario_app(app)
+    daemon = Daemon(app, tmp_path_factory.mktemp("log") / "rusmd.log")
+    daemon.start()
+    try:
+        daemon.wait_ready()
+        wait_components(daemon)
+        yield daemon
+    finally:
+        daemon.kill_group()
+
+
+def run_scenario(daemon: Daemon, name: str, seconds: float) -> dict[str, Any]:
+    async def go() -> dict[str, Any]:
+        scenario, driver = await prepare(name, daemon.app.socket_path)
+        return await Run(scenario, driver, seconds).run()
+
+    return asyncio.run(go())
+
+
+def check_figures(result: dict[str, Any]) -> None:
+    assert result["state"] == "done", result
+    assert result["count"] > 0 and result["rate_per_s"] > 0, result
+    latency = result["latency_us"]
+    assert 0 < latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"], result
+    assert result["warmup_s"] > 0 and result["measured_s"] > 0
+
+
+@pytest.mark.parametrize("name", SCENARIO_NAMES)
+def test_every_scenario_counts_with_percentiles(scenario_daemon: Daemon, name: str) -> None:
+    result = run_scenario(scenario_daemon, name, 1.2)
+    check_figures(result)
+    assert result["scenario"] == name and result["counts"]
+    if name == "ping-pong":
+        assert set(result["parts"]) == {"same_worker", "across_workers"}  # two workers
+        assert sum(part["count"] for part in result["parts"].values()) == result["count"]
+    if name == "fairness":
+        assert result["workers_spinning"] == 2  # one spinner on each worker
+    # every scenario cleans up: no spinner or stray process is left running
+    listing = scenario_daemon.request("list")["result"]["processes"]
+    assert not [p for p in listing if p["component"] in ("sc_spin", "sc_quick")], listing
+
+
+def test_a_run_from_the_attach_stream_sends_live_frames(scenario_daemon: Daemon) -> None:
+    wait_endpoint(scenario_daemon)
+    client = Attached(scenario_daemon)
+    try:
+        hello = scenario_daemon.wait_for(lambda: client.latest("hello"), SETUP_TIMEOUT_S, "hello")
+        assert [s["name"] for s in hello["scenarios"]] == list(SCENARIO_NAMES)
+        client.send({"type": "run", "scenario": "http-throughput", "seconds": 2})
+        started = scenario_daemon.wait_for(lambda: client.reply("run"), SETUP_TIMEOUT_S, "run")
+        assert started["ok"] and started["scenario"] == "http-throughput", started
+        since = len(client.frames)
+        client.send({"type": "run", "scenario": "ws-echo"})
+        refused = scenario_daemon.wait_for(
+            lambda: client.reply("run", since), SETUP_TIMEOUT_S, "the second run refused"
+        )
+        assert "http-throughput is running" in refused["error"]
+
+        def finished() -> dict[str, Any] | None:
+            last = client.latest("scenario")
+            return last if last and "result" in last else None
+
+        final = scenario_daemon.wait_for(finished, SETUP_TIMEOUT_S, "the run's last frame")
+        frames = [frame for _at, frame in client.of_type("scenario")]
+        live = [f for f in frames if f["state"] == "running" and "result" not in f]
+        assert live and max(f["rate"] for f in live) > 0, frames
+        assert all(f["scenario"] == "http-throughput" for f in frames)
+        check_figures(final["result"])
+        since = len(client.frames)
+        client.send({"type": "stop"})
+        stopped = scenario_daemon.wait_for(
+            lambda: client.reply("stop", since), SETUP_TIMEOUT_S, "stop"
+        )
+        assert stopped["error"] == "nothing to stop: no scenario is running"
+    finally:
+        client.close()
+
+
+def test_rusmd_bench_prints_one_json_document_with_a_rate(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "rusmd", "bench", "spawn-storm", "--seconds", "1", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BENCH_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    check_figures(result)
+    assert result["scenario"] == "spawn-storm" and result["unit"] == "spawns"
+
+
+def test_rusmd_bench_refuses_an_unknown_scenario_and_bad_seconds() -> None:
+    for arguments, expected in (
+        (["nope"], "invalid choice: 'nope'"),
+        (["ping-pong", "--seconds", "0"], "--seconds must be from 0.1 to 600"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "rusmd", "bench", *arguments],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2 and expected in done.stderr, done.stderr
