@@ -6,8 +6,9 @@ Runs in: any (the test process; ``rusmd build``, ``rusmd check`` and
 Each test copies an example's manifest and ``components/`` into a fresh
 app directory, moves every listen port to a free one, builds it the way
 its README says (``rusmd build``) and runs it: ``api``, an HTTP API over
-the node store; ``ticker``, an SSE stream per request; ``capabilities``,
-one granted, one denied and one refused component.
+the node store; ``counter``, a resident service that handlers call;
+``ticker``, an SSE stream per request; ``capabilities``, one granted, one
+denied and one refused component.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def fetch(port: int, method: str, path: str, **kwargs: Any) -> tuple[int, str, b
 def test_every_example_has_a_readme_a_manifest_and_components() -> None:
     examples = sorted(path.name for path in EXAMPLES.iterdir() if path.is_dir())
 
-    assert {"hello", "api", "ticker", "capabilities"} <= set(examples)
+    assert {"hello", "api", "counter", "ticker", "capabilities"} <= set(examples)
     for name in examples:
         assert (EXAMPLES / name / "README.md").is_file(), name
         assert (EXAMPLES / name / "rusm.toml").is_file(), name
@@ -179,3 +180,47 @@ def test_capabilities_example_grants_denies_and_refuses_as_its_profiles_say(
             SETTLE_S,
             f"{line!r} in the log",
         )
+
+
+# ── counter: a resident service that handlers call ─────────────────────
+
+
+def test_counter_example_keeps_counts_across_requests_until_the_counter_restarts(
+    app: App, start_daemon: Callable[..., Daemon]
+) -> None:
+    port = example_app(app, "counter")[8080]
+    daemon = start_daemon()
+    daemon.wait_for(
+        lambda: next((r for r in daemon.status()["residents"] if r["state"] == "running"), None),
+        SETTLE_S,
+        "the counter to run",
+    )
+
+    def count(method: str, path: str) -> tuple[int, dict[str, Any]]:
+        status, content_type, body = fetch(port, method, path)
+        assert content_type == "application/json", body
+        return status, json.loads(body)
+
+    assert count("GET", "/counts/visits") == (200, {"name": "visits", "count": 0})
+    for expected in (1, 2, 3):
+        assert count("POST", "/counts/visits") == (200, {"name": "visits", "count": expected})
+    assert count("POST", "/counts/visits?by=10") == (200, {"name": "visits", "count": 13})
+    assert count("POST", "/counts/other?by=-2") == (200, {"name": "other", "count": -2})
+    assert count("GET", "/counts/visits") == (200, {"name": "visits", "count": 13})
+    assert count("POST", "/counts/visits?by=lots")[0] == 400
+
+    [resident] = daemon.status()["residents"]
+    assert daemon.ctl("kill", str(resident["pid"])).returncode == EX_OK
+    daemon.wait_for(
+        lambda: next(
+            (
+                r
+                for r in daemon.status()["residents"]
+                if r["state"] == "running" and r["pid"] != resident["pid"]
+            ),
+            None,
+        ),
+        SETTLE_S,
+        "a fresh counter",
+    )
+    assert count("GET", "/counts/visits") == (200, {"name": "visits", "count": 0})
