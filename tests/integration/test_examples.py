@@ -8,7 +8,8 @@ app directory, moves every listen port to a free one, builds it the way
 its README says (``rusmd build``) and runs it: ``api``, an HTTP API over
 the node store; ``counter``, a resident service that handlers call;
 ``ticker``, an SSE stream per request; ``capabilities``, one granted, one
-denied and one refused component.
+denied and one refused component; ``chat``, a process per WebSocket
+joined through a resident room.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from tests.guests.build import ROOT
 from tests.integration.conftest import App, Daemon, free_port
@@ -75,7 +80,7 @@ def fetch(port: int, method: str, path: str, **kwargs: Any) -> tuple[int, str, b
 def test_every_example_has_a_readme_a_manifest_and_components() -> None:
     examples = sorted(path.name for path in EXAMPLES.iterdir() if path.is_dir())
 
-    assert {"hello", "api", "counter", "ticker", "capabilities"} <= set(examples)
+    assert {"hello", "api", "counter", "ticker", "capabilities", "chat"} <= set(examples)
     for name in examples:
         assert (EXAMPLES / name / "README.md").is_file(), name
         assert (EXAMPLES / name / "rusm.toml").is_file(), name
@@ -224,3 +229,40 @@ def test_counter_example_keeps_counts_across_requests_until_the_counter_restarts
         "a fresh counter",
     )
     assert count("GET", "/counts/visits") == (200, {"name": "visits", "count": 0})
+
+
+# ── chat: per-connection processes joined through a resident room ──────
+
+
+def test_chat_example_relays_every_line_to_every_member_and_says_who_left(
+    app: App, start_daemon: Callable[..., Daemon]
+) -> None:
+    port = example_app(app, "chat")[8082]
+    daemon = start_daemon()
+    daemon.wait_for(
+        lambda: [r for r in daemon.log_records() if r["text"] == "the room is open"],
+        SETTLE_S,
+        "the room to open",
+    )
+    url = f"ws://127.0.0.1:{port}/"
+
+    with connect(url + "?name=alice", open_timeout=SETTLE_S) as alice:
+        assert alice.recv(timeout=SETTLE_S) == "* alice joined"
+        with connect(url + "?name=bob", open_timeout=SETTLE_S) as bob:
+            assert bob.recv(timeout=SETTLE_S) == "* bob joined"
+            assert alice.recv(timeout=SETTLE_S) == "* bob joined"
+            alice.send("hi bob")
+            assert bob.recv(timeout=SETTLE_S) == "alice: hi bob"
+            assert alice.recv(timeout=SETTLE_S) == "alice: hi bob"
+            bob.send("hello, alice")
+            assert alice.recv(timeout=SETTLE_S) == "bob: hello, alice"
+            assert bob.recv(timeout=SETTLE_S) == "bob: hello, alice"
+        assert alice.recv(timeout=SETTLE_S) == "* bob left"
+
+    with (
+        connect(url + "?name=" + "x" * 40, open_timeout=SETTLE_S) as long_name,
+        pytest.raises(ConnectionClosed) as closed,
+    ):
+        long_name.recv(timeout=SETTLE_S)
+    assert closed.value.rcvd is not None
+    assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4008, "a name is 1 to 32 bytes")
