@@ -9,7 +9,8 @@ its README says (``rusmd build``) and runs it: ``api``, an HTTP API over
 the node store; ``counter``, a resident service that handlers call;
 ``ticker``, an SSE stream per request; ``capabilities``, one granted, one
 denied and one refused component; ``chat``, a process per WebSocket
-joined through a resident room.
+joined through a resident room; ``supervision``, a tree that restarts a
+crashing child alone, then, past its intensity, starts over.
 """
 
 from __future__ import annotations
@@ -80,7 +81,8 @@ def fetch(port: int, method: str, path: str, **kwargs: Any) -> tuple[int, str, b
 def test_every_example_has_a_readme_a_manifest_and_components() -> None:
     examples = sorted(path.name for path in EXAMPLES.iterdir() if path.is_dir())
 
-    assert {"hello", "api", "counter", "ticker", "capabilities", "chat"} <= set(examples)
+    expected = {"hello", "api", "counter", "ticker", "capabilities", "chat", "supervision"}
+    assert expected <= set(examples)
     for name in examples:
         assert (EXAMPLES / name / "README.md").is_file(), name
         assert (EXAMPLES / name / "rusm.toml").is_file(), name
@@ -266,3 +268,57 @@ def test_chat_example_relays_every_line_to_every_member_and_says_who_left(
         long_name.recv(timeout=SETTLE_S)
     assert closed.value.rcvd is not None
     assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (4008, "a name is 1 to 32 bytes")
+
+
+# ── supervision: a tree that survives crashing children ───────────────
+
+
+def test_supervision_example_restarts_a_crashing_child_alone_then_the_whole_tree(
+    app: App, start_daemon: Callable[..., Daemon]
+) -> None:
+    example_app(app, "supervision")
+    daemon = start_daemon()
+
+    def lines(prefix: str) -> list[str]:
+        return [r["text"] for r in daemon.log_records() if r["text"].startswith(prefix)]
+
+    def wait_lines(prefix: str, count: int) -> list[str]:
+        return daemon.wait_for(
+            lambda: lines(prefix) if len(lines(prefix)) >= count else None,
+            SETTLE_S,
+            f"{count} line(s) {prefix!r}",
+        )
+
+    def send(name: str, text: str) -> None:
+        assert daemon.ctl("send", name, text).returncode == EX_OK
+
+    wait_lines("tree up as pid ", 1)
+    [steady] = wait_lines("steady up as pid ", 1)
+    steady_pid = steady.removeprefix("steady up as pid ")
+    wait_lines("flaky up as pid ", 1)
+    send("steady", "ping")
+    wait_lines(f"steady pid {steady_pid}: ping #1", 1)
+
+    for restarts in (1, 2):
+        send("flaky", "crash")
+        flaky = wait_lines("flaky up as pid ", 1 + restarts)
+        assert len(set(flaky)) == 1 + restarts  # a new pid each time
+    send("steady", "ping")
+    wait_lines(f"steady pid {steady_pid}: ping #2", 1)
+    assert len(lines("steady up as pid ")) == 1
+    assert len(lines("tree up as pid ")) == 1
+
+    # A third crash within period_s is more than intensity 2: the supervisor
+    # gives up, the tree goes down with it, and rusmd restarts the resident.
+    send("flaky", "crash")
+    wait_lines("tree up as pid ", 2)
+    assert re.search(
+        r"supervisor#\d+: restart intensity 2 in 10s reached; giving up", daemon.read_log()
+    )
+    assert re.search(r"exit tree#\d+ shutdown \(linked to supervisor#\d+\)", daemon.read_log())
+    steadies = wait_lines("steady up as pid ", 2)
+    wait_lines("flaky up as pid ", 4)
+    fresh_pid = steadies[-1].removeprefix("steady up as pid ")
+    assert fresh_pid != steady_pid
+    send("steady", "ping")
+    wait_lines(f"steady pid {fresh_pid}: ping #1", 1)
