@@ -89,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="validate the manifest, compile its components; exit 0 or 78",
         description=(
-            "Validate the manifest, compile every component into the cache "
-            "and print the resolved config; exit 0 or 78."
+            "Validate the manifest, compile every component into the cache, "
+            "check each one's imports against its grants and the ABI, and print "
+            "the resolved config; exit 0 or 78."
         ),
     )
     _add_manifest_flags(check)
