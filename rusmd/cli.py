@@ -7,7 +7,10 @@ the daemon's main process must never load lmdb).
 ``rusmd check`` validates the manifest, then resolves every component's
 artifact and compiles it in the compile child, warming the AOT cache the
 daemon will load from, and says for each reactor whether its start-up was
-pre-initialised (and why not); ``--config-only`` stops after the manifest.
+pre-initialised (and why not). It then checks what a worker would refuse
+at load: each component's imports against the ABI and its grants, and
+each route's action against the exports; ``--config-only`` stops after
+the manifest.
 
 ``rusmd bench SCENARIO`` starts a daemon of its own on a temporary app
 of the scenarios' components, runs one benchmark scenario against it and
@@ -92,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="validate the manifest, compile its components; exit 0 or 78",
         description=(
-            "Validate the manifest, compile every component into the cache "
-            "and print the resolved config; exit 0 or 78."
+            "Validate the manifest, compile every component into the cache, "
+            "check each one's imports against its grants and the ABI, and print "
+            "the resolved config; exit 0 or 78."
         ),
     )
     _add_manifest_flags(check)
@@ -261,6 +265,7 @@ def check(args: argparse.Namespace) -> int:
         if not status.ok
     ]
     if artifacts is not None:
+        problems += import_problems(config, manifest, artifacts)
         problems += route_problems(config, manifest, artifacts)
     if args.json:
         document = render_json(manifest, environment, cores, artifacts, problems)
@@ -319,6 +324,43 @@ def preinit_text(preinit: str) -> str:
     if preinit.startswith(SKIPPED):
         return f"not pre-initialized: {preinit.removeprefix(SKIPPED)}"
     return preinit
+
+
+def import_problems(
+    config: str, manifest: Manifest, artifacts: dict[str, ArtifactStatus]
+) -> list[ConfigProblem]:
+    """Components whose imports a worker would refuse at load, one problem each.
+
+    A worker links every module against its component's grants and the
+    ABI (``rusmd.wasm.linking.check_module``) and refuses one importing an
+    unknown, mistyped or ungranted function; such a component answers 503
+    on every request. ``check`` runs the same check on the compiled module,
+    so it names the component and the import before the daemon runs.
+    Components that failed to compile are reported already.
+    """
+    # Imported here only: the daemon's main process (which runs this module)
+    # must never load wasmtime; ``check`` may.
+    import wasmtime
+
+    from rusmd.wasm.engine import compile_engine  # fork safety, as above
+    from rusmd.wasm.linking import LinkError, check_module, granted  # fork safety, as above
+
+    _values, lines = parse(Path(config).read_text(encoding="utf-8"))
+    engine = compile_engine(manifest_layout(manifest))
+    problems = []
+    for name, component in sorted(manifest.components.items()):
+        status = artifacts.get(name)
+        if status is None or not status.ok:
+            continue
+        module = wasmtime.Module.deserialize_file(engine, status.cwasm)
+        try:
+            check_module(name, module, granted(component.profile))
+        except LinkError as exc:
+            where = ("components", name)
+            problems.append(
+                ConfigProblem(config, lines.line_of(where), f"components.{name}", str(exc))
+            )
+    return problems
 
 
 def route_problems(

@@ -586,3 +586,62 @@ def test_check_routes_whose_actions_are_all_exported_exit_0(app_dir: Path) -> No
     result = rusmd_check(cwd=app_dir)
 
     assert result.returncode == EX_OK, result.stderr
+
+
+# ── imports: rusmd check refuses what a worker would refuse at load ─────
+
+SPAWNING_WAT = """\
+(module
+  (import "rusm" "spawn" (func $spawn (param i32 i32) (result i64)))
+  (memory (export "memory") 1)
+  (func (export "run") (result i32) i32.const 0))
+"""
+UNKNOWN_IMPORT_WAT = """\
+(module
+  (import "rusm" "teleport" (func (param i32)))
+  (func (export "run") (result i32) i32.const 0))
+"""
+TRUSTED_API = '[components.other]\n\n[components.api]\ncapability = "trusted"\n'
+
+
+def test_check_component_importing_an_ungranted_function_exits_78_naming_it(
+    app_dir: Path,
+) -> None:
+    write_manifest(app_dir, "[components.other]\n\n[components.api]\n")
+    put_artifact(app_dir, "api.wasm", wasmtime.wat2wasm(SPAWNING_WAT))
+    put_artifact(app_dir, "other.wasm", wasmtime.wat2wasm(HELLO_WAT))
+
+    result = rusmd_check(cwd=app_dir)
+
+    assert result.returncode == EX_CONFIG
+    assert result.stdout == ""
+    [line] = stderr_lines(result)
+    assert line == (
+        "rusm.toml:3: components.api: capability denied: api imports rusm.spawn, "
+        "which needs allow-spawn"
+    )
+
+
+def test_check_component_importing_an_unknown_function_exits_78_naming_it(
+    app_dir: Path,
+) -> None:
+    put_artifact(app_dir, "api.wasm", wasmtime.wat2wasm(UNKNOWN_IMPORT_WAT))
+
+    result = rusmd_check("--json", cwd=app_dir)
+
+    assert result.returncode == EX_CONFIG
+    document = json.loads(result.stdout)
+    [error] = document["errors"]
+    assert (error["path"], error["line"]) == ("components.api", 1)
+    assert error["message"].startswith("component api imports unknown function rusm.teleport ")
+
+
+def test_check_component_whose_imports_are_granted_exits_0(app_dir: Path) -> None:
+    write_manifest(app_dir, TRUSTED_API)
+    put_artifact(app_dir, "api.wasm", wasmtime.wat2wasm(SPAWNING_WAT))
+    put_artifact(app_dir, "other.wasm", wasmtime.wat2wasm(HELLO_WAT))
+
+    result = rusmd_check(cwd=app_dir)
+
+    assert result.returncode == EX_OK, result.stderr
+    assert "artifact wasm/api.wasm compiled in " in result.stdout
