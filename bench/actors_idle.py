@@ -145,7 +145,6 @@ def idle_rss(count: int) -> dict[str, Any]:
         host.shutdown(SHUTDOWN_TIMEOUT_S)
         result["shutdown_s"] = time.perf_counter() - started
         result["left"] = len(host.processes)
-        worker.loop.close()
     return result
 
 
