@@ -416,18 +416,28 @@ def _shown(path: Path, app_dir: Path) -> str:
         return str(path)
 
 
+def _load_reported(
+    args: argparse.Namespace,
+) -> tuple[str, Overrides, Environment, Manifest] | None:
+    """``load(args)``, or None once its problems are printed to stderr."""
+    try:
+        return load(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
 def kv(args: argparse.Namespace) -> int:
     """``rusmd kv``: one kv action on the manifest's store, opened in this process."""
     # Imported here only: it loads lmdb, which the daemon's main process never
     # does (an LMDB environment must not cross a fork).
     from rusmd.store.offline import OfflineStore
 
-    try:
-        config, _overrides, _environment, manifest = load(args)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    loaded = _load_reported(args)
+    if loaded is None:
         return EX_CONFIG
+    config, _overrides, _environment, manifest = loaded
     if manifest.node.store is None:
         message = f'{config}: [node] sets no store (e.g. store = "data/app.mdb")'
         return _kv_fail(message, EX_CONFIG, args.json)
@@ -486,12 +496,10 @@ def dev(args: argparse.Namespace) -> int:
     # loads it.
     from rusmd.guest.dev import DevSession, run_dev
 
-    try:
-        config, _overrides, _environment, manifest = load(args)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    loaded = _load_reported(args)
+    if loaded is None:
         return EX_CONFIG
+    config, _overrides, _environment, manifest = loaded
     app_dir = Path(manifest.app_dir).resolve()
     socket_path = Path(args.socket) if args.socket else default_socket_path(str(app_dir))
     passed = [("--listen", args.listen), ("--profile", args.profile), ("--cpus", args.cpus)]
@@ -506,12 +514,10 @@ def dev(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """``rusmd``: run the app in the foreground until SIGTERM (exit 0)."""
-    try:
-        config, overrides, _environment, manifest = load(args)
-    except ConfigError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
+    loaded = _load_reported(args)
+    if loaded is None:
         return EX_CONFIG
+    config, overrides, _environment, manifest = loaded
 
     socket_path = Path(args.socket) if args.socket else default_socket_path(manifest.app_dir)
     daemon = MainProcess(

@@ -96,8 +96,9 @@ BLOCKING_TICK_S = 0.1
 PROGRESS_MIN_BYTES = 1_000_000
 PROGRESS_AFTER_S = 1.0
 PROGRESS_EVERY_S = 2.0
-# What systemd hands the main process alone; a compile child has no use for it.
-_SCRUBBED_VARIABLES = (
+# What systemd hands the main process alone; its children (the compile
+# child, the node endpoint) have no use for it.
+SCRUBBED_VARIABLES = (
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
@@ -691,7 +692,7 @@ def _stderr_tail(fd: int) -> str:
 
 
 def _child_environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in _SCRUBBED_VARIABLES}
+    return {k: v for k, v in os.environ.items() if k not in SCRUBBED_VARIABLES}
 
 
 def _int(value: object) -> int:

@@ -44,6 +44,7 @@ from pathlib import Path
 from rusmd.config import load_environment
 from rusmd.config.model import LogLevel, Manifest
 from rusmd.log import Logger
+from rusmd.main.compile import SCRUBBED_VARIABLES
 from rusmd.main.reaper import Reaper, describe_exit
 from rusmd.node.auth import TOKEN_VARIABLE
 
@@ -59,15 +60,6 @@ STOP_GRACE_S = 2.0
 MAX_READ_BYTES = 64 * 1024
 # A longer line is cut: a broken child must not grow the main process.
 MAX_LINE_BYTES = 4096
-# What systemd hands the main process alone.
-_SCRUBBED_VARIABLES = (
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_PID",
-    "LISTEN_FDS",
-    "LISTEN_FDNAMES",
-)
 _LEVELS = {level.value: level for level in LogLevel}
 
 FdChange = Callable[[int | None, int | None], None]
@@ -118,7 +110,7 @@ class NodeEndpoint:
         """Start the child now."""
         self.restart_at = None
         node = self.manifest.node
-        environment = {k: v for k, v in os.environ.items() if k not in _SCRUBBED_VARIABLES}
+        environment = {k: v for k, v in os.environ.items() if k not in SCRUBBED_VARIABLES}
         environment.pop(TOKEN_VARIABLE, None)
         token = self._key[2]
         if token:
