@@ -18,6 +18,7 @@ rusm_process_exits_total                  counter    reason
 rusm_restarts_total                       counter    kind (worker, resident)
 rusm_quarantines_total                    counter    kind (worker, resident)
 rusm_mailbox_dropped_messages_total       counter
+rusm_messages_delivered_total             counter
 rusm_kv_reads_total / _writes / _commits  counter
 rusm_kv_commit_duration_seconds           histogram
 rusm_worker_cpu_seconds_total             counter    slot
@@ -104,6 +105,11 @@ class NodeCollector(Collector):
         )
         dropped.add_metric([], tracker.total("mailbox_dropped"))
         yield dropped
+        delivered = CounterMetricFamily(
+            "rusm_messages_delivered", "Messages put in a local mailbox (sends, replies, timers)."
+        )
+        delivered.add_metric([], tracker.total("messages_delivered"))
+        yield delivered
         for name in ("reads", "writes", "commits"):
             family = CounterMetricFamily(f"rusm_kv_{name}", f"Store {name} by guests and kv.")
             family.add_metric([], tracker.total(f"kv_{name}"))

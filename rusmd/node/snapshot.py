@@ -54,6 +54,7 @@ def flatten(meters: dict[str, Any]) -> Counts:
 
     counts[("spawned",)] = meters.get("spawned", 0)
     counts[("mailbox_dropped",)] = meters.get("mailbox_dropped", 0)
+    counts[("messages_delivered",)] = meters.get("messages_delivered", 0)
     for reason, count in (meters.get("exits") or {}).items():
         counts[("exits", reason)] = count
     for listener in meters.get("requests", []):
@@ -213,7 +214,10 @@ class Tracker:
                 "restarts": self.by_label("restarts"),
                 "quarantines": self.by_label("quarantines"),
                 "processes": sum(w["processes"] or 0 for w in workers),
-                "messages": {"dropped": self.total("mailbox_dropped")},
+                "messages": {
+                    "delivered": self.total("messages_delivered"),
+                    "dropped": self.total("mailbox_dropped"),
+                },
                 "requests": requests,
                 "kv": {
                     "reads": self.total("kv_reads"),

@@ -3,7 +3,7 @@
 Runs in: worker, on its loop thread (the channel's query handler).
 
 Everything here is a read of counters kept elsewhere: the wasm host's
-spawns and exits, the actor table's dropped messages, each listener's
+spawns and exits, the actor table's delivered and dropped messages, each listener's
 ``RequestMeter``, the store's commit counters and latency, and the
 worker's own CPU time and resident memory from the kernel. The main
 process adds the workers' answers to its own counts (restarts,
@@ -48,6 +48,7 @@ def worker_meters(
         "rss_bytes": resident_bytes(),
         "requests": server.meters() if server is not None else [],
         "mailbox_dropped": actors.dropped if actors is not None else 0,
+        "messages_delivered": actors.delivered if actors is not None else 0,
     }
     if host is not None:
         stats = host.stats()

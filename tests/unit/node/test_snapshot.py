@@ -24,6 +24,7 @@ def meters(
         "spawned": spawned,
         "exits": {"normal": spawned},
         "mailbox_dropped": 0,
+        "messages_delivered": 5 * spawned,
         "requests": [
             {
                 "listener": "127.0.0.1:8080",
@@ -78,6 +79,7 @@ def test_a_replaced_workers_counts_stay_in_the_totals() -> None:
     tracker.update(document(meters(0, 11, ok=2, spawned=2), restarts=1), now=2.0)
     assert tracker.total("requests") == 9
     assert tracker.total("spawned") == 9
+    assert tracker.total("messages_delivered") == 45
     assert tracker.by_label("restarts") == {"worker": 1, "resident": 0}
 
 
