@@ -206,10 +206,14 @@ def test_sigterm_stops_every_parked_fiber_within_the_drain(one_worker: Daemon) -
         SETTLE_S * 3,
         "the spawner to spawn every idle process",
     )
-    rows = listed(one_worker)
-    idle = {pid for pid, row in rows.items() if row["component"] == "idle"}
-    assert len(idle) == PARKED
-    assert {rows[pid]["state"] for pid in idle} == {"waiting"}
+
+    # Spawned is not yet parked: each runs to its recv on a later loop turn.
+    def all_parked() -> bool:
+        rows = listed(one_worker)
+        idle = [row for row in rows.values() if row["component"] == "idle"]
+        return len(idle) == PARKED and {row["state"] for row in idle} == {"waiting"}
+
+    one_worker.wait_for(all_parked, SETTLE_S * 3, f"{PARKED} idle processes to park in recv")
     one_worker.signal(signal.SIGTERM)
     assert one_worker.wait_exit() == 0
     lines = [line for line in one_worker.read_log().splitlines() if " exit idle#" in line]
