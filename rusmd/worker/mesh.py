@@ -271,22 +271,7 @@ class Mesh:
             self.outbox.handed(slot)
 
     def _send(self, peer: _Peer, message: Message, fds: list[int] | None = None) -> None:
-        channel = peer.channel
-        try:
-            channel.send(message, fds, close_fds=bool(fds))
-        except ChannelClosed:
-            return
-        if channel.wants_write:
-            self.loop.add_writer(channel.fileno(), self._write_ready, channel)
-
-    def _write_ready(self, channel: Channel) -> None:
-        try:
-            channel.write_ready()
-        except ChannelClosed:
-            self.loop.remove_writer(channel.fileno())
-            return
-        if not channel.wants_write:
-            self.loop.remove_writer(channel.fileno())
+        send_on_loop(self.loop, peer.channel, message, fds)
 
     # ── peers ───────────────────────────────────────────────────────────
 
@@ -379,3 +364,35 @@ def _from_memfd(fd: int, size: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def send_on_loop(
+    loop: asyncio.AbstractEventLoop,
+    channel: Channel,
+    message: Message,
+    fds: list[int] | None = None,
+    drained: Callable[[], None] | None = None,
+) -> None:
+    """Send ``message`` on ``channel`` (loop thread); what the socket does not
+    take yet is written as it drains, then ``drained`` is called. A closed
+    channel drops it: its reader finds the channel gone."""
+    try:
+        channel.send(message, fds, close_fds=bool(fds))
+    except ChannelClosed:
+        return
+    if channel.wants_write:
+        loop.add_writer(channel.fileno(), _write_ready, loop, channel, drained)
+
+
+def _write_ready(
+    loop: asyncio.AbstractEventLoop, channel: Channel, drained: Callable[[], None] | None
+) -> None:
+    try:
+        channel.write_ready()
+    except ChannelClosed:
+        loop.remove_writer(channel.fileno())
+        return
+    if not channel.wants_write:
+        loop.remove_writer(channel.fileno())
+        if drained is not None:
+            drained()

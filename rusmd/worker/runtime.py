@@ -72,7 +72,7 @@ from rusmd.wasm.host import WasmHost
 from rusmd.worker.boot import WorkerBoot
 from rusmd.worker.heap import HeapTrimmer, glibc_trim
 from rusmd.worker.kv_queries import QueryError, run_kv
-from rusmd.worker.mesh import Mesh
+from rusmd.worker.mesh import Mesh, send_on_loop
 from rusmd.worker.meters import worker_meters
 
 # How often a worker proves its loop turns over; the main process allows
@@ -371,23 +371,13 @@ class WorkerRuntime:
         self._send(self.channel, message)
 
     def _send(self, channel: Channel, message: Message) -> None:
-        try:
-            channel.send(message)
-        except ChannelClosed:
-            return
-        if channel.wants_write:
-            self.loop.add_writer(channel.fileno(), self._flush, channel)
+        drained = self._main_drained if channel is self.channel else None
+        send_on_loop(self.loop, channel, message, drained=drained)
 
-    def _flush(self, channel: Channel) -> None:
-        try:
-            channel.write_ready()
-        except ChannelClosed:
-            self.loop.remove_writer(channel.fileno())
-            return
-        if not channel.wants_write:
-            self.loop.remove_writer(channel.fileno())
-            if channel is self.channel and self.logs_dropped:
-                self._ship_drop_count()
+    def _main_drained(self) -> None:
+        """The channel to main took everything queued: say what logs were dropped."""
+        if self.logs_dropped:
+            self._ship_drop_count()
 
     def _ship_log(self, record: LogRecord) -> None:
         if self.channel.queued_bytes > MAX_QUEUED_LOG_BYTES:
