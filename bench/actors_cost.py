@@ -26,7 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.actors import CALLS, FLOOD, ROUND_TRIPS, SPAWNS, Worker, _modules
+from bench.actors import CALLS, FLOOD, ROUND_TRIPS, SPAWNS, Worker
+from bench.actors_worker import modules as _modules
 
 TRIALS = 3
 RESTART_WINDOW_S = 2.0
