@@ -22,7 +22,8 @@ from typing import Any, Protocol
 from wasmtime import _ffi as ffi
 
 from rusmd.abi import ErrorCode
-from rusmd.actors.table import ActorTable, Stopped
+from rusmd.actors.records import Stopped
+from rusmd.actors.table import ActorTable
 from rusmd.config.model import LogLevel
 from rusmd.errors import SpawnError
 from rusmd.log import Logger

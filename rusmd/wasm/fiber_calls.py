@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from rusmd.abi import MAX_MESSAGE_BYTES, ErrorCode, slot_of
-from rusmd.actors.table import NAME_CLAIM_TIMEOUT_S, PROBE_TIMEOUT_S, Claim
+from rusmd.actors.records import NAME_CLAIM_TIMEOUT_S, PROBE_TIMEOUT_S, Claim
 from rusmd.store.kv import Write
 from rusmd.wasm import capi
 from rusmd.wasm.calls import ActorCalls

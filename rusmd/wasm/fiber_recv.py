@@ -17,7 +17,7 @@ import asyncio
 import threading
 
 from rusmd.abi import HEADER_BYTES
-from rusmd.actors.table import Envelope
+from rusmd.actors.records import Envelope
 from rusmd.wasm.fiber import (
     _A0,
     _A1,

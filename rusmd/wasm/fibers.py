@@ -70,7 +70,7 @@ from typing import Any
 from wasmtime import _ffi as ffi
 
 from rusmd.abi import ExitReason
-from rusmd.actors.table import Stopped
+from rusmd.actors.records import Stopped
 from rusmd.wasm import capi
 from rusmd.wasm.capi import export
 from rusmd.wasm.fiber import (
