@@ -55,7 +55,7 @@ class Polling(Protocol):
     """The fiber scheduler as the callbacks see it: which fiber its thread polls."""
 
     thread: int
-    current: Any  # a ``fibers.Fiber`` (its ``process``), or None between polls
+    current: Any  # a ``fiber.Fiber`` (its ``process``), or None between polls
 
 
 def host_callbacks(

@@ -115,11 +115,16 @@ class FiberCallbacks:
         for name, body in bodies.items():
             self.sync_callbacks[name] = self._sync_callback(name, body)
 
-    # The scheduler's (``fibers``), which a stop and a handed message use.
+    # The scheduler's own (``fibers.FiberScheduler``, further down the
+    # chain): a stop found in a call polls the fiber (``_stop``), a handed
+    # message wakes it (``fiber_recv``). Declared here so the chain needs no
+    # import back up; the scheduler's methods replace them.
     def _run(self, fiber: Fiber) -> None:
+        """Poll ``fiber`` until it parks, yields or ends (``FiberScheduler._run``)."""
         raise NotImplementedError
 
     def _wake(self, fiber: Fiber) -> None:
+        """Poll ``fiber`` soon (``FiberScheduler._wake``)."""
         raise NotImplementedError
 
     # ── async host functions (inside a poll, loop thread) ───────────────
