@@ -26,8 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.actors import CALLS, FLOOD, ROUND_TRIPS, SPAWNS, Worker
-from bench.actors_worker import modules as _modules
+from bench.actors_table import CALLS, FLOOD, ROUND_TRIPS, SPAWNS
+from bench.actors_worker import Worker, modules
 
 TRIALS = 3
 RESTART_WINDOW_S = 2.0
@@ -114,9 +114,9 @@ def main(argv: list[str]) -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="rusm-bench-") as directory:
         build = Path(directory)
-        modules = _modules(build)
+        built = modules(build)
         (build / "app").mkdir()
-        worker = Worker(build / "app", modules)
+        worker = Worker(build / "app", built)
         try:
             if argv[0] == "cpu":
                 figures = cpu(worker)

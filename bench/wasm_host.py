@@ -107,7 +107,7 @@ def _host(app: Path) -> tuple[WasmHost, CompileCache]:
 
 
 def _raw_instantiate(engine: wasmtime.Engine, pre: wasmtime.InstancePre) -> float:
-    """rusm's per-process path (host._execute): raw store, limiter, deadline, instantiate, drop."""
+    """rusm's per-process path (guest_threads): raw store, limiter, deadline, instantiate, drop."""
     instance = ffi.wasmtime_instance_t()
     trap = ctypes.POINTER(ffi.wasm_trap_t)()
     start = time.perf_counter()

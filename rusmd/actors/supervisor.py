@@ -34,7 +34,8 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from rusmd.abi import ErrorCode, ExitReason, Kind
-from rusmd.actors.table import ActorTable, Envelope
+from rusmd.actors.records import Envelope
+from rusmd.actors.table import ActorTable
 from rusmd.errors import RusmError, SpawnError
 from rusmd.log import Logger
 from rusmd.supervision import (

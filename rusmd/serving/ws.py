@@ -54,7 +54,7 @@ except ImportError:  # pragma: no cover (a build without the extension)
     from websockets.utils import apply_mask
 
 from rusmd.abi import MAX_EVENT_BYTES, ErrorCode, ExitReason, Kind, WsKind
-from rusmd.actors.table import Envelope
+from rusmd.actors.records import Envelope
 from rusmd.config import model
 from rusmd.config.model import Serve
 from rusmd.errors import SpawnError

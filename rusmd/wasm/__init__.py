@@ -13,6 +13,7 @@ The modules, lowest first: each imports only modules listed before it.
 - ``artifacts``    what a ``.cwasm`` file is and why one may be unusable.
 - ``cache``        the AOT cache of compiled modules.
 - ``preinit``      a reactor's start-up run once by Wizer, before compiling.
+- ``capacity``     how many processes a worker can hold: address space, memory maps.
 - ``engine``       wasmtime engines (the pooling allocator, its limits).
 - ``compiler``     the compile child (``python -m rusmd.wasm.compiler``).
 - ``capi``         wasmtime's C API bound to keep the GIL; ``pid_of``, ``export``.
@@ -29,12 +30,22 @@ The modules, lowest first: each imports only modules listed before it.
 - ``serve_calls``  the serving host functions (request, respond, SSE, WebSocket).
 - ``kv_calls``     the store's host functions.
 - ``callbacks``    the C callback of every host function; the core functions.
+- ``fiber``        one fiber's record; wasmtime's async C API, bound raw.
+- ``fiber_callbacks`` the fibers' async and synchronous host callbacks; ``park``.
+- ``fiber_recv``   ``rusm.recv`` on a fiber, and messages handed straight into it.
 - ``fibers``       the scheduler: every process a fiber on the loop thread.
 - ``fiber_calls``  the waiting actor and kv calls as a fiber makes them (it parks).
 - ``fiber_writes`` the serving writes as a fiber makes them (parked while the client is slow).
-- ``host``         ``WasmHost``: the process table and lifecycle; assembles the rest.
+- ``guest_threads`` a process on a guest thread (a blocking WASI import).
+- ``epochs``       the epoch ticker and callback: CPU limits, a fiber's yield.
+- ``process_table`` the process table and the processes' life: spawn, finish, kill.
+- ``host``         ``WasmHost``: assembles the rest; loading and teardown.
 
-The parts below ``host`` that need it (``calls``, ``kv_calls``,
-``fibers``, ``fiber_calls``, ``callbacks``, ``inline``) take it as a ``Protocol`` of what
-they use; ``host`` is imported only from above (the worker, serving).
+``tests/unit/test_layers.py`` reads this list: every module of the
+package is in it, and none imports one listed after it (imports inside
+functions count), so the package is a one-way chain. The parts below
+``host`` that need it (``calls``, ``kv_calls``, ``fibers``,
+``fiber_calls``, ``callbacks``, ``inline``, ``guest_threads``) take it as
+a ``Protocol`` of what they use; ``host`` is imported only from above
+(the worker, serving).
 """

@@ -22,7 +22,8 @@ from typing import Any, Protocol
 from wasmtime import _ffi as ffi
 
 from rusmd.abi import ErrorCode
-from rusmd.actors.table import ActorTable, Stopped
+from rusmd.actors.records import Stopped
+from rusmd.actors.table import ActorTable
 from rusmd.config.model import LogLevel
 from rusmd.errors import SpawnError
 from rusmd.log import Logger
@@ -54,7 +55,7 @@ class Polling(Protocol):
     """The fiber scheduler as the callbacks see it: which fiber its thread polls."""
 
     thread: int
-    current: Any  # a ``fibers.Fiber`` (its ``process``), or None between polls
+    current: Any  # a ``fiber.Fiber`` (its ``process``), or None between polls
 
 
 def host_callbacks(

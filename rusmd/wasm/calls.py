@@ -30,8 +30,8 @@ from rusmd.abi import (
     ExitReason,
     slot_of,
 )
+from rusmd.actors.records import Envelope, Stopped
 from rusmd.actors.supervisor import GuestSupervisor, SpecError, SupervisorHost, parse_spec
-from rusmd.actors.table import Envelope, Stopped
 from rusmd.config.model import LogLevel, Manifest
 from rusmd.errors import SpawnError
 from rusmd.wasm.memory import BadPointer, GuestMemory, check_range

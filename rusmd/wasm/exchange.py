@@ -333,7 +333,7 @@ class Exchange:
         """Its process runs as a fiber on the I/O thread: send directly.
 
         ``writable`` stays the connection's real state; the fiber's writes
-        park on it (``fibers.WRITERS``) instead of waiting here.
+        park on it (``fiber_writes.WRITERS``) instead of waiting here.
         """
         self.inline = True
 

@@ -34,11 +34,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from rusmd.abi import MAX_MESSAGE_BYTES, ErrorCode, slot_of
-from rusmd.actors.table import NAME_CLAIM_TIMEOUT_S, PROBE_TIMEOUT_S, Claim
+from rusmd.actors.records import NAME_CLAIM_TIMEOUT_S, PROBE_TIMEOUT_S, Claim
 from rusmd.store.kv import Write
 from rusmd.wasm import capi
 from rusmd.wasm.calls import ActorCalls
-from rusmd.wasm.fibers import Body, Fiber, FiberScheduler, SyncBody, ValArgs
+from rusmd.wasm.fiber import Body, Fiber, SyncBody, ValArgs
+from rusmd.wasm.fibers import FiberScheduler
 from rusmd.wasm.kv_calls import KvCalls
 from rusmd.wasm.memory import check_range
 from rusmd.wasm.process import Process, ProcessState

@@ -22,7 +22,8 @@ from rusmd.abi import MAX_EVENT_BYTES
 from rusmd.config import model
 from rusmd.wasm import capi
 from rusmd.wasm.abi import FUNCTIONS
-from rusmd.wasm.fibers import A0, A1, A2, A3, Body, Fiber, FiberScheduler, i32_index
+from rusmd.wasm.fiber import A0, A1, A2, A3, Body, Fiber, i32_index
+from rusmd.wasm.fibers import FiberScheduler
 from rusmd.wasm.memory import check_range
 from rusmd.wasm.serve_calls import ServeCalls
 

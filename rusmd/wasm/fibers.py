@@ -50,173 +50,52 @@ poll alone. A call that finishes at once gets a continuation over a
 byte that is always 1. A WebSocket frame for a fiber waiting in
 ``recv`` with nothing queued goes straight into its buffers (``hand``):
 no trip through the mailbox.
+
+The scheduler is one class built along a one-way chain of modules:
+``fiber`` (the fiber's record and the raw async C API), then
+``fiber_callbacks`` (the host callbacks, ``park`` and the accessors of
+a call's values), then ``fiber_recv`` (``recv`` and the hand-offs into
+it), then this module: the run queue and the loop that starts, polls,
+resumes and ends fibers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
-import enum
-import struct
 import threading
-import time
-from collections import deque
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 from wasmtime import _ffi as ffi
 
-from rusmd.abi import HEADER_BYTES, HEADER_FORMAT, ErrorCode, ExitReason
-from rusmd.actors.table import ActorTable, Envelope, Stopped
-from rusmd.log import Logger
+from rusmd.abi import ExitReason
+from rusmd.actors.records import Stopped
 from rusmd.wasm import capi
-from rusmd.wasm.capi import export, pid_of
-from rusmd.wasm.memory import BadPointer, GuestMemory, check_range
-from rusmd.wasm.process import Exit, ExitReport, Process, ProcessState
-from rusmd.wasm.traps import failure, new_trap
-
-# wasmtime's async C API, bound raw (``capi.raw``). Polling runs guest
-# code: it drops the GIL (the epoch ticker needs it to make the guest
-# yield).
-_instantiate_async = capi.raw(
-    "wasmtime_instance_pre_instantiate_async", ctypes.c_void_p, release_gil=True
+from rusmd.wasm.capi import export
+from rusmd.wasm.fiber import (
+    _NO_VIEW,
+    _ONE_TICK,
+    _RUNNING,
+    _WAITING,
+    Fiber,
+    Phase,
+    _call_async,
+    _clock_ns,
+    _delete_future,
+    _export_get,
+    _instantiate_async,
+    _monotonic,
+    _poll,
+    _set_deadline,
 )
-_call_async = capi.raw("wasmtime_func_call_async", ctypes.c_void_p)
-_poll = capi.raw("wasmtime_call_future_poll", ctypes.c_bool, release_gil=True)
-_delete_future = capi.raw("wasmtime_call_future_delete", None)
-_export_get = capi.export_get_raw
-_caller_context = capi.caller_context_raw
-# A memory's size and base as plain integers (``memory`` binds the same).
-_data_size = capi.raw("wasmtime_memory_data_size", ctypes.c_size_t)
-_data = capi.raw("wasmtime_memory_data", ctypes.c_void_p)
-_set_deadline = capi.raw("wasmtime_context_set_epoch_deadline", None)
-_ONE_TICK = ctypes.c_uint64(1)
-
-# An async host callback: (env, caller, args, nargs, results, nresults,
-# trap_ret, continuation_ret), every pointer a plain integer (ctypes would
-# make an object of each). Its values are ``wasmtime_val_t``: 32 bytes
-# each, the kind at 0 and the value at 8; the continuation is
-# ``wasmtime_async_continuation_t``: callback, env, finalizer.
-AsyncCallback = ctypes.CFUNCTYPE(
-    None,
-    ctypes.c_void_p,
-    ctypes.c_void_p,
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_void_p,
-    ctypes.c_size_t,
-    ctypes.c_void_p,
-    ctypes.c_void_p,
-)
-_VAL_BYTES = ctypes.sizeof(ffi.wasmtime_val_t)
-_VAL_OF: int = ffi.wasmtime_val_t.of.offset
+from rusmd.wasm.fiber_recv import FiberRecv
+from rusmd.wasm.memory import BadPointer, GuestMemory
+from rusmd.wasm.process import ExitReport, Process, ProcessState
+from rusmd.wasm.traps import failure
 
 
-def i32_index(k: int) -> int:
-    """Where value ``k``'s i32 is in a values array read as int32s."""
-    return (k * _VAL_BYTES + _VAL_OF) // 4
-
-
-# Where the i32s of values 0-3 are (``FiberScheduler.u32``, ``values``).
-A0, A1, A2, A3 = _A0, _A1, _A2, _A3 = [i32_index(k) for k in range(4)]
-# A call's values as ``wasmtime_val_t`` structs (``value.of.i64``); the
-# longest waiting call has 6.
-ValArgs = ffi.wasmtime_val_t * 8
-_I32 = 0  # WASMTIME_I32
-_I32_MAX = (1 << 31) - 1
-# libc's strlen is every continuation's callback. wasmtime passes it the
-# continuation's env: the address of a byte followed by a NUL, so it
-# returns that byte (0 or 1), which is what a C function declared to
-# return bool leaves in the return register. A parked call's byte is its
-# fiber's ``flag``; a call that finished at once points at ``_ALWAYS``.
-_STRLEN = ctypes.cast(ctypes.CDLL(None).strlen, ctypes.c_void_p).value
-_ALWAYS = (ctypes.c_uint8 * 2)(1, 0)
-_ALWAYS_ADDRESS = ctypes.addressof(_ALWAYS)
-_HEADER = struct.Struct(HEADER_FORMAT)
-_NO_VIEW = memoryview(b"")
-# Bound once: an enum member read through its class costs ~0.1 µs.
-_OK = ErrorCode.OK
-_TIMEOUT = ErrorCode.TIMEOUT
-_INVALID = ErrorCode.INVALID
-_RUNNING = ProcessState.RUNNING
-_WAITING = ProcessState.WAITING
-_monotonic = time.monotonic
-_clock_ns = time.perf_counter_ns
-# A parked call's body: (fiber, args address, results address).
-Body = Callable[["Fiber", int, int], None]
-# A fiber's synchronous call's body: (fiber, values address).
-SyncBody = Callable[["Fiber", int], None]
-
-
-class Phase(enum.Enum):
-    """What the fiber's current future is doing."""
-
-    INSTANTIATE = "instantiate"
-    INITIALIZE = "_initialize"
-    CALL = "call"
-
-
-class Fiber:
-    """One process's fiber: its store, its current future, and what it waits for."""
-
-    def __init__(self, process: Process, store: Any, context: Any) -> None:
-        self.process = process
-        self.store = store
-        self.context = context
-        # The address read in place: ``ctypes.cast`` would tie the pointer and
-        # its result in a reference cycle, one more per process for the
-        # cycle collector.
-        self.raw_context = ctypes.c_void_p(ctypes.c_void_p.from_buffer(context).value)
-        self.future: Any = None  # a c_void_p: raw calls take no bare ints
-        self.phase = Phase.INSTANTIATE
-        self.entry = ""
-        self.entry_results = 0
-        self.instance = ffi.wasmtime_instance_t()
-        # Parked in an async host call whose continuation is not ready.
-        self.parked = False
-        # What its parked call's continuation answers (the strlen of it):
-        # 0 while it waits, 1 once the scheduler finished the call.
-        self.flag = (ctypes.c_uint8 * 2)()
-        self.flag_address = ctypes.addressof(self.flag)
-        # How its parked call finishes (True once it did); None for
-        # ``recv``, whose arguments are kept below.
-        self.finish: Callable[[], bool] | None = None
-        # What undoes its parked call if it is stopped instead (a call's
-        # monitor, a name claim); None when there is nothing to undo.
-        self.cancel: Callable[[], None] | None = None
-        self.header = 0
-        self.buf = 0
-        self.cap = 0
-        self.result_at = 0  # the call's result value (a ``wasmtime_val_t``)
-        # Its parked recv was given a message (``hand``): it goes on when polled.
-        self.handed = False
-        self.deadline: float | None = None
-        self.timer: asyncio.TimerHandle | None = None
-        self.scheduled = False
-        self.ended = False
-        # The host's tick when it last ran: a fiber that waited longer gets
-        # a fresh epoch deadline before its next poll.
-        self.last_tick = -1
-        # Its memory as a memoryview, made again when its size changes (a
-        # grow is the only thing that can move it).
-        self.view = _NO_VIEW
-        self.view_size = -1
-
-
-class FiberHost(Protocol):
-    """What the fiber scheduler uses of the worker's host."""
-
-    ticks: int
-    actors: ActorTable
-    log: Logger
-
-    def new_process_store(self, process: Process) -> tuple[Any, ExitReport | None]: ...
-
-    def finish(self, process: Process, report: ExitReport, store: Any) -> None: ...
-
-
-class FiberScheduler:
+class FiberScheduler(FiberRecv):
     """Starts, polls, parks and ends the worker's fiber processes (I/O thread).
 
     Args:
@@ -225,63 +104,6 @@ class FiberScheduler:
         thread: The ident of the loop's thread. Optional; defaults to the
             calling thread's (the scheduler is then made on it).
     """
-
-    def __init__(
-        self, host: FiberHost, loop: asyncio.AbstractEventLoop, thread: int | None = None
-    ) -> None:
-        self.host = host
-        self.table = host.actors
-        self.loop = loop
-        self.thread = threading.get_ident() if thread is None else thread
-        self.fibers: dict[int, Fiber] = {}
-        # Fibers woken on this thread since the loop last ran them.
-        self._woken: list[Fiber] = []
-        self._running_woken = False
-        # Jobs other threads queued for the loop (``_soon``).
-        self._inbox: deque[tuple[Callable[[Any], None], Any]] = deque()
-        self._inbox_armed = False
-        # Re-pointed at a call's values (int32s) and continuation (two
-        # pointers) to read and write them in place: cheaper than a ctypes
-        # object per access. Only the loop thread uses them.
-        self._i32 = ctypes.POINTER(ctypes.c_int32)()
-        self._i32_at = ctypes.c_size_t.from_buffer(self._i32)
-        self._u32 = ctypes.POINTER(ctypes.c_uint32)()  # the same values as wasm's unsigned
-        self._u32_at = ctypes.c_size_t.from_buffer(self._u32)
-        self._u64 = ctypes.POINTER(ctypes.c_uint64)()
-        self._u64_at = ctypes.c_size_t.from_buffer(self._u64)
-        # Where a future writes how it ended (its trap, its error, the
-        # entry's result) and an export is looked up: one set for all fibers,
-        # since a future writes them only as it completes, inside its own
-        # poll, and ``_next`` reads (and clears) them right after that poll.
-        self._item = ffi.wasmtime_extern_t()
-        self._results = (ffi.wasmtime_val_t * 1)()
-        self._trap = ctypes.c_void_p()
-        self._error = ctypes.c_void_p()
-        self._out = (ctypes.byref(self._trap), ctypes.byref(self._error))
-        self._i64 = ctypes.POINTER(ctypes.c_int64)()
-        self._i64_at = ctypes.c_size_t.from_buffer(self._i64)
-        # The async host functions by name (``define`` adds the others).
-        self.callbacks = {"recv": self._async_callback("recv", self._recv)}
-        # Synchronous host functions of fibers' own (``define_sync``): the
-        # hottest calls, which read the caller from ``current``.
-        self.sync_callbacks: dict[str, Any] = {}
-        # The fiber being polled (async host calls come from it: polls never nest).
-        self.current: Fiber | None = None
-
-    def define(self, bodies: dict[str, Body]) -> None:
-        """Make each body the async host function of its name (before any linking)."""
-        for name, body in bodies.items():
-            self.callbacks[name] = self._async_callback(name, body)
-
-    def define_sync(self, bodies: dict[str, SyncBody]) -> None:
-        """Make each body the fibers' synchronous host function of its name.
-
-        ``body(fiber, values)`` gets the call's raw values' address
-        (``wasmtime_val_raw_t``, 16 bytes each: read them with ``raw_u32``
-        and ``raw_i64``) and sets the result in place; it never waits.
-        """
-        for name, body in bodies.items():
-            self.sync_callbacks[name] = self._sync_callback(name, body)
 
     # ── any thread ──────────────────────────────────────────────────────
 
@@ -594,283 +416,3 @@ class FiberScheduler:
         # freed as soon as the last reference goes.
         fiber.finish = None
         fiber.process.fiber = None
-
-    # ── async host functions (inside a poll, loop thread) ───────────────
-
-    def _stopping(self, process: Process, reason: ExitReason, detail: str = "") -> None:
-        if not process.stop_reason:
-            process.stop_reason = reason
-            process.stop_detail = detail
-
-    def _stop(self, fiber: Fiber, reason: ExitReason, detail: str = "") -> None:
-        self._stopping(fiber.process, reason, detail)
-        fiber.scheduled = True
-        self.loop.call_soon(self._run, fiber)
-
-    def _caller_fiber(self, caller: int, name: str, trap_ret: int) -> Fiber | None:
-        """The calling process's fiber found from its store, or None with a trap set."""
-        context = _caller_context(ctypes.c_void_p(caller))
-        fiber = self.fibers.get(pid_of(context))
-        if fiber is None:
-            ctypes.c_void_p.from_address(trap_ret).value = new_trap(
-                f"rusm.{name}: calling process is unknown"
-            )
-        return fiber
-
-    def _async_callback(self, name: str, body: Callable[[Fiber, int, int], None]) -> Any:
-        """The async host callback of ``rusm.name``: ``body(fiber, args, results)``
-        for the calling fiber, which either sets the result or parks the fiber
-        (``park``). A bad pointer or a host error traps the guest, as on a
-        thread."""
-        continue_at = self._u64_at
-        continuation = self._u64
-
-        def callback(
-            _env: int | None,
-            caller: int,
-            args: int,
-            _nargs: int,
-            results: int,
-            _nresults: int,
-            trap_ret: int,
-            cont: int,
-        ) -> None:
-            # wasmtime wants a continuation even when the call traps: the
-            # call is over at the first poll unless the body parked it.
-            ready_at = _ALWAYS_ADDRESS
-            fiber = self.current
-            try:
-                if fiber is None:
-                    fiber = self._caller_fiber(caller, name, trap_ret)
-                if fiber is not None:
-                    body(fiber, args, results)
-                    if fiber.parked:
-                        ready_at = fiber.flag_address
-            except BadPointer as exc:
-                if fiber is not None:
-                    fiber.process.crash = str(exc)
-                ctypes.c_void_p.from_address(trap_ret).value = new_trap(str(exc))
-            except Exit as exc:
-                ctypes.c_void_p.from_address(trap_ret).value = new_trap(str(exc))
-            except BaseException as exc:
-                if fiber is not None:
-                    fiber.process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
-                trap = new_trap(f"host error in rusm.{name}")
-                ctypes.c_void_p.from_address(trap_ret).value = trap
-            continue_at.value = cont
-            continuation[0] = _STRLEN
-            continuation[1] = ready_at
-
-        return AsyncCallback(callback)
-
-    def _sync_callback(self, name: str, body: SyncBody) -> Any:
-        """The unchecked host callback of ``rusm.name`` for fibers (see ``define_sync``)."""
-
-        def callback(_env: Any, _caller: int, address: int, _count: int) -> int:
-            fiber = self.current
-            if fiber is None:  # only a fiber's poll calls into its linker's functions
-                return new_trap(f"rusm.{name}: calling process is unknown")
-            try:
-                body(fiber, address)
-                return 0
-            except BadPointer as exc:
-                fiber.process.crash = str(exc)
-                return new_trap(str(exc))
-            except Exit as exc:
-                return new_trap(str(exc))
-            except BaseException as exc:
-                fiber.process.crash = f"host error in rusm.{name}: {type(exc).__name__}: {exc}"
-                return new_trap(f"host error in rusm.{name}")
-
-        return ctypes.cast(capi.HostCallback(callback), ffi.wasmtime_func_unchecked_callback_t)
-
-    def raw_u32(self, address: int) -> Any:
-        """A synchronous call's raw values as uint32s: value ``k``'s at ``4 * k``."""
-        self._u32_at.value = address
-        return self._u32
-
-    def raw_i64(self, address: int) -> Any:
-        """A synchronous call's raw values as int64s: value ``k``'s at ``2 * k``."""
-        self._i64_at.value = address
-        return self._i64
-
-    def values(self, address: int) -> Any:
-        """The int32s at ``address`` (a call's values): value ``k``'s i32 at ``A{k}``.
-
-        The same object every call (re-pointed): read it before the next call.
-        """
-        self._i32_at.value = address
-        return self._i32
-
-    def u32(self, address: int) -> Any:
-        """As ``values``, the int32s read as wasm's unsigned."""
-        self._u32_at.value = address
-        return self._u32
-
-    def set_result(self, result_at: int, value: int) -> None:
-        """Make a call's i32 result ``value``."""
-        self._i32_at.value = result_at
-        i32 = self._i32
-        i32[0] = _I32  # the kind, and the padding after it
-        i32[_A0] = value
-
-    def park(
-        self,
-        fiber: Fiber,
-        finish: Callable[[], bool] | None,
-        *,
-        deadline: float | None = None,
-        cancel: Callable[[], None] | None = None,
-        state: ProcessState = _WAITING,
-    ) -> None:
-        """Park ``fiber`` in its host call until ``finish()`` (``recv``'s when None) succeeds.
-
-        Args:
-            fiber: The calling fiber (inside its async host call).
-            finish: Called on the loop thread each time the fiber is woken
-                (and at ``deadline``): finishes the call (its result set) and
-                returns True, or returns False to wait on.
-            deadline: When ``finish`` must be asked again though nothing
-                woke the fiber (a monotonic time); None for no timer.
-            cancel: Undoes the call if the fiber is stopped while parked.
-            state: What ``rusmctl list`` shows meanwhile.
-        """
-        fiber.parked = True
-        fiber.finish = finish
-        fiber.cancel = cancel
-        fiber.deadline = deadline
-        fiber.flag[0] = 0
-        fiber.process.state = state
-        if fiber.process.actor is not None and fiber.process.actor.stop:
-            self._stop(fiber, fiber.process.actor.stop)
-
-    def view(self, fiber: Fiber, function: str) -> tuple[memoryview, int]:
-        """The calling fiber's memory as a memoryview, and its size."""
-        memory = fiber.process.memory
-        if memory is None:
-            raise BadPointer(f"rusm.{function}: the module exports no memory")
-        size: int = _data_size(memory.context, memory.ref)
-        if size != fiber.view_size:
-            fiber.view = _memory_view(memory, size)
-            fiber.view_size = size
-        return fiber.view, size
-
-    # ── recv ────────────────────────────────────────────────────────────
-
-    def _recv(self, fiber: Fiber, args: int, results: int) -> None:
-        """``rusm.recv(header, buf, cap, timeout_ms)`` on a fiber."""
-        u32 = self._u32
-        self._u32_at.value = args
-        header, buf, cap, timeout_ms = u32[_A0], u32[_A1], u32[_A2], u32[_A3]
-        if timeout_ms > _I32_MAX:  # the one signed argument
-            timeout_ms -= 1 << 32
-        _view, size = self.view(fiber, "recv")
-        if header + HEADER_BYTES > size:
-            check_range("recv", header, HEADER_BYTES, size)
-        if buf + cap > size:
-            check_range("recv", buf, cap, size)
-        if timeout_ms < -1:
-            self.set_result(results, _INVALID)
-            return
-        actor = fiber.process.actor
-        assert actor is not None
-        fiber.header, fiber.buf, fiber.cap, fiber.result_at = header, buf, cap, results
-        fiber.deadline = None if timeout_ms < 0 else _monotonic() + timeout_ms / 1000
-        if actor.stop:  # never resumed: the run ``park`` schedules ends it
-            self.park(fiber, None, deadline=fiber.deadline)
-        elif not (actor.mailbox or fiber.deadline is not None) or not self._finish_recv(fiber):
-            fiber.parked = True  # as ``park``, inline: the usual end of a round trip
-            fiber.finish = None
-            fiber.flag[0] = 0
-
-    def _finish_recv(self, fiber: Fiber) -> bool:
-        """Take the next message into the guest's buffers, or time out; False to wait on.
-
-        The message's header goes in, and its payload if it fits (else it
-        stays in the mailbox: TOOBIG), through the view of the memory made
-        when the call came: the ranges were checked against it, and a guest
-        waiting in a call cannot grow its memory.
-
-        Raises:
-            Stopped: The process was told to stop.
-        """
-        actor = fiber.process.actor
-        assert actor is not None
-        if actor.mailbox or actor.stop:
-            code, envelope = self.table.take(actor, fiber.cap)
-            if envelope is not None:
-                self._put(fiber, code, envelope)
-                return True
-        if fiber.deadline is not None and _monotonic() >= fiber.deadline:
-            self.set_result(fiber.result_at, _TIMEOUT)
-            return True
-        return False
-
-    def _put(self, fiber: Fiber, code: int, envelope: Envelope) -> None:
-        """Write a received message into the parked ``recv``'s buffers and set its result.
-
-        The header goes in, and the payload if it was taken (``code`` OK;
-        else it stays in the mailbox: TOOBIG).
-        """
-        view = fiber.view
-        payload = envelope.payload
-        length = len(payload)
-        header = fiber.header
-        view[header : header + HEADER_BYTES] = _HEADER.pack(
-            envelope.kind, envelope.reason, envelope.sender, envelope.ref, length, 0
-        )
-        if code == _OK:
-            view[fiber.buf : fiber.buf + length] = payload
-            code = length
-        self._i32_at.value = fiber.result_at  # as ``_set_result``, inline
-        i32 = self._i32
-        i32[0] = _I32
-        i32[_A0] = code
-
-    def hand(self, pid: int, envelope: Envelope) -> bool:
-        """Give a message straight to ``pid``'s fiber if it waits in ``recv`` (I/O thread).
-
-        Only while nothing is queued before it (its mailbox is empty), the
-        process is not stopping and the message fits the waiting buffer:
-        then the message is written into the guest's buffers at once, as
-        its ``recv`` would, and the fiber is woken. False otherwise: the
-        message goes to the mailbox the usual way (``ActorTable.deliver``).
-        """
-        fiber = self.fibers.get(pid)
-        if fiber is None or not fiber.parked or fiber.finish is not None or fiber.handed:
-            return False
-        actor = fiber.process.actor
-        if actor is None or not self.table.took_over(actor, len(envelope.payload), fiber.cap):
-            return False
-        self._put(fiber, _OK, envelope)
-        fiber.handed = True
-        self._wake(fiber)
-        return True
-
-    def _hand_to(self, fiber: Fiber, envelope: Envelope) -> bool:
-        """``Actor.hand``: a message straight into ``fiber``'s waiting ``recv`` (table lock held).
-
-        Only on the loop thread (the buffers are written with its scratch
-        pointers), while the fiber waits in ``recv`` with nothing handed yet
-        and the message fits: then as ``hand``, and the fiber is woken.
-        """
-        if (
-            not fiber.parked
-            or fiber.finish is not None
-            or fiber.handed
-            or len(envelope.payload) > fiber.cap
-            or threading.get_ident() != self.thread
-        ):
-            return False
-        self._put(fiber, _OK, envelope)
-        fiber.handed = True
-        self._wake(fiber)
-        return True
-
-
-def _memory_view(memory: GuestMemory, size: int) -> memoryview:
-    """``size`` bytes of ``memory`` as a writable memoryview of unsigned bytes."""
-    if not size:
-        return memoryview(bytearray())
-    base = _data(memory.context, memory.ref)
-    return memoryview((ctypes.c_uint8 * size).from_address(base)).cast("B")

@@ -30,14 +30,19 @@ waited; on a thread, the ticks since), refreshes the memory figure
 process when it is killed. A fiber parked in a host call is ended by a
 kill at once (its future dropped); a thread blocked in one is woken.
 
-``WasmHost`` keeps the process table and the processes' life (spawn,
-run, finish, kill, the epoch ticker) and assembles the rest, each a
-module of its own: pid leases (``pids``), loading components
-(``components``), the inline HTTP path (``inline``), the host functions
-(``callbacks``, ``calls``, ``serve_calls``, ``kv_calls``), the scheduler
-(``fibers``) and its async host functions (``fiber_calls``,
-``fiber_writes``). The parts that call back into the host take it as a
-``Protocol`` of what they use; none of them imports this module.
+``WasmHost`` assembles the worker's wasm host from parts, each a module
+of its own, along a one-way chain (none of them imports this module;
+those that call back into the host take it as a ``Protocol`` of what
+they use): the process records (``process``), pid leases (``pids``),
+loading components (``components``), the process table and the
+processes' life (``process_table``: spawn, enter, finish, kill, list),
+processes on guest threads (``guest_threads``), the epoch ticker and
+callback (``epochs``), the inline HTTP path (``inline``), the host
+callbacks (``callbacks``, ``calls``, ``serve_calls``, ``kv_calls``), the
+scheduler (``fibers``, built on ``fiber``, ``fiber_callbacks`` and
+``fiber_recv``) and its async host functions (``fiber_calls``,
+``fiber_writes``). What is left here is the wiring (``__init__``),
+loading (``load``), and the host's own teardown (``shutdown``).
 
 The hot paths use wasmtime's C API through ``wasmtime._ffi`` directly
 (unchecked calls, raw host callbacks): that is 10-20x cheaper per call
@@ -48,73 +53,50 @@ never raise: an error becomes a trap for the calling process only.
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import json
-import os
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import uvloop
-from wasmtime import _bindings
-from wasmtime import _ffi as ffi
 
-from rusmd.abi import ErrorCode, ExitReason, slot_of
+from rusmd.abi import ExitReason
 from rusmd.actors.table import ActorTable
 from rusmd.channel import ComponentImage, ProcessExit
 from rusmd.config.environment import Environment
-from rusmd.config.model import BUILTIN_CAPABILITIES, BuiltinCapability, LogLevel, Manifest
-from rusmd.errors import SpawnError
+from rusmd.config.model import Manifest
 from rusmd.log import Logger
-from rusmd.wasm import capi
 from rusmd.wasm.callbacks import CoreCalls, host_callbacks
 from rusmd.wasm.calls import ActorCalls
 from rusmd.wasm.capacity import largest_heap_bytes, manifest_layout, plan, read_kernel
-from rusmd.wasm.capi import NULL_FINALIZER, export, pid_of
-from rusmd.wasm.components import ComponentLoader, set_wasi
+from rusmd.wasm.components import ComponentLoader
 from rusmd.wasm.engine import (
-    MAX_TABLE_ELEMENTS,
     PROCESS_KEEP_RESIDENT_BYTES,
     EngineInfo,
     dirty_page_scan,
     inline_keep_resident,
     worker_engine,
 )
+from rusmd.wasm.epochs import EpochCallback, EpochClock
 from rusmd.wasm.fiber_calls import FiberCalls
 from rusmd.wasm.fiber_writes import ServingWrites
 from rusmd.wasm.fibers import FiberScheduler
+from rusmd.wasm.guest_threads import GUEST_THREAD_STACK_BYTES
 from rusmd.wasm.inline import INLINE_STORE_INSTANCES, InlinePath
 from rusmd.wasm.kv_calls import KvCalls
 from rusmd.wasm.linking import LinkerSet
-from rusmd.wasm.memory import GuestMemory
 from rusmd.wasm.pids import PidLeases
-from rusmd.wasm.process import (
-    ExitReport,
-    LoadedComponent,
-    Native,
-    Process,
-    ProcessState,
-    log_exit,
-)
+from rusmd.wasm.process import LoadedComponent, Process
+from rusmd.wasm.process_table import ProcessTable
 from rusmd.wasm.runners import RunnerPool
 from rusmd.wasm.serve_calls import ServeCalls
-from rusmd.wasm.settings import EPOCH_TICK_MS
-from rusmd.wasm.traps import failure, new_error
 
 if TYPE_CHECKING:
     from rusmd.store.committer import GroupCommitter
     from rusmd.store.kv import KvStore
 
-# Guest threads need far more stack than wasm frames may use (512 KiB):
-# a host thread that runs out below the wasm limit aborts the process.
-GUEST_THREAD_STACK_BYTES = 16 << 20
 
-_EpochCallback = _bindings._wasmtime_store_epoch_deadline_callback.argtypes[1]
-_N = TypeVar("_N", bound=Native)
-
-
-class WasmHost:
+class WasmHost(ProcessTable, EpochClock):
     """Components and processes of one worker.
 
     Args:
@@ -209,7 +191,7 @@ class WasmHost:
         )
         # wasmtime calls them by address: they live as long as the host.
         self._callbacks = callbacks
-        self._epoch_callback = _EpochCallback(self._on_epoch)
+        self._epoch_callback = EpochCallback(self._on_epoch)
         self.inline_linkers = LinkerSet(self.inline_engine_info.engine, callbacks)
         self.loader = ComponentLoader(
             manifest,
@@ -284,225 +266,6 @@ class WasmHost:
         """Pid serials ``[start, end)`` are ours (from the main process)."""
         self.pids.add(start, end)
 
-    # ── processes ───────────────────────────────────────────────────────
-
-    def spawn(
-        self,
-        name: str,
-        parent: int | None = None,
-        *,
-        link: bool = False,
-        watched: bool = False,
-        entry: str = "",
-        exchange: Any = None,
-        on_exit: Callable[[ExitReport], None] | None = None,
-        quiet: bool = False,
-    ) -> int:
-        """Start a process of component ``name``; return its pid.
-
-        Args:
-            name: The component.
-            parent: The spawning process, if any.
-            link: Link it to ``parent`` (a local process) before it runs.
-            watched: Tell ``on_watched_exit`` when it exits (residents).
-            entry: Run this export instead of the entry (a route's action).
-            exchange: The request or connection the process serves.
-            on_exit: Called (guest thread) with its exit report.
-            quiet: Keep its spawn and normal exit out of the log.
-
-        It runs as a fiber on the loop thread, unless its module imports a
-        WASI call that blocks (``ModuleShape.fiber``): then on a guest thread.
-
-        Raises:
-            SpawnError: No such component, it cannot run, or the worker is full.
-        """
-        if self._stopping.is_set():
-            raise SpawnError(f"worker {self.slot} is stopping", ErrorCode.UNAVAILABLE)
-        component = self.components.get(name)
-        if component is None:
-            if name in self.manifest.components:
-                raise SpawnError(f"component {name} is still compiling", ErrorCode.UNAVAILABLE)
-            raise SpawnError(f"no component named {name!r}", ErrorCode.NOTFOUND)
-        if component.error:
-            raise SpawnError(component.error, ErrorCode.UNAVAILABLE)
-        if not entry and component.shape is not None and not component.shape.entry:
-            raise SpawnError(
-                f"component {name} exports neither 'run' nor '_start': it can serve "
-                "routes but not run as a process",
-                ErrorCode.UNAVAILABLE,
-            )
-        if len(self.processes) >= self.max_processes:
-            raise SpawnError(
-                f"worker {self.slot} is at its process limit ({self.max_processes}; "
-                "[node].max-processes sizes it)",
-                ErrorCode.LIMIT,
-            )
-        pid = self.pids.allocate()
-        process = Process(
-            pid=pid,
-            component=component,
-            parent=parent,
-            started_at=time.monotonic(),
-            started_wall=time.time(),
-            watched=watched,
-            entry=entry,
-            exchange=exchange,
-            on_exit=on_exit,
-            quiet=quiet,
-        )
-        self._enter(process, link_to=parent if link else None)
-        if not quiet and self.log.enabled(LogLevel.DEBUG):
-            self.log.debug(f"spawn {process.label} {component.capability.grants()}")
-        if component.fiber_pre_ptr:
-            self.fibers.start(process)
-        else:
-            self.runners.submit(lambda: self._run(process))
-        return pid
-
-    def _enter(
-        self,
-        process: Process,
-        link_to: int | None,
-        native: Callable[[Any], None] | None = None,
-    ) -> None:
-        """Make ``process`` known: in the process table and as an actor."""
-
-        def stop(reason: ExitReason, detail: str) -> None:
-            if not process.stop_reason:
-                process.stop_reason = reason
-                process.stop_detail = detail
-            if process.native is not None:
-                process.native.stopped(reason, detail)
-
-        process.actor = self.actors.add(process.pid, process.label, stop, native)
-        self.processes[process.pid] = process
-        with self._lock:  # spawns come from the loop thread and guest threads
-            self.spawned += 1
-        if link_to is not None:
-            with self.actors.lock:
-                parent = self.actors.get(link_to)
-                if parent is None:
-                    self.actors.kill(
-                        process.pid, ExitReason.NOPROC, "its parent exited before it started"
-                    )
-                else:
-                    parent.links.add(process.pid)
-                    process.actor.links.add(link_to)
-
-    def start_native(self, kind: str, parent: int, make: Callable[[int], _N]) -> tuple[int, _N]:
-        """Start a host-native process (``make(pid)`` builds it) linked to ``parent``."""
-        if self._stopping.is_set():
-            raise SpawnError(f"worker {self.slot} is stopping", ErrorCode.UNAVAILABLE)
-        pid = self.pids.allocate()
-        native = make(pid)
-        process = Process(
-            pid=pid,
-            component=LoadedComponent(
-                name=kind,
-                capability=BUILTIN_CAPABILITIES[BuiltinCapability.SANDBOXED],
-                grants=frozenset(),
-            ),
-            parent=parent,
-            started_at=time.monotonic(),
-            started_wall=time.time(),
-            state=ProcessState.RUNNING,
-            native=native,
-        )
-        self._enter(process, link_to=parent, native=native.on_signal)
-        assert process.actor is not None
-        process.actor.trap_exit = True
-        self.log.debug(f"spawn {process.label} native")
-        return pid, native
-
-    def is_alive(self, pid: int) -> bool:
-        """Is ``pid`` alive? Local pids at once; others by asking their worker."""
-        if slot_of(pid) == self.slot:
-            return pid in self.processes
-        return self.actors.probe(pid, want_info=False)[0]
-
-    def exit_native(self, pid: int, reason: ExitReason, detail: str = "") -> None:
-        """A host-native process (a supervisor) ends with ``reason``."""
-        process = self.processes.pop(pid, None)
-        if process is None:
-            return
-        process.state = ProcessState.EXITING
-        self.actors.remove(pid, reason, detail)
-        with self._lock:
-            self.exits[reason] = self.exits.get(reason, 0) + 1
-        log_exit(self.log, process, ExitReport(reason, detail))
-        self._tell_main(process, reason, detail)
-
-    def _tell_main(self, process: Process, reason: ExitReason, detail: str) -> None:
-        if process.watched and self.on_watched_exit is not None:
-            self.on_watched_exit(
-                ProcessExit(
-                    pid=process.pid,
-                    component=process.component.name,
-                    reason=reason,
-                    detail=detail,
-                )
-            )
-
-    def kill(self, pid: int, reason: ExitReason = ExitReason.KILLED, detail: str = "") -> bool:
-        """Ask process ``pid`` to end with ``reason``; False if there is none."""
-        if pid not in self.processes:
-            return False
-        return self.actors.kill(pid, reason, detail)
-
-    def list(self) -> list[dict[str, Any]]:
-        """One row per live process."""
-        now = time.monotonic()
-        return [self._row(p, now) for p in list(self.processes.values())]
-
-    def info(self, pid: int) -> dict[str, Any] | None:
-        """One process in detail, or None (other workers' pids by asking them)."""
-        if slot_of(pid) != self.slot:
-            alive, payload = self.actors.probe(pid, want_info=True)
-            if not alive:
-                return None
-            try:
-                row: dict[str, Any] = json.loads(payload)
-            except ValueError:
-                return None
-            return row
-        return self.local_info(pid)
-
-    def local_info(self, pid: int) -> dict[str, Any] | None:
-        """One process of this worker in detail, or None."""
-        process = self.processes.get(pid)
-        if process is None:
-            return None
-        row = self._row(process, time.monotonic())
-        profile = process.component.capability
-        shape = process.component.shape
-        row.update(
-            {
-                "capability": profile.name,
-                "grants": profile.grants(),
-                "max_memory_bytes": profile.max_memory_mb << 20,
-                "max_cpu_ms": profile.max_cpu_ms,
-                "entry": shape.entry if shape else "",
-                "parent": process.parent,
-                "started": process.started_wall,
-            }
-        )
-        if process.native is not None:
-            row.update(process.native.describe())
-        return row
-
-    def stats(self) -> dict[str, Any]:
-        """Counts for ``rusmctl status`` (inline requests count as processes)."""
-        exits = dict(self.exits)
-        for reason, count in self.inline.exits.items():
-            exits[reason] = exits.get(reason, 0) + count
-        return {
-            "processes": len(self.processes),
-            "spawned": self.spawned + self.inline.spawned,
-            "exits": exits,
-            "pooling": self.engine_info.pooling,
-            "inline_keep_resident_bytes": self.inline_keep_resident,
-        }
-
     def shutdown(self, timeout_s: float) -> None:
         """End every process (reason shutdown), waiting up to ``timeout_s``."""
         self._stopping.set()
@@ -516,165 +279,6 @@ class WasmHost:
             self._halted.set()
             if self._own_loop is not None:
                 self._own_loop.stop()
-
-    def _row(self, process: Process, now: float) -> dict[str, Any]:
-        row = {
-            "pid": process.pid,
-            "component": process.component.name,
-            "label": process.label,
-            "worker": self.slot,
-            "state": str(process.state),
-            "runs": "fiber" if process.fiber is not None else "thread",
-            "memory_bytes": process.memory_bytes,
-            "cpu_ms": round(process.cpu_ms(), 3),
-            "polls": process.polls,
-            "uptime_s": round(now - process.started_at, 3),
-        }
-        row.update(self.actors.describe(process.pid))
-        return row
-
-    # ── the guest thread ────────────────────────────────────────────────
-
-    def _run(self, process: Process) -> None:
-        report = ExitReport(ExitReason.CRASHED, "host error")
-        store: Any = None
-        try:
-            report, store = self._execute(process)
-        except Exception as exc:  # a host bug must cost one process, not the worker
-            report = ExitReport(ExitReason.CRASHED, f"host error: {type(exc).__name__}: {exc}")
-        finally:
-            self.finish(process, report, store)
-
-    def finish(self, process: Process, report: ExitReport, store: Any) -> None:
-        """A process ended (its guest thread, or the I/O thread for a fiber)."""
-        process.state = ProcessState.EXITING
-        if store is not None:
-            capi.store_delete(store)
-        self.processes.pop(process.pid, None)
-        self.actors.remove(process.pid, report.reason, report.detail)
-        with self._lock:
-            self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
-        log_exit(self.log, process, report)
-        self._tell_main(process, report.reason, report.detail)
-        if process.on_exit is not None:
-            process.on_exit(report)
-
-    def new_process_store(self, process: Process) -> tuple[Any, ExitReport | None]:
-        """A process's own store (limits, WASI, epoch callback); (store or None, why not)."""
-        component = process.component
-        for preopen in component.capability.preopen:
-            if not os.path.isdir(preopen.host):
-                return None, ExitReport(
-                    ExitReason.CRASHED,
-                    f"preopen {preopen.guest}: host directory {preopen.host} does not exist",
-                )
-        if process.stop_reason:
-            return None, ExitReport(process.stop_reason, process.stop_detail)
-        assert component.pre is not None and component.shape is not None
-        store = capi.store_new(self.engine.ptr(), ctypes.c_void_p(process.pid), NULL_FINALIZER)
-        context = capi.store_context(store)
-        capi.store_limiter(
-            store, component.capability.max_memory_mb << 20, MAX_TABLE_ELEMENTS, 1, 1, 1
-        )
-        if component.shape.uses_wasi:
-            problem = set_wasi(context, component)
-            if problem:
-                return store, ExitReport(ExitReason.CRASHED, problem)
-        capi.store_epoch_deadline_callback(store, self._epoch_callback, None, NULL_FINALIZER)
-        capi.context_set_epoch_deadline(context, 1)
-        return store, None
-
-    def _execute(self, process: Process) -> tuple[ExitReport, Any]:
-        component = process.component
-        store, problem = self.new_process_store(process)
-        if problem is not None:
-            return problem, store
-        assert component.pre is not None and component.shape is not None
-        context = capi.store_context(store)
-        process.call_started_tick = self.ticks
-        process.state = ProcessState.RUNNING
-        instance = ffi.wasmtime_instance_t()
-        trap = ctypes.POINTER(ffi.wasm_trap_t)()
-        error = ffi.wasmtime_instance_pre_instantiate(
-            component.pre.ptr(), context, ctypes.byref(instance), ctypes.byref(trap)
-        )
-        if error or trap:
-            return failure(process, error, trap, "instantiate"), store
-        if component.shape.has_memory:
-            memory = export(context, instance, b"memory")
-            if memory is not None:
-                process.memory = GuestMemory(context, memory.of.memory)
-                process.memory_bytes = process.memory.size()
-        name = process.entry or component.shape.entry
-        if process.entry:
-            results = component.action(name)
-            if isinstance(results, str):
-                return ExitReport(ExitReason.CRASHED, results), store
-        else:
-            results = component.shape.entry_results
-        values = (ffi.wasmtime_val_raw_t * 1)()
-        if component.shape.has_initialize and name != "_start":
-            initialize = export(context, instance, b"_initialize")
-            if initialize is not None:
-                error = ffi.wasmtime_func_call_unchecked(
-                    context, ctypes.byref(initialize.of.func), values, 1, ctypes.byref(trap)
-                )
-                if error or trap:
-                    return failure(process, error, trap, "_initialize"), store
-        entry = export(context, instance, name.encode())
-        if entry is None:
-            return ExitReport(ExitReason.CRASHED, f"entry {name} vanished"), store
-        process.call_started_tick = self.ticks
-        error = ffi.wasmtime_func_call_unchecked(
-            context, ctypes.byref(entry.of.func), values, 1, ctypes.byref(trap)
-        )
-        if process.memory is not None:
-            process.memory_bytes = process.memory.size()
-        if error or trap:
-            return failure(process, error, trap, name), store
-        if results and values[0].i32 != 0:
-            return ExitReport(ExitReason.CRASHED, f"{name} returned {values[0].i32}"), store
-        return ExitReport(ExitReason.NORMAL), store
-
-    # ── epoch ticks ─────────────────────────────────────────────────────
-
-    def _tick(self) -> None:
-        interval = EPOCH_TICK_MS / 1000
-        engine = self.engine.ptr()
-        while not self._halted.wait(interval):
-            self.ticks += 1
-            capi.engine_increment_epoch(engine)
-            # Read each tick: a load may have made the inline pool again.
-            capi.engine_increment_epoch(self.inline.engine)
-            self.runners.nudge()
-
-    def _on_epoch(self, context: Any, _data: Any, delta: Any, kind: Any) -> int:
-        """Runs once per tick while a process's wasm runs (its thread, or the loop's)."""
-        try:
-            process = self.processes.get(pid_of(context))
-            fiber = False
-            if process is not None:
-                fiber = process.fiber is not None
-                if process.memory is not None:
-                    process.memory_bytes = process.memory.size()
-                if process.stop_reason:
-                    return new_error(process.stop_reason)
-                process.busy_ticks += 1
-                if fiber:
-                    # Ticks it was seen running since it last waited.
-                    used_ms = process.busy_ticks * EPOCH_TICK_MS
-                else:
-                    process.cpu_ticks += 1
-                    used_ms = (self.ticks - process.call_started_tick) * EPOCH_TICK_MS
-                if used_ms > process.component.capability.max_cpu_ms:
-                    process.cpu_exceeded = True
-                    return new_error("cpu limit")
-            delta[0] = 1
-            # A fiber gives the loop back every tick (WASMTIME_UPDATE_DEADLINE_YIELD).
-            kind[0] = 1 if fiber else 0
-            return 0
-        except BaseException:
-            return new_error("host error in epoch callback")
 
 
 def _local_table(slot: int, loop: asyncio.AbstractEventLoop) -> ActorTable:

@@ -313,7 +313,7 @@ _VALTYPES: dict[str, Callable[[], wasmtime.ValType]] = {
 # A NULL finalizer: the callbacks live as long as the worker's host.
 _NO_FINALIZER: Any = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(0)
 # Bound raw (``capi.raw``), as the fibers' other async calls: it defines
-# their async host functions (``fibers.AsyncCallback``).
+# their async host functions (``fiber.AsyncCallback``).
 _define_async = capi.raw("wasmtime_linker_define_async_func", ctypes.c_void_p)
 
 

@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import wasmtime
 
 from rusmd.abi import ExitReason
-from rusmd.actors.table import Actor
+from rusmd.actors.records import Actor
 from rusmd.config.model import Capability, LogLevel
 from rusmd.errors import RusmError
 from rusmd.log import LineBudget, Logger, suppressed_line

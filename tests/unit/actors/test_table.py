@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 
 from rusmd.abi import ErrorCode, ExitReason, Kind
+from rusmd.actors.records import Actor, Envelope, Stopped
 from rusmd.actors.signals import Op
-from rusmd.actors.table import Actor, ActorTable, Envelope, Stopped
+from rusmd.actors.table import ActorTable
 from rusmd.channel import Message, NameClaim, NameDrop, NameReply, Names, Sig
 
 SLOT = 3
