@@ -64,7 +64,13 @@ from rusmd.abi import ErrorCode, ExitReason, slot_of
 from rusmd.actors.table import ActorTable
 from rusmd.channel import ComponentImage, ProcessExit
 from rusmd.config.environment import Environment
-from rusmd.config.model import BUILTIN_CAPABILITIES, BuiltinCapability, LogLevel, Manifest
+from rusmd.config.model import (
+    BUILTIN_CAPABILITIES,
+    BuiltinCapability,
+    Capability,
+    LogLevel,
+    Manifest,
+)
 from rusmd.errors import SpawnError
 from rusmd.log import Logger
 from rusmd.wasm import capi
@@ -86,7 +92,7 @@ from rusmd.wasm.fiber_writes import ServingWrites
 from rusmd.wasm.fibers import FiberScheduler
 from rusmd.wasm.inline import INLINE_STORE_INSTANCES, InlinePath
 from rusmd.wasm.kv_calls import KvCalls
-from rusmd.wasm.linking import LinkerSet
+from rusmd.wasm.linking import LinkerSet, entrypoint_results
 from rusmd.wasm.memory import GuestMemory
 from rusmd.wasm.pids import PidLeases
 from rusmd.wasm.process import (
@@ -331,15 +337,9 @@ class WasmHost:
                 "routes but not run as a process",
                 ErrorCode.UNAVAILABLE,
             )
-        if len(self.processes) >= self.max_processes:
-            raise SpawnError(
-                f"worker {self.slot} is at its process limit ({self.max_processes}; "
-                "[node].max-processes sizes it)",
-                ErrorCode.LIMIT,
-            )
-        pid = self.pids.allocate()
+        self._check_room()
         process = Process(
-            pid=pid,
+            pid=self.pids.allocate(),
             component=component,
             parent=parent,
             started_at=time.monotonic(),
@@ -351,13 +351,72 @@ class WasmHost:
             quiet=quiet,
         )
         self._enter(process, link_to=parent if link else None)
-        if not quiet and self.log.enabled(LogLevel.DEBUG):
-            self.log.debug(f"spawn {process.label} {component.capability.grants()}")
-        if component.fiber_pre_ptr:
+        self._begin(process)
+        return process.pid
+
+    def spawn_module(
+        self,
+        name: str,
+        image: ComponentImage,
+        *,
+        profile: Capability,
+        entry: str,
+        entry_args: list[tuple[str, int | float]],
+        inbox: list[bytes],
+    ) -> int:
+        """Start an ad-hoc process (``rusmctl spawn --module``); return its pid.
+
+        The module is loaded and its imports checked under ``profile`` as a
+        manifest component's are; ``entry`` must take exactly the wasm types
+        of ``entry_args``. ``inbox`` is in its mailbox, from pid 0, before
+        it runs (``docs/abi.md``, "Ad-hoc processes").
+
+        Raises:
+            SpawnError: It cannot load, is denied an import, its entrypoint
+                does not match, or the worker is full; nothing was started.
+        """
+        if self._stopping.is_set():
+            raise SpawnError(f"worker {self.slot} is stopping", ErrorCode.UNAVAILABLE)
+        component = self.loader.load_module(name, profile, image)
+        if component.error or component.module is None:
+            raise SpawnError(component.error or f"{name} did not load", ErrorCode.UNAVAILABLE)
+        wanted = [kind for kind, _ in entry_args]
+        results = entrypoint_results(name, component.module, entry, wanted)
+        if isinstance(results, str):
+            raise SpawnError(results, ErrorCode.INVALID)
+        component.actions[entry] = results
+        self._check_room()
+        process = Process(
+            pid=self.pids.allocate(),
+            component=component,
+            parent=None,
+            started_at=time.monotonic(),
+            started_wall=time.time(),
+            entry=entry,
+            entry_args=tuple(entry_args),
+        )
+        self._enter(process, link_to=None)
+        for data in inbox:
+            self.actors.send(0, process.pid, data)
+        self._begin(process)
+        return process.pid
+
+    def _check_room(self) -> None:
+        if len(self.processes) >= self.max_processes:
+            raise SpawnError(
+                f"worker {self.slot} is at its process limit ({self.max_processes}; "
+                "[node].max-processes sizes it)",
+                ErrorCode.LIMIT,
+            )
+
+    def _begin(self, process: Process) -> None:
+        """Run ``process`` (in the table already): as a fiber, else on a guest thread."""
+        if not process.quiet and self.log.enabled(LogLevel.DEBUG):
+            self.log.debug(f"spawn {process.label} {process.component.capability.grants()}")
+        if process.component.fiber_pre_ptr:
             self.fibers.start(process)
         else:
             self.runners.submit(lambda: self._run(process))
-        return pid
 
     def _enter(
         self,
@@ -625,8 +684,9 @@ class WasmHost:
         if entry is None:
             return ExitReport(ExitReason.CRASHED, f"entry {name} vanished"), store
         process.call_started_tick = self.ticks
+        values = capi.raw_arguments(process.entry_args)
         error = ffi.wasmtime_func_call_unchecked(
-            context, ctypes.byref(entry.of.func), values, 1, ctypes.byref(trap)
+            context, ctypes.byref(entry.of.func), values, len(values), ctypes.byref(trap)
         )
         if process.memory is not None:
             process.memory_bytes = process.memory.size()

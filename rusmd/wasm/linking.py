@@ -103,6 +103,32 @@ def action_results(component: str, module: wasmtime.Module, name: str) -> int | 
     return len(results)
 
 
+def entrypoint_results(
+    component: str, module: wasmtime.Module, name: str, params: list[str]
+) -> int | str:
+    """Results of entrypoint ``name`` (0 or 1) taking ``params``, or why it cannot run.
+
+    An ad-hoc process's entrypoint (``docs/abi.md``, "Ad-hoc processes")
+    takes exactly the wasm types its launch spec's arguments arrive as and
+    returns nothing or one i32 status.
+    """
+    kind = next((e.type for e in module.exports if e.name == name), None)
+    if not isinstance(kind, wasmtime.FuncType):
+        exported = sorted(e.name for e in module.exports if isinstance(e.type, wasmtime.FuncType))
+        return (
+            f"{component} exports no function '{name}' "
+            f"(its functions: {', '.join(exported) or 'none'})"
+        )
+    actual = [str(t) for t in kind.params]
+    results = [str(t) for t in kind.results]
+    if actual != params or results not in ([], ["i32"]):
+        return (
+            f"{component}: entrypoint '{name}' is {_signature(actual, results)}; the spec's "
+            f"params need ({', '.join(params)}) -> () or -> (i32)"
+        )
+    return len(results)
+
+
 def granted(capability: Capability) -> frozenset[Grant]:
     """The grants a profile gives, as ABI grant names."""
     grants = {Grant.ALWAYS}
