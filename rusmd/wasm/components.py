@@ -27,7 +27,7 @@ from rusmd.config.environment import Environment
 from rusmd.config.model import Capability, Manifest
 from rusmd.log import Logger
 from rusmd.wasm.cache import verify
-from rusmd.wasm.linking import LinkError, LinkerSet, check_module, granted
+from rusmd.wasm.linking import ENTRY_EXPORTS, LinkError, LinkerSet, check_module, granted
 from rusmd.wasm.process import LoadedComponent
 from rusmd.wasm.traps import first_line
 
@@ -72,11 +72,19 @@ class ComponentLoader:
         """A module launched ad hoc (``rusmctl spawn --module``), under ``profile``.
 
         Its imports are checked against the grants exactly as a manifest
-        component's are; the process keeps the record, nothing else does.
+        component's are; its exports ``run`` and ``_start`` are not entries
+        (it names its entrypoint). The process keeps the record, nothing
+        else does.
         """
-        return self._load_one(name, profile, image)
+        return self._load_one(name, profile, image, entry_exports=())
 
-    def _load_one(self, name: str, profile: Capability, image: ComponentImage) -> LoadedComponent:
+    def _load_one(
+        self,
+        name: str,
+        profile: Capability,
+        image: ComponentImage,
+        entry_exports: tuple[str, ...] = ENTRY_EXPORTS,
+    ) -> LoadedComponent:
         loaded = LoadedComponent(
             name=name,
             capability=profile,
@@ -95,7 +103,7 @@ class ComponentLoader:
             return loaded
         try:
             module = wasmtime.Module.deserialize_file(self.engine, image.cwasm)
-            loaded.shape = check_module(name, module, loaded.grants)
+            loaded.shape = check_module(name, module, loaded.grants, entry_exports)
             linker = self.linkers.linker(loaded.grants)
             loaded.pre = linker.instantiate_pre(module)
             loaded.module = module

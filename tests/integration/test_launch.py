@@ -53,6 +53,10 @@ def launch_app(app: App) -> App:
         )
     )
     (mods / "threaded.wasm").write_bytes(wasmtime.wat2wasm(threaded))
+    # The same guest with its entrypoint exported as `run`: a component's
+    # entry takes no parameters, an ad-hoc entrypoint named run may.
+    named_run = (GUESTS / "launched.wat").read_text().replace('(export "start")', '(export "run")')
+    (mods / "run.wasm").write_bytes(wasmtime.wat2wasm(named_run))
     (mods / "spawner.wasm").write_bytes(wasmtime.wat2wasm((GUESTS / "spawner.wat").read_text()))
     return app
 
@@ -87,13 +91,15 @@ def test_module_spec_runs_the_entrypoint_with_typed_args_and_bytes_in_its_mailbo
     assert spawned["pid"] not in processes(daemon)
 
 
-@pytest.mark.parametrize("module", ["launched", "threaded"])
+@pytest.mark.parametrize(
+    ("module", "entrypoint"), [("launched", "start"), ("threaded", "start"), ("run", "run")]
+)
 def test_module_spec_with_typed_args_and_no_params_runs(
-    launch_app: App, start_daemon: Callable[..., Daemon], module: str
+    launch_app: App, start_daemon: Callable[..., Daemon], module: str, entrypoint: str
 ) -> None:
     daemon = start_daemon(cpus=2)
     spec = (
-        f"path=mods/{module}.wasm;"
+        f"path=mods/{module}.wasm;entrypoint={entrypoint};"
         "args=utf8:a\\,b,u16:65535,i64:9000000000,f32:-0.5,f64:0.001,hex:00ff"
     )
 
