@@ -86,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
         if info.name == "logs":
             sub.add_argument("-f", "--follow", action="store_true", help="stream new lines")
             sub.add_argument("-n", "--lines", type=int, default=100, help="past lines (100)")
+        if info.name == "spawn":
+            sub.add_argument(
+                "--module",
+                metavar="SPEC",
+                help="launch a module ad hoc: 'path=x.wasm;entrypoint=start;"
+                "capabilities=allow-network,...;params=utf8,u16;args=localhost,7000' "
+                "(path relative to the app dir; see docs/operations.md)",
+            )
         if info.name == "kv":
             kv.add_kv_parsers(sub, [common])
     return parser
@@ -167,6 +175,8 @@ def _request_args(args: argparse.Namespace) -> dict[str, Any]:
     }
     if args.command == "logs":
         request_args.update(lines=args.lines, follow=args.follow)
+    if args.command == "spawn" and args.module is not None:
+        request_args["module"] = args.module
     return request_args
 
 

@@ -97,8 +97,10 @@ COMMANDS: dict[str, CommandInfo] = {
         ),
         CommandInfo(
             "spawn",
-            "start a process of a registered component; prints its pid",
-            (("name", "the component name", True),),
+            "start a process of a registered component, or of a module ad hoc "
+            "(--module 'path=x.wasm;entrypoint=start;capabilities=...;params=...;args=...'); "
+            "prints its pid",
+            (("name", "the component name (omitted with --module)", False),),
         ),
         CommandInfo(
             "send",

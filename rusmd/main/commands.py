@@ -46,6 +46,7 @@ from rusmd.control.protocol import COMMANDS
 from rusmd.control.server import Connection
 from rusmd.errors import EX_NOSUCH, EX_REFUSED, EX_USAGE, RusmError
 from rusmd.log import LogRecord
+from rusmd.main import launch
 from rusmd.main.pool import WorkerHandle
 
 if TYPE_CHECKING:
@@ -268,10 +269,22 @@ def kill(daemon: MainProcess, args: dict[str, Any], conn: Connection) -> dict[st
 
 
 def spawn(daemon: MainProcess, args: dict[str, Any], conn: Connection) -> _Deferred:
-    """Start a process of a registered component on a worker; reply with its pid."""
+    """Start a process of a registered component on a worker; reply with its pid.
+
+    With ``module`` (``rusmctl spawn --module SPEC``), a module that is no
+    component, launched ad hoc with typed entrypoint arguments (``launch``).
+    """
+    if args.get("module") is not None:
+        if args.get("name") is not None:
+            raise CommandError("spawn takes a component name or --module, not both", EX_USAGE)
+        try:
+            launch.start(daemon, launch.prepare(daemon, args["module"]), conn)
+        except launch.LaunchRefused as exc:
+            raise CommandError(str(exc), exc.code) from None
+        return DEFERRED
     name = args.get("name")
     if not isinstance(name, str) or not name:
-        raise CommandError("spawn needs a component name", EX_USAGE)
+        raise CommandError("spawn needs a component name (or --module SPEC)", EX_USAGE)
     components = daemon.manifest.components
     if name not in components:
         known = ", ".join(sorted(components)) or "none"

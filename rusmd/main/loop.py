@@ -68,7 +68,7 @@ from rusmd.log import (
     stream_is_tty,
 )
 from rusmd.main.commands import dispatch
-from rusmd.main.compile import CompileResult, CompileRun, jobs_for
+from rusmd.main.compile import CompileJob, CompileResult, CompileRun, jobs_for
 from rusmd.main.endpoint import NodeEndpoint
 from rusmd.main.listeners import (
     Listener,
@@ -117,6 +117,9 @@ class _Compiling:
         self.run = run
         self.failed = failed
         self.done = done
+        # An ad-hoc module's compile: a reload may cancel it (its caller is
+        # told); a manifest's compile is only ever replaced by another.
+        self.cancellable_by_reload = False
 
 
 class MainProcess:
@@ -435,10 +438,36 @@ class MainProcess:
 
     def start_compile(self, manifest: Manifest, done: CompileDone) -> None:
         """Compile ``manifest``'s components in a child; ``done`` gets the images."""
-        if self.compiling is not None:
-            self.compiling.run.cancel()
-            self.compiling = None
         jobs, failed = jobs_for(manifest)
+        self._start_run(manifest, jobs, failed, done)
+
+    def compile_module(self, job: CompileJob, done: CompileDone) -> bool:
+        """Compile one ad-hoc module (``rusmctl spawn --module``) with the manifest's limits.
+
+        False when another compile runs (start-up, a reload, an upgrade):
+        the caller says to retry. A reload started meanwhile cancels this
+        one, and ``done`` then gets its failed result.
+        """
+        if self.compiling is not None:
+            return False
+        self._start_run(self.manifest, [job], {}, done)
+        assert self.compiling is not None
+        self.compiling.cancellable_by_reload = True
+        return True
+
+    def _start_run(
+        self,
+        manifest: Manifest,
+        jobs: list[CompileJob],
+        failed: dict[str, CompileResult],
+        done: CompileDone,
+    ) -> None:
+        previous = self.compiling
+        if previous is not None:
+            previous.run.cancel()
+            self.compiling = None
+            if previous.cancellable_by_reload:  # its caller waits: tell it
+                previous.done([], previous.run.results)
         run = CompileRun(
             jobs,
             default_cache_dir(Path(manifest.app_dir), os.environ),

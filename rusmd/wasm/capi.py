@@ -101,3 +101,34 @@ def export(context: Any, instance: Any, name: bytes) -> Any:
     if instance_export_get(context, ctypes.byref(instance), name, len(name), ctypes.byref(item)):
         return item
     return None
+
+
+_VALUE_KINDS = {
+    "i32": ffi.WASMTIME_I32.value,
+    "i64": ffi.WASMTIME_I64.value,
+    "f32": ffi.WASMTIME_F32.value,
+    "f64": ffi.WASMTIME_F64.value,
+}
+
+
+def raw_arguments(arguments: tuple[tuple[str, int | float], ...]) -> Any:
+    """An unchecked call's value array holding ``arguments`` ((wasm type, value) each).
+
+    It has room for one result too: an unchecked call writes its results
+    over its arguments.
+    """
+    values = (ffi.wasmtime_val_raw_t * max(1, len(arguments)))()
+    for index, (kind, value) in enumerate(arguments):
+        setattr(values[index], kind, value)
+    return values
+
+
+def typed_arguments(arguments: tuple[tuple[str, int | float], ...]) -> Any:
+    """A checked (async) call's argument array for ``arguments``; None when there are none."""
+    if not arguments:
+        return None
+    values = (ffi.wasmtime_val_t * len(arguments))()
+    for index, (kind, value) in enumerate(arguments):
+        values[index].kind = ctypes.c_uint8(_VALUE_KINDS[kind])
+        setattr(values[index].of, kind, value)
+    return values

@@ -24,10 +24,10 @@ from wasmtime import _ffi as ffi
 
 from rusmd.channel import ComponentImage
 from rusmd.config.environment import Environment
-from rusmd.config.model import Component, Manifest
+from rusmd.config.model import Capability, Manifest
 from rusmd.log import Logger
 from rusmd.wasm.cache import verify
-from rusmd.wasm.linking import LinkError, LinkerSet, check_module, granted
+from rusmd.wasm.linking import ENTRY_EXPORTS, LinkError, LinkerSet, check_module, granted
 from rusmd.wasm.process import LoadedComponent
 from rusmd.wasm.traps import first_line
 
@@ -65,29 +65,45 @@ class ComponentLoader:
             component = self.manifest.components.get(image.name)
             if component is None:
                 continue
-            fresh[image.name] = self._load_one(component, image)
+            fresh[image.name] = self._load_one(component.name, component.profile, image)
         return fresh
 
-    def _load_one(self, component: Component, image: ComponentImage) -> LoadedComponent:
+    def load_module(self, name: str, profile: Capability, image: ComponentImage) -> LoadedComponent:
+        """A module launched ad hoc (``rusmctl spawn --module``), under ``profile``.
+
+        Its imports are checked against the grants exactly as a manifest
+        component's are; its exports ``run`` and ``_start`` are not entries
+        (it names its entrypoint). The process keeps the record, nothing
+        else does.
+        """
+        return self._load_one(name, profile, image, entry_exports=())
+
+    def _load_one(
+        self,
+        name: str,
+        profile: Capability,
+        image: ComponentImage,
+        entry_exports: tuple[str, ...] = ENTRY_EXPORTS,
+    ) -> LoadedComponent:
         loaded = LoadedComponent(
-            name=component.name,
-            capability=component.profile,
-            grants=granted(component.profile),
-            env=self.environment.resolve(component.profile.env),
+            name=name,
+            capability=profile,
+            grants=granted(profile),
+            env=self.environment.resolve(profile.env),
         )
         if image.error:
             loaded.error = image.error
             return loaded
         if not verify(image.cwasm, image.digest):
             loaded.error = (
-                f"component {component.name}: compiled code {image.cwasm} changed on disk "
+                f"component {name}: compiled code {image.cwasm} changed on disk "
                 "since it was checked; run `rusmctl reload` to rebuild it"
             )
             self.log.error(loaded.error)
             return loaded
         try:
             module = wasmtime.Module.deserialize_file(self.engine, image.cwasm)
-            loaded.shape = check_module(component.name, module, loaded.grants)
+            loaded.shape = check_module(name, module, loaded.grants, entry_exports)
             linker = self.linkers.linker(loaded.grants)
             loaded.pre = linker.instantiate_pre(module)
             loaded.module = module
@@ -99,7 +115,7 @@ class ComponentLoader:
         except LinkError as exc:
             loaded.error = str(exc)
         except wasmtime.WasmtimeError as exc:
-            loaded.error = f"component {component.name}: {first_line(str(exc))}"
+            loaded.error = f"component {name}: {first_line(str(exc))}"
         return loaded
 
     def load_inline(

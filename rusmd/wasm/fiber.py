@@ -127,6 +127,9 @@ class Fiber:
         self.phase = Phase.INSTANTIATE
         self.entry = ""
         self.entry_results = 0
+        # The entry's arguments (an ad-hoc process's), kept for as long as
+        # the call's future may read them; None when it takes none.
+        self.arguments: Any = None
         self.instance = ffi.wasmtime_instance_t()
         # Parked in an async host call whose continuation is not ready.
         self.parked = False

@@ -349,15 +349,9 @@ class FiberScheduler(FiberRecv):
                 fiber.phase = Phase.INITIALIZE
                 if self._call(fiber, b"_initialize", 0):
                     return None
-            fiber.phase = Phase.CALL
-            if not self._call(fiber, fiber.entry.encode(), fiber.entry_results):
-                return ExitReport(ExitReason.CRASHED, f"entry {fiber.entry} vanished")
-            return None
+            return self._call_entry(fiber)
         if fiber.phase is Phase.INITIALIZE:
-            fiber.phase = Phase.CALL
-            if not self._call(fiber, fiber.entry.encode(), fiber.entry_results):
-                return ExitReport(ExitReason.CRASHED, f"entry {fiber.entry} vanished")
-            return None
+            return self._call_entry(fiber)
         if process.memory is not None:
             process.memory_bytes = process.memory.size()
         if fiber.entry_results and self._results[0].of.i32 != 0:
@@ -366,8 +360,16 @@ class FiberScheduler(FiberRecv):
             )
         return ExitReport(ExitReason.NORMAL)
 
-    def _call(self, fiber: Fiber, name: bytes, results: int) -> bool:
-        """Start calling export ``name``; False if the instance lacks it."""
+    def _call_entry(self, fiber: Fiber) -> ExitReport | None:
+        """Start calling the entry, with its arguments; a report if it is missing."""
+        fiber.phase = Phase.CALL
+        fiber.arguments = capi.typed_arguments(fiber.process.entry_args)
+        if not self._call(fiber, fiber.entry.encode(), fiber.entry_results, fiber.arguments):
+            return ExitReport(ExitReason.CRASHED, f"entry {fiber.entry} vanished")
+        return None
+
+    def _call(self, fiber: Fiber, name: bytes, results: int, arguments: Any = None) -> bool:
+        """Start calling export ``name`` (with ``arguments``); False if the instance lacks it."""
         if not _export_get(
             fiber.raw_context,
             ctypes.byref(fiber.instance),
@@ -381,8 +383,8 @@ class FiberScheduler(FiberRecv):
             _call_async(
                 fiber.raw_context,
                 ctypes.byref(self._item.of.func),
-                None,
-                ctypes.c_size_t(0),
+                arguments,
+                ctypes.c_size_t(0 if arguments is None else len(arguments)),
                 self._results,
                 ctypes.c_size_t(results),
                 *self._out,

@@ -92,8 +92,9 @@ def _execute(host: ThreadHost, process: Process) -> tuple[ExitReport, Any]:
     if entry is None:
         return ExitReport(ExitReason.CRASHED, f"entry {name} vanished"), store
     process.call_started_tick = host.ticks
+    values = capi.raw_arguments(process.entry_args)
     error = ffi.wasmtime_func_call_unchecked(
-        context, ctypes.byref(entry.of.func), values, 1, ctypes.byref(trap)
+        context, ctypes.byref(entry.of.func), values, len(values), ctypes.byref(trap)
     )
     if process.memory is not None:
         process.memory_bytes = process.memory.size()

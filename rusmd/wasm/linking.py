@@ -103,6 +103,32 @@ def action_results(component: str, module: wasmtime.Module, name: str) -> int | 
     return len(results)
 
 
+def entrypoint_results(
+    component: str, module: wasmtime.Module, name: str, params: list[str]
+) -> int | str:
+    """Results of entrypoint ``name`` (0 or 1) taking ``params``, or why it cannot run.
+
+    An ad-hoc process's entrypoint (``docs/abi.md``, "Ad-hoc processes")
+    takes exactly the wasm types its launch spec's arguments arrive as and
+    returns nothing or one i32 status.
+    """
+    kind = next((e.type for e in module.exports if e.name == name), None)
+    if not isinstance(kind, wasmtime.FuncType):
+        exported = sorted(e.name for e in module.exports if isinstance(e.type, wasmtime.FuncType))
+        return (
+            f"{component} exports no function '{name}' "
+            f"(its functions: {', '.join(exported) or 'none'})"
+        )
+    actual = [str(t) for t in kind.params]
+    results = [str(t) for t in kind.results]
+    if actual != params or results not in ([], ["i32"]):
+        return (
+            f"{component}: entrypoint '{name}' is {_signature(actual, results)}; the spec's "
+            f"params need ({', '.join(params)}) -> () or -> (i32)"
+        )
+    return len(results)
+
+
 def granted(capability: Capability) -> frozenset[Grant]:
     """The grants a profile gives, as ABI grant names."""
     grants = {Grant.ALWAYS}
@@ -117,8 +143,17 @@ def granted(capability: Capability) -> frozenset[Grant]:
     return frozenset(grants)
 
 
-def check_module(component: str, module: wasmtime.Module, grants: frozenset[Grant]) -> ModuleShape:
+def check_module(
+    component: str,
+    module: wasmtime.Module,
+    grants: frozenset[Grant],
+    entry_exports: tuple[str, ...] = ENTRY_EXPORTS,
+) -> ModuleShape:
     """Check imports and exports; return the module's shape.
+
+    ``entry_exports`` are the exports that may be its entry, in order of
+    preference; a module launched ad hoc names its entrypoint instead
+    (``entrypoint_results`` checks it), so it passes none.
 
     Raises:
         LinkError: An unknown, mistyped or ungranted import, or no entry export.
@@ -162,7 +197,7 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
                 f"capability denied: {component} imports {where}, which needs {function.grant}"
             )
         rusm_imports.append(name)
-    entry, results, has_memory, has_initialize = _entry(component, module)
+    entry, results, has_memory, has_initialize = _entry(component, module, entry_exports)
     fiber = not wasi_blocks
     waits = waits or any(name not in INLINE_FUNCTIONS for name in rusm_imports)
     reading = [name for name in rusm_imports if takes_pointers(name)]
@@ -184,7 +219,9 @@ def check_module(component: str, module: wasmtime.Module, grants: frozenset[Gran
     )
 
 
-def _entry(component: str, module: wasmtime.Module) -> tuple[str, int, bool, bool]:
+def _entry(
+    component: str, module: wasmtime.Module, entry_exports: tuple[str, ...]
+) -> tuple[str, int, bool, bool]:
     """The entry export ("" for none: a handler-only module) and its shape."""
     exports = {item.name: item.type for item in module.exports}
     has_memory = isinstance(exports.get("memory"), wasmtime.MemoryType)
@@ -194,7 +231,7 @@ def _entry(component: str, module: wasmtime.Module) -> tuple[str, int, bool, boo
         list(initialize.params) or list(initialize.results)
     ):
         raise LinkError(f"component {component} exports _initialize with parameters or results")
-    for name in ENTRY_EXPORTS:
+    for name in entry_exports:
         kind = exports.get(name)
         if isinstance(kind, wasmtime.FuncType):
             params = [str(t) for t in kind.params]

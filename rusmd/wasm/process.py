@@ -191,6 +191,8 @@ class Process:
     # connection it serves, who hears how it ended, and whether its
     # spawn and normal exit stay out of the log (one per request).
     entry: str = ""
+    # An ad-hoc process's entrypoint arguments, (wasm type, value) each.
+    entry_args: tuple[tuple[str, int | float], ...] = ()
     exchange: Any = None
     on_exit: Callable[[ExitReport], None] | None = None
     quiet: bool = False

@@ -25,17 +25,24 @@ from typing import Any, TypeVar
 
 from rusmd.abi import ErrorCode, ExitReason, slot_of
 from rusmd.actors.table import ActorTable
-from rusmd.channel import ProcessExit
-from rusmd.config.model import BUILTIN_CAPABILITIES, BuiltinCapability, LogLevel, Manifest
+from rusmd.channel import ComponentImage, ProcessExit
+from rusmd.config.model import (
+    BUILTIN_CAPABILITIES,
+    BuiltinCapability,
+    Capability,
+    LogLevel,
+    Manifest,
+)
 from rusmd.errors import SpawnError
 from rusmd.log import Logger
 from rusmd.wasm import capi
 from rusmd.wasm.capi import NULL_FINALIZER
-from rusmd.wasm.components import set_wasi
+from rusmd.wasm.components import ComponentLoader, set_wasi
 from rusmd.wasm.engine import MAX_TABLE_ELEMENTS, EngineInfo
 from rusmd.wasm.fibers import FiberScheduler
 from rusmd.wasm.guest_threads import run_on_thread
 from rusmd.wasm.inline import InlinePath
+from rusmd.wasm.linking import entrypoint_results
 from rusmd.wasm.pids import PidLeases
 from rusmd.wasm.process import (
     ExitReport,
@@ -70,6 +77,7 @@ class ProcessTable:
     runners: RunnerPool
     inline: InlinePath
     inline_keep_resident: int
+    loader: ComponentLoader
     on_watched_exit: Callable[[ProcessExit], None] | None
     _lock: threading.Lock
     _stopping: threading.Event
@@ -120,15 +128,9 @@ class ProcessTable:
                 "routes but not run as a process",
                 ErrorCode.UNAVAILABLE,
             )
-        if len(self.processes) >= self.max_processes:
-            raise SpawnError(
-                f"worker {self.slot} is at its process limit ({self.max_processes}; "
-                "[node].max-processes sizes it)",
-                ErrorCode.LIMIT,
-            )
-        pid = self.pids.allocate()
+        self._check_room()
         process = Process(
-            pid=pid,
+            pid=self.pids.allocate(),
             component=component,
             parent=parent,
             started_at=time.monotonic(),
@@ -140,13 +142,72 @@ class ProcessTable:
             quiet=quiet,
         )
         self._enter(process, link_to=parent if link else None)
-        if not quiet and self.log.enabled(LogLevel.DEBUG):
-            self.log.debug(f"spawn {process.label} {component.capability.grants()}")
-        if component.fiber_pre_ptr:
+        self._begin(process)
+        return process.pid
+
+    def spawn_module(
+        self,
+        name: str,
+        image: ComponentImage,
+        *,
+        profile: Capability,
+        entry: str,
+        entry_args: list[tuple[str, int | float]],
+        inbox: list[bytes],
+    ) -> int:
+        """Start an ad-hoc process (``rusmctl spawn --module``); return its pid.
+
+        The module is loaded and its imports checked under ``profile`` as a
+        manifest component's are; ``entry`` must take exactly the wasm types
+        of ``entry_args``. ``inbox`` is in its mailbox, from pid 0, before
+        it runs (``docs/abi.md``, "Ad-hoc processes").
+
+        Raises:
+            SpawnError: It cannot load, is denied an import, its entrypoint
+                does not match, or the worker is full; nothing was started.
+        """
+        if self._stopping.is_set():
+            raise SpawnError(f"worker {self.slot} is stopping", ErrorCode.UNAVAILABLE)
+        component = self.loader.load_module(name, profile, image)
+        if component.error or component.module is None:
+            raise SpawnError(component.error or f"{name} did not load", ErrorCode.UNAVAILABLE)
+        wanted = [kind for kind, _ in entry_args]
+        results = entrypoint_results(name, component.module, entry, wanted)
+        if isinstance(results, str):
+            raise SpawnError(results, ErrorCode.INVALID)
+        component.actions[entry] = results
+        self._check_room()
+        process = Process(
+            pid=self.pids.allocate(),
+            component=component,
+            parent=None,
+            started_at=time.monotonic(),
+            started_wall=time.time(),
+            entry=entry,
+            entry_args=tuple(entry_args),
+        )
+        self._enter(process, link_to=None)
+        for data in inbox:
+            self.actors.send(0, process.pid, data)
+        self._begin(process)
+        return process.pid
+
+    def _check_room(self) -> None:
+        if len(self.processes) >= self.max_processes:
+            raise SpawnError(
+                f"worker {self.slot} is at its process limit ({self.max_processes}; "
+                "[node].max-processes sizes it)",
+                ErrorCode.LIMIT,
+            )
+
+    def _begin(self, process: Process) -> None:
+        """Run ``process`` (in the table already): as a fiber, else on a guest thread."""
+        if not process.quiet and self.log.enabled(LogLevel.DEBUG):
+            self.log.debug(f"spawn {process.label} {process.component.capability.grants()}")
+        if process.component.fiber_pre_ptr:
             self.fibers.start(process)
         else:
             self.runners.submit(lambda: run_on_thread(self, process))
-        return pid
 
     def _enter(
         self,

@@ -14,7 +14,7 @@ another worker's processes leave in one frame per peer per loop turn.
 Wasm processes: the worker's ``WasmHost`` runs them on guest threads.
 The main process sends the compiled components (``Components``), pid
 serial leases (``PidLease``) and control queries (``Query``: spawn,
-list, info, kill), which the loop answers with ``Answer``. Guest
+spawn_module, list, info, kill), which the loop answers with ``Answer``. Guest
 threads log through the loop thread (``call_soon_threadsafe``), so the
 channel is only ever written by the loop. Log lines never back up on it
 without bound: past ``MAX_QUEUED_LOG_BYTES`` queued they are dropped and
@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import msgspec
 import uvloop
 
 from rusmd.abi import ErrorCode, ExitReason
@@ -45,6 +46,7 @@ from rusmd.channel import (
     Answer,
     Channel,
     ChannelClosed,
+    ComponentImage,
     Components,
     Heartbeat,
     LeaseRequest,
@@ -62,8 +64,8 @@ from rusmd.channel import (
     WorkerDown,
 )
 from rusmd.config.environment import load_environment
-from rusmd.config.model import LogLevel
-from rusmd.errors import EX_NOSUCH, EX_REFUSED, EX_UNAVAILABLE, SpawnError
+from rusmd.config.model import Capability, LogLevel
+from rusmd.errors import EX_NOSUCH, EX_REFUSED, EX_UNAVAILABLE, EX_USAGE, SpawnError
 from rusmd.log import RUNTIME_SOURCE, Logger, LogRecord
 from rusmd.serving.server import Server
 from rusmd.store.committer import GroupCommitter
@@ -276,6 +278,8 @@ class WorkerRuntime:
                     "worker": self.slot,
                 },
             )
+        if query.op == "spawn_module":
+            return self._spawn_module(host, query)
         if query.op == "list":
             return Answer(id=query.id, ok=True, result={"processes": host.list()})
         if query.op in ("info", "kill", "send"):
@@ -322,6 +326,25 @@ class WorkerRuntime:
             ).start()
             return None
         return Answer(id=query.id, ok=False, error=f"unknown query {query.op!r}", code=EX_REFUSED)
+
+    def _spawn_module(self, host: WasmHost, query: Query) -> Answer:
+        """``rusmctl spawn --module``: main compiled the module; run it here."""
+        args: dict[str, Any] = query.args
+        name = str(args["name"])
+        try:
+            pid = host.spawn_module(
+                name,
+                msgspec.convert(args["image"], ComponentImage),
+                profile=msgspec.convert(args["capability"], Capability),
+                entry=str(args["entry"]),
+                entry_args=[(str(kind), value) for kind, value in args["arguments"]],
+                inbox=[bytes(data) for data in args["inbox"]],
+            )
+        except SpawnError as exc:
+            code = EX_USAGE if exc.code is ErrorCode.INVALID else EX_REFUSED
+            return Answer(id=query.id, ok=False, error=str(exc), code=code)
+        result = {"pid": pid, "component": name, "label": f"{name}#{pid}", "worker": self.slot}
+        return Answer(id=query.id, ok=True, result=result)
 
     def _kv_query(self, query: Query, store: KvStore, committer: GroupCommitter) -> None:
         try:

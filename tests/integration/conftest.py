@@ -162,6 +162,9 @@ class Daemon:
         profile: ``--profile``.
         cpus: ``--cpus``: the core count profiles are sized by.
         env: Extra environment for the daemon.
+        program: The command that starts ``rusmd``. Optional; defaults to
+            this interpreter's ``python -m rusmd``.
+        unset: Variables of the test's environment the daemon must not see.
     """
 
     def __init__(
@@ -172,23 +175,26 @@ class Daemon:
         profile: Profile = Profile.LIGHT,
         cpus: int = 8,
         env: dict[str, str] | None = None,
+        program: list[str] | None = None,
+        unset: tuple[str, ...] = (),
     ) -> None:
         self.app = app
         self.log_path = log_path
         self.profile = profile
         self.cpus = cpus
         self.env = env or {}
+        self.program = program or [sys.executable, "-m", "rusmd"]
+        self.unset = unset
         self.proc: subprocess.Popen[bytes] | None = None
 
     # ── life ────────────────────────────────────────────────────────────
 
     def start(self) -> Daemon:
-        environment = {k: v for k, v in os.environ.items() if k not in SCRUBBED_VARIABLES}
+        dropped = {*SCRUBBED_VARIABLES, *self.unset}
+        environment = {k: v for k, v in os.environ.items() if k not in dropped}
         environment.update(NO_COLOR="1", PYTHONUNBUFFERED="1", **self.env)
         command = [
-            sys.executable,
-            "-m",
-            "rusmd",
+            *self.program,
             "--config",
             str(self.app.manifest),
             "--cpus",

@@ -1,11 +1,12 @@
 """``rusmd new`` → ``rusmd build`` → ``rusmd``, from the built package, as a new user would.
 
-Runs in: tests (the daemon runs as ``python -m rusmd`` in its own session).
+Runs in: tests (the daemon runs as the installed ``rusmd`` in its own session).
 
-The package is built into a wheel from a copy of the sources and unpacked
-into a directory of its own; every command runs with only that directory
-on ``PYTHONPATH`` and in a temporary directory outside the checkout, so the
-C SDK must come from the package data and nothing from the checkout.
+The package is built into a wheel from a copy of the sources and installed
+with pip into a fresh virtual environment; every command is that
+environment's ``rusmd`` console script, run without ``PYTHONPATH`` in a
+temporary directory outside the checkout, so the C SDK must come from the
+package data and nothing from the checkout.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import urllib.request
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -44,7 +45,14 @@ pytestmark = pytest.mark.timeout(COMPILE_TIMEOUT_S * 2)
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The package as a wheel installs it: a directory to put on PYTHONPATH."""
+    """A fresh virtual environment with the package's wheel installed: its ``bin``.
+
+    The wheel is built from a copy of the sources and installed with pip,
+    offline and without dependencies; the environment sees the test
+    environment's dependencies (wasmtime, ziglang, …) through one path in a
+    ``.pth`` file, which names that directory alone: its own ``.pth`` files
+    (an editable install of the checkout) are not read.
+    """
     work = tmp_path_factory.mktemp("wheel")
     source = work / "src"
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
@@ -65,22 +73,53 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         check=True,
     )
     wheel = source / "dist" / built.stdout.strip().splitlines()[-1]
-    site = work / "site"
-    with zipfile.ZipFile(wheel) as archive:
-        archive.extractall(site)
+    venv = work / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)],
+        capture_output=True,
+        timeout=COMPILE_TIMEOUT_S,
+        check=True,
+    )
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
+    (site / "test-dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-cache-dir"]
+    install = ["--python", str(venv / "bin" / "python"), "install", "--no-deps", "--no-index"]
+    installing = subprocess.run(
+        [*pip, *install, str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=COMPILE_TIMEOUT_S,
+        check=False,
+    )
+    assert installing.returncode == 0, installing.stderr
+    where = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", "import rusmd; print(rusmd.__file__)"],
+        cwd=work,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=READ_TIMEOUT_S,
+        check=True,
+    )
+    assert Path(where.stdout.strip()).is_relative_to(site), where.stdout
     assert (site / "rusmd" / "sdk" / "c" / "rusm.h").is_file(), "the wheel lacks the C SDK"
-    return site
+    return venv / "bin"
+
+
+def _environment() -> dict[str, str]:
+    """The test's environment without what would reach the checkout (``PYTHONPATH``)."""
+    drop = {*SCRUBBED_VARIABLES, "PYTHONPATH", "VIRTUAL_ENV"}
+    return {key: value for key, value in os.environ.items() if key not in drop}
 
 
 def rusmd(
     installed: Path, cwd: Path, *args: str, timeout_s: float = COMPILE_TIMEOUT_S
 ) -> subprocess.CompletedProcess[str]:
-    environment = {k: v for k, v in os.environ.items() if k not in SCRUBBED_VARIABLES}
-    environment["PYTHONPATH"] = str(installed)
+    """The installed ``rusmd`` console script, run in ``cwd``."""
     return subprocess.run(
-        [sys.executable, "-m", "rusmd", *args],
+        [str(installed / "rusmd"), *args],
         cwd=cwd,
-        env=environment,
+        env=_environment(),
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -111,7 +150,7 @@ def serve_new_app(
         assert (app / "wasm" / "hello.wasm").is_file()
         daemon = Daemon(
             App(app, node_port, port), tmp_path / f"rusmd-{len(daemons)}.log",
-            env={"PYTHONPATH": str(installed)},
+            program=[str(installed / "rusmd")], unset=("PYTHONPATH", "VIRTUAL_ENV"),
         )  # fmt: skip
         daemons.append(daemon)
         daemon.start().wait_ready()
