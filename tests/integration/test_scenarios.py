@@ -23,34 +23,20 @@ from typing import Any
 
 import pytest
 
-from rusmd.node.scenario_app import SCENARIO_NAMES, write_app
+from rusmd.node.scenario_app import SCENARIO_NAMES
 from rusmd.node.scenario_drivers import prepare
 from rusmd.node.scenarios import Run
 from tests.integration.conftest import App, Daemon, free_port
-from tests.integration.nodekit import Attached, wait_endpoint
+from tests.integration.nodekit import (
+    SETUP_TIMEOUT_S,
+    Attached,
+    scenario_app,
+    wait_components,
+    wait_endpoint,
+)
 
-# A daemon start, a compile of nine small guests and a run, on a loaded
-# two-core machine.
-SETUP_TIMEOUT_S = 60.0
 BENCH_TIMEOUT_S = 180.0
 REPO = Path(__file__).resolve().parents[2]
-
-
-def scenario_app(app: App) -> None:
-    """Write the scenario app over ``app``'s manifest, on its ports."""
-    write_app(app.directory, (app.node_port, app.serve_port, free_port(), free_port()))
-
-
-def wait_components(daemon: Daemon) -> None:
-    """Until every component is compiled and every resident runs."""
-
-    def ready() -> bool:
-        status = daemon.status()
-        return all(c["state"] == "ready" for c in status["components"]) and all(
-            r["state"] == "running" for r in status["residents"]
-        )
-
-    daemon.wait_for(ready, SETUP_TIMEOUT_S, "the scenario app's components and residents")
 
 
 @pytest.fixture(scope="module")
