@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -135,6 +136,27 @@ def test_rusmd_bench_prints_one_json_document_with_a_rate(tmp_path: Path) -> Non
     result = json.loads(done.stdout)
     check_figures(result)
     assert result["scenario"] == "spawn-storm" and result["unit"] == "spawns"
+
+
+def test_rusmd_bench_drives_http_throughput_with_wrk_when_it_is_installed(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "rusmd", "bench", "http-throughput", "--seconds", "2", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BENCH_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    check_figures(result)
+    if shutil.which("wrk"):
+        assert result["client"] == "wrk -t1 -c64" and result["lanes"] == 64, result
+        assert "note" not in result
+    else:  # the Python client, and a result that says it is not comparable
+        assert "wrk is not on PATH" in result["note"], result
 
 
 def test_rusmd_bench_refuses_an_unknown_scenario_and_bad_seconds() -> None:
