@@ -4,7 +4,9 @@ Runs in: a benchmark process of its own.
 
 ``python -m bench [NAME ...]`` runs the named benchmarks (default: all
 but ``headline``, which runs ``http`` and ``actors`` again beside the
-node scenarios and writes docs/benchmarks.md: ``make bench``);
+node scenarios and writes docs/benchmarks.md: ``make bench``, and
+``scenarios-vs-bench``, which runs each node scenario beside its
+counterpart here and prints the table for docs/benchmarks.md);
 ``python -m bench NAME --flag ...`` passes options to one benchmark that
 takes them (``python -m bench http --help``).
 """
@@ -19,6 +21,7 @@ from bench import (
     http,
     http_inproc,
     kv,
+    scenarios_vs_bench,
     soak,
     streams_inproc,
     wasm_host,
@@ -36,6 +39,7 @@ SCENARIOS: dict[str, Callable[[], int]] = {
     "soak": soak.main,
     "capacity": capacity.main,
     "headline": headline.main,
+    "scenarios-vs-bench": scenarios_vs_bench.main,
 }
 """Benchmark name → its entry point. Each prints rusm beside its baseline."""
 
@@ -46,6 +50,7 @@ WITH_OPTIONS: dict[str, Callable[[list[str]], int]] = {
     "soak": soak.main,
     "capacity": capacity.main,
     "headline": headline.main,
+    "scenarios-vs-bench": scenarios_vs_bench.main,
 }
 """The benchmarks that take options, and their entry points."""
 
@@ -53,7 +58,7 @@ WITH_OPTIONS: dict[str, Callable[[list[str]], int]] = {
 def main(argv: list[str]) -> int:
     """Run the named benchmarks (default: all), or one with its options."""
     flag = next((i for i, arg in enumerate(argv) if arg.startswith("-")), len(argv))
-    everything = [name for name in SCENARIOS if name != "headline"]
+    everything = [name for name in SCENARIOS if name not in ("headline", "scenarios-vs-bench")]
     names, options = argv[:flag] or everything, argv[flag:]
     unknown = [name for name in names if name not in SCENARIOS]
     if unknown:

@@ -110,6 +110,8 @@ def scenario_table(rows: list[dict[str, Any]]) -> str:
             f"| {latency['p50']:,.0f} µs | {latency['p99']:,.0f} µs | {row['count']:,} "
             f"| {row['counts']} |"
         )
+        if row.get("note"):
+            lines.append(f"| ↳ note | {row['note']} | | | | |")
         for part, figures in row.get("parts", {}).items():
             lines.append(
                 f"| ↳ {part} | {figures['rate_per_s']:,.0f} {row['unit']}/s "
@@ -155,13 +157,13 @@ def section(
             f"### Node scenarios (`rusmd {' '.join(SCENARIO_DAEMON)} bench SCENARIO "
             f"--seconds {seconds:g} --json`)",
             "",
-            "Driven by a Python client on the same machine, so each figure includes the "
-            "client's side; docs/operations.md says what each scenario counts. The client "
-            "(one asyncio loop, a handful of connections) shares the cores with the node, "
-            "so the request scenarios (http-throughput, ws-echo, kv-storm, fairness) are "
-            "not the node's capacity: that is in the wrk and websockets rows above. The "
-            "scenarios show the node under each load as the dashboard does, and compare "
-            "runs with each other.",
+            "Driven from the same machine, so each figure includes the client's side; "
+            "docs/operations.md says what each scenario counts and how it differs from its "
+            "`python -m bench` counterpart. http-throughput and kv-storm are driven by "
+            "wrk -t1 -c64 when wrk is installed, as `bench http` is (else by the Python "
+            "client, and the row's note says so); the other scenarios by a Python client on "
+            "uvloop (a handful of connections), which shares the cores with the node. "
+            "`python -m bench scenarios-vs-bench` puts each beside its counterpart.",
             "",
             scenarios,
             "",

@@ -80,6 +80,13 @@ class TableCore:
         self._gone_labels: dict[int, str] = {}
         self._refs = itertools.count(1)
         self._claim_ids = itertools.count(1)
+        # Messages processes sent (``USER_OPS``: a send, a call's request, a
+        # fired timer) that this table handled: to a process of this worker,
+        # or refused because the worker they go to is backlogged. Those
+        # queued for another worker are the mesh's ``Outbox.sent``. Both are
+        # counted under a lock their path takes anyway.
+        self.sent_local = 0
+        self.sent_refused = 0
         self.delivered = 0
         self.dropped = 0
         # While ``deliver_batch`` runs: receivers to wake once it is done.
@@ -184,9 +191,12 @@ class TableCore:
         slot = sig.to % PID_STRIDE  # as ``slot_of``, inline: this runs for every message
         if slot == self.slot:
             with self.lock:
+                if sig.op in _USER_OPS:
+                    self.sent_local += 1
                 return self._handle(sig)
         if sig.op in _USER_OPS and self.remote_backlogged(slot):
             with self.lock:
+                self.sent_refused += 1
                 self.dropped += 1
             return _LIMIT
         if self.remote(slot, sig):

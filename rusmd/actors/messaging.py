@@ -98,6 +98,7 @@ class Messaging(TableCore):
         if to % PID_STRIDE != self.slot:  # as ``slot_of``, inline
             return self.signal(Sig(Op.SEND, to, sender, payload=payload))
         with self.lock:
+            self.sent_local += 1
             target = self.actors.get(to)
             if target is None:
                 self.dropped += 1

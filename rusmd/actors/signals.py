@@ -32,3 +32,9 @@ class Op(enum.IntEnum):
     DEMONITOR = 10  # the sender drops monitor ref
     PROBE = 11  # is the receiver alive? (reason 1: and send its info); answered by ALIVE
     ALIVE = 12  # the answer to PROBE ref: reason 1 alive, 0 not; payload: info JSON
+
+
+USER_OPS = frozenset({Op.SEND, Op.CALL, Op.TIMER})
+"""The signals that are messages a process sent: each lands in a mailbox
+as a user message (bounded by the mailbox limit), is counted as sent,
+and is refused when the worker it goes to is backlogged."""

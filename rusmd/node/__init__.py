@@ -14,6 +14,7 @@ The layout, in the order data flows:
 - ``scenarios``        one timed scenario run: lanes, warm-up, HDR histogram, frames.
 - ``scenario_target``  where a node serves the scenario routes; the HTTP client.
 - ``scenario_drivers`` the eight scenarios.
+- ``scenario_wrk``     wrk as the client of http-throughput and kv-storm in ``rusmd bench``.
 - ``runs``      the attach stream's scenario runs (one at a time).
 - ``server``    the one port: HTTP routes, the WebSocket attach stream, the ticker.
 - ``bench_command``    ``rusmd bench``: a daemon of its own on the scenario app, one run.

@@ -5,7 +5,11 @@ starts the daemon as a child, ``python -m rusmd`` in a session of its
 own, on a temporary app, and drives it from one asyncio loop here).
 
 The app is ``rusmd.node.scenario_app`` (every scenario's components, on
-free loopback ports); the run is ``rusmd.node.scenarios.Run``. Without
+free loopback ports); the run is ``rusmd.node.scenarios.Run``. The HTTP
+scenarios http-throughput and kv-storm are driven by wrk when it is on
+PATH, as ``python -m bench http`` drives its workloads
+(``rusmd.node.scenario_wrk``); without it, by the Python client, and
+the result's ``note`` says so. Without
 ``--json`` a line a second shows the live rate on stderr and the result
 is printed as text; with ``--json`` stdout carries one JSON document
 (the result) and nothing else. The daemon is stopped with SIGTERM
@@ -31,10 +35,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from rusmd.errors import EX_OK, EX_UNAVAILABLE
 from rusmd.node.control import ControlClient, ControlRefused, ControlUnavailable
 from rusmd.node.scenario_app import write_app
 from rusmd.node.scenario_drivers import prepare
+from rusmd.node.scenario_wrk import WRK_CONNECTIONS, WRK_ROUTES, wrk_available
 from rusmd.node.scenarios import Run, ScenarioError
 
 # The daemon compiles the app's nine small guests before it is ready; on
@@ -43,6 +50,11 @@ READY_TIMEOUT_S = 120.0
 READY_POLL_S = 0.1
 # SIGTERM drains the workers; past this the group is killed.
 STOP_TIMEOUT_S = 30.0
+NO_WRK_NOTE = (
+    "wrk is not on PATH: driven by the Python client (8 keep-alive connections on one "
+    "asyncio loop), whose own cost bounds the rate; not comparable with python -m bench "
+    f"http (wrk -t1 -c{WRK_CONNECTIONS}). Install wrk (apt-get install -y wrk) for that."
+)
 
 
 def _free_port() -> int:
@@ -78,7 +90,10 @@ def bench(
                 command, cwd=app, stdout=log, stderr=log, start_new_session=True
             )
         try:
-            result = asyncio.run(_drive(app / ".rusm" / "rusmd.sock", scenario, seconds, as_json))
+            # On uvloop, as python -m bench's own clients: the client's loop
+            # is part of every figure the Python client gives.
+            drive = _drive(app / ".rusm" / "rusmd.sock", scenario, seconds, as_json)
+            result = uvloop.run(drive)
         except ScenarioError as exc:
             tail = (app / "rusmd.log").read_text(errors="replace").splitlines()[-10:]
             print(f"rusmd bench {scenario}: {exc}", file=sys.stderr)
@@ -96,7 +111,8 @@ def bench(
 
 async def _drive(socket_path: Path, name: str, seconds: float, as_json: bool) -> dict[str, Any]:
     await _wait_ready(ControlClient(socket_path, timeout_s=5.0))
-    scenario, driver = await prepare(name, socket_path)
+    wrk = wrk_available()
+    scenario, driver = await prepare(name, socket_path, wrk=wrk)
 
     def tick(frame: dict[str, Any]) -> None:
         if not as_json and "result" not in frame:
@@ -107,7 +123,10 @@ async def _drive(socket_path: Path, name: str, seconds: float, as_json: bool) ->
                 flush=True,
             )
 
-    return await Run(scenario, driver, seconds=seconds, on_tick=tick, tick_s=1.0).run()
+    result = await Run(scenario, driver, seconds=seconds, on_tick=tick, tick_s=1.0).run()
+    if name in WRK_ROUTES and not wrk:
+        result["note"] = NO_WRK_NOTE
+    return result
 
 
 async def _wait_ready(control: ControlClient) -> None:
@@ -157,6 +176,10 @@ def render(result: dict[str, Any]) -> str:
         )
     if result["errors"]:
         lines.append(f"  errors   {result['errors']} (first: {result['first_error']})")
+    if "client" in result:
+        lines.append(f"  client   {result['client']}")
+    if "note" in result:
+        lines.append(f"  note     {result['note']}")
     return "\n".join(lines)
 
 

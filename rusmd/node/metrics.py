@@ -17,8 +17,9 @@ rusm_process_spawns_total                 counter
 rusm_process_exits_total                  counter    reason
 rusm_restarts_total                       counter    kind (worker, resident)
 rusm_quarantines_total                    counter    kind (worker, resident)
-rusm_mailbox_dropped_messages_total       counter
+rusm_messages_sent_total                  counter    destination (same_worker, other_worker)
 rusm_messages_delivered_total             counter
+rusm_mailbox_dropped_messages_total       counter
 rusm_kv_reads_total / _writes / _commits  counter
 rusm_kv_commit_duration_seconds           histogram
 rusm_worker_cpu_seconds_total             counter    slot
@@ -33,6 +34,18 @@ rusm_reloads_total                        counter
 
 ``method`` is the request method for the seven a route can name, else
 ``OTHER``; ``status`` is the status class (``2xx``).
+
+Messages. *Sent* counts what processes (and ``rusmctl send``) sent: a
+``rusm.send``, a ``rusm.call``'s request, a fired ``rusm.send_after``,
+once, where it was sent, by whether it went to a process of the same
+worker or across the mesh. *Delivered* (the received side) counts what
+was put in a mailbox of this node: those messages, plus exit and down
+notices and WebSocket frames, which no process sent. *Dropped* counts
+those messages lost to a full mailbox, a dead receiver or a backlogged
+worker. So sent = the messages among delivered + dropped + in flight,
+less a send to a worker slot that has no worker (answered ``NOPROC`` at
+once, neither delivered nor dropped). A call's reply is none of these:
+it goes to the waiting caller, not to a mailbox.
 """
 
 from __future__ import annotations
@@ -100,16 +113,7 @@ class NodeCollector(Collector):
             for kind in ("worker", "resident"):
                 family.add_metric([kind], totals.get((name, kind), 0))
             yield family
-        dropped = CounterMetricFamily(
-            "rusm_mailbox_dropped_messages", "Messages dropped at a full mailbox."
-        )
-        dropped.add_metric([], tracker.total("mailbox_dropped"))
-        yield dropped
-        delivered = CounterMetricFamily(
-            "rusm_messages_delivered", "Messages put in a local mailbox (sends, replies, timers)."
-        )
-        delivered.add_metric([], tracker.total("messages_delivered"))
-        yield delivered
+        yield from self._messages(tracker)
         for name in ("reads", "writes", "commits"):
             family = CounterMetricFamily(f"rusm_kv_{name}", f"Store {name} by guests and kv.")
             family.add_metric([], tracker.total(f"kv_{name}"))
@@ -120,6 +124,31 @@ class NodeCollector(Collector):
         _histogram(commit, tracker, "commit", ())
         yield commit
         yield from self._workers(document)
+
+    def _messages(self, tracker: Tracker) -> Iterator[Metric]:
+        sent = CounterMetricFamily(
+            "rusm_messages_sent",
+            "Messages processes sent (send, a call's request, a fired send_after), "
+            "by whether they went to a process of the same worker or another.",
+            labels=["destination"],
+        )
+        by_destination = tracker.by_label("messages_sent")
+        for destination in ("same_worker", "other_worker"):
+            sent.add_metric([destination], by_destination.get(destination, 0))
+        yield sent
+        delivered = CounterMetricFamily(
+            "rusm_messages_delivered",
+            "Messages received: put in a mailbox (sent messages, exit and down notices, "
+            "WebSocket frames).",
+        )
+        delivered.add_metric([], tracker.total("messages_delivered"))
+        yield delivered
+        dropped = CounterMetricFamily(
+            "rusm_mailbox_dropped_messages",
+            "Sent messages dropped: a full mailbox, a dead receiver, a backlogged worker.",
+        )
+        dropped.add_metric([], tracker.total("mailbox_dropped"))
+        yield dropped
 
     def _requests(self, tracker: Tracker) -> Iterator[Metric]:
         requests = CounterMetricFamily(

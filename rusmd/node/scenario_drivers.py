@@ -12,8 +12,11 @@ routes the node does not have is refused with what is missing.
 
 Every figure includes the client's side (the driver is Python on one
 asyncio loop): these scenarios show the node under a load and compare
-runs with each other; ``python -m bench`` measures against baselines
-with wrk and in-guest clocks.
+runs with each other. ``rusmd bench`` drives http-throughput and
+kv-storm with wrk instead when it is installed
+(``rusmd.node.scenario_wrk``), as ``python -m bench http`` does;
+docs/operations.md says what still differs between each scenario and
+its ``python -m bench`` counterpart.
 """
 
 from __future__ import annotations
@@ -34,11 +37,15 @@ from rusmd.node.scenario_target import (
     HttpClient,
     Target,
 )
+from rusmd.node.scenario_wrk import wrk_driver
 from rusmd.node.scenarios import Driver, Lane, Outcome, Scenario, ScenarioError
 
 # How long fault-recovery waits for the resident to come back.
 RECOVERY_TIMEOUT_S = 10.0
-WS_MESSAGE = "x" * 32
+# As python -m bench http's WebSocket section: 16 connections, each
+# sending "hello world" and awaiting its echo, one at a time.
+WS_MESSAGE = "hello world"
+WS_CONNECTIONS = 16
 # fairness spawns until every worker has a spinner; the daemon places
 # spawns itself, so it may take a few tries, but never more than this.
 SPAWN_ATTEMPTS_PER_WORKER = 8
@@ -235,7 +242,7 @@ class FaultRecovery(Driver):
 
 
 class WsEcho(Driver):
-    """A 32-byte text message to sc_echo and its echo, on 4 connections."""
+    """A text message to sc_echo and its echo, on ``WS_CONNECTIONS`` connections."""
 
     def __init__(self, target: Target) -> None:
         target.need("sc_echo")
@@ -245,7 +252,7 @@ class WsEcho(Driver):
         self.connections: list[ClientConnection] = []
 
     async def start(self) -> list[Lane]:
-        for _ in range(4):
+        for _ in range(WS_CONNECTIONS):
             uri = f"ws://{self.host}:{self.port}/"
             self.connections.append(await connect(uri, compression=None, open_timeout=10))
         return [self._lane(connection) for connection in self.connections]
@@ -338,15 +345,17 @@ SCENARIOS = {
         ),
         Scenario(
             "http-throughput",
-            "HTTP requests GET /sc/hello (`hello world`) on 8 keep-alive connections; "
-            "latency: each request's round trip",
+            "HTTP requests GET /sc/hello (`hello world`): from `rusmd bench` with wrk on "
+            "PATH, wrk -t1 -c64 as `python -m bench http`; else 8 keep-alive connections of "
+            "the Python client; latency: each request's round trip",
             "requests",
             "component sc_http, GET /sc/hello on an HTTP listener",
             HttpThroughput,
         ),
         Scenario(
             "ws-echo",
-            "WebSocket round trips of a 32-byte text message to sc_echo on 4 connections; "
+            f"WebSocket round trips of a text message ({WS_MESSAGE!r}) to sc_echo on "
+            f"{WS_CONNECTIONS} connections, as `python -m bench http`'s WebSocket section; "
             "latency: each round trip",
             "round trips",
             "component sc_echo on a WebSocket listener",
@@ -362,8 +371,9 @@ SCENARIOS = {
         ),
         Scenario(
             "kv-storm",
-            "store writes: GET /sc/kv runs one kv_set that returns after its commit, "
-            "8 connections; latency: each request's round trip",
+            "store writes: GET /sc/kv runs one kv_set that returns after its commit; "
+            "from `rusmd bench` with wrk on PATH, wrk -t1 -c64, else 8 connections of the "
+            "Python client; latency: each request's round trip",
             "writes",
             "component sc_kv with storage, GET /sc/kv on an HTTP listener, [node] store",
             KvStorm,
@@ -381,8 +391,14 @@ def describe() -> list[dict[str, str]]:
     ]
 
 
-async def prepare(name: str, socket_path: Path) -> tuple[Scenario, Driver]:
+async def prepare(name: str, socket_path: Path, *, wrk: bool = False) -> tuple[Scenario, Driver]:
     """The scenario ``name`` and its driver for the node at ``socket_path``.
+
+    Args:
+        name: The scenario.
+        socket_path: The node's control socket.
+        wrk: Drive the HTTP scenarios that have a wrk driver with wrk
+            (``rusmd.node.scenario_wrk``) instead of the Python client.
 
     Raises:
         ScenarioError: No such scenario, or the node cannot run it (and why).
@@ -392,7 +408,8 @@ async def prepare(name: str, socket_path: Path) -> tuple[Scenario, Driver]:
         raise ScenarioError(f"unknown scenario {name!r} (valid: {', '.join(SCENARIOS)})")
     try:
         target = await Target.discover(ControlClient(socket_path))
-        return scenario, scenario.driver(target)
+        outside = wrk_driver(name, target) if wrk else None
+        return scenario, outside or scenario.driver(target)
     except ScenarioError as exc:
         raise ScenarioError(
             f"scenario {name!r} not available on this node: {exc} "

@@ -125,10 +125,25 @@ class Scenario:
 
 
 class Driver:
-    """A scenario's lanes, with set-up and clean-up around them."""
+    """A scenario's lanes, with set-up and clean-up around them.
+
+    A driver whose load comes from an outside client (wrk:
+    ``rusmd.node.scenario_wrk``) sets ``outside``; ``Run`` then calls its
+    ``measure`` instead of running lanes, and takes its figures.
+    """
+
+    outside = False
 
     async def start(self) -> list[Lane]:
         """Prepare the node (spawn, connect); the lanes to run."""
+        raise NotImplementedError
+
+    async def measure(self, warmup_s: float, measured_s: float) -> dict[str, Any]:
+        """An outside client's run: warm up, measure; the result's figure fields.
+
+        The fields are those of ``Recorder.figures`` plus ``measured_s`` and
+        ``errors``. Only for a driver that sets ``outside``.
+        """
         raise NotImplementedError
 
     async def finish(self) -> dict[str, Any]:
@@ -180,6 +195,8 @@ class Run:
         self._started = time.monotonic()
         self._measured_from = self._started + self.warmup_s
         self._last_tick = (self._measured_from, 0)
+        if self.driver.outside:
+            return await self._run_outside()
         tasks = [asyncio.ensure_future(self._lane(lane)) for lane in lanes]
         ticker = asyncio.ensure_future(self._ticker())
         try:
@@ -199,6 +216,42 @@ class Run:
             self.state = RunState.FAILED
         result = self.result(ended, extra)
         self._emit({**self.frame(ended), "result": result})
+        return result
+
+    async def _run_outside(self) -> dict[str, Any]:
+        """The run of an outside client: its figures, or why it failed or stopped."""
+        measuring = asyncio.ensure_future(
+            self.driver.measure(self.warmup_s, self.seconds - self.warmup_s)
+        )
+        stopping = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({measuring, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not measuring.done():
+                measuring.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await measuring
+            extra = await self.driver.finish()
+        figures: dict[str, Any] = {}
+        if not measuring.cancelled():
+            error = measuring.exception()
+            if error is not None:
+                self._failed(error)
+            else:
+                figures = measuring.result()
+        if figures and self.state in (RunState.WARMUP, RunState.RUNNING):
+            self.state = RunState.DONE
+        elif not figures and self.state is not RunState.STOPPED:
+            self.state = RunState.FAILED
+        ended = time.monotonic()
+        result = self.result(ended, extra)
+        if figures:
+            self.errors = figures.pop("errors", 0)
+            result = {**result, **figures, "errors": self.errors}
+        frame = self.frame(ended)
+        frame.update(rate=result["rate_per_s"], count=result["count"], errors=self.errors)
+        self._emit({**frame, "result": result})
         return result
 
     async def _lane(self, lane: Lane) -> None:

@@ -55,6 +55,8 @@ def flatten(meters: dict[str, Any]) -> Counts:
     counts[("spawned",)] = meters.get("spawned", 0)
     counts[("mailbox_dropped",)] = meters.get("mailbox_dropped", 0)
     counts[("messages_delivered",)] = meters.get("messages_delivered", 0)
+    for destination, count in (meters.get("messages_sent") or {}).items():
+        counts[("messages_sent", destination)] = count
     for reason, count in (meters.get("exits") or {}).items():
         counts[("exits", reason)] = count
     for listener in meters.get("requests", []):
@@ -215,6 +217,7 @@ class Tracker:
                 "quarantines": self.by_label("quarantines"),
                 "processes": sum(w["processes"] or 0 for w in workers),
                 "messages": {
+                    "sent": self.total("messages_sent"),
                     "delivered": self.total("messages_delivered"),
                     "dropped": self.total("mailbox_dropped"),
                 },

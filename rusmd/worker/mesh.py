@@ -45,6 +45,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 
+from rusmd.actors.signals import USER_OPS
 from rusmd.channel import (
     MAX_FDS_PER_READ,
     Channel,
@@ -85,6 +86,8 @@ class Outbox:
         pending: Bytes queued per peer slot since the last ``take``.
         flushing: Bytes the flush under way took per peer slot, until
             ``handed``: still part of the backlog while they are encoded.
+        sent: Messages processes sent to other workers (``USER_OPS``)
+            queued so far, counted under the lock ``put`` takes anyway.
     """
 
     def __init__(self, schedule: Callable[[], None]) -> None:
@@ -94,10 +97,13 @@ class Outbox:
         self.pending: dict[int, int] = {}
         self.flushing: dict[int, int] = {}
         self._scheduled = False
+        self.sent = 0
 
     def put(self, slot: int, sig: Sig) -> None:
         """Queue ``sig`` for worker ``slot`` (any thread)."""
         with self._lock:
+            if sig.op in USER_OPS:
+                self.sent += 1
             queued = self._queued.get(slot)
             if queued is None:
                 self._queued[slot] = [sig]

@@ -307,7 +307,7 @@ class WorkerRuntime:
             return Answer(
                 id=query.id,
                 ok=True,
-                result=worker_meters(self.slot, host, self.actors, self.server),
+                result=worker_meters(self.slot, host, self.actors, self.server, self.mesh),
             )
         if query.op == "stats":
             stats = host.stats()

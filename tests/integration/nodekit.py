@@ -6,7 +6,10 @@ Runs in: any (the test process).
 and body for 4xx/5xx too); ``Attached`` is a WebSocket client of
 ``/attach`` on a thread of its own that timestamps every frame it gets,
 so a test reads cadence from arrival times. ``endpoint_pid`` finds the
-endpoint child among the daemon's children.
+endpoint child among the daemon's children. ``scenario_app`` writes the
+benchmark scenarios' app (``rusmd.node.scenario_app``) over a test app
+and ``wait_components`` waits until its guests are compiled and its
+residents run.
 """
 
 from __future__ import annotations
@@ -21,13 +24,17 @@ from typing import Any
 import psutil
 from websockets.sync.client import ClientConnection, connect
 
-from tests.integration.conftest import Daemon
+from rusmd.node.scenario_app import write_app
+from tests.integration.conftest import App, Daemon, free_port
 
 # One endpoint request: the endpoint answers from the main process within a second.
 HTTP_TIMEOUT_S = 10.0
 # The endpoint child starts within a second of the daemon; a loaded
 # two-core machine can make it a few.
 ENDPOINT_TIMEOUT_S = 20.0
+# A daemon start, a compile of nine small guests and a run, on a loaded
+# two-core machine.
+SETUP_TIMEOUT_S = 60.0
 
 
 def url(daemon: Daemon, path: str) -> str:
@@ -121,3 +128,20 @@ class Attached:
     def close(self) -> None:
         self.connection.close()
         self.reader.join(timeout=HTTP_TIMEOUT_S)
+
+
+def scenario_app(app: App) -> None:
+    """Write the scenario app over ``app``'s manifest, on its ports."""
+    write_app(app.directory, (app.node_port, app.serve_port, free_port(), free_port()))
+
+
+def wait_components(daemon: Daemon) -> None:
+    """Until every component is compiled and every resident runs."""
+
+    def ready() -> bool:
+        status = daemon.status()
+        return all(c["state"] == "ready" for c in status["components"]) and all(
+            r["state"] == "running" for r in status["residents"]
+        )
+
+    daemon.wait_for(ready, SETUP_TIMEOUT_S, "the scenario app's components and residents")

@@ -26,8 +26,7 @@ from rusmd.config.model import Profile
 from rusmd.config.sizing import worker_count
 from tests.integration.conftest import App, Daemon
 from tests.integration.httpkit import fetch, write_http_app
-from tests.integration.nodekit import endpoint_pid, wait_endpoint
-from tests.integration.test_scenarios import scenario_app, wait_components
+from tests.integration.nodekit import endpoint_pid, scenario_app, wait_components, wait_endpoint
 
 CPUS = 8
 # Page loads, forks and reconnects on a loaded two-core machine.

@@ -22,9 +22,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from rusmd.abi import slot_of
 from rusmd.config.model import Profile
 from rusmd.config.sizing import worker_count
-from rusmd.node.scenario_app import SCENARIO_NAMES
+from rusmd.node.scenario_app import PING_TRIPS, SCENARIO_NAMES
 from tests.integration.conftest import App, Daemon, all_ready, free_port
 from tests.integration.httpkit import fetch, write_http_app
 from tests.integration.nodekit import (
@@ -34,6 +35,8 @@ from tests.integration.nodekit import (
     endpoint_up,
     get,
     get_json,
+    scenario_app,
+    wait_components,
     wait_endpoint,
 )
 
@@ -179,6 +182,41 @@ def test_metrics_parse_and_counters_move_with_a_load(node_daemon: Callable[..., 
         assert metric(after, "rusm_worker_cpu_seconds_total", slot=str(slot)) > 0
         assert metric(after, "rusm_worker_resident_memory_bytes", slot=str(slot)) > 1 << 20
     assert ("rusm_restarts_total", (("kind", "worker"),)) in after
+
+
+def test_metrics_count_messages_sent_across_the_mesh_and_delivered(
+    app: App, start_daemon: Callable[..., Daemon]
+) -> None:
+    scenario_app(app)  # sc_ping's handler makes PING_TRIPS calls to the resident sc_pong
+    daemon = start_daemon(cpus=CPUS)
+    wait_endpoint(daemon)
+    wait_components(daemon)
+    pong_slot = daemon.request("info", pid="sc_pong")["result"]["process"]["worker"]
+    before = scrape(daemon)
+    pings = {"same_worker": 0, "other_worker": 0}
+
+    def ping_from_both_sides() -> bool:
+        # A fresh connection each: the kernel spreads them over the workers.
+        response = fetch(daemon.app.serve_port, "GET", "/sc/ping")
+        assert response.status == 200, response.body
+        same = slot_of(int(response.body)) == pong_slot
+        pings["same_worker" if same else "other_worker"] += 1
+        return all(pings.values())
+
+    daemon.wait_for(ping_from_both_sides, ENDPOINT_TIMEOUT_S, "a ping from each worker")
+    result = daemon.ctl("send", "sc_pong", "an operator's message")
+    assert result.returncode == 0, result.stderr
+    after = scrape(daemon)
+
+    def moved(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    # Each call's request is one message sent and delivered; its reply is neither.
+    for destination, count in pings.items():
+        expected = count * PING_TRIPS + (destination == "same_worker")  # + the operator's
+        assert moved("rusm_messages_sent_total", destination=destination) == expected
+    assert moved("rusm_messages_delivered_total") == sum(pings.values()) * PING_TRIPS + 1
+    assert moved("rusm_mailbox_dropped_messages_total") == 0
 
 
 def test_metrics_count_a_killed_workers_restart_and_keep_its_requests(
@@ -429,7 +467,15 @@ def test_attach_scenarios_and_bad_commands_get_clear_errors(
     assert "scenario 'spawn-storm' not available" in texts[0]
     assert "unknown command type 'dance'" in texts[1]
     assert texts[2] == "not JSON"
-    assert client.latest() is not None  # still attached and streaming
+    # Still attached and streaming: a snapshot comes after the errors. (The
+    # errors can all come back before the first tick, so a snapshot seen
+    # at once is not owed.)
+    last_error_at = errors[-1][0]
+    daemon.wait_for(
+        lambda: [at for at, _ in client.of_type("snapshot") if at > last_error_at],
+        ENDPOINT_TIMEOUT_S,
+        "a snapshot after the errors",
+    )
 
 
 def _never_reading_client(port: int) -> socket.socket:

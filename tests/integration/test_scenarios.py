@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,34 +24,20 @@ from typing import Any
 
 import pytest
 
-from rusmd.node.scenario_app import SCENARIO_NAMES, write_app
+from rusmd.node.scenario_app import SCENARIO_NAMES
 from rusmd.node.scenario_drivers import prepare
 from rusmd.node.scenarios import Run
 from tests.integration.conftest import App, Daemon, free_port
-from tests.integration.nodekit import Attached, wait_endpoint
+from tests.integration.nodekit import (
+    SETUP_TIMEOUT_S,
+    Attached,
+    scenario_app,
+    wait_components,
+    wait_endpoint,
+)
 
-# A daemon start, a compile of nine small guests and a run, on a loaded
-# two-core machine.
-SETUP_TIMEOUT_S = 60.0
 BENCH_TIMEOUT_S = 180.0
 REPO = Path(__file__).resolve().parents[2]
-
-
-def scenario_app(app: App) -> None:
-    """Write the scenario app over ``app``'s manifest, on its ports."""
-    write_app(app.directory, (app.node_port, app.serve_port, free_port(), free_port()))
-
-
-def wait_components(daemon: Daemon) -> None:
-    """Until every component is compiled and every resident runs."""
-
-    def ready() -> bool:
-        status = daemon.status()
-        return all(c["state"] == "ready" for c in status["components"]) and all(
-            r["state"] == "running" for r in status["residents"]
-        )
-
-    daemon.wait_for(ready, SETUP_TIMEOUT_S, "the scenario app's components and residents")
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +136,27 @@ def test_rusmd_bench_prints_one_json_document_with_a_rate(tmp_path: Path) -> Non
     result = json.loads(done.stdout)
     check_figures(result)
     assert result["scenario"] == "spawn-storm" and result["unit"] == "spawns"
+
+
+def test_rusmd_bench_drives_http_throughput_with_wrk_when_it_is_installed(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, "-m", "rusmd", "bench", "http-throughput", "--seconds", "2", "--json"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=BENCH_TIMEOUT_S,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    check_figures(result)
+    if shutil.which("wrk"):
+        assert result["client"] == "wrk -t1 -c64" and result["lanes"] == 64, result
+        assert "note" not in result
+    else:  # the Python client, and a result that says it is not comparable
+        assert "wrk is not on PATH" in result["note"], result
 
 
 def test_rusmd_bench_refuses_an_unknown_scenario_and_bad_seconds() -> None:

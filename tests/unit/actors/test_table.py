@@ -302,6 +302,32 @@ def test_a_cancelled_timer_never_fires(fake: Fake) -> None:
     assert table.receive(a, 0, 100) == (ErrorCode.TIMEOUT, None)
 
 
+def test_messages_sent_count_sends_calls_and_fired_timers_once_where_sent(fake: Fake) -> None:
+    table = fake.table(limit=2)
+    a, b = add(table, 1), add(table, 2)
+    table.send(a.pid, b.pid, b"one")
+    table.send(a.pid, b.pid, b"two")
+    assert table.send(a.pid, b.pid, b"full") == ErrorCode.LIMIT
+    assert table.send(a.pid, pid(99), b"dead") == ErrorCode.NOPROC
+    take(table, b)
+    take(table, b)
+    table.call_begin(a, b.pid, b"call")
+    table.send_after(a, b.pid, 0.01, b"timer")
+    assert table.sent_local == 5  # the timer is sent when it fires
+    for _delay, job in fake.later:
+        job()
+    assert table.sent_local == 6
+    # one, two, the call's request, the timer: 4 delivered; full and dead dropped
+    assert (table.delivered, table.dropped) == (4, 2)
+    # Links, monitors, a reply and a message to another worker are not counted here.
+    table.link(a, b.pid)
+    table.reply(b, a.pid, 1, b"r")
+    table.send(a.pid, pid(8, slot=4), b"far")
+    table.call_begin(b, pid(9, slot=4), b"far call")
+    assert table.sent_local == 6 and table.sent_refused == 0
+    assert [s.op for s in fake.remote] == [Op.SEND, Op.MONITOR, Op.CALL]
+
+
 def test_names_are_released_on_exit_and_only_owners_unregister(fake: Fake) -> None:
     table = fake.table()
     a, b = add(table, 1), add(table, 2)
@@ -377,5 +403,6 @@ def test_user_signals_to_a_backlogged_worker_get_limit_and_the_rest_still_go(
     assert table.call(a, far, b"c", 1.0) == (ErrorCode.LIMIT, b"")
     assert table.link(a, far) == ErrorCode.OK
     assert table.dropped == 2
+    assert table.sent_refused == 2 and table.sent_local == 0  # sent, then dropped
     # The call's monitor and its removal, and the link, still went out.
     assert [s.op for s in fake.remote] == [Op.MONITOR, Op.DEMONITOR, Op.LINK]

@@ -6,9 +6,12 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from rusmd.node.runs import Runs
 from rusmd.node.scenario_app import SCENARIO_NAMES
 from rusmd.node.scenario_drivers import SCENARIOS
+from rusmd.node.scenario_wrk import figures_of, parse_done
 from rusmd.node.scenarios import (
     Driver,
     Lane,
@@ -114,3 +117,77 @@ def test_runs_refuse_bad_arguments_naming_them() -> None:
     assert texts[1] == "seconds must be a number, not '5'"
     assert texts[2] == "seconds must be from 0.1 to 600, not 0"
     assert texts[3].startswith("unknown scenario 'dance' (valid: spawn-storm, ping-pong,")
+
+
+class Outside(Driver):
+    """An outside client: ``measure`` returns fixed figures, or fails, or waits to be stopped."""
+
+    outside = True
+
+    def __init__(self, outcome: str = "figures") -> None:
+        self.outcome = outcome
+        self.finished = False
+
+    async def start(self) -> list[Lane]:
+        return []
+
+    async def measure(self, warmup_s: float, measured_s: float) -> dict[str, Any]:
+        if self.outcome == "fail":
+            raise ScenarioError("wrk exited 1: unable to connect")
+        if self.outcome == "hang":
+            await asyncio.sleep(3600)
+        return {
+            "measured_s": measured_s,
+            "count": 300,
+            "operations": 300,
+            "rate_per_s": 300 / measured_s,
+            "latency_us": {"p50": 10.0, "max": 90.0},
+            "errors": 2,
+        }
+
+    async def finish(self) -> dict[str, Any]:
+        self.finished = True
+        return {"client": "outside"}
+
+
+def test_an_outside_clients_figures_are_the_runs_result() -> None:
+    driver = Outside()
+    frames: list[dict[str, Any]] = []
+    result = asyncio.run(Run(SCENARIO, driver, 0.5, on_tick=frames.append).run())
+    assert result["state"] == "done" and driver.finished and result["client"] == "outside"
+    assert result["count"] == 300 and result["measured_s"] == 0.4  # 0.5 less the warm-up
+    assert result["rate_per_s"] == 750 and result["errors"] == 2
+    assert frames[-1]["result"] == result and frames[-1]["rate"] == 750
+
+
+def test_an_outside_client_that_fails_or_is_stopped_says_so() -> None:
+    failed = asyncio.run(Run(SCENARIO, Outside("fail"), 0.5).run())
+    assert failed["state"] == "failed" and "unable to connect" in failed["first_error"]
+
+    async def stopped_early() -> dict[str, Any]:
+        driver = Outside("hang")
+        run = Run(SCENARIO, driver, 60)
+        task = asyncio.ensure_future(run.run())
+        await asyncio.sleep(0.05)
+        run.stop()
+        result = await task
+        assert driver.finished
+        return result
+
+    stopped = asyncio.run(stopped_early())
+    assert stopped["state"] == "stopped" and stopped["count"] == 0
+
+
+def test_wrks_done_line_becomes_the_result_fields() -> None:
+    output = (
+        "Running 2s test @ http://127.0.0.1:8080/sc/hello\n  1 threads and 64 connections\n"
+        '{"requests":28000,"duration_us":2000000,"socket_errors":1,"non_2xx":2,'
+        '"p50":3962,"p90":8957,"p95":10887,"p99":18084,"p99.9":34939,"max":39535,'
+        '"mean":4771.4}\n'
+    )
+    figures = figures_of(parse_done(output))
+    assert figures["count"] == 28000 and figures["rate_per_s"] == 14000.0
+    assert figures["measured_s"] == 2.0 and figures["errors"] == 3
+    assert figures["latency_us"]["p99"] == 18084.0 and figures["latency_us"]["mean"] == 4771.4
+    with pytest.raises(ScenarioError, match="wrk printed no figures"):
+        parse_done("unable to connect to 127.0.0.1:8080 Connection refused\n")

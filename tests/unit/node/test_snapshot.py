@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from rusmd.meter import BOUNDS_S
+from rusmd.node.metrics import NodeCollector
 from rusmd.node.snapshot import MAX_DETAIL_ROWS, Tracker, flatten
 
 
@@ -25,6 +28,7 @@ def meters(
         "exits": {"normal": spawned},
         "mailbox_dropped": 0,
         "messages_delivered": 5 * spawned,
+        "messages_sent": {"same_worker": 4 * spawned, "other_worker": spawned},
         "requests": [
             {
                 "listener": "127.0.0.1:8080",
@@ -40,6 +44,13 @@ def meters(
             "commit_duration": {"buckets": [], "count": 1, "sum_s": 0.01},
         },
     }
+
+
+def metrics_text(tracker: Tracker) -> str:
+    """``/metrics`` as the endpoint renders it from ``tracker``."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(NodeCollector(tracker))
+    return generate_latest(registry).decode()
 
 
 def document(*workers: dict[str, Any], restarts: int = 0) -> dict[str, Any]:
@@ -80,6 +91,18 @@ def test_a_replaced_workers_counts_stay_in_the_totals() -> None:
     assert tracker.total("requests") == 9
     assert tracker.total("spawned") == 9
     assert tracker.total("messages_delivered") == 45
+    assert tracker.by_label("messages_sent") == {"same_worker": 36, "other_worker": 9}
+    frame = tracker.snapshot(1, 2.0, False)
+    assert frame["totals"]["messages"] == {"sent": 45, "delivered": 45, "dropped": 0}
+    exposed = {
+        (sample.name, tuple(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(metrics_text(tracker))
+        for sample in family.samples
+    }
+    assert exposed[("rusm_messages_sent_total", (("destination", "same_worker"),))] == 36
+    assert exposed[("rusm_messages_sent_total", (("destination", "other_worker"),))] == 9
+    assert exposed[("rusm_messages_delivered_total", ())] == 45
+    assert exposed[("rusm_mailbox_dropped_messages_total", ())] == 0
     assert tracker.by_label("restarts") == {"worker": 1, "resident": 0}
 
 

@@ -127,6 +127,15 @@ def test_the_first_signal_after_a_flush_schedules_it_and_the_rest_ride_along() -
     assert scheduled == [1, 1]
 
 
+def test_the_outbox_counts_the_messages_it_queues_and_no_other_signal() -> None:
+    outbox = Outbox(lambda: None)
+    for op in Op:
+        outbox.put(1, Sig(op, 1001, 2002, 5, payload=b"x"))
+    outbox.take()
+    outbox.put(2, Sig(Op.SEND, 1002, 2002))
+    assert outbox.sent == 4  # SEND, CALL, TIMER, then SEND again; a reply is no message sent
+
+
 def test_queued_bytes_count_until_the_flush_hands_them_to_the_channel() -> None:
     outbox = Outbox(lambda: None)
     outbox.put(1, send(0, b"z" * 100))
