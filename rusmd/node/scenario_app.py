@@ -8,42 +8,62 @@ Every guest is a few lines of WAT compiled at run time, so the app
 needs no build step and each scenario measures the host, not a guest's
 libc. The components, and which scenario uses each:
 
-===============  ============================================  ==================
-component        what it does                                  scenario
-===============  ============================================  ==================
-``sc_quick``     ``run`` returns at once (exit ``normal``)     spawn-storm
-``sc_pong``      resident; replies ``P`` to every call         ping-pong
-``sc_ping``      HTTP action: 100 calls to ``sc_pong``, then   ping-pong
-                 answers with its own pid
-``sc_victim``    resident (same code as ``sc_pong``) with a    fault-recovery
-                 restart intensity no benchmark exhausts
-``sc_spin``      ``run`` loops forever (a big CPU budget)      fairness
-``sc_http``      HTTP action: ``hello world`` (inline path)    http-throughput, fairness
-``sc_echo``      WebSocket: each message back as it came       ws-echo
-``sc_sse``       SSE action: ``BURST_EVENTS`` events, then     sse-fanout
-                 the stream ends
-``sc_kv``        HTTP action: one ``kv_set`` (waits for its    kv-storm
-                 commit), then ``ok``
-===============  ============================================  ==================
+=================  ==========================================  ==================
+component          what it does                                scenario
+=================  ==========================================  ==================
+``sc_quick``       ``run`` returns at once (exit ``normal``)   spawn-storm
+``sc_spawner``     spawns ``sc_quick`` linked, trapping exits, spawn-storm
+                   ``SPAWN_WINDOW`` at a time: another as each
+                   one's ``EXIT`` comes, for as long as it runs
+``sc_pong``        resident; replies ``P`` to every call       ping-pong
+``sc_ping``        HTTP action: ``PING_TRIPS`` calls to        ping-pong
+                   ``sc_pong``, each timed on the WASI
+                   monotonic clock; answers its own pid and
+                   the times (little-endian i64s)
+``sc_sup``         ``rusm.supervise``: one_for_one, the        fault-recovery
+                   permanent child ``sc_crasher``, an
+                   intensity it never reaches; then waits
+``sc_crasher``     ``run`` exits 1 at once (``crashed``)       fault-recovery
+``sc_spin``        ``run`` loops forever (a big CPU budget)    fairness
+``sc_http``        HTTP action: ``hello world`` (inline path)  http-throughput, fairness
+``sc_echo``        WebSocket: each message back as it came     ws-echo
+``sc_sse``         SSE action: ``BURST_EVENTS`` events, then   sse-fanout
+                   the stream ends
+``sc_kv``          HTTP action: one ``kv_get`` of the          kv-storm
+                   ``KV_VALUE_BYTES`` value (the driver writes
+                   it first), answered as it is
+=================  ==========================================  ==================
+
+spawn-storm and fault-recovery run in the worker, as ``python -m bench
+actors`` measures them: the driver starts ``sc_spawner`` or ``sc_sup``
+and reads the workers' own counters (spawns, exits by reason).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-# Round trips one ``GET /sc/ping`` makes; the driver divides by it.
+# Round trips one ``GET /sc/ping`` makes and times; its answer carries
+# each one's ns, so it stays a few hundred bytes.
 PING_TRIPS = 100
-# Events one ``GET /sc/burst`` stream carries before it ends.
-BURST_EVENTS = 100
+# Events one ``GET /sc/burst`` stream carries before it ends: as python
+# -m bench http's one SSE stream.
+BURST_EVENTS = 20_000
+# Children of sc_spawner alive at once: enough that the worker always
+# has one to run while the spawner waits for an exit, far below a
+# worker's process limit.
+SPAWN_WINDOW = 100
+# The value sc_kv reads, as python -m bench http kv's (about 200 bytes).
+KV_VALUE_BYTES = 200
 # The spinner's CPU budget (ms): a little longer than the longest run
 # (MAX_SECONDS), so the budget never ends a spinner mid-run (the driver
 # kills them after) and one left behind by a driver that died spins no
-# longer than that.
+# longer than that. sc_spawner and sc_sup get the same budget: they
+# run for the whole run too.
 SPIN_CPU_MS = 620_000
-# fault-recovery kills its resident as fast as it comes back: an
-# intensity of 1,000 restarts a second (the most the manifest allows)
-# keeps it from being quarantined at the rate one driver kills it.
-VICTIM_INTENSITY = 1000
+# sc_sup's intensity: restarts within 1 s it allows before it gives up,
+# as python -m bench actors' supervisor (no worker restarts that many).
+SUP_INTENSITY = 1_000_000
 
 SCENARIO_NAMES = (
     "spawn-storm",
@@ -69,24 +89,57 @@ ROUTES = {
 }
 """(protocol, component, action) → the path ``rusmd bench`` routes it on."""
 
-# Decimal digits of an i64 written to end at 240; returns where they start.
-_ITOA = """
-  (func $itoa (param $v i64) (result i32)
-    (local $p i32)
-    (local.set $p (i32.const 240))
-    (loop $digit
-      (local.set $p (i32.sub (local.get $p) (i32.const 1)))
-      (i64.store8 (local.get $p)
-        (i64.add (i64.const 48) (i64.rem_u (local.get $v) (i64.const 10))))
-      (local.set $v (i64.div_u (local.get $v) (i64.const 10)))
-      (br_if $digit (i64.ne (local.get $v) (i64.const 0))))
-    (local.get $p))"""
-
 _RESPOND = '(import "rusm" "respond" (func $respond (param i32 i32 i32 i32 i32) (result i32)))'
 
 QUICK_WAT = '(module (memory (export "memory") 1) (func (export "run")))'
 
 SPIN_WAT = '(module (memory (export "memory") 1) (func (export "run") (loop $spin (br $spin))))'
+
+# Header at 0 (32 bytes); kind 1 is EXIT. A spawn refused (the worker at
+# its process limit) is tried again after 1 ms, so the window never
+# shrinks to nothing.
+SPAWNER_WAT = f"""(module
+  (import "rusm" "trap_exit" (func $trap_exit (param i32) (result i32)))
+  (import "rusm" "spawn_link" (func $spawn_link (param i32 i32) (result i64)))
+  (import "rusm" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
+  (import "rusm" "sleep" (func $sleep (param i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 256) "sc_quick")
+  (func $child
+    (loop $again
+      (if (i64.lt_s (call $spawn_link (i32.const 256) (i32.const 8)) (i64.const 0))
+        (then (drop (call $sleep (i32.const 1))) (br $again)))))
+  (func (export "run")
+    (local $i i32)
+    (drop (call $trap_exit (i32.const 1)))
+    (loop $fill
+      (call $child)
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br_if $fill (i32.lt_u (local.get $i) (i32.const {SPAWN_WINDOW}))))
+    (loop $serve
+      (if (i32.ge_s (call $recv (i32.const 0) (i32.const 64) (i32.const 64) (i32.const -1))
+                    (i32.const 0))
+        (then (if (i32.eq (i32.load (i32.const 0)) (i32.const 1)) (then (call $child)))))
+      (br $serve))))"""
+
+CRASHER_WAT = """(module
+  (import "rusm" "exit" (func $exit (param i32)))
+  (func (export "run") (call $exit (i32.const 1))))"""
+
+SUP_SPEC = (
+    f'{{"strategy":"one_for_one","intensity":{SUP_INTENSITY},"period_s":1,'
+    '"children":[{"component":"sc_crasher","restart":"permanent","shutdown_ms":"brutal_kill"}]}'
+)
+"""sc_sup's supervisor, as python -m bench actors' (its child's name aside)."""
+_SUP_SPEC_WAT = SUP_SPEC.replace('"', '\\"')
+SUP_WAT = f"""(module
+  (import "rusm" "supervise" (func $supervise (param i32 i32) (result i64)))
+  (import "rusm" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 1024) "{_SUP_SPEC_WAT}")
+  (func (export "run")
+    (drop (call $supervise (i32.const 1024) (i32.const {len(SUP_SPEC)})))
+    (drop (call $recv (i32.const 0) (i32.const 64) (i32.const 64) (i32.const -1)))))"""
 
 # Header at 0 (32 bytes), payload at 64; kind 3 is CALL: reply "P".
 PONG_WAT = """(module
@@ -105,7 +158,12 @@ PONG_WAT = """(module
                                  (i32.const 320) (i32.const 1)))))))
       (br $serve))))"""
 
+# The answer at 1024: its own pid, then each round trip's ns, as i64s.
+# A round trip is timed as python -m bench actors' guest times one:
+# the monotonic clock read before rusm.call and after it returns.
 PING_WAT = f"""(module
+  (import "wasi_snapshot_preview1" "clock_time_get"
+    (func $clock (param i32 i64 i32) (result i32)))
   (import "rusm" "self" (func $self (result i64)))
   (import "rusm" "whereis" (func $whereis (param i32 i32) (result i64)))
   (import "rusm" "call" (func $call (param i64 i32 i32 i32 i32 i32) (result i32)))
@@ -115,16 +173,20 @@ PING_WAT = f"""(module
   (data (i32.const 264) "p")
   (data (i32.const 272) "sc_pong is not running")
   (data (i32.const 304) "a call to sc_pong failed")
-  {_ITOA}
+  (func $now (result i64)
+    (drop (call $clock (i32.const 1) (i64.const 1) (i32.const 528)))
+    (i64.load (i32.const 528)))
   (func (export "ping")
-    (local $pong i64) (local $i i32) (local $p i32)
+    (local $pong i64) (local $i i32) (local $began i64)
     (local.set $pong (call $whereis (i32.const 256) (i32.const 7)))
     (if (i64.le_s (local.get $pong) (i64.const 0))
       (then
         (drop (call $respond (i32.const 503) (i32.const 0) (i32.const 0)
                              (i32.const 272) (i32.const 22)))
         (return)))
+    (i64.store (i32.const 1024) (call $self))
     (loop $trip
+      (local.set $began (call $now))
       (if (i32.lt_s (call $call (local.get $pong) (i32.const 264) (i32.const 1)
                                 (i32.const 512) (i32.const 16) (i32.const 5000))
                     (i32.const 0))
@@ -132,11 +194,12 @@ PING_WAT = f"""(module
           (drop (call $respond (i32.const 502) (i32.const 0) (i32.const 0)
                                (i32.const 304) (i32.const 24)))
           (return)))
+      (i64.store (i32.add (i32.const 1032) (i32.shl (local.get $i) (i32.const 3)))
+                 (i64.sub (call $now) (local.get $began)))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br_if $trip (i32.lt_u (local.get $i) (i32.const {PING_TRIPS}))))
-    (local.set $p (call $itoa (call $self)))
     (drop (call $respond (i32.const 200) (i32.const 0) (i32.const 0)
-                         (local.get $p) (i32.sub (i32.const 240) (local.get $p))))))"""
+                         (i32.const 1024) (i32.const {8 * (PING_TRIPS + 1)})))))"""
 
 HTTP_WAT = f"""(module
   {_RESPOND}
@@ -176,31 +239,40 @@ SSE_WAT = f"""(module
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br_if $next (i32.lt_u (local.get $i) (i32.const {BURST_EVENTS}))))))"""
 
+KV_BUCKET, KV_KEY = "bench", "value"
+KV_VALUE = b'{"scenario":"kv-storm","value":"' + b"x" * (KV_VALUE_BYTES - 34) + b'"}'
+"""What sc_kv reads: a JSON document of ``KV_VALUE_BYTES`` bytes."""
+# kv_get of bench/value into 1024, answered as it is. It imports
+# nothing else: as bench http's kv guest, a module of one store read
+# (kv_set would put it on another path). The driver writes the value
+# over the control socket (``KV_BUCKET``, ``KV_KEY``) before the run.
 KV_WAT = f"""(module
-  (import "rusm" "kv_set" (func $set (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "rusm" "kv_get" (func $get (param i32 i32 i32 i32 i32 i32) (result i32)))
   {_RESPOND}
   (memory (export "memory") 1)
-  (data (i32.const 256) "bench")
-  (data (i32.const 264) "storm")
-  (data (i32.const 272) "ok")
-  (data (i32.const 280) "kv_set failed")
-  (data (i32.const 512) "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+  (data (i32.const 256) "{KV_BUCKET}")
+  (data (i32.const 264) "{KV_KEY}")
+  (data (i32.const 280) "kv_get failed")
   (func (export "kv")
-    (if (i32.lt_s (call $set (i32.const 256) (i32.const 5) (i32.const 264) (i32.const 5)
-                             (i32.const 512) (i32.const 64))
-                  (i32.const 0))
+    (local $n i32)
+    (local.set $n (call $get (i32.const 256) (i32.const {len(KV_BUCKET)})
+                             (i32.const 264) (i32.const {len(KV_KEY)})
+                             (i32.const 1024) (i32.const 4096)))
+    (if (i32.lt_s (local.get $n) (i32.const 0))
       (then
         (drop (call $respond (i32.const 500) (i32.const 0) (i32.const 0)
                              (i32.const 280) (i32.const 13)))
         (return)))
     (drop (call $respond (i32.const 200) (i32.const 0) (i32.const 0)
-                         (i32.const 272) (i32.const 2)))))"""
+                         (i32.const 1024) (local.get $n)))))"""
 
 GUESTS = {
     "sc_quick": QUICK_WAT,
+    "sc_spawner": SPAWNER_WAT,
     "sc_pong": PONG_WAT,
     "sc_ping": PING_WAT,
-    "sc_victim": PONG_WAT,
+    "sc_sup": SUP_WAT,
+    "sc_crasher": CRASHER_WAT,
     "sc_spin": SPIN_WAT,
     "sc_http": HTTP_WAT,
     "sc_echo": ECHO_WAT,
@@ -227,10 +299,13 @@ def manifest(node_port: int, http_port: int, sse_port: int, ws_port: int) -> str
         f'[[serve]]\nprotocol = "ws"\nlisten = "127.0.0.1:{ws_port}"\nname = "sc_echo"\n'
         f"[capabilities.sc_spin]\nmax-cpu-ms = {SPIN_CPU_MS}\n"
         "[capabilities.sc_store]\nallow-storage = true\n"
+        f"[capabilities.sc_boss]\nallow-spawn = true\nmax-cpu-ms = {SPIN_CPU_MS}\n"
         "[components.sc_quick]\n"
+        '[components.sc_spawner]\ncapability = "sc_boss"\n'
         "[components.sc_pong]\nresident = true\n"
         "[components.sc_ping]\n"
-        f"[components.sc_victim]\nresident = true\nintensity = {VICTIM_INTENSITY}\nperiod-s = 1\n"
+        '[components.sc_sup]\ncapability = "sc_boss"\n'
+        "[components.sc_crasher]\n"
         '[components.sc_spin]\ncapability = "sc_spin"\n'
         "[components.sc_http]\n[components.sc_echo]\n[components.sc_sse]\n"
         '[components.sc_kv]\ncapability = "sc_store"\n'

@@ -4,15 +4,19 @@ Runs in: node endpoint, on its event loop, or the ``rusmd bench``
 command's process, on its own loop.
 
 A scenario drives the node as a client would: over the control socket
-(``spawn``, ``kill``, ``info``, as ``rusmctl`` does) and over the
-manifest's own listeners (HTTP, SSE, WebSocket), against the components
-of the scenario app (``rusmd.node.scenario_app``), found on the node by
-``rusmd.node.scenario_target.Target``; a scenario whose components or
-routes the node does not have is refused with what is missing.
+(``spawn``, ``kill``, ``info``, ``stats``, as ``rusmctl`` does) and over
+the manifest's own listeners (HTTP, SSE, WebSocket), against the
+components of the scenario app (``rusmd.node.scenario_app``), found on
+the node by ``rusmd.node.scenario_target.Target``; a scenario whose
+components or routes the node does not have is refused with what is
+missing.
 
-Every figure includes the client's side (the driver is Python on one
-asyncio loop): these scenarios show the node under a load and compare
-runs with each other. ``rusmd bench`` drives http-throughput and
+The actor scenarios measure inside the node, as ``python -m bench
+actors`` does: spawn-storm and fault-recovery start a guest on every
+worker that spawns (or supervises) there and count the workers' own
+exit counters; ping-pong's round trips are timed by the guest that makes
+them. The HTTP and stream scenarios' figures include the client's side
+(the driver is Python on one asyncio loop). ``rusmd bench`` drives http-throughput and
 kv-storm with wrk instead when it is installed
 (``rusmd.node.scenario_wrk``), as ``python -m bench http`` does;
 docs/operations.md says what still differs between each scenario and
@@ -22,6 +26,7 @@ its ``python -m bench`` counterpart.
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -30,24 +35,32 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from rusmd.abi import slot_of
 from rusmd.node.control import ControlClient, ControlRefused, ControlUnavailable
-from rusmd.node.scenario_app import BURST_EVENTS, PING_TRIPS
-from rusmd.node.scenario_target import (
-    MAX_RESPONSE_BYTES,
-    OPERATION_TIMEOUT_S,
-    HttpClient,
-    Target,
+from rusmd.node.scenario_app import (
+    BURST_EVENTS,
+    KV_VALUE,
+    KV_VALUE_BYTES,
+    PING_TRIPS,
+    SPAWN_WINDOW,
 )
+from rusmd.node.scenario_target import OPERATION_TIMEOUT_S, HttpClient, Target
 from rusmd.node.scenario_wrk import wrk_driver
 from rusmd.node.scenarios import Driver, Lane, Outcome, Scenario, ScenarioError
 
-# How long fault-recovery waits for the resident to come back.
-RECOVERY_TIMEOUT_S = 10.0
+# spawn-storm and fault-recovery read the workers' counters this often:
+# each read is one ``stats`` request (a query to every worker), so a
+# live rate every tick costs the node a few requests a second.
+POLL_S = 0.1
+# One read of an SSE stream: a few thousand events of the scenario app.
+SSE_READ_BYTES = 1 << 16
+# How sse-fanout finds an event of sc_sse#burst in the raw stream.
+SSE_EVENT_MARK = b"data: tick"
 # As python -m bench http's WebSocket section: 16 connections, each
 # sending "hello world" and awaiting its echo, one at a time.
 WS_MESSAGE = "hello world"
 WS_CONNECTIONS = 16
-# fairness spawns until every worker has a spinner; the daemon places
-# spawns itself, so it may take a few tries, but never more than this.
+# fairness, spawn-storm and fault-recovery spawn until every worker has
+# one of their processes; the daemon places spawns itself, so it may
+# take a few tries, but never more than this.
 SPAWN_ATTEMPTS_PER_WORKER = 8
 # ping-pong opens at most this many connections looking for handlers on
 # sc_pong's worker and on another; the few it keeps are its lanes.
@@ -97,10 +110,64 @@ class HttpThroughput(_Http):
 
 
 class KvStorm(_Http):
-    """GET /sc/kv: each request one kv_set that returns after its commit."""
+    """GET /sc/kv: each request one kv_get of a 200-byte value, stored first."""
 
     def __init__(self, target: Target) -> None:
         super().__init__(target, "sc_kv", "kv")
+        self.target = target
+
+    async def start(self) -> list[Lane]:
+        await self.target.write_kv_value()
+        return await super().start()
+
+    def _lane(self, client: HttpClient) -> Lane:
+        async def one() -> Outcome:
+            body = await _expect_ok(client, self.path)
+            if body != KV_VALUE:
+                raise ScenarioError(f"GET {self.path} answered {body[:40]!r}, not the value")
+            return 1, None, ""
+
+        return one
+
+
+class _OnEveryWorker:
+    """One process of a component on every worker of the node, and their kill."""
+
+    def __init__(self, control: ControlClient, component: str, workers: int) -> None:
+        self.control, self.component = control, component
+        self.workers = max(1, workers)
+        self.pids: list[int] = []
+        self.covered = 0
+
+    async def spawn(self) -> None:
+        """Spawn until every worker has one, killing one that lands beside another."""
+        covered: set[int] = set()
+        for _ in range(SPAWN_ATTEMPTS_PER_WORKER * self.workers):
+            if len(covered) == self.workers:
+                break
+            try:
+                reply = await self.control.request("spawn", name=self.component)
+            except (ControlRefused, ControlUnavailable) as exc:
+                raise ScenarioError(f"spawn {self.component}: {exc}") from None
+            pid = int(reply["pid"])
+            self.pids.append(pid)
+            if slot_of(pid) in covered:
+                await self.kill(pid)
+            covered.add(slot_of(pid))
+        self.covered = len(covered)
+
+    async def kill(self, pid: int) -> None:
+        """Kill ``pid`` (gone already is fine: a CPU budget may have ended it)."""
+        try:
+            await self.control.request("kill", pid=f"#{pid}")
+        except ControlRefused:
+            pass
+        self.pids.remove(pid)
+
+    async def kill_all(self) -> None:
+        """Kill every one still listed."""
+        for pid in list(self.pids):
+            await self.kill(pid)
 
 
 class Fairness(_Http):
@@ -111,45 +178,25 @@ class Fairness(_Http):
     def __init__(self, target: Target) -> None:
         super().__init__(target, "sc_http", "hello")
         target.need("sc_spin")
-        self.control = target.control
-        self.spinners = max(1, target.workers)
-        self.pids: list[int] = []
-        self.workers_spinning = 0
+        self.spinners = _OnEveryWorker(target.control, "sc_spin", target.workers)
 
     async def start(self) -> list[Lane]:
-        # The daemon picks the worker of a spawn: spawn until every worker
-        # has one, killing a spinner that lands where one already spins.
-        spinning: set[int] = set()
-        for _ in range(SPAWN_ATTEMPTS_PER_WORKER * self.spinners):
-            if len(spinning) == self.spinners:
-                break
-            reply = await self.control.request("spawn", name="sc_spin")
-            pid = int(reply["pid"])
-            self.pids.append(pid)
-            if slot_of(pid) in spinning:
-                await self._kill(pid)
-            spinning.add(slot_of(pid))
-        self.workers_spinning = len(spinning)
+        await self.spinners.spawn()
         return await super().start()
-
-    async def _kill(self, pid: int) -> None:
-        try:
-            await self.control.request("kill", pid=f"#{pid}")
-        except ControlRefused:
-            pass  # gone already (its CPU budget ended it)
-        self.pids.remove(pid)
 
     async def finish(self) -> dict[str, Any]:
         extra = await super().finish()
-        for pid in list(self.pids):
-            await self._kill(pid)
-        return {**extra, "workers_spinning": self.workers_spinning}
+        await self.spinners.kill_all()
+        return {**extra, "workers_spinning": self.spinners.covered}
 
 
 class PingPong(_Http):
-    """GET /sc/ping: the handler makes 100 calls to the resident sc_pong."""
+    """GET /sc/ping: the handler times ``PING_TRIPS`` calls to the resident sc_pong.
 
-    lanes = 2  # a part: 2 connections whose handler runs beside sc_pong, 2 elsewhere
+    One lane, alternating between a connection whose handler runs on
+    sc_pong's worker and one whose handler runs on another, so one round
+    trip is in flight at a time, as in ``python -m bench actors``.
+    """
 
     def __init__(self, target: Target) -> None:
         super().__init__(target, "sc_ping", "ping")
@@ -157,88 +204,111 @@ class PingPong(_Http):
         self.control = target.control
         self.workers = target.workers
         self.pong_slot = -1
+        self.turn = 0
 
     async def start(self) -> list[Lane]:
         info = await self.control.request("info", pid="sc_pong")
         self.pong_slot = int(info["process"]["worker"])
         # The kernel spreads connections over the workers: probe new ones
-        # and keep those that fill a part, so both parts are measured.
-        wanted = {"same_worker": self.lanes, "across_workers": self.lanes}
-        if self.workers < 2:
-            wanted["across_workers"] = 0
+        # and keep one for each part, so both parts are measured.
+        wanted = {"same_worker"} | ({"across_workers"} if self.workers > 1 else set())
         for _ in range(PROBE_CONNECTIONS):
-            if not any(wanted.values()):
+            if not wanted:
                 break
             client = HttpClient(self.host, self.port)
             part = self._part(await _expect_ok(client, self.path))
-            if wanted[part]:
-                wanted[part] -= 1
+            if part in wanted:
+                wanted.discard(part)
                 self.clients.append(client)
             else:
                 client.close()
-        return [self._lane(client) for client in self.clients]
+        if not self.clients:
+            raise ScenarioError(f"no connection's GET {self.path} ran on sc_pong's worker")
+        return [self._alternate]
 
     def _part(self, body: bytes) -> str:
-        return "same_worker" if slot_of(int(body)) == self.pong_slot else "across_workers"
+        if len(body) != 8 * (PING_TRIPS + 1):
+            raise ScenarioError(f"GET {self.path} answered {len(body)} bytes, not the trip times")
+        (pid,) = struct.unpack_from("<q", body)
+        return "same_worker" if slot_of(pid) == self.pong_slot else "across_workers"
 
-    def _lane(self, client: HttpClient) -> Lane:
-        async def batch() -> Outcome:
-            began = time.monotonic_ns()
-            body = await _expect_ok(client, self.path)
-            per_trip = (time.monotonic_ns() - began) // PING_TRIPS
-            return PING_TRIPS, per_trip, self._part(body)
-
-        return batch
+    async def _alternate(self) -> Outcome:
+        client = self.clients[self.turn % len(self.clients)]
+        self.turn += 1
+        body = await _expect_ok(client, self.path)
+        trips = list(struct.unpack_from(f"<{PING_TRIPS}q", body, 8))
+        return PING_TRIPS, trips, self._part(body)
 
 
-class SpawnStorm(Driver):
-    """``spawn sc_quick`` over the control socket, 4 requests at a time."""
+class _Counted(Driver):
+    """A process of ``component`` on every worker, counted by the workers' own counters.
+
+    The lane reads the workers' meters (the ``stats`` control command,
+    as ``/metrics`` does) every ``POLL_S``: its units are how many exits
+    of reason ``reason`` the workers counted since the last read, its
+    latency that window divided by them (fault-recovery's restarts
+    follow one another, so that is the time one takes; spawn-storm's
+    overlap, so it is the inverse of the rate). The counters are the
+    node's: anything else that exits that way meanwhile counts too.
+    """
+
+    component = ""
+    children: tuple[str, ...] = ()
+    reason = ""
 
     def __init__(self, target: Target) -> None:
-        target.need("sc_quick")
+        target.need(self.component, *self.children)
         self.control = target.control
+        self.placed = _OnEveryWorker(target.control, self.component, target.workers)
+        self.last: tuple[int, dict[int, int]] = (0, {})
 
     async def start(self) -> list[Lane]:
-        return [self._spawn] * 4
+        self.last = await self._read()
+        await self.placed.spawn()
+        return [self._poll]
 
-    async def _spawn(self) -> Outcome:
+    async def _read(self) -> tuple[int, dict[int, int]]:
         try:
-            await self.control.request("spawn", name="sc_quick")
+            stats = await self.control.request("stats")
         except (ControlRefused, ControlUnavailable) as exc:
-            raise ScenarioError(f"spawn sc_quick: {exc}") from None
-        return 1, None, ""
+            raise ScenarioError(f"stats: {exc}") from None
+        counts = {
+            int(meters["slot"]): int(meters.get("exits", {}).get(self.reason, 0))
+            for meters in stats.get("meters", [])
+        }
+        return time.monotonic_ns(), counts
+
+    async def _poll(self) -> Outcome:
+        await asyncio.sleep(POLL_S)
+        at, counts = await self._read()
+        since, before = self.last
+        self.last = (at, counts)
+        units = 0
+        for slot, count in counts.items():
+            old = before.get(slot, 0)
+            # A worker replaced meanwhile counts again from 0: its new count only.
+            units += count - old if count >= old else count
+        return units, [(at - since) // units] if units else [], ""
+
+    async def finish(self) -> dict[str, Any]:
+        await self.placed.kill_all()
+        return {"workers": self.placed.covered}
 
 
-class FaultRecovery(Driver):
-    """Kill the resident sc_victim; time until its supervisor has a new one registered."""
+class SpawnStorm(_Counted):
+    """sc_spawner on every worker: spawn+run+exit of sc_quick, counted as exits ``normal``."""
 
-    def __init__(self, target: Target) -> None:
-        target.need("sc_victim")
-        self.control = target.control
+    component = "sc_spawner"
+    children = ("sc_quick",)
+    reason = "normal"
 
-    async def start(self) -> list[Lane]:
-        await self._pid()
-        return [self._once]
 
-    async def _pid(self) -> int:
-        try:
-            info = await self.control.request("info", pid="sc_victim")
-        except ControlRefused:
-            return 0  # not registered: between its exit and its restart
-        return int(info["process"]["pid"])
+class FaultRecovery(_Counted):
+    """sc_sup on every worker: restarts of its crashing child, counted as exits ``crashed``."""
 
-    async def _once(self) -> Outcome:
-        before = await self._pid()
-        if not before:
-            raise ScenarioError("sc_victim is not running (quarantined?)")
-        began = time.monotonic_ns()
-        await self.control.request("kill", pid=f"#{before}")
-        deadline = time.monotonic() + RECOVERY_TIMEOUT_S
-        while time.monotonic() < deadline:
-            now = await self._pid()
-            if now and now != before:
-                return 1, time.monotonic_ns() - began, ""
-        raise ScenarioError(f"sc_victim did not come back within {RECOVERY_TIMEOUT_S:g} s")
+    component = "sc_sup"
+    children = ("sc_crasher",)
+    reason = "crashed"
 
 
 class WsEcho(Driver):
@@ -274,14 +344,14 @@ class WsEcho(Driver):
 
 
 class SseFanout(Driver):
-    """8 clients at once, each opening /sc/burst and reading its 100 events."""
+    """One client at a time opening /sc/burst and reading its ``BURST_EVENTS`` events."""
 
     def __init__(self, target: Target) -> None:
         target.need("sc_sse")
         self.host, self.port, self.path = target.route("sse", "sc_sse", "burst")
 
     async def start(self) -> list[Lane]:
-        return [self._stream] * 8
+        return [self._stream]
 
     async def _stream(self) -> Outcome:
         return await asyncio.wait_for(self._read(), OPERATION_TIMEOUT_S)
@@ -290,18 +360,18 @@ class SseFanout(Driver):
         reader, writer = await asyncio.open_connection(self.host, self.port)
         try:
             writer.write(f"GET {self.path} HTTP/1.1\r\nHost: {self.host}\r\n\r\n".encode())
-            seen = b""
-            while seen.count(b"data: tick") < BURST_EVENTS:
-                data = await reader.read(MAX_RESPONSE_BYTES)
+            # A mark may straddle two reads: the last bytes of one, too
+            # few to hold a whole mark, are looked at again with the next.
+            events, tail = 0, b""
+            while events < BURST_EVENTS:
+                data = await reader.read(SSE_READ_BYTES)
                 if not data:
                     break
-                seen += data
-                if len(seen) > MAX_RESPONSE_BYTES:
-                    raise ValueError(f"{self.path} sent more than its {BURST_EVENTS} events")
-            events = seen.count(b"data: tick")
+                events += (tail + data).count(SSE_EVENT_MARK)
+                tail = data[1 - len(SSE_EVENT_MARK) :]
             if events < BURST_EVENTS:
                 raise ScenarioError(f"{self.path} ended after {events} of {BURST_EVENTS} events")
-            return events, None, ""
+            return BURST_EVENTS, None, ""
         finally:
             writer.close()
 
@@ -311,28 +381,33 @@ SCENARIOS = {
     for scenario in (
         Scenario(
             "spawn-storm",
-            "processes spawned by `spawn sc_quick` over the control socket (4 at a time); "
-            "latency: the spawn request's round trip",
+            "processes spawned, run and exited in the worker: sc_spawner (one on every worker) "
+            f"spawns sc_quick, {SPAWN_WINDOW} alive at a time, another as each one exits; "
+            "counted by the workers' exits `normal`, read every 0.1 s; "
+            "latency: each read's window divided by the spawns counted in it",
             "spawns",
-            "component sc_quick",
+            "components sc_spawner and sc_quick",
             SpawnStorm,
         ),
         Scenario(
             "ping-pong",
-            "call/reply round trips from an HTTP handler to the resident sc_pong, "
-            f"{PING_TRIPS} a request on 2 connections a part, split by whether the handler ran on "
-            "sc_pong's worker (same_worker) or another (across_workers); "
-            "latency: the mean round trip of each batch, HTTP included",
+            "call/reply round trips between two processes in the node: the handler of GET "
+            f"/sc/ping calls the resident sc_pong {PING_TRIPS} times, timing each call on the "
+            "WASI monotonic clock; one request at a time, alternating between a handler on "
+            "sc_pong's worker (same_worker) and one on another (across_workers); "
+            "latency: each round trip as the guest timed it",
             "round trips",
             "components sc_ping and sc_pong, GET /sc/ping on an HTTP listener",
             PingPong,
         ),
         Scenario(
             "fault-recovery",
-            "kills of the resident sc_victim, each waited out until its supervisor has "
-            "registered a new one; latency: from the kill to the new pid answering `info`",
-            "recoveries",
-            "resident component sc_victim",
+            "restarts under a guest's supervisor: sc_sup (one on every worker) supervises "
+            "sc_crasher (one_for_one, permanent), which exits crashed at once; counted by the "
+            "workers' exits `crashed`, read every 0.1 s; "
+            "latency: each read's window divided by the restarts counted in it",
+            "restarts",
+            "components sc_sup and sc_crasher",
             FaultRecovery,
         ),
         Scenario(
@@ -363,18 +438,19 @@ SCENARIOS = {
         ),
         Scenario(
             "sse-fanout",
-            f"SSE events received by 8 concurrent clients, each stream {BURST_EVENTS} events "
-            "of sc_sse#burst; latency: one stream from connect to its last event",
+            f"SSE events of one stream at a time of sc_sse#burst ({BURST_EVENTS:,} events, "
+            "as `python -m bench http`'s SSE stream), each read to its end on a connection "
+            "of its own; latency: one stream from connect to its last event",
             "events",
             "component sc_sse, GET /sc/burst on an SSE listener",
             SseFanout,
         ),
         Scenario(
             "kv-storm",
-            "store writes: GET /sc/kv runs one kv_set that returns after its commit; "
-            "from `rusmd bench` with wrk on PATH, wrk -t1 -c64, else 8 connections of the "
-            "Python client; latency: each request's round trip",
-            "writes",
+            f"store reads: GET /sc/kv answers a {KV_VALUE_BYTES}-byte value from one kv_get, "
+            "as `python -m bench http kv`; from `rusmd bench` with wrk on PATH, wrk -t1 -c64, "
+            "else 8 connections of the Python client; latency: each request's round trip",
+            "reads",
             "component sc_kv with storage, GET /sc/kv on an HTTP listener, [node] store",
             KvStorm,
         ),

@@ -13,13 +13,14 @@ answers (a length or chunks, at most ``MAX_RESPONSE_BYTES``).
 from __future__ import annotations
 
 import asyncio
+import base64
 from dataclasses import dataclass, field
 
 from rusmd.config import load_manifest
 from rusmd.config.model import Protocol
 from rusmd.errors import RusmError
 from rusmd.node.control import ControlClient, ControlRefused, ControlUnavailable
-from rusmd.node.scenario_app import ROUTES
+from rusmd.node.scenario_app import KV_BUCKET, KV_KEY, KV_VALUE, ROUTES
 from rusmd.node.scenarios import ScenarioError
 
 # One request of a scenario: past this the operation counts as failed
@@ -74,6 +75,23 @@ class Target:
                 f"this node does not serve {protocol.upper()} GET {path} -> {component}#{action}"
             )
         return (*self.routes[path], path)
+
+    async def write_kv_value(self) -> None:
+        """Store the value sc_kv reads (``KV_VALUE``), as ``rusmctl kv set`` would.
+
+        Raises:
+            ScenarioError: The node refused it (no store, say), with why.
+        """
+        try:
+            await self.control.request(
+                "kv",
+                action="set",
+                bucket=KV_BUCKET,
+                key_b64=base64.b64encode(KV_KEY.encode()).decode(),
+                value_b64=base64.b64encode(KV_VALUE).decode(),
+            )
+        except (ControlUnavailable, ControlRefused) as exc:
+            raise ScenarioError(f"kv set {KV_BUCKET} {KV_KEY}: {exc}") from None
 
     def need(self, *components: str) -> None:
         """ScenarioError naming the components this node does not have."""

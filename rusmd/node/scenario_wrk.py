@@ -27,6 +27,7 @@ import shutil
 import tempfile
 from typing import Any
 
+from rusmd.node.scenario_app import ROUTES
 from rusmd.node.scenario_target import HttpClient, Target
 from rusmd.node.scenarios import Driver, Lane, ScenarioError
 
@@ -52,6 +53,8 @@ end
 
 WRK_ROUTES = {"http-throughput": ("sc_http", "hello"), "kv-storm": ("sc_kv", "kv")}
 """Scenario name → (component, action) of the route wrk drives."""
+KV_PATHS = {ROUTES[("http", "sc_kv", "kv")]}
+"""Routes that read the value ``Target.write_kv_value`` stores."""
 
 
 def wrk_available() -> bool:
@@ -138,9 +141,12 @@ class WrkHttp(Driver):
 
     def __init__(self, target: Target, component: str, action: str) -> None:
         target.need(component)
+        self.target = target
         self.host, self.port, self.path = target.route("http", component, action)
 
     async def start(self) -> list[Lane]:
+        if self.path in KV_PATHS:
+            await self.target.write_kv_value()  # what kv-storm's route reads
         client = HttpClient(self.host, self.port)
         try:
             status, body = await client.get(self.path)  # fails early, with why

@@ -11,7 +11,9 @@ records the rest in an HDR histogram (``hdrhistogram``: 3 significant
 digits from 1 ns to a minute; no sorted list of samples). An operation
 says how many *units* it did (a request, an event, a round trip), which
 make the rate; its latency is the operation's own time unless the
-scenario gives another (ping-pong: the mean round trip of its batch).
+scenario gives others (ping-pong: each round trip of its batch, as the
+guest timed it; spawn-storm: the mean time a spawn took in the window
+the operation counted).
 
 The run stops by itself after its seconds, or on ``stop``; an operation
 in flight when it ends is awaited up to ``DRAIN_TIMEOUT_S`` and then
@@ -61,8 +63,9 @@ class RunState(enum.StrEnum):
     FAILED = "failed"
 
 
-# (units done, latency in ns or None for the operation's own time, part or "")
-Outcome = tuple[int, int | None, str]
+# (units done, latency in ns, or the latencies of its units, or None for
+# the operation's own time; part or "")
+Outcome = tuple[int, int | list[int] | None, str]
 Lane = Callable[[], Awaitable[Outcome]]
 
 
@@ -78,11 +81,12 @@ class Recorder:
         self.units = 0
         self.operations = 0
 
-    def record(self, units: int, latency_ns: int) -> None:
-        """One operation."""
+    def record(self, units: int, latency_ns: int | list[int]) -> None:
+        """One operation: its latency, or one latency for each thing it timed."""
         self.units += units
-        self.operations += 1
-        self.histogram.record_value(min(max(1, latency_ns), HISTOGRAM_MAX_NS))
+        for value in latency_ns if isinstance(latency_ns, list) else (latency_ns,):
+            self.operations += 1
+            self.histogram.record_value(min(max(1, value), HISTOGRAM_MAX_NS))
 
     def figures(self, seconds: float) -> dict[str, Any]:
         """Count, rate a second over ``seconds``, latency percentiles in µs."""

@@ -78,11 +78,16 @@ def test_every_scenario_counts_with_percentiles(scenario_daemon: Daemon, name: s
     if name == "ping-pong":
         assert set(result["parts"]) == {"same_worker", "across_workers"}  # two workers
         assert sum(part["count"] for part in result["parts"].values()) == result["count"]
+        # each trip as the guest timed it: PING_TRIPS latencies a request
+        assert result["operations"] == result["count"], result
     if name == "fairness":
         assert result["workers_spinning"] == 2  # one spinner on each worker
-    # every scenario cleans up: no spinner or stray process is left running
+    if name in ("spawn-storm", "fault-recovery"):
+        assert result["workers"] == 2  # one spawner or supervisor on each worker
+    # every scenario cleans up: no spinner, spawner, supervisor or their children left
+    left = ("sc_spin", "sc_quick", "sc_spawner", "sc_sup", "sc_crasher", "supervisor")
     listing = scenario_daemon.request("list")["result"]["processes"]
-    assert not [p for p in listing if p["component"] in ("sc_spin", "sc_quick")], listing
+    assert not [p for p in listing if p["component"] in left], listing
 
 
 def test_a_run_from_the_attach_stream_sends_live_frames(scenario_daemon: Daemon) -> None:

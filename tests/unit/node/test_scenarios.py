@@ -64,6 +64,15 @@ def test_recorder_percentiles_come_from_the_histogram() -> None:
     assert Recorder().figures(1.0)["latency_us"] == {}
 
 
+def test_recorder_takes_each_latency_an_operation_timed() -> None:
+    recorder = Recorder()
+    recorder.record(3, [10_000, 20_000, 30_000])  # ping-pong: each trip the guest timed
+    recorder.record(0, [])  # a counted window in which nothing exited
+    figures = recorder.figures(1.0)
+    assert figures["count"] == 3 and figures["operations"] == 3
+    assert figures["latency_us"]["p50"] == 20.0 and figures["latency_us"]["max"] == 30.0
+
+
 def test_a_run_discards_its_warm_up_and_reports_frames_and_parts() -> None:
     frames: list[dict[str, Any]] = []
     driver = Sleeper()
