@@ -115,7 +115,10 @@ class HttpClient:
     async def get(self, path: str) -> tuple[int, bytes]:
         """``GET path``: (status, body); reconnects after a close."""
         try:
-            return await asyncio.wait_for(self._get(path), OPERATION_TIMEOUT_S)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for makes a task a
+            # request, a cost the client would add to every one.
+            async with asyncio.timeout(OPERATION_TIMEOUT_S):
+                return await self._get(path)
         except BaseException:
             self.close()
             raise
