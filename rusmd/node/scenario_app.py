@@ -49,6 +49,8 @@ PING_TRIPS = 100
 # Events one ``GET /sc/burst`` stream carries before it ends: as python
 # -m bench http's one SSE stream.
 BURST_EVENTS = 20_000
+# Each event's data, as python -m bench http's SSE stream sends.
+SSE_DATA = b"0123456789abcdef"
 # Children of sc_spawner alive at once: enough that the worker always
 # has one to run while the spawner waits for an exit, far below a
 # worker's process limit.
@@ -229,11 +231,12 @@ ECHO_WAT = """(module
 SSE_WAT = f"""(module
   (import "rusm" "sse_event" (func $event (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
-  (data (i32.const 256) "tick")
+  (data (i32.const 256) "{SSE_DATA.decode()}")
   (func (export "burst")
     (local $i i32)
     (loop $next
-      (if (i32.lt_s (call $event (i32.const 0) (i32.const 0) (i32.const 256) (i32.const 4))
+      (if (i32.lt_s (call $event (i32.const 0) (i32.const 0) (i32.const 256)
+                                 (i32.const {len(SSE_DATA)}))
                     (i32.const 0))
         (then (return)))
       (local.set $i (i32.add (local.get $i) (i32.const 1)))

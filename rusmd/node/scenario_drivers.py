@@ -41,6 +41,7 @@ from rusmd.node.scenario_app import (
     KV_VALUE_BYTES,
     PING_TRIPS,
     SPAWN_WINDOW,
+    SSE_DATA,
 )
 from rusmd.node.scenario_target import OPERATION_TIMEOUT_S, HttpClient, Target
 from rusmd.node.scenario_wrk import wrk_driver
@@ -53,7 +54,7 @@ POLL_S = 0.1
 # One read of an SSE stream: a few thousand events of the scenario app.
 SSE_READ_BYTES = 1 << 16
 # How sse-fanout finds an event of sc_sse#burst in the raw stream.
-SSE_EVENT_MARK = b"data: tick"
+SSE_EVENT_MARK = b"data: " + SSE_DATA
 # As python -m bench http's WebSocket section: 16 connections, each
 # sending "hello world" and awaiting its echo, one at a time.
 WS_MESSAGE = "hello world"

@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import enum
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,6 +52,11 @@ MAX_ERRORS_WITHOUT_SUCCESS = 20
 HISTOGRAM_MAX_NS = 60_000_000_000
 HISTOGRAM_DIGITS = 3
 PERCENTILES = (50.0, 90.0, 95.0, 99.0, 99.9)
+# A frame's live rate is over the last second of frames, not the last
+# tick: an operation that counts many units at once (an SSE stream of
+# 20,000 events, a 0.1 s read of the workers' counters) would make a
+# rate per 50 ms tick jump between 0 and a multiple of the real one.
+LIVE_RATE_WINDOW_S = 1.0
 
 
 class RunState(enum.StrEnum):
@@ -180,7 +186,7 @@ class Run:
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _started: float = 0.0
     _measured_from: float = 0.0
-    _last_tick: tuple[float, int] = (0.0, 0)
+    _samples: deque[tuple[float, int]] = field(default_factory=deque)  # (at, units)
     _last_rate: float = 0.0
 
     def __post_init__(self) -> None:
@@ -198,7 +204,7 @@ class Run:
         lanes = await self.driver.start()
         self._started = time.monotonic()
         self._measured_from = self._started + self.warmup_s
-        self._last_tick = (self._measured_from, 0)
+        self._samples.append((self._measured_from, 0))
         if self.driver.outside:
             return await self._run_outside()
         tasks = [asyncio.ensure_future(self._lane(lane)) for lane in lanes]
@@ -296,16 +302,19 @@ class Run:
             self.on_tick(frame)
 
     def frame(self, now: float) -> dict[str, Any]:
-        """The live ``scenario`` frame: rate over the last tick, percentiles so far."""
-        since, units = self._last_tick
+        """The live ``scenario`` frame: rate over the last second, percentiles so far."""
         rate = self._last_rate
-        interval = now - max(since, self._measured_from)
-        # An interval shorter than half a tick (the first one after the
-        # warm-up can be a few ms) would make a wild rate: keep the last.
-        if interval >= self.tick_s / 2:
-            rate = (self.recorder.units - units) / interval
-            self._last_tick = (now, self.recorder.units)
-            self._last_rate = rate
+        samples = self._samples
+        if samples and now > samples[-1][0]:
+            samples.append((now, self.recorder.units))
+            while len(samples) > 2 and now - samples[1][0] >= LIVE_RATE_WINDOW_S:
+                samples.popleft()
+            since, units = samples[0]
+            # An interval shorter than half a tick (the first one after the
+            # warm-up can be a few ms) would make a wild rate: keep the last.
+            if now - since >= self.tick_s / 2:
+                rate = (self.recorder.units - units) / (now - since)
+                self._last_rate = rate
         figures = self.recorder.figures(max(0.0, now - self._measured_from))
         latency = figures["latency_us"]
         return {

@@ -126,6 +126,32 @@ def test_a_run_from_the_attach_stream_sends_live_frames(scenario_daemon: Daemon)
         client.close()
 
 
+def test_an_in_worker_scenario_from_the_attach_stream_has_a_live_rate(
+    scenario_daemon: Daemon,
+) -> None:
+    # spawn-storm counts from the workers' counters, read every 0.1 s: the
+    # dashboard still gets a rate every tick while it runs.
+    wait_endpoint(scenario_daemon)
+    client = Attached(scenario_daemon)
+    try:
+        scenario_daemon.wait_for(lambda: client.latest("hello"), SETUP_TIMEOUT_S, "hello")
+        client.send({"type": "run", "scenario": "spawn-storm", "seconds": 2})
+        started = scenario_daemon.wait_for(lambda: client.reply("run"), SETUP_TIMEOUT_S, "run")
+        assert started["ok"], started
+
+        def finished() -> dict[str, Any] | None:
+            last = client.latest("scenario")
+            return last if last and "result" in last else None
+
+        final = scenario_daemon.wait_for(finished, SETUP_TIMEOUT_S, "the run's last frame")
+        frames = [frame for _at, frame in client.of_type("scenario")]
+        live = [f for f in frames if f["state"] == "running" and "result" not in f]
+        assert len([f for f in live if f["rate"] > 0]) >= 2, frames
+        check_figures(final["result"])
+    finally:
+        client.close()
+
+
 def test_rusmd_bench_prints_one_json_document_with_a_rate(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(

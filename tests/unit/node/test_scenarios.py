@@ -89,6 +89,19 @@ def test_a_run_discards_its_warm_up_and_reports_frames_and_parts() -> None:
     assert "result" in frames[-1] and all("result" not in frame for frame in frames[:-1])
 
 
+def test_the_live_rate_is_over_the_last_second_not_the_last_tick() -> None:
+    run = Run(SCENARIO, Sleeper(), seconds=10, tick_s=0.05)
+    run._started, run._measured_from = 0.0, 2.0  # as run() sets them
+    run._samples.append((2.0, 0))
+    rates = []
+    for step in range(1, 61):  # 3 s of 50 ms ticks; 1,000 units land every other tick
+        if step % 2 == 0:
+            run.recorder.record(1000, 1)
+        rates.append(run.frame(2.0 + step * 0.05)["rate"])
+    # a rate per tick would go 0, 20,000, 0, ...; over the last second it stays near 10,000
+    assert all(9_000 <= rate <= 11_000 for rate in rates[20:]), rates
+
+
 def test_a_run_that_only_fails_ends_early_with_the_first_error() -> None:
     run = Run(SCENARIO, Sleeper(pause_s=0.0, fail=True), seconds=30)
     result = asyncio.run(run.run())
