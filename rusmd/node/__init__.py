@@ -13,6 +13,7 @@ The layout, in the order data flows:
 - ``scenario_app``     the benchmark scenarios' guests (WAT) and manifest.
 - ``scenarios``        one timed scenario run: lanes, warm-up, HDR histogram, frames.
 - ``scenario_target``  where a node serves the scenario routes; the HTTP client.
+- ``scenario_actors``  spawn-storm and fault-recovery: a guest on every worker, their counters.
 - ``scenario_drivers`` the eight scenarios.
 - ``scenario_wrk``     wrk as the client of http-throughput and kv-storm in ``rusmd bench``.
 - ``runs``      the attach stream's scenario runs (one at a time).

@@ -44,7 +44,7 @@ from rusmd.node.scenario_drivers import prepare
 from rusmd.node.scenario_wrk import WRK_CONNECTIONS, WRK_ROUTES, wrk_available
 from rusmd.node.scenarios import Run, ScenarioError
 
-# The daemon compiles the app's nine small guests before it is ready; on
+# The daemon compiles the app's eleven small guests before it is ready; on
 # a loaded machine that can take a while, but a broken start must end.
 READY_TIMEOUT_S = 120.0
 READY_POLL_S = 0.1

@@ -32,7 +32,7 @@ HTTP_TIMEOUT_S = 10.0
 # The endpoint child starts within a second of the daemon; a loaded
 # two-core machine can make it a few.
 ENDPOINT_TIMEOUT_S = 20.0
-# A daemon start, a compile of nine small guests and a run, on a loaded
+# A daemon start, a compile of eleven small guests and a run, on a loaded
 # two-core machine.
 SETUP_TIMEOUT_S = 60.0
 
