@@ -131,7 +131,8 @@ PAIRS = (
         "bench http kv, 64 conns, 2 workers (req/s)",
         http_row("kv", 2),
         "same read (one kv_get of a 200-byte value), client (wrk -t1 -c64) and workers "
-        "when wrk drives both; bench's guest is C and answers JSON",
+        "when wrk drives both; bench's guest is C (libc, a route parameter, JSON), "
+        "the scenario's WAT",
     ),
     Pair(
         "ws-echo",
