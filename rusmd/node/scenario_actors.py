@@ -92,20 +92,24 @@ class _Counted(Driver):
         target.need(self.component, *self.children)
         self.control = target.control
         self.placed = OnEveryWorker(target.control, self.component, target.workers)
-        self.last: tuple[int, dict[int, int]] = (0, {})
+        self.since_ns = 0
+        # (slot, worker pid) → its count at the last read that had it
+        self.known: dict[tuple[int, int], int] = {}
 
     async def start(self) -> list[Lane]:
-        self.last = await self._read()
+        self.since_ns, self.known = await self._read()
         await self.placed.spawn()
         return [self._poll]
 
-    async def _read(self) -> tuple[int, dict[int, int]]:
+    async def _read(self) -> tuple[int, dict[tuple[int, int], int]]:
         try:
             stats = await self.control.request("stats")
         except (ControlRefused, ControlUnavailable) as exc:
             raise ScenarioError(f"stats: {exc}") from None
         counts = {
-            int(meters["slot"]): int(meters.get("exits", {}).get(self.reason, 0))
+            (int(meters["slot"]), int(meters["pid"])): int(
+                meters.get("exits", {}).get(self.reason, 0)
+            )
             for meters in stats.get("meters", [])
         }
         return time.monotonic_ns(), counts
@@ -113,13 +117,16 @@ class _Counted(Driver):
     async def _poll(self) -> Outcome:
         await asyncio.sleep(POLL_S)
         at, counts = await self._read()
-        since, before = self.last
-        self.last = (at, counts)
+        since, self.since_ns = self.since_ns, at
         units = 0
-        for slot, count in counts.items():
-            old = before.get(slot, 0)
-            # A worker replaced meanwhile counts again from 0: its new count only.
-            units += count - old if count >= old else count
+        for worker, count in counts.items():
+            # A worker first seen now (a replacement, or one that did not
+            # answer before) starts its count here: what it counted
+            # before may predate the run. One that did not answer this
+            # time keeps its last count, and its exits count at the next.
+            if worker in self.known:
+                units += count - self.known[worker]
+            self.known[worker] = count
         return units, [(at - since) // units] if units else [], ""
 
     async def finish(self) -> dict[str, Any]:
