@@ -41,11 +41,13 @@ and reads the workers' own counters (spawns, exits by reason).
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 # Round trips one ``GET /sc/ping`` makes and times; its answer carries
 # each one's ns, so it stays a few hundred bytes.
 PING_TRIPS = 100
+PING_ANSWER_BYTES = 8 * (PING_TRIPS + 1)
 # Events one ``GET /sc/burst`` stream carries before it ends: as python
 # -m bench http's one SSE stream.
 BURST_EVENTS = 20_000
@@ -201,7 +203,20 @@ PING_WAT = f"""(module
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br_if $trip (i32.lt_u (local.get $i) (i32.const {PING_TRIPS}))))
     (drop (call $respond (i32.const 200) (i32.const 0) (i32.const 0)
-                         (i32.const 1024) (i32.const {8 * (PING_TRIPS + 1)})))))"""
+                         (i32.const 1024) (i32.const {PING_ANSWER_BYTES})))))"""
+
+
+def ping_answer(body: bytes) -> tuple[int, list[int]]:
+    """``GET /sc/ping``'s answer: the handler's pid and each round trip's ns.
+
+    Raises:
+        ValueError: ``body`` is not ``PING_ANSWER_BYTES`` long (not sc_ping's answer).
+    """
+    if len(body) != PING_ANSWER_BYTES:
+        raise ValueError(f"sc_ping answered {len(body)} bytes, not {PING_ANSWER_BYTES}")
+    pid, *trips = struct.unpack(f"<{PING_TRIPS + 1}q", body)
+    return pid, trips
+
 
 HTTP_WAT = f"""(module
   {_RESPOND}

@@ -26,7 +26,6 @@ its ``python -m bench`` counterpart.
 from __future__ import annotations
 
 import asyncio
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from rusmd.node.scenario_app import (
     PING_TRIPS,
     SPAWN_WINDOW,
     SSE_DATA,
+    ping_answer,
 )
 from rusmd.node.scenario_target import OPERATION_TIMEOUT_S, HttpClient, Target
 from rusmd.node.scenario_wrk import wrk_driver
@@ -180,17 +180,20 @@ class PingPong(_Http):
         return [self._alternate]
 
     def _part(self, body: bytes) -> str:
-        if len(body) != 8 * (PING_TRIPS + 1):
-            raise ScenarioError(f"GET {self.path} answered {len(body)} bytes, not the trip times")
-        (pid,) = struct.unpack_from("<q", body)
-        return "same_worker" if slot_of(pid) == self.pong_slot else "across_workers"
+        return self._answer(body)[0]
+
+    def _answer(self, body: bytes) -> tuple[str, list[int]]:
+        try:
+            pid, trips = ping_answer(body)
+        except ValueError as exc:
+            raise ScenarioError(f"GET {self.path}: {exc}") from None
+        return "same_worker" if slot_of(pid) == self.pong_slot else "across_workers", trips
 
     async def _alternate(self) -> Outcome:
         client = self.clients[self.turn % len(self.clients)]
         self.turn += 1
-        body = await _expect_ok(client, self.path)
-        trips = list(struct.unpack_from(f"<{PING_TRIPS}q", body, 8))
-        return PING_TRIPS, trips, self._part(body)
+        part, trips = self._answer(await _expect_ok(client, self.path))
+        return len(trips), trips, part
 
 
 class WsEcho(Driver):
