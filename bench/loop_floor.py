@@ -10,7 +10,11 @@ child, two ways:
   baseline of ``bench actors`` waits the same way);
 - loops: each side is a uvloop loop woken by ``add_reader``, as a
   worker's mesh is (an ``epoll_wait`` per wake-up, and one more before
-  the loop sleeps again).
+  the loop sleeps again);
+- spinning: each side polls its socket without blocking for up to
+  ``SPIN_S`` before it sleeps in ``recv``, as an Erlang scheduler
+  busy-waits before it sleeps (``+sbwt``): what a wake-up costs when the
+  CPU never halts, paid for in CPU while waiting.
 
 It prints the round trip and this side's CPU per hop, user and system.
 Two workers cannot exchange a message faster than the second line: it is
@@ -30,6 +34,8 @@ import time
 import uvloop
 
 FRAME = b"x" * 40
+# How long the spinning variant polls before it blocks.
+SPIN_S = 200e-6
 
 
 def _blocking(count: int) -> tuple[float, float, float]:
@@ -45,6 +51,32 @@ def _blocking(count: int) -> tuple[float, float, float]:
         ours.send(FRAME)
         ours.recv(65536)
     return _report(count, before, started, pid)
+
+
+def _spinning(count: int) -> tuple[float, float, float]:
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:
+        for _ in range(count):
+            _spin_recv(theirs)
+            theirs.send(FRAME)
+        os._exit(0)
+    before, started = os.times(), time.perf_counter()
+    for _ in range(count):
+        ours.send(FRAME)
+        _spin_recv(ours)
+    return _report(count, before, started, pid)
+
+
+def _spin_recv(sock: socket.socket) -> None:
+    deadline = time.perf_counter() + SPIN_S
+    while time.perf_counter() < deadline:
+        try:
+            sock.recv(65536, socket.MSG_DONTWAIT)
+            return
+        except BlockingIOError:
+            continue
+    sock.recv(65536)
 
 
 def _loops(count: int) -> tuple[float, float, float]:
@@ -99,7 +131,12 @@ def main(argv: list[str]) -> int:
         print("usage: python -m bench.loop_floor [N]", file=sys.stderr)
         return 2
     count = int(argv[0]) if argv else 10_000
-    for name, run in (("blocking recv", _blocking), ("uvloop add_reader", _loops)):
+    runs = (
+        ("blocking recv", _blocking),
+        ("uvloop add_reader", _loops),
+        ("spin, then recv", _spinning),
+    )
+    for name, run in runs:
         rtt, user, system = run(count)
         print(
             f"{name:<18} round trip {rtt:7.1f} µs; CPU per hop on one side: "
