@@ -48,17 +48,8 @@ from rusmd.actors.names import NameReplica
 class ActorTable(NameReplica):
     """Processes of one worker as actors.
 
-    Args:
-        slot: This worker's slot.
-        remote: Queue a signal for another worker (any thread); False when
-            no live worker holds that slot.
-        remote_backlogged: True when so much waits for another worker
-            (it stopped reading) that user signals to it are refused with
-            LIMIT (any thread). Optional; defaults to never.
-        to_main: Send a message to the main process (any thread).
-        call_soon: Run a callable on the loop thread (any thread).
-        call_later: Run a callable on the loop thread after a delay (any thread).
-        mailbox_limit: User messages a mailbox holds.
+    Its constructor is ``TableCore``'s (``rusmd/actors/core.py``), which
+    documents the arguments; each module of the chain adds one concern.
     """
 
     # ── what operators see ──────────────────────────────────────────────

@@ -152,37 +152,30 @@ def test_an_in_worker_scenario_from_the_attach_stream_has_a_live_rate(
         client.close()
 
 
-def test_rusmd_bench_prints_one_json_document_with_a_rate(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def _bench_json(tmp_path: Path, scenario: str, seconds: str) -> dict[str, Any]:
+    """``rusmd bench SCENARIO --seconds S --json`` in ``tmp_path``: its one JSON document."""
     done = subprocess.run(
-        [sys.executable, "-m", "rusmd", "bench", "spawn-storm", "--seconds", "1", "--json"],
+        [sys.executable, "-m", "rusmd", "bench", scenario, "--seconds", seconds, "--json"],
         cwd=tmp_path,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
         capture_output=True,
         text=True,
         timeout=BENCH_TIMEOUT_S,
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
+    result: dict[str, Any] = json.loads(done.stdout)
     check_figures(result)
+    return result
+
+
+def test_rusmd_bench_prints_one_json_document_with_a_rate(tmp_path: Path) -> None:
+    result = _bench_json(tmp_path, "spawn-storm", "1")
     assert result["scenario"] == "spawn-storm" and result["unit"] == "spawns"
 
 
 def test_rusmd_bench_drives_http_throughput_with_wrk_when_it_is_installed(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run(
-        [sys.executable, "-m", "rusmd", "bench", "http-throughput", "--seconds", "2", "--json"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=BENCH_TIMEOUT_S,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout)
-    check_figures(result)
+    result = _bench_json(tmp_path, "http-throughput", "2")
     if shutil.which("wrk"):
         assert result["client"] == "wrk -t1 -c64" and result["lanes"] == 64, result
         assert "note" not in result
