@@ -158,8 +158,10 @@ class StagedFds:
     """
 
     def __init__(self, count: int) -> None:
-        self.first_fd = _free_fd_run(count)
+        # The listeners first: opened after the run was chosen, they could
+        # land inside it when the process already holds 100 fds.
         self.originals = [_listener() for _ in range(count)]
+        self.first_fd = _free_fd_run(count)
         for offset, sock in enumerate(self.originals):
             os.dup2(sock.fileno(), self.first_fd + offset)
         self.adopted: list[tuple[socket.socket, str]] = []
