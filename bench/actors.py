@@ -158,7 +158,7 @@ def restarts(worker: Worker, erlang: Erlang) -> None:
         start = time.perf_counter()
         while time.perf_counter() - start < RESTART_WINDOW_S:
             worker.exited.clear()
-            host.spawn("crasher")
+            host.spawn("crasher", on_exit=lambda _report: worker.exited.set())
             if not worker.exited.wait(LINE_TIMEOUT_S):
                 raise TimeoutError("crasher did not exit")
             count += 1

@@ -43,7 +43,7 @@ from rusmd.node.scenario_app import (
     SSE_DATA,
     ping_answer,
 )
-from rusmd.node.scenario_target import OPERATION_TIMEOUT_S, HttpClient, Target
+from rusmd.node.scenario_target import HttpClient, Target
 from rusmd.node.scenario_wrk import wrk_driver
 from rusmd.node.scenarios import Driver, Lane, Outcome, Scenario, ScenarioError
 
@@ -60,8 +60,12 @@ WS_CONNECTIONS = 16
 PROBE_CONNECTIONS = 32
 
 
-async def _expect_ok(client: HttpClient, path: str) -> bytes:
-    status, body = await client.get(path)
+async def _expect_ok(client: HttpClient, path: str, *, timed: bool = True) -> bytes:
+    """The body of ``GET path`` answered 200; ScenarioError with the answer else.
+
+    ``timed=False`` in a lane: the run's watchdog bounds it.
+    """
+    status, body = await client.get(path, timed=timed)
     if status != 200:
         raise ScenarioError(f"GET {path} answered {status}: {body[:200].decode(errors='replace')}")
     return body
@@ -84,7 +88,7 @@ class _Http(Driver):
 
     def _lane(self, client: HttpClient) -> Lane:
         async def one() -> Outcome:
-            await _expect_ok(client, self.path)
+            await _expect_ok(client, self.path, timed=False)
             return 1, None, ""
 
         return one
@@ -115,7 +119,7 @@ class KvStorm(_Http):
 
     def _lane(self, client: HttpClient) -> Lane:
         async def one() -> Outcome:
-            body = await _expect_ok(client, self.path)
+            body = await _expect_ok(client, self.path, timed=False)
             if body != KV_VALUE:
                 raise ScenarioError(f"GET {self.path} answered {body[:40]!r}, not the value")
             return 1, None, ""
@@ -192,7 +196,7 @@ class PingPong(_Http):
     async def _alternate(self) -> Outcome:
         client = self.clients[self.turn % len(self.clients)]
         self.turn += 1
-        part, trips = self._answer(await _expect_ok(client, self.path))
+        part, trips = self._answer(await _expect_ok(client, self.path, timed=False))
         return len(trips), trips, part
 
 
@@ -214,11 +218,9 @@ class WsEcho(Driver):
 
     def _lane(self, connection: ClientConnection) -> Lane:
         async def trip() -> Outcome:
+            # No timeout here: the run's watchdog bounds the trip.
             await connection.send(WS_MESSAGE)
-            # asyncio.timeout, not wait_for: on 3.11 wait_for makes a task
-            # a call, a cost the client would add to every round trip.
-            async with asyncio.timeout(OPERATION_TIMEOUT_S):
-                answer = await connection.recv()
+            answer = await connection.recv()
             if answer != WS_MESSAGE:
                 raise ValueError(f"sc_echo answered {str(answer)[:40]!r}")
             return 1, None, ""
@@ -239,11 +241,7 @@ class SseFanout(Driver):
         self.host, self.port, self.path = target.route("sse", "sc_sse", "burst")
 
     async def start(self) -> list[Lane]:
-        return [self._stream]
-
-    async def _stream(self) -> Outcome:
-        async with asyncio.timeout(OPERATION_TIMEOUT_S):
-            return await self._read()
+        return [self._read]
 
     async def _read(self) -> Outcome:
         reader, writer = await asyncio.open_connection(self.host, self.port)

@@ -21,11 +21,8 @@ from rusmd.config.model import Protocol
 from rusmd.errors import RusmError
 from rusmd.node.control import ControlClient, ControlRefused, ControlUnavailable
 from rusmd.node.scenario_app import KV_BUCKET, KV_KEY, KV_VALUE, ROUTES
-from rusmd.node.scenarios import ScenarioError
+from rusmd.node.scenarios import OPERATION_TIMEOUT_S, ScenarioError
 
-# One request of a scenario: past this the operation counts as failed
-# (the run goes on).
-OPERATION_TIMEOUT_S = 10.0
 # A response or an SSE stream larger than this is not the scenario app's;
 # the client stops reading rather than buffer it.
 MAX_RESPONSE_BYTES = 1 << 16
@@ -112,11 +109,18 @@ class HttpClient:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def get(self, path: str) -> tuple[int, bytes]:
-        """``GET path``: (status, body); reconnects after a close."""
+    async def get(self, path: str, *, timed: bool = True) -> tuple[int, bytes]:
+        """``GET path``: (status, body); reconnects after a close.
+
+        Args:
+            path: What to GET.
+            timed: Fail with TimeoutError past ``OPERATION_TIMEOUT_S``. A
+                scenario's lanes pass False: the run's watchdog bounds
+                them (``rusmd.node.scenarios``) without a timer a request.
+        """
         try:
-            # asyncio.timeout, not wait_for: on 3.11 wait_for makes a task a
-            # request, a cost the client would add to every one.
+            if not timed:
+                return await self._get(path)
             async with asyncio.timeout(OPERATION_TIMEOUT_S):
                 return await self._get(path)
         except BaseException:

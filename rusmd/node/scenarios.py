@@ -20,6 +20,13 @@ in flight when it ends is awaited up to ``DRAIN_TIMEOUT_S`` and then
 cancelled. A lane whose operation fails pauses ``ERROR_PAUSE_S`` before
 trying again, so a broken target costs a few requests a second, and a
 run that only fails ends with the first error.
+
+An operation that runs past ``OPERATION_TIMEOUT_S`` fails with
+``TimeoutError``: one watchdog, woken every ``WATCHDOG_S``, cancels the
+lane's task and the lane goes on. Not a timeout around each operation:
+``asyncio.timeout`` schedules and cancels a timer each time, 6.6 µs on
+uvloop, which a WebSocket round trip's client (about 30 µs) would carry
+on every trip and ``python -m bench``'s client does not.
 """
 
 from __future__ import annotations
@@ -37,6 +44,13 @@ from hdrh.histogram import HdrHistogram
 
 from rusmd.node.scenario_app import DEFAULT_SECONDS, MAX_SECONDS
 
+# One operation (a request, a round trip, a stream): past this it counts
+# as failed and the lane goes on, so a stalled peer cannot hold a lane
+# for the rest of the run.
+OPERATION_TIMEOUT_S = 10.0
+# How often the watchdog looks for an operation past OPERATION_TIMEOUT_S:
+# a stalled one is failed within this much more.
+WATCHDOG_S = 1.0
 # The warm-up: this share of the run, at most MAX_WARMUP_S.
 WARMUP_SHARE = 0.2
 MAX_WARMUP_S = 2.0
@@ -171,6 +185,8 @@ class Run:
         seconds: How long, warm-up included (at most ``MAX_SECONDS``).
         on_tick: Called with a ``scenario`` frame every ``tick_s`` and at the end.
         tick_s: Frame interval.
+        operation_timeout_s: An operation running longer fails (``OPERATION_TIMEOUT_S``).
+        watchdog_s: How often that is looked for (``WATCHDOG_S``).
     """
 
     scenario: Scenario
@@ -178,6 +194,8 @@ class Run:
     seconds: float = DEFAULT_SECONDS
     on_tick: Callable[[dict[str, Any]], None] | None = None
     tick_s: float = 0.5
+    operation_timeout_s: float = OPERATION_TIMEOUT_S
+    watchdog_s: float = WATCHDOG_S
     state: RunState = RunState.WARMUP
     recorder: Recorder = field(default_factory=Recorder)
     parts: dict[str, Recorder] = field(default_factory=dict)
@@ -188,6 +206,11 @@ class Run:
     _measured_from: float = 0.0
     _samples: deque[tuple[float, int]] = field(default_factory=deque)  # (at, units)
     _last_rate: float = 0.0
+    # Each lane's task, the monotonic ns its operation began (0: between
+    # operations), and the lanes the watchdog cancelled for running over.
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _began: list[int] = field(default_factory=list)
+    _overdue: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.seconds = min(max(self.seconds, 0.1), MAX_SECONDS)
@@ -207,8 +230,12 @@ class Run:
         self._samples.append((self._measured_from, 0))
         if self.driver.outside:
             return await self._run_outside()
-        tasks = [asyncio.ensure_future(self._lane(lane)) for lane in lanes]
+        self._began = [0] * len(lanes)
+        tasks = self._tasks = [
+            asyncio.ensure_future(self._lane(index, lane)) for index, lane in enumerate(lanes)
+        ]
         ticker = asyncio.ensure_future(self._ticker())
+        watchdog = asyncio.ensure_future(self._watchdog())
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.seconds)
@@ -216,6 +243,7 @@ class Run:
             ended = time.monotonic()
             self._stop.set()
             ticker.cancel()
+            watchdog.cancel()
             _done, pending = await asyncio.wait(tasks, timeout=DRAIN_TIMEOUT_S)
             for task in pending:
                 task.cancel()
@@ -264,23 +292,53 @@ class Run:
         self._emit({**frame, "result": result})
         return result
 
-    async def _lane(self, lane: Lane) -> None:
+    async def _lane(self, index: int, lane: Lane) -> None:
         stop = self._stop
         while not stop.is_set():
-            began = time.monotonic_ns()
+            try:
+                await self._operations(index, lane)
+            except asyncio.CancelledError:
+                if index not in self._overdue:
+                    raise  # the run is over
+                # The watchdog's cancellation: this operation failed, the lane goes on.
+                self._overdue.discard(index)
+                self._began[index] = 0
+                task = asyncio.current_task()
+                if task is not None:
+                    task.uncancel()
+                self._failed(TimeoutError(f"an operation ran over {self.operation_timeout_s:g} s"))
+
+    async def _operations(self, index: int, lane: Lane) -> None:
+        """Run ``lane``'s operations back to back until the run stops."""
+        stop, began_at = self._stop, self._began
+        while not stop.is_set():
+            began = began_at[index] = time.monotonic_ns()
             try:
                 units, latency_ns, part = await lane()
             except Exception as exc:  # any failure of one operation is counted; the run goes on
+                began_at[index] = 0
                 self._failed(exc)
                 await asyncio.sleep(ERROR_PAUSE_S)
                 continue
             ended = time.monotonic_ns()
+            began_at[index] = 0
             if ended / 1e9 < self._measured_from or stop.is_set():
                 continue  # warm-up, or past the end: not counted
             latency = latency_ns if latency_ns is not None else ended - began
             self.recorder.record(units, latency)
             if part:
                 self.parts.setdefault(part, Recorder()).record(units, latency)
+
+    async def _watchdog(self) -> None:
+        """Every ``watchdog_s``: cancel the lanes whose operation ran past its time."""
+        limit_ns = int(self.operation_timeout_s * 1e9)
+        while True:
+            await asyncio.sleep(self.watchdog_s)
+            now = time.monotonic_ns()
+            for index, began in enumerate(self._began):
+                if began and now - began > limit_ns and index not in self._overdue:
+                    self._overdue.add(index)
+                    self._tasks[index].cancel()
 
     def _failed(self, exc: BaseException) -> None:
         self.errors += 1

@@ -86,7 +86,7 @@ from rusmd.wasm.inline import INLINE_STORE_INSTANCES, InlinePath
 from rusmd.wasm.kv_calls import KvCalls
 from rusmd.wasm.linking import LinkerSet
 from rusmd.wasm.pids import PidLeases
-from rusmd.wasm.process import LoadedComponent, Process
+from rusmd.wasm.process import ExitLines, LoadedComponent, Process
 from rusmd.wasm.process_table import ProcessTable
 from rusmd.wasm.runners import RunnerPool
 from rusmd.wasm.serve_calls import ServeCalls
@@ -144,6 +144,7 @@ class WasmHost(ProcessTable, EpochClock):
         self.processes: dict[int, Process] = {}
         self.spawned = 0
         self.exits: dict[str, int] = {}
+        self.exit_lines = ExitLines()
         self._lock = threading.Lock()
         self.pids = PidLeases(slot, request_lease)
         self.ticks = 0
@@ -164,7 +165,14 @@ class WasmHost(ProcessTable, EpochClock):
         self.store: KvStore | None = None
         self.committer: GroupCommitter | None = None
         self.store_error = ""
-        self.inline = InlinePath(self, self.inline_engine_info.engine.ptr(), self.pids, slot, log)
+        self.inline = InlinePath(
+            self,
+            self.inline_engine_info.engine.ptr(),
+            self.pids,
+            slot,
+            log,
+            exit_lines=self.exit_lines,
+        )
         self.serve_calls = ServeCalls(log)
         threading.stack_size(GUEST_THREAD_STACK_BYTES)
         # Only for processes whose module imports a WASI call that blocks.
@@ -266,6 +274,14 @@ class WasmHost(ProcessTable, EpochClock):
         """Pid serials ``[start, end)`` are ours (from the main process)."""
         self.pids.add(start, end)
 
+    def log_held_exits(self, *, everything: bool = False) -> None:
+        """The ``log: suppressed N exit lines`` lines now due (all held, with ``everything``).
+
+        The worker's heartbeat calls it; ``shutdown`` with ``everything``.
+        """
+        for component, count in self.exit_lines.summaries(everything=everything):
+            self.log.warn(self.exit_lines.summary_line(component, count))
+
     def shutdown(self, timeout_s: float) -> None:
         """End every process (reason shutdown), waiting up to ``timeout_s``."""
         self._stopping.set()
@@ -274,6 +290,7 @@ class WasmHost(ProcessTable, EpochClock):
         deadline = time.monotonic() + timeout_s
         while self.processes and time.monotonic() < deadline:
             time.sleep(0.01)
+        self.log_held_exits(everything=True)
         self.runners.close()
         if not self.processes:
             self._halted.set()

@@ -39,7 +39,7 @@ from rusmd.wasm.components import set_wasi
 from rusmd.wasm.engine import MAX_TABLE_ELEMENTS
 from rusmd.wasm.memory import GuestMemory
 from rusmd.wasm.pids import PidLeases
-from rusmd.wasm.process import ExitReport, LoadedComponent, Process, log_exit
+from rusmd.wasm.process import ExitLines, ExitReport, LoadedComponent, Process, log_exit
 from rusmd.wasm.settings import EPOCH_TICK_MS
 from rusmd.wasm.traps import failure
 
@@ -90,6 +90,7 @@ class InlinePath:
         pids: The worker's pid leases.
         slot: This worker's slot.
         log: The worker's logger.
+        exit_lines: The worker's budget of exit lines by component.
 
     Attributes:
         spawned: Requests served (each counts as a process spawned).
@@ -109,6 +110,7 @@ class InlinePath:
         "deadline_tick",
         "deadlines",
         "engine",
+        "exit_lines",
         "exits",
         "func_ref",
         "host",
@@ -136,8 +138,18 @@ class InlinePath:
         "values",
     )
 
-    def __init__(self, host: InlineHost, engine: Any, pids: PidLeases, slot: int, log: Logger):
+    def __init__(
+        self,
+        host: InlineHost,
+        engine: Any,
+        pids: PidLeases,
+        slot: int,
+        log: Logger,
+        *,
+        exit_lines: ExitLines,
+    ):
         self.host = host
+        self.exit_lines = exit_lines
         self.engine = engine
         self.pids = pids
         self.slot = slot
@@ -287,7 +299,7 @@ class InlinePath:
         """Count and log an inline handler's abnormal end."""
         self.spawned += 1
         self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
-        log_exit(self.log, process, report)
+        log_exit(self.log, process, report, self.exit_lines)
         return report
 
     # ── the reused record ───────────────────────────────────────────────

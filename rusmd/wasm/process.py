@@ -12,13 +12,16 @@ process they serve).
 - ``Exit``: raised inside a host function to end the calling process.
 
 ``log_for`` and ``log_exit`` write a process's own log lines: within its
-``LineBudget``, and its ``exit`` line.
+``LineBudget``, and its ``exit`` line, within its component's budget of
+exit lines (``ExitLines``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import enum
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -29,11 +32,20 @@ from rusmd.abi import ExitReason
 from rusmd.actors.records import Actor
 from rusmd.config.model import Capability, LogLevel
 from rusmd.errors import RusmError
-from rusmd.log import LineBudget, Logger, suppressed_line
+from rusmd.log import SUPPRESSED_SUMMARY_INTERVAL_S, LineBudget, Logger, suppressed_line
 from rusmd.wasm.abi import Grant
 from rusmd.wasm.linking import ModuleShape, action_results
 from rusmd.wasm.memory import GuestMemory
 from rusmd.wasm.settings import EPOCH_TICK_MS
+
+# Exit lines one component's processes log at once in a worker, then a
+# second: a child crash-looping under a supervisor that allows it ends
+# thousands of times a second, and a line each (written, shipped to
+# main, written again) cost a quarter of its restart rate. The rest are
+# counted into a summary line, as OTP's logger limits a burst. Every
+# exit is still counted (``rusmctl status``, ``/metrics``).
+EXIT_LOG_BURST_LINES = 100
+EXIT_LOG_LINES_PER_S = 20.0
 
 
 class ProcessState(enum.StrEnum):
@@ -248,21 +260,93 @@ def log_for(
         log.log(level, text, source=source, cut_bytes=cut_bytes)
 
 
-def log_exit(log: Logger, process: Process, report: ExitReport) -> None:
-    """The ``exit`` line of ``process`` (and what its log budget held back)."""
+class ExitLines:
+    """Each component's budget of exit lines in this worker, and what it held back.
+
+    A component's processes share one ``LineBudget`` (``EXIT_LOG_BURST_LINES``,
+    then ``EXIT_LOG_LINES_PER_S``); an exit line over it is counted, and
+    ``summaries`` hands the counts over for ``log: suppressed N exit
+    lines`` lines. Thread-safe: processes end on the loop thread, on guest
+    threads and on the I/O thread.
+
+    Args:
+        clock: Monotonic seconds; injected by tests.
+        burst: Exit lines a component may log at once.
+        per_s: Exit lines a second after the burst.
+    """
+
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        burst: int = EXIT_LOG_BURST_LINES,
+        per_s: float = EXIT_LOG_LINES_PER_S,
+    ) -> None:
+        self._clock = clock
+        self.burst, self.per_s = burst, per_s
+        self._budgets: dict[str, LineBudget] = {}
+        self._lock = threading.Lock()
+
+    def take(self, component: str) -> bool:
+        """Whether one more exit line of ``component`` may go out now."""
+        with self._lock:
+            budget = self._budgets.get(component)
+            if budget is None:
+                budget = self._budgets[component] = LineBudget(
+                    self._clock,
+                    burst=self.burst,
+                    per_s=self.per_s,
+                    summary_interval_s=SUPPRESSED_SUMMARY_INTERVAL_S,
+                )
+            return budget.take()
+
+    def summaries(self, *, everything: bool = False) -> list[tuple[str, int]]:
+        """(component, exit lines held back) whose summary is due, or all with ``everything``."""
+        with self._lock:
+            due = [
+                (name, budget.take_suppressed() if everything else budget.summary_due())
+                for name, budget in self._budgets.items()
+            ]
+        return [(name, count) for name, count in due if count]
+
+    def summary_line(self, component: str, count: int) -> str:
+        """The line that reports ``count`` exit lines of ``component`` held back."""
+        return (
+            f"log: suppressed {count} exit lines of {component} (over {self.per_s:g} a second, "
+            f"burst {self.burst}); rusmctl status and /metrics count every exit"
+        )
+
+
+def log_exit(
+    log: Logger, process: Process, report: ExitReport, exit_lines: ExitLines | None = None
+) -> None:
+    """The ``exit`` line of ``process`` (and what its log budget held back).
+
+    Args:
+        log: The worker's logger.
+        process: The process that ended.
+        report: How it ended.
+        exit_lines: Its component's budget of exit lines; None logs every one.
+    """
     budget = process.log_budget
     if budget is not None and budget.suppressed:
         log.warn(suppressed_line(budget.take_suppressed(), process.label))
     if process.quiet and report.reason in (ExitReason.NORMAL, ExitReason.SHUTDOWN):
         return
+    if report.reason == ExitReason.CRASHED:
+        level = LogLevel.ERROR
+    elif report.reason == ExitReason.KILLED:
+        level = LogLevel.WARN
+    else:
+        level = LogLevel.INFO
+    if not log.enabled(level):
+        return
+    if exit_lines is not None and not exit_lines.take(process.component.name):
+        return
     text = f"exit {process.label} {report.reason}"
     if report.detail:
         text += f" ({report.detail})"
+    log.log(level, text)
     if report.reason == ExitReason.CRASHED:
-        log.error(text)
         for line in report.backtrace:
             log.error(f"  at {line}", source=process.label)
-    elif report.reason == ExitReason.KILLED:
-        log.warn(text)
-    else:
-        log.info(text)

@@ -45,6 +45,7 @@ from rusmd.wasm.inline import InlinePath
 from rusmd.wasm.linking import entrypoint_results
 from rusmd.wasm.pids import PidLeases
 from rusmd.wasm.process import (
+    ExitLines,
     ExitReport,
     LoadedComponent,
     Native,
@@ -70,6 +71,7 @@ class ProcessTable:
     max_processes: int
     spawned: int
     exits: dict[str, int]
+    exit_lines: ExitLines
     pids: PidLeases
     ticks: int
     actors: ActorTable
@@ -279,7 +281,7 @@ class ProcessTable:
         self.actors.remove(pid, reason, detail)
         with self._lock:
             self.exits[reason] = self.exits.get(reason, 0) + 1
-        log_exit(self.log, process, ExitReport(reason, detail))
+        log_exit(self.log, process, ExitReport(reason, detail), self.exit_lines)
         self._tell_main(process, reason, detail)
 
     def _tell_main(self, process: Process, reason: ExitReason, detail: str) -> None:
@@ -378,7 +380,7 @@ class ProcessTable:
         self.actors.remove(process.pid, report.reason, report.detail)
         with self._lock:
             self.exits[report.reason] = self.exits.get(report.reason, 0) + 1
-        log_exit(self.log, process, report)
+        log_exit(self.log, process, report, self.exit_lines)
         self._tell_main(process, report.reason, report.detail)
         if process.on_exit is not None:
             process.on_exit(report)

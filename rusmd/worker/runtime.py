@@ -210,6 +210,7 @@ class WorkerRuntime:
         if self.host is not None:
             # Once a burst of processes is over, its heap pages go back.
             self.heap.check(sum(self.host.stats()["exits"].values()), processes)
+            self.host.log_held_exits()
         self._send_main(Heartbeat(slot=self.slot, peers=self.mesh.verified, processes=processes))
         self.loop.call_later(HEARTBEAT_INTERVAL_S, self._heartbeat)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -150,6 +151,33 @@ def test_an_in_worker_scenario_from_the_attach_stream_has_a_live_rate(
         check_figures(final["result"])
     finally:
         client.close()
+
+
+CRASHER_EXIT = re.compile(r"exit sc_crasher#\d+ crashed")
+CRASHER_HELD = re.compile(r"log: suppressed (\d+) exit lines of sc_crasher ")
+
+
+def test_a_crash_loop_logs_a_burst_of_exit_lines_and_counts_the_rest(
+    scenario_daemon: Daemon,
+) -> None:
+    # fault-recovery restarts sc_crasher thousands of times a second: the log
+    # shows its component's burst of exit lines, and summary lines count
+    # the rest, so that lines and counts add up to every crash the workers
+    # counted (no other component of this app crashes).
+    run_scenario(scenario_daemon, "fault-recovery", 1.2)
+
+    def accounted() -> tuple[int, int, int] | None:
+        meters = scenario_daemon.request("stats")["result"]["meters"]
+        crashed = sum(int(m.get("exits", {}).get("crashed", 0)) for m in meters)
+        log = scenario_daemon.read_log()
+        shown = len(CRASHER_EXIT.findall(log))
+        held = sum(int(count) for count in CRASHER_HELD.findall(log))
+        return (crashed, shown, held) if shown + held == crashed else None
+
+    crashed, shown, held = scenario_daemon.wait_for(
+        accounted, SETUP_TIMEOUT_S, "every crash shown or counted by a summary line"
+    )
+    assert held > 0 and shown < crashed, (crashed, shown, held)
 
 
 def _bench_json(tmp_path: Path, scenario: str, seconds: str) -> dict[str, Any]:

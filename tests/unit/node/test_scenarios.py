@@ -110,6 +110,37 @@ def test_a_run_that_only_fails_ends_early_with_the_first_error() -> None:
     assert result["measured_s"] < 30
 
 
+class Staller(Driver):
+    """Two lanes: ``steady`` naps 10 ms; ``stalled``'s first operation never ends."""
+
+    async def start(self) -> list[Lane]:
+        stalled_once = False
+
+        async def steady() -> Outcome:
+            await asyncio.sleep(0.01)
+            return 1, None, "steady"
+
+        async def stalled() -> Outcome:
+            nonlocal stalled_once
+            if not stalled_once:
+                stalled_once = True
+                await asyncio.Event().wait()  # a peer that never answers
+            await asyncio.sleep(0.01)
+            return 1, None, "stalled"
+
+        return [steady, stalled]
+
+
+def test_an_operation_past_its_timeout_fails_and_its_lane_goes_on() -> None:
+    run = Run(SCENARIO, Staller(), seconds=1.0, operation_timeout_s=0.1, watchdog_s=0.02)
+    result = asyncio.run(run.run())
+    assert result["state"] == "done"
+    assert result["errors"] == 1
+    assert result["first_error"] == "TimeoutError: an operation ran over 0.1 s"
+    # The stalled lane was freed and counted operations after it.
+    assert result["parts"]["stalled"]["count"] > 0 and result["parts"]["steady"]["count"] > 0
+
+
 def test_stop_ends_a_run_early() -> None:
     async def go() -> dict[str, Any]:
         run = Run(SCENARIO, Sleeper(), seconds=60)
