@@ -23,6 +23,7 @@ from rusmd.channel import ComponentImage
 from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel
 from rusmd.log import Logger, LogRecord
+from rusmd.node.scenario_app import QUICK_WAT, SPAWNER_WAT
 from rusmd.wasm.cache import CompileCache
 from rusmd.wasm.capacity import manifest_layout
 from rusmd.wasm.engine import compile_engine
@@ -63,6 +64,7 @@ max-cpu-ms = 60000
 [capabilities.boss]
 allow-spawn = true
 max-memory-mb = 16
+max-cpu-ms = 60000
 [components.bench]
 capability = "bench"
 [components.crasher]
@@ -72,6 +74,10 @@ capability = "bench"
 [components.idle]
 capability = "bench"
 [components.sup]
+capability = "boss"
+[components.sc_quick]
+capability = "bench"
+[components.sc_spawner]
 capability = "boss"
 """
 
@@ -182,4 +188,8 @@ def modules(build: Path) -> dict[str, bytes]:
         "crasher": wat(CRASHER),
         "idle": wat(IDLE_GUEST),
         "sup": wat(SUPERVISING),
+        # The spawn trial's guest, as the spawn-storm scenario's: it keeps
+        # SPAWN_WINDOW children of sc_quick alive, another as each exits.
+        "sc_quick": wat(QUICK_WAT),
+        "sc_spawner": wat(SPAWNER_WAT),
     }

@@ -142,8 +142,8 @@ PAIRS = (
         "http",
         "bench http WebSocket echo, 16 clients (trips/s)",
         line_figure("WebSocket echo"),
-        "same clients, message and worker; the scenario's client also times and records "
-        "each trip, its daemon logs at warn",
+        "same clients, message and worker, no timer a trip; the scenario's client also times "
+        "and records each trip, its daemon logs at warn",
     ),
     Pair(
         "sse-fanout",
@@ -153,8 +153,8 @@ PAIRS = (
         "http",
         "bench http SSE, one stream of 20,000 events (events/s)",
         line_figure("SSE,"),
-        "same stream (20,000 events of 16 bytes) and worker; the scenario reads streams back "
-        "to back on a raw socket for its whole run, bench the median of 3 with http.client",
+        "same stream (20,000 events of 16 bytes) and worker, read on a raw socket; the "
+        "scenario reads streams back to back for its whole run, bench the median of 3",
     ),
     Pair(
         "spawn-storm",
@@ -164,8 +164,9 @@ PAIRS = (
         "actors",
         "bench actors spawn+run+exit, one worker (/s)",
         line_figure("spawn+run+exit, one worker", ACTORS_FIGURE),
-        "both spawn in the worker: the scenario from a guest (spawn_link, 100 alive at a time) "
-        "counted by the workers' exits every 0.1 s; bench calls the host's spawn 3,000 times",
+        "the same guest spawner (spawn_link, 100 alive at a time); the scenario's in the "
+        "daemon's worker, counted over the control socket every 0.1 s, bench's on an "
+        "in-process host, counted over 2 s",
     ),
     Pair(
         "ping-pong",
@@ -196,8 +197,9 @@ PAIRS = (
         "actors",
         "bench actors restarts under a supervisor (/s)",
         line_figure("restarts under a supervisor", ACTORS_FIGURE),
-        "same supervisor spec and crashing child on one worker; the daemon logs each crash, "
-        "and the scenario counts exits crashed every 0.1 s (bench: over 2 s)",
+        "same supervisor spec and crashing child on one worker, both logging its first 100 "
+        "exit lines, then 20 a second; the scenario counts exits crashed every 0.1 s "
+        "(bench: over 2 s)",
     ),
 )
 """Every compared figure, in table order (fairness has no counterpart)."""
