@@ -12,7 +12,8 @@ started through ``bench/http_servers.py``, one at a time, 1 worker each).
 - SSE: ``GET /events`` (``Connection: close``) read to the end of the
   stream on a raw socket, 64 KiB at a time, counting the blank lines
   that end events, and timed from the request to the last event; the
-  median of ``STREAMS`` streams. rusmd's ``feed#events`` against the ASGI
+  median of ``STREAMS`` streams, after ``WARMUP_STREAMS`` not counted
+  (a daemon's first few streams after its start ran at half the rate). rusmd's ``feed#events`` against the ASGI
   app under uvicorn, both sending ``--events`` events. Not
   ``http.client``: it hands back one chunk of the chunked body a call,
   an event each here, so its own parsing bounded both servers' figures;
@@ -39,6 +40,7 @@ from bench.http_servers import RusmApp, Server, cpu_used_s, rusmd, uvicorn, ws_e
 from bench.worker_restart import _free_port
 
 WARMUP_TRIPS = 20
+WARMUP_STREAMS = 2
 STREAMS = 3
 MESSAGE = HELLO.decode()
 # A stream that stalls ends the run instead of hanging it.
@@ -152,6 +154,8 @@ def sse_events(
 ) -> tuple[float, float]:
     """The median stream of ``STREAMS`` (events/s, server CPU µs per event)."""
     with server as running:
+        for _ in range(WARMUP_STREAMS):
+            sse_stream(port, path, expected, running)
         streams = [sse_stream(port, path, expected, running) for _ in range(STREAMS)]
     rates = sorted(streams)
     return rates[len(rates) // 2]

@@ -11,16 +11,19 @@ scenarios-vs-bench``). It runs, each as a child process and in turn:
   counterpart, on a daemon sized as its counterpart's (``--cpus`` and
   ``--profile``: the worker count of the counterpart).
 
-It prints one Markdown table: the scenario's figure, its counterpart's,
-their ratio, and what still differs between the two (docs/operations.md
-says it at length). Figures on a shared or busy machine are noise; take
-them on a quiet one::
+All of it ``--repeat`` times (3), round after round, so each figure has
+a spread. It prints one Markdown table: each side's median and range
+over the rounds, the ratio of the medians, whether the two agree *within
+the noise* (their ranges overlap: the scenario's figure is one its
+counterpart's runs also gave, or the other way round), and what still
+differs between the two (docs/operations.md says it at length). Figures
+on a shared or busy machine are noise; take them on a quiet one::
 
-    python -m bench scenarios-vs-bench [--seconds S]
+    python -m bench scenarios-vs-bench [--seconds S] [--repeat N]
 
 ``--seconds`` (10) is each scenario's run, warm-up included, and the
 ``--duration`` of ``bench http``; ``--quick`` checks the wiring with short
-runs (not figures).
+runs, once (not figures).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable
@@ -231,22 +235,64 @@ def scenario_figure(result: dict[str, Any], pair: Pair) -> float | None:
     return float(part["latency_us"]["p50"]) if part else None
 
 
-def table(rows: list[tuple[Pair, float | None, float | None, str]]) -> str:
+@dataclass
+class Compared:
+    """One pair's figures over the rounds.
+
+    Attributes:
+        pair: What is compared.
+        mine: The scenario's figure of each round that gave one.
+        theirs: The counterpart's figure of each round that gave one.
+        note: The scenario result's ``note`` (wrk missing, say), if any.
+    """
+
+    pair: Pair
+    mine: list[float]
+    theirs: list[float]
+    note: str = ""
+
+    def agrees(self) -> bool | None:
+        """Whether the two ranges overlap (None without two figures on each side)."""
+        if len(self.mine) < 2 or len(self.theirs) < 2:
+            return None
+        return max(self.mine) >= min(self.theirs) and max(self.theirs) >= min(self.mine)
+
+    def ratio(self) -> float | None:
+        """The scenario's median over its counterpart's."""
+        if not self.mine or not self.theirs:
+            return None
+        theirs = statistics.median(self.theirs)
+        return statistics.median(self.mine) / theirs if theirs else None
+
+
+def spread(values: list[float], unit: str = "") -> str:
+    """``median (min–max)`` of ``values``, or the one value, or ``failed``."""
+    if not values:
+        return "failed"
+    median = f"{statistics.median(values):,.1f}{unit}"
+    if len(values) == 1:
+        return median
+    return f"{median} ({min(values):,.0f}–{max(values):,.0f})"
+
+
+def table(rows: list[Compared]) -> str:
     """The comparison as Markdown."""
     lines = [
-        "| scenario | its figure | `python -m bench` counterpart | its figure | ratio | "
-        "what still differs |",
-        "|---|---|---|---|---|---|",
+        "| scenario | its figure, median (range) | `python -m bench` counterpart | its figure, "
+        "median (range) | ratio | within the noise | what still differs |",
+        "|---|---|---|---|---|---|---|",
     ]
-    for pair, mine, theirs, note in rows:
+    for row in rows:
+        pair = row.pair
         name = f"{pair.scenario} ({pair.part})" if pair.part else pair.scenario
-        unit = "µs p50" if pair.figure == "p50" else "/s"
-        mine_text = f"{mine:,.1f} {unit}" if mine is not None else "failed"
-        theirs_text = f"{theirs:,.1f}" if theirs is not None else "not found"
-        ratio = f"{mine / theirs:.2f}" if mine is not None and theirs else "–"
-        differs = f"{pair.differs}{'; ' + note if note else ''}"
+        unit = " µs p50" if pair.figure == "p50" else " /s"
+        ratio = row.ratio()
+        agrees = {True: "yes", False: "no", None: "–"}[row.agrees()]
+        differs = f"{pair.differs}{'; ' + row.note if row.note else ''}"
         lines.append(
-            f"| {name} | {mine_text} | {pair.counterpart} | {theirs_text} | {ratio} | {differs} |"
+            f"| {name} | {spread(row.mine, unit)} | {pair.counterpart} | "
+            f"{spread(row.theirs) if row.theirs else 'not found'} | "
+            f"{f'{ratio:.2f}' if ratio is not None else '–'} | {agrees} | {differs} |"
         )
     return "\n".join(lines)
 
@@ -255,17 +301,30 @@ def main(argv: list[str] | None = None) -> int:
     """Run every pair; print the table."""
     parser = argparse.ArgumentParser(prog="python -m bench scenarios-vs-bench", description=__doc__)
     parser.add_argument("--seconds", type=float, default=10.0, help="each run's seconds (10)")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of every run (3)")
     parser.add_argument("--quick", action="store_true", help="short runs, to check the wiring")
     args = parser.parse_args(argv or [])
+    if args.repeat < 1:
+        parser.error(f"--repeat {args.repeat}: at least 1")
     seconds = 2.0 if args.quick else args.seconds
+    rows = [Compared(pair, [], []) for pair in PAIRS]
+    for round_ in range(1 if args.quick else args.repeat):
+        print(f"== round {round_ + 1}", file=sys.stderr, flush=True)
+        one_round(seconds, rows)
+    print(table(rows))
+    return 0
+
+
+def one_round(seconds: float, rows: list[Compared]) -> None:
+    """Run ``bench http``, ``bench actors`` and every scenario once; add each figure to ``rows``."""
     timing = ["--duration", f"{seconds:g}", "--warmup", f"{max(1.0, seconds / 5):g}"]
     outputs = {
         "http": _run([sys.executable, "-m", "bench", "http", *HTTP_ARGS, *timing]),
         "actors": _run([sys.executable, "-m", "bench", "actors", *ACTORS_ARGS]),
     }
     results: dict[tuple[str, tuple[str, ...]], dict[str, Any]] = {}
-    rows = []
-    for pair in PAIRS:
+    for row in rows:
+        pair = row.pair
         key = (pair.scenario, tuple(pair.daemon))
         if key not in results:
             flags = ["bench", pair.scenario, "--seconds", f"{seconds:g}", "--json"]
@@ -275,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError:
                 results[key] = {"state": "failed"}
         result = results[key]
-        note = result.get("note", "")
-        rows.append((pair, scenario_figure(result, pair), pair.find(outputs[pair.source]), note))
-    print(table(rows))
-    return 0
+        row.note = result.get("note", row.note)
+        mine, theirs = scenario_figure(result, pair), pair.find(outputs[pair.source])
+        if mine is not None:
+            row.mine.append(mine)
+        if theirs is not None:
+            row.theirs.append(theirs)
