@@ -13,8 +13,9 @@ started through ``bench/http_servers.py``, one at a time, 1 worker each).
   stream on a raw socket, 64 KiB at a time, counting the blank lines
   that end events, and timed from the request to the last event; the
   median of ``STREAMS`` streams, after ``WARMUP_STREAMS`` not counted
-  (a daemon's first few streams after its start ran at half the rate). rusmd's ``feed#events`` against the ASGI
-  app under uvicorn, both sending ``--events`` events. Not
+  (a daemon's first few streams after its start ran at half the rate).
+  rusmd's ``feed#events`` against the ASGI app under uvicorn, both
+  sending ``--events`` events. Not
   ``http.client``: it hands back one chunk of the chunked body a call,
   an event each here, so its own parsing bounded both servers' figures;
   the ``sse-fanout`` scenario reads the same way.
