@@ -61,6 +61,7 @@ def test_recorder_percentiles_come_from_the_histogram() -> None:
     latency = figures["latency_us"]
     assert abs(latency["p50"] - 500) <= 1 and abs(latency["p99"] - 990) <= 1
     assert abs(latency["max"] - 1000) <= 1
+    assert latency["mean"] == 500.5  # kept by the recorder, exactly
     assert Recorder().figures(1.0)["latency_us"] == {}
 
 
