@@ -7,11 +7,10 @@ own, on a temporary app, and drives it from one asyncio loop here).
 The app is ``rusmd.node.scenario_app`` (every scenario's components, on
 free loopback ports; its C guest compiled by the caller, the command
 line, with ``rusmd.guest.module_cache``); the run is
-``rusmd.node.scenarios.Run``. The HTTP
-scenarios http-throughput and kv-storm are driven by wrk when it is on
-PATH, as ``python -m bench http`` drives its workloads
-(``rusmd.node.scenario_wrk``); without it, by the Python client, and
-the result's ``note`` says so. Without
+``rusmd.node.scenarios.Run``. The HTTP scenarios http-throughput and
+kv-storm are driven by wrk when it is on PATH, as ``python -m bench
+http`` drives its workloads (``rusmd.node.scenario_wrk``); without it,
+by the Python client, and the result's ``note`` says so. Without
 ``--json`` a line a second shows the live rate on stderr and the result
 is printed as text; with ``--json`` stdout carries one JSON document
 (the result) and nothing else. The daemon is stopped with SIGTERM

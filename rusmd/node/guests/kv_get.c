@@ -4,7 +4,7 @@
  *
  * One source for both, so the two figures measure the same handler: the
  * scenario app compiles it at run time with `rusmd build`'s compiler and
- * flags (rusmd/guest/cache.py keeps the module between runs); the
+ * flags (rusmd/guest/module_cache.py keeps the module between runs); the
  * Makefile's bench-guests target builds bench/guests/http_kv.wasm from it
  * with the ZIGCC line. Either way a WASI reactor. It imports only calls
  * that run inline (the request, rusm.kv_get, rusm.respond), so a request
