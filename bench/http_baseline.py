@@ -14,7 +14,8 @@ same functions (``user_document``, ``item_answer``) and seeds the store
   ``http.response.body`` message with ``more_body=True`` each, so uvicorn
   sends each event as one chunk, as rusm's ``rusm.sse_event`` does.
 - The workloads, each the same answer as rusm's C guest
-  (``bench/guests/http_rest.c``, ``http_kv.c``), as ``application/json``:
+  (``bench/guests/http_rest.c``, ``rusmd/node/guests/kv_get.c``), as
+  ``application/json``:
   ``GET /users/ID`` reads the id from the path and the ``x-request-id``
   header and answers about 1 KB of JSON (``user_document``, built with
   ``json.dumps`` per request); ``POST /items`` reads the body whole,

@@ -26,10 +26,11 @@ With the HTTP workloads' guests (``write_app(..., guests=...)``, built by
   "rest#create_item"``: ``rest`` is ``bench/guests/http_rest.c``,
   ``sandboxed``; it imports only ``request`` and ``respond``, so it runs
   inline like ``home``.
-- ``"GET /kv/:key" = "kv#get"``: ``kv`` is ``bench/guests/http_kv.c``
+- ``"GET /kv/:key" = "kv#get"``: ``kv`` is ``rusmd/node/guests/kv_get.c``
+  (the kv-storm scenario's guest; make builds it as ``bench/guests/http_kv.wasm``)
   under a profile that grants ``allow-storage``, reading the node store
-  ``data/bench.lmdb`` (``[node] store``); a request is a process on a
-  guest thread.
+  ``data/bench.lmdb`` (``[node] store``); the kv reads are inline calls,
+  so it runs inline too.
 
 The ``http`` listener allows ``MAX_CONNECTIONS`` connections per worker
 instead of the default 1,000: uvicorn sets no limit, and the workloads

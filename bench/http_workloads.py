@@ -18,7 +18,10 @@ the same answer:
   (``rest#create_item``, C); the baseline ``json.loads`` the body.
 - ``kv``: ``GET /kv/:key`` answering the ~200-byte value of ``KV_KEY``
   from one store read (``kv#get``, C, ``rusm.kv_get``; the baseline: one
-  py-lmdb read transaction). ``seed`` writes it into both stores.
+  py-lmdb read transaction). ``seed`` writes it into both stores. The
+  guest, its key and its value are the kv-storm scenario's
+  (``rusmd/node/guests/kv_get.c``, ``rusmd.node.scenario_app``), so
+  ``rusmd bench kv-storm`` measures the same handler.
 
 ``check`` asks a server once for each workload's sample request and
 refuses a wrong status, content type or body, so a broken handler stops
@@ -35,10 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.http_baseline import HELLO, item_answer, seed_store, user_document
+from rusmd.node.scenario_app import KV_KEY, KV_VALUE
 
 REPO = Path(__file__).resolve().parent.parent
 GUESTS = REPO / "bench" / "guests"
-# Component name → the C guest it runs (bench/guests/<file>.c, built by make).
+# Component name → the C guest it runs: bench/guests/<file>.wasm, built by
+# make from bench/guests/<file>.c (http_kv's source is the package's
+# rusmd/node/guests/kv_get.c, the kv-storm scenario's guest).
 C_COMPONENTS = {"rest": "http_rest", "kv": "http_kv"}
 # A cold zig cache builds wasi-libc first (tens of seconds on 2 cores).
 BUILD_TIMEOUT_S = 300
@@ -47,19 +53,6 @@ CHECK_TIMEOUT_S = 10.0
 USER_IDS = 10_000
 ITEM_BODY_BYTES = 4096
 ITEM_NAME = "bench widget"
-KV_KEY = "session-7f3a9c"
-KV_VALUE = json.dumps(
-    {
-        "session": KV_KEY,
-        "user": 4217,
-        "roles": ["reader", "writer"],
-        "created_at": "2026-01-01T00:00:00Z",
-        "expires_at": "2026-01-02T00:00:00Z",
-        "csrf": "b4c9f0a1d2e3f4a5b6c7d8e9f0a1b2c3",
-        "theme": "dark",
-    },
-    separators=(",", ":"),
-).encode()
 
 _TEXT = "text/plain; charset=utf-8"
 _JSON = "application/json"

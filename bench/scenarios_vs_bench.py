@@ -134,9 +134,9 @@ PAIRS = (
         "http",
         "bench http kv, 64 conns, 2 workers (req/s)",
         http_row("kv", 2),
-        "same read (one kv_get of a 200-byte value), client (wrk -t1 -c64) and workers "
-        "when wrk drives both; bench's guest is C (libc, a route parameter, JSON), "
-        "the scenario's WAT",
+        "same guest (kv_get.c: one kv_get of the route's key, a ~200-byte JSON value), "
+        "key, value, client (wrk -t1 -c64) and workers when wrk drives both; the scenario "
+        "builds the guest with rusmd build's flags (name section kept), its daemon logs at warn",
     ),
     Pair(
         "ws-echo",

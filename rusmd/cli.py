@@ -11,7 +11,9 @@ component as a worker would load it (``rusmd.guest.check``);
 ``rusmd bench SCENARIO`` starts a daemon of its own on a temporary app
 of the scenarios' components, runs one benchmark scenario against it and
 prints its rate and latency (``rusmd.node.bench_command``; loaded only
-when it runs).
+when it runs). The app's C guest is compiled first, or taken from the
+cache of an earlier run (``rusmd.guest.module_cache``); it exits 69
+(EX_UNAVAILABLE) when it does not compile, or the scenario cannot run.
 
 ``rusmd kv get|set|list|rm`` reads and writes the manifest's ``[node]
 store`` directly, for a node that is not running (``rusmctl kv`` asks a
@@ -57,9 +59,10 @@ from rusmd.errors import (
 )
 from rusmd.guest.builder import BuildError, build_app, report_line
 from rusmd.guest.check import run_check
+from rusmd.guest.module_cache import build_all
 from rusmd.guest.scaffold import DEFAULT_NODE_PORT, DEFAULT_PORT, Lang, ScaffoldError, create_app
 from rusmd.main.loop import MainProcess
-from rusmd.node.scenario_app import DEFAULT_SECONDS, MAX_SECONDS, SCENARIO_NAMES
+from rusmd.node.scenario_app import C_GUESTS, DEFAULT_SECONDS, MAX_SECONDS, SCENARIO_NAMES
 from rusmd.store import kv_command as kv_cli
 
 DEFAULT_CONFIG = "rusm.toml"
@@ -214,11 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "dev":
         return dev(args)
     if args.command == "bench":
-        # Here, not at the top: the daemon's main process imports this module
-        # and must not load the scenario drivers' websockets client.
-        from rusmd.node.bench_command import bench
-
-        return bench(args.scenario, args.seconds, args.profile, args.json, args.cpus)
+        return bench(args)
     return run(args)
 
 
@@ -328,6 +327,28 @@ def new(args: argparse.Namespace) -> int:
         return EX_CANTCREAT
     print(f"created {target}/: cd {target} && rusmd build && rusmd")
     return EX_OK
+
+
+def bench(args: argparse.Namespace) -> int:
+    """``rusmd bench``: compile the scenario app's C guest (or take it from the cache),
+    then run the scenario on a daemon of its own; exit 0, or 69."""
+    # Here, not at the top: the daemon's main process imports this module
+    # and must not load the scenario drivers' websockets client.
+    from rusmd.node.bench_command import bench as run_scenario
+
+    try:
+        built = build_all(C_GUESTS)
+    except (RusmError, OSError) as exc:
+        print(f"rusmd bench {args.scenario}: {exc}", file=sys.stderr)
+        return EX_UNAVAILABLE
+    for name, result in built.items():
+        if result.built:
+            where = f"{result.output} ({result.seconds:.1f} s)"
+            print(f"rusmd bench: built {name} from {C_GUESTS[name]}: {where}", file=sys.stderr)
+    modules = {name: result.output for name, result in built.items()}
+    return run_scenario(
+        args.scenario, args.seconds, args.profile, args.json, args.cpus, c_modules=modules
+    )
 
 
 def dev(args: argparse.Namespace) -> int:

@@ -144,11 +144,18 @@ def is_reactor(app_dir: Path, component: ComponentSources) -> bool:
     )
 
 
+def compile_flags(app_dir: Path, component: ComponentSources) -> list[str]:
+    """The flags ``component`` is compiled with (no paths): ``COMPILER_FLAGS``, and
+    ``-mexec-model=reactor`` for a module of actions only."""
+    flags = list(COMPILER_FLAGS)
+    if is_reactor(app_dir, component):
+        flags.append("-mexec-model=reactor")
+    return flags
+
+
 def compile_command(app_dir: Path, component: ComponentSources, out: Path) -> list[str]:
     """The compiler's command line for ``component``, run in ``app_dir``."""
-    command = [sys.executable, "-m", "ziglang", "cc", *COMPILER_FLAGS]
-    if is_reactor(app_dir, component):
-        command.append("-mexec-model=reactor")
+    command = [sys.executable, "-m", "ziglang", "cc", *compile_flags(app_dir, component)]
     command += ["-I", str(component.include), "-I", str(sdk_include_dir())]
     return [*command, "-o", str(out), *(str(source) for source in component.sources)]
 

@@ -10,7 +10,7 @@ The layout, in the order data flows:
   and the attach stream's ``snapshot`` frames.
 - ``metrics``   the Prometheus collector over the latest poll.
 - ``auth``      the token check, one for every path.
-- ``scenario_app``     the benchmark scenarios' guests (WAT) and manifest.
+- ``scenario_app``     the benchmark scenarios' guests (WAT, and kv-storm's C) and manifest.
 - ``scenarios``        one timed scenario run: lanes, warm-up, HDR histogram, frames.
 - ``scenario_target``  where a node serves the scenario routes; the HTTP client.
 - ``scenario_actors``  spawn-storm and fault-recovery: a guest on every worker, their counters.

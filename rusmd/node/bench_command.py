@@ -5,11 +5,12 @@ starts the daemon as a child, ``python -m rusmd`` in a session of its
 own, on a temporary app, and drives it from one asyncio loop here).
 
 The app is ``rusmd.node.scenario_app`` (every scenario's components, on
-free loopback ports); the run is ``rusmd.node.scenarios.Run``. The HTTP
-scenarios http-throughput and kv-storm are driven by wrk when it is on
-PATH, as ``python -m bench http`` drives its workloads
-(``rusmd.node.scenario_wrk``); without it, by the Python client, and
-the result's ``note`` says so. Without
+free loopback ports; its C guest compiled by the caller, the command
+line, with ``rusmd.guest.module_cache``); the run is
+``rusmd.node.scenarios.Run``. The HTTP scenarios http-throughput and
+kv-storm are driven by wrk when it is on PATH, as ``python -m bench
+http`` drives its workloads (``rusmd.node.scenario_wrk``); without it,
+by the Python client, and the result's ``note`` says so. Without
 ``--json`` a line a second shows the live rate on stderr and the result
 is printed as text; with ``--json`` stdout carries one JSON document
 (the result) and nothing else. The daemon is stopped with SIGTERM
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +67,13 @@ def _free_port() -> int:
 
 
 def bench(
-    scenario: str, seconds: float, profile: str | None, as_json: bool, cpus: int | None = None
+    scenario: str,
+    seconds: float,
+    profile: str | None,
+    as_json: bool,
+    cpus: int | None,
+    *,
+    c_modules: Mapping[str, Path],
 ) -> int:
     """Run ``scenario`` on a fresh daemon; print its result; the exit code.
 
@@ -76,10 +84,12 @@ def bench(
         as_json: Print the result as one JSON document.
         cpus: The daemon's ``--cpus`` (size the profile as if N cores were
             usable), or None for the machine's.
+        c_modules: The scenario app's compiled C guests
+            (``rusmd.node.scenario_app.write_app``'s).
     """
     with tempfile.TemporaryDirectory(prefix="rusm-bench-") as directory:
         app = Path(directory)
-        write_app(app, (_free_port(), _free_port(), _free_port(), _free_port()))
+        write_app(app, (_free_port(), _free_port(), _free_port(), _free_port()), c_modules)
         command = [sys.executable, "-m", "rusmd", "--config", "rusm.toml"]
         if profile:
             command += ["--profile", profile]

@@ -1,12 +1,19 @@
-"""The scenario app: the guests (WAT) and the manifest the benchmark scenarios drive.
+"""The scenario app: the guests and the manifest the benchmark scenarios drive.
 
 Runs in: the ``rusmd bench`` command's own process (it writes the app
 and starts a daemon on it); the node endpoint reads only the names
 (``COMPONENTS``, the routes) to tell whether a running node has them.
 
-Every guest is a few lines of WAT compiled at run time, so the app
-needs no build step and each scenario measures the host, not a guest's
-libc. The components, and which scenario uses each:
+Every guest but one is a few lines of WAT compiled at run time, so
+those scenarios measure the host, not a guest's libc. The exception is
+``sc_kv``: it is the C guest of ``python -m bench http``'s ``kv``
+workload, ``guests/kv_get.c`` (shipped in the package, ``C_GUESTS``),
+so kv-storm measures what a user's C handler costs (libc, a route
+parameter, a JSON answer) and the same thing its counterpart does. This
+layer cannot load the builder (``rusmd.guest`` comes later): the caller
+compiles it (``rusmd.guest.module_cache``, which keeps the module
+between runs) and gives ``write_app`` the module. The components, and
+which scenario uses each:
 
 =================  ==========================================  ==================
 component          what it does                                scenario
@@ -29,9 +36,11 @@ component          what it does                                scenario
 ``sc_echo``        WebSocket: each message back as it came     ws-echo
 ``sc_sse``         SSE action: ``BURST_EVENTS`` events, then   sse-fanout
                    the stream ends
-``sc_kv``          HTTP action: one ``kv_get`` of the          kv-storm
-                   ``KV_VALUE_BYTES`` value (the driver writes
-                   it first), answered as it is
+``sc_kv``          HTTP action ``get`` (C, ``kv_get.c``):      kv-storm
+                   one ``kv_get`` of the route parameter
+                   ``key`` in the bucket ``bench``, answered
+                   as JSON (the driver writes ``KV_VALUE``
+                   under ``KV_KEY`` first)
 =================  ==========================================  ==================
 
 spawn-storm and fault-recovery run in the worker, as ``python -m bench
@@ -41,7 +50,10 @@ and reads the workers' own counters (spawns, exits by reason).
 
 from __future__ import annotations
 
+import json
+import shutil
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 
 # Round trips one ``GET /sc/ping`` makes and times; its answer carries
@@ -57,8 +69,6 @@ SSE_DATA = b"0123456789abcdef"
 # has one to run while the spawner waits for an exit, far below a
 # worker's process limit.
 SPAWN_WINDOW = 100
-# The value sc_kv reads, as python -m bench http kv's (about 200 bytes).
-KV_VALUE_BYTES = 200
 # The spinner's CPU budget (ms): a little longer than the longest run
 # (MAX_SECONDS), so the budget never ends a spinner mid-run (the driver
 # kills them after) and one left behind by a driver that died spins no
@@ -88,7 +98,7 @@ DEFAULT_SECONDS = 5.0
 ROUTES = {
     ("http", "sc_http", "hello"): "/sc/hello",
     ("http", "sc_ping", "ping"): "/sc/ping",
-    ("http", "sc_kv", "kv"): "/sc/kv",
+    ("http", "sc_kv", "get"): "/sc/kv/:key",
     ("sse", "sc_sse", "burst"): "/sc/burst",
 }
 """(protocol, component, action) → the path ``rusmd bench`` routes it on."""
@@ -257,32 +267,36 @@ SSE_WAT = f"""(module
       (local.set $i (i32.add (local.get $i) (i32.const 1)))
       (br_if $next (i32.lt_u (local.get $i) (i32.const {BURST_EVENTS}))))))"""
 
-KV_BUCKET, KV_KEY = "bench", "value"
-KV_VALUE = b'{"scenario":"kv-storm","value":"' + b"x" * (KV_VALUE_BYTES - 34) + b'"}'
-"""What sc_kv reads: a JSON document of ``KV_VALUE_BYTES`` bytes."""
-# kv_get of bench/value into 1024, answered as it is. It imports
-# nothing else: as bench http's kv guest, a module of one store read
-# (kv_set would put it on another path). The driver writes the value
-# over the control socket (``KV_BUCKET``, ``KV_KEY``) before the run.
-KV_WAT = f"""(module
-  (import "rusm" "kv_get" (func $get (param i32 i32 i32 i32 i32 i32) (result i32)))
-  {_RESPOND}
-  (memory (export "memory") 1)
-  (data (i32.const 256) "{KV_BUCKET}")
-  (data (i32.const 264) "{KV_KEY}")
-  (data (i32.const 280) "kv_get failed")
-  (func (export "kv")
-    (local $n i32)
-    (local.set $n (call $get (i32.const 256) (i32.const {len(KV_BUCKET)})
-                             (i32.const 264) (i32.const {len(KV_KEY)})
-                             (i32.const 1024) (i32.const 4096)))
-    (if (i32.lt_s (local.get $n) (i32.const 0))
-      (then
-        (drop (call $respond (i32.const 500) (i32.const 0) (i32.const 0)
-                             (i32.const 280) (i32.const 13)))
-        (return)))
-    (drop (call $respond (i32.const 200) (i32.const 0) (i32.const 0)
-                         (i32.const 1024) (local.get $n)))))"""
+KV_BUCKET = "bench"
+"""The bucket sc_kv reads (``kv_get.c``'s ``BUCKET``)."""
+KV_KEY = "session-7f3a9c"
+KV_VALUE = json.dumps(
+    {
+        "session": KV_KEY,
+        "user": 4217,
+        "roles": ["reader", "writer"],
+        "created_at": "2026-01-01T00:00:00Z",
+        "expires_at": "2026-01-02T00:00:00Z",
+        "csrf": "b4c9f0a1d2e3f4a5b6c7d8e9f0a1b2c3",
+        "theme": "dark",
+    },
+    separators=(",", ":"),
+).encode()
+"""What sc_kv reads: a JSON document of about 200 bytes under ``KV_KEY``;
+``python -m bench http``'s kv workload stores and reads these same ones."""
+KV_VALUE_BYTES = len(KV_VALUE)
+KV_SOURCE = Path(__file__).resolve().parent / "guests" / "kv_get.c"
+C_GUESTS = {"sc_kv": KV_SOURCE}
+"""Component → its C source, shipped in the package; compiled by the caller of ``write_app``."""
+
+
+def request_path(route: str) -> str:
+    """The path a scenario requests on ``route``: ``KV_KEY`` for its ``:key`` parameter."""
+    return route.replace(":key", KV_KEY)
+
+
+KV_PATH = request_path(ROUTES[("http", "sc_kv", "get")])
+"""What kv-storm requests: sc_kv's route with ``KV_KEY`` as the parameter."""
 
 GUESTS = {
     "sc_quick": QUICK_WAT,
@@ -295,11 +309,10 @@ GUESTS = {
     "sc_http": HTTP_WAT,
     "sc_echo": ECHO_WAT,
     "sc_sse": SSE_WAT,
-    "sc_kv": KV_WAT,
 }
 """Component name → its WAT."""
 
-COMPONENTS = tuple(GUESTS)
+COMPONENTS = (*GUESTS, *C_GUESTS)
 
 
 def manifest(node_port: int, http_port: int, sse_port: int, ws_port: int) -> str:
@@ -330,8 +343,23 @@ def manifest(node_port: int, http_port: int, sse_port: int, ws_port: int) -> str
     )
 
 
-def write_app(directory: Path, ports: tuple[int, int, int, int]) -> Path:
-    """Write the app (``wasm/*.wasm`` and ``rusm.toml``) into ``directory``; its manifest."""
+def write_app(
+    directory: Path, ports: tuple[int, int, int, int], c_modules: Mapping[str, Path]
+) -> Path:
+    """Write the app (``wasm/*.wasm`` and ``rusm.toml``) into ``directory``; its manifest.
+
+    Args:
+        directory: Where the app goes (created if missing).
+        ports: The node endpoint's, then the HTTP, SSE and WebSocket listeners'.
+        c_modules: The compiled module of each of ``C_GUESTS``, by component
+            (``rusmd.guest.module_cache.build_all(C_GUESTS)`` gives them).
+
+    Raises:
+        ValueError: ``c_modules`` lacks one of ``C_GUESTS`` (named).
+    """
+    missing = sorted(set(C_GUESTS) - set(c_modules))
+    if missing:
+        raise ValueError(f"no compiled module for {', '.join(missing)} (C_GUESTS)")
     # wasmtime only here: the endpoint imports this module for its names
     # and must not load the wasm engine for them.
     import wasmtime
@@ -340,6 +368,8 @@ def write_app(directory: Path, ports: tuple[int, int, int, int]) -> Path:
     wasm.mkdir(parents=True, exist_ok=True)
     for name, text in GUESTS.items():
         (wasm / f"{name}.wasm").write_bytes(wasmtime.wat2wasm(text))
+    for name in C_GUESTS:
+        shutil.copyfile(c_modules[name], wasm / f"{name}.wasm")
     path = directory / "rusm.toml"
     path.write_text(manifest(*ports))
     return path

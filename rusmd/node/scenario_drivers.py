@@ -36,6 +36,7 @@ from rusmd.node.control import ControlClient
 from rusmd.node.scenario_actors import FaultRecovery, OnEveryWorker, SpawnStorm
 from rusmd.node.scenario_app import (
     BURST_EVENTS,
+    KV_KEY,
     KV_VALUE,
     KV_VALUE_BYTES,
     PING_TRIPS,
@@ -107,10 +108,10 @@ class HttpThroughput(_Http):
 
 
 class KvStorm(_Http):
-    """GET /sc/kv: each request one kv_get of a 200-byte value, stored first."""
+    """GET /sc/kv/KEY: each request one kv_get by sc_kv's C guest of the value stored first."""
 
     def __init__(self, target: Target) -> None:
-        super().__init__(target, "sc_kv", "kv")
+        super().__init__(target, "sc_kv", "get")
         self.target = target
 
     async def start(self) -> list[Lane]:
@@ -334,11 +335,13 @@ SCENARIOS = {
         ),
         Scenario(
             "kv-storm",
-            f"store reads: GET /sc/kv answers a {KV_VALUE_BYTES}-byte value from one kv_get, "
-            "as `python -m bench http kv`; from `rusmd bench` with wrk on PATH, wrk -t1 -c64, "
-            "else 8 connections of the Python client; latency: each request's round trip",
+            f"store reads: GET /sc/kv/{KV_KEY} answers a {KV_VALUE_BYTES}-byte JSON value "
+            "from one kv_get by sc_kv, the C guest of `python -m bench http`'s kv workload "
+            "(kv_get.c: libc, the route parameter, a JSON answer); from `rusmd bench` with wrk "
+            "on PATH, wrk -t1 -c64, else 8 connections of the Python client; "
+            "latency: each request's round trip",
             "reads",
-            "component sc_kv with storage, GET /sc/kv on an HTTP listener, [node] store",
+            "component sc_kv with storage, GET /sc/kv/:key on an HTTP listener, [node] store",
             KvStorm,
         ),
     )

@@ -20,7 +20,7 @@ from rusmd.config import load_manifest
 from rusmd.config.model import Protocol
 from rusmd.errors import RusmError
 from rusmd.node.control import ControlClient, ControlRefused, ControlUnavailable
-from rusmd.node.scenario_app import KV_BUCKET, KV_KEY, KV_VALUE, ROUTES
+from rusmd.node.scenario_app import KV_BUCKET, KV_KEY, KV_VALUE, ROUTES, request_path
 from rusmd.node.scenarios import OPERATION_TIMEOUT_S, ScenarioError
 
 # A response or an SSE stream larger than this is not the scenario app's;
@@ -65,13 +65,16 @@ class Target:
         return target
 
     def route(self, protocol: str, component: str, action: str) -> tuple[str, int, str]:
-        """(host, port, path) of a scenario route, or ScenarioError naming it."""
+        """(host, port, path to request) of a scenario route, or ScenarioError naming it.
+
+        The path is the route's, its parameter filled in (``request_path``).
+        """
         path = ROUTES[(protocol, component, action)]
         if path not in self.routes:
             raise ScenarioError(
                 f"this node does not serve {protocol.upper()} GET {path} -> {component}#{action}"
             )
-        return (*self.routes[path], path)
+        return (*self.routes[path], request_path(path))
 
     async def write_kv_value(self) -> None:
         """Store the value sc_kv reads (``KV_VALUE``), as ``rusmctl kv set`` would.

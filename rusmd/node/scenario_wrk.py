@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from typing import Any
 
-from rusmd.node.scenario_app import ROUTES
+from rusmd.node.scenario_app import KV_PATH, KV_VALUE
 from rusmd.node.scenario_target import HttpClient, Target
 from rusmd.node.scenarios import Driver, Lane, ScenarioError
 
@@ -51,10 +51,10 @@ end
 """
 """Prints the run's figures as one JSON line after wrk's own report."""
 
-WRK_ROUTES = {"http-throughput": ("sc_http", "hello"), "kv-storm": ("sc_kv", "kv")}
+WRK_ROUTES = {"http-throughput": ("sc_http", "hello"), "kv-storm": ("sc_kv", "get")}
 """Scenario name → (component, action) of the route wrk drives."""
-KV_PATHS = {ROUTES[("http", "sc_kv", "kv")]}
-"""Routes that read the value ``Target.write_kv_value`` stores."""
+KV_PATHS = {KV_PATH}
+"""Paths that read the value ``Target.write_kv_value`` stores."""
 
 
 def wrk_available() -> bool:
@@ -155,6 +155,9 @@ class WrkHttp(Driver):
         if status != 200:
             text = body[:200].decode(errors="replace")
             raise ScenarioError(f"GET {self.path} answered {status}: {text}")
+        # wrk counts statuses, not bodies: a wrong answer must stop the run here.
+        if self.path in KV_PATHS and body != KV_VALUE:
+            raise ScenarioError(f"GET {self.path} answered {body[:40]!r}, not the value stored")
         return []
 
     async def measure(self, warmup_s: float, measured_s: float) -> dict[str, Any]:

@@ -7,9 +7,10 @@ and body for 4xx/5xx too); ``Attached`` is a WebSocket client of
 ``/attach`` on a thread of its own that timestamps every frame it gets,
 so a test reads cadence from arrival times. ``endpoint_pid`` finds the
 endpoint child among the daemon's children. ``scenario_app`` writes the
-benchmark scenarios' app (``rusmd.node.scenario_app``) over a test app
-and ``wait_components`` waits until its guests are compiled and its
-residents run.
+benchmark scenarios' app (``rusmd.node.scenario_app``) over a test app,
+its C guest built as ``rusmd bench`` builds it (the module cache: the
+real compiler once, then the kept module), and ``wait_components`` waits
+until its guests are compiled and its residents run.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import Any
 import psutil
 from websockets.sync.client import ClientConnection, connect
 
-from rusmd.node.scenario_app import write_app
+from rusmd.guest.module_cache import build_all
+from rusmd.node.scenario_app import C_GUESTS, write_app
 from tests.integration.conftest import App, Daemon, free_port
 
 # One endpoint request: the endpoint answers from the main process within a second.
@@ -132,7 +134,8 @@ class Attached:
 
 def scenario_app(app: App) -> None:
     """Write the scenario app over ``app``'s manifest, on its ports."""
-    write_app(app.directory, (app.node_port, app.serve_port, free_port(), free_port()))
+    modules = {name: result.output for name, result in build_all(C_GUESTS).items()}
+    write_app(app.directory, (app.node_port, app.serve_port, free_port(), free_port()), modules)
 
 
 def wait_components(daemon: Daemon) -> None:

@@ -103,6 +103,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert Path(where.stdout.strip()).is_relative_to(site), where.stdout
     assert (site / "rusmd" / "sdk" / "c" / "rusm.h").is_file(), "the wheel lacks the C SDK"
+    # rusmd bench compiles the kv-storm scenario's C guest from the package.
+    assert (site / "rusmd" / "node" / "guests" / "kv_get.c").is_file(), "the wheel lacks kv_get.c"
     return venv / "bin"
 
 

@@ -1,7 +1,8 @@
 """Benchmark scenarios against the real daemon: headless, from the attach stream, ``rusmd bench``.
 
 Runs in: the test process, against ``rusmd`` daemons on the scenario
-app (``rusmd.node.scenario_app``: WAT guests compiled at run time).
+app (``rusmd.node.scenario_app``: WAT guests compiled at run time, and
+kv-storm's C guest, ``kv_get.c``, built through the module cache).
 
 Each scenario runs for about a second against one shared daemon (two
 workers) and must count something, with latency percentiles in order;
@@ -13,6 +14,8 @@ spawn-storm --json`` must print one document with a rate.
 from __future__ import annotations
 
 import asyncio
+import base64
+import http.client
 import json
 import os
 import re
@@ -25,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from rusmd.node.scenario_app import SCENARIO_NAMES
+from rusmd.node.scenario_app import KV_BUCKET, KV_KEY, KV_PATH, KV_VALUE, SCENARIO_NAMES
 from rusmd.node.scenario_drivers import prepare
 from rusmd.node.scenarios import Run
 from tests.integration.conftest import App, Daemon, free_port
@@ -55,9 +58,9 @@ def scenario_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon
         daemon.kill_group()
 
 
-def run_scenario(daemon: Daemon, name: str, seconds: float) -> dict[str, Any]:
+def run_scenario(daemon: Daemon, name: str, seconds: float, *, wrk: bool = False) -> dict[str, Any]:
     async def go() -> dict[str, Any]:
-        scenario, driver = await prepare(name, daemon.app.socket_path)
+        scenario, driver = await prepare(name, daemon.app.socket_path, wrk=wrk)
         return await Run(scenario, driver, seconds).run()
 
     return asyncio.run(go())
@@ -85,10 +88,44 @@ def test_every_scenario_counts_with_percentiles(scenario_daemon: Daemon, name: s
         assert result["workers_spinning"] == 2  # one spinner on each worker
     if name in ("spawn-storm", "fault-recovery"):
         assert result["workers"] == 2  # one spawner or supervisor on each worker
+    if name == "kv-storm":
+        # every request answered the stored value (the driver compares each body)
+        assert result["errors"] == 0, result
+        check_kv_guest(scenario_daemon)
     # every scenario cleans up: no spinner, spawner, supervisor or their children left
     left = ("sc_spin", "sc_quick", "sc_spawner", "sc_sup", "sc_crasher", "supervisor")
     listing = scenario_daemon.request("list")["result"]["processes"]
     assert not [p for p in listing if p["component"] in left], listing
+
+
+def get(daemon: Daemon, path: str) -> tuple[int, str | None, bytes]:
+    """``GET path`` on the scenario app's HTTP listener: status, content type, body."""
+    conn = http.client.HTTPConnection("127.0.0.1", daemon.app.serve_port, timeout=10)
+    try:
+        conn.request("GET", path)
+        answer = conn.getresponse()
+        return answer.status, answer.getheader("content-type"), answer.read()
+    finally:
+        conn.close()
+
+
+def check_kv_guest(daemon: Daemon) -> None:
+    """sc_kv is bench http's C guest: it reads the route's key and answers JSON."""
+    assert get(daemon, KV_PATH) == (200, "application/json", KV_VALUE)
+    assert get(daemon, "/sc/kv/absent") == (404, "application/json", b'{"error":"no such key"}')
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_kv_storm_driven_by_wrk_stores_the_value_it_reads(scenario_daemon: Daemon) -> None:
+    # Another value under the key: the run must store its own before it reads.
+    stale = {"bucket": KV_BUCKET, "key_b64": base64.b64encode(KV_KEY.encode()).decode()}
+    stale["value_b64"] = base64.b64encode(b'"stale"').decode()
+    assert scenario_daemon.request("kv", action="set", **stale)["ok"]
+    assert get(scenario_daemon, KV_PATH) == (200, "application/json", b'"stale"')
+    result = run_scenario(scenario_daemon, "kv-storm", 2.0, wrk=True)
+    check_figures(result)
+    assert result["client"] == "wrk -t1 -c64" and result["errors"] == 0, result
+    check_kv_guest(scenario_daemon)
 
 
 def test_a_run_from_the_attach_stream_sends_live_frames(scenario_daemon: Daemon) -> None:

@@ -1,12 +1,15 @@
-/* http_kv.c — the `kv` component of the HTTP benchmark (bench/http.py):
- * the action behind "GET /kv/:key", one read of the node store.
+/* kv_get.c — one read of the node store behind "GET .../:key": the guest
+ * of the kv-storm scenario (component sc_kv, "GET /sc/kv/:key") and of
+ * python -m bench http's kv workload (component kv, "GET /kv/:key").
  *
- * Built by `make bench/guests/http_kv.wasm` with the flags every C guest
- * gets (the Makefile's ZIGCC line), as a WASI reactor. It imports
- * rusm.kv_get, so each request runs as a process on a guest thread, not
- * inline (docs/abi.md, "Where an action runs"); that is why it is a
- * component of its own: in `rest`, the import would take the other
- * actions off the inline path too. Its profile grants allow-storage. */
+ * One source for both, so the two figures measure the same handler: the
+ * scenario app compiles it at run time with `rusmd build`'s compiler and
+ * flags (rusmd/guest/module_cache.py keeps the module between runs); the
+ * Makefile's bench-guests target builds bench/guests/http_kv.wasm from it
+ * with the ZIGCC line. Either way a WASI reactor. It imports only calls
+ * that run inline (the request, rusm.kv_get, rusm.respond), so a request
+ * is a call on the worker's I/O thread (docs/abi.md, "Where an action
+ * runs"). Its profile grants allow-storage. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
