@@ -9,7 +9,8 @@ reaps ``sc_quick`` children; ``sc_sup``, whose supervisor restarts the
 crashing ``sc_crasher``) over the control socket, and counts what the
 workers count themselves, their exits by reason, read with the ``stats``
 control command (as ``/metrics`` reads them). The guests are killed at
-the end. ``OnEveryWorker`` also places fairness's spinners.
+the end, and the run ends once what they were linked to (sc_sup's
+supervisor and its child) is gone too. ``OnEveryWorker`` also places fairness's spinners.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ POLL_S = 0.1
 # A process is spawned until every worker has one; the daemon places
 # spawns itself, so it may take a few tries, but never more than this.
 SPAWN_ATTEMPTS_PER_WORKER = 8
+# After the kill, what the killed processes were linked to (sc_sup's
+# supervisor, which then stops its child) ends on the workers' loops a
+# moment later; the driver waits for that this long at most, looking
+# every CLEANUP_POLL_S, so a run ends with nothing of it left.
+CLEANUP_TIMEOUT_S = 10.0
+CLEANUP_POLL_S = 0.02
 
 
 class OnEveryWorker:
@@ -130,8 +137,39 @@ class _Counted(Driver):
         return units, [(at - since) // units] if units else [], ""
 
     async def finish(self) -> dict[str, Any]:
+        linked = await self._linked()
         await self.placed.kill_all()
+        await self._until_gone(linked)
         return {"workers": self.placed.covered}
+
+    async def _linked(self) -> set[int]:
+        """The pids the placed processes are linked to (a supervisor, children)."""
+        linked: set[int] = set()
+        for pid in self.placed.pids:
+            try:
+                info = await self.control.request("info", pid=f"#{pid}")
+            except (ControlRefused, ControlUnavailable):
+                continue  # gone already: whatever it was linked to got its signal
+            linked.update(int(other) for other in info["process"].get("links", []))
+        return linked
+
+    async def _until_gone(self, linked: set[int]) -> None:
+        """Until no process of the scenario's components, nor one in ``linked``, is left."""
+        components = {self.component, *self.children}
+        deadline = time.monotonic() + CLEANUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            try:
+                listing = await self.control.request("list")
+            except (ControlRefused, ControlUnavailable):
+                return
+            left = [
+                p
+                for p in listing.get("processes", [])
+                if p["component"] in components or int(p["pid"]) in linked
+            ]
+            if not left:
+                return
+            await asyncio.sleep(CLEANUP_POLL_S)
 
 
 class SpawnStorm(_Counted):

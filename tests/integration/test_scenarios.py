@@ -190,7 +190,7 @@ def test_an_in_worker_scenario_from_the_attach_stream_has_a_live_rate(
         client.close()
 
 
-CRASHER_EXIT = re.compile(r"exit sc_crasher#\d+ crashed")
+CRASHER_EXIT = re.compile(r"exit sc_crasher#\d+ (crashed|killed)")
 CRASHER_HELD = re.compile(r"log: suppressed (\d+) exit lines of sc_crasher ")
 
 
@@ -200,16 +200,20 @@ def test_a_crash_loop_logs_a_burst_of_exit_lines_and_counts_the_rest(
     # fault-recovery restarts sc_crasher thousands of times a second: the log
     # shows its component's burst of exit lines, and summary lines count
     # the rest, so that lines and counts add up to every crash the workers
-    # counted (no other component of this app crashes).
+    # counted (no other component of this app crashes). At the log level
+    # warn the budget also takes sc_crasher's `killed` lines (a run's end
+    # kills the child it finds alive), so the sum may pass the crashes by
+    # at most the workers' kills.
     run_scenario(scenario_daemon, "fault-recovery", 1.2)
 
     def accounted() -> tuple[int, int, int] | None:
         meters = scenario_daemon.request("stats")["result"]["meters"]
         crashed = sum(int(m.get("exits", {}).get("crashed", 0)) for m in meters)
+        killed = sum(int(m.get("exits", {}).get("killed", 0)) for m in meters)
         log = scenario_daemon.read_log()
         shown = len(CRASHER_EXIT.findall(log))
         held = sum(int(count) for count in CRASHER_HELD.findall(log))
-        return (crashed, shown, held) if shown + held == crashed else None
+        return (crashed, shown, held) if crashed <= shown + held <= crashed + killed else None
 
     crashed, shown, held = scenario_daemon.wait_for(
         accounted, SETUP_TIMEOUT_S, "every crash shown or counted by a summary line"
