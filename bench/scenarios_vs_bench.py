@@ -180,8 +180,9 @@ PAIRS = (
         "actors",
         "bench actors call/reply p50, same worker, daemon (µs)",
         line_figure("call/reply round trip p50, same worker, daemon", ACTORS_FIGURE),
-        "same rusm.call, timed by the caller on the WASI clock; the caller is an HTTP "
-        "action making 100 calls a request (bench: a process making 2,000), parts alternating",
+        "same rusm.call (no timeout), timed by the caller on the WASI clock; the caller is an "
+        "HTTP action making 100 calls a request (bench: a process making 2,000), parts "
+        "alternating",
     ),
     Pair(
         "ping-pong",
