@@ -155,7 +155,7 @@ def restarts(worker: Worker, erlang: Erlang) -> None:
 
     def supervised() -> float:
         before = host.exits.get("crashed", 0)
-        parent = host.spawn("sup")
+        parent = host.spawn("sc_sup")
         start = time.perf_counter()
         time.sleep(RESTART_WINDOW_S)
         rate = (host.exits.get("crashed", 0) - before) / (time.perf_counter() - start)
@@ -173,9 +173,9 @@ def restarts(worker: Worker, erlang: Erlang) -> None:
         start = time.perf_counter()
         while time.perf_counter() - start < RESTART_WINDOW_S:
             worker.exited.clear()
-            host.spawn("crasher", on_exit=lambda _report: worker.exited.set())
+            host.spawn("sc_crasher", on_exit=lambda _report: worker.exited.set())
             if not worker.exited.wait(LINE_TIMEOUT_S):
-                raise TimeoutError("crasher did not exit")
+                raise TimeoutError("sc_crasher did not exit")
             count += 1
         rate = count / (time.perf_counter() - start)
         worker.wait_empty()

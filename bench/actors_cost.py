@@ -53,7 +53,7 @@ def _restarts(worker: Worker, count: int | None, window_s: float = RESTART_WINDO
     """Restarts of a crashing child under a guest supervisor: ``count`` of them, or a window's."""
     host = worker.host
     before = host.exits.get("crashed", 0)
-    parent = host.spawn("sup")
+    parent = host.spawn("sc_sup")
     started = time.monotonic()
     while (
         host.exits.get("crashed", 0) - before < count

@@ -23,7 +23,7 @@ from rusmd.channel import ComponentImage
 from rusmd.config import Overrides, load_environment, load_manifest
 from rusmd.config.model import LogLevel
 from rusmd.log import Logger, LogRecord
-from rusmd.node.scenario_app import QUICK_WAT, SPAWNER_WAT
+from rusmd.node.scenario_app import CRASHER_WAT, QUICK_WAT, SPAWNER_WAT, SUP_WAT
 from rusmd.wasm.cache import CompileCache
 from rusmd.wasm.capacity import manifest_layout
 from rusmd.wasm.engine import compile_engine
@@ -35,27 +35,11 @@ LINE_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 60.0
 
 GUEST_SOURCE = Path(__file__).resolve().parent / "guests" / "actors.c"
-EMPTY = '(module (memory (export "memory") 1) (func (export "run")))'
-CRASHER = """(module
-  (import "rusm" "exit" (func $exit (param i32)))
-  (func (export "run") (call $exit (i32.const 1))))"""
+EMPTY = QUICK_WAT
 IDLE_GUEST = """(module
   (import "rusm" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
   (memory (export "memory") 1)
   (func (export "run")
-    (drop (call $recv (i32.const 0) (i32.const 64) (i32.const 64) (i32.const -1)))))"""
-SPEC = (
-    '{"strategy":"one_for_one","intensity":1000000,"period_s":1,'
-    '"children":[{"component":"crasher","restart":"permanent","shutdown_ms":"brutal_kill"}]}'
-)
-_SPEC_WAT = SPEC.replace('"', '\\"')
-SUPERVISING = f"""(module
-  (import "rusm" "supervise" (func $supervise (param i32 i32) (result i64)))
-  (import "rusm" "recv" (func $recv (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 1024) "{_SPEC_WAT}")
-  (func (export "run")
-    (drop (call $supervise (i32.const 1024) (i32.const {len(SPEC)})))
     (drop (call $recv (i32.const 0) (i32.const 64) (i32.const 64) (i32.const -1)))))"""
 MANIFEST = """
 [capabilities.bench]
@@ -67,13 +51,13 @@ max-memory-mb = 16
 max-cpu-ms = 60000
 [components.bench]
 capability = "bench"
-[components.crasher]
+[components.sc_crasher]
 capability = "bench"
 [components.empty]
 capability = "bench"
 [components.idle]
 capability = "bench"
-[components.sup]
+[components.sc_sup]
 capability = "boss"
 [components.sc_quick]
 capability = "bench"
@@ -125,7 +109,7 @@ class Worker:
         self.host.load(images)
 
     def _sink(self, record: LogRecord) -> None:
-        if record.text.startswith("exit crasher#"):
+        if record.text.startswith("exit sc_crasher#"):
             return  # up to its component's burst of exit lines; nothing waits for them
         with self.changed:
             self.records.append(record)
@@ -185,9 +169,11 @@ def modules(build: Path) -> dict[str, bytes]:
     return {
         "bench": guest.read_bytes(),
         "empty": wat(EMPTY),
-        "crasher": wat(CRASHER),
+        # The restart trial's supervisor and child: the fault-recovery
+        # scenario's own (the same spec, intensity and crashing child).
+        "sc_crasher": wat(CRASHER_WAT),
         "idle": wat(IDLE_GUEST),
-        "sup": wat(SUPERVISING),
+        "sc_sup": wat(SUP_WAT),
         # The spawn trial's guest, as the spawn-storm scenario's: it keeps
         # SPAWN_WINDOW children of sc_quick alive, another as each exits.
         "sc_quick": wat(QUICK_WAT),
